@@ -1,0 +1,107 @@
+"""Tiny random-initialised models of each family, saved in the transformers layout.
+
+They run in milliseconds on a CPU and go through the same loading code as real
+checkpoints, so tests, CI and an offline smoke test need no download. Their masks mean
+nothing; a ``samadapt.json`` beside the weights marks them so outputs can say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from samadapt.errors import InputError, OutputExistsError
+from samadapt.models.registry import Family
+
+TINY_IMAGE_SIZE = 256
+MARKER = "samadapt.json"
+
+
+def _sam_parts(hidden: int = 32) -> dict[str, dict]:
+    return {
+        "vision_config": dict(
+            hidden_size=hidden, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
+            image_size=TINY_IMAGE_SIZE, patch_size=16, window_size=4, global_attn_indexes=[1],
+            num_pos_feats=hidden // 2, mlp_dim=2 * hidden,
+        ),
+        "prompt_encoder_config": dict(
+            hidden_size=hidden, image_size=TINY_IMAGE_SIZE, patch_size=16, mask_input_channels=4
+        ),
+        "mask_decoder_config": dict(
+            hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=hidden
+        ),
+    }
+
+
+def tiny_config(family: Family):  # noqa: ANN201 - returns a transformers config of the family
+    """Build the transformers config of a tiny model (input 256 px, hidden size 32)."""
+    from transformers import Sam2Config, SamConfig, SamHQConfig
+
+    if family == "sam":
+        return SamConfig(**_sam_parts())
+    if family == "sam-hq":
+        parts = _sam_parts()
+        parts["mask_decoder_config"]["vit_dim"] = parts["vision_config"]["hidden_size"]
+        return SamHQConfig(**parts)
+    if family == "sam2":
+        parts = _sam_parts()
+        s = TINY_IMAGE_SIZE
+        parts["vision_config"] = dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=8, image_size=[s, s],
+                blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
+                global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+            fpn_hidden_size=32,
+        )
+        return Sam2Config(**parts)
+    raise InputError(f"unknown model family {family!r}; use sam, sam2 or sam-hq")
+
+
+def build_tiny_model(family: Family, seed: int = 0) -> torch.nn.Module:
+    """A tiny model of the family with weights drawn from a seeded generator."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(tiny_config(family))
+    # transformers initialises some SAM parameters to exactly zero; random values everywhere
+    # make tests that compare implementations meaningful.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 0 and torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a tiny random model in the transformers layout to ``out_dir``.
+
+    The folder is assembled under a temporary name and renamed, so it is never half-written.
+
+    Raises:
+        OutputExistsError: if ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        build_tiny_model(family, seed).save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
