@@ -95,6 +95,9 @@ def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, ove
         raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         build_tiny_model(family, seed).save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))

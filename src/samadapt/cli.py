@@ -1,0 +1,243 @@
+"""The ``samadapt`` command: parses options, calls the library, prints.
+
+Every error samadapt raises on purpose is printed as one sentence and exits with code 2;
+``--debug`` (or ``SAMADAPT_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from samadapt.errors import InputError, SamadaptError
+
+app = typer.Typer(
+    name="samadapt",
+    help="Adapt Segment Anything (SAM, SAM 2) to remote-sensing and planetary imagery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List, fetch, convert and build models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name, model folder or Meta .pth file.")]
+BandsOpt = Annotated[Optional[str], typer.Option("--bands", help="1-based bands to use, e.g. 4,3,2 (1 or 3 bands).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    if debug:
+        os.environ["SAMADAPT_DEBUG"] = "1"
+
+
+def _read(path: Path, bands: str | None):  # noqa: ANN202
+    from samadapt.imagery.read import parse_bands, read_image
+
+    return read_image(path, bands=parse_bands(bands) if bands else None)
+
+
+def _warn_untrusted(trusted: bool) -> None:
+    if not trusted:
+        err.print(
+            "[bold yellow]NOTE: this model is random-initialised (a tiny test model); "
+            "its masks mean nothing.[/]"
+        )
+
+
+@app.command()
+def segment(
+    image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or GeoTIFF.")],
+    out_paths: Annotated[list[Path], typer.Option("--out", "-o", help="Output .png, .tif, .gpkg or .geojson (repeatable).")],
+    model: ModelOpt = "sam-vit-base",
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="x0,y0,x1,y1; each box is one object.")] = None,
+    point: Annotated[Optional[list[str]], typer.Option("--point", help="x,y[,label]; label 1 = object, 0 = background.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="GeoJSON/GeoPackage/CSV of boxes or points.")] = None,
+    crs: Annotated[Optional[str], typer.Option("--crs", help="Prompts are map coordinates in this CRS, e.g. EPSG:4326.")] = None,
+    everything: Annotated[bool, typer.Option("--everything", help="Segment every object (point grid); no prompts.")] = False,
+    points_per_side: Annotated[int, typer.Option(help="Grid size of --everything.")] = 32,
+    bands: BandsOpt = None,
+    multimask: Annotated[bool, typer.Option("--multimask/--single-mask", help="Pick the best of 3 masks per object.")] = True,
+    wgs84: Annotated[bool, typer.Option("--wgs84", help="Write GeoJSON polygons in EPSG:4326.")] = False,
+    min_area: Annotated[int, typer.Option("--min-area", help="Drop polygons smaller than this many pixels.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
+    from samadapt.outputs import write_segmentation
+    from samadapt.prompt_io import prompts_from_cli, read_prompt_file
+    from samadapt.segment import Segmenter
+
+    suffixes = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
+    for p in out_paths:
+        if p.suffix.lower() not in suffixes:
+            raise InputError(f"--out {p} has an unknown suffix; use one of {', '.join(sorted(suffixes))}")
+        if p.exists() and not overwrite:
+            raise InputError(f"--out {p} exists; pass --overwrite to replace it")
+    geo = _read(image, bands)
+    objects = []
+    if box or point:
+        objects += prompts_from_cli(point or [], box or [], crs=crs, transform=geo.transform, raster_crs=geo.crs)
+    if prompts is not None:
+        objects += read_prompt_file(prompts, transform=geo.transform, raster_crs=geo.crs, crs=crs)
+    if everything and objects:
+        raise InputError("--everything takes no prompts; drop --box/--point/--prompts or --everything")
+    if not everything and not objects:
+        raise InputError("give at least one --box, --point or --prompts file, or --everything")
+    segmenter = Segmenter(model, device=device)
+    if everything:
+        from samadapt.automatic import AutomaticOptions
+
+        result = segmenter.segment_everything(geo, AutomaticOptions(points_per_side=points_per_side))
+    else:
+        result = segmenter.segment(geo, objects, multimask=multimask)
+    _warn_untrusted(result.trusted)
+    for p in out_paths:
+        write_segmentation(
+            p, result, crs=geo.crs, transform=geo.transform, valid=geo.valid,
+            overwrite=overwrite, to_wgs84=wgs84, min_area_pixels=min_area,
+        )
+        out.print(f"wrote {p}")
+    table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
+    for i, (m, s) in enumerate(zip(result.masks, result.scores)):
+        if i < 20:
+            table.add_row(str(i), str(int(m.sum())), f"{s:.3f}")
+    out.print(table)
+
+
+@app.command()
+def embed(
+    images: Annotated[list[Path], typer.Argument(help="Images to embed.")],
+    model: ModelOpt = "sam-vit-base",
+    bands: BandsOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 1,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Precompute and cache image embeddings, so later prompts cost only the decoder."""
+    from rich.progress import Progress
+
+    from samadapt.segment import Segmenter
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    for p in images:
+        if not p.exists():
+            raise InputError(f"image file not found: {p}")
+    segmenter = Segmenter(model, device=device)
+    _ = segmenter.loaded
+    hits = 0
+    with Progress(console=err) as progress:
+        task = progress.add_task("embedding", total=len(images))
+        for e in segmenter.embed_many((_read(p, bands) for p in images), batch_size=batch_size):
+            hits += e.from_cache
+            progress.advance(task)
+    out.print(
+        f"{len(images)} images: {len(images) - hits} encoded, {hits} already cached in {segmenter.cache.root}"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the registry: names, families, sizes, and which are downloaded."""
+    from samadapt.models.loading import cached_model_dir, is_cached
+    from samadapt.models.registry import REGISTRY
+
+    table = Table("name", "family", "size", "cached", "source")
+    for spec in REGISTRY.values():
+        table.add_row(
+            spec.name, spec.family, f"{spec.size_mb} MB",
+            "yes" if is_cached(spec.name) else "no", spec.repo_id,
+        )
+    out.print(table)
+    out.print(f"cache folder: {cached_model_dir('').parent}")
+
+
+@models_app.command("fetch")
+def models_fetch(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
+    """Download a registry model into the cache (resumable, checksummed)."""
+    from samadapt.models.loading import fetch
+
+    out.print(f"{name} is in {fetch(name)}")
+
+
+@models_app.command("convert")
+def models_convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Official Meta SAM .pth file.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the transformers layout to.")],
+) -> None:
+    """Convert an official Meta SAM .pth checkpoint to the transformers layout."""
+    from samadapt.models.convert import convert_meta_checkpoint
+
+    if not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    out.print(f"wrote {convert_meta_checkpoint(checkpoint, out_dir)}")
+
+
+@models_app.command("tiny")
+def models_tiny(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
+    family: Annotated[str, typer.Option("--family", help="sam, sam2 or sam-hq.")] = "sam",
+    seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Write a tiny random-initialised model (for tests and offline smoke tests)."""
+    from samadapt.models.tiny import save_tiny_model
+
+    if family not in ("sam", "sam2", "sam-hq"):
+        raise InputError(f"--family must be sam, sam2 or sam-hq, got {family!r}")
+    save_tiny_model(out_dir, family, seed=seed, overwrite=overwrite)  # type: ignore[arg-type]
+    out.print(f"wrote a tiny random {family} model to {out_dir} (its masks mean nothing)")
+
+
+@app.command()
+def info() -> None:
+    """Show versions, threads, devices and where samadapt keeps its files."""
+    import torch
+    import transformers
+
+    from samadapt import __version__
+    from samadapt._home import samadapt_home
+
+    table = Table("", "")
+    table.add_row("samadapt", __version__)
+    table.add_row("torch", torch.__version__)
+    table.add_row("transformers", transformers.__version__)
+    table.add_row("torch threads", str(torch.get_num_threads()))
+    table.add_row("CUDA", "yes" if torch.cuda.is_available() else "no")
+    table.add_row("home", str(samadapt_home()))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("demo-output"),
+    model: ModelOpt = "sam-vit-base",
+) -> None:
+    """Run the main job end to end on a generated Mars-like GeoTIFF."""
+    from samadapt.demo import run_demo
+
+    run_demo(out_dir, model=model, console=out)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        app()
+    except SamadaptError as e:
+        if os.environ.get("SAMADAPT_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,491 @@
+"""Read any image or raster into what SAM sees: an (H, W, 3) uint8 RGB array plus validity.
+
+Every format (PNG, JPEG, TIFF, GeoTIFF, anything GDAL opens) goes through one code path,
+:func:`read_image`, built on rasterio. Numpy arrays from Python callers go through
+:func:`from_array`, which shares the band choice and the stretch.
+
+Conventions used throughout:
+
+* Arrays handed to the stretch are band-first, (C, H, W); the image SAM sees is (H, W, 3)
+  RGB, rows top to bottom, columns left to right.
+* Bands are numbered from 1, as in GDAL and on the command line (``--bands 4,3,2``).
+* ``transform`` maps pixel (col, row) to map (x, y) in the raster's CRS, with (0, 0) the
+  top-left corner of the top-left pixel of the array as read (of the window, for a window
+  read). Plain images carry ``crs=None`` and ``transform=None``; nothing assumes Earth.
+* A pixel is invalid where the source says so (nodata in all chosen bands, a dataset mask
+  or alpha of 0) or where any chosen band is NaN or infinite. Invalid pixels are left out
+  of the stretch statistics and are 0 in ``pixels``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, WindowError
+from rasterio.windows import Window
+
+from samadapt.errors import InputError, InputFileError
+
+Stretch = Union[tuple[float, float], None, Literal["auto"]]
+"""``"auto"``: uint8 untouched, other dtypes stretched (2, 98); a (low, high) percentile
+pair: that stretch for any dtype; ``None``: no stretch, values clipped to 0-255."""
+
+AUTO_PERCENTILES: tuple[float, float] = (2.0, 98.0)
+"""Percentiles used by ``stretch="auto"`` (QGIS's default cumulative count cut)."""
+
+_BANDS_HINT = "pass 1 or 3 bands, e.g. --bands 4,3,2 on the command line or bands=(4, 3, 2) in Python"
+
+
+@dataclass(frozen=True, eq=False)
+class GeoImage:
+    """An image as SAM sees it, with where it came from and where it lies on its body.
+
+    Attributes:
+        pixels: (H, W, 3) uint8 RGB, what the model sees; 0 where ``valid`` is False.
+        valid: (H, W) bool, False where the input is nodata, masked, alpha 0, NaN or inf.
+        crs: coordinate reference system of ``transform`` (any body: Earth, Mars, ...),
+            or None for plain images.
+        transform: affine map from pixel (col, row) to map (x, y), origin at the top-left
+            corner of ``pixels``; None when the source is not georeferenced.
+        nodata: the source's nodata value (of the first chosen band), or None.
+        source: the file read, or None for arrays.
+        bands: 1-based indexes of the source bands shown, in R, G, B order (one index
+            when a single band is repeated to grey).
+    """
+
+    pixels: np.ndarray
+    valid: np.ndarray
+    crs: CRS | None = None
+    transform: Affine | None = None
+    nodata: float | None = None
+    source: Path | None = None
+    bands: tuple[int, ...] = (1, 2, 3)
+
+    def __post_init__(self) -> None:
+        pixels, valid = self.pixels, self.valid
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise InputError(f"GeoImage.pixels must be an (H, W, 3) uint8 array, got {pixels.dtype} {pixels.shape}")
+        if valid.shape != pixels.shape[:2] or valid.dtype != np.bool_:
+            raise InputError(
+                f"GeoImage.valid must be an (H, W) bool array of shape {pixels.shape[:2]}, "
+                f"got {valid.dtype} {valid.shape}"
+            )
+
+    @property
+    def height(self) -> int:
+        """Number of rows."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Number of columns."""
+        return int(self.pixels.shape[1])
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when both ``crs`` and ``transform`` are known."""
+        return self.crs is not None and self.transform is not None
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    """Parse a command-line band list such as ``"4,3,2"`` into 1-based band indexes.
+
+    Repeats are allowed (``"1,1,1"``). Whether the count suits the image (1 or 3) and whether
+    the bands exist is checked by :func:`read_image`.
+
+    Args:
+        text: comma-separated positive integers; spaces around them are ignored.
+
+    Returns:
+        The band indexes in the given order, e.g. ``(4, 3, 2)``.
+
+    Raises:
+        InputError: if the text is empty or an item is not an integer of at least 1.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise InputError("the band list is empty; give 1-based band numbers separated by commas, e.g. 4,3,2")
+    bands = []
+    for item in items:
+        try:
+            band = int(item)
+        except ValueError:
+            raise InputError(
+                f"band {item!r} in {text!r} is not a whole number; "
+                "give 1-based band numbers separated by commas, e.g. 4,3,2"
+            ) from None
+        if band < 1:
+            raise InputError(f"band {band} in {text!r} is not allowed; bands are numbered from 1")
+        bands.append(band)
+    return tuple(bands)
+
+
+def _check_stretch(stretch: Stretch) -> tuple[float, float] | None | Literal["auto"]:
+    if stretch is None or (isinstance(stretch, str) and stretch == "auto"):
+        return stretch
+    if isinstance(stretch, str) or not isinstance(stretch, Sequence) or len(stretch) != 2:
+        raise InputError(f"stretch must be 'auto', None or a (low, high) percentile pair, got {stretch!r}")
+    low, high = float(stretch[0]), float(stretch[1])
+    if not (0.0 <= low < high <= 100.0):
+        raise InputError(f"stretch percentiles must satisfy 0 <= low < high <= 100, got ({low:g}, {high:g})")
+    return (low, high)
+
+
+def stretch_limits(
+    array: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float] = AUTO_PERCENTILES
+) -> np.ndarray:
+    """Per-band values at the given percentiles, over valid and finite pixels only.
+
+    Compute these once (e.g. on a whole raster or an overview) and pass them to
+    :func:`scale_to_uint8` to stretch every window of a raster the same way.
+
+    Args:
+        array: (C, H, W) numeric array.
+        valid: (H, W) bool, True where a pixel counts.
+        percentiles: (low, high) percentiles in [0, 100].
+
+    Returns:
+        (C, 2) float64 array of (low value, high value) per band; NaN for a band with no
+        valid finite pixel.
+    """
+    limits = np.full((array.shape[0], 2), np.nan)
+    for c, band in enumerate(array):
+        values = band[valid]
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
+        if values.size:
+            limits[c] = np.percentile(values.astype(np.float64), percentiles)
+    return limits
+
+
+def scale_to_uint8(array: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Map each band linearly so its low limit becomes 0 and its high limit 255.
+
+    Values outside the limits are clipped. A band whose limits are equal (a constant band)
+    gets 0 at or below the limit and 255 above, so nothing divides by zero; a band with NaN
+    limits (no valid pixel) becomes 0.
+
+    Args:
+        array: (C, H, W) numeric array.
+        limits: (C, 2) float array from :func:`stretch_limits`.
+
+    Returns:
+        (C, H, W) uint8 array; non-finite inputs become 0.
+    """
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for c, band in enumerate(array):
+        low, high = limits[c]
+        if not (np.isfinite(low) and np.isfinite(high)):
+            continue
+        values = band.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            if high > low:
+                scaled = (values - low) * (255.0 / (high - low))
+            else:
+                scaled = np.where(values > high, 255.0, 0.0)
+            scaled = np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 255.0)
+        out[c] = np.rint(scaled).astype(np.uint8)
+    return out
+
+
+def to_rgb8(array: np.ndarray, valid: np.ndarray, *, stretch: Stretch = "auto") -> np.ndarray:
+    """Turn one or three bands of any numeric dtype into the (H, W, 3) uint8 RGB SAM sees.
+
+    Args:
+        array: (C, H, W) array, band-first, C in {1, 3}; one band is repeated to grey RGB.
+        valid: (H, W) bool, True where a pixel is data. Pixels that are False, or NaN or
+            infinite in any band, are excluded from the statistics and set to 0.
+        stretch: ``"auto"`` leaves uint8 untouched and stretches any other dtype between
+            its (2, 98) percentiles; a (low, high) percentile pair forces that stretch for
+            any dtype; None clips values to 0-255 (rounding floats) without stretching.
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        InputError: on a wrong shape, band count, dtype or stretch.
+    """
+    array = np.asarray(array)
+    valid = np.asarray(valid)
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
+        raise InputError(
+            f"to_rgb8 needs a (C, H, W) array with C = 1 or 3 bands, got shape {array.shape}; {_BANDS_HINT}"
+        )
+    if valid.shape != array.shape[1:]:
+        raise InputError(f"valid has shape {valid.shape} but the image is {array.shape[1:]} (rows, cols)")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"image values must be boolean, integer or real numbers, got dtype {array.dtype}")
+    stretch = _check_stretch(stretch)
+    valid = valid.astype(bool) & _finite(array)
+    if stretch == "auto":
+        stretch = None if array.dtype == np.uint8 else AUTO_PERCENTILES
+    if stretch is None:
+        if array.dtype == np.uint8:
+            bytes_ = array.copy()
+        else:
+            values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            bytes_ = np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+    else:
+        bytes_ = scale_to_uint8(array, stretch_limits(array, valid, stretch))
+    bytes_[:, ~valid] = 0
+    if bytes_.shape[0] == 1:
+        bytes_ = np.repeat(bytes_, 3, axis=0)
+    return np.ascontiguousarray(bytes_.transpose(1, 2, 0))
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    """(H, W) bool, True where every band of a (C, H, W) array is finite."""
+    if array.dtype.kind != "f":
+        return np.ones(array.shape[1:], dtype=bool)
+    return np.isfinite(array).all(axis=0)
+
+
+def _choose_bands(
+    bands: Sequence[int] | None, count: int, alpha_last: bool, name: str
+) -> tuple[tuple[int, ...], int | None]:
+    """Pick the 1-based bands to show and the alpha band (or None) for a ``count``-band source.
+
+    ``alpha_last`` says whether the source marks its last band as alpha (colour
+    interpretation); only the defaults use it.
+    """
+    if bands is None:
+        if count == 1:
+            return (1,), None
+        if count == 2:
+            return (1,), 2  # grey + alpha
+        if count == 4 and alpha_last:
+            return (1, 2, 3), 4
+        return (1, 2, 3), None
+    if isinstance(bands, (str, bytes)):
+        raise InputError(
+            f"bands must be a sequence of integers, got the string {bands!r}; "
+            "use parse_bands() to read text like '4,3,2'"
+        )
+    chosen = []
+    for band in bands:
+        try:
+            index = operator.index(band)
+        except TypeError:
+            raise InputError(f"band {band!r} is not an integer; bands are 1-based integers from 1 to {count}") from None
+        if isinstance(band, bool) or not 1 <= index <= count:
+            raise InputError(f"band {band!r} does not exist: {name} has {count} band(s), numbered 1 to {count}")
+        chosen.append(index)
+    if len(chosen) not in (1, 3):
+        raise InputError(f"got {len(chosen)} bands {tuple(chosen)} but SAM takes grey or RGB; {_BANDS_HINT}")
+    return tuple(chosen), None
+
+
+def _nodata_invalid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
+    """(H, W) bool, True where every band of (C, H, W) ``data`` that has a nodata value equals it."""
+    pairs = [(band, value) for band, value in zip(data, nodatavals) if value is not None and not math.isnan(value)]
+    if not pairs:
+        return np.zeros(data.shape[1:], dtype=bool)
+    invalid = np.ones(data.shape[1:], dtype=bool)
+    for band, value in pairs:
+        invalid &= band == value
+    return invalid
+
+
+def _read_window(window: Window | None, height: int, width: int, name: str) -> Window | None:
+    """Snap a window to whole pixels and clip it to the raster; reject empty results."""
+    if window is None:
+        return None
+    if not isinstance(window, Window):
+        raise InputError(f"window must be a rasterio.windows.Window, got {type(window).__name__}")
+    col0, row0 = math.floor(window.col_off), math.floor(window.row_off)
+    col1, row1 = math.ceil(window.col_off + window.width), math.ceil(window.row_off + window.height)
+    if col1 <= col0 or row1 <= row0:
+        raise InputError(f"window {window} is empty; give a window with positive width and height")
+    try:
+        return Window(col0, row0, col1 - col0, row1 - row0).intersection(Window(0, 0, width, height))
+    except WindowError:
+        raise InputError(
+            f"window {window} lies outside {name}, which is {width} x {height} pixels (cols x rows)"
+        ) from None
+
+
+def read_image(
+    path: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    stretch: Stretch = "auto",
+    window: Window | None = None,
+) -> GeoImage:
+    """Read an image or raster file (PNG, JPEG, TIFF, GeoTIFF, ...) into a :class:`GeoImage`.
+
+    Band choice without ``bands``: 1 band is repeated to grey; 2 bands are grey + alpha
+    (band 2 is used only as validity, 0 = invalid); 3 bands are RGB; 4 bands are RGB +
+    alpha when band 4 is marked alpha, otherwise bands 1, 2, 3; more bands use 1, 2, 3.
+
+    Args:
+        path: the file to read.
+        bands: 1-based band indexes to show, 1 or 3 of them (e.g. ``(4, 3, 2)``).
+        stretch: see :func:`to_rgb8`; statistics come from the valid pixels read (of the
+            window, for a window read).
+        window: read only this window (col_off, row_off, width, height in pixels). It is
+            snapped outward to whole pixels and clipped to the raster; the returned
+            transform is the window's own.
+
+    Returns:
+        The image with (H, W) = the window's or raster's size.
+
+    Raises:
+        InputFileError: if the file is missing or is not a readable image or raster.
+        InputError: on an unknown band, a band count other than 1 or 3, a bad stretch, or
+            an empty window or one outside the raster.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"image file not found: {path}")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not an image file; give the path of one image or raster")
+    stretch = _check_stretch(stretch)
+    # Plain images have no geotransform; rasterio warns and reports identity. We report None.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as dataset:
+                return _read_dataset(dataset, path, bands, stretch, window)
+        except RasterioError as exc:
+            raise InputFileError(f"{path} is not a readable image or raster ({exc})") from None
+
+
+def _read_dataset(
+    dataset: rasterio.io.DatasetReader,
+    path: Path,
+    bands: Sequence[int] | None,
+    stretch: tuple[float, float] | None | Literal["auto"],
+    window: Window | None,
+) -> GeoImage:
+    alpha_last = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
+    chosen, alpha = _choose_bands(bands, dataset.count, alpha_last, path.name)
+    window = _read_window(window, dataset.height, dataset.width, path.name)
+    data = dataset.read(list(chosen), window=window)
+    nodatavals = [dataset.nodatavals[b - 1] for b in chosen]
+    valid = ~_nodata_invalid(data, nodatavals) & _finite(data)
+    # Per-dataset masks (internal mask bands, alpha GDAL knows about) apply to every band.
+    flags = dataset.mask_flag_enums
+    masked = [b for b in chosen if MaskFlags.per_dataset in flags[b - 1]]
+    if masked:
+        valid &= dataset.read_masks(masked[0], window=window) > 0
+    if alpha is not None:
+        valid &= dataset.read(alpha, window=window) > 0
+    pixels = to_rgb8(data, valid, stretch=stretch)
+
+    # GDAL reports the identity when a file has no geotransform (plain images, GCP-only
+    # rasters); a real map transform is never the identity, so that means "none".
+    transform = None
+    if dataset.transform != Affine.identity():
+        transform = dataset.transform
+        if window is not None:
+            transform = transform @ Affine.translation(window.col_off, window.row_off)
+    nodata = nodatavals[0]
+    return GeoImage(
+        pixels=pixels,
+        valid=valid,
+        crs=dataset.crs if dataset.crs else None,
+        transform=transform,
+        nodata=None if nodata is None else float(nodata),
+        source=path,
+        bands=chosen,
+    )
+
+
+def from_array(
+    array: np.ndarray,
+    *,
+    crs: CRS | str | None = None,
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    stretch: Stretch = "auto",
+    bands: Sequence[int] | None = None,
+    valid: np.ndarray | None = None,
+    channel_axis: Literal["first", "last"] | None = None,
+) -> GeoImage:
+    """Wrap a numpy image (Python API) as a :class:`GeoImage`, with the same rules as files.
+
+    Args:
+        array: (H, W), (H, W, C) or (C, H, W). For 3-D input the channel axis is the first
+            or last one, whichever is smaller than both other axes; when that does not
+            decide it (e.g. 3 x 3 x 3), pass ``channel_axis``.
+        crs: CRS of ``transform`` (a :class:`rasterio.crs.CRS` or anything
+            ``CRS.from_user_input`` accepts, e.g. ``"EPSG:32616"`` or a PROJ/WKT string).
+        transform: pixel (col, row) -> map (x, y) affine, origin at the top-left corner.
+        nodata: value that marks invalid pixels when all chosen channels equal it.
+        stretch: see :func:`to_rgb8`.
+        bands: 1-based channel indexes to show (1 or 3); defaults as in
+            :func:`read_image`, except that a 4th channel is never taken as alpha.
+        valid: optional (H, W) bool, False where the caller knows pixels are invalid.
+        channel_axis: ``"first"`` or ``"last"`` to say where channels are in 3-D input.
+
+    Returns:
+        The image; ``source`` is None.
+
+    Raises:
+        InputError: on a shape, band, CRS or stretch that cannot be used.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    elif array.ndim == 3:
+        array = _channels_first(array, channel_axis)
+    else:
+        raise InputError(f"an image array must be (H, W), (H, W, C) or (C, H, W), got shape {array.shape}")
+    if array.shape[1] == 0 or array.shape[2] == 0:
+        raise InputError(f"the image array is empty, shape {array.shape}")
+    chosen, alpha = _choose_bands(bands, array.shape[0], False, "the array")
+    data = array[[b - 1 for b in chosen]]
+    mask = ~_nodata_invalid(data, [nodata] * len(chosen)) & _finite(data)
+    if alpha is not None:
+        mask &= array[alpha - 1] > 0
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.shape != mask.shape:
+            raise InputError(f"valid has shape {valid.shape} but the image is {mask.shape} (rows, cols)")
+        mask &= valid.astype(bool)
+    if crs is not None and not isinstance(crs, CRS):
+        try:
+            crs = CRS.from_user_input(crs)
+        except RasterioError as exc:
+            raise InputError(f"crs {crs!r} is not a CRS rasterio understands ({exc})") from None
+    if transform is not None and not isinstance(transform, Affine):
+        raise InputError(f"transform must be an affine.Affine, got {type(transform).__name__}")
+    return GeoImage(
+        pixels=to_rgb8(data, mask, stretch=stretch),
+        valid=mask,
+        crs=crs,
+        transform=transform,
+        nodata=None if nodata is None else float(nodata),
+        source=None,
+        bands=chosen,
+    )
+
+
+def _channels_first(array: np.ndarray, channel_axis: Literal["first", "last"] | None) -> np.ndarray:
+    """Return a 3-D array as (C, H, W), guessing the channel axis only when it is unambiguous."""
+    a, b, c = array.shape
+    if channel_axis is None:
+        if a < min(b, c):
+            channel_axis = "first"
+        elif c < min(a, b):
+            channel_axis = "last"
+        else:
+            raise InputError(
+                f"cannot tell the channel axis of an array of shape {array.shape}; pass channel_axis='first' or 'last'"
+            )
+    if channel_axis == "first":
+        return array
+    if channel_axis == "last":
+        return np.moveaxis(array, -1, 0)
+    raise InputError(f"channel_axis must be 'first', 'last' or None, got {channel_axis!r}")

@@ -1,0 +1,83 @@
+"""A generated Mars-like terrain GeoTIFF with pits, for the demo and the tests.
+
+The raster imitates a HiRISE RED product: 16-bit grey, 0.25 m pixels, a nodata strip on
+one edge, in Mars' own equirectangular CRS (IAU_2015:49910). Pits are dark, shaded
+depressions whose true masks and boxes are returned, so results can be scored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+MARS_CRS = "IAU_2015:49910"
+MARS_RADIUS_M = 3396190.0
+NODATA = 0
+
+
+@dataclass(frozen=True)
+class MarsSample:
+    """The generated raster and its truth.
+
+    Attributes:
+        path: the GeoTIFF.
+        boxes: (K, 4) XYXY pixel boxes of the pits.
+        masks: (K, H, W) bool true masks of the pits.
+    """
+
+    path: Path
+    boxes: np.ndarray
+    masks: np.ndarray
+
+
+def make_mars_sample(path: Path, *, size: int = 640, n_pits: int = 5, seed: int = 0) -> MarsSample:
+    """Write a Mars-like uint16 GeoTIFF with ``n_pits`` pits and return it with its truth."""
+    rng = np.random.default_rng(seed)
+    # terrain: smoothed noise at two scales plus a regional slope
+    terrain = ndimage.gaussian_filter(rng.normal(size=(size, size)), 24) * 40
+    terrain += ndimage.gaussian_filter(rng.normal(size=(size, size)), 3) * 6
+    yy, xx = np.mgrid[0:size, 0:size]
+    terrain += (xx + yy) / size * 4
+    image = 560 + terrain * 25
+    masks, boxes = [], []
+    tries = 0
+    while len(masks) < n_pits and tries < 200:
+        tries += 1
+        r = rng.uniform(size * 0.03, size * 0.08)
+        cx, cy = rng.uniform(r + 30, size - r - 30, size=2)
+        if any(np.hypot(cx - (b[0] + b[2]) / 2, cy - (b[1] + b[3]) / 2) < r + (b[2] - b[0]) / 2 + 20 for b in boxes):
+            continue
+        ax = r * rng.uniform(0.75, 1.25)
+        d = np.hypot((xx - cx) / ax, (yy - cy) / r)
+        mask = d <= 1.0
+        # dark floor, a lit wall facing the sun (west) and a shadowed one
+        shade = np.clip(1.0 - d, 0, 1)
+        image = np.where(mask, image * (0.45 + 0.25 * (1 - shade)) + 90 * np.clip((xx - cx) / ax, -1, 1), image)
+        masks.append(mask)
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    image += rng.normal(scale=12, size=image.shape)
+    data = np.clip(image, 1, 1023).astype(np.uint16)  # 10-bit range, 0 kept for nodata
+    data[:, : size // 40] = NODATA  # a nodata strip, as at the edge of a map-projected strip
+    west = np.deg2rad(-120.5) * MARS_RADIUS_M  # near Arsia Mons
+    north = np.deg2rad(-9.2) * MARS_RADIUS_M
+    transform = from_origin(west, north, 0.25, 0.25)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with rasterio.open(
+        tmp, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
+        crs=CRS.from_user_input(MARS_CRS), transform=transform, nodata=NODATA, compress="deflate",
+    ) as dst:
+        dst.write(data, 1)
+    os.replace(tmp, path)
+    mask_arr = np.stack(masks) if masks else np.zeros((0, size, size), bool)
+    mask_arr[:, :, : size // 40] = False
+    return MarsSample(path=path, boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), masks=mask_arr)
