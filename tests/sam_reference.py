@@ -277,3 +277,150 @@ def reference_decode(
         multimask_output=multimask_output,
     )
     return low_res_masks, iou_predictions
+
+
+def build_tiny_reference_hq_head(sam: Any, seed: int = 0) -> torch.nn.Module:
+    """Build the layers SAM-HQ adds to a SAM mask decoder, randomly initialised, with official names.
+
+    The returned module's ``state_dict()`` keys, prefixed with ``mask_decoder.``, are those of an
+    official SAM-HQ checkpoint: ``hf_token`` (the HQ output token), ``hf_mlp`` (its 3-layer
+    hypernetwork MLP), ``compress_vit_feat`` (early ViT feature, 4x up), ``embedding_encoder``
+    (image embedding, 4x up) and ``embedding_maskfeature`` (3x3 convs on the upscaled mask feature).
+    The official builders make these with the same reference classes used here. Run it with
+    :func:`reference_decode_hq`.
+
+    Args:
+        sam: The ``segment_anything.modeling.Sam`` whose decoder the head extends.
+        seed: Seed of every random number drawn.
+
+    Returns:
+        A ``torch.nn.Module`` holding the HQ layers, in eval mode.
+    """
+    from segment_anything.modeling.common import LayerNorm2d
+    from segment_anything.modeling.mask_decoder import MLP
+
+    dim = sam.mask_decoder.transformer_dim
+    vit_dim = sam.image_encoder.patch_embed.proj.out_channels
+    nn = torch.nn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Module()
+        head.hf_token = nn.Embedding(1, dim)
+        head.hf_mlp = MLP(dim, dim, dim // 8, 3)
+        head.compress_vit_feat = nn.Sequential(
+            nn.ConvTranspose2d(vit_dim, dim, kernel_size=2, stride=2),
+            LayerNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 8, kernel_size=2, stride=2),
+        )
+        head.embedding_encoder = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+        )
+        head.embedding_maskfeature = nn.Sequential(
+            nn.Conv2d(dim // 8, dim // 4, 3, 1, 1),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.Conv2d(dim // 4, dim // 8, 3, 1, 1),
+        )
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for param in head.parameters():
+                if bool((param == param.flatten()[0]).all()):
+                    param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    return head.eval()
+
+
+def reference_hq_state_dict(sam: Any, head: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of an official SAM-HQ checkpoint made of ``sam`` and an HQ ``head``."""
+    state = dict(sam.state_dict())
+    state.update({f"mask_decoder.{k}": v for k, v in head.state_dict().items()})
+    return state
+
+
+@torch.no_grad()
+def reference_encode_with_interm(sam: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the reference ViT as SAM-HQ's does, also returning the output of each global block.
+
+    Args:
+        sam: A ``segment_anything.modeling.Sam``.
+        pixels: Normalised, padded input, shape (B, 3, S, S).
+
+    Returns:
+        ``(image_embeddings, interm_embeddings)``: (B, C, g, g) and a list of (B, g, g, D)
+        tensors, one per global-attention block in block order.
+    """
+    encoder = sam.image_encoder
+    hidden = encoder.patch_embed(pixels) + encoder.pos_embed
+    interm: list[torch.Tensor] = []
+    for block in encoder.blocks:
+        hidden = block(hidden)
+        if block.window_size == 0:
+            interm.append(hidden)
+    return encoder.neck(hidden.permute(0, 3, 1, 2)), interm
+
+
+@torch.no_grad()
+def reference_decode_hq(
+    sam: Any,
+    head: torch.nn.Module,
+    image_embeddings: torch.Tensor,
+    interm_embeddings: Sequence[torch.Tensor],
+    *,
+    point_coords: torch.Tensor | None = None,
+    point_labels: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask_output: bool = False,
+    hq_token_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode prompts with SAM-HQ's mask decoder as the official SAM-HQ code defines it.
+
+    The HQ token rides along the SAM output tokens through the two-way transformer; its mask
+    is predicted on the SAM mask feature refined by ``embedding_maskfeature`` plus the HQ
+    feature (upscaled image embedding + upscaled early ViT feature from the first global block).
+    With ``multimask_output`` the SAM part is the multimask output of highest predicted IoU.
+    Prompt conventions are those of :func:`reference_decode`.
+
+    Returns:
+        ``(low_res_masks, iou_predictions)`` of shapes (B, 1, 4g, 4g) and (B, 1): the HQ mask
+        alone if ``hq_token_only``, otherwise the chosen SAM mask plus the HQ mask.
+    """
+    decoder = sam.mask_decoder
+    points = None if point_coords is None else (point_coords, point_labels)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    vit_features = interm_embeddings[0].permute(0, 3, 1, 2)
+    hq_features = head.embedding_encoder(image_embeddings) + head.compress_vit_feat(vit_features)
+
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, head.hf_token.weight])
+    tokens = torch.cat([output_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)
+    count = tokens.shape[0]
+    src = image_embeddings.repeat_interleave(count, 0) + dense
+    pos = sam.prompt_encoder.get_dense_pe().repeat_interleave(count, 0)
+    channels, height, width = src.shape[1:]
+    token_out, src = decoder.transformer(src, pos, tokens)
+    src = src.transpose(1, 2).reshape(count, channels, height, width)
+
+    upscaled = decoder.output_upscaling(src)
+    upscaled_hq = head.embedding_maskfeature(upscaled) + hq_features
+    sam_tokens = decoder.num_mask_tokens
+    mask_tokens_out = token_out[:, 1 : 2 + sam_tokens]
+    hyper_sam = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in range(sam_tokens)], dim=1
+    )
+    hyper_hq = head.hf_mlp(mask_tokens_out[:, sam_tokens])[:, None]
+    size = upscaled.shape[-2:]
+    masks_sam = (hyper_sam @ upscaled.flatten(2)).unflatten(2, size)
+    masks_hq = (hyper_hq @ upscaled_hq.flatten(2)).unflatten(2, size)
+    iou = decoder.iou_prediction_head(token_out[:, 0])
+
+    if multimask_output:
+        best = iou[:, 1:sam_tokens].argmax(dim=1)
+        iou_out = iou[:, 1:sam_tokens].gather(1, best[:, None])
+        chosen = masks_sam[torch.arange(count), 1 + best][:, None]
+    else:
+        iou_out = iou[:, :1]
+        chosen = masks_sam[:, :1]
+    return (masks_hq if hq_token_only else chosen + masks_hq), iou_out

@@ -79,6 +79,14 @@ def test_vectorize_georeferenced(crs: str, transform: Affine) -> None:
         assert np.array_equal(burnt, mask)
 
 
+def test_vectorize_rotated_transform() -> None:
+    transform = Affine.translation(500_000.0, 4_000_000.0) @ Affine.rotation(30) @ Affine.scale(2.0, -3.0)
+    gdf = vectorize(make_masks(), SCORES, transform=transform, crs=UTM)
+    corners = {tuple(np.round(transform @ c, 6)) for c in [(3, 2), (8, 2), (8, 7), (3, 7)]}
+    assert {tuple(np.round(c, 6)) for c in gdf.geometry[0].exterior.coords} == corners
+    assert np.isclose(gdf["area"][0], 25 * 6.0)
+
+
 def test_vectorize_pixel_coordinates() -> None:
     gdf = vectorize(make_masks(), SCORES, transform=None, crs=None)
     assert gdf.crs is None

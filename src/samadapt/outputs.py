@@ -356,7 +356,7 @@ def write_polygons(
             geometry_type="MultiPolygon" if is_gpkg or len(gdf) == 0 else None,
         )
         if not is_gpkg:
-            pass
+            _record_crs_in_geojson(tmp, gdf)
     return path
 
 
@@ -373,7 +373,7 @@ def write_segmentation(
 ) -> Path:
     """Write a segmentation in the format its suffix names.
 
-    ``.png``: the label image (0 = background, i + 1 = object i; uint8 up to 255 objects).
+    ``.png``: a 0/255 mask for one object; for several, the label image (0 = background, i + 1 = object i).
     ``.tif`` / ``.tiff``: the label image as a GeoTIFF with the raster's CRS and transform and
     nodata where ``valid`` is False (no georeferencing for a plain image).
     ``.gpkg`` / ``.geojson`` / ``.json``: one polygon per object (see :func:`vectorize`).
@@ -401,7 +401,9 @@ def write_segmentation(
         raise InputError(f"output {out} has suffix {suffix!r}; allowed are {', '.join(OUTPUT_SUFFIXES)}")
     _check_target(out, overwrite)  # fail before the work of vectorising
     if suffix in PNG_SUFFIXES:
-        return write_mask_png(out, result.label_image(), overwrite=overwrite)
+        # one object: a visible 0/255 mask; several: the label image
+        picture = result.masks[0] if len(result) == 1 else result.label_image()
+        return write_mask_png(out, picture, overwrite=overwrite)
     if suffix in GEOTIFF_SUFFIXES:
         labels = result.label_image()
         labels = labels.astype(np.uint8) if len(result) < 255 else labels

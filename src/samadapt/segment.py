@@ -185,9 +185,10 @@ class Segmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution logits (N, M, h, w) and IoUs (N, M) for every object, in prompt order.
 
-        Objects are grouped by the kind of prompt they carry (points, box, box + points) so
-        each group goes through the decoder in one call; objects with a mask prompt are
-        decoded one at a time, since SAM takes one dense prompt per call.
+        Objects are grouped by the shape of their prompt (number of points, box or not) so
+        each group goes through the decoder in one call without padding points, which would
+        change the result slightly; objects with a mask prompt are decoded one at a time,
+        since SAM takes one dense prompt per call.
         """
         loaded = self.loaded
         n = len(prompts)
@@ -195,17 +196,17 @@ class Segmenter:
         side = loaded.preprocessing.size // 4
         out_masks = torch.empty(n, m, side, side)
         out_scores = torch.empty(n, m)
-        groups: dict[tuple[bool, bool], list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         singles: list[int] = []
         for i, p in enumerate(prompts):
             if p.mask is not None:
                 singles.append(i)
             else:
-                groups.setdefault((len(p.points) > 0, p.box is not None), []).append(i)
-        for (has_points, has_box), members in groups.items():
+                groups.setdefault((len(p.points), p.box is not None), []).append(i)
+        for (n_points, has_box), members in groups.items():
             for start in range(0, len(members), DECODE_CHUNK):
                 chunk = members[start : start + DECODE_CHUNK]
-                dp = self._decoder_prompts([prompts[i] for i in chunk], emb.geometry, has_points, has_box)
+                dp = self._decoder_prompts([prompts[i] for i in chunk], emb.geometry, n_points > 0, has_box)
                 lr, sc = decode(loaded, emb.embedding, dp, multimask=multimask)
                 out_masks[chunk], out_scores[chunk] = lr, sc
         for i in singles:

@@ -361,9 +361,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint (it is not a valid pickle).") from exc
         raise CheckpointError(
-            f"Refused to unpickle {path}: it holds objects other than tensors and plain containers, and only "
-            f"weights-only checkpoints are loaded (torch.load(weights_only=True)); re-save it as a state dict."
+            f"Refused to unpickle {path}: it holds a {found[1]} object, and only weights-only checkpoints "
+            f"(tensors in plain containers) are loaded with torch.load(weights_only=True); re-save it as a state dict."
         ) from exc
     except Exception as exc:  # torch and safetensors raise assorted errors on corrupt files
         raise CheckpointError(

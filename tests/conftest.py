@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny models of each family, an isolated SAMADAPT_HOME, generated rasters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from samadapt.models.tiny import save_tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own SAMADAPT_HOME, and no test can reach a real model hub."""
+    home = tmp_path_factory.mktemp("samadapt-home")
+    monkeypatch.setenv("SAMADAPT_HOME", str(home))
+    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders with a tiny random model of each family, in the transformers layout."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: save_tiny_model(root / family, family) for family in ("sam", "sam2", "sam-hq")}
+
+
+@pytest.fixture(params=["sam", "sam2", "sam-hq"])
+def tiny_model(request: pytest.FixtureRequest, tiny_models: dict[str, Path]) -> Path:
+    """Each family's tiny model in turn."""
+    return tiny_models[request.param]
+
+
+@pytest.fixture
+def textured_image() -> np.ndarray:
+    """A (300, 500, 3) uint8 image: noise with a bright disc and a dark square."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 120, size=(300, 500, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:300, :500]
+    img[(xx - 120) ** 2 + (yy - 150) ** 2 < 50**2] = 230
+    img[60:140, 300:420] = 10
+    return img
+
+
+@pytest.fixture
+def utm_raster(tmp_path: Path, textured_image: np.ndarray) -> Path:
+    """A 3-band uint8 GeoTIFF in EPSG:32616 with non-square pixels and a nodata strip."""
+    path = tmp_path / "utm.tif"
+    data = np.moveaxis(textured_image, 2, 0).copy()
+    data[:, :, :20] = 0
+    with rasterio.open(
+        path, "w", driver="GTiff", width=500, height=300, count=3, dtype="uint8",
+        crs="EPSG:32616", transform=from_origin(740000.0, 3740000.0, 0.5, 0.75), nodata=0,
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not present: {path}")
+    return path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,151 @@
+"""Prompted and automatic segmentation with tiny models of every family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import torch
+
+import samadapt.segment as segment_module
+from samadapt.automatic import AutomaticOptions, box_nms, mask_boxes, point_grid, remove_small_regions
+from samadapt.automatic import stability_score
+from samadapt.errors import InputError
+from samadapt.imagery.read import read_image
+from samadapt.outputs import write_segmentation
+from samadapt.prompt_io import prompts_from_cli
+from samadapt.prompts import ObjectPrompt, box, point
+from samadapt.segment import Segmenter
+
+
+def _prompts() -> list[ObjectPrompt]:
+    return [
+        point(120, 150),
+        box(300, 60, 420, 140),
+        ObjectPrompt(points=[[120, 150], [200, 40]], labels=[1, 0]),
+        ObjectPrompt(points=[[350, 100]], labels=[1], box=[300, 60, 420, 140]),
+        ObjectPrompt(box=[100, 100, 150, 200], mask=np.zeros((300, 500), bool)),
+    ]
+
+
+def test_batched_objects_equal_one_at_a_time(tiny_model: Path, textured_image: np.ndarray) -> None:
+    seg = Segmenter(tiny_model, cache=False)
+    prompts = _prompts()
+    together = seg.segment(textured_image, prompts, keep_logits=True)
+    assert together.masks.shape == (len(prompts), 300, 500) and together.masks.dtype == bool
+    for i, p in enumerate(prompts):
+        alone = seg.segment(textured_image, [p], keep_logits=True)
+        np.testing.assert_allclose(alone.logits[0], together.logits[i], atol=1e-4)
+        np.testing.assert_allclose(alone.scores[0], together.scores[i], atol=1e-5)
+    assert seg.encoder_calls == 1  # every call after the first reused the embedding
+
+
+def test_best_of_three_is_the_highest_predicted_iou(tiny_models: dict[str, Path], textured_image: np.ndarray) -> None:
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    emb = seg.embed(textured_image)
+    low, iou = seg.decode(emb, [point(120, 150)], multimask=True)
+    res = seg.segment(emb, [point(120, 150)], keep_logits=True)
+    best = int(iou[0].argmax())
+    assert res.scores[0] == pytest.approx(float(iou[0, best]))
+    np.testing.assert_allclose(res.logits[0], low[0, best].numpy())
+    single = seg.segment(emb, [point(120, 150)], multimask=False)
+    assert single.masks.shape == (1, 300, 500)
+
+
+def test_nodata_never_in_a_mask(tiny_models: dict[str, Path], utm_raster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = read_image(utm_raster)
+    assert not image.valid[:, :20].any()
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    monkeypatch.setattr(segment_module, "decode", _box_decoder(seg))
+    res = seg.segment(image, [box(0, 0, 200, 200)])
+    assert res.masks[0, :, 25:180].any()
+    assert not res.masks[0, :, :20].any()
+
+
+def test_prompt_outside_image_is_refused(tiny_models: dict[str, Path], textured_image: np.ndarray) -> None:
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    with pytest.raises(InputError, match=r"point \(600, 10\) lies outside the image, which is 500 x 300"):
+        seg.segment(textured_image, [point(600, 10)])
+    with pytest.raises(InputError, match="no prompts"):
+        seg.segment(textured_image, [])
+
+
+def _box_decoder(seg: Segmenter):  # noqa: ANN202
+    """A stand-in mask decoder that segments exactly its box prompt, in the model-input frame.
+
+    With it, any error in the coordinate chain (map -> pixel -> model input -> low-res mask ->
+    original image -> polygon -> map) moves the output polygon away from the prompt.
+    """
+    size = seg.loaded.preprocessing.size
+    side = size // 4
+    centres = (torch.arange(side) + 0.5) * 4
+
+    def fake(loaded, embedding, prompts, *, multimask=True):  # noqa: ANN001, ANN202
+        boxes = torch.as_tensor(prompts.boxes, dtype=torch.float32)
+        inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] <= boxes[:, 2:3])
+        inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] <= boxes[:, 3:4])
+        m = inside_y[:, :, None] & inside_x[:, None, :]
+        logits = torch.where(m, 10.0, -10.0)[:, None].repeat(1, 3 if multimask else 1, 1, 1)
+        return logits, torch.ones(logits.shape[:2])
+
+    return fake
+
+
+def test_geotiff_round_trip_puts_polygon_where_the_map_prompt_was(
+    tiny_models: dict[str, Path], utm_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = read_image(utm_raster)
+    x0, y0 = image.transform @ (100, 200)  # map coords of pixel corners: a box in metres
+    x1, y1 = image.transform @ (300, 100)
+    objects = prompts_from_cli([], [f"{x0},{y0},{x1},{y1}"], crs="EPSG:32616", transform=image.transform,
+                               raster_crs=image.crs)
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    monkeypatch.setattr(segment_module, "decode", _box_decoder(seg))
+    res = seg.segment(image, objects)
+    out = write_segmentation(tmp_path / "m.gpkg", res, crs=image.crs, transform=image.transform, valid=image.valid)
+    frame = gpd.read_file(out)
+    assert frame.crs.to_epsg() == 32616
+    bx0, by0, bx1, by1 = frame.geometry.iloc[0].bounds
+    # one low-resolution cell of the model is 500/64 ~ 8 pixels: 4 m in x, 6 m in y here
+    assert bx0 == pytest.approx(x0, abs=4.5) and bx1 == pytest.approx(x1, abs=4.5)
+    assert by0 == pytest.approx(y0, abs=6.5) and by1 == pytest.approx(y1, abs=6.5)
+    tif = write_segmentation(tmp_path / "m.tif", res, crs=image.crs, transform=image.transform, valid=image.valid)
+    import rasterio
+
+    with rasterio.open(tif) as ds:
+        assert ds.crs == image.crs and ds.transform == image.transform and ds.shape == (300, 500)
+
+
+def test_everything_mode_returns_deduplicated_masks(tiny_model: Path, textured_image: np.ndarray) -> None:
+    seg = Segmenter(tiny_model, cache=False)
+    opts = AutomaticOptions(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
+    res = seg.segment_everything(textured_image, opts)
+    assert res.masks.shape[1:] == (300, 500) and len(res) >= 1
+    boxes = mask_boxes(res.masks)
+    assert len(box_nms(boxes, res.scores, 0.7)) == len(res)  # nothing left to suppress
+    strict = seg.segment_everything(textured_image, AutomaticOptions(points_per_side=4, pred_iou_thresh=2.0))
+    assert len(strict) == 0 and strict.masks.shape == (0, 300, 500)
+
+
+def test_box_nms_keeps_best_of_overlapping() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], float)
+    keep = box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_stability_score_and_grid_and_small_regions() -> None:
+    logits = torch.full((1, 10, 10), -5.0)
+    logits[0, 2:8, 2:8] = 5.0
+    assert stability_score(logits, 1.0).item() == 1.0
+    logits[0, 0:2, :] = 0.5  # soft border: grows under the lower threshold only
+    assert stability_score(logits, 1.0).item() == pytest.approx(36 / 56)
+    grid = point_grid(100, 200, 4)
+    assert grid.shape == (16, 2) and grid[0].tolist() == [25.0, 12.5]
+    m = np.zeros((20, 20), bool)
+    m[2:12, 2:12] = True
+    m[5, 5] = False  # a one-pixel hole
+    m[17, 17] = True  # a one-pixel island
+    clean = remove_small_regions(m, 4)
+    assert clean[5, 5] and not clean[17, 17] and clean[2:12, 2:12].all()
