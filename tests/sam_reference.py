@@ -98,10 +98,10 @@ def _install_torchvision_stub() -> list[str]:
     modules = {name: types.ModuleType(name) for name in _STUB_MODULES}
     for name in ("torchvision", "torchvision.transforms", "torchvision.ops"):
         modules[name].__path__ = []  # marks it as a package
-    modules["torchvision"].transforms = modules["torchvision.transforms"]  # type: ignore[attr-defined]
-    modules["torchvision"].ops = modules["torchvision.ops"]  # type: ignore[attr-defined]
-    modules["torchvision.transforms"].functional = modules["torchvision.transforms.functional"]  # type: ignore[attr-defined]
-    modules["torchvision.ops"].boxes = modules["torchvision.ops.boxes"]  # type: ignore[attr-defined]
+    for name, module in modules.items():  # make each submodule an attribute of its parent
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(modules[parent], child, module)
     functional = modules["torchvision.transforms.functional"]
     functional.resize = _resize  # type: ignore[attr-defined]
     functional.to_pil_image = _to_pil_image  # type: ignore[attr-defined]

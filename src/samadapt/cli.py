@@ -236,7 +236,7 @@ def main() -> None:
     except SamadaptError as e:
         if os.environ.get("SAMADAPT_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -6,14 +6,21 @@ Three steps, each its own function: :func:`convert_meta_sam_state_dict` renames 
 :func:`infer_sam_config` reads the architecture off the tensor shapes; :func:`load_meta_sam` reads
 a file safely (``weights_only=True``), checks its family and loads strictly.
 :func:`convert_meta_checkpoint` writes the result in the Hugging Face folder layout, to cache it.
+The configuration keeps the official two-way transformer's LayerNorm eps (1e-5; the Hub's SAM
+configs say 1e-6), so the converted model reproduces the official one to fp32 precision.
 
-Prompt conventions are the same on both sides, so a caller passes the converted model exactly
-what it would pass the reference: points and boxes in pixels of the resized model input
-(``image_size`` frame, longest side resized to 1024 for the official models), ``(x, y)`` order,
-boxes XYXY; both models add 0.5 (pixel centre) inside the prompt encoder.
+Prompt conventions are the same on both sides: points and boxes in pixels of the resized model
+input (the ``image_size`` frame: longest side resized to 1024 for the official models), ``(x, y)``
+order, boxes XYXY; both add 0.5 (pixel centre) inside the prompt encoder, so the caller does not.
+Only the batching differs: the reference's prompt batch B (points (B, N, 2), labels (B, N), boxes
+(B, 4)) is the "point batch" of transformers (``input_points`` (1, B, N, 2), ``input_labels``
+(1, B, N), ``input_boxes`` (1, B, 4)); ``input_masks`` (1, 1, 4g, 4g) is one mask per image,
+shared by all its prompts.
 
 SAM-HQ checkpoints (``sam_hq_vit_b.pth`` …; keys ``mask_decoder.hf_token`` etc.) load into
-``transformers.SamHQModel``; their ViT and two-way transformer are SAM's own.
+``transformers.SamHQModel``. Their weights land correctly, but ``SamHQMaskDecoder.forward`` of
+transformers 5.23 upscales the image embedding from before the two-way transformer instead of
+after it, so its masks differ from the official SAM-HQ ones (the tests mark this as a known failure).
 """
 
 from __future__ import annotations
@@ -277,6 +284,11 @@ def infer_sam_config(
     }
     if "mask_decoder.hf_token.weight" in sd:
         decoder["vit_dim"] = _shape(sd, "mask_decoder.compress_vit_feat.0.weight")[0]
+        if decoder["vit_dim"] != hidden:
+            raise CheckpointError(
+                f"SAM-HQ's compress_vit_feat takes {decoder['vit_dim']} channels but the ViT is {hidden} wide; "
+                f"the HQ decoder does not belong to this image encoder."
+            )
         return SamHQConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
@@ -402,8 +414,8 @@ def _check_keys(model: torch.nn.Module, converted: Mapping[str, torch.Tensor], p
     ]
     if problems:
         raise CheckpointError(
-            f"{path} does not match the {type(model).__name__} its shapes describe: keys in transformers "
-            f"names are {'; '.join(problems)}."
+            f"{path} does not match the {type(model).__name__} its shapes describe, keys given in transformers "
+            f"names: {'; '.join(problems)}."
         )
 
 
