@@ -202,12 +202,12 @@ def infer_sam_config(
         CheckpointError: A needed tensor is missing or the shapes do not fit together.
     """
     sd = state_dict
-    hidden, in_channels, patch, _ = _shape(sd, "image_encoder.patch_embed.proj.weight")
-    grid = _shape(sd, "image_encoder.pos_embed")[1]
+    hidden, in_channels, patch, _ = _shape(sd, "image_encoder.patch_embed.proj.weight", 4)
+    grid = _shape(sd, "image_encoder.pos_embed", 4)[1]
     depth = _count(sd, r"image_encoder\.blocks\.(\d+)\.")
     head_dims, rows = set(), []
     for i in range(depth):
-        height_rows, head_dim = _shape(sd, f"image_encoder.blocks.{i}.attn.rel_pos_h")
+        height_rows, head_dim = _shape(sd, f"image_encoder.blocks.{i}.attn.rel_pos_h", 2)
         head_dims.add(head_dim)
         rows.append(height_rows)
     if len(head_dims) != 1 or hidden % min(head_dims):
@@ -229,17 +229,17 @@ def infer_sam_config(
             f"one odd count (2 * window - 1)."
         )
     window = (window_rows.pop() + 1) // 2 if window_rows else grid
-    out_channels = _shape(sd, "image_encoder.neck.0.weight")[0]
-    pos_feats = _shape(sd, _GAUSSIAN)[1]
-    prompt_hidden = _shape(sd, "prompt_encoder.no_mask_embed.weight")[1]
-    decoder_hidden = _shape(sd, "mask_decoder.iou_token.weight")[1]
+    out_channels = _shape(sd, "image_encoder.neck.0.weight", 4)[0]
+    pos_feats = _shape(sd, _GAUSSIAN, 2)[1]
+    prompt_hidden = _shape(sd, "prompt_encoder.no_mask_embed.weight", 2)[1]
+    decoder_hidden = _shape(sd, "mask_decoder.iou_token.weight", 2)[1]
     if not out_channels == prompt_hidden == decoder_hidden == 2 * pos_feats:
         raise CheckpointError(
             f"The neck outputs {out_channels} channels, the prompt encoder is {prompt_hidden} wide, the "
             f"decoder {decoder_hidden} and the Gaussian matrix has {pos_feats} columns; SAM needs the "
             f"three widths equal and twice the column count."
         )
-    internal = _shape(sd, "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight")[0]
+    internal = _shape(sd, "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight", 2)[0]
     decoder_heads = _DEFAULT_DECODER_HEADS if decoder_num_heads is None else decoder_num_heads
     if decoder_heads < 1 or internal % decoder_heads or decoder_hidden % internal:
         raise CheckpointError(
@@ -255,7 +255,7 @@ def infer_sam_config(
         "image_size": grid * patch,
         "patch_size": patch,
         "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in sd,
-        "mlp_dim": _shape(sd, "image_encoder.blocks.0.mlp.lin1.weight")[0],
+        "mlp_dim": _shape(sd, "image_encoder.blocks.0.mlp.lin1.weight", 2)[0],
         "use_abs_pos": True,
         "use_rel_pos": True,
         "window_size": window,
@@ -267,23 +267,23 @@ def infer_sam_config(
         "hidden_size": prompt_hidden,
         "image_size": grid * patch,
         "patch_size": patch,
-        "mask_input_channels": _shape(sd, "prompt_encoder.mask_downscaling.3.weight")[0],
+        "mask_input_channels": _shape(sd, "prompt_encoder.mask_downscaling.3.weight", 4)[0],
         "num_point_embeddings": _count(sd, r"prompt_encoder\.point_embeddings\.(\d+)\."),
         "layer_norm_eps": 1e-6,
     }
     decoder = {
         "hidden_size": decoder_hidden,
-        "mlp_dim": _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight")[0],
+        "mlp_dim": _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight", 2)[0],
         "num_hidden_layers": _count(sd, r"mask_decoder\.transformer\.layers\.(\d+)\."),
         "num_attention_heads": decoder_heads,
         "attention_downsample_rate": decoder_hidden // internal,
-        "num_multimask_outputs": _shape(sd, "mask_decoder.mask_tokens.weight")[0] - 1,
+        "num_multimask_outputs": _shape(sd, "mask_decoder.mask_tokens.weight", 2)[0] - 1,
         "iou_head_depth": _count(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
-        "iou_head_hidden_dim": _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight")[0],
+        "iou_head_hidden_dim": _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight", 2)[0],
         "layer_norm_eps": _DECODER_LAYER_NORM_EPS,
     }
     if "mask_decoder.hf_token.weight" in sd:
-        decoder["vit_dim"] = _shape(sd, "mask_decoder.compress_vit_feat.0.weight")[0]
+        decoder["vit_dim"] = _shape(sd, "mask_decoder.compress_vit_feat.0.weight", 4)[0]
         if decoder["vit_dim"] != hidden:
             raise CheckpointError(
                 f"SAM-HQ's compress_vit_feat takes {decoder['vit_dim']} channels but the ViT is {hidden} wide; "
@@ -293,10 +293,13 @@ def infer_sam_config(
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
-def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
     if key not in state_dict:
         raise CheckpointError(f"The checkpoint has no tensor {key!r}, which every official SAM checkpoint has.")
-    return tuple(state_dict[key].shape)
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"Tensor {key!r} has shape {shape}; an official SAM checkpoint's has {ndim} axes.")
+    return shape
 
 
 def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
