@@ -31,6 +31,9 @@ def build(name: str, root: Path) -> Path:
     config = {"sam-vit-base": SamConfig, "sam2.1-hiera-tiny": Sam2Config}[name]()  # defaults = these architectures
     torch.manual_seed(0)
     model = AutoModel.from_config(config).eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model.save_pretrained(root / name)
     return root / name
 

@@ -117,3 +117,10 @@ def test_registry_name_downloads_from_the_hub_then_loads_from_cache(
         assert again.weights_sha256 == loaded.weights_sha256
     finally:
         server.shutdown()
+
+
+def test_sam_hq_models_get_the_decoder_correction(tiny_models: dict[str, Path]) -> None:
+    from samadapt.models.hq_fix import needs_hq_decoder_fix
+
+    loaded = load_model(tiny_models["sam-hq"])
+    assert getattr(loaded.model.mask_decoder, "_samadapt_fixed", False) == needs_hq_decoder_fix()

@@ -119,6 +119,11 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot load the checkpoint in {folder}: {err}") from None
     model.eval().to(device)
+    if family == "sam-hq":
+        from samadapt.models.hq_fix import fix_sam_hq_decoder, needs_hq_decoder_fix
+
+        if needs_hq_decoder_fix():
+            fix_sam_hq_decoder(model)
     marker = folder / MARKER
     trusted = True
     if marker.is_file():
