@@ -1,0 +1,128 @@
+"""Compare the three prompt modes against ground truth (seed 000, section 2.2 and Figure 3)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask
+from samadapt.automatic import AutomaticOptions
+from samadapt.errors import InputError
+from samadapt.segment import Segmenter
+
+
+@dataclass
+class ModeComparison:
+    """Per-image foreground IoU of each mode's pseudo-labels against the ground truth.
+
+    Attributes:
+        per_image: rows of (stem, {mode: IoU}).
+        miou: dataset-level mean IoU over classes (background included) per mode.
+        csv_path, figure_path: where the table and the figure were written.
+    """
+
+    per_image: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    miou: dict[str, float] = field(default_factory=dict)
+    csv_path: Path | None = None
+    figure_path: Path | None = None
+
+    def mean_iou(self, mode: str) -> float:
+        """Mean over images of the per-image foreground IoU."""
+        values = [row[mode] for _, row in self.per_image if not np.isnan(row[mode])]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def compare_modes(
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    segmenter: Segmenter,
+    split: str | None = None,
+    seed: int = 0,
+    figure_images: int = 3,
+    auto_options: AutomaticOptions | None = None,
+    modes: tuple[Mode, ...] = MODES,
+) -> ModeComparison:
+    """Run every prompt mode on every image with a ground-truth mask and score it.
+
+    Writes ``compare.csv`` (one row per image, a column per mode, a last row of means) and
+    ``compare.png`` (image, automatic, point and box overlays for a few images) in ``out_dir``.
+    """
+    from samadapt.data.dataset import SegDataset
+    from samadapt.metrics import MetricAccumulator, binary_iou
+
+    dataset = SegDataset.open(dataset_dir)
+    stems = [s for s in dataset.stems(split) if dataset.mask_path(s) is not None]
+    if not stems:
+        raise InputError(f"{dataset_dir} has no images with ground-truth masks to compare against")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = max(dataset.num_classes, 2)
+    acc = {m: MetricAccumulator(num_classes, per_image=False) for m in modes}
+    report = ModeComparison()
+    panels: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
+    for stem in stems:
+        image = dataset.read_image(stem)
+        truth = dataset.read_mask(stem)
+        row: dict[str, float] = {}
+        shown: dict[str, np.ndarray] = {}
+        for mode in modes:
+            objects = regions_from_mask(truth, mode, seed)
+            ann = annotate_image(segmenter, image, stem, objects, mode, auto_options=auto_options)
+            pred = ann.labels.copy()
+            pred[pred == 255] = 0
+            scored = truth != 255
+            row[mode] = binary_iou((pred > 0) & scored, (truth > 0) & scored)
+            acc[mode].add(pred, truth)
+            shown[mode] = ann.everything.masks if (mode == "auto" and ann.everything is not None) else (pred > 0)[None]
+        report.per_image.append((stem, row))
+        if len(panels) < figure_images:
+            panels.append((image.pixels, shown, truth))
+    report.miou = {m: float(acc[m].compute().miou) for m in modes}
+    report.csv_path = _write_csv(out_dir / "compare.csv", report, modes)
+    report.figure_path = _figure(out_dir / "compare.png", panels, modes)
+    return report
+
+
+def _write_csv(path: Path, report: ModeComparison, modes: tuple[str, ...]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *(f"iou_{m}" for m in modes)])
+        for stem, row in report.per_image:
+            w.writerow([stem, *(f"{row[m]:.4f}" for m in modes)])
+        w.writerow(["mean", *(f"{report.mean_iou(m):.4f}" for m in modes)])
+        w.writerow(["dataset_miou", *(f"{report.miou[m]:.4f}" for m in modes)])
+    os.replace(tmp, path)
+    return path
+
+
+def _figure(path: Path, panels: list, modes: tuple[str, ...]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samadapt.overlay import overlay
+
+    titles = {"auto": "automatic", "point": "point prompt", "box": "box prompt"}
+    cols = 1 + len(modes)
+    fig, axes = plt.subplots(len(panels), cols, figsize=(3.2 * cols, 3.2 * len(panels)), squeeze=False)
+    for r, (pixels, shown, truth) in enumerate(panels):
+        axes[r, 0].imshow(overlay(pixels, (truth > 0)[None] & (truth != 255)[None], alpha=0.0))
+        axes[r, 0].set_title("image + ground-truth outline" if r == 0 else "")
+        for c, mode in enumerate(modes, start=1):
+            axes[r, c].imshow(overlay(pixels, shown[mode]))
+            axes[r, c].set_title(titles.get(mode, mode) if r == 0 else "")
+        for ax in axes[r]:
+            ax.set_axis_off()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

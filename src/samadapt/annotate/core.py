@@ -1,0 +1,263 @@
+"""Annotate a dataset by prompting SAM, and compare prompt modes against ground truth.
+
+Seed 000 (section 2.2) annotates with three prompt modes: ``auto`` (the automatic point-grid
+mode; each region takes the automatic mask with the highest predicted IoU among those that
+overlap it), ``point`` (a point inside each region) and ``box`` (the region's bounding box).
+Regions come from ground-truth masks or from an expert's boxes or points. The result is a
+dataset in samadapt's format whose masks are SAM's pseudo-labels, with a ``sources.csv``
+recording which prompt produced each object.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from samadapt.annotate.experts import ExpertLabels, ExpertObject
+from samadapt.automatic import AutomaticOptions
+from samadapt.errors import InputError, OutputExistsError
+from samadapt.imagery.read import GeoImage
+from samadapt.prompts import ObjectPrompt
+from samadapt.result import SegmentationResult
+from samadapt.segment import Segmenter
+
+Mode = Literal["box", "point", "auto"]
+MODES: tuple[Mode, ...] = ("auto", "point", "box")
+IGNORE = 255
+
+
+@dataclass
+class ObjectRecord:
+    """Where one annotated object came from (one row of ``sources.csv``)."""
+
+    stem: str
+    object: int
+    class_id: int
+    mode: str
+    source: str
+    score: float
+    pixels: int
+
+
+@dataclass
+class ImageAnnotation:
+    """One image's pseudo-label (H, W) uint8 and the records of its objects."""
+
+    stem: str
+    labels: np.ndarray
+    records: list[ObjectRecord] = field(default_factory=list)
+    everything: SegmentationResult | None = None
+
+
+def regions_from_mask(mask: np.ndarray, mode: Mode, seed: int = 0) -> list[tuple[ObjectPrompt, int, np.ndarray]]:
+    """Per connected region of each class of a ground-truth mask: its prompt, class and region.
+
+    Box mode prompts with the region's tight box, point mode with its deepest interior point
+    (the distance-transform maximum, which lies inside even for rings), auto mode keeps the
+    region for matching against automatic masks.
+    """
+    from samadapt.prompt_gen import interior_point, regions, tight_box
+
+    out = []
+    for class_id in sorted(int(c) for c in np.unique(mask) if c not in (0, IGNORE)):
+        for region in regions(mask, class_id=class_id):
+            if mode == "box":
+                prompt = ObjectPrompt(box=tight_box(region))
+            else:
+                x, y = interior_point(region)
+                prompt = ObjectPrompt(points=np.array([[x, y]]), labels=np.array([1]))
+            out.append((prompt, class_id, region))
+    return out
+
+
+def expert_region(obj: ExpertObject, shape: tuple[int, int]) -> np.ndarray:
+    """The area an expert marked: the box's pixels, or the pixels at the points."""
+    region = np.zeros(shape, dtype=bool)
+    p = obj.prompt
+    if p.box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in p.box)
+        region[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    for x, y in p.points[p.labels == 1]:
+        region[min(int(y), shape[0] - 1), min(int(x), shape[1] - 1)] = True
+    return region
+
+
+def pick_automatic(region: np.ndarray, everything: SegmentationResult) -> int | None:
+    """Index of the automatic mask with the highest predicted IoU among those overlapping ``region``."""
+    best, best_score = None, -np.inf
+    for i, (m, s) in enumerate(zip(everything.masks, everything.scores)):
+        if s > best_score and np.logical_and(m, region).any():
+            best, best_score = i, float(s)
+    return best
+
+
+def annotate_image(
+    segmenter: Segmenter,
+    image: GeoImage,
+    stem: str,
+    objects: list[tuple[ObjectPrompt, int, np.ndarray]],
+    mode: Mode,
+    *,
+    auto_options: AutomaticOptions | None = None,
+    everything: SegmentationResult | None = None,
+) -> ImageAnnotation:
+    """Pseudo-label one image from its objects' prompts (or regions, in auto mode).
+
+    Larger objects are painted first so a small object inside a large one stays visible;
+    nodata pixels are 255 (ignore).
+    """
+    shape = (image.height, image.width)
+    masks: list[np.ndarray] = []
+    records: list[ObjectRecord] = []
+    if mode == "auto":
+        if everything is None:
+            everything = segmenter.segment_everything(image, auto_options or AutomaticOptions())
+        for k, (_, class_id, region) in enumerate(objects):
+            i = pick_automatic(region, everything)
+            m = everything.masks[i] if i is not None else np.zeros(shape, bool)
+            masks.append(m)
+            score = float(everything.scores[i]) if i is not None else float("nan")
+            records.append(ObjectRecord(stem, k, class_id, mode, f"auto:{i}" if i is not None else "none", score, 0))
+    elif objects:
+        result = segmenter.segment(image, [o[0] for o in objects], multimask=(mode == "point"))
+        for k, ((_, class_id, _), m, s) in enumerate(zip(objects, result.masks, result.scores)):
+            masks.append(m)
+            records.append(ObjectRecord(stem, k, class_id, mode, mode, float(s), 0))
+    labels = np.zeros(shape, dtype=np.uint8)
+    for k in sorted(range(len(masks)), key=lambda j: -int(masks[j].sum())):
+        labels[masks[k]] = objects[k][1]
+    for rec, m in zip(records, masks):
+        rec.pixels = int(m.sum())
+    labels[~image.valid] = IGNORE
+    return ImageAnnotation(stem, labels, records, everything)
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace its files")
+
+
+def write_label_mask(folder: Path, stem: str, labels: np.ndarray, image: GeoImage) -> Path:
+    """Write a label mask for ``stem``: a GeoTIFF beside a georeferenced image, else a PNG."""
+    from samadapt.outputs import write_mask_geotiff, write_mask_png
+
+    if image.georeferenced:
+        return write_mask_geotiff(folder / f"{stem}.tif", labels, crs=image.crs, transform=image.transform,
+                                  valid=None, overwrite=True)
+    return write_mask_png(folder / f"{stem}.png", labels, overwrite=True)
+
+
+def _write_records(path: Path, records: list[ObjectRecord]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "object", "class", "mode", "source", "score", "pixels"])
+        for r in records:
+            w.writerow([r.stem, r.object, r.class_id, r.mode, r.source, f"{r.score:.4f}", r.pixels])
+    os.replace(tmp, path)
+
+
+@dataclass
+class AnnotateSummary:
+    """What :func:`annotate_dataset` wrote."""
+
+    out_dir: Path
+    images: int
+    objects: int
+    empty_objects: int
+    source: str
+
+
+def objects_for_images(
+    dataset: object, stems: list[str], mode: Mode, experts: ExpertLabels | None, seed: int
+) -> Callable[[str, GeoImage], list[tuple[ObjectPrompt, int, np.ndarray]]]:
+    """A function giving each image's (prompt, class, region) list from experts or ground truth."""
+
+    def for_image(stem: str, image: GeoImage) -> list[tuple[ObjectPrompt, int, np.ndarray]]:
+        if experts is not None:
+            shape = (image.height, image.width)
+            return [(o.prompt, o.class_id, expert_region(o, shape)) for o in experts.objects.get(stem, [])]
+        mask = dataset.read_mask(stem)  # type: ignore[attr-defined]
+        if mask is None:
+            raise InputError(f"image {stem!r} has no ground-truth mask; give expert labels (--labels) instead")
+        return regions_from_mask(mask, mode, seed)
+
+    return for_image
+
+
+def annotate_dataset(
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    segmenter: Segmenter,
+    mode: Mode = "box",
+    experts: ExpertLabels | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    auto_options: AutomaticOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AnnotateSummary:
+    """Write a dataset whose masks are SAM pseudo-labels from ``mode`` prompts.
+
+    Args:
+        dataset_dir: a dataset folder (``images/``, optional ``masks/``).
+        out_dir: folder to write (images copied, masks written, ``sources.csv``).
+        segmenter: the model to prompt.
+        mode: "box", "point" or "auto".
+        experts: expert prompts per image; when None, prompts come from ground-truth masks.
+        split: annotate only this split.
+        seed: seed of any random choice.
+        overwrite: allow writing into a non-empty ``out_dir``.
+        auto_options: settings of the automatic mode.
+        progress: called with (done, total) after each image.
+    """
+    from samadapt.data.dataset import SegDataset
+
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    dataset = SegDataset.open(dataset_dir)
+    stems = dataset.stems(split)
+    out_dir = Path(out_dir)
+    _check_out(out_dir, overwrite)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    get_objects = objects_for_images(dataset, stems, mode, experts, seed)
+    records: list[ObjectRecord] = []
+    for n, stem in enumerate(stems, start=1):
+        image = dataset.read_image(stem)
+        ann = annotate_image(segmenter, image, stem, get_objects(stem, image), mode, auto_options=auto_options)
+        src = dataset.image_path(stem)
+        dst = out_dir / "images" / src.name
+        if not dst.exists() or overwrite:
+            shutil.copy2(src, dst)
+        write_label_mask(out_dir / "masks", stem, ann.labels, image)
+        records.extend(ann.records)
+        if progress:
+            progress(n, len(stems))
+    classes = dict(dataset.classes)
+    if experts is not None and experts.class_names:
+        classes = {0: "background", **experts.class_names}
+    _write_json(out_dir / "classes.json", {str(k): v for k, v in sorted(classes.items())})
+    if dataset.splits:
+        _write_json(out_dir / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
+    _write_records(out_dir / "sources.csv", records)
+    return AnnotateSummary(
+        out_dir=out_dir, images=len(stems), objects=len(records),
+        empty_objects=sum(r.pixels == 0 for r in records), source=experts.kind if experts else "ground truth",
+    )
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
