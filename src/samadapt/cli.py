@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, fetch, convert and build models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Check and build datasets (images/ + masks/).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
@@ -197,6 +199,132 @@ def models_tiny(
         raise InputError(f"--family must be sam, sam2 or sam-hq, got {family!r}")
     save_tiny_model(out_dir, family, seed=seed, overwrite=overwrite)  # type: ignore[arg-type]
     out.print(f"wrote a tiny random {family} model to {out_dir} (its masks mean nothing)")
+
+
+def _expert_labels(dataset_dir: Path, labels: Path | None):  # noqa: ANN202
+    """Expert prompts from --labels (YOLO folder, CSV, vector file), or a YOLO labels/ beside images/."""
+    from samadapt.annotate.experts import read_csv_labels, read_vector_labels, read_yolo_folder
+    from samadapt.data.dataset import SegDataset
+
+    if labels is None:
+        default = dataset_dir / "labels"
+        if default.is_dir() and any(default.glob("*.txt")) and not (dataset_dir / "masks").is_dir():
+            labels = default
+        else:
+            return None
+    if not labels.exists():
+        raise InputError(f"--labels {labels} does not exist")
+    ds = SegDataset.open(dataset_dir)
+    if labels.is_dir():
+        sizes = {}
+        for stem in ds.stems():
+            img = ds.read_image(stem)
+            sizes[stem] = (img.height, img.width)
+        return read_yolo_folder(labels, sizes)
+    if labels.suffix.lower() == ".csv":
+        return read_csv_labels(labels)
+    georef = {}
+    for stem in ds.stems():
+        img = ds.read_image(stem)
+        georef[stem] = (img.crs, img.transform, (img.height, img.width))
+    return read_vector_labels(labels, georef)
+
+
+@app.command()
+def annotate(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder with images/ (and masks/ or labels).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the annotated dataset or comparison.")],
+    model: ModelOpt = "sam-vit-base",
+    mode: Annotated[str, typer.Option("--mode", help="box, point or auto.")] = "box",
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Expert prompts: YOLO folder, CSV (pixels) or "
+                                                   "GeoPackage/GeoJSON (map coordinates).")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Run all three modes against ground-truth masks.")] = False,
+    split: Annotated[Optional[str], typer.Option("--split", help="Only this split of splits.json.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of random choices.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Annotate a dataset with SAM pseudo-labels from boxes, points or the automatic mode."""
+    from rich.progress import Progress
+
+    from samadapt.annotate import annotate_dataset, compare_modes
+    from samadapt.segment import Segmenter
+
+    if mode not in ("box", "point", "auto"):
+        raise InputError(f"--mode must be box, point or auto, got {mode!r}")
+    if not dataset_dir.is_dir():
+        raise InputError(f"dataset folder not found: {dataset_dir}")
+    segmenter = Segmenter(model, device=device)
+    if compare:
+        report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed)
+        _warn_untrusted(segmenter.loaded.trusted)
+        table = Table("image", "automatic", "point", "box", title="foreground IoU against ground truth")
+        for stem, row in report.per_image[:30]:
+            table.add_row(stem, *(f"{row[m]:.3f}" for m in ("auto", "point", "box")))
+        table.add_row("[bold]mean[/]", *(f"[bold]{report.mean_iou(m):.3f}[/]" for m in ("auto", "point", "box")))
+        table.add_row("dataset mIoU", *(f"{report.miou[m]:.3f}" for m in ("auto", "point", "box")))
+        out.print(table)
+        out.print(f"wrote {report.csv_path} and {report.figure_path}")
+        return
+    experts = _expert_labels(dataset_dir, labels)
+    with Progress(console=err) as progress:
+        task = progress.add_task(f"annotating ({mode})", total=None)
+        summary = annotate_dataset(
+            dataset_dir, out_dir, segmenter=segmenter, mode=mode, experts=experts, split=split, seed=seed,
+            overwrite=overwrite, progress=lambda n, total: progress.update(task, completed=n, total=total),
+        )
+    _warn_untrusted(segmenter.loaded.trusted)
+    out.print(
+        f"annotated {summary.images} images, {summary.objects} objects from {summary.source} "
+        f"({summary.empty_objects} came out empty) into {summary.out_dir}; sources in {summary.out_dir / 'sources.csv'}"
+    )
+
+
+@data_app.command("check")
+def data_check(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    num_classes: Annotated[Optional[int], typer.Option(help="Expected number of classes, background included.")] = None,
+) -> None:
+    """Validate a dataset folder and print a summary; exit code 1 when it has errors."""
+    from samadapt.data.check import check_dataset, format_report
+
+    report = check_dataset(dataset_dir, num_classes=num_classes)
+    out.print(format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("build")
+def data_build(
+    raster: Annotated[Path, typer.Argument(help="GeoTIFF to tile.")],
+    vectors: Annotated[Path, typer.Argument(help="Polygons (GeoPackage, GeoJSON, Shapefile) in any CRS.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 512,
+    class_field: Annotated[Optional[str], typer.Option(help="Attribute holding each polygon's class.")] = None,
+    keep_empty: Annotated[bool, typer.Option(help="Keep tiles without labels.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Build a dataset from a GeoTIFF and polygons: tiles with rasterised masks."""
+    from samadapt.data.build import build_from_vectors
+
+    for p in (raster, vectors):
+        if not p.exists():
+            raise InputError(f"file not found: {p}")
+    path = build_from_vectors(raster, vectors, out_dir, tile_size=tile_size, class_field=class_field,
+                              keep_empty=keep_empty, overwrite=overwrite)
+    out.print(f"wrote dataset {path}; check it with `samadapt data check {path}`")
+
+
+@data_app.command("from-hf")
+def data_from_hf(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face dataset saved with save_to_disk.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    split: Annotated[Optional[str], typer.Option(help="Split of a DatasetDict.")] = None,
+) -> None:
+    """Convert a Hugging Face `datasets` dataset (save_to_disk) to samadapt's folder format."""
+    from samadapt.data.hf import from_hf_dataset
+
+    out.print(f"wrote dataset {from_hf_dataset(path, out_dir, split=split)}")
 
 
 @app.command()

@@ -37,11 +37,9 @@ class MarsSample:
     masks: np.ndarray
 
 
-def make_mars_sample(path: Path, *, size: int = 640, n_pits: int = 5, seed: int = 0) -> MarsSample:
-    """Write a Mars-like uint16 GeoTIFF with ``n_pits`` pits and return it with its truth."""
-    rng = np.random.default_rng(seed)
-    # terrain: smoothed noise at two scales plus a regional slope
-    terrain = ndimage.gaussian_filter(rng.normal(size=(size, size)), 24) * 40
+def mars_terrain(size: int, n_pits: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mars-like 10-bit terrain with pits: (size, size) uint16 data, (K, size, size) masks, (K, 4) boxes."""
+    terrain = ndimage.gaussian_filter(rng.normal(size=(size, size)), max(size / 26, 2)) * 40
     terrain += ndimage.gaussian_filter(rng.normal(size=(size, size)), 3) * 6
     yy, xx = np.mgrid[0:size, 0:size]
     terrain += (xx + yy) / size * 4
@@ -65,19 +63,58 @@ def make_mars_sample(path: Path, *, size: int = 640, n_pits: int = 5, seed: int 
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     image += rng.normal(scale=12, size=image.shape)
     data = np.clip(image, 1, 1023).astype(np.uint16)  # 10-bit range, 0 kept for nodata
-    data[:, : size // 40] = NODATA  # a nodata strip, as at the edge of a map-projected strip
-    west = np.deg2rad(-120.5) * MARS_RADIUS_M  # near Arsia Mons
-    north = np.deg2rad(-9.2) * MARS_RADIUS_M
-    transform = from_origin(west, north, 0.25, 0.25)
+    mask_arr = np.stack(masks) if masks else np.zeros((0, size, size), bool)
+    return data, mask_arr, np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _write_mars_tif(path: Path, data: np.ndarray, west: float, north: float) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with rasterio.open(
-        tmp, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
-        crs=CRS.from_user_input(MARS_CRS), transform=transform, nodata=NODATA, compress="deflate",
+        tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
+        crs=CRS.from_user_input(MARS_CRS), transform=from_origin(west, north, 0.25, 0.25), nodata=NODATA,
+        compress="deflate",
     ) as dst:
         dst.write(data, 1)
     os.replace(tmp, path)
-    mask_arr = np.stack(masks) if masks else np.zeros((0, size, size), bool)
-    mask_arr[:, :, : size // 40] = False
-    return MarsSample(path=path, boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), masks=mask_arr)
+    return path
+
+
+_WEST = np.deg2rad(-120.5) * MARS_RADIUS_M  # near Arsia Mons
+_NORTH = np.deg2rad(-9.2) * MARS_RADIUS_M
+
+
+def make_mars_sample(path: Path, *, size: int = 640, n_pits: int = 5, seed: int = 0) -> MarsSample:
+    """Write a Mars-like uint16 GeoTIFF with ``n_pits`` pits and return it with its truth."""
+    data, masks, boxes = mars_terrain(size, n_pits, np.random.default_rng(seed))
+    data[:, : size // 40] = NODATA  # a nodata strip, as at the edge of a map-projected strip
+    masks[:, :, : size // 40] = False
+    path = _write_mars_tif(path, data, _WEST, _NORTH)
+    return MarsSample(path=path, boxes=boxes, masks=masks)
+
+
+def make_mars_dataset(root: Path, *, n_images: int = 6, size: int = 256, seed: int = 0) -> Path:
+    """Write a small dataset (images/ GeoTIFFs, masks/ with pits = 1, splits.json, classes.json)."""
+    import json
+
+    from samadapt.outputs import write_mask_geotiff
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    stems = []
+    for i in range(n_images):
+        data, masks, _ = mars_terrain(size, int(rng.integers(2, 5)), rng)
+        stem = f"mars_{i:03d}"
+        west = _WEST + i * size * 0.25
+        _write_mars_tif(root / "images" / f"{stem}.tif", data, west, _NORTH)
+        write_mask_geotiff(root / "masks" / f"{stem}.tif", masks.any(axis=0).astype(np.uint8),
+                           crs=CRS.from_user_input(MARS_CRS), transform=from_origin(west, _NORTH, 0.25, 0.25),
+                           valid=None, overwrite=True)
+        stems.append(stem)
+    n_test = max(1, n_images // 3)
+    splits = {"train": stems[: n_images - 2 * n_test] or stems[:1], "val": stems[n_images - 2 * n_test : n_images - n_test],
+              "test": stems[n_images - n_test :]}
+    (root / "splits.json").write_text(json.dumps(splits, indent=2))
+    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "pit"}, indent=2))
+    return root
