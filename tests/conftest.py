@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.transform import from_origin
 
 from samadapt.models.tiny import save_tiny_model
@@ -70,6 +71,31 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real test data not present: {path}")
     return path
+
+
+def box_decoder(seg):  # noqa: ANN001, ANN202
+    """A stand-in mask decoder that segments exactly its box prompt, in the model-input frame.
+
+    With it, any error in the coordinate chain (map -> pixel -> model input -> low-res mask ->
+    original image -> polygon -> map) moves the output polygon away from the prompt.
+    """
+    size = seg.loaded.preprocessing.size
+    side = size // 4
+    centres = (torch.arange(side) + 0.5) * 4
+
+    def fake(loaded, embedding, prompts, *, multimask=True):  # noqa: ANN001, ANN202
+        if prompts.boxes is not None:
+            boxes = torch.as_tensor(prompts.boxes, dtype=torch.float32)
+        else:  # points: a square of 24 model pixels around the first point
+            first = torch.as_tensor(prompts.points[:, 0], dtype=torch.float32)
+            boxes = torch.cat([first - 12, first + 12], dim=1)
+        inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] <= boxes[:, 2:3])
+        inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] <= boxes[:, 3:4])
+        m = inside_y[:, :, None] & inside_x[:, None, :]
+        logits = torch.where(m, 10.0, -10.0)[:, None].repeat(1, 3 if multimask else 1, 1, 1)
+        return logits, torch.ones(logits.shape[:2])
+
+    return fake
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -131,12 +131,13 @@ def test_prompts_from_cli_grouping() -> None:
 
 
 def test_prompts_from_cli_map_coordinates() -> None:
+    # SAM point prompts name the pixel a map point falls in: its centre (c + 0.5, r + 0.5) becomes (c, r)
     px = np.array([[12.5, 7.25], [40.0, 30.0]])
     lonlat = pixel_to_lonlat(px)
     (prompt,) = prompts_from_cli(
         [f"{lonlat[0, 0]},{lonlat[0, 1]}"], [], crs="EPSG:4326", transform=TRANSFORM, raster_crs=UTM
     )
-    assert np.allclose(prompt.points, px[:1], atol=1e-6)
+    assert np.allclose(prompt.points, px[:1] - 0.5, atol=1e-6)
     (utm_box,) = prompts_from_cli([], ["500010,3999964,500030,3999982"], crs=UTM, transform=TRANSFORM, raster_crs=UTM)
     assert np.allclose(utm_box.box, [5, 6, 15, 12])
     with pytest.raises(InputError, match="--crs needs a georeferenced raster"):
@@ -156,7 +157,7 @@ def test_geojson_polygons_and_points(tmp_path: Path) -> None:
     frame.to_file(path)
     boxes_prompt, fg, bg = read_prompt_file(path, transform=TRANSFORM, raster_crs=CRS.from_epsg(32616))
     assert np.allclose(boxes_prompt.box, [5, 6, 15, 12], atol=1e-6) and len(boxes_prompt.points) == 0
-    assert np.allclose(fg.points, [[20.5, 3.5]], atol=1e-6) and fg.labels.tolist() == [1]
+    assert np.allclose(fg.points, [[20.0, 3.0]], atol=1e-6) and fg.labels.tolist() == [1]
     assert bg.labels.tolist() == [0]
 
 
@@ -172,8 +173,8 @@ def test_gpkg_object_property_groups_box_and_points(tmp_path: Path) -> None:
     frame.to_file(path, layer="prompts")
     grouped, alone = read_prompt_file(path, transform=TRANSFORM, raster_crs=UTM)
     assert np.allclose(grouped.box, [5, 6, 15, 12])
-    assert np.allclose(grouped.points, [[6, 7], [8, 9]]) and grouped.labels.tolist() == [0, 0]
-    assert np.allclose(alone.points, [[1, 1]]) and alone.box is None
+    assert np.allclose(grouped.points, [[5.5, 6.5], [7.5, 8.5]]) and grouped.labels.tolist() == [0, 0]
+    assert np.allclose(alone.points, [[0.5, 0.5]]) and alone.box is None
 
 
 def test_vector_file_errors(tmp_path: Path) -> None:
@@ -215,7 +216,7 @@ def test_csv_map_coordinates(tmp_path: Path) -> None:
     pts = tmp_path / "points.csv"
     pts.write_text(f"x,y\n{float(lonlat[0, 0])!r},{float(lonlat[0, 1])!r}\n")
     (prompt,) = read_prompt_file(pts, transform=TRANSFORM, raster_crs=UTM, crs="EPSG:4326")
-    assert np.allclose(prompt.points, [[12.5, 7.25]], atol=1e-6)
+    assert np.allclose(prompt.points, [[12.0, 6.75]], atol=1e-6)
     with pytest.raises(InputError, match="needs a georeferenced raster"):
         read_prompt_file(pts, transform=None, raster_crs=None, crs="EPSG:4326")
 

@@ -18,6 +18,7 @@ from samadapt.outputs import write_segmentation
 from samadapt.prompt_io import prompts_from_cli
 from samadapt.prompts import ObjectPrompt, box, point
 from samadapt.segment import Segmenter
+from conftest import box_decoder
 
 
 def _prompts() -> list[ObjectPrompt]:
@@ -58,7 +59,7 @@ def test_nodata_never_in_a_mask(tiny_models: dict[str, Path], utm_raster: Path, 
     image = read_image(utm_raster)
     assert not image.valid[:, :20].any()
     seg = Segmenter(tiny_models["sam"], cache=False)
-    monkeypatch.setattr(segment_module, "decode", _box_decoder(seg))
+    monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
     res = seg.segment(image, [box(0, 0, 200, 200)])
     assert res.masks[0, :, 25:180].any()
     assert not res.masks[0, :, :20].any()
@@ -72,27 +73,6 @@ def test_prompt_outside_image_is_refused(tiny_models: dict[str, Path], textured_
         seg.segment(textured_image, [])
 
 
-def _box_decoder(seg: Segmenter):  # noqa: ANN202
-    """A stand-in mask decoder that segments exactly its box prompt, in the model-input frame.
-
-    With it, any error in the coordinate chain (map -> pixel -> model input -> low-res mask ->
-    original image -> polygon -> map) moves the output polygon away from the prompt.
-    """
-    size = seg.loaded.preprocessing.size
-    side = size // 4
-    centres = (torch.arange(side) + 0.5) * 4
-
-    def fake(loaded, embedding, prompts, *, multimask=True):  # noqa: ANN001, ANN202
-        boxes = torch.as_tensor(prompts.boxes, dtype=torch.float32)
-        inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] <= boxes[:, 2:3])
-        inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] <= boxes[:, 3:4])
-        m = inside_y[:, :, None] & inside_x[:, None, :]
-        logits = torch.where(m, 10.0, -10.0)[:, None].repeat(1, 3 if multimask else 1, 1, 1)
-        return logits, torch.ones(logits.shape[:2])
-
-    return fake
-
-
 def test_geotiff_round_trip_puts_polygon_where_the_map_prompt_was(
     tiny_models: dict[str, Path], utm_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +82,7 @@ def test_geotiff_round_trip_puts_polygon_where_the_map_prompt_was(
     objects = prompts_from_cli([], [f"{x0},{y0},{x1},{y1}"], crs="EPSG:32616", transform=image.transform,
                                raster_crs=image.crs)
     seg = Segmenter(tiny_models["sam"], cache=False)
-    monkeypatch.setattr(segment_module, "decode", _box_decoder(seg))
+    monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
     res = seg.segment(image, objects)
     out = write_segmentation(tmp_path / "m.gpkg", res, crs=image.crs, transform=image.transform, valid=image.valid)
     frame = gpd.read_file(out)

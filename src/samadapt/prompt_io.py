@@ -174,6 +174,15 @@ def map_to_pixel(xy: np.ndarray, *, transform: Affine | None, src_crs: Any, rast
     return np.column_stack([cols, rows])
 
 
+def map_to_prompt_point(xy: np.ndarray, *, transform: Affine | None, src_crs: Any, raster_crs: Any) -> np.ndarray:
+    """Convert map points to SAM point prompts: (x, y) = (column, row) of the pixel they fall in.
+
+    SAM's prompt encoder adds half a pixel itself, so the point for the pixel in row r and
+    column c is (c, r); a map point at that pixel's centre therefore maps to exactly (c, r).
+    """
+    return map_to_pixel(xy, transform=transform, src_crs=src_crs, raster_crs=raster_crs) - 0.5
+
+
 def map_box_to_pixel(boxes: np.ndarray, *, transform: Affine | None, src_crs: Any, raster_crs: Any) -> np.ndarray:
     """Convert XYXY map boxes to the XYXY pixel boxes that enclose them.
 
@@ -221,7 +230,7 @@ def _to_pixels(
     if transform is None or raster_crs is None:
         raise InputError(f"{flag} needs a georeferenced raster (with a transform and a CRS); this one has none")
     if len(points):
-        points = map_to_pixel(points, transform=transform, src_crs=crs, raster_crs=raster_crs)
+        points = map_to_prompt_point(points, transform=transform, src_crs=crs, raster_crs=raster_crs)
     if len(boxes):
         boxes = map_box_to_pixel(boxes, transform=transform, src_crs=crs, raster_crs=raster_crs)
     return points, boxes
@@ -387,7 +396,8 @@ def _read_vector(path: Path, *, transform: Affine | None, raster_crs: Any, crs: 
     if src is not None:
         is_point, is_box = ~np.isnan(points[:, 0]), ~np.isnan(boxes[:, 0])
         if is_point.any():
-            points[is_point] = map_to_pixel(points[is_point], transform=transform, src_crs=None, raster_crs=None)
+            points[is_point] = map_to_prompt_point(points[is_point], transform=transform, src_crs=None,
+                                                   raster_crs=None)
         if is_box.any():
             boxes[is_box] = map_box_to_pixel(boxes[is_box], transform=transform, src_crs=None, raster_crs=None)
     return _group(keys, points, np.array(labels, dtype=np.int64), boxes, path)

@@ -1,8 +1,10 @@
 """Prompt types: points, boxes and mask prompts in pixel coordinates of the original image.
 
-Coordinates are always pixels of the image as read (before SAM's resize), with (0, 0) the
-top-left corner of the top-left pixel, x to the right and y down. A pixel's centre is at
-(col + 0.5, row + 0.5). Boxes are XYXY: (x0, y0, x1, y1) with x0 < x1 and y0 < y1.
+Coordinates are pixels of the image as read (before SAM's resize), x to the right and y
+down, as segment-anything's ``SamPredictor`` takes them: the point for the pixel in row r
+and column c is (c, r) (SAM's prompt encoder adds the half pixel to reach its centre).
+Boxes are XYXY on pixel edges: (x0, y0, x1, y1) with x0 < x1 and y0 < y1; a box covering
+columns c0..c1 and rows r0..r1 is (c0, r0, c1 + 1, r1 + 1).
 """
 
 from __future__ import annotations

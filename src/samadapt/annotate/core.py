@@ -186,10 +186,9 @@ def objects_for_images(
         if experts is not None:
             shape = (image.height, image.width)
             return [(o.prompt, o.class_id, expert_region(o, shape)) for o in experts.objects.get(stem, [])]
-        mask = dataset.read_mask(stem)  # type: ignore[attr-defined]
-        if mask is None:
+        if dataset.mask_path(stem) is None:  # type: ignore[attr-defined]
             raise InputError(f"image {stem!r} has no ground-truth mask; give expert labels (--labels) instead")
-        return regions_from_mask(mask, mode, seed)
+        return regions_from_mask(dataset.read_mask(stem), mode, seed)  # type: ignore[attr-defined]
 
     return for_image
 

@@ -138,7 +138,7 @@ def read_vector_labels(path: Path, georef: dict[str, tuple[object, object, tuple
     import geopandas as gpd
     from shapely.geometry import box as shapely_box
 
-    from samadapt.prompt_io import map_box_to_pixel, map_to_pixel
+    from samadapt.prompt_io import map_box_to_pixel, map_to_prompt_point
 
     try:
         frame = gpd.read_file(path)
@@ -166,7 +166,7 @@ def read_vector_labels(path: Path, georef: dict[str, tuple[object, object, tuple
                 if b[2] > b[0] and b[3] > b[1]:
                     items.append(ExpertObject(ObjectPrompt(box=b), cls))
             elif geom.geom_type == "Point":
-                xy = map_to_pixel(np.array([[geom.x, geom.y]]), transform=transform, src_crs=None, raster_crs=None)
+                xy = map_to_prompt_point(np.array([[geom.x, geom.y]]), transform=transform, src_crs=None, raster_crs=None)
                 items.append(ExpertObject(ObjectPrompt(points=xy, labels=np.array([1])), cls))
         if items:
             objects[stem] = items

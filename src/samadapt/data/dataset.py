@@ -1,0 +1,641 @@
+"""The on-disk dataset format every training, evaluation and annotation feature reads.
+
+A dataset is a folder::
+
+    root/
+      images/      one image per sample, any format read_image reads (PNG, JPEG, TIFF, GeoTIFF)
+      masks/       optional; one single-band PNG or GeoTIFF per labelled sample, same stem
+      splits.json  optional; {"train": [stems], "val": [...], "test": [...]}
+      classes.json optional; {"0": "background", "1": "building", ...}
+
+Mask values are class ids: 0 = background, 1..254 = classes, :data:`IGNORE_INDEX` (255) =
+ignore (unlabelled or nodata pixels, left out of losses and metrics). GeoTIFF masks written
+here carry 255 as their nodata value, so GIS tools show ignored pixels as transparent.
+An image without a mask is an unlabelled sample (e.g. waiting for annotation).
+
+Without ``classes.json`` the classes are ``{0: "background", 1: "object"}``: a binary
+dataset. The classes are deliberately not guessed from the masks (that would read every
+mask on open, and a typo'd id would silently become a class); :func:`check_dataset
+<samadapt.data.check.check_dataset>` reports ids that ``classes.json`` does not name.
+Files whose names start with ``.`` (temporary files of interrupted writes) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+from samadapt.errors import InputError, InputFileError, OutputExistsError
+from samadapt.imagery.read import GeoImage, Stretch
+from samadapt.imagery.read import read_image as _read_image
+from samadapt.outputs import _atomic_target, write_mask_geotiff, write_mask_png
+
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+SPLITS_FILE = "splits.json"
+CLASSES_FILE = "classes.json"
+IGNORE_INDEX = 255
+"""Mask value of pixels that carry no label; never a class id."""
+DEFAULT_CLASSES: dict[int, str] = {0: "background", 1: "object"}
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".bmp")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+DATASET_ENTRIES = frozenset({IMAGES_DIR, MASKS_DIR, SPLITS_FILE, CLASSES_FILE})
+_LAYOUT = (
+    "a dataset folder holds images/ (one image per sample), optionally masks/ (single-band PNG or "
+    "GeoTIFF class ids with the image's stem), splits.json and classes.json"
+)
+
+
+class SegDataset:
+    """A segmentation dataset folder, opened: which samples exist, their splits and classes.
+
+    Build one with :meth:`open`; the constructor only stores what it is given. Nothing is
+    read from the images or masks until asked for.
+
+    Attributes:
+        root: the dataset folder.
+        classes: class id -> name, from ``classes.json`` (0 always present, named
+            "background" unless the file says otherwise), or :data:`DEFAULT_CLASSES`.
+        splits: split name -> sorted stems, from ``splits.json``; empty when absent.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        images: Mapping[str, Path],
+        masks: Mapping[str, Path],
+        classes: Mapping[int, str],
+        splits: Mapping[str, Sequence[str]],
+    ) -> None:
+        self.root = Path(root)
+        self.classes: dict[int, str] = dict(sorted(classes.items()))
+        self.splits: dict[str, list[str]] = {name: sorted(stems) for name, stems in splits.items()}
+        self._images = dict(images)
+        self._masks = dict(masks)
+
+    @classmethod
+    def open(cls, root: str | Path) -> SegDataset:
+        """Open a dataset folder, validating its layout, ``classes.json`` and ``splits.json``.
+
+        Args:
+            root: the dataset folder.
+
+        Returns:
+            The dataset.
+
+        Raises:
+            InputFileError: ``root`` or ``root/images`` is missing, or a JSON file is not JSON.
+            InputError: two files share a stem, ``classes.json`` or ``splits.json`` is
+                malformed, a split names a stem that has no image, or a stem is in two splits.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise InputFileError(f"dataset folder not found: {root}; {_LAYOUT}")
+        if not (root / IMAGES_DIR).is_dir():
+            raise InputFileError(f"{root} has no {IMAGES_DIR}/ folder; {_LAYOUT}")
+        images = _unique(scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES), root / IMAGES_DIR)
+        masks = _unique(scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / MASKS_DIR)
+        classes = load_classes(root)
+        splits = load_splits(root)
+        seen: dict[str, str] = {}
+        for name, stems in splits.items():
+            missing = sorted(set(stems) - images.keys())
+            if missing:
+                raise InputError(
+                    f"split {name!r} in {root / SPLITS_FILE} names {len(missing)} stem(s) with no image in "
+                    f"{root / IMAGES_DIR}: {_preview(missing)}; remove them or add the images"
+                )
+            for stem in stems:
+                if stem in seen and seen[stem] != name:
+                    raise InputError(
+                        f"stem {stem!r} is in both split {seen[stem]!r} and split {name!r} of "
+                        f"{root / SPLITS_FILE}; a sample must be in exactly one split"
+                    )
+                seen[stem] = name
+        return cls(root, images=images, masks=masks, classes=classes or DEFAULT_CLASSES, splits=splits)
+
+    def __len__(self) -> int:
+        """Number of images (labelled or not)."""
+        return len(self._images)
+
+    def __repr__(self) -> str:
+        return (
+            f"SegDataset({str(self.root)!r}, images={len(self._images)}, masks={len(self._masks)}, "
+            f"classes={len(self.classes)}, splits={ {k: len(v) for k, v in self.splits.items()} })"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Largest class id in :attr:`classes` + 1 (the size of a model's class axis)."""
+        return max(self.classes) + 1
+
+    def stems(self, split: str | None = None) -> list[str]:
+        """Sorted stems of all images, or of one split.
+
+        Args:
+            split: a key of ``splits.json`` (e.g. ``"train"``), or None for every image.
+
+        Returns:
+            The stems, sorted.
+
+        Raises:
+            InputError: ``split`` is not in ``splits.json`` (or there is no ``splits.json``).
+        """
+        if split is None:
+            return sorted(self._images)
+        if split not in self.splits:
+            known = ", ".join(repr(s) for s in self.splits) or f"none ({self.root / SPLITS_FILE} does not exist)"
+            raise InputError(f"unknown split {split!r}; the splits of {self.root} are: {known}")
+        return list(self.splits[split])
+
+    def image_path(self, stem: str) -> Path:
+        """The image file of ``stem``.
+
+        Raises:
+            InputError: no image has this stem.
+        """
+        if stem not in self._images:
+            raise InputError(f"no image with stem {stem!r} in {self.root / IMAGES_DIR}; see stems() for those present")
+        return self._images[stem]
+
+    def mask_path(self, stem: str) -> Path | None:
+        """The mask file of ``stem``, or None for an unlabelled image.
+
+        Raises:
+            InputError: no image has this stem.
+        """
+        self.image_path(stem)
+        return self._masks.get(stem)
+
+    def read_image(self, stem: str, *, bands: Sequence[int] | None = None, stretch: Stretch = "auto") -> GeoImage:
+        """Read the image of ``stem`` as SAM sees it (see :func:`samadapt.imagery.read.read_image`).
+
+        Args:
+            stem: the sample.
+            bands: 1-based bands to show, 1 or 3 of them; None for the defaults.
+            stretch: ``"auto"``, a (low, high) percentile pair, or None.
+
+        Returns:
+            The (H, W, 3) uint8 image with validity, CRS and transform.
+        """
+        return _read_image(self.image_path(stem), bands=bands, stretch=stretch)
+
+    def read_mask(self, stem: str) -> np.ndarray:
+        """Read the mask of ``stem``.
+
+        Returns:
+            (H, W) uint8 class ids: 0 background, 1..254 classes, 255 ignore.
+
+        Raises:
+            InputError: ``stem`` has no image or no mask, or the mask holds values above 255.
+            InputFileError: the mask cannot be read or is not single-band integer.
+        """
+        path = self.mask_path(stem)
+        if path is None:
+            raise InputError(f"image {stem!r} has no mask in {self.root / MASKS_DIR}; it is unlabelled")
+        return read_mask_file(path)
+
+
+def read_mask_file(path: Path) -> np.ndarray:
+    """Read a single-band mask file (PNG, GeoTIFF) as (H, W) uint8 class ids.
+
+    Raises:
+        InputFileError: the file does not open, has several bands or a non-integer dtype.
+        InputError: a value lies outside 0..255.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if src.count != 1:
+                    raise InputFileError(
+                        f"mask {path} has {src.count} bands; a mask must be one band of class ids (0-255)"
+                    )
+                data = src.read(1)
+    except RasterioError as exc:
+        raise InputFileError(f"mask {path} is not a readable image ({exc})") from None
+    if data.dtype.kind not in "biu":
+        raise InputFileError(f"mask {path} has dtype {data.dtype}; a mask must hold integer class ids (0-255)")
+    if data.size and (int(data.min()) < 0 or int(data.max()) > IGNORE_INDEX):
+        raise InputError(
+            f"mask {path} holds values {int(data.min())}..{int(data.max())}; "
+            f"class ids must be 0-254, with {IGNORE_INDEX} = ignore"
+        )
+    return data.astype(np.uint8, copy=False)
+
+
+def scan_files(folder: Path, suffixes: Sequence[str]) -> dict[str, list[Path]]:
+    """Files of ``folder`` with one of ``suffixes`` (any case), grouped by stem; {} if no folder.
+
+    Hidden files (name starting with ``.``) are skipped.
+    """
+    found: dict[str, list[Path]] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def _unique(found: dict[str, list[Path]], folder: Path) -> dict[str, Path]:
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise InputError(f"{folder} holds several files with stem {stem!r} ({names}); keep only one")
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def _preview(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(s) for s in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path} is not a readable JSON file ({exc}); fix or delete it") from None
+
+
+def load_classes(root: Path) -> dict[int, str] | None:
+    """Classes from ``root/classes.json``, validated, with 0 named "background" if it is absent.
+
+    Returns:
+        Class id -> name, or None when the file does not exist.
+
+    Raises:
+        InputFileError: the file is not JSON.
+        InputError: it is not an object of class ids (0-254) to non-empty names.
+    """
+    path = root / CLASSES_FILE
+    if not path.exists():
+        return None
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise InputError(f'{path} must be a JSON object such as {{"0": "background", "1": "building"}}')
+    return _check_classes({_class_id(key, path): name for key, name in doc.items()}, str(path))
+
+
+def _class_id(key: Any, where: Path) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: key {key!r} is not a class id; keys must be whole numbers from 0 to 254") from None
+
+
+def _check_classes(classes: Mapping[Any, Any], where: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for key, name in classes.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < IGNORE_INDEX:
+            raise InputError(f"{where}: class id {key!r} is not allowed; ids are whole numbers 0-254 (255 = ignore)")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where}: class {key} has name {name!r}; give each class a non-empty name")
+        out[int(key)] = name
+    out.setdefault(0, "background")
+    return dict(sorted(out.items()))
+
+
+def load_splits(root: Path) -> dict[str, list[str]]:
+    """Splits from ``root/splits.json`` (structure only; stems are not checked here).
+
+    Returns:
+        Split name -> stems as listed; {} when the file does not exist.
+
+    Raises:
+        InputFileError: the file is not JSON.
+        InputError: it is not an object of split names to lists of stems.
+    """
+    path = root / SPLITS_FILE
+    if not path.exists():
+        return {}
+    doc = _load_json(path)
+    return _check_split_structure(doc, str(path))
+
+
+def _check_split_structure(doc: Any, where: str) -> dict[str, list[str]]:
+    if not isinstance(doc, Mapping):
+        raise InputError(f'{where} must be a JSON object such as {{"train": ["a", "b"], "val": ["c"]}}')
+    out: dict[str, list[str]] = {}
+    for name, stems in doc.items():
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{where}: split name {name!r} must be a non-empty string")
+        if isinstance(stems, str) or not isinstance(stems, Sequence) or not all(isinstance(s, str) for s in stems):
+            raise InputError(f"{where}: split {name!r} must be a list of stems (strings), got {stems!r:.60}")
+        if len(set(stems)) != len(stems):
+            dupes = sorted({s for s in stems if list(stems).count(s) > 1})
+            raise InputError(f"{where}: split {name!r} lists {_preview(dupes)} more than once; list each stem once")
+        out[name] = list(stems)
+    return out
+
+
+def make_splits(
+    stems: Sequence[str], *, val: float = 0.2, test: float = 0.2, seed: int = 0
+) -> dict[str, list[str]]:
+    """Split stems at random into train, val and test; every stem lands in exactly one.
+
+    The stems are sorted before a seeded shuffle, so the result depends only on the set of
+    stems, the fractions and the seed. Split sizes are ``round(val * n)`` and
+    ``round(test * n)``, reduced if needed so that train keeps at least one stem.
+
+    Args:
+        stems: the sample stems (e.g. ``SegDataset.stems()``); no duplicates.
+        val: fraction for validation, in [0, 1).
+        test: fraction for test, in [0, 1); ``val + test`` must be below 1.
+        seed: seed of the shuffle.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each list sorted.
+
+    Raises:
+        InputError: bad fractions or duplicate stems.
+    """
+    for name, frac in (("val", val), ("test", test)):
+        if not 0.0 <= frac < 1.0:
+            raise InputError(f"{name}={frac!r} is not allowed; give a fraction in [0, 1)")
+    if val + test >= 1.0:
+        raise InputError(f"val + test = {val + test:g} leaves nothing to train on; keep their sum below 1")
+    ordered = sorted(stems)
+    if len(set(ordered)) != len(ordered):
+        dupes = sorted({s for s in ordered if ordered.count(s) > 1})
+        raise InputError(f"stems {_preview(dupes)} are given more than once; give each stem once")
+    n = len(ordered)
+    n_test = round(test * n)
+    n_val = round(val * n)
+    excess = n_test + n_val - (n - 1)
+    if n and excess > 0:  # keep one training sample; take the excess from the larger split first
+        for _ in range(excess):
+            if n_val >= n_test:
+                n_val -= 1
+            else:
+                n_test -= 1
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [ordered[i] for i in order]
+    return {
+        "train": sorted(shuffled[n_val + n_test :]),
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+    }
+
+
+def _write_json(path: Path, doc: Any, overwrite: bool) -> Path:
+    with _atomic_target(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return path
+
+
+def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overwrite: bool = False) -> Path:
+    """Write ``root/splits.json`` after checking every stem has an image and is in one split only.
+
+    Args:
+        root: the dataset folder (with its ``images/``).
+        splits: split name -> stems, e.g. from :func:`make_splits`.
+        overwrite: replace an existing ``splits.json``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: malformed splits, stems without an image, or a stem in two splits.
+        OutputExistsError: the file exists and ``overwrite`` is False.
+    """
+    root = Path(root)
+    checked = _check_split_structure(splits, "splits")
+    images = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES)
+    owner: dict[str, str] = {}
+    for name, stems in checked.items():
+        missing = sorted(set(stems) - images.keys())
+        if missing:
+            raise InputError(
+                f"split {name!r} names {len(missing)} stem(s) with no image in {root / IMAGES_DIR}: {_preview(missing)}"
+            )
+        for stem in stems:
+            if stem in owner:
+                raise InputError(f"stem {stem!r} is in both split {owner[stem]!r} and {name!r}; put it in one split")
+            owner[stem] = name
+    return _write_json(root / SPLITS_FILE, {k: sorted(v) for k, v in checked.items()}, overwrite)
+
+
+def write_classes(root: str | Path, classes: Mapping[int, str], *, overwrite: bool = False) -> Path:
+    """Write ``root/classes.json`` (``{"0": "background", "1": ...}``).
+
+    Args:
+        root: the dataset folder.
+        classes: class id (0-254) -> name; 0 is added as "background" when missing.
+        overwrite: replace an existing ``classes.json``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: an id outside 0-254 or an empty name.
+        OutputExistsError: the file exists and ``overwrite`` is False.
+    """
+    root = Path(root)
+    checked = _check_classes(classes, "classes")
+    return _write_json(root / CLASSES_FILE, {str(k): v for k, v in checked.items()}, overwrite)
+
+
+def _check_stem(stem: str) -> None:
+    if not isinstance(stem, str) or not stem or stem.startswith(".") or any(c in stem for c in '/\\:*?"<>|\0'):
+        raise InputError(
+            f"stem {stem!r} cannot name a file; use letters, digits, '_', '-' and '.' (not at the start)"
+        )
+
+
+def as_label_mask(mask: np.ndarray) -> np.ndarray:
+    """Check a mask and return it as (H, W) uint8 class ids (bool True becomes class 1).
+
+    Raises:
+        InputError: not 2-D, not integer or bool, or values outside 0..255.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise InputError(f"a mask must be an (H, W) array of class ids; got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"a mask must hold integer class ids (0-254, 255 = ignore); got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > IGNORE_INDEX):
+        raise InputError(
+            f"mask values {int(arr.min())}..{int(arr.max())} are out of range; class ids are 0-254, 255 = ignore"
+        )
+    return arr.astype(np.uint8)
+
+
+def _raster_header(path: Path) -> tuple[int, int, Any, Affine | None]:
+    """(height, width, crs, transform or None) of an existing image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            transform = None if src.transform == Affine.identity() else src.transform
+            return src.height, src.width, (src.crs if src.crs else None), transform
+
+
+def _write_image(path: Path, image: GeoImage, overwrite: bool) -> None:
+    valid = image.valid
+    if path.suffix == ".png":
+        from PIL import Image
+
+        # PNG keeps no georeferencing; invalid pixels become transparent so read_image sees them.
+        pixels = image.pixels if valid.all() else np.dstack([image.pixels, valid.astype(np.uint8) * 255])
+        with _atomic_target(path, overwrite=overwrite) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+        return
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "height": image.height, "width": image.width, "count": 3, "dtype": "uint8",
+        "photometric": "RGB", "compress": "deflate",
+    }
+    if image.georeferenced:
+        profile.update(crs=image.crs, transform=image.transform)
+    if image.height >= 256 and image.width >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with _atomic_target(path, overwrite=overwrite) as tmp:
+        with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(np.moveaxis(image.pixels, 2, 0))
+                if not valid.all():  # an internal mask, not nodata: black pixels stay valid
+                    dst.write_mask(valid.astype(np.uint8) * 255)
+
+
+def _others(folder: Path, stem: str, suffixes: Sequence[str], keep: Path) -> list[Path]:
+    return [p for p in scan_files(folder, suffixes).get(stem, []) if p.name != keep.name]
+
+
+def write_sample(
+    root: str | Path,
+    stem: str,
+    image: GeoImage | None,
+    mask: np.ndarray | None,
+    *,
+    image_format: Literal["tif", "png"] = "tif",
+    overwrite: bool = False,
+) -> tuple[Path | None, Path | None]:
+    """Write one sample (image, mask or both) into a dataset folder.
+
+    ``"tif"`` writes the image as a 3-band uint8 GeoTIFF keeping its CRS and transform (invalid
+    pixels in an internal mask) and the mask as a GeoTIFF on the same grid (255 = ignore =
+    nodata). ``"png"`` writes a PNG image (RGBA when some pixels are invalid; georeferencing
+    is dropped) and a PNG mask. A mask written alone for an existing image takes that image's
+    CRS and transform. A bool mask is written as 0 / 1 (class 1), not 0 / 255.
+
+    Args:
+        root: the dataset folder (created if missing).
+        stem: the sample's file name without suffix.
+        image: the image, or None to write only the mask.
+        mask: (H, W) class ids (0-254, 255 = ignore) or bool, or None for an unlabelled image.
+        image_format: ``"tif"`` or ``"png"``; the mask uses the same format.
+        overwrite: replace this stem's existing files (of any suffix).
+
+    Returns:
+        (image path or None, mask path or None) of the files written.
+
+    Raises:
+        InputError: bad stem, format or mask, or a mask whose shape is not the image's.
+        OutputExistsError: a file of this stem exists and ``overwrite`` is False.
+    """
+    root = Path(root)
+    _check_stem(stem)
+    if image_format not in ("tif", "png"):
+        raise InputError(f"image_format {image_format!r} is not allowed; use 'tif' or 'png'")
+    if image is None and mask is None:
+        raise InputError(f"nothing to write for {stem!r}; give an image, a mask or both")
+    image_path = root / IMAGES_DIR / f"{stem}.{image_format}"
+    mask_path = root / MASKS_DIR / f"{stem}.{image_format}"
+    labels = None if mask is None else as_label_mask(mask)
+    crs, transform, size = None, None, None
+    if image is not None:
+        crs, transform, size = image.crs, image.transform, (image.height, image.width)
+    else:
+        existing = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES).get(stem, [])
+        if existing:
+            height, width, crs, transform = _raster_header(existing[0])
+            size = (height, width)
+    if transform is None:
+        crs = None
+    if labels is not None and size is not None and labels.shape != size:
+        raise InputError(f"mask of {stem!r} is {labels.shape} (rows, cols) but its image is {size}; they must match")
+    stale: list[Path] = []
+    for written, data, suffixes in ((image_path, image, IMAGE_SUFFIXES), (mask_path, labels, MASK_SUFFIXES)):
+        if data is None:
+            continue
+        others = _others(written.parent, stem, suffixes, written)
+        if others and not overwrite:
+            raise OutputExistsError(f"{others[0]} exists for stem {stem!r}; pass overwrite=True to replace it")
+        if written.exists() and not overwrite:
+            raise OutputExistsError(f"{written} exists; pass overwrite=True to replace it")
+        stale += others
+    if image is not None:
+        _write_image(image_path, image, overwrite)
+    if labels is not None:
+        if image_format == "png":
+            write_mask_png(mask_path, labels, overwrite=overwrite)
+        else:
+            ignore = labels == IGNORE_INDEX
+            write_mask_geotiff(
+                mask_path, np.where(ignore, 0, labels).astype(np.uint8), crs=crs, transform=transform,
+                valid=~ignore if ignore.any() else None, overwrite=overwrite,
+            )
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return (image_path if image is not None else None, mask_path if labels is not None else None)
+
+
+@contextmanager
+def staged_dataset_dir(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty folder beside ``out_dir`` to build a dataset in; move it to ``out_dir`` on success.
+
+    A failed or interrupted build leaves ``out_dir`` as it was. With ``overwrite``, an
+    existing ``out_dir`` is replaced only if it holds nothing but dataset entries (images/,
+    masks/, splits.json, classes.json), so a wrong path never deletes unrelated files.
+
+    Raises:
+        OutputExistsError: ``out_dir`` is a non-empty folder and ``overwrite`` is False, holds
+            other files, or is a file.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise OutputExistsError(f"{out_dir} is a file; give a folder for the dataset")
+        entries = [p.name for p in out_dir.iterdir()]
+        if entries and not overwrite:
+            raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True or choose another folder")
+        foreign = sorted(name for name in entries if name not in DATASET_ENTRIES)
+        if foreign:
+            raise OutputExistsError(
+                f"{out_dir} holds files that are not part of a dataset ({', '.join(foreign[:5])}); "
+                "choose another folder, overwrite only replaces dataset folders"
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.tmp")
+    stage.mkdir()
+    try:
+        yield stage
+        if out_dir.exists():
+            trash = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.old")
+            os.replace(out_dir, trash)
+            os.replace(stage, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(stage, out_dir)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
