@@ -35,3 +35,7 @@ class DownloadError(SamadaptError, OSError):
 
 class OutputExistsError(SamadaptError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class MissingDependencyError(SamadaptError, ModuleNotFoundError):
+    """An optional dependency is not installed; the message names the extra to install."""

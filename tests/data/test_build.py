@@ -42,7 +42,8 @@ def write_raster(path: Path, crs: str, transform: Affine) -> Path:
     data[:, :64, :64] = NODATA
     data[:, 150, 100:140] = NODATA
     with rasterio.open(
-        path, "w", driver="GTiff", width=W, height=H, count=2, dtype="int16", crs=crs, transform=transform, nodata=NODATA
+        path, "w", driver="GTiff", width=W, height=H, count=2, dtype="int16",
+        crs=crs, transform=transform, nodata=NODATA,
     ) as dst:
         dst.write(data)
     return path
@@ -64,7 +65,7 @@ def make_polygons(transform: Affine) -> list[shapely.Geometry]:
     return geoms
 
 
-KINDS = ["shed", "house", "pond", "house", "shed", "pond", "house", "house", "pond", "shed", "house", "pond", "shed", "house"]
+KINDS = ["shed", "house", "pond", "house", "shed", "pond", "house"] * 2
 
 
 @pytest.fixture
@@ -79,7 +80,9 @@ def scene(tmp_path: Path) -> tuple[Path, Path]:
     return raster, vectors
 
 
-def burn_whole(raster: Path, vectors: Path, values: list[int] | None = None, *, all_touched: bool = False) -> np.ndarray:
+def burn_whole(
+    raster: Path, vectors: Path, values: list[int] | None = None, *, all_touched: bool = False
+) -> np.ndarray:
     """The whole raster burnt at once, the reference for the tiles; 255 where the raster is nodata."""
     with rasterio.open(raster) as src:
         frame = gpd.read_file(vectors).to_crs(src.crs.to_wkt())
@@ -182,15 +185,21 @@ def test_class_field(scene: tuple[Path, Path], tmp_path: Path) -> None:
     got, _ = stitch(out, raster)
     merged = {"house": 1, "pond": 4, "shed": 1}
     np.testing.assert_array_equal(got[covered], burn_whole(raster, vectors, [merged[k] for k in KINDS])[covered])
-    # integer fields are ids already
+    # integer fields are ids already, or mapped by their text
     out = build_from_vectors(raster, vectors, tmp_path / "c", tile_size=128, class_field="code")
     assert SegDataset.open(out).classes == {0: "background", 3: "3", 5: "5", 7: "7"}
     assert check_dataset(out).ok
+    out = build_from_vectors(
+        raster, vectors, tmp_path / "d", tile_size=128, class_field="code", classes={"3": 2, "5": 1, "7": 2}
+    )
+    assert SegDataset.open(out).classes == {0: "background", 1: "5", 2: "3, 7"}
+    assert set(np.unique(stitch(out, raster)[0])) == {0, 1, 2, IGNORE_INDEX}
 
 
 def test_build_errors(scene: tuple[Path, Path], tmp_path: Path) -> None:
     raster, vectors = scene
-    with pytest.raises(InputError, match=r"class_field 'type' is not a field of .*polygons.geojson; its fields are: kind, code"):
+    fields = r"class_field 'type' is not a field of .*polygons.geojson; its fields are: kind, code"
+    with pytest.raises(InputError, match=fields):
         build_from_vectors(raster, vectors, tmp_path / "x", class_field="type")
     with pytest.raises(InputError, match=r"values 'pond', 'shed' of field 'kind' are not in classes"):
         build_from_vectors(raster, vectors, tmp_path / "x", class_field="kind", classes={"house": 1})
@@ -326,12 +335,17 @@ def test_hf_missing_package_says_how_to_install(tmp_path: Path, monkeypatch: pyt
         from_hf_dataset(tmp_path / "saved", tmp_path / "out")
 
 
-def _hf_rows(n: int, seed: int, mask_key: str) -> dict[str, list[object]]:
+def _hf_rows(n: int, seed: int, mask_key: str, *, palette: bool = False) -> dict[str, list[object]]:
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for _ in range(n):
         images.append(Image.fromarray(rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8)))
-        masks.append(Image.fromarray(rng.integers(0, 3, size=(9, 11), dtype=np.uint8)))
+        ids = rng.integers(0, 3, size=(9, 11), dtype=np.uint8)
+        mask = Image.fromarray(ids)
+        if palette:  # colours for display, indices = class ids
+            mask = Image.frombytes("P", (11, 9), ids.tobytes())
+            mask.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+        masks.append(mask)
     return {"image": images, mask_key: masks}
 
 
@@ -363,11 +377,13 @@ def test_from_hf_dataset(tmp_path: Path) -> None:
         from_hf_dataset(saved, tmp_path / "x", mask_column="seg")
 
     plain = tmp_path / "plain"
-    rows = _hf_rows(2, 2, "annotation")
+    rows = _hf_rows(2, 2, "annotation", palette=True)
     rows["notes"] = ["a", "b"]
-    datasets.Dataset.from_dict({"pixel_values": rows["image"], "annotation": rows["annotation"]}).save_to_disk(str(plain))
-    out = from_hf_dataset(plain, tmp_path / "plain-ds")  # columns found among the usual names
+    columns = {"pixel_values": rows["image"], "annotation": rows["annotation"]}
+    datasets.Dataset.from_dict(columns).cast_column("annotation", datasets.Image()).save_to_disk(str(plain))
+    out = from_hf_dataset(plain, tmp_path / "plain-ds", image_format="tif")  # columns found among the usual names
     assert SegDataset.open(out).stems() == ["0", "1"]
+    np.testing.assert_array_equal(SegDataset.open(out).read_mask("1"), np.asarray(rows["annotation"][1]))
     weird = tmp_path / "weird"
     datasets.Dataset.from_dict({"picture": rows["image"], "notes": rows["notes"]}).save_to_disk(str(weird))
     with pytest.raises(InputError, match="found no image column among picture, notes"):

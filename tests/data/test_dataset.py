@@ -324,6 +324,14 @@ def test_check_reports_unreadable_image(clean: Path) -> None:
     assert [(p.stem, p.kind) for p in report.errors] == [("s1", "unreadable-image")]
 
 
+def test_check_warns_on_a_shifted_mask(clean: Path) -> None:
+    with rasterio.open(clean / "masks" / "s0.tif", "r+") as dst:
+        dst.transform = TRANSFORM @ Affine.translation(3, 0)
+    report = check_dataset(clean)
+    assert report.ok  # a warning only: the mask may be right, but its georeferencing disagrees
+    assert ("s0", "transform-mismatch") in {(p.stem, p.kind) for p in report.warnings}
+
+
 def _render(report: object) -> str:
     console = Console(record=True, width=200)
     console.print(format_report(report))  # type: ignore[arg-type]

@@ -62,7 +62,9 @@ def _read_vectors(path: Path) -> Any:
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises its own DataSourceError / DataLayerError types
-        raise InputFileError(f"{path} is not a readable vector file ({exc}); give a GeoPackage, GeoJSON or shapefile") from None
+        raise InputFileError(
+            f"{path} is not a readable vector file ({exc}); give a GeoPackage, GeoJSON or shapefile"
+        ) from None
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     kinds = frame.geometry.geom_type
     polygonal = kinds.isin(_POLYGONAL)
@@ -87,7 +89,7 @@ def _to_raster_crs(frame: Any, raster_crs: Any, vector_crs: Any, path: Path) -> 
         # GeoJSON without a "crs" member is read as lon/lat even when it holds metres;
         # coordinates beyond +-360 / +-90 cannot be degrees, so they must be the raster's.
         x0, y0, x1, y1 = frame.total_bounds
-        if raster_crs is not None and (min(x0, y0) < -360 or x1 > 360 or y0 < -90.001 or y1 > 90.001):
+        if raster_crs is not None and (x0 < -360 or x1 > 360 or y0 < -90.001 or y1 > 90.001):
             warnings.warn(
                 f"{path} says its CRS is {frame.crs.name} but its coordinates ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) "
                 "are not degrees; they are taken to be in the raster's CRS (pass vector_crs to say otherwise)",
@@ -111,21 +113,25 @@ def _class_values(
         return np.ones(len(frame), dtype=np.uint8), dict(DEFAULT_CLASSES)
     fields = [c for c in frame.columns if c != frame.geometry.name]
     if class_field not in fields:
-        raise InputError(f"class_field {class_field!r} is not a field of {path}; its fields are: {', '.join(fields) or 'none'}")
+        listed = ", ".join(fields) or "none"
+        raise InputError(f"class_field {class_field!r} is not a field of {path}; its fields are: {listed}")
     column = frame[class_field]
     if column.isna().any():
         raise InputError(
-            f"{int(column.isna().sum())} feature(s) of {path} have no {class_field!r} value; fill them or remove those features"
+            f"{int(column.isna().sum())} feature(s) of {path} have no {class_field!r} value; "
+            "fill them or remove those features"
         )
-    if classes is None and column.dtype.kind in "iu":
-        ids = column.to_numpy().astype(np.int64)
+    numbers = column.to_numpy()
+    integral = column.dtype.kind in "iu" or (column.dtype.kind == "f" and bool(np.all(numbers == np.round(numbers))))
+    if classes is None and integral:  # codes already (e.g. a shapefile's 1, 2, 3, possibly stored as reals)
+        ids = numbers.astype(np.int64)
         bad = sorted({int(v) for v in ids if not 1 <= v < IGNORE_INDEX})
         if bad:
             raise InputError(
                 f"field {class_field!r} holds {bad[:5]}; integer class ids must be 1-254, or pass classes to map them"
             )
         return ids.astype(np.uint8), {0: "background", **{int(v): str(v) for v in sorted(set(ids.tolist()))}}
-    names = column.astype(str).to_numpy()
+    names = np.array([str(int(v)) for v in numbers]) if integral else column.astype(str).to_numpy()
     if classes is None:
         unique = sorted(set(names.tolist()))
         if len(unique) >= IGNORE_INDEX:
@@ -231,13 +237,12 @@ def build_from_vectors(
             src = rasterio.open(raster)
         except RasterioError as exc:
             raise InputFileError(f"{raster} is not a readable raster ({exc})") from None
-    with src:
+    with src, staged_dataset_dir(out_dir, overwrite=overwrite) as stage:  # refuses a used out_dir first
         band_list = _check_options(tile_size, overlap, bands, src.count, raster)
         raster_crs = src.crs if src.crs else None
         frame = _to_raster_crs(_read_vectors(vectors), raster_crs, vector_crs, vectors)
         values, class_names = _class_values(frame, class_field, classes, vectors)
-        footprint = shapely.box(*src.bounds)
-        hits = np.asarray(frame.intersects(footprint))
+        hits = np.asarray(frame.intersects(shapely.box(*src.bounds)))
         if not hits.any():
             b = src.bounds
             x0, y0, x1, y1 = frame.total_bounds
@@ -251,20 +256,17 @@ def build_from_vectors(
         tree = shapely.STRtree(geoms)
         digits = len(str(max(src.height, src.width)))
         written = 0
-        with staged_dataset_dir(out_dir, overwrite=overwrite) as stage:
-            for row in tile_offsets(src.height, tile_size, overlap):
-                for col in tile_offsets(src.width, tile_size, overlap):
-                    window = Window(col, row, min(tile_size, src.width - col), min(tile_size, src.height - row))
-                    stem = f"{raster.stem}_r{row:0{digits}d}_c{col:0{digits}d}"
-                    written += _write_tile(
-                        src, window, band_list, stem, stage, tree, geoms, values, all_touched, keep_empty
-                    )
-            if written == 0:
-                raise InputError(
-                    f"no tile of {raster.name} has a polygon pixel; pass all_touched=True for polygons smaller "
-                    "than a pixel, or keep_empty=True to write unlabelled tiles"
-                )
-            write_classes(stage, class_names)
+        for row in tile_offsets(src.height, tile_size, overlap):
+            for col in tile_offsets(src.width, tile_size, overlap):
+                window = Window(col, row, min(tile_size, src.width - col), min(tile_size, src.height - row))
+                stem = f"{raster.stem}_r{row:0{digits}d}_c{col:0{digits}d}"
+                written += _write_tile(src, window, band_list, stem, stage, tree, geoms, values, all_touched, keep_empty)
+        if written == 0:
+            raise InputError(
+                f"no tile of {raster.name} has a polygon pixel; pass all_touched=True for polygons smaller "
+                "than a pixel, or keep_empty=True to write unlabelled tiles"
+            )
+        write_classes(stage, class_names)
     return out_dir
 
 

@@ -76,7 +76,7 @@ class DatasetReport:
         n_images: number of images (by stem).
         n_masks: number of masks (by stem, including masks without an image).
         classes: the classes checked against (``classes.json``, the default, or range(num_classes)).
-        problems: everything found wrong, in stem order.
+        problems: everything found wrong: whole-dataset and split problems first, then by stem.
         class_pixels: class id -> pixel count over all readable masks (ignore excluded).
         class_images: class id -> number of masks containing that id (ignore excluded).
         ignore_pixels: pixels marked ignore (255) over all masks.
@@ -111,8 +111,8 @@ class DatasetReport:
         return not self.errors
 
 
-def _open_header(path: Path) -> tuple[int, int, int, str, Affine | None, object]:
-    """(height, width, count, dtype, transform or None, crs) of a raster, decoding a thumbnail.
+def _open_header(path: Path) -> tuple[int, int, Affine | None]:
+    """(height, width, transform or None) of a raster, decoding a thumbnail.
 
     The thumbnail read makes a truncated or corrupt file fail here rather than in training.
     """
@@ -121,7 +121,7 @@ def _open_header(path: Path) -> tuple[int, int, int, str, Affine | None, object]
         with rasterio.open(path) as src:
             src.read(1, out_shape=(min(src.height, 32), min(src.width, 32)))
             transform = None if src.transform == Affine.identity() else src.transform
-            return src.height, src.width, src.count, src.dtypes[0], transform, (src.crs if src.crs else None)
+            return src.height, src.width, transform
 
 
 def check_dataset(root: str | Path, *, num_classes: int | None = None) -> DatasetReport:
@@ -188,18 +188,19 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
         if image_paths:
             try:
                 header = _open_header(image_paths[0])
-                report.sizes[header[:2]] += 1
+                report.sizes[(header[0], header[1])] += 1
             except RasterioError as exc:
-                problems.append(Problem(stem, "unreadable-image", f"{image_paths[0]} does not open ({exc}); replace or remove it"))
+                message = f"{image_paths[0]} does not open ({exc}); replace or remove it"
+                problems.append(Problem(stem, "unreadable-image", message))
         if not mask_paths:
             name = image_paths[0].name if image_paths else stem
-            problems.append(Problem(stem, "image-without-mask", f"{name} has no mask in {MASKS_DIR}/; it is unlabelled"))
+            message = f"{name} has no mask in {MASKS_DIR}/; it is unlabelled"
+            problems.append(Problem(stem, "image-without-mask", message))
             continue
         mask_path = mask_paths[0]
         if not image_paths:
-            problems.append(
-                Problem(stem, "mask-without-image", f"{mask_path} has no image {IMAGES_DIR}/{stem}.*; add it or remove the mask")
-            )
+            message = f"{mask_path} has no image {IMAGES_DIR}/{stem}.*; add it or remove the mask"
+            problems.append(Problem(stem, "mask-without-image", message))
         counts = _check_mask(stem, mask_path, header, known, known_from, problems)
         if counts is None:
             continue
@@ -209,9 +210,8 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
             pixels[class_id] += int(counts[class_id])
             containing[class_id] += 1
         if not any(c != 0 for c in present):
-            problems.append(
-                Problem(stem, "empty-mask", f"{mask_path.name} has only background/ignore pixels; check it is the right mask")
-            )
+            message = f"{mask_path.name} has only background/ignore pixels; check it is the right mask"
+            problems.append(Problem(stem, "empty-mask", message))
     report.class_pixels = dict(sorted(pixels.items()))
     report.class_images = dict(sorted(containing.items()))
     return report
@@ -220,7 +220,7 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
 def _check_mask(
     stem: str,
     path: Path,
-    image_header: tuple[int, int, int, str, Affine | None, object] | None,
+    image_header: tuple[int, int, Affine | None] | None,
     known: set[int],
     known_from: str,
     problems: list[Problem],
@@ -237,12 +237,12 @@ def _check_mask(
         problems.append(Problem(stem, "unreadable-mask", f"mask {path} does not open ({exc}); replace or remove it"))
         return None
     if count != 1:
-        problems.append(
-            Problem(stem, "multi-band-mask", f"mask {path.name} has {count} bands; save one band of class ids (0-254, 255 = ignore)")
-        )
+        message = f"mask {path.name} has {count} bands; save one band of class ids (0-254, 255 = ignore)"
+        problems.append(Problem(stem, "multi-band-mask", message))
         return None
     if data.dtype.kind not in "biu":
-        problems.append(Problem(stem, "bad-mask-dtype", f"mask {path.name} is {data.dtype}; save integer class ids (uint8)"))
+        message = f"mask {path.name} is {data.dtype}; save integer class ids (uint8)"
+        problems.append(Problem(stem, "bad-mask-dtype", message))
         return None
     if image_header is not None:
         if (height, width) != image_header[:2]:
@@ -253,15 +253,13 @@ def _check_mask(
                     f"{image_header[0]} x {image_header[1]}; masks must cover their image pixel for pixel",
                 )
             )
-        elif transform is not None and image_header[4] is not None and not transform.almost_equals(image_header[4]):
-            problems.append(
-                Problem(stem, "transform-mismatch", f"mask {path.name} and its image have different geotransforms; the mask may be misplaced")
-            )
+        elif transform is not None and image_header[2] is not None and not transform.almost_equals(image_header[2]):
+            message = f"mask {path.name} and its image have different geotransforms; the mask may be misplaced"
+            problems.append(Problem(stem, "transform-mismatch", message))
     values = data.ravel().astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > IGNORE_INDEX):
-        problems.append(
-            Problem(stem, "unknown-class", f"mask {path.name} holds values {values.min()}..{values.max()}; class ids must be 0-254, 255 = ignore")
-        )
+        message = f"mask {path.name} holds values {values.min()}..{values.max()}; class ids must be 0-254, 255 = ignore"
+        problems.append(Problem(stem, "unknown-class", message))
         return None
     counts = np.bincount(values, minlength=IGNORE_INDEX + 1)
     unknown = [i for i in np.flatnonzero(counts[:IGNORE_INDEX]).tolist() if i not in known]
@@ -287,9 +285,8 @@ def _check_splits(root: Path, stems: set[str], report: DatasetReport) -> None:
     for name, members in splits.items():
         for stem in members:
             if stem not in stems:
-                report.problems.append(
-                    Problem(stem, "unknown-split-stem", f"split {name!r} of {SPLITS_FILE} lists {stem!r}, which has no image; remove it")
-                )
+                message = f"split {name!r} of {SPLITS_FILE} lists {stem!r}, which has no image; remove it"
+                report.problems.append(Problem(stem, "unknown-split-stem", message))
             if stem in owner:
                 report.problems.append(
                     Problem(
@@ -328,7 +325,8 @@ def format_report(report: DatasetReport, *, max_problems: int = 50) -> Renderabl
     for class_id in sorted(set(report.classes) | set(report.class_pixels)):
         name = report.classes.get(class_id, "[red]unknown[/red]")
         n = report.class_pixels.get(class_id, 0)
-        classes.add_row(str(class_id), name, f"{n:,}", f"{100 * n / total:.2f}%", str(report.class_images.get(class_id, 0)))
+        images = str(report.class_images.get(class_id, 0))
+        classes.add_row(str(class_id), name, f"{n:,}", f"{100 * n / total:.2f}%", images)
 
     sizes = Table(title="image sizes")
     sizes.add_column("rows x cols")

@@ -22,7 +22,7 @@ from samadapt.data.dataset import (
     write_sample,
     write_splits,
 )
-from samadapt.errors import InputError, InputFileError
+from samadapt.errors import InputError, InputFileError, MissingDependencyError
 from samadapt.imagery.read import from_array
 
 IMAGE_COLUMNS = ("image", "img", "images", "pixel_values")
@@ -37,7 +37,7 @@ def _import_datasets() -> Any:
     try:
         import datasets
     except ImportError as exc:
-        raise ModuleNotFoundError(_INSTALL_HINT, name="datasets") from exc
+        raise MissingDependencyError(_INSTALL_HINT, name="datasets") from exc
     return datasets
 
 
@@ -50,12 +50,13 @@ def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, 
         if name in columns:
             return name
     raise InputError(
-        f"found no {what} column among {', '.join(columns)} (looked for {', '.join(candidates)}); pass {option}=<column>"
+        f"found no {what} column among {', '.join(columns)} (looked for {', '.join(candidates)}); "
+        f"pass {option}=<column>"
     )
 
 
-def _as_array(value: Any, what: str, index: int) -> np.ndarray:
-    """A decoded ``datasets`` value (PIL image, array, nested list, {"bytes", "path"} dict) as an array."""
+def _decode(value: Any, what: str, index: int) -> Any:
+    """A ``datasets`` value as a PIL image or an array ({"bytes", "path"} dicts are opened)."""
     from PIL import Image
 
     if isinstance(value, dict) and ("bytes" in value or "path" in value):
@@ -63,21 +64,27 @@ def _as_array(value: Any, what: str, index: int) -> np.ndarray:
 
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         if source is None:
-            raise InputError(f"{what} of row {index} has neither bytes nor a path")
-        value = Image.open(source)
-    if isinstance(value, Image.Image):
-        if value.mode == "P":  # palette indices are the class ids / grey levels as stored
-            return np.asarray(value)
-        if value.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
-            value = value.convert("RGBA" if "A" in value.mode else "RGB")
-        return np.asarray(value)
+            raise InputError(f"the {what} of row {index} has neither bytes nor a path")
+        return Image.open(source)
     if value is None:
-        raise InputError(f"{what} of row {index} is empty")
-    return np.asarray(value)
+        raise InputError(f"the {what} of row {index} is empty")
+    return value if isinstance(value, Image.Image) else np.asarray(value)
+
+
+def _to_image(value: Any, index: int) -> np.ndarray:
+    from PIL import Image
+
+    decoded = _decode(value, "image", index)
+    if isinstance(decoded, Image.Image):
+        if decoded.mode not in ("L", "RGB", "I", "I;16", "F"):  # palette, CMYK, 1-bit, alpha...: show colours
+            decoded = decoded.convert("RGB")
+        return np.asarray(decoded)
+    return np.asarray(decoded)
 
 
 def _to_mask(value: Any, index: int) -> np.ndarray:
-    arr = _as_array(value, "mask", index)
+    # palette ("P") masks are read as their indices, which are the class ids
+    arr = np.asarray(_decode(value, "mask", index))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -155,7 +162,9 @@ def from_hf_dataset(
             image_col = _pick_column(columns, wanted, IMAGE_COLUMNS, "image", "image_column")
             mask_col = _pick_column(columns, mask_column, MASK_COLUMNS, "mask", "mask_column")
             if stem_column is not None and stem_column not in columns:
-                raise InputError(f"stem column {stem_column!r} is not in the dataset; its columns are: {', '.join(columns)}")
+                raise InputError(
+                    f"stem column {stem_column!r} is not in the dataset; its columns are: {', '.join(columns)}"
+                )
             digits = max(len(str(len(part) - 1)), 1)
             stems: list[str] = []
             for index, row in enumerate(part):
@@ -164,9 +173,9 @@ def from_hf_dataset(
                 else:
                     stem = f"{name}_{index:0{digits}d}" if prefix else f"{index:0{digits}d}"
                 if stem in seen:
-                    raise InputError(f"stem {stem!r} (row {index} of {stem_column!r}) is used twice; stems must be unique")
+                    raise InputError(f"stem {stem!r} (row {index}) is used twice; stems must be unique")
                 seen.add(stem)
-                image = from_array(_as_array(row[image_col], "image", index))
+                image = from_array(_to_image(row[image_col], index))
                 mask = _to_mask(row[mask_col], index)
                 if mask.shape != (image.height, image.width):
                     raise InputError(
