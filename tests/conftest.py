@@ -99,3 +99,34 @@ def box_decoder(seg):  # noqa: ANN001, ANN202
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def shapes_samples(n: int, *, size: int = 128, seed: int = 0, classes: int = 1) -> list:
+    """Generated training data: bright discs / squares on a textured dark background.
+
+    Returns ``samadapt.methods.base.Sample`` objects; class 1 = discs, class 2 = squares
+    when ``classes`` is 2. The task is easy on purpose: a method that learns anything beats
+    the all-background and all-foreground baselines by a wide margin.
+    """
+    from scipy import ndimage
+
+    from samadapt.methods.base import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2) * 25 + 60
+        target = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            r = rng.uniform(size * 0.08, size * 0.18)
+            cx, cy = rng.uniform(r, size - r, size=2)
+            if classes == 2 and rng.random() < 0.5:
+                target[(abs(xx - cx) < r) & (abs(yy - cy) < r)] = 2
+            else:
+                target[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = 1
+        img = texture + (target > 0) * 120 + (target == 2) * 40 + rng.normal(scale=8, size=(size, size))
+        pixels = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        pixels[:, :, 1] = np.clip(pixels[:, :, 1].astype(int) + 10, 0, 255)
+        out.append(Sample(stem=f"s{i:03d}", pixels=pixels, valid=np.ones((size, size), bool), target=target))
+    return out

@@ -489,3 +489,43 @@ def _channels_first(array: np.ndarray, channel_axis: Literal["first", "last"] | 
     if channel_axis == "last":
         return np.moveaxis(array, -1, 0)
     raise InputError(f"channel_axis must be 'first', 'last' or None, got {channel_axis!r}")
+
+
+def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Read any number of bands, each scaled to 0-255, for models that take more than RGB.
+
+    Args:
+        path: raster file.
+        bands: 1-based band indexes, any count (e.g. all four of an RGB + NIR image).
+        stretch: as in :func:`read_image`; per-band percentiles over valid pixels.
+
+    Returns:
+        (H, W, C) uint8 pixels in the order of ``bands`` (0 where invalid) and the (H, W) bool
+        validity mask.
+
+    Raises:
+        InputFileError: the file cannot be read.
+        InputError: a band does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"image file not found: {path}")
+    try:
+        with rasterio.open(path) as ds:
+            for b in bands:
+                if not 1 <= b <= ds.count:
+                    raise InputError(f"band {b} does not exist: {path.name} has {ds.count} band(s), numbered 1 to {ds.count}")
+            data = ds.read(list(bands))
+            valid = ds.dataset_mask() > 0
+    except rasterio.errors.RasterioIOError as e:
+        raise InputFileError(f"{path} is not a readable image or raster ({e})") from None
+    valid &= np.isfinite(data).all(axis=0) if np.issubdtype(data.dtype, np.floating) else True
+    mode = _check_stretch(stretch)
+    if mode == "auto":
+        mode = None if data.dtype == np.uint8 else AUTO_PERCENTILES
+    if mode is None:
+        scaled = np.clip(np.nan_to_num(data.astype(np.float64)), 0, 255).round().astype(np.uint8)
+    else:
+        scaled = scale_to_uint8(data, stretch_limits(data, valid, mode))
+    scaled[:, ~valid] = 0
+    return np.moveaxis(scaled, 0, -1).copy(), valid

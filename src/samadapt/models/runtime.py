@@ -19,7 +19,7 @@ from samadapt.models.loading import LoadedModel
 Embedding = dict[str, torch.Tensor]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def encode(loaded: LoadedModel, batch: torch.Tensor) -> list[Embedding]:
     """Run the image encoder.
 
@@ -75,7 +75,7 @@ class DecoderPrompts:
         return 1
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def decode(
     loaded: LoadedModel, embedding: Embedding, prompts: DecoderPrompts, *, multimask: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,83 @@
+"""``domain-decoder`` (seed 000): a light decoder trained on frozen, cached SAM embeddings.
+
+The image encoder never trains, so each image is encoded once (through the embedding
+cache) and every epoch costs only the decoder. The decoder is three transposed-convolution
+upsampling layers, each doubling the resolution, with normalisation and activation
+between, then a 1x1 convolution to the classes: a 64 x 64 SAM embedding becomes a 512 x 512
+map (half the model input). With SAM 2, ``use_high_res=True`` adds the encoder's
+high-resolution feature maps (1/4 and 1/8 of the input) as skip connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from samadapt.methods.base import AdaptationMethod, Batch, Sample
+
+
+def _up(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.GELU(),
+        nn.Conv2d(c_out, c_out, kernel_size=3, padding=1),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.GELU(),
+    )
+
+
+class DomainDecoder(AdaptationMethod):
+    """Three upsampling layers on cached embeddings (options: ``width``, ``use_high_res``)."""
+
+    name = "domain-decoder"
+    output_scale = 0.5
+
+    def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 128,
+                 use_high_res: bool = False, **options: Any) -> None:
+        super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width,
+                         use_high_res=use_high_res, **options)
+        emb_channels = _embedding_channels(base)
+        self.use_high_res = bool(use_high_res and base.family == "sam2")
+        skips = _high_res_channels(base) if self.use_high_res else (0, 0)
+        w = width
+        self.up1 = _up(emb_channels, w)
+        self.up2 = _up(w + skips[1], w // 2)
+        self.up3 = _up(w // 2 + skips[0], w // 4)
+        self.head = nn.Conv2d(w // 4, self.out_channels, kernel_size=1)
+
+    def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        emb = self.embedding(sample)
+        out = {"embedding": emb["image"][0]}
+        if self.use_high_res:
+            out["high_res_0"] = emb["high_res_0"][0]
+            out["high_res_1"] = emb["high_res_1"][0]
+        if sample.target is not None:
+            h, w = sample.target.shape
+            out["target"] = self.target_tensor(sample.target, self.geometry_of(h, w))
+        return out
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.up1(batch["embedding"])
+        if self.use_high_res:
+            x = torch.cat([x, batch["high_res_1"]], dim=1)
+        x = self.up2(x)
+        if self.use_high_res:
+            x = torch.cat([x, batch["high_res_0"]], dim=1)
+        return self.head(self.up3(x))
+
+
+def _embedding_channels(base: Any) -> int:
+    cfg = base.model.config
+    if base.family == "sam2":
+        return int(cfg.vision_config.fpn_hidden_size)
+    return int(cfg.vision_config.output_channels)
+
+
+def _high_res_channels(base: Any) -> tuple[int, int]:
+    # SAM 2's mask decoder projects the FPN's two finest levels to C/8 and C/4 channels
+    c = int(base.model.config.mask_decoder_config.hidden_size)
+    return c // 8, c // 4
