@@ -27,7 +27,7 @@ def _sam_parts(hidden: int = 32) -> dict[str, dict]:
         "vision_config": dict(
             hidden_size=hidden, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
             image_size=TINY_IMAGE_SIZE, patch_size=16, window_size=4, global_attn_indexes=[1],
-            num_pos_feats=hidden // 2, mlp_dim=2 * hidden,
+            num_pos_feats=hidden // 2, mlp_dim=2 * hidden, initializer_range=0.02,
         ),
         "prompt_encoder_config": dict(
             hidden_size=hidden, image_size=TINY_IMAGE_SIZE, patch_size=16, mask_input_channels=4
