@@ -19,6 +19,9 @@ _LAZY = {
     "EmbeddingCache": "samadapt.cache",
     "AutomaticOptions": "samadapt.automatic",
     "write_segmentation": "samadapt.outputs",
+    "Learner": "samadapt.learner",
+    "load_adapter": "samadapt.adapter",
+    "TrainConfig": "samadapt.training",
 }
 
 __all__ = ["SamadaptError", "__version__", *_LAZY]
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from samadapt.prompts import ObjectPrompt
     from samadapt.result import SegmentationResult
     from samadapt.segment import Segmenter
+    from samadapt.adapter import load_adapter
+    from samadapt.learner import Learner
+    from samadapt.training import TrainConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -325,6 +326,165 @@ def data_from_hf(
     from samadapt.data.hf import from_hf_dataset
 
     out.print(f"wrote dataset {from_hf_dataset(path, out_dir, split=split)}")
+
+
+def _parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+
+
+def _options(values: list[str] | None) -> dict[str, object]:
+    """--option key=value pairs (numbers and true/false are converted)."""
+    import json as _json
+
+    out: dict[str, object] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise InputError(f"--option takes key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = _json.loads(raw)
+        except ValueError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+MethodOpt = Annotated[str, typer.Option("--method", help="domain-decoder, lora, mask-decoder, encoder-adapter, unet.")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", help="Method setting key=value, e.g. rank=8.")]
+
+
+@app.command("train")
+def train_cmd(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Adapter folder to write.")],
+    method: MethodOpt = "domain-decoder",
+    model: ModelOpt = "sam-vit-base",
+    labels: Annotated[Optional[int], typer.Option("--labels", help="Train on the first N images of a seeded shuffle.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of split, budget and training.")] = 0,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without improvement.")] = None,
+    monitor: Annotated[str, typer.Option(help="Validation metric picking the best epoch (miou, f1_macro, loss).")] = "miou",
+    bands: BandsOpt = None,
+    unfreeze: Annotated[bool, typer.Option("--unfreeze", help="Train every parameter (lora: the whole SAM).")] = False,
+    option: OptionOpt = None,
+    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after an interruption.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Adapt SAM to a dataset with one of the four methods; writes a small adapter folder."""
+    from samadapt.learner import Learner
+    from samadapt.imagery.read import parse_bands
+
+    if out.exists() and (out / "config.json").exists() and not (overwrite or resume):
+        raise InputError(f"--out {out} holds an adapter; pass --overwrite to replace it or --resume to continue")
+    opts = _options(option)
+    if unfreeze:
+        opts["unfreeze"] = True
+    learner = Learner(dataset_dir, method=method, model=model, labels=labels,
+                      bands=parse_bands(bands) if bands else None, seed=seed, device=device, **opts)
+    _warn_untrusted(learner.base.trusted)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = out.with_name(f".{out.name}.run")
+    result = learner.fit(epochs, lr=lr, batch_size=batch_size, out_dir=run_dir, resume=resume, patience=patience,
+                         monitor=monitor, mixed_precision=mixed_precision)
+    learner.save(out, overwrite=True)
+    best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    globals()["out"].print(
+        f"trained {method} on {len(learner.train_stems)} images; best epoch {result.best_epoch + 1} "
+        f"(val mIoU {best.get('val_miou', float('nan')):.3f}); adapter in {out}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train`.")],
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder with masks.")],
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    overlays: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of a few predictions.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Score an adapter on a dataset split: mIoU, precision / recall / F1 (micro, macro), accuracy."""
+    import json as _json
+
+    from samadapt.adapter import load_adapter
+    from samadapt.data.dataset import SegDataset
+    from samadapt.learner import load_samples, splits_of
+    from samadapt.training import evaluate_method
+
+    ad = load_adapter(adapter, base=model, device=device)
+    ds = SegDataset.open(dataset_dir)
+    if split == "all":
+        stems = [s for s in ds.stems() if ds.mask_path(s) is not None]
+    else:
+        splits = splits_of(ds)
+        if split not in splits:
+            raise InputError(f"unknown split {split!r}; use train, val, test or all")
+        stems = splits[split]
+    if not stems:
+        raise InputError(f"the {split} split of {dataset_dir} has no labelled images")
+    samples = load_samples(ds, stems, ad.bands)
+    metrics, _ = evaluate_method(ad.method, samples, device=ad.method.base.device)
+    if as_json:
+        print(_json.dumps({"split": split, "images": len(stems), **metrics.as_dict()}, indent=2))
+    else:
+        table = Table("metric", "value", title=f"{ad.config['method']} on {len(stems)} {split} images")
+        for k in ("miou", "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro",
+                  "recall_macro", "f1_macro"):
+            table.add_row(k, f"{getattr(metrics, k):.4f}")
+        for c, v in enumerate(metrics.iou):
+            table.add_row(f"IoU {ad.classes.get(c, c)}", f"{v:.4f}")
+        globals()["out"].print(table)
+    if overlays is not None:
+        from samadapt.overlay import overlay, save_png
+
+        for s in samples[:4]:
+            pred = ad.predict_sample(s)
+            masks = np.stack([pred.labels == c for c in range(1, ad.method.num_classes)])
+            pic = overlay(s.pixels[:, :, :3], masks)
+            save_png(overlays / f"{s.stem}.png", pic)
+        err.print(f"overlays in {overlays}")
+
+
+@app.command("learning-curve")
+def learning_curve_cmd(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV, plot and runs.")],
+    method: MethodOpt = "domain-decoder",
+    compare_methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run on the same splits.")] = None,
+    model: ModelOpt = "sam-vit-base",
+    sizes: Annotated[str, typer.Option(help="Label budgets.")] = "5,10,15,20,25,50",
+    seeds: Annotated[int, typer.Option(help="Seeds per budget.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 20,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    bands: BandsOpt = None,
+    option: OptionOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train on growing label budgets over several seeds; CSV and plot of every metric against N."""
+    from samadapt.curves import METRICS, learning_curve, summarise
+    from samadapt.imagery.read import parse_bands
+
+    methods = [m.strip() for m in compare_methods.split(",")] if compare_methods else [method]
+    path = learning_curve(dataset_dir, out_dir, methods=methods, model=model, sizes=_parse_ints(sizes, "--sizes"),
+                          seeds=seeds, epochs=epochs, lr=lr, bands=parse_bands(bands) if bands else None,
+                          device=device, method_options=_options(option), log=err.print)
+    import csv as _csv
+
+    rows = [{**r, **{k: float(r[k]) for k in METRICS}, "labels": int(r["labels"])} for r in _csv.DictReader(open(path))]
+    table = Table("method", "labels", "mIoU (mean ± sd)", "F1 macro (mean ± sd)", title="test split")
+    miou, f1 = summarise(rows, "miou"), summarise(rows, "f1_macro")
+    for m in miou:
+        for (n, a, sa), (_, b, sb) in zip(miou[m], f1[m]):
+            table.add_row(m, str(n), f"{a:.3f} ± {sa:.3f}", f"{b:.3f} ± {sb:.3f}")
+    globals()["out"].print(table)
+    globals()["out"].print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 @app.command()

@@ -1,0 +1,178 @@
+"""Trained adapters as small folders, and prediction with them.
+
+An adapter folder holds only what training changed plus the facts needed to rebuild it:
+
+- ``adapter.safetensors``: the trainable weights (decoder, LoRA, U-Net, band adapter ...);
+- ``config.json``: the method and its settings, the base model (name, family, weights
+  sha256), classes, bands, preprocessing, training settings and best validation metrics;
+- ``training_log.jsonl`` and ``training.png`` from the run.
+
+Loading checks that the base model has the same weights digest as the one trained on, so
+an adapter never runs silently on a different SAM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from samadapt import __version__
+from samadapt.errors import CheckpointError, InputError, ModelNotFoundError, OutputExistsError
+from samadapt.methods import build_method
+from samadapt.methods.base import AdaptationMethod, Sample
+from samadapt.models.loading import LoadedModel, load_model
+
+WEIGHTS = "adapter.safetensors"
+CONFIG = "config.json"
+
+
+def save_adapter(
+    method: AdaptationMethod,
+    out_dir: Path,
+    *,
+    classes: dict[int, str] | None = None,
+    bands: tuple[int, ...] | None = None,
+    train_config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra_files: tuple[Path, ...] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write an adapter folder atomically (temporary folder, then rename)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        base = method.base
+        save_file(method.trainable_state_dict(), str(tmp / WEIGHTS))
+        config = {
+            "samadapt_version": __version__,
+            **method.config(),
+            "base_model": {"name": base.name, "family": base.family, "weights_sha256": base.weights_sha256,
+                           "trusted": base.trusted},
+            "classes": {str(k): v for k, v in sorted((classes or {0: "background", 1: "object"}).items())},
+            "bands": list(bands) if bands else None,
+            "preprocessing": asdict(base.preprocessing),
+            "train": train_config or {},
+            "metrics": metrics or {},
+        }
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+        for f in extra_files:
+            if Path(f).is_file():
+                shutil.copy2(f, tmp / Path(f).name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+@dataclass
+class Prediction:
+    """A prediction at the image's own size: class ids (H, W) uint8 and probabilities (C, H, W)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+
+class Adapter:
+    """A loaded adapter: the method with its trained weights, ready to predict.
+
+    Attributes:
+        method: the adaptation method (in eval mode).
+        config: the adapter's ``config.json``.
+        classes: class id -> name.
+        bands: 1-based bands the adapter reads, or None for the default RGB choice.
+    """
+
+    def __init__(self, method: AdaptationMethod, config: dict[str, Any]) -> None:
+        self.method = method.eval()
+        self.config = config
+        self.classes = {int(k): v for k, v in config.get("classes", {}).items()}
+        self.bands = tuple(config["bands"]) if config.get("bands") else None
+
+    @torch.no_grad()
+    def predict_sample(self, sample: Sample) -> Prediction:
+        """Predict one prepared sample (pixels as the method expects them)."""
+        m = self.method
+        inputs = m.make_inputs(Sample(sample.stem, sample.pixels, sample.valid, None), train=False,
+                               rng=np.random.default_rng(0))
+        batch = {k: v[None].to(m.base.device) for k, v in inputs.items()}
+        probs = m.probabilities(m(batch))[0].float().cpu()
+        h, w = sample.pixels.shape[:2]
+        full = m.to_original(probs, m.geometry_of(h, w)).numpy()
+        labels = full.argmax(0).astype(np.uint8)
+        labels[~sample.valid] = 255
+        return Prediction(labels=labels, probabilities=full.astype(np.float32))
+
+    def predict(self, image: str | os.PathLike[str] | np.ndarray) -> Prediction:
+        """Predict an image file (bands as trained) or an (H, W, C) uint8 array."""
+        if isinstance(image, np.ndarray):
+            pixels = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+            return self.predict_sample(Sample("array", pixels, np.ones(pixels.shape[:2], bool)))
+        return self.predict_sample(read_sample(Path(image), bands=self.bands))
+
+
+def read_sample(path: Path, *, bands: tuple[int, ...] | None = None, mask: Path | None = None,
+                stem: str | None = None) -> Sample:
+    """Read an image (and optionally its mask) as a :class:`Sample`; any band count with ``bands``."""
+    from samadapt.imagery.read import read_bands, read_image
+
+    if bands is not None and len(bands) != 3:
+        pixels, valid = read_bands(path, bands)
+    else:
+        img = read_image(path, bands=bands)
+        pixels, valid = img.pixels, img.valid
+    target = None
+    if mask is not None:
+        from samadapt.data.dataset import read_mask_file
+
+        target = read_mask_file(mask)
+        if target.shape != pixels.shape[:2]:
+            raise InputError(f"mask {mask} is {target.shape} but its image is {pixels.shape[:2]} (rows, cols)")
+    return Sample(stem or Path(path).stem, pixels, valid, target)
+
+
+def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None = None,
+                 device: str = "cpu") -> Adapter:
+    """Load an adapter folder; the base model comes from its config unless given.
+
+    Raises:
+        ModelNotFoundError: the folder is not an adapter.
+        CheckpointError: the base model's weights differ from those the adapter was trained on,
+            or the weights do not fit the method.
+    """
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise ModelNotFoundError(f"{path} is not a samadapt adapter (it needs {CONFIG} and {WEIGHTS})")
+    config = json.loads((path / CONFIG).read_text())
+    expected = config["base_model"]
+    if base is None:
+        base = expected["name"]
+    loaded = base if isinstance(base, LoadedModel) else load_model(base, device=device)
+    if loaded.weights_sha256 != expected["weights_sha256"]:
+        raise CheckpointError(
+            f"this adapter was trained on {expected['name']} (weights sha256 {expected['weights_sha256'][:12]}), "
+            f"not on {loaded.name} (sha256 {loaded.weights_sha256[:12]}); load it with --model {expected['name']}"
+        )
+    method = build_method(config["method"], loaded, num_classes=config["num_classes"],
+                          in_channels=config["in_channels"], **config.get("options", {}))
+    method.to(loaded.device)
+    weights = load_file(str(path / WEIGHTS))
+    missing = set(weights) - set(method.state_dict())
+    if missing:
+        raise CheckpointError(f"{path / WEIGHTS} has weights the {config['method']} method does not: {sorted(missing)[:5]}")
+    method.load_state_dict(weights, strict=False)
+    return Adapter(method, config)

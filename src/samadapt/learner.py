@@ -1,0 +1,142 @@
+"""The Python door onto training, shaped like arcgis.learn's SamLoRA:
+
+    learner = samadapt.Learner("my_dataset/", method="lora", model="sam-vit-base", labels=10)
+    learner.fit(20)
+    learner.unfreeze(); learner.fit(5, lr=1e-4)
+    learner.save("pits-lora/")
+    samadapt.load_adapter("pits-lora/").predict("new_tile.tif")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samadapt.adapter import read_sample, save_adapter
+from samadapt.errors import InputError
+from samadapt.methods import build_method
+from samadapt.methods.base import Sample
+from samadapt.models.loading import LoadedModel, load_model
+from samadapt.training import TrainConfig, TrainResult, evaluate_method, train
+
+
+def label_budget(stems: list[str], n: int | None, seed: int) -> list[str]:
+    """The first ``n`` stems of a seeded shuffle (all of them when ``n`` is None).
+
+    Budgets from one seed are nested: the 10 images of ``n=10`` include the 5 of ``n=5``,
+    as a learning curve needs.
+    """
+    if n is None:
+        return list(stems)
+    if n < 1:
+        raise InputError(f"the label budget must be at least 1, got {n}")
+    if n > len(stems):
+        raise InputError(f"asked for {n} labelled images but the training split has only {len(stems)}")
+    order = np.random.default_rng(seed).permutation(sorted(stems))
+    return [str(s) for s in order[:n]]
+
+
+def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None = None) -> list[Sample]:
+    """Read the images and masks of ``stems`` from a SegDataset as Samples."""
+    return [read_sample(dataset.image_path(s), bands=bands, mask=dataset.mask_path(s), stem=s) for s in stems]
+
+
+def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
+    """train / val / test stems: from splits.json, else a seeded 60/20/20 split of labelled images."""
+    from samadapt.data.dataset import make_splits
+
+    labelled = [s for s in dataset.stems() if dataset.mask_path(s) is not None]
+    if not labelled:
+        raise InputError(f"{dataset.root} has no labelled images (masks/) to train on")
+    if dataset.splits:
+        return {k: [s for s in dataset.splits.get(k, []) if s in labelled] for k in ("train", "val", "test")}
+    return make_splits(labelled, val=0.2, test=0.2, seed=seed)
+
+
+class Learner:
+    """Train one adaptation method on a dataset folder.
+
+    Args:
+        data: dataset folder (images/, masks/, optional splits.json and classes.json).
+        method: "domain-decoder", "lora", "mask-decoder", "encoder-adapter" or "unet".
+        model: base model: registry name, transformers folder, .pth file, or a LoadedModel.
+        labels: label budget: train on the first N images of a seeded shuffle of the train split.
+        bands: 1-based bands to read (any count; != 3 adds a band adapter where supported).
+        seed: seed of the split, the budget and training.
+        device: torch device ("cpu", "cuda", ...).
+        method_options: passed to the method (e.g. rank=8 for lora).
+    """
+
+    def __init__(self, data: str | Path, method: str = "domain-decoder", model: str | LoadedModel = "sam-vit-base",
+                 *, labels: int | None = None, bands: tuple[int, ...] | None = None, seed: int = 0,
+                 device: str = "cpu", **method_options: Any) -> None:
+        from samadapt.data.dataset import SegDataset
+
+        self.dataset = SegDataset.open(data)
+        self.base = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        self.seed = seed
+        self.bands = tuple(bands) if bands else None
+        splits = splits_of(self.dataset, seed)
+        self.train_stems = label_budget(splits["train"], labels, seed)
+        self.val_stems = splits["val"]
+        self.test_stems = splits["test"]
+        self.device = device
+        in_channels = len(self.bands) if self.bands and len(self.bands) != 3 else 3
+        self.method = build_method(method, self.base, num_classes=max(self.dataset.num_classes, 2),
+                                   in_channels=in_channels, **method_options)
+        self.method.to(self.base.device)
+        self._train_samples = load_samples(self.dataset, self.train_stems, self.bands)
+        self._val_samples = load_samples(self.dataset, self.val_stems, self.bands)
+        self.result: TrainResult | None = None
+        self.train_config: TrainConfig | None = None
+        self.run_dir: Path | None = None
+
+    def fit(self, epochs: int, *, lr: float = 1e-3, batch_size: int = 4, out_dir: str | Path | None = None,
+            resume: bool = False, progress: bool = True, **config: Any) -> TrainResult:
+        """Train for ``epochs``; keeps the best epoch's weights (by validation mIoU unless ``monitor``)."""
+        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=self.seed, device=self.device, **config)
+        run = Path(out_dir) if out_dir else Path(self.dataset.root) / ".samadapt-runs" / self.method.name
+        self.result = train(self.method, self._train_samples, self._val_samples, run, cfg, resume=resume,
+                            progress=progress)
+        self.train_config, self.run_dir = cfg, run
+        return self.result
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable (LoRA: the whole SAM; others: their frozen parts too)."""
+        if hasattr(self.method, "unfreeze"):
+            self.method.unfreeze()  # type: ignore[operator]
+        else:
+            for p in self.method.parameters():
+                p.requires_grad_(True)
+
+    def evaluate(self, split: str = "test") -> Any:
+        """Metrics on a split (``samadapt.metrics.Metrics``)."""
+        stems = {"train": self.train_stems, "val": self.val_stems, "test": self.test_stems}.get(split)
+        if stems is None:
+            raise InputError(f"unknown split {split!r}; use train, val or test")
+        if not stems:
+            raise InputError(f"the {split} split is empty")
+        metrics, _ = evaluate_method(self.method, load_samples(self.dataset, stems, self.bands),
+                                     device=self.base.device)
+        return metrics
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the adapter folder (weights, config, training log and plot)."""
+        metrics = {}
+        if self.result and self.result.history:
+            row = next((r for r in self.result.history if r["epoch"] == self.result.best_epoch), self.result.history[-1])
+            metrics = {k: v for k, v in row.items() if k.startswith("val_") or k == "epoch"}
+        extra = (self.run_dir / "training_log.jsonl", self.run_dir / "training.png") if self.run_dir else ()
+        return save_adapter(
+            self.method, Path(path), classes=self.dataset.classes, bands=self.bands,
+            train_config={**(asdict(self.train_config) if self.train_config else {}), "labels": len(self.train_stems),
+                          "train_stems": self.train_stems},
+            metrics=metrics, extra_files=extra, overwrite=overwrite,
+        )
+
+    def with_config(self, **changes: Any) -> TrainConfig:
+        """The last training settings with some changed (for a second ``fit``)."""
+        return replace(self.train_config or TrainConfig(), **changes)
