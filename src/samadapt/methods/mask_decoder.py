@@ -1,0 +1,469 @@
+"""``mask-decoder`` (seed 002): fine-tune SAM's mask decoder with prompts made from ground truth.
+
+The image encoder and the prompt encoder stay frozen; only a copy of the mask decoder trains
+(the base model is never modified, so the untrained decoder stays available beside the
+trained one). Each image is encoded once, through the embedding cache.
+
+Training prompts come from the ground-truth mask: one prompt per connected region (largest
+first, at most ``max_objects``), a box, the interior point or several points, drawn with
+:func:`samadapt.prompt_gen.prompts_from_mask` from a seed taken from the sample's ``rng``, so
+the same generator state gives the same prompts. Each prompted region is its own target.
+At prediction time prompts come from the user (:class:`~samadapt.prompts.ObjectPrompt`) or
+from a rough mask (:func:`samadapt.rough.prompts_from_rough`), see :meth:`predict`.
+
+Binary only: the method segments prompted objects of one class (``num_classes=2``); train
+one model per class, or use ``domain-decoder`` / ``lora`` for several classes at once.
+
+Batch keys made by :meth:`MaskDecoderMethod.make_inputs` (B images, N = ``max_objects``):
+
+* ``embedding`` (B, C, e, e) and the family's extra embedding tensors (``high_res_*``, ``vit_*``);
+* ``boxes`` (B, N, 4) XYXY, or ``points`` (B, N, P, 2) (x, y) and ``labels`` (B, N, P) with
+  -10 for padding points, all in the model-input frame;
+* ``object_valid`` (B, N) bool, False for padding objects;
+* ``object_target`` (B, N, h, w) long: 1 on the object's region, 0 elsewhere, 255 ignore;
+* ``target`` (B, h, w) long: the union of the prompted regions (unprompted regions beyond
+  ``max_objects`` are 255, since no prompt asked for them).
+
+What ``forward`` returns: (B, N, M + 1, h, w), where ``[:, :, :M]`` are the M candidate mask
+logits of each object (M = 3, or 1 with ``multimask="single"``; padding objects hold
+-1e4) and plane ``M`` carries the decoder's predicted IoU of each candidate at
+``[:, :, M, 0, :M]`` (zeros elsewhere). :func:`split_output` unpacks it; :meth:`loss` and
+:meth:`probabilities` both take it as it is. Keeping the IoUs inside one plain tensor keeps
+the method stateless and the output usable by a loop that only knows tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samadapt.errors import InputError
+from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
+from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Sample, freeze, target_in_frame
+from samadapt.models.loading import LoadedModel
+from samadapt.prompt_gen import prompts_from_mask, regions
+from samadapt.prompts import ObjectPrompt
+
+PromptKind = Literal["box", "point", "points"]
+MultimaskMode = Literal["best", "mean", "single"]
+
+#: Label of a padding point: transformers' prompt encoder gives it a zero embedding.
+PAD_LABEL = -10
+#: Logit given to padding objects, so that their probability is exactly 0.
+OFF_LOGIT = -1.0e4
+#: Objects decoded per call in :meth:`MaskDecoderMethod.predict`; bounds memory.
+PREDICT_CHUNK = 64
+#: Mask-decoder parts that never train: SAM 2's conv_s0 / conv_s1 belong to the encoder
+#: path (their output is in the cached embedding) and its object-score head gets no loss.
+_FROZEN_PARTS = {"sam2": ("conv_s0", "conv_s1", "pred_obj_score_head")}
+
+
+class MaskDecoderMethod(AdaptationMethod):
+    """SAM's mask decoder fine-tuned on prompts generated from ground-truth masks.
+
+    Args:
+        base: the loaded SAM, SAM 2 or SAM-HQ model; its decoder is copied, not changed.
+        num_classes: must be 2 (background + one object class).
+        in_channels: must be 3 (the frozen encoder runs on cached 3-band embeddings).
+        prompt: ``"box"`` (tight box of each region), ``"point"`` (its interior point, plus
+            ``n_neg`` negatives) or ``"points"`` (``n_pos`` positives plus ``n_neg`` negatives).
+        n_pos: positive points per object with ``"points"`` (1 with ``"point"``).
+        n_neg: negative points per object (0 with ``"box"``).
+        box_noise: largest random shift of each box coordinate during training, in pixels of
+            the original image (evaluation and prediction use the tight box).
+        max_objects: prompts per image; the largest regions are kept, fewer are padded.
+        multimask: ``"best"`` trains the candidate of lowest loss among SAM's 3 and predicts
+            with the one of highest predicted IoU; ``"mean"`` trains and predicts the mean of
+            the 3 candidates' logits; ``"single"`` asks the decoder for one mask.
+        iou_weight: weight of the IoU-head loss (MSE between predicted and actual IoU).
+
+    Raises:
+        InputError: on an option outside the values above.
+    """
+
+    name = "mask-decoder"
+    output_scale = 0.25
+
+    def __init__(
+        self,
+        base: LoadedModel,
+        *,
+        num_classes: int = 2,
+        in_channels: int = 3,
+        prompt: PromptKind = "box",
+        n_pos: int = 1,
+        n_neg: int = 0,
+        box_noise: float = 0.0,
+        max_objects: int = 8,
+        multimask: MultimaskMode = "best",
+        iou_weight: float = 1.0,
+        **options: Any,
+    ) -> None:
+        _check_options(num_classes, in_channels, prompt, n_pos, n_neg, box_noise, max_objects, multimask, iou_weight)
+        super().__init__(base, num_classes=num_classes, in_channels=in_channels, prompt=prompt, n_pos=n_pos,
+                         n_neg=n_neg, box_noise=float(box_noise), max_objects=max_objects, multimask=multimask,
+                         iou_weight=float(iou_weight), **options)
+        if base.family not in ("sam", "sam2", "sam-hq"):
+            raise InputError(f"mask-decoder supports the sam, sam2 and sam-hq families, got {base.family!r}")
+        self.prompt: PromptKind = prompt
+        self.n_pos = 1 if prompt == "point" else int(n_pos)
+        self.n_neg = int(n_neg)
+        self.box_noise = float(box_noise)
+        self.max_objects = int(max_objects)
+        self.multimask: MultimaskMode = multimask
+        self.iou_weight = float(iou_weight)
+        self.mask_decoder = copy.deepcopy(base.model.mask_decoder)
+        for p in self.mask_decoder.parameters():
+            p.requires_grad_(True)
+        for part in _FROZEN_PARTS.get(base.family, ()):
+            freeze(getattr(self.mask_decoder, part))
+        if base.family == "sam2":
+            # In eval mode SAM 2 swaps the single mask for a "stable" multimask candidate;
+            # training and prediction must see the same output.
+            self.mask_decoder.dynamic_multimask_via_stability = False
+        self.mask_decoder.train(self.training)
+
+    @property
+    def points_per_object(self) -> int:
+        """P, the fixed number of point slots per object (0 for box prompts)."""
+        return 0 if self.prompt == "box" else self.n_pos + self.n_neg
+
+    # --- inputs -------------------------------------------------------------------------------
+    def ground_truth_prompts(
+        self, target: np.ndarray, *, rng: np.random.Generator, train: bool
+    ) -> tuple[list[ObjectPrompt], list[np.ndarray]]:
+        """Prompts and regions of a binary target, in pixels of the original image.
+
+        Args:
+            target: (H, W) uint8, 0 background, 1 object, 255 ignore.
+            rng: draws the seed of the prompts, so equal generator states give equal prompts.
+            train: add ``box_noise`` to boxes (only while training).
+
+        Returns:
+            Up to ``max_objects`` prompts and the (H, W) bool region each one belongs to,
+            largest region first.
+        """
+        seed = int(rng.integers(0, 2**31 - 1))
+        prompts = prompts_from_mask(target, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg,
+                                    box_noise=self.box_noise if train else 0.0, seed=seed)
+        found = regions(target)
+        return prompts[: self.max_objects], found[: self.max_objects]
+
+    def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Tensors of one labelled sample (keys in the module docstring, without the batch axis).
+
+        Raises:
+            InputError: if the sample has no target (prompts come from the ground truth here;
+                use :meth:`predict` with prompts or a rough mask for unlabelled images), or its
+                target holds values other than 0, 1 and 255.
+        """
+        if sample.target is None:
+            raise InputError(
+                f"mask-decoder makes its prompts from the ground truth, and {sample.stem} has none; "
+                "call predict(pixels, prompts=...) or predict(pixels, rough=...) for unlabelled images"
+            )
+        extra = np.setdiff1d(np.unique(sample.target), (0, 1, IGNORE))
+        if extra.size:
+            raise InputError(
+                f"mask-decoder trains on binary targets (0, 1 and 255 = ignore), but {sample.stem} holds class ids "
+                f"{extra[:5].tolist()}; train one model per class on 0/1 masks"
+            )
+        out = self._embedding_tensors(self.embedding(sample), squeeze=True)
+        h, w = sample.target.shape
+        geometry = self.geometry_of(h, w)
+        prompts, found = self.ground_truth_prompts(sample.target, rng=rng, train=train)
+        out.update(self._prompt_tensors(prompts, geometry, self.max_objects))
+        out["object_valid"] = torch.arange(self.max_objects) < len(prompts)
+        side = self.output_side
+        background = np.where(sample.target == IGNORE, IGNORE, 0).astype(np.uint8)
+        objects = torch.full((self.max_objects, side, side), IGNORE, dtype=torch.long)
+        for i, region in enumerate(found):
+            objects[i] = target_in_frame(np.where(region, 1, background), geometry, self.preprocessing, side)
+        out["object_target"] = objects
+        # Foreground the prompts did not reach (regions beyond max_objects) is not asked for.
+        union = np.where(sample.target == 1, IGNORE, background).astype(np.uint8)
+        for region in found:
+            union[region] = 1
+        out["target"] = target_in_frame(union, geometry, self.preprocessing, side)
+        return out
+
+    def _embedding_tensors(self, emb: dict[str, torch.Tensor], *, squeeze: bool) -> dict[str, torch.Tensor]:
+        return {("embedding" if k == "image" else k): (v[0] if squeeze else v) for k, v in emb.items()}
+
+    def _prompt_tensors(self, prompts: list[ObjectPrompt], geometry: Geometry, n: int) -> dict[str, torch.Tensor]:
+        """Boxes (n, 4) or points (n, P, 2) + labels (n, P) in the model-input frame, padded to n."""
+        if self.prompt == "box":
+            boxes = np.zeros((n, 4))
+            for i, p in enumerate(prompts):
+                boxes[i] = boxes_to_model(p.box, geometry)  # type: ignore[arg-type]
+            return {"boxes": torch.from_numpy(boxes).float()}
+        slots = self.points_per_object
+        points = np.zeros((n, slots, 2))
+        labels = np.full((n, slots), PAD_LABEL, dtype=np.int64)
+        for i, p in enumerate(prompts):
+            k = min(len(p.points), slots)
+            points[i, :k] = coords_to_model(p.points[:k], geometry)
+            labels[i, :k] = p.labels[:k]
+        return {"points": torch.from_numpy(points).float(), "labels": torch.from_numpy(labels)}
+
+    # --- decoding -----------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Candidate logits and predicted IoUs of every object, packed as the module docstring says.
+
+        Args:
+            batch: stacked :meth:`make_inputs` dicts.
+
+        Returns:
+            (B, N, M + 1, h, w) float: M candidate logits per object, then the IoU plane.
+        """
+        masks, iou = self._decode(batch, batch.get("points"), batch.get("labels"), batch.get("boxes"))
+        valid = batch["object_valid"].to(masks.device)[:, :, None, None, None]
+        masks = torch.where(valid, masks, torch.full_like(masks, OFF_LOGIT))
+        return pack_output(masks, iou)
+
+    def _decode(
+        self,
+        embeddings: Batch,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen prompt encoder, then the trainable decoder: (B, N, M, h, w) logits, (B, N, M) IoUs."""
+        model, bdev = self.base.model, self.base.device
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(
+                input_points=None if points is None else points.to(bdev, torch.float32),
+                input_labels=None if labels is None else labels.to(bdev, torch.long),
+                input_boxes=None if boxes is None else boxes.to(bdev, torch.float32),
+                input_masks=None,
+            )
+            position = model.get_image_wide_positional_embeddings()
+        first = next(self.mask_decoder.parameters())
+        dev, dtype = first.device, first.dtype
+        image = embeddings["embedding"].to(dev, dtype)
+        kwargs: dict[str, Any] = {
+            "image_embeddings": image,
+            "image_positional_embeddings": position.to(dev, dtype).expand(image.shape[0], -1, -1, -1),
+            "sparse_prompt_embeddings": sparse.to(dev, dtype),
+            "dense_prompt_embeddings": dense.to(dev, dtype),
+            "multimask_output": self.multimask != "single",
+        }
+        family = self.base.family
+        if family == "sam2":
+            highres = _numbered(embeddings, "high_res_")
+            kwargs["high_resolution_features"] = [embeddings[k].to(dev, dtype) for k in highres]
+        elif family == "sam-hq":
+            kwargs["hq_token_only"] = False
+            kwargs["intermediate_embeddings"] = [embeddings[k].to(dev, dtype) for k in _numbered(embeddings, "vit_")]
+        out = self.mask_decoder(**kwargs)
+        return out[0], out[1]
+
+    # --- loss and probabilities ---------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Dice + BCE per prompted object (255 ignored) plus the IoU-head loss, mean over objects.
+
+        With ``multimask="best"`` each object's mask loss is that of its best candidate (as in
+        SAM's own training); with ``"mean"`` it is the loss of the candidates' mean logits. The
+        IoU head learns the actual IoU of each candidate thresholded at 0, by squared error.
+
+        Args:
+            logits: (B, N, M + 1, h, w) as :meth:`forward` returns it.
+            batch: with ``object_valid`` (B, N) and ``object_target`` (B, N, h, w).
+
+        Returns:
+            A scalar; 0 (with a graph) when the batch has no object.
+        """
+        masks, iou_pred = split_output(logits)
+        valid = batch["object_valid"].to(masks.device)
+        if not valid.any():
+            return logits.sum() * 0.0
+        cand, pred = masks[valid], iou_pred[valid]  # (K, M, h, w), (K, M)
+        target = batch["object_target"].to(masks.device)[valid][:, None]  # (K, 1, h, w)
+        counted = (target != IGNORE).float()
+        y = (target == 1).float()
+        trained = cand.mean(dim=1, keepdim=True) if self.multimask == "mean" else cand
+        per = _dice_bce(trained, y, counted)  # (K, M')
+        mask_loss = per.min(dim=1).values if self.multimask == "best" else per[:, 0]
+        actual = _iou(cand.detach() > 0, y > 0, counted > 0)
+        iou_loss = ((pred - actual) ** 2).mean(dim=1)
+        return (mask_loss + self.iou_weight * iou_loss).mean()
+
+    def object_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each object's chosen mask logits, (B, N, h, w), from :meth:`forward`'s output.
+
+        ``"best"`` takes the candidate of highest predicted IoU, ``"mean"`` the mean of the
+        candidates, ``"single"`` the one mask.
+        """
+        masks, iou = split_output(logits)
+        if self.multimask == "mean":
+            return masks.mean(dim=2)
+        if self.multimask == "single":
+            return masks[:, :, 0]
+        best = iou.argmax(dim=2)[:, :, None, None, None].expand(-1, -1, 1, *masks.shape[-2:])
+        return masks.gather(2, best)[:, :, 0]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 2, h, w): the union (max of sigmoids) of every object's chosen mask, and its complement."""
+        p = torch.sigmoid(self.object_logits(logits)).amax(dim=1, keepdim=True)
+        return torch.cat([1 - p, p], dim=1)
+
+    # --- prediction ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        image_pixels: np.ndarray,
+        prompts: list[ObjectPrompt] | None = None,
+        rough: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Object probability of every pixel of an image, prompted by the user or by a rough mask.
+
+        Args:
+            image_pixels: (H, W, 3) uint8 RGB image.
+            prompts: point and/or box prompts in pixels of the image, one per object.
+            rough: (H, W) rough mask (non-zero = object); each blob becomes one prompt of this
+                method's ``prompt`` kind, through :func:`samadapt.rough.prompts_from_rough`.
+
+        Returns:
+            (H, W) float32 in [0, 1]: the union of the objects' masks; all zeros when the rough
+            mask has no blob.
+
+        Raises:
+            InputError: if neither or both of ``prompts`` and ``rough`` are given, the image is
+                not (H, W, 3) uint8, a prompt lies outside the image or carries a mask prompt.
+        """
+        pixels = np.asarray(image_pixels)
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise InputError(
+                f"predict needs an (H, W, 3) uint8 image, got shape {pixels.shape} and dtype {pixels.dtype}"
+            )
+        h, w = pixels.shape[:2]
+        if (prompts is None) == (rough is None):
+            raise InputError(
+                "predict needs exactly one prompt source: prompts=[ObjectPrompt, ...] or rough=<(H, W) mask>"
+            )
+        if rough is not None:
+            from samadapt.rough import prompts_from_rough
+
+            if np.shape(rough) != (h, w):
+                raise InputError(f"the rough mask has shape {np.shape(rough)}, the image is {(h, w)} (rows, cols)")
+            prompts = prompts_from_rough(rough, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg)
+        prompts = list(prompts or [])
+        if not prompts:
+            return np.zeros((h, w), dtype=np.float32)
+        for p in prompts:
+            p.check_inside(h, w)
+            if p.mask is not None:
+                raise InputError("mask-decoder's predict takes point and box prompts; drop the mask prompt")
+        geometry = self.geometry_of(h, w)
+        emb = self._embedding_tensors(self.embedding(Sample("predict", pixels, np.ones((h, w), bool))), squeeze=False)
+        chosen = []
+        for group in _groups(prompts):
+            chunk = [prompts[i] for i in group]
+            points = labels = boxes = None
+            if len(chunk[0].points):
+                points = torch.tensor(np.stack([coords_to_model(p.points, geometry) for p in chunk]))[None].float()
+                labels = torch.tensor(np.stack([p.labels for p in chunk]))[None]
+            if chunk[0].box is not None:
+                boxes = torch.tensor(np.stack([boxes_to_model(p.box, geometry) for p in chunk]))[None].float()
+            masks, iou = self._decode(emb, points, labels, boxes)
+            chosen.append(self.object_logits(pack_output(masks, iou)))
+        # the same union as probabilities(): max over objects of the chosen masks' sigmoids
+        union = torch.sigmoid(torch.cat(chosen, dim=1)).amax(dim=1)  # (1, h, w)
+        return self.to_original(union.float().cpu(), geometry)[0].clamp(0, 1).numpy().astype(np.float32)
+
+
+def pack_output(masks: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
+    """Pack (B, N, M, h, w) logits and (B, N, M) predicted IoUs into (B, N, M + 1, h, w).
+
+    Raises:
+        InputError: if the mask is narrower than M pixels (no room for the IoUs).
+    """
+    b, n, m, h, w = masks.shape
+    if w < m:
+        raise InputError(f"cannot pack {m} IoUs into masks {w} pixels wide")
+    plane = F.pad(iou.to(masks.dtype), (0, w - m))[:, :, None, None, :]  # (B, N, 1, 1, w)
+    plane = F.pad(plane, (0, 0, 0, h - 1))  # (B, N, 1, h, w)
+    return torch.cat([masks, plane], dim=2)
+
+
+def split_output(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack :func:`pack_output`: (B, N, M, h, w) logits and (B, N, M) predicted IoUs.
+
+    Raises:
+        InputError: if the tensor is not 5-D with at least 2 planes per object.
+    """
+    if output.ndim != 5 or output.shape[2] < 2:
+        raise InputError(f"expected mask-decoder output (B, N, M + 1, h, w), got shape {tuple(output.shape)}")
+    m = output.shape[2] - 1
+    return output[:, :, :m], output[:, :, m, 0, :m]
+
+
+def _dice_bce(logits: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Per-mask dice + BCE over counted pixels: logits (K, M, h, w), y and counted (K, 1, h, w) -> (K, M)."""
+    y = y.expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    n = counted.sum(dim=(-2, -1)).clamp(min=1.0)
+    bce = (bce * counted).sum(dim=(-2, -1)) / n
+    p = torch.sigmoid(logits) * counted
+    yc = y * counted
+    dice = 1 - (2 * (p * yc).sum(dim=(-2, -1)) + 1) / (p.sum(dim=(-2, -1)) + yc.sum(dim=(-2, -1)) + 1)
+    return bce + dice
+
+
+def _iou(pred: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks (K, M, h, w) against (K, 1, h, w) over counted pixels; 1 when both are empty."""
+    inter = (pred & y & counted).sum(dim=(-2, -1)).float()
+    union = ((pred | y) & counted).sum(dim=(-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
+
+
+def _numbered(batch: Batch, prefix: str) -> list[str]:
+    """Keys ``prefix0``, ``prefix1``, ... of a batch in numeric order."""
+    return sorted((k for k in batch if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+
+
+def _groups(prompts: list[ObjectPrompt]) -> list[list[int]]:
+    """Indices of prompts with the same shape (point count, box or not), in chunks of PREDICT_CHUNK.
+
+    Each group is decoded in one call without padding points, which would change the result.
+    """
+    by_shape: dict[tuple[int, bool], list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_shape.setdefault((len(p.points), p.box is not None), []).append(i)
+    return [g[s : s + PREDICT_CHUNK] for g in by_shape.values() for s in range(0, len(g), PREDICT_CHUNK)]
+
+
+def _check_options(num_classes: int, in_channels: int, prompt: str, n_pos: int, n_neg: int, box_noise: float,
+                   max_objects: int, multimask: str, iou_weight: float) -> None:
+    if num_classes != 2:
+        raise InputError(
+            f"mask-decoder segments prompted objects of one class at a time (num_classes=2), got num_classes="
+            f"{num_classes}; train one model per class, or use domain-decoder or lora for several classes"
+        )
+    if in_channels != 3:
+        raise InputError(
+            f"mask-decoder runs on cached embeddings of 3-band images, got in_channels={in_channels}; "
+            "choose 3 bands, or use the lora method, which trains a band adapter"
+        )
+    if prompt not in get_args(PromptKind):
+        raise InputError(f"prompt must be one of {', '.join(get_args(PromptKind))}, got {prompt!r}")
+    if multimask not in get_args(MultimaskMode):
+        raise InputError(f"multimask must be one of {', '.join(get_args(MultimaskMode))}, got {multimask!r}")
+    for value, label, low in ((n_pos, "n_pos", 1), (n_neg, "n_neg", 0), (max_objects, "max_objects", 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InputError(f"{label} must be an integer of at least {low}, got {value!r}")
+    if prompt == "point" and n_pos != 1:
+        raise InputError(f"prompt 'point' uses the one interior point, got n_pos={n_pos}; use prompt 'points'")
+    if prompt == "box" and n_neg:
+        raise InputError(f"prompt 'box' takes no points, got n_neg={n_neg}; use prompt 'point' or 'points'")
+    if not (isinstance(box_noise, (int, float)) and math.isfinite(box_noise) and box_noise >= 0):
+        raise InputError(f"box_noise must be a finite number of pixels >= 0, got {box_noise!r}")
+    if box_noise and prompt != "box":
+        raise InputError(f"box_noise shifts box prompts, but prompt is {prompt!r}; set box_noise=0 or prompt='box'")
+    if not (isinstance(iou_weight, (int, float)) and math.isfinite(iou_weight) and iou_weight >= 0):
+        raise InputError(f"iou_weight must be a finite number >= 0, got {iou_weight!r}")
