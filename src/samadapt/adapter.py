@@ -103,9 +103,31 @@ class Adapter:
         self.classes = {int(k): v for k, v in config.get("classes", {}).items()}
         self.bands = tuple(config["bands"]) if config.get("bands") else None
 
+    @property
+    def needs_prompts(self) -> bool:
+        """True for methods that segment prompted objects (mask-decoder)."""
+        return self.method.name == "mask-decoder"
+
+    def _prompted(self, sample: Sample, prompts: Any, rough: np.ndarray | None) -> Prediction:
+        if prompts is None and rough is None:
+            raise InputError(
+                "a mask-decoder adapter segments prompted objects: pass prompts (boxes / points) or a rough mask"
+            )
+        fg = self.method.predict(sample.pixels, prompts=prompts, rough=rough)  # type: ignore[operator]
+        probs = np.stack([1 - fg, fg]).astype(np.float32)
+        labels = (fg > 0.5).astype(np.uint8)
+        labels[~sample.valid] = 255
+        return Prediction(labels=labels, probabilities=probs)
+
     @torch.no_grad()
-    def predict_sample(self, sample: Sample) -> Prediction:
-        """Predict one prepared sample (pixels as the method expects them)."""
+    def predict_sample(self, sample: Sample, *, prompts: Any = None, rough: np.ndarray | None = None) -> Prediction:
+        """Predict one prepared sample (pixels as the method expects them).
+
+        ``prompts`` (ObjectPrompts in pixels) or ``rough`` (an (H, W) rough mask) are needed by
+        mask-decoder adapters and ignored by the others.
+        """
+        if self.needs_prompts:
+            return self._prompted(sample, prompts, rough)
         m = self.method
         inputs = m.make_inputs(Sample(sample.stem, sample.pixels, sample.valid, None), train=False,
                                rng=np.random.default_rng(0))
@@ -117,12 +139,18 @@ class Adapter:
         labels[~sample.valid] = 255
         return Prediction(labels=labels, probabilities=full.astype(np.float32))
 
-    def predict(self, image: str | os.PathLike[str] | np.ndarray) -> Prediction:
-        """Predict an image file (bands as trained) or an (H, W, C) uint8 array."""
+    def predict(self, image: str | os.PathLike[str] | np.ndarray, *, prompts: Any = None,
+                rough: np.ndarray | None = None) -> Prediction:
+        """Predict an image file (bands as trained) or an (H, W, C) uint8 array.
+
+        Mask-decoder adapters also take ``prompts`` or a ``rough`` mask (see :meth:`predict_sample`).
+        """
         if isinstance(image, np.ndarray):
             pixels = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-            return self.predict_sample(Sample("array", pixels, np.ones(pixels.shape[:2], bool)))
-        return self.predict_sample(read_sample(Path(image), bands=self.bands))
+            sample = Sample("array", pixels, np.ones(pixels.shape[:2], bool))
+        else:
+            sample = read_sample(Path(image), bands=self.bands)
+        return self.predict_sample(sample, prompts=prompts, rough=rough)
 
 
 def read_sample(path: Path, *, bands: tuple[int, ...] | None = None, mask: Path | None = None,
