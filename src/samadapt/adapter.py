@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from samadapt import __version__
-from samadapt.errors import CheckpointError, InputError, ModelNotFoundError, OutputExistsError
+from samadapt.errors import CheckpointError, InputError, ModelNotFoundError
 from samadapt.methods import build_method
 from samadapt.methods.base import AdaptationMethod, Sample
 from samadapt.models.loading import LoadedModel, load_model
@@ -47,12 +46,10 @@ def save_adapter(
     overwrite: bool = False,
 ) -> Path:
     """Write an adapter folder atomically (temporary folder, then rename)."""
+    from samadapt._io import atomic_dir
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         base = method.base
         save_file(method.trainable_state_dict(), str(tmp / WEIGHTS))
         config = {
@@ -70,12 +67,6 @@ def save_adapter(
         for f in extra_files:
             if Path(f).is_file():
                 shutil.copy2(f, tmp / Path(f).name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -38,10 +38,12 @@ BandsOpt = Annotated[Optional[str], typer.Option("--bands", help="1-based bands 
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 
 
+_STATE = {"debug": False}
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
-    if debug:
-        os.environ["SAMADAPT_DEBUG"] = "1"
+    _STATE["debug"] = debug
 
 
 def _read(path: Path, bands: str | None):  # noqa: ANN202
@@ -519,10 +521,11 @@ def demo(
 
 def main() -> None:
     """Entry point of the console script."""
+    _STATE["debug"] = False
     try:
         app()
     except SamadaptError as e:
-        if os.environ.get("SAMADAPT_DEBUG"):
+        if _STATE["debug"] or os.environ.get("SAMADAPT_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

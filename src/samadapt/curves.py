@@ -8,6 +8,8 @@ metric against N, mean and spread over seeds, one line per method).
 
 from __future__ import annotations
 
+from samadapt._io import save_figure
+
 import csv
 import os
 from collections.abc import Callable, Sequence
@@ -110,8 +112,4 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(0, 1)
     axes[0, 0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -14,6 +14,8 @@ would have: same weights at the end.
 
 from __future__ import annotations
 
+from samadapt._io import save_figure
+
 import json
 import math
 import os
@@ -346,8 +348,4 @@ def plot_history(history: list[dict[str, Any]], path: Path, monitor: str = "miou
         b.set_ylabel(key[4:])
     b.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

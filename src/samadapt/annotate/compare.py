@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from samadapt._io import save_figure
+
 import csv
 import os
 from dataclasses import dataclass, field
@@ -121,8 +123,4 @@ def _figure(path: Path, panels: list, modes: tuple[str, ...]) -> Path:
         for ax in axes[r]:
             ax.set_axis_off()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -8,14 +8,11 @@ nothing; a ``samadapt.json`` beside the weights marks them so outputs can say so
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from samadapt.errors import InputError, OutputExistsError
+from samadapt.errors import InputError
 from samadapt.models.registry import Family
 
 TINY_IMAGE_SIZE = 256
@@ -90,21 +87,12 @@ def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, ove
     Raises:
         OutputExistsError: if ``out_dir`` exists and ``overwrite`` is False.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     from transformers.utils import logging as hf_logging
 
+    from samadapt._io import atomic_dir
+
     hf_logging.disable_progress_bar()
-    try:
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         build_tiny_model(family, seed).save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
