@@ -371,7 +371,10 @@ def train_cmd(
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without improvement.")] = None,
     monitor: Annotated[str, typer.Option(help="Validation metric picking the best epoch (miou, f1_macro, loss).")] = "miou",
     bands: BandsOpt = None,
-    unfreeze: Annotated[bool, typer.Option("--unfreeze", help="Train every parameter (lora: the whole SAM).")] = False,
+    unfreeze: Annotated[bool, typer.Option("--unfreeze", help="lora: train the whole SAM, not only the adapters.")] = False,
+    prompt: Annotated[Optional[str], typer.Option(help="mask-decoder: prompts generated from masks: box, point, points.")] = None,
+    multimask: Annotated[Optional[str], typer.Option(help="mask-decoder: loss on the best or the mean of 3 masks.")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="lora: rank of the adapters.")] = None,
     option: OptionOpt = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after an interruption.")] = False,
@@ -385,8 +388,12 @@ def train_cmd(
     if out.exists() and (out / "config.json").exists() and not (overwrite or resume):
         raise InputError(f"--out {out} holds an adapter; pass --overwrite to replace it or --resume to continue")
     opts = _options(option)
-    if unfreeze:
-        opts["unfreeze"] = True
+    for key, value, only in (("unfreeze", unfreeze or None, "lora"), ("rank", rank, "lora"),
+                             ("prompt", prompt, "mask-decoder"), ("multimask", multimask, "mask-decoder")):
+        if value is not None:
+            if method != only:
+                raise InputError(f"--{key} applies to the {only} method, not {method}")
+            opts[key] = value
     learner = Learner(dataset_dir, method=method, model=model, labels=labels,
                       bands=parse_bands(bands) if bands else None, seed=seed, device=device, **opts)
     _warn_untrusted(learner.base.trusted)

@@ -105,12 +105,24 @@ class Learner:
         return self.result
 
     def unfreeze(self) -> None:
-        """Make every parameter trainable (LoRA: the whole SAM; others: their frozen parts too)."""
-        if hasattr(self.method, "unfreeze"):
-            self.method.unfreeze()  # type: ignore[operator]
-        else:
-            for p in self.method.parameters():
-                p.requires_grad_(True)
+        """LoRA: train the whole SAM from now on, keeping what was learned so far.
+
+        The method is rebuilt with its own copy of SAM's weights (the loaded base model, which
+        the embedding cache relies on, is never changed) and the trained weights are loaded in.
+        """
+        if self.method.name != "lora":
+            raise InputError(f"unfreeze applies to the lora method; {self.method.name} trains its own parts only")
+        if getattr(self.method, "unfreeze", False):
+            return
+        state = self.method.trainable_state_dict()
+        cfg = self.method.config()
+        options = {**cfg["options"], "unfreeze": True}
+        method = build_method("lora", self.base, num_classes=cfg["num_classes"], in_channels=cfg["in_channels"],
+                              **options)
+        unexpected = method.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise InputError(f"cannot carry the trained weights over to the unfrozen model: {unexpected[:5]}")
+        self.method = method.to(self.base.device)
 
     def evaluate(self, split: str = "test") -> Any:
         """Metrics on a split (``samadapt.metrics.Metrics``)."""

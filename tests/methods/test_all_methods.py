@@ -73,3 +73,38 @@ def test_losses_fall_on_atlanta_buildings(name: str, tiny_models: dict[str, Path
     result = train(method, samples, [], tmp_path / "run", TrainConfig(epochs=4, lr=3e-3), progress=False)
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0], losses
+
+
+def test_learner_fit_unfreeze_save_load(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The arcgis.learn-shaped API: fit, unfreeze, fit again, save, load, predict."""
+    from PIL import Image
+
+    from samadapt.data.dataset import write_splits
+    from samadapt.learner import Learner
+    from samadapt.outputs import write_mask_png
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    samples = shapes_samples(6, seed=4)
+    for s in samples:
+        Image.fromarray(s.pixels).save(root / "images" / f"{s.stem}.png")
+        write_mask_png(root / "masks" / f"{s.stem}.png", s.target, overwrite=True)
+    stems = [s.stem for s in samples]
+    write_splits(root, {"train": stems[:4], "val": stems[4:5], "test": stems[5:]})
+    base = load_model(tiny_models["sam"])
+    encoder_before = {k: v.clone() for k, v in base.model.vision_encoder.state_dict().items()}
+    learner = Learner(root, method="lora", model=base, labels=3)
+    learner.fit(1, progress=False, out_dir=tmp_path / "run1")
+    lora_state = learner.method.trainable_state_dict()
+    learner.unfreeze()
+    n_trainable = sum(p.numel() for p in learner.method.parameters() if p.requires_grad)
+    assert n_trainable > sum(v.numel() for v in lora_state.values())
+    for k, v in lora_state.items():  # what was learned is carried over
+        torch.testing.assert_close(learner.method.state_dict()[k], v)
+    learner.fit(1, lr=1e-4, progress=False, out_dir=tmp_path / "run2")
+    for k, v in base.model.vision_encoder.state_dict().items():  # the shared base never changes
+        torch.testing.assert_close(v, encoder_before[k])
+    path = learner.save(tmp_path / "adapter")
+    pred = load_adapter(path, base=base).predict(root / "images" / f"{stems[5]}.png")
+    assert pred.labels.shape == (128, 128) and pred.probabilities.shape == (2, 128, 128)
+    assert learner.evaluate("test").num_pixels == 128 * 128
