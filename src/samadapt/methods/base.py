@@ -134,9 +134,8 @@ class AdaptationMethod(nn.Module):
         return torch.softmax(logits, dim=1)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the parameters that training changes (what an adapter artifact stores)."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
+        """What training changes (what an adapter stores): see :func:`trainable_tensors`."""
+        return trainable_tensors(self)
 
     def geometry_of(self, height: int, width: int) -> Geometry:
         """The preprocessing geometry of an image of this size."""
@@ -149,6 +148,19 @@ class AdaptationMethod(nn.Module):
     def to_original(self, probs: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         """(C, side, side) probabilities in the output frame -> (C, H, W) at the original size."""
         return masks_to_original(probs, geometry, self.preprocessing)
+
+
+def trainable_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the buffers of every module that owns one (batch-norm statistics).
+
+    Without the running means and variances a reloaded model would predict differently in
+    eval mode.
+    """
+    keep = {n for n, p in module.named_parameters() if p.requires_grad}
+    for prefix, sub in module.named_modules():
+        if any(p.requires_grad for p in sub.parameters(recurse=False)):
+            keep.update(f"{prefix}.{n}" if prefix else n for n, _ in sub.named_buffers(recurse=False))
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if k in keep}
 
 
 def freeze(module: nn.Module) -> nn.Module:

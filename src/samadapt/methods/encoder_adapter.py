@@ -1,0 +1,502 @@
+"""``encoder-adapter`` (seed 003): a U-Net's encoder mapped into SAM's embedding space.
+
+A :class:`~samadapt.methods.unet.UNet` is trained on the data with its own segmentation
+loss. It sees the image in SAM's frame (resized, normalised, padded) reduced to
+``unet_scale`` of the model input S (half by default, a quarter of the compute), so with
+the default depth of 3 its bottleneck lies on SAM's S/16 embedding grid. One encoder level
+(the bottleneck by default) goes through a trainable 1x1 convolution, and a bilinear resize
+where the grids differ, into the tensors SAM's mask decoder reads in place of its image
+encoder's output:
+
+* SAM: ``image`` (C, S/16, S/16);
+* SAM-HQ: ``image`` and the early ViT features ``vit_0`` (S/16, S/16, C_vit), each from
+  its own 1x1 convolution of the same level;
+* SAM 2: ``image`` and the two high-resolution maps at S/4 and S/8, each from the U-Net
+  level nearest that resolution.
+
+SAM's prompt encoder and mask decoder stay frozen; gradients flow through them into the
+1x1 convolutions and the U-Net. Each object is prompted with one point, the interior point
+(:func:`samadapt.prompt_gen.interior_point`) of its region: ground-truth regions in
+training, the U-Net's own predicted regions at prediction. In training each object's mask
+is the one of SAM's three candidates with the lowest loss; at prediction, the one with the
+highest predicted IoU. The output is the union of the objects' masks (per class, with a
+fixed background logit of 0 for several classes); an image without any object gets the
+U-Net's prediction. The loss is ``unet_weight`` x U-Net loss + ``sam_weight`` x the mean
+loss of the chosen masks against their objects (+ ``iou_weight`` x the squared error of
+SAM's IoU predictions, off by default: a frozen decoder whose IoU head misranks the adapted
+masks can be taught to rank them, at some cost to the masks).
+
+The method's logits carry their parts (U-Net logits, prompts, per-object losses) as the
+attribute ``encoder_adapter_parts``, so :meth:`EncoderAdapterMethod.loss` does not run the
+model twice; without it the loss runs :meth:`forward` again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samadapt.errors import InputError
+from samadapt.imagery.preprocess import Geometry, coords_to_model
+from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Sample, freeze, segmentation_loss
+from samadapt.methods.unet import UNet, unet_input
+from samadapt.metrics import MetricAccumulator
+from samadapt.prompt_gen import interior_point, regions
+
+PromptSource = Literal["unet", "truth"]
+#: Logit of "no object here" in the union of object masks.
+NO_OBJECT = -20.0
+PARTS = "encoder_adapter_parts"
+
+
+@dataclass(frozen=True)
+class EmbeddingSlot:
+    """One tensor SAM's mask decoder reads from its image encoder.
+
+    Attributes:
+        key: name as in :data:`samadapt.models.runtime.Embedding` ("image", "high_res_0", ...).
+        channels: channels the decoder expects.
+        side: side of the square grid in pixels.
+        channels_last: True for SAM-HQ's ViT features, which are (B, h, w, C).
+    """
+
+    key: str
+    channels: int
+    side: int
+    channels_last: bool = False
+
+
+def embedding_slots(base: Any) -> list[EmbeddingSlot]:
+    """The tensors the base model's mask decoder needs, read from its config."""
+    cfg = base.model.config
+    if base.family == "sam2":
+        hidden = int(cfg.mask_decoder_config.hidden_size)
+        sizes = cfg.vision_config.backbone_feature_sizes
+        return [
+            EmbeddingSlot("high_res_0", hidden // 8, int(sizes[0][0])),
+            EmbeddingSlot("high_res_1", hidden // 4, int(sizes[1][0])),
+            EmbeddingSlot("image", int(cfg.vision_config.fpn_hidden_size), int(sizes[2][0])),
+        ]
+    grid = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
+    slots = [EmbeddingSlot("image", int(cfg.vision_config.output_channels), grid)]
+    if base.family == "sam-hq":
+        slots.append(EmbeddingSlot("vit_0", int(cfg.mask_decoder_config.vit_dim), grid, channels_last=True))
+    return slots
+
+
+class EncoderAdapterMethod(AdaptationMethod):
+    """A U-Net encoder + 1x1 convolutions feeding SAM's frozen prompt encoder and mask decoder.
+
+    Args:
+        base: the loaded SAM-family model; its parameters are frozen (``requires_grad=False``).
+        num_classes: classes including background.
+        in_channels: bands of the input; the U-Net takes any count (SAM's own encoder is unused).
+        width: channels of the U-Net's first level.
+        depth: the U-Net's poolings; the U-Net's input side must be a multiple of ``2**depth``.
+        unet_scale: side of the U-Net's input as a fraction of the model input size.
+        level: U-Net encoder level mapped to ``image`` (and SAM-HQ's ``vit_0``); -1 = bottleneck.
+        max_objects: most objects (prompts) per image; more regions are subsampled.
+        min_area: smallest region prompted, in pixels of the frame it is found in (the original
+            image for ground truth, the output frame for the U-Net's prediction).
+        unet_weight: weight of the U-Net's own segmentation loss.
+        sam_weight: weight of the loss of SAM's masks.
+        iou_weight: weight of the error of SAM's IoU predictions against the candidates' IoUs.
+        detach_features: train the 1x1 convolutions only through the SAM path (the U-Net then
+            learns from its own loss alone, as in the seed's second stage).
+        eval_prompts: where prompts come from outside training: "unet" (the U-Net's predicted
+            regions) or "truth" (ground-truth regions; needs labelled samples).
+
+    Raises:
+        InputError: on an option out of range.
+    """
+
+    name = "encoder-adapter"
+    output_scale = 0.25
+
+    def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 3,
+                 unet_scale: float = 0.5, level: int = -1, max_objects: int = 8, min_area: int = 4,
+                 unet_weight: float = 1.0, sam_weight: float = 1.0, iou_weight: float = 0.0,
+                 detach_features: bool = False, eval_prompts: PromptSource = "unet", **options: Any) -> None:
+        super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
+                         unet_scale=unet_scale, level=level, max_objects=max_objects, min_area=min_area,
+                         unet_weight=unet_weight, sam_weight=sam_weight, iou_weight=iou_weight,
+                         detach_features=detach_features, eval_prompts=eval_prompts, **options)
+        self.unet = UNet(in_channels, self.out_channels, base=width, depth=depth)
+        _check_options(self.unet, self.preprocessing.size, unet_scale, level, max_objects, min_area,
+                       unet_weight, sam_weight, iou_weight, eval_prompts)
+        #: Side of the U-Net's square input in pixels.
+        self.unet_side = round(self.preprocessing.size * unet_scale)
+        self.max_objects, self.min_area = max_objects, min_area
+        self.unet_weight, self.sam_weight, self.iou_weight = float(unet_weight), float(sam_weight), float(iou_weight)
+        self.detach_features = bool(detach_features)
+        self.eval_prompts: PromptSource = eval_prompts
+        freeze(base.model)
+        self.slots = embedding_slots(base)
+        main_level = level % (depth + 1)
+        self.levels: dict[str, int] = {}
+        for slot in self.slots:
+            if slot.key.startswith("high_res"):  # the U-Net level nearest the map's resolution
+                self.levels[slot.key] = min(max(round(math.log2(self.unet_side / slot.side)), 0), depth)
+            else:
+                self.levels[slot.key] = main_level
+        self.adapter = nn.ModuleDict(
+            {s.key: nn.Conv2d(self.unet.widths[self.levels[s.key]], s.channels, kernel_size=1) for s in self.slots}
+        )
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Tensors of one sample; prompts from the ground truth in training, else per ``eval_prompts``.
+
+        Returns:
+            ``image`` (in_channels, s, s) normalised, s = S x ``unet_scale``; ``hw`` (2,) long resized rows, cols;
+            ``points`` (max_objects, 2) float (x, y) in the model-input frame; ``valid``
+            (max_objects,) float 1 for real objects (first); ``classes`` (max_objects,) long;
+            ``from_unet`` () float, 1 when forward takes prompts from the U-Net; when labelled
+            ``target`` (side, side) long; in training ``object_targets`` (max_objects, side, side)
+            long, 1 = the object, 0 = elsewhere, 255 = ignore.
+
+        Raises:
+            InputError: if ground-truth prompts are needed and the sample has no target.
+        """
+        return self.inputs(sample, prompts="truth" if train else self.eval_prompts, train=train, rng=rng)
+
+    def inputs(self, sample: Sample, *, prompts: PromptSource, train: bool = False,
+               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`make_inputs` with an explicit prompt source (``compare_baselines`` uses it).
+
+        Args:
+            sample: the image, labelled for ``prompts="truth"``.
+            prompts: "truth" (the target's regions) or "unet" (found in :meth:`forward`).
+            train: add ``object_targets`` and subsample regions beyond ``max_objects`` at random.
+            rng: the generator for that subsampling (largest regions first without it).
+        """
+        image, geometry = unet_input(sample, self.preprocessing, self.in_channels)
+        if self.unet_side != image.shape[-1]:
+            image = F.interpolate(image[None], (self.unet_side, self.unet_side), mode="area")[0]
+        m = self.max_objects
+        out = {"image": image, "hw": torch.tensor(geometry.resized_hw, dtype=torch.long),
+               "points": torch.zeros(m, 2), "valid": torch.zeros(m), "classes": torch.zeros(m, dtype=torch.long),
+               "from_unet": torch.tensor(float(prompts == "unet"))}
+        if sample.target is not None:
+            out["target"] = self.target_tensor(sample.target, geometry)
+        if prompts == "unet":
+            return out
+        if sample.target is None:
+            raise InputError(f"{sample.stem} has no target, but ground-truth prompts need one; use prompts='unet'")
+        objects = self._truth_objects(sample.target, rng if train else None)
+        object_targets = torch.full((m, self.output_side, self.output_side), IGNORE, dtype=torch.long)
+        for i, (region, class_id) in enumerate(objects):
+            out["points"][i] = torch.from_numpy(coords_to_model(np.array(interior_point(region)), geometry))
+            out["valid"][i] = 1.0
+            out["classes"][i] = class_id
+            if train:
+                own = np.where(sample.target == IGNORE, IGNORE, region).astype(np.uint8)
+                object_targets[i] = self.target_tensor(own, geometry)
+        if train:
+            out["object_targets"] = object_targets
+        return out
+
+    def _truth_objects(self, target: np.ndarray, rng: np.random.Generator | None) -> list[tuple[np.ndarray, int]]:
+        """(region, class id) of the target's regions: largest first, or a random subset when ``rng``."""
+        found = class_regions(target, self.num_classes, self.min_area)
+        if len(found) <= self.max_objects:
+            return found
+        if rng is None:
+            return found[: self.max_objects]
+        keep = np.sort(rng.choice(len(found), size=self.max_objects, replace=False))
+        return [found[i] for i in keep]
+
+    # --- model ----------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """(B, out_channels, side, side) logits: the union of SAM's masks, or the U-Net's without objects.
+
+        ``batch`` holds the stacked tensors of :meth:`make_inputs`. Rows with ``from_unet`` take
+        their prompts from the U-Net's prediction. In training mode with ``object_targets``,
+        each object's candidate of lowest loss is chosen, else the highest predicted IoU.
+        """
+        x = batch["image"]
+        if x.shape[-1] != self.unet_side:
+            x = F.interpolate(x, (self.unet_side, self.unet_side), mode="area")
+        feats = self.unet.encode(x)
+        side = self.output_side
+        unet_logits = F.interpolate(self.unet.decode(feats), (side, side), mode="area")
+        points, valid, classes = batch["points"].float(), batch["valid"] > 0, batch["classes"].long()
+        from_unet = batch["from_unet"] > 0
+        if bool(from_unet.any()):
+            p2, v2, c2 = self._unet_prompts(unet_logits.detach(), batch["hw"])
+            points = torch.where(from_unet[:, None, None], p2, points)
+            valid = torch.where(from_unet[:, None], v2, valid)
+            classes = torch.where(from_unet[:, None], c2, classes)
+        n = int(valid.sum(1).max())
+        parts: dict[str, Any] = {"unet": unet_logits, "points": points[:, :n], "valid": valid[:, :n],
+                                 "classes": classes[:, :n], "object_loss": None, "iou_loss": None}
+        if n == 0:
+            out = unet_logits + 0.0  # a new tensor, so the parts attribute is not put on the U-Net's logits
+        else:
+            masks, iou = self._decode(self._embeddings(feats), points[:, :n])
+            if self.training and "object_targets" in batch:
+                losses = candidate_losses(masks, batch["object_targets"][:, :n])
+                pick = losses.detach().argmin(-1)
+                parts["object_loss"] = losses.gather(-1, pick[..., None])[..., 0]
+                if self.iou_weight > 0:
+                    # SAM's own IoU-head objective: predict each candidate's actual IoU, so that
+                    # choosing the highest predicted IoU at prediction finds the trained mask
+                    actual = candidate_ious(masks.detach(), batch["object_targets"][:, :n])
+                    parts["iou_loss"] = ((iou - actual) ** 2).mean(-1)
+            else:
+                pick = iou.argmax(-1)
+            index = pick[:, :, None, None, None].expand(-1, -1, 1, *masks.shape[-2:])
+            chosen = masks.gather(2, index)[:, :, 0]
+            out = self._union(chosen, valid[:, :n], classes[:, :n], unet_logits)
+        setattr(out, PARTS, parts)
+        return out
+
+    def _embeddings(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for slot in self.slots:
+            f = feats[self.levels[slot.key]]
+            e = self.adapter[slot.key](f.detach() if self.detach_features else f)
+            if e.shape[-1] != slot.side or e.shape[-2] != slot.side:
+                e = F.interpolate(e, (slot.side, slot.side), mode="bilinear", align_corners=False)
+            out[slot.key] = e.permute(0, 2, 3, 1) if slot.channels_last else e
+        return out
+
+    def _decode(self, emb: dict[str, torch.Tensor], points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's 3 candidate masks (B, N, 3, side, side) and predicted IoUs (B, N, 3), with autograd."""
+        dev, model = self.base.device, self.base.model
+        emb = {k: v.to(dev) for k, v in emb.items()}
+        kwargs: dict[str, Any] = {
+            "input_points": points[:, :, None].to(dev),
+            "input_labels": torch.ones(points.shape[:2] + (1,), dtype=torch.long, device=dev),
+            "multimask_output": True,
+        }
+        if self.base.family == "sam2":
+            res = model(image_embeddings=[emb["high_res_0"], emb["high_res_1"], emb["image"]], **kwargs)
+        elif self.base.family == "sam-hq":
+            res = model(image_embeddings=emb["image"], intermediate_embeddings=[emb["vit_0"]], **kwargs)
+        else:
+            res = model(image_embeddings=emb["image"], **kwargs)
+        masks = res.pred_masks.float().to(points.device)
+        if masks.shape[-1] != self.output_side:
+            b, n, k = masks.shape[:3]
+            masks = F.interpolate(masks.flatten(0, 2)[:, None], (self.output_side,) * 2, mode="bilinear",
+                                  align_corners=False).reshape(b, n, k, self.output_side, self.output_side)
+        return masks, res.iou_scores.float().to(points.device)
+
+    def _union(self, chosen: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor,
+               fallback: torch.Tensor) -> torch.Tensor:
+        """Objects' (B, N, h, w) logits -> (B, out_channels, h, w); images without objects take ``fallback``."""
+        def merged(which: torch.Tensor) -> torch.Tensor:
+            return torch.where(which[:, :, None, None], chosen, torch.full_like(chosen, NO_OBJECT)).amax(1)
+
+        if self.out_channels == 1:
+            out = merged(valid)[:, None]
+        else:
+            out = torch.stack([torch.zeros_like(chosen[:, 0])]
+                              + [merged(valid & (classes == k)) for k in range(1, self.num_classes)], dim=1)
+        return torch.where(valid.any(1)[:, None, None, None], out, fallback)
+
+    def _unet_prompts(self, logits: torch.Tensor, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts from the U-Net's predicted regions: points (B, M, 2), valid (B, M) bool, classes (B, M)."""
+        b, m, side = logits.shape[0], self.max_objects, logits.shape[-1]
+        scale = self.preprocessing.size / side
+        points, valid = torch.zeros(b, m, 2), torch.zeros(b, m, dtype=torch.bool)
+        classes = torch.zeros(b, m, dtype=torch.long)
+        labels = (logits[:, 0] > 0).long() if self.out_channels == 1 else logits.argmax(1)
+        for i in range(b):
+            label = labels[i].cpu().numpy().astype(np.uint8)
+            rows, cols = (math.ceil(int(v) / scale) for v in hw[i])
+            label[rows:], label[:, cols:] = 0, 0  # the padding is never an object
+            found = class_regions(label, self.num_classes, self.min_area)
+            for j, (region, class_id) in enumerate(found[:m]):
+                x, y = interior_point(region)
+                # the centre of the output pixel, in model-input pixel indices
+                points[i, j] = torch.tensor([(x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5])
+                valid[i, j], classes[i, j] = True, class_id
+        return points.to(logits.device), valid.to(logits.device), classes.to(logits.device)
+
+    # --- training -------------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``unet_weight`` x U-Net loss + ``sam_weight`` x mean loss of the chosen object masks.
+
+        Without per-object targets (prompts from the U-Net) the SAM term is the segmentation
+        loss of the union.
+        """
+        parts = getattr(logits, PARTS, None)
+        if parts is None:
+            logits = self.forward(batch)
+            parts = getattr(logits, PARTS)
+        target = batch["target"]
+        total = self.unet_weight * segmentation_loss(parts["unet"], target, self.num_classes)
+        if bool(parts["valid"].any()):
+            valid = parts["valid"]
+            if parts["object_loss"] is not None:
+                total = total + self.sam_weight * parts["object_loss"][valid].mean()
+                if parts["iou_loss"] is not None:
+                    total = total + self.iou_weight * parts["iou_loss"][valid].mean()
+            else:
+                total = total + self.sam_weight * segmentation_loss(logits, target, self.num_classes)
+        return total
+
+    # --- baselines ------------------------------------------------------------------------------
+    def sam_alone(self, sample: Sample, points: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The frozen SAM with its own image encoder and the given prompts.
+
+        Args:
+            sample: a 3-band image.
+            points: (N, 2) (x, y) in the model-input frame, one per object.
+            classes: (N,) class id of each object.
+
+        Returns:
+            (out_channels, side, side) logits: the union of the highest-IoU masks, background
+            where there is no object.
+        """
+        from samadapt.models.runtime import DecoderPrompts, decode
+
+        side = self.output_side
+        background = torch.full((1, self.out_channels, side, side), NO_OBJECT)
+        if self.out_channels > 1:
+            background[:, 0] = 0.0
+        if len(points) == 0:
+            return background[0]
+        prompts = DecoderPrompts(points=points[:, None].cpu().numpy(), labels=np.ones((len(points), 1), np.int64))
+        masks, iou = decode(self.base, self.embedding(sample), prompts)
+        chosen = masks[torch.arange(len(points)), iou.argmax(1)]
+        if chosen.shape[-1] != side:
+            chosen = F.interpolate(chosen[:, None], (side, side), mode="bilinear", align_corners=False)[:, 0]
+        valid = torch.ones(1, len(points), dtype=torch.bool)
+        return self._union(chosen[None], valid, classes[None].cpu(), background)[0]
+
+
+def class_regions(label: np.ndarray, num_classes: int, min_area: int) -> list[tuple[np.ndarray, int]]:
+    """Connected regions of every foreground class of an (H, W) label mask (255 = ignore).
+
+    Returns:
+        ``(region, class_id)`` pairs, regions as (H, W) bool, largest first (ties: lower
+        class first, then :func:`~samadapt.prompt_gen.regions` order).
+    """
+    found = [(r, k) for k in range(1, num_classes) for r in regions(label, class_id=k, min_area=min_area)]
+    found.sort(key=lambda item: -int(item[0].sum()))
+    return found
+
+
+def _check_options(unet: UNet, size: int, unet_scale: float, level: int, max_objects: int, min_area: int,
+                   unet_weight: float, sam_weight: float, iou_weight: float, eval_prompts: str) -> None:
+    if not (isinstance(unet_scale, (int, float)) and 0 < unet_scale <= 1):
+        raise InputError(f"unet_scale must be a fraction of the model input size in (0, 1], got {unet_scale!r}")
+    if round(size * unet_scale) % unet.multiple:
+        raise InputError(
+            f"the U-Net input side {round(size * unet_scale)} (model input x unet_scale) must be a multiple of "
+            f"2**depth = {unet.multiple}; change unet_scale or depth"
+        )
+    if isinstance(level, bool) or not isinstance(level, int) or not -unet.depth - 1 <= level <= unet.depth:
+        raise InputError(
+            f"level must be an encoder level from 0 to depth={unet.depth} (or -1 for the bottleneck), got {level!r}"
+        )
+    for count, label in ((max_objects, "max_objects"), (min_area, "min_area")):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InputError(f"{label} must be an integer of at least 1, got {count!r}")
+    for weight, label in ((unet_weight, "unet_weight"), (sam_weight, "sam_weight"), (iou_weight, "iou_weight")):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise InputError(f"{label} must be a finite number >= 0, got {weight!r}")
+    if eval_prompts not in get_args(PromptSource):
+        raise InputError(f"eval_prompts must be 'unet' or 'truth', got {eval_prompts!r}")
+
+
+def candidate_losses(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy + Dice of every candidate mask against its object, ignoring 255.
+
+    Args:
+        masks: (B, N, K, h, w) logits, K candidates per object.
+        targets: (B, N, h, w) long, 1 = object, 0 = not, 255 = ignore.
+
+    Returns:
+        (B, N, K) losses (the per-object form of ``segmentation_loss`` for one class).
+    """
+    keep = (targets != IGNORE)[:, :, None].float()
+    y = (targets == 1)[:, :, None].float()
+    bce = F.binary_cross_entropy_with_logits(masks, y.expand_as(masks), reduction="none")
+    bce = (bce * keep).sum((-2, -1)) / keep.sum((-2, -1)).clamp(min=1.0)
+    p = torch.sigmoid(masks) * keep
+    dice = 1 - (2 * (p * y).sum((-2, -1)) + 1) / (p.sum((-2, -1)) + (y * keep).sum((-2, -1)) + 1)
+    return bce + dice
+
+
+def candidate_ious(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of every thresholded candidate mask (logit > 0) with its object, ignoring 255.
+
+    Args:
+        masks: (B, N, K, h, w) logits.
+        targets: (B, N, h, w) long, 1 = object, 0 = not, 255 = ignore.
+
+    Returns:
+        (B, N, K) IoUs in [0, 1]; 1 where both the mask and the object are empty.
+    """
+    keep = targets != IGNORE
+    pred = (masks > 0) & keep[:, :, None]
+    y = ((targets == 1) & keep)[:, :, None]
+    inter = (pred & y).sum((-2, -1)).float()
+    union = (pred | y).sum((-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
+
+
+def compare_baselines(method: EncoderAdapterMethod, samples: list[Sample], *,
+                      prompts: PromptSource = "truth") -> dict[str, float]:
+    """Foreground IoU of the U-Net alone, SAM alone and the adapted model, as seed 003 reports.
+
+    All three are scored at the original image size on the same labelled samples, pooled
+    over every pixel (mean over foreground classes when there are several). SAM alone and the
+    adapted model get the same prompts: each ground-truth region's interior point with
+    ``prompts="truth"`` (as in the seed), or the U-Net's predicted regions' with ``"unet"``.
+    Both pick the mask with the highest predicted IoU.
+
+    Args:
+        method: a (trained) encoder-adapter; it is put in eval mode and left as it was.
+        samples: labelled samples.
+        prompts: the prompt source.
+
+    Returns:
+        ``{"unet": iou, "sam": iou, "adapted": iou}``; ``sam`` is NaN for images without 3 bands.
+
+    Raises:
+        InputError: if a sample has no target, or ``prompts`` is unknown.
+    """
+    if prompts not in get_args(PromptSource):
+        raise InputError(f"prompts must be 'unet' or 'truth', got {prompts!r}")
+    scores = {name: MetricAccumulator(method.num_classes, per_image=False) for name in ("unet", "sam", "adapted")}
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            for sample in samples:
+                if sample.target is None:
+                    raise InputError(f"{sample.stem} has no target; compare_baselines needs labelled samples")
+                batch = {k: v[None] for k, v in method.inputs(sample, prompts=prompts).items()}
+                logits = method(batch)
+                parts = getattr(logits, PARTS)
+                geometry = method.geometry_of(*sample.target.shape)
+                outputs = {"unet": parts["unet"][0], "adapted": logits[0]}
+                if method.in_channels == 3:
+                    keep = parts["valid"][0]
+                    outputs["sam"] = method.sam_alone(sample, parts["points"][0][keep], parts["classes"][0][keep])
+                for name, out in outputs.items():
+                    scores[name].add(_labels(method, out, geometry), sample.target)
+    finally:
+        method.train(was_training)
+    result = {}
+    for name, acc in scores.items():
+        iou = acc.compute().iou[1:]
+        result[name] = float(np.nanmean(iou)) if acc.num_images and not np.isnan(iou).all() else float("nan")
+    return result
+
+
+def _labels(method: AdaptationMethod, logits: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    """(C, side, side) logits -> (H, W) uint8 class ids at the original size."""
+    probs = method.probabilities(logits[None])[0]
+    return method.to_original(probs, geometry).argmax(0).numpy().astype(np.uint8)
