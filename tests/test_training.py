@@ -151,6 +151,13 @@ def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, mo
     assert code == 0 and json.loads(text[text.index("{"):])["images"] == 2
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--out", str(tmp_path / "ad"))
     assert code == 2 and "pass --overwrite" in text
+    code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--method", "encoder-adapter",
+                     "--epochs", "1", "--labels", "2", "--out", str(tmp_path / "ea"))
+    assert code == 0, text
+    code, text = cli("evaluate", str(tmp_path / "ea"), str(data))
+    assert code == 0 and "U-Net alone" in text and "SAM alone" in text and "adapted SAM" in text
+    code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--rank", "4", "--out", str(tmp_path / "y"))
+    assert code == 2 and "--rank applies to the lora method" in text
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--method", "magic", "--out",
                      str(tmp_path / "x"))
     assert code == 2 and "unknown method 'magic'" in text

@@ -450,6 +450,17 @@ def evaluate_cmd(
         for c, v in enumerate(metrics.iou):
             table.add_row(f"IoU {ad.classes.get(c, c)}", f"{v:.4f}")
         globals()["out"].print(table)
+    if ad.method.name == "encoder-adapter":
+        from samadapt.methods.encoder_adapter import compare_baselines
+
+        parts = compare_baselines(ad.method, samples, prompts="unet")  # type: ignore[arg-type]
+        if as_json:
+            print(_json.dumps({"foreground_iou": parts}))
+        else:
+            cmp = Table("model", "foreground IoU", title="as seed 003 reports (prompts from the U-Net)")
+            for key, label in (("unet", "U-Net alone"), ("sam", "SAM alone"), ("adapted", "adapted SAM")):
+                cmp.add_row(label, f"{parts[key]:.4f}")
+            globals()["out"].print(cmp)
     if overlays is not None:
         from samadapt.overlay import overlay, save_png
 
