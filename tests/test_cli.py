@@ -143,3 +143,28 @@ def test_demo_runs_offline_with_a_flagged_tiny_model(
         assert (tmp_path / "demo" / name).is_file()
     frame = gpd.read_file(tmp_path / "demo" / "pits.gpkg")
     assert "Mars" in frame.crs.name
+
+
+def test_data_check_and_build(
+    tmp_path: Path, utm_raster: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shapely.geometry import box
+
+    with rasterio.open(utm_raster) as ds:
+        t = ds.transform
+    polys = gpd.GeoDataFrame(geometry=[box(*(t @ (60, 200)), *(t @ (160, 100)))], crs="EPSG:32616").to_crs(4326)
+    polys.to_file(tmp_path / "labels.gpkg")
+    code, text = run(["data", "build", str(utm_raster), str(tmp_path / "labels.gpkg"), "--tile-size", "128",
+                      "--out", str(tmp_path / "ds")], monkeypatch, capsys)
+    assert code == 0, text
+    code, text = run(["data", "check", str(tmp_path / "ds")], monkeypatch, capsys)
+    assert code == 0, text
+    # break it: a mask with a class id nothing names, and a mask whose image is gone
+    mask = next((tmp_path / "ds" / "masks").iterdir())
+    with rasterio.open(mask) as src:
+        profile, data = src.profile, src.read(1)
+    data[0, 0] = 7
+    with rasterio.open(mask, "w", **profile) as dst:
+        dst.write(data, 1)
+    code, text = run(["data", "check", str(tmp_path / "ds")], monkeypatch, capsys)
+    assert code == 1 and "7" in text
