@@ -507,6 +507,51 @@ def learning_curve_cmd(
     globals()["out"].print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
+@app.command("predict")
+def predict_cmd(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train`.")],
+    rasters: Annotated[list[str], typer.Argument(help="Rasters, globs ('tiles/*.tif') or .txt files of paths.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="Overlap of neighbouring tiles in pixels.")] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
+    cog: Annotated[bool, typer.Option("--cog", help="Write Cloud-Optimised GeoTIFFs.")] = False,
+    vector: Annotated[str, typer.Option("--vector", help="gpkg, geojson or none.")] = "gpkg",
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (map units squared).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Simplification tolerance in map units.")] = 0.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo rasters whose outputs are complete.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
+    from rich.progress import Progress
+
+    from samadapt.adapter import load_adapter
+    from samadapt.mapping import MapOptions, expand_inputs, predict_rasters
+
+    if vector not in ("gpkg", "geojson", "none"):
+        raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
+    paths = expand_inputs(rasters)
+    ad = load_adapter(adapter, base=model, device=device)
+    if ad.needs_prompts:
+        raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter adapter")
+    options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog,
+                         polygons=None if vector == "none" else vector, min_area=min_area, simplify=simplify,
+                         overwrite=overwrite)  # type: ignore[arg-type]
+    with Progress(console=err) as bar:
+        task = bar.add_task("tiles", total=None)
+        results = predict_rasters(ad, paths, out_dir, options,
+                                  progress=lambda name, n, t: bar.update(task, completed=n, total=t,
+                                                                         description=name))
+    table = Table("raster", "status", "tiles", "outputs / error", title=f"{len(results)} rasters")
+    for r in results:
+        detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
+        table.add_row(r.raster.name, r.status, str(r.tiles), detail)
+    globals()["out"].print(table)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 def info() -> None:
     """Show versions, threads, devices and where samadapt keeps its files."""

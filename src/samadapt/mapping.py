@@ -1,0 +1,330 @@
+"""Map whole rasters with a trained adapter: tiles, seamless blending, GIS outputs.
+
+A raster is read by windows: square tiles of the model's input size overlapping by
+``overlap`` pixels. Each tile's class probabilities are weighted by a smooth window (1 in
+the middle, falling towards the tile edges inside the overlap) and accumulated, so no seam
+shows where tiles meet. The accumulators live in a memory-mapped scratch file next to the
+outputs, so memory does not grow with the raster. Intensity scaling (16-bit, float) uses
+percentiles of the whole raster computed once (from an overview when the raster is large),
+never per tile, so tiles agree in brightness. Nodata stays nodata; all-nodata tiles are
+skipped. No step assumes an Earth CRS: outputs keep the raster's own CRS (Mars too).
+
+Outputs per raster, written under temporary names and renamed when complete:
+``<stem>_classes.tif`` (class ids, 255 = nodata), optionally ``<stem>_probabilities.tif``
+(one band per class, 0-255), and ``<stem>_polygons.gpkg`` (or ``.geojson``) with class,
+area in map units and mean probability, polygons cut by tile edges merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from samadapt.errors import InputError, InputFileError, SamadaptError
+from samadapt.methods.base import Sample
+
+NODATA = 255
+DONE = ".done.json"
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """Settings of a mapping run.
+
+    Attributes:
+        tile: tile side in pixels; None = the model's input size.
+        overlap: pixels shared by neighbouring tiles; None = an eighth of the tile.
+        probabilities: also write a per-class probability GeoTIFF.
+        cog: write Cloud-Optimised GeoTIFFs.
+        polygons: "gpkg", "geojson" or None for no vector output.
+        min_area: drop polygons smaller than this, in map units squared.
+        simplify: polygon simplification tolerance in map units.
+        overwrite: redo rasters whose outputs are complete.
+    """
+
+    tile: int | None = None
+    overlap: int | None = None
+    probabilities: bool = False
+    cog: bool = False
+    polygons: Literal["gpkg", "geojson"] | None = "gpkg"
+    min_area: float = 0.0
+    simplify: float = 0.0
+    overwrite: bool = False
+
+
+@dataclass
+class MapResult:
+    """What mapping one raster produced."""
+
+    raster: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    tiles: int = 0
+    skipped_tiles: int = 0
+    status: str = "done"
+    error: str = ""
+
+
+def blend_window(size: int, overlap: int) -> np.ndarray:
+    """(size, size) float32 weights: 1 in the middle, a raised-cosine ramp over ``overlap`` at the edges.
+
+    Never exactly 0, so a pixel covered by one tile only still gets its prediction.
+    """
+    ramp = np.ones(size, dtype=np.float32)
+    if overlap > 0:
+        i = np.arange(size, dtype=np.float32)
+        d = np.minimum(i + 0.5, size - i - 0.5) / overlap
+        ramp = np.clip(0.5 - 0.5 * np.cos(np.pi * np.clip(d, 0, 1)), 1e-3, 1.0).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+def raster_limits(ds: Any, bands: Sequence[int], *, max_pixels: int = 4_000_000) -> np.ndarray | None:
+    """Per-band 2-98 % limits of the whole raster (from a decimated read when large); None for uint8."""
+    from samadapt.imagery.read import stretch_limits
+
+    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
+        return None
+    factor = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max_pixels))))
+    shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
+    data = ds.read(list(bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+    valid = ds.dataset_mask(out_shape=shape[1:], resampling=rasterio.enums.Resampling.nearest) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return stretch_limits(data, valid)
+
+
+def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w, C) uint8 pixels of a window scaled with the raster-wide limits, and its validity."""
+    from samadapt.imagery.read import scale_to_uint8
+
+    data = ds.read(list(bands), window=window)
+    valid = ds.dataset_mask(window=window) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    if limits is None:
+        scaled = np.clip(np.nan_to_num(data.astype(np.float64)), 0, 255).astype(np.uint8)
+    else:
+        scaled = scale_to_uint8(data, limits)
+    scaled[:, ~valid] = 0
+    return np.moveaxis(scaled, 0, -1), valid
+
+
+def _bands_for(ds: Any, bands: tuple[int, ...] | None) -> tuple[int, ...]:
+    if bands:
+        for b in bands:
+            if not 1 <= b <= ds.count:
+                raise InputError(f"band {b} does not exist: the raster has {ds.count} band(s)")
+        return bands
+    return (1, 1, 1) if ds.count < 3 else (1, 2, 3)
+
+
+def _offsets(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis; the last tile is shifted back to end at the edge when it can."""
+    from samadapt.data.build import tile_offsets
+
+    starts = tile_offsets(length, tile, overlap)
+    if length >= tile:
+        starts[-1] = length - tile
+    return sorted(set(starts))
+
+
+def predict_raster(
+    adapter: Any,
+    raster: Path,
+    out_dir: Path,
+    options: MapOptions | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> MapResult:
+    """Map one raster with an adapter (see the module docstring); returns the output paths."""
+    options = options or MapOptions()
+    raster, out_dir = Path(raster), Path(out_dir)
+    if not raster.is_file():
+        raise InputFileError(f"raster not found: {raster}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = raster.stem
+    done = out_dir / f"{stem}{DONE}"
+    if done.is_file() and not options.overwrite:
+        record = json.loads(done.read_text())
+        if all(Path(p).is_file() for p in record["outputs"].values()):
+            return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
+    method = adapter.method
+    num_classes = method.num_classes
+    tile = options.tile or method.preprocessing.size
+    overlap = options.overlap if options.overlap is not None else tile // 8
+    if not 0 <= overlap < tile:
+        raise InputError(f"overlap must be at least 0 and smaller than the tile ({tile}), got {overlap}")
+    try:
+        ds = rasterio.open(raster)
+    except rasterio.errors.RasterioIOError as e:
+        raise InputFileError(f"{raster} is not a readable raster ({e})") from None
+    scratch = out_dir / f".{stem}.scratch"
+    scratch.mkdir(exist_ok=True)
+    result = MapResult(raster)
+    try:
+        with ds:
+            bands = _bands_for(ds, adapter.bands)
+            limits = raster_limits(ds, bands)
+            h, w = ds.height, ds.width
+            acc = np.lib.format.open_memmap(scratch / "acc.npy", mode="w+", dtype=np.float32, shape=(num_classes + 1, h, w))
+            weights = blend_window(tile, overlap)
+            rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
+            total = len(rows) * len(cols)
+            for n, (r0, c0) in enumerate(((r, c) for r in rows for c in cols), start=1):
+                win = Window(c0, r0, min(tile, w - c0), min(tile, h - r0))
+                pixels, valid = read_tile(ds, win, bands, limits)
+                if not valid.any():
+                    result.skipped_tiles += 1
+                else:
+                    pred = adapter.predict_sample(Sample(f"{stem}_{r0}_{c0}", np.ascontiguousarray(pixels), valid))
+                    th, tw = valid.shape
+                    wgt = weights[:th, :tw] * valid
+                    sl = (slice(r0, r0 + th), slice(c0, c0 + tw))
+                    acc[(slice(0, num_classes), *sl)] += pred.probabilities * wgt
+                    acc[(num_classes, *sl)] += wgt
+                    result.tiles += 1
+                if progress:
+                    progress(n, total)
+            acc.flush()
+            result.outputs = _write_outputs(ds, acc, num_classes, out_dir, stem, options)
+        done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
+                                    "tiles": result.tiles, "skipped_tiles": result.skipped_tiles}))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _write_outputs(ds: Any, acc: np.ndarray, num_classes: int, out_dir: Path, stem: str,
+                   options: MapOptions) -> dict[str, Path]:
+    profile = {
+        "driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
+        "crs": ds.crs, "transform": ds.transform, "nodata": NODATA, "compress": "deflate",
+        "tiled": ds.width >= 256 and ds.height >= 256, "blockxsize": 256, "blockysize": 256,
+    }
+    outputs: dict[str, Path] = {}
+    classes_path = out_dir / f"{stem}_classes.tif"
+    probs_path = out_dir / f"{stem}_probabilities.tif"
+    tmp_c = out_dir / f".{stem}_classes.tmp.tif"
+    tmp_p = out_dir / f".{stem}_probabilities.tmp.tif"
+    prob_profile = {**profile, "count": num_classes, "nodata": None}
+    dst_p = rasterio.open(tmp_p, "w", **prob_profile) if options.probabilities else None
+    with rasterio.open(tmp_c, "w", **profile) as dst:
+        for _, win in dst.block_windows(1) if profile["tiled"] else [(None, Window(0, 0, ds.width, ds.height))]:
+            sl = (slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
+            wsum = acc[(num_classes, *sl)]
+            probs = acc[(slice(0, num_classes), *sl)] / np.maximum(wsum, 1e-12)
+            labels = probs.argmax(0).astype(np.uint8)
+            labels[wsum <= 0] = NODATA
+            dst.write(labels, 1, window=win)
+            if dst_p is not None:
+                dst_p.write(np.clip(probs * 255 + 0.5, 0, 255).astype(np.uint8), window=win)
+    if dst_p is not None:
+        dst_p.close()
+    for tmp, final, key in ((tmp_c, classes_path, "classes"), (tmp_p, probs_path, "probabilities")):
+        if not tmp.exists():
+            continue
+        if options.cog:
+            cog_tmp = tmp.with_name(tmp.stem + ".cog.tif")
+            with rasterio.open(tmp) as src:
+                cog_profile = {**src.profile, "driver": "COG"}
+                for k in ("tiled", "blockxsize", "blockysize", "interleave"):
+                    cog_profile.pop(k, None)
+                with rasterio.open(cog_tmp, "w", **cog_profile) as cog:
+                    cog.write(src.read())
+            os.replace(cog_tmp, tmp)
+        os.replace(tmp, final)
+        outputs[key] = final
+    if options.polygons:
+        outputs["polygons"] = _write_polygons(classes_path, probs_path if options.probabilities else None,
+                                              out_dir / f"{stem}_polygons.{options.polygons}", options)
+    return outputs
+
+
+def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapOptions) -> Path:
+    """Vectorise the class raster by row bands, then merge pieces that touch across band edges."""
+    import geopandas as gpd
+    import shapely
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    from samadapt.outputs import write_polygons
+
+    pieces: dict[int, list[Any]] = {}
+    with rasterio.open(classes) as ds:
+        band = 1024
+        for r0 in range(0, ds.height, band):
+            win = Window(0, r0, ds.width, min(band, ds.height - r0))
+            data = ds.read(1, window=win)
+            tr = ds.window_transform(win)
+            for geom, value in shapes(data, mask=(data != 0) & (data != NODATA), transform=tr):
+                pieces.setdefault(int(value), []).append(shape(geom))
+        crs = ds.crs
+    rows = []
+    for cls, geoms in sorted(pieces.items()):
+        merged = shapely.union_all(geoms)
+        for poly in getattr(merged, "geoms", [merged]):
+            if options.simplify > 0:
+                poly = poly.simplify(options.simplify)
+            if poly.is_empty or poly.area < options.min_area:
+                continue
+            rows.append({"class": cls, "area": float(poly.area), "geometry": poly})
+    frame = gpd.GeoDataFrame(rows, columns=["class", "area", "geometry"], geometry="geometry", crs=crs)
+    if probs is not None and len(frame):
+        frame["mean_probability"] = _mean_probability(frame, probs)
+    return write_polygons(path, frame, overwrite=True)
+
+
+def _mean_probability(frame: Any, probs: Path) -> list[float]:
+    from rasterio.mask import mask as mask_raster
+
+    out = []
+    with rasterio.open(probs) as ds:
+        for cls, geom in zip(frame["class"], frame.geometry):
+            data, _ = mask_raster(ds, [geom], crop=True, indexes=int(cls) + 1, filled=False)
+            out.append(float(data.mean()) / 255.0 if data.count() else float("nan"))
+    return out
+
+
+def predict_rasters(
+    adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None = None,
+    *, progress: Callable[[str, int, int], None] | None = None,
+) -> list[MapResult]:
+    """Map many rasters; a failure on one is recorded and the rest go on."""
+    results = []
+    for raster in rasters:
+        try:
+            cb = (lambda n, t, _r=raster: progress(_r.name, n, t)) if progress else None
+            results.append(predict_raster(adapter, raster, out_dir, options, progress=cb))
+        except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
+            results.append(MapResult(Path(raster), status="failed", error=str(e)))
+    return results
+
+
+def expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Rasters from paths, globs and text files of paths (one per line; ``#`` comments)."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.suffix.lower() == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    out.append((p.parent / line) if not Path(line).is_absolute() else Path(line))
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise InputError(f"no raster matches {item!r}")
+            out.extend(Path(m) for m in matches)
+        else:
+            out.append(p)
+    return out
