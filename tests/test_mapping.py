@@ -1,0 +1,174 @@
+"""Mapping whole rasters: tiles, blending, CRS and transform kept, resumable, failures isolated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import shared_data
+from samadapt.adapter import Prediction, load_adapter, save_adapter
+from samadapt.imagery.preprocess import Preprocessing
+from samadapt.mapping import MapOptions, blend_window, predict_raster, predict_rasters, raster_limits, read_tile
+from samadapt.methods import build_method
+from samadapt.models.loading import load_model
+
+
+class PixelAdapter:
+    """A stand-in adapter whose probability is a pixelwise function of brightness.
+
+    Its prediction at a pixel does not depend on the tile it comes from, so a correct tiled
+    mapping must give exactly the untiled result, and a shape crossing tile edges must come
+    out whole.
+    """
+
+    bands = None
+
+    def __init__(self, tile: int = 64) -> None:
+        self.method = SimpleNamespace(num_classes=2, preprocessing=Preprocessing(size=tile))
+        self.calls = 0
+
+    def predict_sample(self, sample):  # noqa: ANN001, ANN201
+        self.calls += 1
+        p = sample.pixels[:, :, 0].astype(np.float32) / 255.0
+        labels = (p > 0.5).astype(np.uint8)
+        labels[~sample.valid] = 255
+        return Prediction(labels=labels, probabilities=np.stack([1 - p, p]))
+
+
+def _raster(path: Path, data: np.ndarray, *, crs: str = "EPSG:32616", nodata: float | None = 0) -> Path:
+    count = 1 if data.ndim == 2 else data.shape[0]
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=count,
+                       dtype=data.dtype, crs=crs, transform=from_origin(500000.0, 4000000.0, 0.5, 0.8),
+                       nodata=nodata) as dst:
+        dst.write(data if data.ndim == 3 else data[None])
+    return path
+
+
+def _disc_image(h: int = 150, w: int = 230) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w), 60, np.uint8)
+    img[(xx - 100) ** 2 + (yy - 70) ** 2 < 45**2] = 220  # crosses the tile edges at 64 and 128
+    img[:, :6] = 0  # nodata border
+    return img
+
+
+def test_tiled_equals_untiled_and_keeps_georeferencing(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", _disc_image())
+    ad = PixelAdapter(tile=64)
+    result = predict_raster(ad, raster, tmp_path / "out", MapOptions(overlap=16, probabilities=True))
+    assert result.tiles > 4 and ad.calls == result.tiles
+    with rasterio.open(raster) as src, rasterio.open(result.outputs["classes"]) as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        labels = out.read(1)
+    img = _disc_image()
+    expected = (img > 127).astype(np.uint8)
+    expected[img == 0] = 255
+    np.testing.assert_array_equal(labels, expected)
+    frame = gpd.read_file(result.outputs["polygons"])
+    assert len(frame) == 1 and frame.crs.to_epsg() == 32616  # one disc, one polygon, across 6 tiles
+    assert frame["area"].iloc[0] == pytest.approx((expected == 1).sum() * 0.5 * 0.8, rel=1e-6)
+    assert frame["mean_probability"].iloc[0] > 0.8
+
+
+def test_one_tile_raster_equals_the_adapter_on_the_whole_image(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (3, 200, 180), dtype=np.uint8)
+    raster = _raster(tmp_path / "small.tif", data, nodata=None)
+    method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
+    ad = load_adapter(save_adapter(method, tmp_path / "ad"))
+    result = predict_raster(ad, raster, tmp_path / "out", MapOptions(probabilities=True))
+    assert result.tiles == 1
+    whole = ad.predict(raster)
+    with rasterio.open(result.outputs["classes"]) as out:
+        np.testing.assert_array_equal(out.read(1), whole.labels)
+
+
+def test_rerun_skips_and_failures_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    good = [_raster(tmp_path / f"g{i}.tif", _disc_image()) for i in range(2)]
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    ad = PixelAdapter()
+    results = predict_rasters(ad, [good[0], bad, good[1]], tmp_path / "out", MapOptions(polygons=None))
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert "broken.tif" in results[1].error
+    mtime = results[0].outputs["classes"].stat().st_mtime_ns
+    again = predict_rasters(ad, good, tmp_path / "out", MapOptions(polygons=None))
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert results[0].outputs["classes"].stat().st_mtime_ns == mtime
+    assert not list((tmp_path / "out").glob(".*"))  # no scratch or temporary files left
+
+
+def test_mars_crs_is_kept(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "mars.tif", _disc_image(), crs="IAU_2015:49910")
+    result = predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(polygons="geojson"))
+    with rasterio.open(result.outputs["classes"]) as out:
+        assert "Mars" in out.crs.to_wkt()
+    assert "Mars" in gpd.read_file(result.outputs["polygons"]).crs.to_wkt()
+
+
+def test_16_bit_scaling_is_raster_wide(tmp_path: Path) -> None:
+    from samadapt.imagery.read import scale_to_uint8
+
+    data = np.zeros((100, 200), np.uint16)
+    data[:, :100] = np.linspace(100, 400, 100, dtype=np.uint16)[None]  # dark half
+    data[:, 100:] = np.linspace(1000, 4000, 100, dtype=np.uint16)[None]  # bright half
+    raster = _raster(tmp_path / "u16.tif", data, nodata=None)
+    with rasterio.open(raster) as ds:
+        limits = raster_limits(ds, (1, 1, 1))
+        whole = scale_to_uint8(np.repeat(data[None], 3, 0), limits)
+        for col in (0, 100):
+            tile, _ = read_tile(ds, rasterio.windows.Window(col, 0, 100, 100), (1, 1, 1), limits)
+            np.testing.assert_array_equal(tile[:, :, 0], whole[0, :, col : col + 100])
+    assert whole[0, :, :100].max() < 60  # the dark half stays dark instead of being stretched per tile
+
+
+def test_blend_window_is_smooth_and_positive() -> None:
+    w = blend_window(64, 16)
+    assert w.min() > 0 and w[32, 32] == 1.0 and w[0, 0] < 0.01
+    assert np.all(np.diff(w[32, :32]) >= 0)
+
+
+def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    from samadapt.cli import main
+
+    method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
+    ad = save_adapter(method, tmp_path / "ad")
+    for i in range(2):
+        _raster(tmp_path / f"t{i}.tif", np.repeat(_disc_image()[None], 3, 0))
+    (tmp_path / "bad.tif").write_text("x")
+
+    def cli(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["samadapt", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        cap = capsys.readouterr()
+        return int(exc.value.code or 0), " ".join((cap.out + cap.err).split())
+
+    code, text = cli("predict", str(ad), str(tmp_path / "t*.tif"), "--out", str(tmp_path / "maps"))
+    assert code == 0, text
+    assert (tmp_path / "maps" / "t0_classes.tif").is_file() and (tmp_path / "maps" / "t1_polygons.gpkg").is_file()
+    code, text = cli("predict", str(ad), str(tmp_path / "t0.tif"), str(tmp_path / "bad.tif"), "--out",
+                     str(tmp_path / "maps"))
+    assert code == 1 and "skipped" in text and "failed" in text
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["atlanta_buildings/sample_geotiff.tif", "vegas_roads/road_mask_input.tif", "custom_proj_landsat",
+                                  "rotterdam_ms_pan/ms1.tif"])
+def test_real_geotiffs_map_and_keep_their_crs(name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    folder = shared_data("spacenet_geotiff", *name.split("/"))
+    raster = folder if folder.is_file() else sorted(p for p in folder.glob("*.tif") if "mask" not in p.name)[0]
+    method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
+    ad = load_adapter(save_adapter(method, tmp_path / "ad"))
+    result = predict_raster(ad, raster, tmp_path / "out", MapOptions(polygons=None))
+    with rasterio.open(raster) as src, rasterio.open(result.outputs["classes"]) as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
