@@ -172,3 +172,24 @@ def test_real_geotiffs_map_and_keep_their_crs(name: str, tiny_models: dict[str, 
     result = predict_raster(ad, raster, tmp_path / "out", MapOptions(polygons=None))
     with rasterio.open(raster) as src, rasterio.open(result.outputs["classes"]) as out:
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_identical_class_rasters(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("dask.distributed")
+    from samadapt.mapping import dask_client
+
+    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
+    ad = load_adapter(save_adapter(method, tmp_path / "ad"))
+    local = predict_raster(ad, raster, tmp_path / "local", MapOptions(polygons=None, overlap=32))
+    client = dask_client("processes:2")
+    try:
+        distributed = predict_raster(ad, raster, tmp_path / "dask", MapOptions(polygons=None, overlap=32),
+                                     client=client)
+    finally:
+        client.close()
+    assert local.tiles == distributed.tiles > 1
+    assert local.outputs["classes"].read_bytes() == distributed.outputs["classes"].read_bytes()
+    with pytest.raises(Exception, match="processes:N|local"):
+        dask_client("threads:3")

@@ -22,6 +22,8 @@ _LAZY = {
     "Learner": "samadapt.learner",
     "load_adapter": "samadapt.adapter",
     "TrainConfig": "samadapt.training",
+    "predict_raster": "samadapt.mapping",
+    "MapOptions": "samadapt.mapping",
 }
 
 __all__ = ["SamadaptError", "__version__", *_LAZY]
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from samadapt.adapter import load_adapter
     from samadapt.learner import Learner
     from samadapt.training import TrainConfig
+    from samadapt.mapping import MapOptions, predict_raster
 
 
 def __getattr__(name: str) -> Any:

@@ -93,6 +93,8 @@ class Adapter:
         self.config = config
         self.classes = {int(k): v for k, v in config.get("classes", {}).items()}
         self.bands = tuple(config["bands"]) if config.get("bands") else None
+        self.path: Path | None = None  # the folder it was loaded from (workers reload it from there)
+        self.base_ref: str | None = None
 
     @property
     def needs_prompts(self) -> bool:
@@ -194,4 +196,7 @@ def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None
     if missing:
         raise CheckpointError(f"{path / WEIGHTS} has weights the {config['method']} method does not: {sorted(missing)[:5]}")
     method.load_state_dict(weights, strict=False)
-    return Adapter(method, config)
+    adapter = Adapter(method, config)
+    adapter.path = path
+    adapter.base_ref = base if isinstance(base, str) else None
+    return adapter

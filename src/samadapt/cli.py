@@ -521,13 +521,14 @@ def predict_cmd(
     simplify: Annotated[float, typer.Option(help="Simplification tolerance in map units.")] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo rasters whose outputs are complete.")] = False,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    scheduler: Annotated[str, typer.Option(help="local, processes:N (a Dask LocalCluster) or tcp://host:port.")] = "local",
     device: DeviceOpt = "cpu",
 ) -> None:
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress
 
     from samadapt.adapter import load_adapter
-    from samadapt.mapping import MapOptions, expand_inputs, predict_rasters
+    from samadapt.mapping import MapOptions, dask_client, expand_inputs, predict_rasters
 
     if vector not in ("gpkg", "geojson", "none"):
         raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
@@ -538,11 +539,16 @@ def predict_cmd(
     options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog,
                          polygons=None if vector == "none" else vector, min_area=min_area, simplify=simplify,
                          overwrite=overwrite)  # type: ignore[arg-type]
-    with Progress(console=err) as bar:
-        task = bar.add_task("tiles", total=None)
-        results = predict_rasters(ad, paths, out_dir, options,
-                                  progress=lambda name, n, t: bar.update(task, completed=n, total=t,
-                                                                         description=name))
+    client = dask_client(scheduler)
+    try:
+        with Progress(console=err) as bar:
+            task = bar.add_task("tiles", total=None)
+            results = predict_rasters(ad, paths, out_dir, options, client=client,
+                                      progress=lambda name, n, t: bar.update(task, completed=n, total=t,
+                                                                             description=name))
+    finally:
+        if client is not None:
+            client.close()
     table = Table("raster", "status", "tiles", "outputs / error", title=f"{len(results)} rasters")
     for r in results:
         detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())

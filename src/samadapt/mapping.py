@@ -143,8 +143,23 @@ def predict_raster(
     options: MapOptions | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    client: Any = None,
 ) -> MapResult:
-    """Map one raster with an adapter (see the module docstring); returns the output paths."""
+    """Map one raster with an adapter (see the module docstring); returns the output paths.
+
+    Args:
+        adapter: a loaded adapter (``samadapt.load_adapter``) or the path of an adapter folder.
+        raster: the raster to map.
+        out_dir: folder for the outputs.
+        options: tiling and output settings.
+        progress: called with (tiles done, tiles in all).
+        client: a ``dask.distributed.Client``: tiles are predicted on its workers (each loads
+            the adapter once) and blended here; results equal the in-process run.
+    """
+    if not hasattr(adapter, "predict_sample"):
+        from samadapt.adapter import load_adapter
+
+        adapter = load_adapter(adapter)
     options = options or MapOptions()
     raster, out_dir = Path(raster), Path(out_dir)
     if not raster.is_file():
@@ -177,22 +192,21 @@ def predict_raster(
             acc = np.lib.format.open_memmap(scratch / "acc.npy", mode="w+", dtype=np.float32, shape=(num_classes + 1, h, w))
             weights = blend_window(tile, overlap)
             rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
-            total = len(rows) * len(cols)
-            for n, (r0, c0) in enumerate(((r, c) for r in rows for c in cols), start=1):
-                win = Window(c0, r0, min(tile, w - c0), min(tile, h - r0))
-                pixels, valid = read_tile(ds, win, bands, limits)
-                if not valid.any():
+            windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
+            for n, (win, out) in enumerate(_tile_predictions(adapter, ds, raster, windows, bands, limits, client),
+                                           start=1):
+                if out is None:
                     result.skipped_tiles += 1
                 else:
-                    pred = adapter.predict_sample(Sample(f"{stem}_{r0}_{c0}", np.ascontiguousarray(pixels), valid))
+                    probs, valid = out
                     th, tw = valid.shape
                     wgt = weights[:th, :tw] * valid
-                    sl = (slice(r0, r0 + th), slice(c0, c0 + tw))
-                    acc[(slice(0, num_classes), *sl)] += pred.probabilities * wgt
+                    sl = (slice(win.row_off, win.row_off + th), slice(win.col_off, win.col_off + tw))
+                    acc[(slice(0, num_classes), *sl)] += probs * wgt
                     acc[(num_classes, *sl)] += wgt
                     result.tiles += 1
                 if progress:
-                    progress(n, total)
+                    progress(n, len(windows))
             acc.flush()
             result.outputs = _write_outputs(ds, acc, num_classes, out_dir, stem, options)
         done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
@@ -200,6 +214,75 @@ def predict_raster(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window], bands: tuple[int, ...],
+                      limits: np.ndarray | None, client: Any):  # noqa: ANN202
+    """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
+    if client is None:
+        for win in windows:
+            yield win, _predict_window(adapter, ds, win, bands, limits, raster.stem)
+        return
+    if getattr(adapter, "path", None) is None:
+        raise InputError("distributed mapping needs an adapter loaded from a folder (samadapt.load_adapter(path))")
+    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits)
+    futures = [client.submit(_worker_tile, spec, (w.col_off, w.row_off, w.width, w.height), pure=False)
+               for w in windows]
+    for win, fut in zip(windows, futures):
+        yield win, fut.result()
+        fut.release()
+
+
+def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
+                    stem: str) -> tuple[np.ndarray, np.ndarray] | None:
+    pixels, valid = read_tile(ds, win, bands, limits)
+    if not valid.any():
+        return None
+    pred = adapter.predict_sample(Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid))
+    return pred.probabilities, valid
+
+
+_WORKER_ADAPTERS: dict[tuple[str, str | None], Any] = {}
+
+
+def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Runs on a Dask worker: the adapter is loaded once per worker process and kept."""
+    from samadapt.adapter import load_adapter
+
+    adapter_path, base_ref, raster, bands, limits = spec
+    key = (adapter_path, base_ref)
+    if key not in _WORKER_ADAPTERS:
+        _WORKER_ADAPTERS[key] = load_adapter(adapter_path, base=base_ref)
+    with rasterio.open(raster) as ds:
+        return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem)
+
+
+def dask_client(scheduler: str) -> Any:
+    """A Dask client for ``processes:N`` (a LocalCluster of N single-threaded workers) or ``tcp://host:port``.
+
+    Returns None for ``local`` (in-process). Torch threads are shared out so N workers do not
+    oversubscribe the cores.
+    """
+    if scheduler in ("local", "", None):
+        return None
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        from samadapt.errors import MissingDependencyError
+
+        raise MissingDependencyError("--scheduler needs dask: pip install 'samadapt[dask]'") from None
+    if scheduler.startswith("processes:"):
+        try:
+            n = int(scheduler.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--scheduler processes:N needs a whole number of workers, got {scheduler!r}") from None
+        threads = max(1, (os.cpu_count() or 1) // max(n, 1))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               host="127.0.0.1", env={"OMP_NUM_THREADS": str(threads)})
+        return Client(cluster)
+    if scheduler.startswith("tcp://"):
+        return Client(scheduler)
+    raise InputError(f"--scheduler must be local, processes:N or tcp://host:port, got {scheduler!r}")
 
 
 def _write_outputs(ds: Any, acc: np.ndarray, num_classes: int, out_dir: Path, stem: str,
@@ -295,14 +378,14 @@ def _mean_probability(frame: Any, probs: Path) -> list[float]:
 
 def predict_rasters(
     adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None = None,
-    *, progress: Callable[[str, int, int], None] | None = None,
+    *, progress: Callable[[str, int, int], None] | None = None, client: Any = None,
 ) -> list[MapResult]:
     """Map many rasters; a failure on one is recorded and the rest go on."""
     results = []
     for raster in rasters:
         try:
             cb = (lambda n, t, _r=raster: progress(_r.name, n, t)) if progress else None
-            results.append(predict_raster(adapter, raster, out_dir, options, progress=cb))
+            results.append(predict_raster(adapter, raster, out_dir, options, progress=cb, client=client))
         except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
             results.append(MapResult(Path(raster), status="failed", error=str(e)))
     return results
