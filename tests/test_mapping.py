@@ -193,3 +193,19 @@ def test_local_cluster_gives_identical_class_rasters(tiny_models: dict[str, Path
     assert local.outputs["classes"].read_bytes() == distributed.outputs["classes"].read_bytes()
     with pytest.raises(Exception, match="processes:N|local"):
         dask_client("threads:3")
+
+
+def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", _disc_image())  # 0.5 m x 0.8 m pixels
+    ad = PixelAdapter(tile=64)
+    coarse = predict_raster(ad, raster, tmp_path / "out", MapOptions(tile_gsd=1.3, polygons=None))
+    with rasterio.open(coarse.outputs["classes"]) as out, rasterio.open(raster) as src:
+        assert out.shape == src.shape and out.transform == src.transform
+        labels = out.read(1)
+    img = _disc_image()
+    truth = img > 127
+    agree = ((labels == 1) == truth)[img != 0].mean()
+    assert agree > 0.97  # the disc comes back at full resolution, edges blurred by the resampling
+    assert coarse.tiles < predict_raster(ad, raster, tmp_path / "fine", MapOptions(polygons=None)).tiles
+    with pytest.raises(Exception, match="positive ground distance"):
+        predict_raster(ad, raster, tmp_path / "bad", MapOptions(tile_gsd=-1))

@@ -514,6 +514,7 @@ def predict_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
     tile: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap of neighbouring tiles in pixels.")] = None,
+    tile_gsd: Annotated[Optional[str], typer.Option(help="Resolution the model sees, e.g. 0.5m or 0.5 (map units).")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
     cog: Annotated[bool, typer.Option("--cog", help="Write Cloud-Optimised GeoTIFFs.")] = False,
     vector: Annotated[str, typer.Option("--vector", help="gpkg, geojson or none.")] = "gpkg",
@@ -536,7 +537,13 @@ def predict_cmd(
     ad = load_adapter(adapter, base=model, device=device)
     if ad.needs_prompts:
         raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter adapter")
-    options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog,
+    gsd = None
+    if tile_gsd is not None:
+        try:
+            gsd = float(tile_gsd.lower().removesuffix("m"))
+        except ValueError:
+            raise InputError(f"--tile-gsd takes a distance per pixel like 0.5m, got {tile_gsd!r}") from None
+    options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog, tile_gsd=gsd,
                          polygons=None if vector == "none" else vector, min_area=min_area, simplify=simplify,
                          overwrite=overwrite)  # type: ignore[arg-type]
     client = dask_client(scheduler)

@@ -49,6 +49,9 @@ class MapOptions:
         min_area: drop polygons smaller than this, in map units squared.
         simplify: polygon simplification tolerance in map units.
         overwrite: redo rasters whose outputs are complete.
+        tile_gsd: ground sampling distance (map units per pixel, e.g. 0.5 for 0.5 m) the model
+            sees: tiles are resampled to it and predictions resampled back, so results do not
+            depend on the raster's own resolution or extent.
     """
 
     tile: int | None = None
@@ -59,6 +62,7 @@ class MapOptions:
     min_area: float = 0.0
     simplify: float = 0.0
     overwrite: bool = False
+    tile_gsd: float | None = None
 
 
 @dataclass
@@ -101,12 +105,21 @@ def raster_limits(ds: Any, bands: Sequence[int], *, max_pixels: int = 4_000_000)
     return stretch_limits(data, valid)
 
 
-def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(h, w, C) uint8 pixels of a window scaled with the raster-wide limits, and its validity."""
+def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray | None,
+              out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w, C) uint8 pixels of a window scaled with the raster-wide limits, and its validity.
+
+    With ``out_shape`` the window is resampled (bilinear; validity nearest) to that (rows, cols).
+    """
     from samadapt.imagery.read import scale_to_uint8
 
-    data = ds.read(list(bands), window=window)
-    valid = ds.dataset_mask(window=window) > 0
+    if out_shape is None:
+        data = ds.read(list(bands), window=window)
+        valid = ds.dataset_mask(window=window) > 0
+    else:
+        bil, near = rasterio.enums.Resampling.bilinear, rasterio.enums.Resampling.nearest
+        data = ds.read(list(bands), window=window, out_shape=(len(bands), *out_shape), resampling=bil)
+        valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=near) > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     if limits is None:
@@ -177,6 +190,8 @@ def predict_raster(
     overlap = options.overlap if options.overlap is not None else tile // 8
     if not 0 <= overlap < tile:
         raise InputError(f"overlap must be at least 0 and smaller than the tile ({tile}), got {overlap}")
+    if options.tile_gsd is not None and not options.tile_gsd > 0:
+        raise InputError(f"--tile-gsd must be a positive ground distance per pixel, got {options.tile_gsd}")
     try:
         ds = rasterio.open(raster)
     except rasterio.errors.RasterioIOError as e:
@@ -189,12 +204,18 @@ def predict_raster(
             bands = _bands_for(ds, adapter.bands)
             limits = raster_limits(ds, bands)
             h, w = ds.height, ds.width
+            scale = 1.0
+            if options.tile_gsd is not None:
+                res = (abs(ds.transform.a) + abs(ds.transform.e)) / 2
+                scale = options.tile_gsd / res  # source pixels per model pixel
+                tile, overlap = max(1, round(tile * scale)), round(overlap * scale)
             acc = np.lib.format.open_memmap(scratch / "acc.npy", mode="w+", dtype=np.float32, shape=(num_classes + 1, h, w))
             weights = blend_window(tile, overlap)
             rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
             windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
-            for n, (win, out) in enumerate(_tile_predictions(adapter, ds, raster, windows, bands, limits, client),
-                                           start=1):
+            for n, (win, out) in enumerate(
+                _tile_predictions(adapter, ds, raster, windows, bands, limits, client, scale), start=1
+            ):
                 if out is None:
                     result.skipped_tiles += 1
                 else:
@@ -217,15 +238,15 @@ def predict_raster(
 
 
 def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window], bands: tuple[int, ...],
-                      limits: np.ndarray | None, client: Any):  # noqa: ANN202
+                      limits: np.ndarray | None, client: Any, scale: float = 1.0):  # noqa: ANN202
     """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
     if client is None:
         for win in windows:
-            yield win, _predict_window(adapter, ds, win, bands, limits, raster.stem)
+            yield win, _predict_window(adapter, ds, win, bands, limits, raster.stem, scale)
         return
     if getattr(adapter, "path", None) is None:
         raise InputError("distributed mapping needs an adapter loaded from a folder (samadapt.load_adapter(path))")
-    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits)
+    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits, scale)
     futures = [client.submit(_worker_tile, spec, (w.col_off, w.row_off, w.width, w.height), pure=False)
                for w in windows]
     for win, fut in zip(windows, futures):
@@ -234,12 +255,21 @@ def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window]
 
 
 def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
-                    stem: str) -> tuple[np.ndarray, np.ndarray] | None:
-    pixels, valid = read_tile(ds, win, bands, limits)
+                    stem: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    shape = (int(win.height), int(win.width))
+    out_shape = None if scale == 1.0 else (max(1, round(shape[0] / scale)), max(1, round(shape[1] / scale)))
+    pixels, valid = read_tile(ds, win, bands, limits, out_shape)
     if not valid.any():
         return None
     pred = adapter.predict_sample(Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid))
-    return pred.probabilities, valid
+    probs = pred.probabilities
+    if out_shape is not None:  # back to the raster's own pixels
+        import torch
+        import torch.nn.functional as F
+
+        probs = F.interpolate(torch.from_numpy(probs)[None], shape, mode="bilinear", align_corners=False)[0].numpy()
+        _, valid = read_tile(ds, win, bands[:1], limits[:1] if limits is not None else None)
+    return probs, valid
 
 
 _WORKER_ADAPTERS: dict[tuple[str, str | None], Any] = {}
@@ -249,12 +279,12 @@ def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.nda
     """Runs on a Dask worker: the adapter is loaded once per worker process and kept."""
     from samadapt.adapter import load_adapter
 
-    adapter_path, base_ref, raster, bands, limits = spec
+    adapter_path, base_ref, raster, bands, limits, scale = spec
     key = (adapter_path, base_ref)
     if key not in _WORKER_ADAPTERS:
         _WORKER_ADAPTERS[key] = load_adapter(adapter_path, base=base_ref)
     with rasterio.open(raster) as ds:
-        return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem)
+        return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem, scale)
 
 
 def dask_client(scheduler: str) -> Any:
