@@ -1,0 +1,103 @@
+"""Peak memory and time per tile of mapping square rasters, and Dask throughput.
+
+    .venv/bin/python benchmarks/mapping.py [--sizes 2048,8192,16384] [--workers 1,2]
+
+Each size runs in its own process (so its peak RSS is its own) with the tiny random
+domain-decoder model (tile 256). Printed as ratios to the smallest raster, measured in the
+same run: memory ratio (target about 1.0: memory must not grow with the raster) and time
+per tile ratio (about 1.0). Then tiles per second with 1 and 2 Dask workers on the smallest
+size, as a ratio to the in-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _raster(path: Path, size: int) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs="EPSG:32616", transform=from_origin(500000, 4000000, 0.5, 0.5), tiled=True,
+                       compress="deflate") as dst:
+        rng = np.random.default_rng(0)
+        for _, win in dst.block_windows(1):
+            dst.write(rng.integers(0, 255, (3, win.height, win.width), dtype=np.uint8), window=win)
+
+
+def _setup(root: Path) -> Path:
+    from samadapt.adapter import save_adapter
+    from samadapt.methods import build_method
+    from samadapt.models.loading import load_model
+    from samadapt.models.tiny import save_tiny_model
+
+    model = save_tiny_model(root / "tiny", "sam", overwrite=True)
+    return save_adapter(build_method("domain-decoder", load_model(model), width=16), root / "adapter", overwrite=True)
+
+
+def child(size: int, root: Path, scheduler: str) -> None:
+    from samadapt.adapter import load_adapter
+    from samadapt.mapping import MapOptions, dask_client, predict_raster
+
+    raster = root / f"r{size}.tif"
+    if not raster.exists():
+        _raster(raster, size)
+    adapter = load_adapter(root / "adapter")
+    client = dask_client(scheduler)
+    t = time.perf_counter()
+    result = predict_raster(adapter, raster, root / f"out_{size}_{scheduler.replace(':', '')}",
+                            MapOptions(polygons=None, overwrite=True), client=client)
+    seconds = time.perf_counter() - t
+    if client is not None:
+        client.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb}))
+
+
+def run(size: int, root: Path, scheduler: str = "local") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", str(size), "--root", str(root), "--scheduler", scheduler],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2048,8192,16384")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--child", type=int)
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--scheduler", default="local")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.root, args.scheduler)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _setup(root)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        rows = [run(s, root) for s in sizes]
+        base = rows[0]
+        print(f"{'size':>6s} {'tiles':>6s} {'seconds':>8s} {'peak MB':>8s} {'memory ratio':>12s} {'time/tile ratio':>15s}")
+        for r in rows:
+            print(f"{r['size']:6d} {r['tiles']:6d} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
+                  f"{r['peak_mb'] / base['peak_mb']:12.2f} "
+                  f"{(r['seconds'] / r['tiles']) / (base['seconds'] / base['tiles']):15.2f}")
+        local_tps = base["tiles"] / base["seconds"]
+        for n in [int(w) for w in args.workers.split(",")]:
+            r = run(sizes[0], root, f"processes:{n}")
+            tps = r["tiles"] / r["seconds"]
+            print(f"dask {n} worker(s): {tps:.1f} tiles/s (ratio to in-process {tps / local_tps:.2f})")
+
+
+if __name__ == "__main__":
+    main()
