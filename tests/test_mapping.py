@@ -209,3 +209,38 @@ def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
     assert coarse.tiles < predict_raster(ad, raster, tmp_path / "fine", MapOptions(polygons=None)).tiles
     with pytest.raises(Exception, match="positive ground distance"):
         predict_raster(ad, raster, tmp_path / "bad", MapOptions(tile_gsd=-1))
+
+
+def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import samadapt.segment as segment_module
+    from conftest import box_decoder
+    from samadapt.cli import main
+    from samadapt.mapping_prompted import predict_prompted_raster
+    from samadapt.prompts import box
+    from samadapt.segment import Segmenter
+
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    monkeypatch.setattr(segment_module, "decode", box_decoder(seg))  # segments exactly its box
+    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    result = predict_prompted_raster(seg, raster, tmp_path / "out", [box(40, 30, 120, 90), box(300, 200, 380, 290)])
+    with rasterio.open(result.outputs["classes"]) as out:
+        labels = out.read(1)
+    assert (labels[35:85, 45:115] == 1).all() and (labels[205:285, 305:375] == 1).all()
+    assert (labels[150:190, 150:250] == 0).all()
+    assert len(gpd.read_file(result.outputs["polygons"])) == 2
+
+    # a 4-band raster with water (green high, NIR low) prompted by NDWI through the command
+    data = np.full((4, 200, 260), 1000, np.uint16)
+    data[1, 60:140, 80:200], data[3, 60:140, 80:200] = 3000, 300
+    water = _raster(tmp_path / "lake.tif", data)
+    monkeypatch.setattr(sys, "argv", ["samadapt", "predict", str(tiny_models["sam"]), str(water), "--rough", "2,4,0",
+                                      "--out", str(tmp_path / "lake")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    text = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code in (0, None), text
+    with rasterio.open(tmp_path / "lake" / "lake_classes.tif") as out:
+        lake = out.read(1)
+    assert (lake[62:138, 82:198] == 1).mean() > 0.95 and (lake[:50] == 0).all()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
+import rasterio
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -509,7 +510,8 @@ def learning_curve_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train`.")],
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train` (or, with --prompts / "
+                                            "--rough, a SAM model: registry name, folder or .pth).")],
     rasters: Annotated[list[str], typer.Argument(help="Rasters, globs ('tiles/*.tif') or .txt files of paths.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
     tile: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
@@ -523,6 +525,10 @@ def predict_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo rasters whose outputs are complete.")] = False,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
     scheduler: Annotated[str, typer.Option(help="local, processes:N (a Dask LocalCluster) or tcp://host:port.")] = "local",
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Boxes / points (GeoPackage, GeoJSON, CSV) "
+                                                    "for a prompt-based model.")] = None,
+    rough: Annotated[Optional[str], typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
+                                                 "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
@@ -534,6 +540,11 @@ def predict_cmd(
     if vector not in ("gpkg", "geojson", "none"):
         raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
     paths = expand_inputs(rasters)
+    if prompts is not None or rough is not None:
+        _predict_prompted(adapter, paths, out_dir, prompts, rough, MapOptions(
+            tile=tile, probabilities=probabilities, cog=cog, polygons=None if vector == "none" else vector,
+            min_area=min_area, simplify=simplify, overwrite=overwrite), model, device)  # type: ignore[arg-type]
+        return
     ad = load_adapter(adapter, base=model, device=device)
     if ad.needs_prompts:
         raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter adapter")
@@ -557,6 +568,51 @@ def predict_cmd(
         if client is not None:
             client.close()
     table = Table("raster", "status", "tiles", "outputs / error", title=f"{len(results)} rasters")
+    for r in results:
+        detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
+        table.add_row(r.raster.name, r.status, str(r.tiles), detail)
+    globals()["out"].print(table)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path | None, rough: str | None,
+                      options: object, model: str | None, device: str) -> None:
+    from samadapt.mapping import MapResult
+    from samadapt.mapping_prompted import predict_prompted_raster, rough_prompts
+    from samadapt.prompt_io import read_prompt_file
+
+    if prompts is not None and rough is not None:
+        raise InputError("give --prompts or --rough, not both")
+    if (ref / "config.json").is_file() and (ref / "adapter.safetensors").is_file():
+        from samadapt.adapter import load_adapter
+
+        predictor: object = load_adapter(ref, base=model, device=device)
+    else:
+        from samadapt.segment import Segmenter
+
+        predictor = Segmenter(str(ref), device=device)
+    parts = []
+    if rough is not None:
+        try:
+            parts = [float(v) for v in rough.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (2, 3):
+            raise InputError(f"--rough takes A,B[,threshold] band numbers, got {rough!r}")
+    results = []
+    for raster in paths:
+        try:
+            if prompts is not None:
+                with rasterio.open(raster) as ds:
+                    objects = read_prompt_file(prompts, transform=ds.transform, raster_crs=ds.crs)
+            else:
+                objects = rough_prompts(raster, a=int(parts[0]), b=int(parts[1]),
+                                        threshold=parts[2] if len(parts) == 3 else 0.0)
+            results.append(predict_prompted_raster(predictor, raster, out_dir, objects, options))  # type: ignore[arg-type]
+        except (SamadaptError, rasterio.errors.RasterioError, OSError) as e:
+            results.append(MapResult(raster, status="failed", error=str(e)))
+    table = Table("raster", "status", "objects", "outputs / error", title=f"{len(results)} rasters")
     for r in results:
         detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
         table.add_row(r.raster.name, r.status, str(r.tiles), detail)
