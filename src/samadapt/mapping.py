@@ -3,8 +3,8 @@
 A raster is read by windows: square tiles of the model's input size overlapping by
 ``overlap`` pixels. Each tile's class probabilities are weighted by a smooth window (1 in
 the middle, falling towards the tile edges inside the overlap) and accumulated, so no seam
-shows where tiles meet. The accumulators live in a memory-mapped scratch file next to the
-outputs, so memory does not grow with the raster. Intensity scaling (16-bit, float) uses
+shows where tiles meet. The accumulators live in a scratch file next to the outputs, mapped
+into memory one band of rows at a time, so memory does not grow with the raster. Intensity scaling (16-bit, float) uses
 percentiles of the whole raster computed once (from an overview when the raster is large),
 never per tile, so tiles agree in brightness. Nodata stays nodata; all-nodata tiles are
 skipped. No step assumes an Earth CRS: outputs keep the raster's own CRS (Mars too).
@@ -75,6 +75,35 @@ class MapResult:
     skipped_tiles: int = 0
     status: str = "done"
     error: str = ""
+
+
+class Scratch:
+    """A (bands, H, W) float32 accumulator in a file, mapped into memory a band of rows at a time.
+
+    Pages of a memory map count towards the process's resident memory while it stays mapped;
+    re-mapping whenever the work moves to new rows releases them, so memory stays bounded by
+    one band of tiles however large the raster.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+        self.path = path
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
+        self._map: np.ndarray | None = None
+        self._row = -1
+
+    def at(self, row: int) -> np.ndarray:
+        """The mapped array, re-mapped when ``row`` differs from the last row asked for."""
+        if self._map is None or row != self._row:
+            self.release()
+            self._map = np.load(self.path, mmap_mode="r+")
+            self._row = row
+        return self._map
+
+    def release(self) -> None:
+        """Flush and unmap."""
+        if self._map is not None:
+            self._map.flush()
+            self._map = None
 
 
 def blend_window(size: int, overlap: int) -> np.ndarray:
@@ -209,7 +238,7 @@ def predict_raster(
                 res = (abs(ds.transform.a) + abs(ds.transform.e)) / 2
                 scale = options.tile_gsd / res  # source pixels per model pixel
                 tile, overlap = max(1, round(tile * scale)), round(overlap * scale)
-            acc = np.lib.format.open_memmap(scratch / "acc.npy", mode="w+", dtype=np.float32, shape=(num_classes + 1, h, w))
+            acc = Scratch(scratch / "acc.npy", (num_classes + 1, h, w))
             weights = blend_window(tile, overlap)
             rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
             windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
@@ -223,12 +252,13 @@ def predict_raster(
                     th, tw = valid.shape
                     wgt = weights[:th, :tw] * valid
                     sl = (slice(win.row_off, win.row_off + th), slice(win.col_off, win.col_off + tw))
-                    acc[(slice(0, num_classes), *sl)] += probs * wgt
-                    acc[(num_classes, *sl)] += wgt
+                    band = acc.at(int(win.row_off))
+                    band[(slice(0, num_classes), *sl)] += probs * wgt
+                    band[(num_classes, *sl)] += wgt
                     result.tiles += 1
                 if progress:
                     progress(n, len(windows))
-            acc.flush()
+            acc.release()
             result.outputs = _write_outputs(ds, acc, num_classes, out_dir, stem, options)
         done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
                                     "tiles": result.tiles, "skipped_tiles": result.skipped_tiles}))
@@ -315,7 +345,7 @@ def dask_client(scheduler: str) -> Any:
     raise InputError(f"--scheduler must be local, processes:N or tcp://host:port, got {scheduler!r}")
 
 
-def _write_outputs(ds: Any, acc: np.ndarray, num_classes: int, out_dir: Path, stem: str,
+def _write_outputs(ds: Any, acc: Scratch, num_classes: int, out_dir: Path, stem: str,
                    options: MapOptions) -> dict[str, Path]:
     profile = {
         "driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
@@ -332,13 +362,15 @@ def _write_outputs(ds: Any, acc: np.ndarray, num_classes: int, out_dir: Path, st
     with rasterio.open(tmp_c, "w", **profile) as dst:
         for _, win in dst.block_windows(1) if profile["tiled"] else [(None, Window(0, 0, ds.width, ds.height))]:
             sl = (slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
-            wsum = acc[(num_classes, *sl)]
-            probs = acc[(slice(0, num_classes), *sl)] / np.maximum(wsum, 1e-12)
+            arr = acc.at(int(win.row_off))
+            wsum = np.array(arr[(num_classes, *sl)])
+            probs = arr[(slice(0, num_classes), *sl)] / np.maximum(wsum, 1e-12)
             labels = probs.argmax(0).astype(np.uint8)
             labels[wsum <= 0] = NODATA
             dst.write(labels, 1, window=win)
             if dst_p is not None:
                 dst_p.write(np.clip(probs * 255 + 0.5, 0, 255).astype(np.uint8), window=win)
+    acc.release()
     if dst_p is not None:
         dst_p.close()
     for tmp, final, key in ((tmp_c, classes_path, "classes"), (tmp_p, probs_path, "probabilities")):

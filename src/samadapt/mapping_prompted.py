@@ -19,7 +19,7 @@ import rasterio
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
-from samadapt.mapping import DONE, MapOptions, MapResult, _bands_for, _write_outputs, raster_limits, read_tile
+from samadapt.mapping import DONE, MapOptions, MapResult, Scratch, _bands_for, _write_outputs, raster_limits, read_tile
 from samadapt.prompts import ObjectPrompt
 
 
@@ -97,7 +97,7 @@ def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: li
             bands = _bands_for(ds, getattr(model, "bands", None))
             limits = raster_limits(ds, bands)
             h, w = ds.height, ds.width
-            acc = np.lib.format.open_memmap(scratch / "acc.npy", mode="w+", dtype=np.float32, shape=(3, h, w))
+            acc = Scratch(scratch / "acc.npy", (3, h, w))
             for prompt in prompts:
                 prompt.check_inside(h, w)
                 if prompt.box is not None:
@@ -115,15 +115,17 @@ def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: li
                     continue
                 prob = predict(np.ascontiguousarray(pixels), valid, _shift(prompt, c0, r0)) * valid
                 sl = (slice(r0, r0 + int(win.height)), slice(c0, c0 + int(win.width)))
-                acc[(1, *sl)] = np.maximum(acc[(1, *sl)], prob)
+                arr = acc.at(r0)
+                arr[(1, *sl)] = np.maximum(arr[(1, *sl)], prob)
                 result.tiles += 1
             # background probability and a weight of 1 wherever the raster has data
             for r in range(0, h, 1024):
                 sl = (slice(r, min(r + 1024, h)), slice(0, w))
                 valid = ds.dataset_mask(window=Window(0, r, w, sl[0].stop - r)) > 0
-                acc[(0, *sl)] = 1.0 - acc[(1, *sl)]
-                acc[(2, *sl)] = valid.astype(np.float32)
-            acc.flush()
+                arr = acc.at(r)
+                arr[(0, *sl)] = 1.0 - arr[(1, *sl)]
+                arr[(2, *sl)] = valid.astype(np.float32)
+            acc.release()
             result.outputs = _write_outputs(ds, acc, 2, out_dir, stem, options)
         done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
                                     "tiles": result.tiles, "prompts": len(prompts)}))
