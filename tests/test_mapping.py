@@ -244,3 +244,17 @@ def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
     with rasterio.open(tmp_path / "lake" / "lake_classes.tif") as out:
         lake = out.read(1)
     assert (lake[62:138, 82:198] == 1).mean() > 0.95 and (lake[:50] == 0).all()
+
+
+def test_cog_and_probability_outputs(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", _disc_image(300, 300))
+    result = predict_raster(PixelAdapter(), raster, tmp_path / "out",
+                            MapOptions(cog=True, probabilities=True, polygons=None))
+    for key in ("classes", "probabilities"):
+        with rasterio.open(result.outputs[key]) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    with rasterio.open(result.outputs["probabilities"]) as ds:
+        probs = ds.read()
+    assert probs.shape == (2, 300, 300)
+    valid = _disc_image(300, 300) != 0
+    assert np.abs(probs[0].astype(int) + probs[1].astype(int) - 255)[valid].max() <= 1  # they sum to one
