@@ -178,6 +178,10 @@ def _offsets(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+#: GDAL's block cache (default: 5 % of the machine's memory) would otherwise grow with the raster.
+GDAL_CACHE_MB = 64
+
+
 def predict_raster(
     adapter: Any,
     raster: Path,
@@ -202,6 +206,12 @@ def predict_raster(
         from samadapt.adapter import load_adapter
 
         adapter = load_adapter(adapter)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _predict_raster(adapter, raster, out_dir, options or MapOptions(), progress, client)
+
+
+def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptions,
+                    progress: Callable[[int, int], None] | None, client: Any) -> MapResult:
     options = options or MapOptions()
     raster, out_dir = Path(raster), Path(out_dir)
     if not raster.is_file():
