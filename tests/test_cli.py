@@ -139,7 +139,8 @@ def test_demo_runs_offline_with_a_flagged_tiny_model(
     assert code == 0, text
     assert "NO CHECKPOINT" in flat and "mean nothing" in flat
     for name in ("mars_sample.tif", "pits.gpkg", "pits.tif", "pits.png", "overlay.png", "prompt_modes/compare.csv",
-                 "prompt_modes/compare.png", "adapter/config.json", "adapter/adapter.safetensors"):
+                 "prompt_modes/compare.png", "adapter/config.json", "adapter/adapter.safetensors",
+                 "map/mars_sample_classes.tif", "map/mars_sample_polygons.gpkg"):
         assert (tmp_path / "demo" / name).is_file()
     frame = gpd.read_file(tmp_path / "demo" / "pits.gpkg")
     assert "Mars" in frame.crs.name

@@ -67,6 +67,18 @@ def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Cons
     return {"adapter": adapter, "training_plot": adapter / "training.png"}
 
 
+def _map_step(out_dir: Path, adapter_dir: Path, loaded: LoadedModel, raster: Path, console: Console) -> dict[str, Path]:
+    """Map the whole sample GeoTIFF with the trained adapter, tile by tile, in Mars' own CRS."""
+    from samadapt.adapter import load_adapter
+    from samadapt.mapping import MapOptions, predict_raster
+
+    result = predict_raster(load_adapter(adapter_dir, base=loaded), raster, out_dir / "map",
+                            MapOptions(probabilities=True, overwrite=True))
+    console.print(f"[bold]6. map[/]: {result.tiles} tiles of {raster.name} -> "
+                  + ", ".join(p.name for p in result.outputs.values()))
+    return {f"map_{k}": v for k, v in result.outputs.items()}
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -103,6 +115,7 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
     console.print(table)
     outputs.update(_annotate_step(out_dir, segmenter, console))
     outputs.update(_train_step(out_dir, loaded, outputs["dataset"], console))
+    outputs.update(_map_step(out_dir, outputs["adapter"], loaded, sample.path, console))
     if not result.trusted:
         console.print("[bold yellow]These masks come from a random-initialised model and mean nothing.[/]")
     console.print("[bold]outputs[/]:")
