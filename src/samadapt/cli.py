@@ -567,7 +567,12 @@ def predict_cmd(
     finally:
         if client is not None:
             client.close()
-    table = Table("raster", "status", "tiles", "outputs / error", title=f"{len(results)} rasters")
+    _report_maps(results, "tiles")
+
+
+def _report_maps(results: list, count: str) -> None:
+    """Summary table of a mapping run; exit code 1 when any raster failed."""
+    table = Table("raster", "status", count, "outputs / error", title=f"{len(results)} rasters")
     for r in results:
         detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
         table.add_row(r.raster.name, r.status, str(r.tiles), detail)
@@ -612,13 +617,7 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
             results.append(predict_prompted_raster(predictor, raster, out_dir, objects, options))  # type: ignore[arg-type]
         except (SamadaptError, rasterio.errors.RasterioError, OSError) as e:
             results.append(MapResult(raster, status="failed", error=str(e)))
-    table = Table("raster", "status", "objects", "outputs / error", title=f"{len(results)} rasters")
-    for r in results:
-        detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
-        table.add_row(r.raster.name, r.status, str(r.tiles), detail)
-    globals()["out"].print(table)
-    if any(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+    _report_maps(results, "objects")
 
 
 @app.command()

@@ -106,6 +106,16 @@ class Scratch:
             self._map = None
 
 
+def finished_result(raster: Path, done: Path, options: MapOptions) -> MapResult | None:
+    """The earlier result when a raster's outputs are complete (and not to be overwritten), else None."""
+    if not done.is_file() or options.overwrite:
+        return None
+    record = json.loads(done.read_text())
+    if not all(Path(p).is_file() for p in record["outputs"].values()):
+        return None
+    return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
+
+
 def blend_window(size: int, overlap: int) -> np.ndarray:
     """(size, size) float32 weights: 1 in the middle, a raised-cosine ramp over ``overlap`` at the edges.
 
@@ -219,10 +229,9 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = raster.stem
     done = out_dir / f"{stem}{DONE}"
-    if done.is_file() and not options.overwrite:
-        record = json.loads(done.read_text())
-        if all(Path(p).is_file() for p in record["outputs"].values()):
-            return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
+    finished = finished_result(raster, done, options)
+    if finished is not None:
+        return finished
     method = adapter.method
     num_classes = method.num_classes
     tile = options.tile or method.preprocessing.size

@@ -19,7 +19,17 @@ import rasterio
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
-from samadapt.mapping import DONE, MapOptions, MapResult, Scratch, _bands_for, _write_outputs, raster_limits, read_tile
+from samadapt.mapping import (
+    DONE,
+    MapOptions,
+    MapResult,
+    Scratch,
+    _bands_for,
+    _write_outputs,
+    finished_result,
+    raster_limits,
+    read_tile,
+)
 from samadapt.prompts import ObjectPrompt
 
 
@@ -81,10 +91,9 @@ def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: li
         raise InputError(f"no prompts for {raster.name}: the prompt file or rough mask gave no objects")
     stem = raster.stem
     done = out_dir / f"{stem}{DONE}"
-    if done.is_file() and not options.overwrite:
-        record = json.loads(done.read_text())
-        if all(Path(p).is_file() for p in record["outputs"].values()):
-            return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
+    finished = finished_result(raster, done, options)
+    if finished is not None:
+        return finished
     predict = _predictor(model)
     spec = model.method.preprocessing if hasattr(model, "method") else model.loaded.preprocessing
     tile = tile or options.tile or spec.size
