@@ -88,19 +88,32 @@ def prepare(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tensor, Geom
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got shape {pixels.shape} and dtype {pixels.dtype}")
-    height, width = pixels.shape[:2]
-    if height == 0 or width == 0:
-        raise InputError(f"the image is empty ({height} x {width} pixels)")
-    new_h, new_w = resized_shape(height, width, spec)
-    if (new_h, new_w) != (height, width):
-        resized = np.asarray(Image.fromarray(pixels).resize((new_w, new_h), Image.BILINEAR))
-    else:
-        resized = pixels
-    x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).float()
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise InputError(f"the image is empty ({pixels.shape[0]} x {pixels.shape[1]} pixels)")
+    x, geometry = resize_to_model(pixels, spec)
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
     x = (x - mean) / std
+    new_h, new_w = geometry.resized_hw
     x = F.pad(x, (0, spec.size - new_w, 0, spec.size - new_h))
+    return x, geometry
+
+
+def resize_to_model(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
+    """The resize step alone: (H, W, C) uint8, any C -> (C, h', w') float 0-255, unpadded.
+
+    Bilinear on the uint8 image (PIL resizes each channel on its own, so any band count
+    gives what the RGB path gives).
+    """
+    height, width, channels = pixels.shape
+    new_h, new_w = resized_shape(height, width, spec)
+    if (new_h, new_w) != (height, width):
+        planes = [np.asarray(Image.fromarray(pixels[:, :, i]).resize((new_w, new_h), Image.BILINEAR))
+                  for i in range(channels)]
+        resized = np.stack(planes)
+    else:
+        resized = np.moveaxis(pixels, 2, 0)
+    x = torch.from_numpy(np.array(resized, dtype=np.float32))
     return x, Geometry(original_hw=(height, width), resized_hw=(new_h, new_w))
 
 

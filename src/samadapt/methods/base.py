@@ -242,14 +242,11 @@ def raw_input(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tensor, Ge
     Returns:
         (C, size, size) float 0-255 values, zero-padded bottom-right, and the geometry.
     """
-    from PIL import Image
+    from samadapt.imagery.preprocess import resize_to_model
 
-    h, w, c = pixels.shape
-    new_h, new_w = resized_shape(h, w, spec)
-    chans = [np.asarray(Image.fromarray(pixels[:, :, i]).resize((new_w, new_h), Image.BILINEAR)) for i in range(c)]
-    x = torch.from_numpy(np.stack(chans).astype(np.float32))
-    x = F.pad(x, (0, spec.size - new_w, 0, spec.size - new_h))
-    return x, Geometry((h, w), (new_h, new_w))
+    x, geometry = resize_to_model(pixels, spec)
+    new_h, new_w = geometry.resized_hw
+    return F.pad(x, (0, spec.size - new_w, 0, spec.size - new_h)), geometry
 
 
 def normalise(raw: torch.Tensor, geometry_hw: torch.Tensor | None, spec: Preprocessing) -> torch.Tensor:
