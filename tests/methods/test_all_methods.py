@@ -25,14 +25,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny models run faster on one thread when tests share the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_method_learns_and_round_trips(name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -32,13 +32,6 @@ from samadapt.methods.encoder_adapter import (
 from samadapt.models import runtime
 from samadapt.models.loading import LoadedModel, load_model
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny models run faster on one thread when tests share the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SMALL = {"width": 8, "depth": 2, "unet_scale": 0.25, "max_objects": 4}
 

@@ -8,7 +8,6 @@ require grad, ``probabilities`` + ``to_original`` for prediction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,15 +20,6 @@ from samadapt.errors import InputError
 from samadapt.methods.base import Sample, normalise
 from samadapt.methods.lora import LoraMethod, adaptable_layer_names
 from samadapt.models.loading import load_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The tensors are tiny: one thread avoids oversubscribing the 2 cores beside other tests.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

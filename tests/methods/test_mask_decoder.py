@@ -23,15 +23,6 @@ from samadapt.prompt_gen import prompts_from_mask, regions, tight_box
 from samadapt.prompts import ObjectPrompt, point
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The decoder's ops are tiny: one thread is faster, and fair to tests running beside us."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(method: MaskDecoderMethod, samples: list[Sample], *, train: bool, rng: np.random.Generator) -> dict:
     items = [method.make_inputs(s, train=train, rng=rng) for s in samples]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -16,14 +16,6 @@ from samadapt.methods.unet import UNet, UNetMethod
 from samadapt.models.loading import load_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny models run faster on one thread when tests share the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(("depth", "side"), [(1, 8), (2, 32), (3, 40), (4, 64)])
 def test_encode_levels_have_the_documented_shapes(depth: int, side: int) -> None:
     net = UNet(in_channels=5, out_channels=3, base=4, depth=depth)
