@@ -65,6 +65,20 @@ def utm_raster(tmp_path: Path, textured_image: np.ndarray) -> Path:
     return path
 
 
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the ``samadapt`` command in-process; its exit code and its output with whitespace folded."""
+    import sys
+
+    from samadapt.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["samadapt", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    captured = capsys.readouterr()
+    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
+    return code, " ".join((captured.out + captured.err).split())
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, skipping the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from conftest import run_cli
 from samadapt.cli import main
 
 
-def run(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["samadapt", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
-    return code, " ".join((captured.out + captured.err).split())
+run = run_cli
 
 
 def test_models_tiny_then_segment_writes_every_output(

@@ -138,7 +138,7 @@ def test_blend_window_is_smooth_and_positive() -> None:
 
 def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
-    from samadapt.cli import main
+    from conftest import run_cli
 
     method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
     ad = save_adapter(method, tmp_path / "ad")
@@ -147,11 +147,7 @@ def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypat
     (tmp_path / "bad.tif").write_text("x")
 
     def cli(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["samadapt", *args])
-        with pytest.raises(SystemExit) as exc:
-            main()
-        cap = capsys.readouterr()
-        return int(exc.value.code or 0), " ".join((cap.out + cap.err).split())
+        return run_cli(list(args), monkeypatch, capsys)
 
     code, text = cli("predict", str(ad), str(tmp_path / "t*.tif"), "--out", str(tmp_path / "maps"))
     assert code == 0, text

@@ -10,7 +10,6 @@ import pytest
 import rasterio
 from affine import Affine
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from samadapt.errors import InputError, InputFileError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,16 +124,12 @@ def _dataset(root: Path, n: int = 8) -> Path:
 
 def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from samadapt.cli import main
+    from conftest import run_cli
 
     data = _dataset(tmp_path / "data")
 
     def cli(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["samadapt", *args])
-        with pytest.raises(SystemExit) as exc:
-            main()
-        cap = capsys.readouterr()
-        return int(exc.value.code or 0), " ".join((cap.out + cap.err).split())
+        return run_cli(list(args), monkeypatch, capsys)
 
     code, text = cli("learning-curve", str(data), "--model", str(tiny_models["sam"]), "--sizes", "2,4", "--seeds", "2",
                      "--epochs", "2", "--option", "width=16", "--out", str(tmp_path / "lc"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ import pytest
 import rasterio
 
 import samadapt.segment as segment_module
-from conftest import box_decoder, shared_data
+from conftest import box_decoder, run_cli, shared_data
 from samadapt.annotate import annotate_dataset, compare_modes, read_csv_labels, read_yolo_folder
 from samadapt.annotate.core import pick_automatic, regions_from_mask
-from samadapt.cli import main
 from samadapt.errors import InputError
 from samadapt.result import SegmentationResult
 from samadapt.sample import make_mars_dataset
@@ -125,12 +123,7 @@ def test_yolo_and_csv_readers(tmp_path: Path) -> None:
         read_csv_labels(tmp_path / "bad.csv")
 
 
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["samadapt", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    cap = capsys.readouterr()
-    return int(exc.value.code or 0), " ".join((cap.out + cap.err).split())
+_cli = run_cli
 
 
 def test_cli_compare_and_annotate(
