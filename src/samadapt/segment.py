@@ -98,13 +98,17 @@ class Segmenter:
 
     def embed(self, image: ImageLike) -> Embedded:
         """Return the image's embedding, from the cache when it is there."""
-        geo = as_geoimage(image)
-        loaded = self.loaded
-        key = embedding_key(loaded.model_id, loaded.preprocessing.key(), geo.pixels)
-        tensor, geometry = prepare(geo.pixels, loaded.preprocessing)
+        key, geo, tensor, geometry = self._prepared(image)
         misses = self.cache.misses
         emb = self.cache.get_or_compute(key, lambda: self._encode([tensor])[0])
         return Embedded(geo, emb, geometry, from_cache=self.cache.misses == misses)
+
+    def _prepared(self, image: ImageLike) -> tuple[str, GeoImage, torch.Tensor, Geometry]:
+        """Cache key, image, model input and geometry of an image."""
+        geo = as_geoimage(image)
+        spec = self.loaded.preprocessing
+        tensor, geometry = prepare(geo.pixels, spec)
+        return embedding_key(self.loaded.model_id, spec.key(), geo.pixels), geo, tensor, geometry
 
     def _encode(self, tensors: list[torch.Tensor]) -> list[Embedding]:
         self.encoder_calls += len(tensors)
@@ -113,11 +117,8 @@ class Segmenter:
     def embed_many(self, images: Iterable[ImageLike], *, batch_size: int = 1) -> Iterable[Embedded]:
         """Embed several images, running the encoder on batches of cache misses."""
         pending: list[tuple[str, GeoImage, torch.Tensor, Geometry]] = []
-        loaded = self.loaded
         for image in images:
-            geo = as_geoimage(image)
-            key = embedding_key(loaded.model_id, loaded.preprocessing.key(), geo.pixels)
-            tensor, geometry = prepare(geo.pixels, loaded.preprocessing)
+            key, geo, tensor, geometry = self._prepared(image)
             found = self.cache.get(key)
             if found is not None:
                 self.cache.hits += 1
