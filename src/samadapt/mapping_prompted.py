@@ -9,7 +9,6 @@ in a memory-mapped scratch array and written as the same outputs as
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from samadapt._io import write_json
 from samadapt.errors import InputError, InputFileError
 from samadapt.mapping import (
     DONE,
@@ -136,8 +136,8 @@ def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: li
                 arr[(2, *sl)] = valid.astype(np.float32)
             acc.release()
             result.outputs = _write_outputs(ds, acc, 2, out_dir, stem, options)
-        done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
-                                    "tiles": result.tiles, "prompts": len(prompts)}))
+        write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()},
+                          "tiles": result.tiles, "prompts": len(prompts)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result

@@ -11,7 +11,6 @@ recording which prompt produced each object.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from samadapt._io import write_json
 from samadapt.annotate.experts import ExpertLabels, ExpertObject
 from samadapt.automatic import AutomaticOptions
 from samadapt.errors import InputError, OutputExistsError
@@ -246,17 +246,11 @@ def annotate_dataset(
     classes = dict(dataset.classes)
     if experts is not None and experts.class_names:
         classes = {0: "background", **experts.class_names}
-    _write_json(out_dir / "classes.json", {str(k): v for k, v in sorted(classes.items())})
+    write_json(out_dir / "classes.json", {str(k): v for k, v in sorted(classes.items())})
     if dataset.splits:
-        _write_json(out_dir / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
+        write_json(out_dir / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
     _write_records(out_dir / "sources.csv", records)
     return AnnotateSummary(
         out_dir=out_dir, images=len(stems), objects=len(records),
         empty_objects=sum(r.pixels == 0 for r in records), source=experts.kind if experts else "ground truth",
     )
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -37,6 +37,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from samadapt._io import write_json
 from samadapt.errors import InputError, InputFileError, OutputExistsError
 from samadapt.imagery.read import GeoImage, Stretch
 from samadapt.imagery.read import read_image as _read_image
@@ -393,14 +394,6 @@ def make_splits(
     }
 
 
-def _write_json(path: Path, doc: Any, overwrite: bool) -> Path:
-    with _atomic_target(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-    return path
-
-
 def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overwrite: bool = False) -> Path:
     """Write ``root/splits.json`` after checking every stem has an image and is in one split only.
 
@@ -430,7 +423,7 @@ def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overw
             if stem in owner:
                 raise InputError(f"stem {stem!r} is in both split {owner[stem]!r} and {name!r}; put it in one split")
             owner[stem] = name
-    return _write_json(root / SPLITS_FILE, {k: sorted(v) for k, v in checked.items()}, overwrite)
+    return write_json(root / SPLITS_FILE, {k: sorted(v) for k, v in checked.items()}, overwrite=overwrite)
 
 
 def write_classes(root: str | Path, classes: Mapping[int, str], *, overwrite: bool = False) -> Path:
@@ -450,7 +443,7 @@ def write_classes(root: str | Path, classes: Mapping[int, str], *, overwrite: bo
     """
     root = Path(root)
     checked = _check_classes(classes, "classes")
-    return _write_json(root / CLASSES_FILE, {str(k): v for k, v in checked.items()}, overwrite)
+    return write_json(root / CLASSES_FILE, {str(k): v for k, v in checked.items()}, overwrite=overwrite)
 
 
 def _check_stem(stem: str) -> None:

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
+from samadapt._io import write_json
 from samadapt.errors import DownloadError, InputError
 
 __all__ = ["download_file", "download_hf_model", "hf_endpoint", "hf_file_url"]
@@ -247,9 +248,7 @@ def download_hf_model(
         )
     listed = sorted(set(_marked_files(marker)) | set(wanted))
     record = {"repo_id": repo_id, "revision": revision, "files": listed}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    write_json(marker, record)
     return dest_dir
 
 
