@@ -530,6 +530,7 @@ def predict_cmd(
     rough: Annotated[Optional[str], typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
                                                  "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
     device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Tiles per pass of the model (in-process mapping).")] = 1,
 ) -> None:
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress

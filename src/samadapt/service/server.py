@@ -1,0 +1,105 @@
+"""Start the service: settings + model + adapter -> app -> uvicorn on a local address.
+
+``samadapt serve`` calls :func:`build_service` and :func:`run`. The server listens on
+127.0.0.1 unless told otherwise; port 0 picks a free port, and the URL printed is the one
+actually bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from samadapt.errors import InputError, MissingDependencyError
+
+#: Servers started by :func:`run` and still running, so embedding code (and tests) can stop them.
+RUNNING: list[Any] = []
+
+
+def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
+                  config: str | os.PathLike[str] | None = None, sources: Sequence[str] = (),
+                  mode: str | None = None, device: str = "cpu") -> Any:
+    """Load the settings, the model (once) and the adapter, and build the app.
+
+    Args:
+        model: registry name, model folder or Meta ``.pth`` file.
+        adapter: adapter folder enabling ``POST /map``.
+        config: TOML / JSON settings file (default: ``SAMADAPT_SERVICE_CONFIG`` if set).
+        sources: extra ``NAME=file.tif`` or ``NAME=https://host/{z}/{x}/{y}.png`` sources; the
+            first becomes the page's default source.
+        mode: ``grid`` or ``view``, overriding the settings' ``embedding_mode``.
+        device: torch device.
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        MissingDependencyError: FastAPI or uvicorn is not installed.
+        InputError: a bad option or setting.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("the service needs FastAPI and uvicorn: pip install 'samadapt[service]'") from None
+    from samadapt.segment import Segmenter
+    from samadapt.service.app import create_app
+    from samadapt.service.settings import add_sources, load_settings
+
+    settings = load_settings(config)
+    if sources:
+        settings = add_sources(settings, list(sources))
+        first = sources[0].partition("=")[0].strip()
+        settings = dataclasses.replace(settings, default_source=first)
+    if mode is not None:
+        if mode not in ("grid", "view"):
+            raise InputError(f"--mode must be grid or view, got {mode!r}")
+        settings = dataclasses.replace(settings, embedding_mode=mode)
+    segmenter = Segmenter(model, device=device)
+    loaded = segmenter.loaded
+    ad = None
+    if adapter is not None:
+        from samadapt.adapter import load_adapter
+
+        ad = load_adapter(adapter, base=loaded, device=device)
+    return create_app(settings, segmenter, ad)
+
+
+def _bound_url(server: Any, host: str) -> str:
+    port = server.servers[0].sockets[0].getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def run(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
+        on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``app`` with uvicorn until interrupted; ``on_ready`` gets the bound URL once listening."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be 0-65535 (0 = any free port), got {port}")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5, timeout_keep_alive=5)
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started and on_ready is not None:
+            on_ready(_bound_url(server, host))
+        await task
+
+    RUNNING.append(server)
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn exits when it cannot bind
+        if server.started:
+            raise
+    finally:
+        RUNNING.remove(server)
+    if not server.started:
+        raise InputError(f"could not listen on {host}:{port}; is the port in use? try another --port")

@@ -1,0 +1,457 @@
+"""Imagery sources of the HTTP service: XYZ tile servers and local GeoTIFF / COG files.
+
+A source is chosen by name from the settings, never by a URL in a request, so the service can
+only reach the tile servers it was configured with. Each source reads imagery in a *frame*:
+the pixel grid of one zoom level. For an XYZ server that is the global spherical-mercator
+pixel grid (256 px tiles); for a local raster it is the raster's own pixel grid, read by
+window without resampling. A frame converts between its pixels and the lng/lat of the
+source's body (Earth, Mars, ...), so prompts and polygons travel in degrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from samadapt.errors import InputError, SamadaptError
+from samadapt.service.settings import ServiceSettings
+
+TILE_SIZE = 256
+#: Latitude where the spherical-mercator square ends (y = 0 and y = 256 * 2**z).
+MAX_LAT = 85.05112877980659
+#: A tile larger than this is refused rather than read into memory.
+MAX_TILE_BYTES = 8 * 1024 * 1024
+#: Largest window one read returns (a backstop; the service limits views far below this).
+MAX_READ_PIXELS = 8192 * 8192
+
+
+class FetchError(SamadaptError):
+    """An upstream tile could not be fetched or decoded (HTTP status, timeout, bad bytes)."""
+
+
+class SourceError(InputError):
+    """A request names an unknown source, a zoom outside its range or a place it does not cover."""
+
+
+def lnglat_to_world(lng: Any, lat: Any, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical-mercator global pixel coordinates (x right, y down) of lng/lat in degrees at ``zoom``.
+
+    Latitudes are clipped to +-MAX_LAT, where the square map ends.
+    """
+    scale = TILE_SIZE * 2.0**zoom
+    lng = np.asarray(lng, dtype=np.float64)
+    lat = np.radians(np.clip(np.asarray(lat, dtype=np.float64), -MAX_LAT, MAX_LAT))
+    return (lng + 180.0) / 360.0 * scale, (1.0 - np.arcsinh(np.tan(lat)) / np.pi) / 2.0 * scale
+
+
+def world_to_lnglat(x: Any, y: Any, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`lnglat_to_world`: lng/lat in degrees of global pixel coordinates."""
+    scale = TILE_SIZE * 2.0**zoom
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return x / scale * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * y / scale))))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The pixel grid a source's imagery is read in, at one zoom.
+
+    Pixel (c, r) covers [c, c+1) x [r, r+1); x grows right, y down. Subclasses say how
+    pixels map to lng/lat; frames are hashable so they can be part of cache keys.
+
+    Attributes:
+        source: name of the source.
+        zoom: the zoom level asked for.
+        body: "Earth", "Mars", ...
+        crs: lat/lng CRS of that body as text ("EPSG:4326" on Earth).
+        bounds: (x0, y0, x1, y1) pixel extent that holds imagery.
+    """
+
+    source: str
+    zoom: int
+    body: str
+    crs: str
+    bounds: tuple[int, int, int, int]
+
+    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Float frame pixel coordinates (x, y) of lng/lat in degrees."""
+        raise NotImplementedError
+
+    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(lng, lat) in degrees of float frame pixel coordinates."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MercatorFrame(Frame):
+    """The global spherical-mercator pixel grid of an XYZ tile scheme at ``zoom``."""
+
+    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+        return lnglat_to_world(lng, lat, self.zoom)
+
+    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        return world_to_lnglat(x, y, self.zoom)
+
+
+@lru_cache(maxsize=64)
+def _transformer(src: str, dst: str) -> Any:
+    from pyproj import CRS, Transformer
+
+    return Transformer.from_crs(CRS.from_user_input(src), CRS.from_user_input(dst), always_xy=True)
+
+
+@dataclass(frozen=True)
+class RasterFrame(Frame):
+    """A raster's own pixel grid; ``raster_crs`` (WKT) and ``transform`` (affine a..f) place it."""
+
+    raster_crs: str = ""
+    transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+        from affine import Affine
+
+        mx, my = _transformer(self.crs, self.raster_crs).transform(np.asarray(lng, float), np.asarray(lat, float))
+        col, row = ~Affine(*self.transform) * (np.asarray(mx), np.asarray(my))
+        return np.asarray(col, dtype=np.float64), np.asarray(row, dtype=np.float64)
+
+    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        from affine import Affine
+
+        mx, my = Affine(*self.transform) * (np.asarray(x, float), np.asarray(y, float))
+        lng, lat = _transformer(self.raster_crs, self.crs).transform(np.asarray(mx), np.asarray(my))
+        return np.asarray(lng, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+
+
+def check_window(window: Any) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) as ints with x1 > x0 and y1 > y0, or SourceError."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise SourceError(f"a window is four integers (x0, y0, x1, y1), got {window!r}") from None
+    if x1 <= x0 or y1 <= y0:
+        raise SourceError(f"window {window!r} is empty: need x1 > x0 and y1 > y0")
+    if (x1 - x0) * (y1 - y0) > MAX_READ_PIXELS:
+        raise SourceError(f"window {window!r} is too large: at most {MAX_READ_PIXELS} pixels can be read at once")
+    return x0, y0, x1, y1
+
+
+def decode_tile(data: bytes, url: str) -> np.ndarray:
+    """(256, 256, 3) uint8 RGB of an image tile's bytes (resized when not 256 px); FetchError if not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max(img.size) > 4 * TILE_SIZE:
+                raise FetchError(f"tile {url} is {img.size[0]}x{img.size[1]} px, far larger than a {TILE_SIZE} px tile")
+            rgb = img.convert("RGB")
+    except FetchError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise FetchError(f"tile {url} is not an image (its {len(data)} bytes start with {data[:12]!r})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # corrupt data
+        raise FetchError(f"tile {url} is a broken image ({type(exc).__name__}: {exc})") from None
+    if rgb.size != (TILE_SIZE, TILE_SIZE):
+        rgb = rgb.resize((TILE_SIZE, TILE_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3 or 4) uint8 array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class TileCache:
+    """A small thread-safe LRU of tile bytes keyed by URL, so panning re-uses fetched tiles."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = data
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+async def gather_or_cancel(coros: list[Any]) -> list[Any]:
+    """Like ``asyncio.gather`` but the first failure cancels the others (no orphan fetches)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class Source(ABC):
+    """A named imagery source: frames per zoom, windowed reads and base-map tiles."""
+
+    name: str
+    kind: str
+    body: str
+    crs: str
+    min_zoom: int
+    max_zoom: int
+    attribution: str
+
+    def frame(self, zoom: int) -> Frame:
+        """The pixel grid of this source at ``zoom``.
+
+        Raises:
+            SourceError: when ``zoom`` is outside [min_zoom, max_zoom].
+        """
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) \
+                or not self.min_zoom <= zoom <= self.max_zoom:
+            raise SourceError(f"zoom {zoom!r} is outside source {self.name!r}'s range {self.min_zoom}-{self.max_zoom}")
+        return self._frame(int(zoom))
+
+    @abstractmethod
+    def _frame(self, zoom: int) -> Frame: ...
+
+    @abstractmethod
+    async def read(self, frame: Frame, window: tuple[int, int, int, int], client: httpx.AsyncClient) -> np.ndarray:
+        """(y1-y0, x1-x0, 3) uint8 pixels of window (x0, y0, x1, y1) of ``frame``; 0 outside ``frame.bounds``.
+
+        Raises:
+            FetchError: an upstream tile failed (status, timeout, connection, bad image).
+            SourceError: the frame is not this source's or the window is empty.
+        """
+
+    @abstractmethod
+    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> bytes:
+        """One 256 px PNG of the body's spherical-mercator XYZ grid, for the page's base layer."""
+
+    def bounds_lnglat(self) -> list[list[float]] | None:
+        """[[south, west], [north, east]] covered, or None for the whole body."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /sources`` tells the page about this source."""
+        return {
+            "name": self.name, "kind": self.kind, "body": self.body, "crs": self.crs,
+            "min_zoom": self.min_zoom, "max_zoom": self.max_zoom, "attribution": self.attribution,
+            "tiles": f"/tiles/{self.name}/{{z}}/{{x}}/{{y}}.png", "bounds": self.bounds_lnglat(),
+        }
+
+    def _check_frame(self, frame: Frame) -> None:
+        if frame.source != self.name:
+            raise SourceError(f"frame of source {frame.source!r} was given to source {self.name!r}")
+
+    def _check_tile(self, z: int, x: int, y: int) -> None:
+        self.frame(z)
+        n = 2**z
+        if not (0 <= x < n and 0 <= y < n):
+            raise SourceError(f"tile {z}/{x}/{y} does not exist: at zoom {z}, x and y run from 0 to {n - 1}")
+
+
+class XYZSource(Source):
+    """A configured XYZ tile server, read through a small in-memory tile cache.
+
+    Args:
+        name: source name.
+        url: template with ``{z}``, ``{x}``, ``{y}`` and optionally ``{s}`` (a subdomain).
+        attribution: text the map must show.
+        min_zoom, max_zoom: zoom range served.
+        subdomains: values of ``{s}``, chosen per tile so a tile always has the same URL.
+        body, crs: the body the tiles show and its lat/lng CRS.
+        timeout_s: limit for one tile, connection to last byte.
+        concurrency: tiles fetched at once (per event loop).
+        cache_tiles: tiles kept in memory.
+        user_agent: sent with each request.
+    """
+
+    kind = "xyz"
+
+    def __init__(self, name: str, url: str, *, attribution: str = "", min_zoom: int = 0, max_zoom: int = 19,
+                 subdomains: tuple[str, ...] | list[str] = ("a", "b", "c"), body: str = "Earth",
+                 crs: str = "EPSG:4326", timeout_s: float = 10.0, concurrency: int = 8, cache_tiles: int = 512,
+                 user_agent: str = "samadapt") -> None:
+        self.name, self.url, self.attribution = name, url, attribution
+        self.min_zoom, self.max_zoom = min_zoom, max_zoom
+        self.subdomains = tuple(subdomains) or ("a",)
+        self.body, self.crs = body, crs
+        self.timeout_s, self.concurrency, self.user_agent = float(timeout_s), int(concurrency), user_agent
+        self.cache = TileCache(cache_tiles)
+        self._semaphores: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _frame(self, zoom: int) -> Frame:
+        side = TILE_SIZE * 2**zoom
+        return MercatorFrame(self.name, zoom, self.body, self.crs, (0, 0, side, side))
+
+    def tile_url(self, z: int, x: int, y: int) -> str:
+        """The URL of tile (z, x, y), from the configured template only."""
+        sub = self.subdomains[(x + y) % len(self.subdomains)]
+        return self.url.replace("{z}", str(z)).replace("{x}", str(x)).replace("{y}", str(y)).replace("{s}", sub)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._semaphores.get(loop)
+            if sem is None:
+                sem = self._semaphores[loop] = asyncio.Semaphore(self.concurrency)
+            return sem
+
+    async def fetch_tile(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> tuple[str, bytes]:
+        """(url, bytes) of one tile, from the cache or the server.
+
+        Raises:
+            FetchError: naming the URL and why (status, timeout, connection, size).
+        """
+        url = self.tile_url(z, x, y)
+        data = self.cache.get(url)
+        if data is not None:
+            return url, data
+        async with self._semaphore():
+            data = self.cache.get(url)  # filled by another request while this one waited
+            if data is None:
+                try:
+                    data = await asyncio.wait_for(self._get(url, client), self.timeout_s)
+                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    raise FetchError(f"tile {url} timed out after {self.timeout_s:g} s") from None
+                except httpx.HTTPError as exc:
+                    raise FetchError(f"tile {url} could not be fetched ({type(exc).__name__}: {exc})") from None
+                self.cache.put(url, data)
+        return url, data
+
+    async def _get(self, url: str, client: httpx.AsyncClient) -> bytes:
+        headers = {"User-Agent": self.user_agent, "Accept": "image/png,image/jpeg,image/*"}
+        async with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(self.timeout_s),
+                                 follow_redirects=True) as resp:
+            if resp.status_code != 200:
+                raise FetchError(f"tile {url} returned HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_TILE_BYTES:
+                    raise FetchError(f"tile {url} is larger than {MAX_TILE_BYTES // 2**20} MiB")
+                chunks.append(chunk)
+        if not size:
+            raise FetchError(f"tile {url} is empty")
+        return b"".join(chunks)
+
+    def _decode(self, url: str, data: bytes) -> np.ndarray:
+        try:
+            return decode_tile(data, url)
+        except FetchError:
+            self.cache.pop(url)  # never serve the same bad bytes again
+            raise
+
+    async def read(self, frame: Frame, window: tuple[int, int, int, int], client: httpx.AsyncClient) -> np.ndarray:
+        self._check_frame(frame)
+        x0, y0, x1, y1 = check_window(window)
+        z, n = frame.zoom, 2**frame.zoom
+        tx = range(max(0, x0 // TILE_SIZE), min(n - 1, (x1 - 1) // TILE_SIZE) + 1)
+        ty = range(max(0, y0 // TILE_SIZE), min(n - 1, (y1 - 1) // TILE_SIZE) + 1)
+        keys = [(x, y) for y in ty for x in tx]
+        fetched = await gather_or_cancel([self.fetch_tile(z, x, y, client) for x, y in keys])
+        return await asyncio.to_thread(self._stitch, (x0, y0, x1, y1), keys, fetched)
+
+    def _stitch(self, window: tuple[int, int, int, int], keys: list[tuple[int, int]],
+                fetched: list[tuple[str, bytes]]) -> np.ndarray:
+        x0, y0, x1, y1 = window
+        out = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        for (tx, ty), (url, data) in zip(keys, fetched):
+            tile = self._decode(url, data)
+            left, top = tx * TILE_SIZE, ty * TILE_SIZE
+            ax0, ay0 = max(x0, left), max(y0, top)
+            ax1, ay1 = min(x1, left + TILE_SIZE), min(y1, top + TILE_SIZE)
+            out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = tile[ay0 - top:ay1 - top, ax0 - left:ax1 - left]
+        return out
+
+    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> bytes:
+        self._check_tile(z, x, y)
+        url, data = await self.fetch_tile(z, x, y, client)
+        tile = self._decode(url, data)
+        return data if data.startswith(b"\x89PNG\r\n\x1a\n") else encode_png(tile)
+
+
+def lookup_source(sources: dict[str, Source], name: str) -> Source:
+    """The configured source called ``name``; SourceError naming the available ones otherwise."""
+    source = sources.get(name) if isinstance(name, str) else None
+    if source is None:
+        shown = name[:64] if isinstance(name, str) else name
+        raise SourceError(f"unknown source {shown!r}; configured sources are {sorted(sources)}")
+    return source
+
+
+def build_sources(settings: ServiceSettings) -> dict[str, Source]:
+    """The sources named in ``settings``, built once at start-up (local files are opened to check them).
+
+    Raises:
+        InputFileError: a local source's file is missing or not a georeferenced raster.
+    """
+    from samadapt.service.local_source import LocalSource
+
+    sources: dict[str, Source] = {}
+    for name, spec in settings.sources.items():
+        if spec["type"] == "xyz":
+            sources[name] = XYZSource(
+                name, spec["url"], attribution=spec["attribution"], min_zoom=spec["min_zoom"],
+                max_zoom=spec["max_zoom"], subdomains=spec["subdomains"], body=spec["body"], crs=spec["crs"],
+                timeout_s=settings.fetch_timeout_s, concurrency=settings.tile_concurrency,
+                cache_tiles=settings.tile_cache_tiles, user_agent=settings.user_agent,
+            )
+        else:
+            sources[name] = LocalSource(name, spec["path"], attribution=spec["attribution"],
+                                        min_zoom=spec["min_zoom"], max_zoom=spec["max_zoom"])
+    return sources
+
+
+__all__ = [
+    "TILE_SIZE",
+    "FetchError",
+    "Frame",
+    "LocalSource",  # noqa: F822 (provided by __getattr__ below)
+    "MercatorFrame",
+    "RasterFrame",
+    "Source",
+    "SourceError",
+    "XYZSource",
+    "build_sources",
+    "lnglat_to_world",
+    "lookup_source",
+    "world_to_lnglat",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # LocalSource (rasterio, pyproj) lives in local_source.py, which imports this module; importing it
+    # lazily here keeps ``from samadapt.service.sources import LocalSource`` working without a cycle.
+    if name == "LocalSource":
+        from samadapt.service.local_source import LocalSource
+
+        return LocalSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
