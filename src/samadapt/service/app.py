@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -216,10 +216,6 @@ def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Any = N
         """Bearer token check, in constant time, when the server has a token."""
         verify(bearer(request))
 
-    def check_tile_token(request: Request, token: str | None = Query(None, description="The bearer token, for "
-                         "<img> requests that cannot send headers (only when the server has a token).")) -> None:
-        verify(bearer(request) or token or "")
-
     auth = [Depends(check_token)]
 
     @app.exception_handler(RequestValidationError)
@@ -284,7 +280,7 @@ def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Any = N
         """The configured imagery sources; nothing else can be fetched."""
         return {"default": settings.default_source, "sources": [s.describe() for s in sources.values()]}
 
-    @app.get("/tiles/{source}/{z}/{x}/{y}.png", dependencies=[Depends(check_tile_token)], response_class=Response,
+    @app.get("/tiles/{source}/{z}/{x}/{y}.png", dependencies=auth, response_class=Response,
              responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorResponse}})
     async def tile(source: str, z: int, x: int, y: int, request: Request) -> Response:
         """One 256 px base-map tile of a configured source (web-mercator XYZ scheme of its body)."""
