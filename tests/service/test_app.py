@@ -223,7 +223,8 @@ def test_token_guards_the_api_but_not_the_page(segmenter: Segmenter, tiles: Any)
         ok = {"Authorization": "Bearer s3cret"}
         assert c.post("/segment", json=payload(), headers=ok).status_code == 200
         assert c.get("/sources", headers=ok).status_code == 200
-        assert c.get(f"/tiles/tiles/{ZOOM}/2161/1473.png", params={"token": "s3cret"}).status_code == 200
+        assert c.get(f"/tiles/tiles/{ZOOM}/2161/1473.png", params={"token": "s3cret"}).status_code == 401
+        assert c.get(f"/tiles/tiles/{ZOOM}/2161/1473.png", headers=ok).status_code == 200  # never in URLs
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
 
 
