@@ -1,79 +1,168 @@
-"""Seconds per 1024x1024 image through the encoder, against transformers' plain fp32 call.
+"""Seconds per 1024x1024 image through each encoder runtime, against transformers' plain fp32 call.
 
-Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny); timing does
-not depend on the weights' values. Each row is timed in the same run as its baseline:
+Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny), drawn with a
+1/sqrt(fan-in) scale so activations (and the fidelity column) look like a trained model's;
+timing does not depend on the values. Every path is timed in the same run as the baseline,
+in interleaved rounds (baseline, path A, path B, ... then again), so a busy machine slows
+all of them alike; the first round is a warm-up and each figure is the best later round.
 
     .venv/bin/python benchmarks/encoder.py [--repeats 2] [--models sam-vit-base,sam2.1-hiera-tiny]
+                                           [--compile] [--onnx]
 
-Columns: the plain ``model.get_image_embeddings`` call (baseline), samadapt's ``Segmenter.embed``
-on a new image (preprocess + encode + cache write), a disk cache hit (new process: nothing in
-memory) and a memory cache hit; each with its ratio to the baseline (lower is faster).
+Columns: seconds per image, ratio to the plain call (higher is faster), achieved GFLOP/s
+(FLOPs from torch's FlopCounterMode on the encoder) and its share of this machine's peak
+(a 2048^3 matmul of the same precision timed in this run), and the relative error of the
+embedding against the plain call. Then batch 2 against batch 1 for the best path, and one
+line per model: ``speedup <model> <best ratio>``. ``--compile`` adds torch.compile (its
+first call, the compile, is reported apart; several minutes for ViT-B on 2 cores, so it is
+off by default), ``--onnx`` adds ONNX Runtime (export once, cached under $SAMADAPT_HOME).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from samadapt.cache import EmbeddingCache
 from samadapt.models.loading import load_model
-from samadapt.segment import Segmenter
+from samadapt.models.speed import apply_runtime, cpu_info, threads_for
+
+CONFIGS = {"sam-vit-base": "SamConfig", "sam2.1-hiera-tiny": "Sam2Config"}  # defaults = these architectures
+
+
+def config(name: str):
+    import transformers
+
+    return getattr(transformers, CONFIGS[name])()
 
 
 def build(name: str, root: Path) -> Path:
-    from transformers import AutoModel, Sam2Config, SamConfig
-
-    config = {"sam-vit-base": SamConfig, "sam2.1-hiera-tiny": Sam2Config}[name]()  # defaults = these architectures
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config).eval()
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config(name)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
     model.save_pretrained(root / name)
     return root / name
 
 
-def best_of(fn, repeats: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeats):
+def encoder_flops(name: str) -> int:
+    """FLOPs of one 1024 px image through ``get_image_embeddings``, counted on the meta device."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config(name), attn_implementation="eager").eval()
+        x = torch.empty(1, 3, 1024, 1024)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.get_image_embeddings(x)
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n^3 matrix product in ``dtype`` (best of ``repeats``)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _main_tensor(out: object) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    return _main_tensor(out[-1] if isinstance(out, list) else out[0])  # sam2: last; sam-hq: first
+
+
+def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str, float]) -> float:
+    plain = load_model(build(name, root))
+    fast = load_model(root / name)
+    paths: dict[str, Callable[[torch.Tensor], object]] = {"plain fp32 (baseline)": plain.model.get_image_embeddings}
+    specs = ["fp32,fused", "bf16,no-fused", "bf16,fused"] if plain.family != "sam2" else ["bf16"]
+    precision_of = {"plain fp32 (baseline)": "fp32"}
+    for spec in specs:
+        target = plain if "no-fused" in spec else fast
+        rt = apply_runtime(target, spec)
+        paths[rt.tag] = rt
+        precision_of[rt.tag] = rt.precision
+    notes = []
+    if args.onnx:
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        rt = apply_runtime(load_model(root / name), "onnx")
+        paths[rt.tag], precision_of[rt.tag] = rt, "fp32"
+        notes.append(f"onnx export + session: {time.perf_counter() - t:.1f} s (once; cached)")
+    if args.compile:
+        rt = apply_runtime(load_model(root / name), "bf16,compile")
+        t = time.perf_counter()
+        with torch.inference_mode():
+            rt(torch.randn(1, 3, 1024, 1024))
+        notes.append(f"torch.compile first call: {time.perf_counter() - t:.1f} s")
+        paths[rt.tag], precision_of[rt.tag] = rt, "bf16"
+    else:
+        notes.append("torch.compile skipped (its first call takes minutes on 2 cores; add --compile)")
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    outs: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for _ in range(args.repeats + 1):
+            for key, fn in paths.items():
+                t = time.perf_counter()
+                outs[key] = _main_tensor(fn(x))
+                times[key].append(time.perf_counter() - t)
+    flops = encoder_flops(name)
+    best = {k: min(v[1:]) for k, v in times.items()}
+    base = best["plain fp32 (baseline)"]
+    ref = outs["plain fp32 (baseline)"]
+    print(f"\n{name}: {flops / 1e12:.3f} TFLOP per image")
+    print(f"{'path':28s} {'s/image':>8s} {'ratio':>6s} {'GFLOP/s':>8s} {'of peak':>8s} {'rel err':>8s}")
+    for key, sec in best.items():
+        gflops = flops / sec / 1e9
+        err = float((outs[key] - ref).norm() / ref.norm())
+        print(f"{key:28s} {sec:8.2f} {base / sec:6.2f} {gflops:8.0f} {gflops / peaks[precision_of[key]]:8.0%} {err:8.1e}")
+    winner = min(best, key=best.get)
+    x2 = torch.cat([x, x])
+    with torch.inference_mode():
+        per_image_2 = min(_timed(lambda: paths[winner](x2)) for _ in range(max(1, args.repeats - 1))) / 2
+    print(f"batching ({winner}): batch 1 {best[winner]:.2f} s/image, batch 2 {per_image_2:.2f} s/image")
+    for note in notes:
+        print(f"note: {note}")
+    return base / best[winner]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after the warm-up round")
     parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow first call)")
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rng = np.random.default_rng(0)
+    torch.set_num_threads(threads_for(1))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_info().describe()}")
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    ratios = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        print(f"{'model':20s} {'plain fp32 s':>12s} {'embed s':>9s} {'ratio':>6s} {'disk hit s':>10s} {'ratio':>7s} "
-              f"{'mem hit s':>9s} {'ratio':>8s}")
         for name in args.models.split(","):
-            loaded = load_model(build(name, root))
-            x = torch.randn(1, 3, 1024, 1024)
-            with torch.inference_mode():
-                loaded.model.get_image_embeddings(x)  # warm-up
-                base = best_of(lambda: loaded.model.get_image_embeddings(x), args.repeats)
-            images = [rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8) for _ in range(args.repeats)]
-            seg = Segmenter(loaded, cache=EmbeddingCache(root / "cache"))
-            it = iter(images)
-            embed = best_of(lambda: seg.embed(next(it)), args.repeats)
-            disk_cache = EmbeddingCache(root / "cache", memory_items=0)
-            seg_disk = Segmenter(loaded, cache=disk_cache)
-            disk = best_of(lambda: seg_disk.embed(images[0]), max(args.repeats, 3))
-            mem = best_of(lambda: seg.embed(images[0]), max(args.repeats, 3))
-            print(f"{name:20s} {base:12.3f} {embed:9.3f} {embed / base:6.2f} {disk:10.4f} {disk / base:7.4f} "
-                  f"{mem:9.4f} {mem / base:8.5f}")
+            ratios[name] = bench_model(name, Path(tmp), args, peaks)
+    print()
+    for name, ratio in ratios.items():
+        print(f"speedup {name} {ratio:.1f}")
 
 
 if __name__ == "__main__":

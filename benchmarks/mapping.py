@@ -1,12 +1,14 @@
 """Peak memory and time per tile of mapping square rasters, and Dask throughput.
 
-    .venv/bin/python benchmarks/mapping.py [--sizes 2048,8192,16384] [--workers 1,2]
+    .venv/bin/python benchmarks/mapping.py [--sizes 2048,8192,16384] [--workers 1,2] [--batches 4]
 
 Each size runs in its own process (so its peak RSS is its own) with the tiny random
 domain-decoder model (tile 256). Printed as ratios to the smallest raster, measured in the
 same run: memory ratio (target about 1.0: memory must not grow with the raster) and time
-per tile ratio (about 1.0). Then tiles per second with 1 and 2 Dask workers on the smallest
-size, as a ratio to the in-process run.
+per tile ratio (about 1.0), and where the time per tile goes (read, predict, accumulate into
+the scratch file, flush it, write the outputs). Then tiles per second with a batch of tiles
+per model pass, and with 1 and 2 Dask workers, on the smallest size, as ratios to the
+in-process run.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ def _setup(root: Path) -> Path:
     return save_adapter(build_method("domain-decoder", load_model(model), width=16), root / "adapter", overwrite=True)
 
 
-def child(size: int, root: Path, scheduler: str) -> None:
+#: Mapping phases: the functions whose cumulative time the profile of a run reports.
+PHASES = {"read": "read_tile", "predict": "_predict_samples", "accumulate": "at",
+          "scratch flush": "release", "outputs": "_write_outputs"}
+
+
+def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
+    import cProfile
+    import pstats
+
     from samadapt.adapter import load_adapter
     from samadapt.mapping import MapOptions, dask_client, predict_raster
 
@@ -53,20 +63,27 @@ def child(size: int, root: Path, scheduler: str) -> None:
     if not raster.exists():
         _raster(raster, size)
     adapter = load_adapter(root / "adapter")
+    adapter.predict(np.zeros((64, 64, 3), np.uint8))  # warm-up: lazy initialisation is not a per-tile cost
     client = dask_client(scheduler)
+    profile = cProfile.Profile()
     t = time.perf_counter()
+    profile.enable()
     result = predict_raster(adapter, raster, root / f"out_{size}_{scheduler.replace(':', '')}",
-                            MapOptions(polygons=None, overwrite=True), client=client)
+                            MapOptions(polygons=None, overwrite=True, batch_size=batch_size), client=client)
+    profile.disable()
     seconds = time.perf_counter() - t
     if client is not None:
         client.close()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    phases = {name: sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith("mapping.py"))
+              for name, fn in PHASES.items()}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb, "phases": phases}))
 
 
-def run(size: int, root: Path, scheduler: str = "local") -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(size), "--root", str(root), "--scheduler", scheduler],
-                         capture_output=True, text=True, check=True)
+def run(size: int, root: Path, scheduler: str = "local", batch_size: int = 1) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", str(size), "--root", str(root), "--scheduler", scheduler,
+                          "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,9 +94,11 @@ def main() -> None:
     parser.add_argument("--child", type=int)
     parser.add_argument("--root", type=Path)
     parser.add_argument("--scheduler", default="local")
+    parser.add_argument("--batch-size", type=int, default=1, help="tiles per model pass (child runs)")
+    parser.add_argument("--batches", default="4", help="batch sizes compared with 1 on the smallest raster")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.root, args.scheduler)
+        child(args.child, args.root, args.scheduler, args.batch_size)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -92,8 +111,16 @@ def main() -> None:
             print(f"{r['size']:6d} {r['tiles']:6d} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
                   f"{r['peak_mb'] / base['peak_mb']:12.2f} "
                   f"{(r['seconds'] / r['tiles']) / (base['seconds'] / base['tiles']):15.2f}")
+        print("ms per tile by phase (cumulative profile; phases overlap: predict includes the encoder)")
+        print(f"{'size':>6s} " + " ".join(f"{p:>13s}" for p in PHASES))
+        for r in rows:
+            print(f"{r['size']:6d} " + " ".join(f"{1000 * r['phases'][p] / r['tiles']:13.2f}" for p in PHASES))
         local_tps = base["tiles"] / base["seconds"]
-        for n in [int(w) for w in args.workers.split(",")]:
+        for b in [int(x) for x in args.batches.split(",") if x]:
+            r = run(sizes[0], root, batch_size=b)
+            tps = r["tiles"] / r["seconds"]
+            print(f"batch {b} tiles per model pass: {tps:.1f} tiles/s (ratio to batch 1 {tps / local_tps:.2f})")
+        for n in [int(w) for w in args.workers.split(",") if w]:
             r = run(sizes[0], root, f"processes:{n}")
             tps = r["tiles"] / r["seconds"]
             print(f"dask {n} worker(s): {tps:.1f} tiles/s (ratio to in-process {tps / local_tps:.2f})")

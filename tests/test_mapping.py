@@ -10,12 +10,20 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from conftest import shared_data
 from rasterio.transform import from_origin
 
-from conftest import shared_data
 from samadapt.adapter import Prediction, load_adapter, save_adapter
+from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Preprocessing
-from samadapt.mapping import MapOptions, blend_window, predict_raster, predict_rasters, raster_limits, read_tile
+from samadapt.mapping import (
+    MapOptions,
+    blend_window,
+    predict_raster,
+    predict_rasters,
+    raster_limits,
+    read_tile,
+)
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
 
@@ -34,7 +42,7 @@ class PixelAdapter:
         self.method = SimpleNamespace(num_classes=2, preprocessing=Preprocessing(size=tile))
         self.calls = 0
 
-    def predict_sample(self, sample):  # noqa: ANN001, ANN201
+    def predict_sample(self, sample):
         self.calls += 1
         p = sample.pixels[:, :, 0].astype(np.float32) / 255.0
         labels = (p > 0.5).astype(np.uint8)
@@ -152,6 +160,10 @@ def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypat
     code, text = cli("predict", str(ad), str(tmp_path / "t*.tif"), "--out", str(tmp_path / "maps"))
     assert code == 0, text
     assert (tmp_path / "maps" / "t0_classes.tif").is_file() and (tmp_path / "maps" / "t1_polygons.gpkg").is_file()
+    # tiles are seen once: their embeddings (4 MB each with ViT-B) must not fill the disk cache
+    from samadapt._home import embeddings_dir
+
+    assert not list(embeddings_dir().rglob("*.safetensors"))
     code, text = cli("predict", str(ad), str(tmp_path / "t0.tif"), str(tmp_path / "bad.tif"), "--out",
                      str(tmp_path / "maps"))
     assert code == 1 and "skipped" in text and "failed" in text
@@ -210,8 +222,9 @@ def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
 def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import samadapt.segment as segment_module
     from conftest import box_decoder
+
+    import samadapt.segment as segment_module
     from samadapt.cli import main
     from samadapt.mapping_prompted import predict_prompted_raster
     from samadapt.prompts import box
@@ -254,3 +267,30 @@ def test_cog_and_probability_outputs(tmp_path: Path) -> None:
     assert probs.shape == (2, 300, 300)
     valid = _disc_image(300, 300) != 0
     assert np.abs(probs[0].astype(int) + probs[1].astype(int) - 255)[valid].max() <= 1  # they sum to one
+
+
+@pytest.mark.parametrize("method_name", ["domain-decoder", "unet"])
+def test_batched_tiles_equal_one_tile_at_a_time(method_name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    method = build_method(method_name, load_model(tiny_models["sam"]), **({"width": 16} if method_name != "unet" else {}))
+    ad = load_adapter(save_adapter(method, tmp_path / "ad"))
+    calls: list[int] = []
+    batched_predict = ad.predict_samples
+    ad.predict_samples = lambda samples: calls.append(len(samples)) or batched_predict(samples)  # type: ignore[method-assign]
+    outputs = {}
+    for batch in (1, 3):
+        options = MapOptions(polygons=None, overlap=32, probabilities=True, batch_size=batch)
+        outputs[batch] = predict_raster(ad, raster, tmp_path / f"b{batch}", options)
+    assert max(calls) == 3  # tiles really went through the model three at a time
+    assert outputs[1].tiles == outputs[3].tiles > 3
+    with rasterio.open(outputs[1].outputs["classes"]) as a, rasterio.open(outputs[3].outputs["classes"]) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    # batched matrix products round differently in the last float bits: at most one level of 255
+    with rasterio.open(outputs[1].outputs["probabilities"]) as a, rasterio.open(outputs[3].outputs["probabilities"]) as b:
+        assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1
+
+
+def test_batch_size_must_be_positive(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", _disc_image())
+    with pytest.raises(InputError, match="--batch-size must be at least 1, got 0"):
+        predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(batch_size=0))

@@ -37,6 +37,10 @@ err = Console(stderr=True)
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name, model folder or Meta .pth file.")]
 BandsOpt = Annotated[Optional[str], typer.Option("--bands", help="1-based bands to use, e.g. 4,3,2 (1 or 3 bands).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
+RuntimeOpt = Annotated[str, typer.Option("--runtime", help="Encoder runtime: auto, or a comma list of fp32|bf16, "
+                                         "fused|no-fused, compile, onnx, threads=N (see `samadapt info`).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="Encoder precision: auto, fp32 or bf16 "
+                                                     "(overrides --runtime).")]
 
 
 _STATE = {"debug": False}
@@ -51,6 +55,29 @@ def _read(path: Path, bands: str | None):  # noqa: ANN202
     from samadapt.imagery.read import parse_bands, read_image
 
     return read_image(path, bands=parse_bands(bands) if bands else None)
+
+
+def _runtime(runtime: str, precision: str | None):  # noqa: ANN202
+    """RuntimeOptions from --runtime and --precision; bad values raise InputError (exit 2)."""
+    from dataclasses import replace
+
+    from samadapt.models.speed import RuntimeOptions
+
+    opts = RuntimeOptions.parse(runtime)
+    if precision is None:
+        return opts
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    return replace(opts, precision=precision)
+
+
+def _apply_runtime(adapter: object, runtime: object) -> None:
+    """Run the encoder of an adapter's base model with the chosen runtime."""
+    base = getattr(getattr(adapter, "method", None), "base", None)
+    if base is not None and runtime is not None:
+        from samadapt.models.speed import apply_runtime
+
+        apply_runtime(base, runtime)  # type: ignore[arg-type]
 
 
 def _warn_untrusted(trusted: bool) -> None:
@@ -78,12 +105,15 @@ def segment(
     min_area: Annotated[int, typer.Option("--min-area", help="Drop polygons smaller than this many pixels.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
 ) -> None:
     """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
     from samadapt.outputs import write_segmentation
     from samadapt.prompt_io import prompts_from_cli, read_prompt_file
     from samadapt.segment import Segmenter
 
+    encoder_runtime = _runtime(runtime, precision)
     suffixes = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
     for p in out_paths:
         if p.suffix.lower() not in suffixes:
@@ -100,7 +130,7 @@ def segment(
         raise InputError("--everything takes no prompts; drop --box/--point/--prompts or --everything")
     if not everything and not objects:
         raise InputError("give at least one --box, --point or --prompts file, or --everything")
-    segmenter = Segmenter(model, device=device)
+    segmenter = Segmenter(model, device=device, runtime=encoder_runtime)
     if everything:
         from samadapt.automatic import AutomaticOptions
 
@@ -128,18 +158,21 @@ def embed(
     bands: BandsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 1,
     device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
 ) -> None:
     """Precompute and cache image embeddings, so later prompts cost only the decoder."""
     from rich.progress import Progress
 
     from samadapt.segment import Segmenter
 
+    encoder_runtime = _runtime(runtime, precision)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     for p in images:
         if not p.exists():
             raise InputError(f"image file not found: {p}")
-    segmenter = Segmenter(model, device=device)
+    segmenter = Segmenter(model, device=device, runtime=encoder_runtime)
     _ = segmenter.loaded
     hits = 0
     with Progress(console=err) as progress:
@@ -531,6 +564,8 @@ def predict_cmd(
                                                  "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option(help="Tiles per pass of the model (in-process mapping).")] = 1,
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
 ) -> None:
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress
@@ -540,13 +575,18 @@ def predict_cmd(
 
     if vector not in ("gpkg", "geojson", "none"):
         raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
+    encoder_runtime = _runtime(runtime, precision)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     paths = expand_inputs(rasters)
     if prompts is not None or rough is not None:
         _predict_prompted(adapter, paths, out_dir, prompts, rough, MapOptions(
             tile=tile, probabilities=probabilities, cog=cog, polygons=None if vector == "none" else vector,
-            min_area=min_area, simplify=simplify, overwrite=overwrite), model, device)  # type: ignore[arg-type]
+            min_area=min_area, simplify=simplify, overwrite=overwrite), model, device,  # type: ignore[arg-type]
+            runtime=encoder_runtime)
         return
     ad = load_adapter(adapter, base=model, device=device)
+    _apply_runtime(ad, encoder_runtime)
     if ad.needs_prompts:
         raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter adapter")
     gsd = None
@@ -557,7 +597,7 @@ def predict_cmd(
             raise InputError(f"--tile-gsd takes a distance per pixel like 0.5m, got {tile_gsd!r}") from None
     options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog, tile_gsd=gsd,
                          polygons=None if vector == "none" else vector, min_area=min_area, simplify=simplify,
-                         overwrite=overwrite)  # type: ignore[arg-type]
+                         overwrite=overwrite, batch_size=batch_size)  # type: ignore[arg-type]
     client = dask_client(scheduler)
     try:
         with Progress(console=err) as bar:
@@ -583,7 +623,7 @@ def _report_maps(results: list, count: str) -> None:
 
 
 def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path | None, rough: str | None,
-                      options: object, model: str | None, device: str) -> None:
+                      options: object, model: str | None, device: str, runtime: object = None) -> None:
     from samadapt.mapping import MapResult
     from samadapt.mapping_prompted import predict_prompted_raster, rough_prompts
     from samadapt.prompt_io import read_prompt_file
@@ -594,10 +634,11 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
         from samadapt.adapter import load_adapter
 
         predictor: object = load_adapter(ref, base=model, device=device)
+        _apply_runtime(predictor, runtime)
     else:
         from samadapt.segment import Segmenter
 
-        predictor = Segmenter(str(ref), device=device)
+        predictor = Segmenter(str(ref), device=device, runtime=runtime)  # type: ignore[arg-type]
     parts = []
     if rough is not None:
         try:
@@ -622,19 +663,72 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
 
 
 @app.command()
-def info() -> None:
-    """Show versions, threads, devices and where samadapt keeps its files."""
+def serve(
+    model: ModelOpt = "sam-vit-base",
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="Adapter folder: enables POST /map (class polygons).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; the default only accepts this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")] = 8000,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON service settings (sources, limits, token).")] = None,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="NAME=file.tif or NAME=https://host/{z}/{x}/{y}.png (repeatable).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Embedding reuse: grid (cells of the model input) or view (per view, as SamGIS).")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Serve prompted segmentation on a web map: SamGIS-compatible POST /segment and a browser page."""
+    from samadapt.service.server import build_service, run
+
+    service = build_service(model, adapter=adapter, config=config, sources=source or (), mode=mode, device=device)
+    _warn_untrusted(service.state.loaded.trusted)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[bold yellow]NOTE: listening on {host}: other machines can reach this service; "
+                  "set a token (SAMADAPT_TOKEN) unless the network is trusted.[/]")
+
+    def ready(url: str) -> None:
+        out.print(f"samadapt serving on {url}  (page: {url}/, API docs: {url}/docs); Ctrl+C to stop", highlight=False)
+
+    run(service, host=host, port=port, on_ready=ready)
+
+
+def _family_and_size(model: str) -> tuple[str, int]:
+    """Family and input size of a model reference, read without loading the weights."""
+    import json
+
+    from samadapt.models.loading import family_of_folder
+    from samadapt.models.registry import REGISTRY
+
+    if model in REGISTRY:
+        return REGISTRY[model].family, 1024
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"--model {model} is neither a registry name nor a model folder with a config.json")
+    size = json.loads((folder / "config.json").read_text()).get("prompt_encoder_config", {}).get("image_size", 1024)
+    return family_of_folder(folder), int(size[0] if isinstance(size, list) else size)
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose encoder runtime to show "
+                                       "(registry name or folder; not loaded).")] = "sam-vit-base",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
+) -> None:
+    """Show versions, the CPU, the encoder runtime chosen for it, threads, and where files go."""
     import torch
     import transformers
 
     from samadapt import __version__
     from samadapt._home import samadapt_home
+    from samadapt.models.speed import cpu_info, resolve
 
+    family, size = _family_and_size(model)
+    rt = resolve(_runtime(runtime, precision), family, size)
     table = Table("", "")
     table.add_row("samadapt", __version__)
     table.add_row("torch", torch.__version__)
     table.add_row("transformers", transformers.__version__)
-    table.add_row("torch threads", str(torch.get_num_threads()))
+    table.add_row("CPU capability", cpu_info().describe())
+    table.add_row("encoder runtime", f"{rt.tag} for {model} ({size} px)")
+    table.add_row("why", "; ".join(rt.reasons) or "as asked")
+    table.add_row("threads", f"{rt.threads} for the encoder (torch now: {torch.get_num_threads()})")
     table.add_row("CUDA", "yes" if torch.cuda.is_available() else "no")
     table.add_row("home", str(samadapt_home()))
     out.print(table)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ class MapOptions:
         tile_gsd: ground sampling distance (map units per pixel, e.g. 0.5 for 0.5 m) the model
             sees: tiles are resampled to it and predictions resampled back, so results do not
             depend on the raster's own resolution or extent.
+        batch_size: tiles per pass of the model (in-process runs); results do not depend on it.
     """
 
     tile: int | None = None
@@ -63,6 +65,7 @@ class MapOptions:
     simplify: float = 0.0
     overwrite: bool = False
     tile_gsd: float | None = None
+    batch_size: int = 1
 
 
 @dataclass
@@ -238,6 +241,8 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
     overlap = options.overlap if options.overlap is not None else tile // 8
     if not 0 <= overlap < tile:
         raise InputError(f"overlap must be at least 0 and smaller than the tile ({tile}), got {overlap}")
+    if options.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.tile_gsd is not None and not options.tile_gsd > 0:
         raise InputError(f"--tile-gsd must be a positive ground distance per pixel, got {options.tile_gsd}")
     try:
@@ -248,7 +253,7 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
     scratch.mkdir(exist_ok=True)
     result = MapResult(raster)
     try:
-        with ds:
+        with ds, tile_embeddings_in_memory(adapter, options.batch_size):
             bands = _bands_for(ds, adapter.bands)
             limits = raster_limits(ds, bands)
             h, w = ds.height, ds.width
@@ -262,7 +267,8 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
             rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
             windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
             for n, (win, out) in enumerate(
-                _tile_predictions(adapter, ds, raster, windows, bands, limits, client, scale), start=1
+                _tile_predictions(adapter, ds, raster, windows, bands, limits, client, scale, options.batch_size),
+                start=1,
             ):
                 if out is None:
                     result.skipped_tiles += 1
@@ -286,12 +292,47 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
     return result
 
 
+@contextmanager
+def tile_embeddings_in_memory(adapter: Any, batch_size: int = 1) -> Iterator[None]:
+    """Keep the tiles' embeddings in memory while mapping, instead of the disk cache.
+
+    Each tile is seen once, and a ViT-B embedding is about 4 MB: a 16384² raster would write
+    some 20 GB to ``$SAMADAPT_HOME/embeddings`` for nothing. The adapter's own cache comes
+    back afterwards.
+    """
+    method = adapter.method
+    saved = getattr(method, "_segmenter", None)
+    _use_memory_cache(method, batch_size)
+    try:
+        yield
+    finally:
+        object.__setattr__(method, "_segmenter", saved)
+
+
+def _use_memory_cache(method: Any, batch_size: int) -> None:
+    """Give a method's frozen encoder an in-memory embedding cache (see tile_embeddings_in_memory)."""
+    from samadapt.cache import EmbeddingCache
+    from samadapt.segment import Segmenter
+
+    if getattr(method, "base", None) is None:  # a stand-in without a SAM encoder
+        return
+    memory = EmbeddingCache(persist=False, memory_items=max(4, batch_size))
+    object.__setattr__(method, "_segmenter", Segmenter(method.base, cache=memory))
+
+
 def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window], bands: tuple[int, ...],
-                      limits: np.ndarray | None, client: Any, scale: float = 1.0):  # noqa: ANN202
+                      limits: np.ndarray | None, client: Any, scale: float = 1.0,
+                      batch_size: int = 1):
     """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
     if client is None:
-        for win in windows:
-            yield win, _predict_window(adapter, ds, win, bands, limits, raster.stem, scale)
+        for start in range(0, len(windows), batch_size):
+            group = windows[start : start + batch_size]
+            tiles = [_read_window(ds, win, bands, limits, raster.stem, scale) for win in group]
+            samples = [t for t in tiles if t is not None]
+            predictions = iter(_predict_samples(adapter, samples))
+            for win, tile in zip(group, tiles):
+                yield win, None if tile is None else _back_to_window(ds, win, bands, limits, next(predictions),
+                                                                     tile.valid, scale)
         return
     if getattr(adapter, "path", None) is None:
         raise InputError("distributed mapping needs an adapter loaded from a folder (samadapt.load_adapter(path))")
@@ -303,22 +344,45 @@ def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window]
         fut.release()
 
 
-def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
-                    stem: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+def _predict_samples(adapter: Any, samples: list[Sample]) -> list[Any]:
+    """Predictions of several tiles, in one pass when the adapter can batch them."""
+    if len(samples) > 1 and hasattr(adapter, "predict_samples"):
+        return adapter.predict_samples(samples)
+    return [adapter.predict_sample(s) for s in samples]
+
+
+def _read_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, stem: str,
+                 scale: float = 1.0) -> Sample | None:
+    """The window as the model's sample (resampled by ``scale``), or None when it is all nodata."""
     shape = (int(win.height), int(win.width))
     out_shape = None if scale == 1.0 else (max(1, round(shape[0] / scale)), max(1, round(shape[1] / scale)))
     pixels, valid = read_tile(ds, win, bands, limits, out_shape)
     if not valid.any():
         return None
-    pred = adapter.predict_sample(Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid))
-    probs = pred.probabilities
-    if out_shape is not None:  # back to the raster's own pixels
-        import torch
-        import torch.nn.functional as F
+    return Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid)
 
-        probs = F.interpolate(torch.from_numpy(probs)[None], shape, mode="bilinear", align_corners=False)[0].numpy()
-        _, valid = read_tile(ds, win, bands[:1], limits[:1] if limits is not None else None)
+
+def _back_to_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, pred: Any,
+                    valid: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, valid) of a prediction in the window's own pixels (``valid``: the sample's)."""
+    probs = pred.probabilities
+    shape = (int(win.height), int(win.width))
+    if scale == 1.0:
+        return probs, valid
+    import torch
+    import torch.nn.functional as F
+
+    probs = F.interpolate(torch.from_numpy(probs)[None], shape, mode="bilinear", align_corners=False)[0].numpy()
+    _, valid = read_tile(ds, win, bands[:1], limits[:1] if limits is not None else None)
     return probs, valid
+
+
+def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
+                    stem: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    sample = _read_window(ds, win, bands, limits, stem, scale)
+    if sample is None:
+        return None
+    return _back_to_window(ds, win, bands, limits, adapter.predict_sample(sample), sample.valid, scale)
 
 
 _WORKER_ADAPTERS: dict[tuple[str, str | None], Any] = {}
@@ -331,7 +395,16 @@ def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.nda
     adapter_path, base_ref, raster, bands, limits, scale = spec
     key = (adapter_path, base_ref)
     if key not in _WORKER_ADAPTERS:
-        _WORKER_ADAPTERS[key] = load_adapter(adapter_path, base=base_ref)
+        import torch
+
+        from samadapt.models.speed import threads_for
+
+        # OMP_NUM_THREADS is the worker's share of the cores (set by dask_client for a local
+        # cluster); torch may have sized its pool before the variable was seen, so set it here.
+        torch.set_num_threads(threads_for(1))
+        adapter = load_adapter(adapter_path, base=base_ref)
+        _use_memory_cache(adapter.method, 1)  # for the worker's life: tiles are seen once
+        _WORKER_ADAPTERS[key] = adapter
     with rasterio.open(raster) as ds:
         return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem, scale)
 
@@ -355,7 +428,11 @@ def dask_client(scheduler: str) -> Any:
             n = int(scheduler.split(":", 1)[1])
         except ValueError:
             raise InputError(f"--scheduler processes:N needs a whole number of workers, got {scheduler!r}") from None
-        threads = max(1, (os.cpu_count() or 1) // max(n, 1))
+        if n < 1:
+            raise InputError(f"--scheduler processes:N needs at least one worker, got {scheduler!r}")
+        from samadapt.models.speed import threads_for
+
+        threads = threads_for(n)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                host="127.0.0.1", env={"OMP_NUM_THREADS": str(threads)})
         return Client(cluster)

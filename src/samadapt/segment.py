@@ -18,12 +18,19 @@ import torch
 
 from samadapt.cache import EmbeddingCache, embedding_key
 from samadapt.errors import InputError
-from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model, mask_prompt_to_model
-from samadapt.imagery.preprocess import masks_to_original, prepare
+from samadapt.imagery.preprocess import (
+    Geometry,
+    boxes_to_model,
+    coords_to_model,
+    mask_prompt_to_model,
+    masks_to_original,
+    prepare,
+)
 from samadapt.imagery.read import GeoImage, from_array, read_image
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
-from samadapt.models.runtime import DecoderPrompts, Embedding, decode, encode
+from samadapt.models.runtime import PAD_LABEL, DecoderPrompts, Embedding, decode, encode
+from samadapt.models.speed import RuntimeOptions, apply_runtime
 from samadapt.prompts import ObjectPrompt
 from samadapt.result import SegmentationResult
 
@@ -66,6 +73,9 @@ class Segmenter:
         cache: an EmbeddingCache, True for the default store under ``$SAMADAPT_HOME``,
             or False for an in-memory cache of the last few images only.
         download: allow downloading a registry model that is not cached.
+        runtime: how to run the encoder: a :class:`samadapt.models.speed.RuntimeOptions`, a spec
+            such as "auto" or "bf16,fused", or None to leave the model's runtime as it is
+            (transformers' plain call unless ``apply_runtime`` was used). Applied on first use.
 
     Attributes:
         encoder_calls: how many images went through the encoder (cache misses).
@@ -78,8 +88,10 @@ class Segmenter:
         device: str = "cpu",
         cache: EmbeddingCache | bool = True,
         download: bool = True,
+        runtime: RuntimeOptions | str | None = None,
     ) -> None:
         self._ref = model
+        self._runtime = RuntimeOptions.parse(runtime) if isinstance(runtime, str) else runtime
         self._loaded = model if isinstance(model, LoadedModel) else None
         self.device = device
         self.download = download
@@ -94,6 +106,9 @@ class Segmenter:
         """The model, loaded (and if needed downloaded) on first access."""
         if self._loaded is None:
             self._loaded = load_model(self._ref, device=self.device, download=self.download)  # type: ignore[arg-type]
+        if self._runtime is not None:
+            apply_runtime(self._loaded, self._runtime)
+            self._runtime = None
         return self._loaded
 
     def embed(self, image: ImageLike) -> Embedded:
@@ -186,55 +201,55 @@ class Segmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution logits (N, M, h, w) and IoUs (N, M) for every object, in prompt order.
 
-        Objects are grouped by the shape of their prompt (number of points, box or not) so
-        each group goes through the decoder in one call without padding points, which would
-        change the result slightly; objects with a mask prompt are decoded one at a time,
-        since SAM takes one dense prompt per call.
+        Objects without a mask prompt go to the decoder together, whatever their number of
+        points (each is decoded as if alone); objects with a mask prompt are decoded one at a
+        time, since SAM takes one dense prompt per call.
         """
         loaded = self.loaded
-        n = len(prompts)
-        m = 3 if multimask else 1
-        side = loaded.preprocessing.size // 4
-        out_masks = torch.empty(n, m, side, side)
-        out_scores = torch.empty(n, m)
-        groups: dict[tuple[int, bool], list[int]] = {}
-        singles: list[int] = []
-        for i, p in enumerate(prompts):
-            if p.mask is not None:
-                singles.append(i)
-            else:
-                groups.setdefault((len(p.points), p.box is not None), []).append(i)
-        for (n_points, has_box), members in groups.items():
-            for start in range(0, len(members), DECODE_CHUNK):
-                chunk = members[start : start + DECODE_CHUNK]
-                dp = self._decoder_prompts([prompts[i] for i in chunk], emb.geometry, n_points > 0, has_box)
+        singles = [i for i, p in enumerate(prompts) if p.mask is not None]
+        if not singles:
+            masks, scores = [], []
+            for start in range(0, len(prompts), DECODE_CHUNK):
+                dp = self._decoder_prompts(prompts[start : start + DECODE_CHUNK], emb.geometry)
                 lr, sc = decode(loaded, emb.embedding, dp, multimask=multimask)
-                out_masks[chunk], out_scores[chunk] = lr, sc
+                masks.append(lr)
+                scores.append(sc)
+            return torch.cat(masks), torch.cat(scores)
+        side = loaded.preprocessing.size // 4
+        out_masks = torch.empty(len(prompts), 3 if multimask else 1, side, side)
+        out_scores = torch.empty(len(prompts), 3 if multimask else 1)
+        rest = [i for i in range(len(prompts)) if prompts[i].mask is None]
+        if rest:
+            out_masks[rest], out_scores[rest] = self.decode(emb, [prompts[i] for i in rest], multimask=multimask)
         for i in singles:
             p = prompts[i]
-            dp = self._decoder_prompts([p], emb.geometry, len(p.points) > 0, p.box is not None)
+            dp = self._decoder_prompts([p], emb.geometry)
             dp = DecoderPrompts(dp.points, dp.labels, dp.boxes, mask_prompt_to_model(p.mask, emb.geometry, loaded.preprocessing))
-            lr, sc = decode(loaded, emb.embedding, dp, multimask=multimask)
-            out_masks[i], out_scores[i] = lr[0], sc[0]
+            out_masks[i], out_scores[i] = (t[0] for t in decode(loaded, emb.embedding, dp, multimask=multimask))
         return out_masks, out_scores
 
     @staticmethod
-    def _decoder_prompts(
-        prompts: Sequence[ObjectPrompt], geometry: Geometry, has_points: bool, has_box: bool
-    ) -> DecoderPrompts:
+    def _decoder_prompts(prompts: Sequence[ObjectPrompt], geometry: Geometry) -> DecoderPrompts:
+        """Every object's prompt in the model-input frame: points padded with label -10, NaN rows for no box."""
+        n = len(prompts)
         points = labels = boxes = None
-        if has_points:
-            p_max = max(len(p.points) for p in prompts)
-            points = np.zeros((len(prompts), p_max, 2))
-            labels = np.full((len(prompts), p_max), -10, dtype=np.int64)
+        p_max = max(len(p.points) for p in prompts)
+        if p_max:
+            points = np.zeros((n, p_max, 2))
+            labels = np.full((n, p_max), PAD_LABEL, dtype=np.int64)
             for j, p in enumerate(prompts):
-                points[j, : len(p.points)] = coords_to_model(p.points, geometry)
+                points[j, : len(p.points)] = p.points
                 labels[j, : len(p.points)] = p.labels
-        if has_box:
-            boxes = boxes_to_model(np.stack([p.box for p in prompts]), geometry)
+            points = coords_to_model(points, geometry)
+        if any(p.box is not None for p in prompts):
+            boxes = np.full((n, 4), np.nan)
+            for j, p in enumerate(prompts):
+                if p.box is not None:
+                    boxes[j] = p.box
+            boxes = boxes_to_model(boxes, geometry)
         return DecoderPrompts(points=points, labels=labels, boxes=boxes)
 
-    def segment_everything(self, image: ImageLike, options: "AutomaticOptions | None" = None) -> SegmentationResult:
+    def segment_everything(self, image: ImageLike, options: AutomaticOptions | None = None) -> SegmentationResult:
         """Segment every object the model finds, prompting it with a grid of points."""
         from samadapt.automatic import AutomaticOptions, segment_everything
 

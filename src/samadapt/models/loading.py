@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +37,8 @@ class LoadedModel:
         weights_sha256: digest of the weights file; part of every embedding-cache key.
         trusted: False for random-initialised models (their masks mean nothing).
         device: torch device the model lives on.
+        runtime: how the encoder runs (``samadapt.models.speed.EncoderRuntime``); None for
+            transformers' plain call. Set by ``samadapt.models.speed.apply_runtime``.
     """
 
     name: str
@@ -45,11 +48,14 @@ class LoadedModel:
     weights_sha256: str
     trusted: bool
     device: torch.device
+    runtime: Any = None
 
     @property
     def model_id(self) -> str:
-        """Identity of the weights for cache keys: family and weights digest."""
-        return f"{self.family}:{self.weights_sha256}"
+        """Identity of the weights for cache keys: family and weights digest, plus the encoder
+        runtime's precision when its embeddings differ from fp32 (e.g. ``:bf16``)."""
+        tag = getattr(self.runtime, "cache_tag", "")
+        return f"{self.family}:{self.weights_sha256}" + (f":{tag}" if tag else "")
 
 
 def file_sha256(path: Path) -> str:

@@ -1,0 +1,113 @@
+"""Milliseconds per prompt through the mask decoder: batched against one prompt at a time.
+
+Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny) and a random
+image embedding: the decoder's cost does not depend on the values. Each model's baseline is
+transformers' plain call with one prompt per call, measured in the same run:
+
+    .venv/bin/python benchmarks/decoder.py [--models sam-vit-base,sam2.1-hiera-tiny] [--sizes 1,4,16,64]
+
+Rows: ``Segmenter.decode`` with N objects in one call (half single points, half boxes), its
+ms per prompt and its ratio to the baseline (lower is faster). The machine may be shared:
+compare ratios, not absolute times. Target: <= 15 ms per prompt with 16 prompts on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from encoder import build
+
+from samadapt.imagery.preprocess import Geometry
+from samadapt.models.loading import load_model
+from samadapt.prompts import ObjectPrompt
+from samadapt.segment import Embedded, Segmenter
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def prompts(n: int, rng: np.random.Generator) -> list[ObjectPrompt]:
+    out = []
+    for i in range(n):
+        x, y = rng.uniform(50, 900, 2)
+        if i % 2:
+            out.append(ObjectPrompt(box=np.array([x, y, x + 100, y + 80])))
+        else:
+            out.append(ObjectPrompt(points=np.array([[x, y]]), labels=np.array([1])))
+    return out
+
+
+def embedding(loaded) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    if loaded.family == "sam2":
+        return {"high_res_0": torch.randn(1, 32, 256, 256, generator=gen),
+                "high_res_1": torch.randn(1, 64, 128, 128, generator=gen),
+                "image": torch.randn(1, 256, 64, 64, generator=gen)}
+    return {"image": torch.randn(1, 256, 64, 64, generator=gen)}
+
+
+def plain_one_at_a_time(loaded, emb: dict[str, torch.Tensor], batch: list[ObjectPrompt]) -> None:
+    """transformers' forward, one object per call (inputs already in the model frame)."""
+    image = emb["image"]
+    extra = [emb[k] for k in sorted(k for k in emb if k.startswith("high_res_"))]
+    with torch.no_grad():
+        for p in batch:
+            kwargs = {}
+            if p.box is not None:
+                kwargs["input_boxes"] = torch.as_tensor(p.box, dtype=torch.float32)[None, None]
+            else:
+                kwargs["input_points"] = torch.as_tensor(p.points, dtype=torch.float32)[None, None]
+                kwargs["input_labels"] = torch.ones(1, 1, 1, dtype=torch.int64)
+            loaded.model(image_embeddings=[*extra, image] if extra else image, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny")
+    parser.add_argument("--sizes", default="1,4,16,64")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rng = np.random.default_rng(0)
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            loaded = load_model(build(name, Path(tmp)))
+            emb = embedding(loaded)
+            geometry = Geometry(original_hw=(1024, 1024), resized_hw=(1024, 1024))
+            embedded = Embedded(image=None, embedding=emb, geometry=geometry, from_cache=True)  # type: ignore[arg-type]
+            seg = Segmenter(loaded, cache=False)
+            few = prompts(2, rng)
+            plain_one_at_a_time(loaded, emb, few[:1])  # warm-up
+            seg.decode(embedded, few[:1])
+            base = best_of(lambda l=loaded, e=emb, f=few: plain_one_at_a_time(l, e, f), args.repeats) / len(few) * 1000
+            print(f"{name}: transformers one prompt per call {base:.1f} ms/prompt (baseline)")
+            print(f"{'':4s}{'prompts':>8s} {'ms/prompt':>10s} {'ratio':>6s}")
+            for n in sizes:
+                batch = prompts(n, rng)
+                ms = best_of(lambda s=seg, e=embedded, b=batch: s.decode(e, b), args.repeats if n < 16 else 1) / n * 1000
+                print(f"{'':4s}{n:8d} {ms:10.1f} {ms / base:6.2f}")
+                if n == 16:
+                    summary.append((name, ms, ms / base))
+    for name, ms, ratio in summary:
+        print(f"decoder {name} 16 prompts {ms:.1f} ms/prompt (target <= 15), ratio to one at a time {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

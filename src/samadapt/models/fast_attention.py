@@ -1,0 +1,123 @@
+"""Fused attention for the SAM and SAM-HQ image encoders (ViT with relative positions).
+
+transformers' SAM ViT attention adds a decomposed relative-position bias to the attention
+scores. Both of its implementations build that bias for the whole layer as a
+(batch, heads, tokens, tokens) tensor by broadcasting; in a global-attention layer of
+ViT-B at 1024 px that is 200 M freshly allocated elements per image, and on a CPU the
+broadcast and the page faults of the fresh memory cost more than the attention itself.
+
+Here the bias is built differently, the result being the same sum:
+
+* windowed layers (few tokens): the bias is one matrix product, ``[rel_h, rel_w] @ onehot``,
+  where the one-hot matrix picks each key's row and column term;
+* global layers (many tokens): queries are taken a few image rows at a time, the bias of
+  those rows is written into one reused buffer and handed to
+  :func:`torch.nn.functional.scaled_dot_product_attention` with the rows' queries, so the
+  full bias never exists.
+
+The forward is installed per module instance; while gradients are being recorded (training
+through the encoder), or while torch.compile / the ONNX exporter trace the model, the module's
+own forward runs: the buffer reuse is for eager inference only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+#: Layers with at most this many tokens build their whole bias at once; larger ones go by rows.
+WHOLE_BIAS_TOKENS = 1024
+#: Bias elements per chunk of query rows (about 25 MB in bf16); bounds the reused buffer.
+CHUNK_ELEMENTS = 12 * 256 * 4096
+
+
+def _rel_terms(module: torch.nn.Module, query: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column position terms of each query: (B, nh, H, W, H) and (B, nh, H, W, W)."""
+    b, nh = query.shape[:2]
+    rel_h = module.get_rel_pos(height, height, module.rel_pos_h).to(query.dtype)  # (H, H, C)
+    rel_w = module.get_rel_pos(width, width, module.rel_pos_w).to(query.dtype)  # (W, W, C)
+    q = query.reshape(b, nh, height, width, -1)
+    return torch.einsum("bnhwc,hkc->bnhwk", q, rel_h), torch.einsum("bnhwc,wkc->bnhwk", q, rel_w)
+
+
+def _onehot_keys(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(H + W, H * W): column j has a 1 at key j's row and at H + key j's column."""
+    rows = torch.eye(height, dtype=like.dtype, device=like.device).repeat_interleave(width, dim=1)
+    cols = torch.eye(width, dtype=like.dtype, device=like.device).repeat(1, height)
+    return torch.cat([rows, cols], dim=0)
+
+
+def relpos_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     height: int, width: int) -> torch.Tensor:
+    """Softmax attention with SAM's decomposed relative-position bias, without the full bias.
+
+    Args:
+        module: the SAM (or SAM-HQ) vision attention module (for ``get_rel_pos`` and its tables).
+        query, key, value: (B, nh, H * W, C) each, of one dtype.
+        height, width: the token grid, H and W.
+
+    Returns:
+        (B, nh, H * W, C), the same as eager attention with the bias added to the scores.
+    """
+    b, nh, n, _ = query.shape
+    rel_h, rel_w = _rel_terms(module, query, height, width)
+    if n <= WHOLE_BIAS_TOKENS:
+        rel = torch.cat([rel_h, rel_w], dim=-1).reshape(b, nh, n, height + width)
+        bias = rel @ _onehot_keys(height, width, query)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    rows = max(1, min(height, CHUNK_ELEMENTS // max(1, b * nh * width * n)))
+    out = torch.empty_like(query)
+    buf = torch.empty(b, nh, rows, width, height, width, dtype=query.dtype, device=query.device)
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        bias = buf[:, :, : r1 - r0]
+        torch.add(rel_h[:, :, r0:r1, :, :, None], rel_w[:, :, r0:r1, :, None, :], out=bias)
+        s0, s1 = r0 * width, r1 * width
+        out[:, :, s0:s1] = F.scaled_dot_product_attention(
+            query[:, :, s0:s1], key, value, attn_mask=bias.view(b, nh, s1 - s0, n)
+        )
+    return out
+
+
+def _fused_forward(self: torch.nn.Module, hidden_states: torch.Tensor, output_attentions: object = None,
+                   **_: object) -> tuple[torch.Tensor, None]:
+    exporting = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    if exporting or output_attentions or torch.is_grad_enabled() and hidden_states.requires_grad:
+        return type(self).forward(self, hidden_states, output_attentions)
+    b, height, width, _ = hidden_states.shape
+    nh = self.num_attention_heads
+    qkv = self.qkv(hidden_states).reshape(b, height * width, 3, nh, -1).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.unbind(0)  # (B, nh, H * W, C) each
+    with torch.autocast(query.device.type, enabled=False):  # the core runs in qkv's dtype
+        if self.use_rel_pos:
+            out = relpos_attention(self, query, key, value, height, width)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value)
+    out = out.transpose(1, 2).reshape(b, height, width, -1)
+    return self.proj(out), None
+
+
+def _is_vit_attention(module: torch.nn.Module) -> bool:
+    name = type(module).__name__
+    return name.startswith(("SamVision", "SamHQVision")) and name.endswith("Attention")
+
+
+def install_fused_attention(model: torch.nn.Module) -> int:
+    """Give every SAM / SAM-HQ ViT attention module of ``model`` the fused forward.
+
+    SAM 2's Hiera already calls ``scaled_dot_product_attention`` without a bias, so it is
+    left alone. Idempotent.
+
+    Returns:
+        How many attention modules use the fused forward.
+    """
+    count = 0
+    for module in model.modules():
+        if _is_vit_attention(module) and hasattr(module, "qkv") and hasattr(module, "get_rel_pos"):
+            if not getattr(module, "_samadapt_fused", False):
+                module.forward = functools.partial(_fused_forward, module)  # picklable, unlike a bound method
+                module._samadapt_fused = True
+            count += 1
+    return count

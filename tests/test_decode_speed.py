@@ -1,0 +1,150 @@
+"""The fast batched decoder gives what transformers gives for each object decoded alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from samadapt.imagery.preprocess import Geometry
+from samadapt.models import sam_decoder
+from samadapt.models.loading import LoadedModel, load_model
+from samadapt.models.runtime import DecoderPrompts, _call_model, decode
+from samadapt.prompts import ObjectPrompt
+from samadapt.segment import Embedded, Segmenter
+
+
+def _prompts(size: float, n: int = 10, seed: int = 0) -> list[ObjectPrompt]:
+    """A mix of single points, several points with a background one, boxes, and box + point."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x0, y0 = rng.uniform(0, size * 0.6, 2)
+        box = np.array([x0, y0, x0 + size * 0.3, y0 + size * 0.3])
+        pts = rng.uniform(0, size - 1, (1 + i % 3, 2))
+        labels = np.ones(len(pts), np.int64)
+        labels[-1] = 0 if len(pts) > 1 else 1
+        kind = i % 4
+        if kind == 0:
+            out.append(ObjectPrompt(points=pts[:1], labels=np.array([1])))
+        elif kind == 1:
+            out.append(ObjectPrompt(points=pts, labels=labels))
+        elif kind == 2:
+            out.append(ObjectPrompt(box=box))
+        else:
+            out.append(ObjectPrompt(points=pts[:1], labels=np.array([1]), box=box))
+    return out
+
+
+def _reference(loaded: LoadedModel, emb: Embedded, prompts: list[ObjectPrompt], multimask: bool):
+    """transformers' own forward, one object per call, no padding."""
+    masks, scores = [], []
+    for p in prompts:
+        dp = Segmenter._decoder_prompts([p], emb.geometry)
+        kwargs: dict[str, object] = {"multimask_output": multimask}
+        points, labels, boxes = dp.subset(np.array([0]))
+        if points is not None:
+            kwargs["input_points"], kwargs["input_labels"] = points, labels
+        if boxes is not None:
+            kwargs["input_boxes"] = boxes
+        with torch.no_grad():
+            lr, sc = _call_model(loaded, emb.embedding, kwargs)
+        masks.append(lr[0])
+        scores.append(sc[0])
+    return torch.stack(masks), torch.stack(scores)
+
+
+def _check_agreement(fast: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> None:
+    (lr, sc), (rlr, rsc) = fast, ref
+    assert lr.shape == rlr.shape and sc.shape == rsc.shape
+    scale = rlr.abs().max()
+    assert (lr - rlr).abs().max() <= 1e-4 * scale
+    torch.testing.assert_close(sc, rsc, atol=1e-5, rtol=1e-4)
+    a, b = lr > 0, rlr > 0
+    inter, union = (a & b).sum((-1, -2)).float(), (a | b).sum((-1, -2)).float()
+    assert (inter / union.clamp(min=1)).min() >= 0.99
+    fraction = b.float().mean((-1, -2))
+    assert ((fraction > 0.01) & (fraction < 0.99)).float().mean() >= 0.5  # the masks are not trivial
+
+
+def _livelier(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """Random decoder weights scaled up so masks are neither empty nor full."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in loaded.model.mask_decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return loaded
+
+
+def _embedded(loaded: LoadedModel, size: int, hw: tuple[int, int]) -> Embedded:
+    cfg = loaded.model.config.prompt_encoder_config
+    gen = torch.Generator().manual_seed(1)
+    emb = {"image": torch.randn(1, cfg.hidden_size, cfg.image_embedding_size, cfg.image_embedding_size, generator=gen)}
+    scale = size / max(hw)
+    geometry = Geometry(original_hw=hw, resized_hw=(int(hw[0] * scale + 0.5), int(hw[1] * scale + 0.5)))
+    return Embedded(image=None, embedding=emb, geometry=geometry, from_cache=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_tiny_sam_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict[str, Path], multimask: bool) -> None:
+    loaded = _livelier(load_model(tiny_models["sam"]))
+    assert sam_decoder.supported(loaded.model)
+    emb = _embedded(loaded, loaded.preprocessing.size, (300, 500))
+    prompts = _prompts(300, n=20)  # more than one chunk of the fast decoder
+    seg = Segmenter(loaded, cache=False)
+    _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
+
+
+def test_sam_vit_base_decoder_batched_equals_one_at_a_time(tmp_path: Path) -> None:
+    """The decoder of sam-vit-base (256 channels, 8 heads, 64x64 embedding) behind a small encoder."""
+    from transformers import AutoModel, SamConfig
+
+    config = SamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "global_attn_indexes": [0], "mlp_dim": 128})
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "m")
+    loaded = _livelier(load_model(tmp_path / "m"))
+    assert loaded.model.config.mask_decoder_config.hidden_size == 256
+    emb = _embedded(loaded, 1024, (700, 1000))
+    prompts = _prompts(700, n=8)
+    seg = Segmenter(loaded, cache=False)
+    _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam-hq"])
+def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path], family: str) -> None:
+    loaded = load_model(tiny_models[family])
+    assert not sam_decoder.supported(loaded.model)
+    cfg = loaded.model.config
+    emb = Segmenter(loaded, cache=False).embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    prompts = _prompts(300, n=8)
+    lr, sc = Segmenter(loaded, cache=False).decode(emb, prompts)
+    rlr, rsc = _reference(loaded, emb, prompts, True)
+    torch.testing.assert_close(lr, rlr, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sc, rsc, atol=1e-5, rtol=1e-4)
+    assert cfg is not None
+
+
+def test_padding_points_change_nothing(tiny_models: dict[str, Path]) -> None:
+    loaded = _livelier(load_model(tiny_models["sam"]))
+    emb = _embedded(loaded, loaded.preprocessing.size, (256, 256)).embedding
+    alone = DecoderPrompts(points=np.array([[[40.0, 60.0]]]), labels=np.array([[1]]))
+    padded = DecoderPrompts(points=np.array([[[40.0, 60.0], [0.0, 0.0], [9.0, 9.0]], [[10.0, 20.0], [30.0, 30.0], [5.0, 5.0]]]),
+                            labels=np.array([[1, -10, -10], [1, 0, 1]]))
+    a, b = decode(loaded, emb, alone), decode(loaded, emb, padded)
+    torch.testing.assert_close(b[0][:1], a[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b[1][:1], a[1], atol=1e-6, rtol=1e-5)
+
+
+def test_positional_embedding_is_cached_and_follows_the_weights(tiny_models: dict[str, Path]) -> None:
+    model = load_model(tiny_models["sam"]).model
+    first = sam_decoder.image_positional_embedding(model)
+    assert sam_decoder.image_positional_embedding(model) is first
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.mul_(2.0)
+    again = sam_decoder.image_positional_embedding(model)
+    assert again is not first
+    ref = model.get_image_wide_positional_embeddings()[0].flatten(1).T
+    torch.testing.assert_close(again, ref)
