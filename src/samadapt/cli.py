@@ -672,11 +672,14 @@ def serve(
     source: Annotated[Optional[list[str]], typer.Option("--source", help="NAME=file.tif or NAME=https://host/{z}/{x}/{y}.png (repeatable).")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="Embedding reuse: grid (cells of the model input) or view (per view, as SamGIS).")] = None,
     device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
 ) -> None:
     """Serve prompted segmentation on a web map: SamGIS-compatible POST /segment and a browser page."""
     from samadapt.service.server import build_service, run
 
-    service = build_service(model, adapter=adapter, config=config, sources=source or (), mode=mode, device=device)
+    service = build_service(model, adapter=adapter, config=config, sources=source or (), mode=mode, device=device,
+                            runtime=_runtime(runtime, precision))
     _warn_untrusted(service.state.loaded.trusted)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[bold yellow]NOTE: listening on {host}: other machines can reach this service; "

@@ -73,9 +73,9 @@ class Segmenter:
         cache: an EmbeddingCache, True for the default store under ``$SAMADAPT_HOME``,
             or False for an in-memory cache of the last few images only.
         download: allow downloading a registry model that is not cached.
-        runtime: how to run the encoder: a :class:`samadapt.models.speed.RuntimeOptions`, a spec
-            such as "auto" or "bf16,fused", or None to leave the model's runtime as it is
-            (transformers' plain call unless ``apply_runtime`` was used). Applied on first use.
+        runtime: how to run the encoder: a :class:`samadapt.models.speed.RuntimeOptions` or a spec
+            such as "fp32" or "bf16,fused". None: "auto" for a model loaded here, and the
+            runtime a given LoadedModel already has (``load_model`` applies "auto"). Applied on first use.
 
     Attributes:
         encoder_calls: how many images went through the encoder (cache misses).
@@ -105,10 +105,11 @@ class Segmenter:
     def loaded(self) -> LoadedModel:
         """The model, loaded (and if needed downloaded) on first access."""
         if self._loaded is None:
-            self._loaded = load_model(self._ref, device=self.device, download=self.download)  # type: ignore[arg-type]
-        if self._runtime is not None:
+            self._loaded = load_model(self._ref, device=self.device, download=self.download,  # type: ignore[arg-type]
+                                      runtime=self._runtime or "auto")
+        elif self._runtime is not None:
             apply_runtime(self._loaded, self._runtime)
-            self._runtime = None
+        self._runtime = None
         return self._loaded
 
     def embed(self, image: ImageLike) -> Embedded:

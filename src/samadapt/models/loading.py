@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from samadapt.errors import CheckpointError, ModelNotFoundError
 from samadapt.imagery.preprocess import Preprocessing
 from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, preprocessing_for
 from samadapt.models.tiny import MARKER
+
+if TYPE_CHECKING:
+    from samadapt.models.speed import RuntimeOptions
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -191,6 +194,7 @@ def load_model(
     download: bool = True,
     expected_family: Family | None = None,
     progress: bool = True,
+    runtime: RuntimeOptions | str | None = "auto",
 ) -> LoadedModel:
     """Load a SAM-family model from a registry name, a transformers folder or a Meta ``.pth``.
 
@@ -200,13 +204,25 @@ def load_model(
         download: fetch a registry model that is not cached; when False a missing model is an error.
         expected_family: fail with a clear error if the checkpoint is of another family.
         progress: show a progress bar while downloading.
+        runtime: how the image encoder runs (see :mod:`samadapt.models.speed`): "auto" picks
+            the fastest faithful path for this CPU (bf16 and fused attention where they pay),
+            a spec such as "fp32" or "bf16,fused", or None for transformers' plain call.
 
     Raises:
         ModelNotFoundError: nothing found under that name or path.
         CheckpointError: the checkpoint is of the wrong family or does not load.
         DownloadError: a needed download failed.
     """
-    device = torch.device(device)
+    loaded = _load(ref, torch.device(device), download, expected_family, progress)
+    if runtime is not None:
+        from samadapt.models.speed import apply_runtime
+
+        apply_runtime(loaded, runtime)
+    return loaded
+
+
+def _load(ref: str | os.PathLike[str], device: torch.device, download: bool, expected_family: Family | None,
+          progress: bool) -> LoadedModel:
     text = os.fspath(ref)
     path = Path(text).expanduser()
     if path.is_dir():

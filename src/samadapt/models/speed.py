@@ -60,7 +60,7 @@ class RuntimeOptions:
         fused_attention: SAM / SAM-HQ ViT attention without the materialised position bias.
         compile: wrap the encoder in ``torch.compile`` (first call compiles).
         backend: "torch", or "onnx" for ONNX Runtime with the encoder exported once and cached.
-        threads: torch intra-op threads; None: OMP_NUM_THREADS, else the physical cores.
+        threads: torch intra-op threads; None leaves torch's count (OMP_NUM_THREADS, else the cores).
     """
 
     precision: Precision = "auto"
@@ -275,7 +275,7 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
     if options.backend == "onnx" and precision == "bf16":
         reasons.append("onnx runs fp32: ONNX Runtime's CPU kernels have no fast bf16 path")
         precision = "fp32"
-    threads = options.threads or threads_for(1)
+    threads = options.threads or torch.get_num_threads()
     return EncoderRuntime(precision=precision, fused_attention=fused, compile=options.compile,  # type: ignore[arg-type]
                           backend=options.backend, threads=threads, reasons=reasons, options=options)
 
@@ -283,7 +283,8 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
 def apply_runtime(loaded: LoadedModel, options: RuntimeOptions | str | None = None) -> EncoderRuntime:
     """Resolve ``options`` for ``loaded`` and make :func:`encode` use it; returns the runtime.
 
-    Sets torch's thread count for the process. Applying again replaces the previous runtime.
+    Sets torch's thread count for the process when ``options`` names one (torch's own default
+    is already the physical cores, or OMP_NUM_THREADS). Applying again replaces the previous runtime.
 
     Raises:
         InputError: a bad option, or onnx for a model the exporter cannot take.
@@ -293,8 +294,8 @@ def apply_runtime(loaded: LoadedModel, options: RuntimeOptions | str | None = No
     elif isinstance(options, str):
         options = RuntimeOptions.parse(options)
     rt = resolve(options, loaded.family, loaded.preprocessing.size, loaded.device)
-    if torch.get_num_threads() != rt.threads:
-        torch.set_num_threads(rt.threads)
+    if options.threads is not None and torch.get_num_threads() != rt.threads:
+        torch.set_num_threads(rt.threads)  # only when asked: a library must not undo the caller's setting
     model = loaded.model
     if rt.fused_attention:
         from samadapt.models.fast_attention import install_fused_attention

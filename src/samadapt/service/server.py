@@ -21,7 +21,7 @@ RUNNING: list[Any] = []
 
 def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
                   config: str | os.PathLike[str] | None = None, sources: Sequence[str] = (),
-                  mode: str | None = None, device: str = "cpu") -> Any:
+                  mode: str | None = None, device: str = "cpu", runtime: Any = None) -> Any:
     """Load the settings, the model (once) and the adapter, and build the app.
 
     Args:
@@ -32,6 +32,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
             first becomes the page's default source.
         mode: ``grid`` or ``view``, overriding the settings' ``embedding_mode``.
         device: torch device.
+        runtime: encoder runtime (``RuntimeOptions`` or a spec like "bf16"); None picks "auto".
 
     Returns:
         The FastAPI app.
@@ -58,7 +59,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
         if mode not in ("grid", "view"):
             raise InputError(f"--mode must be grid or view, got {mode!r}")
         settings = dataclasses.replace(settings, embedding_mode=mode)
-    segmenter = Segmenter(model, device=device)
+    segmenter = Segmenter(model, device=device, runtime=runtime)
     loaded = segmenter.loaded
     ad = None
     if adapter is not None:
