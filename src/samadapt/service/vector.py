@@ -10,10 +10,12 @@ Earth), far below a pixel at any zoom the service accepts, and returned as numpy
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 
 if TYPE_CHECKING:
@@ -23,6 +25,11 @@ Window = tuple[int, int, int, int]
 
 #: Decimal places of degrees kept in the output.
 DEGREE_DECIMALS = 8
+
+# A mask traced at the frame's origin has an identity transform, which rasterio reports as
+# "not georeferenced"; frame pixels are what we want there. (A filter, not catch_warnings,
+# which is not thread-safe and the service traces in worker threads.)
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 def _rings(mask: np.ndarray, x0: int, y0: int) -> list[list[np.ndarray]]:
