@@ -97,20 +97,84 @@ def test_tiny_sam_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict[st
     _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
 
 
-def test_sam_vit_base_decoder_batched_equals_one_at_a_time(tmp_path: Path) -> None:
-    """The decoder of sam-vit-base (256 channels, 8 heads, 64x64 embedding) behind a small encoder."""
+def _vit_base_decoder(root: Path, runtime: str) -> LoadedModel:
+    """sam-vit-base's decoder (256 channels, 8 heads, 64x64 embedding) behind a small encoder."""
     from transformers import AutoModel, SamConfig
 
-    config = SamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                      "global_attn_indexes": [0], "mlp_dim": 128})
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(tmp_path / "m")
-    loaded = _livelier(load_model(tmp_path / "m"))
+    if not (root / "m").is_dir():
+        config = SamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                          "global_attn_indexes": [0], "mlp_dim": 128})
+        torch.manual_seed(0)
+        AutoModel.from_config(config).save_pretrained(root / "m")
+    loaded = _livelier(load_model(root / "m", runtime=runtime))
     assert loaded.model.config.mask_decoder_config.hidden_size == 256
+    return loaded
+
+
+def test_sam_vit_base_decoder_batched_equals_one_at_a_time(tmp_path: Path) -> None:
+    loaded = _vit_base_decoder(tmp_path, "fp32")
+    assert sam_decoder.precision_for(loaded) == "fp32"
     emb = _embedded(loaded, 1024, (700, 1000))
     prompts = _prompts(700, n=8)
     seg = Segmenter(loaded, cache=False)
     _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
+
+
+def _check_bf16_agreement(fast: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The bounds of the bf16 path against the float32 reference.
+
+    Every mask has IoU >= 0.99 with the reference mask; logits differ by at most 2% of the
+    largest reference logit (0.2% on average); predicted IoUs by at most 0.005.
+    """
+    (lr, sc), (rlr, rsc) = fast, ref
+    assert lr.shape == rlr.shape and sc.shape == rsc.shape
+    assert lr.dtype == rlr.dtype == torch.float32
+    scale = rlr.abs().max()
+    assert (lr - rlr).abs().max() <= 2e-2 * scale
+    assert (lr - rlr).abs().mean() <= 2e-3 * scale
+    torch.testing.assert_close(sc, rsc, atol=5e-3, rtol=0)
+    a, b = lr > 0, rlr > 0
+    inter, union = (a & b).sum((-1, -2)).float(), (a | b).sum((-1, -2)).float()
+    assert (inter / union.clamp(min=1)).min() >= 0.99
+    fraction = b.float().mean((-1, -2))
+    assert ((fraction > 0.01) & (fraction < 0.99)).float().mean() >= 0.5  # the masks are not trivial
+
+
+def test_sam_vit_base_decoder_bf16_agrees_with_fp32_one_at_a_time(tmp_path: Path) -> None:
+    """A bf16 encoder runtime makes the decoder run in bf16, within the stated bounds of fp32."""
+    loaded = _vit_base_decoder(tmp_path, "bf16")
+    assert sam_decoder.precision_for(loaded) == "bf16"
+    emb = _embedded(loaded, 1024, (700, 1000))
+    prompts = _prompts(700, n=12)  # 12 prompts: more than one group of the bf16 path
+    fast = Segmenter(loaded, cache=False).decode(emb, prompts)
+    _check_bf16_agreement(fast, _reference(loaded, emb, prompts, True))
+
+
+@pytest.mark.parametrize(("multimask", "one_per_group"), [(True, False), (False, True)])
+def test_tiny_sam_bf16_agrees_with_fp32_one_at_a_time(tiny_models: dict[str, Path], multimask: bool,
+                                                      one_per_group: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = _livelier(load_model(tiny_models["sam"]))
+    assert sam_decoder.precision_for(loaded) == "fp32"  # 256 px: the runtime keeps fp32
+    emb = _embedded(loaded, loaded.preprocessing.size, (300, 500))
+    prompts = _prompts(300, n=20)
+    monkeypatch.setattr(sam_decoder, "precision_for", lambda _loaded: "bf16")
+    if one_per_group:
+        monkeypatch.setattr(sam_decoder, "GROUP_BYTES", 1)
+    fast = Segmenter(loaded, cache=False).decode(emb, prompts, multimask=multimask)
+    _check_bf16_agreement(fast, _reference(loaded, emb, prompts, multimask))
+
+
+def test_upscaling_blocks_equal_one_block(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masks do not depend on how the upscaling and the prompts are cut into blocks and groups."""
+    loaded = _livelier(load_model(tiny_models["sam"]))
+    emb = _embedded(loaded, loaded.preprocessing.size, (256, 256))
+    dp = Segmenter._decoder_prompts(_prompts(256, n=6), emb.geometry)
+    whole = decode(loaded, emb.embedding, dp)
+    monkeypatch.setattr(sam_decoder, "UPSCALE_TOKENS", 48)  # 3 rows of 16 tokens: does not divide 16 rows
+    monkeypatch.setattr(sam_decoder, "GROUP_BYTES", 1)  # one prompt per group
+    cut = decode(loaded, emb.embedding, dp)
+    torch.testing.assert_close(cut[0], whole[0], atol=1e-5 * float(whole[0].abs().max()), rtol=1e-4)
+    torch.testing.assert_close(cut[1], whole[1], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["sam2", "sam-hq"])

@@ -150,7 +150,7 @@ def decode(
             for j, t in enumerate(chunk):
                 if t is not None:
                     padded[j, : len(t)], valid[j, : len(t)] = t, True
-            lr, sc = sam_decoder.decode_sam(model, image, padded, valid, multimask)
+            lr, sc = sam_decoder.decode_sam(model, image, padded, valid, multimask, sam_decoder.precision_for(loaded))
             masks.append(lr)
             scores.append(sc)
         return torch.cat(masks).float().cpu(), torch.cat(scores).float().cpu()

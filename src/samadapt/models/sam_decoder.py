@@ -16,7 +16,16 @@ reordered without changing the arithmetic beyond rounding:
   tokens that are masked out of every attention, so they change nothing (unlike
   transformers' ``-10`` label, which zeroes a padding token but still lets it be attended);
 - the two transposed convolutions that upscale the mask features run as matrix products
-  in a channels-last sub-pixel layout, and only the masks asked for are formed.
+  a few rows of image tokens at a time, with their LayerNorm, GELUs and the product with
+  the hypernetwork rows, so the full-resolution features stay in the caches; each output
+  row of the masks is a contiguous run written in place, and only the masks asked for are formed;
+- prompts go through in groups whose own image tokens take at most :data:`GROUP_BYTES`.
+
+With ``precision="bf16"`` the per-prompt image tokens, their attention scores and the
+upscaling are computed in bfloat16 (the prompt tokens, their MLPs and the IoU head stay in
+float32): about twice as fast where the CPU multiplies bf16 natively, with masks agreeing
+with the float32 ones to IoU >= 0.99 (``tests/test_decode_speed.py`` states the bounds).
+:func:`precision_for` follows the encoder runtime's precision.
 
 Only the plain SAM decoder (family "sam") takes this path; modules replaced by an adapter
 (anything but plain ``nn.Linear`` / ``nn.ConvTranspose2d`` / ``nn.LayerNorm``) fall back to
@@ -25,11 +34,22 @@ transformers' forward, as do SAM-HQ and SAM 2.
 
 from __future__ import annotations
 
+import math
+import threading
 import weakref
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
+Precision = Literal["fp32", "bf16"]
+
+#: Bytes of per-prompt image tokens decoded together (8 prompts of sam-vit-base in bf16, 4 in
+#: fp32). Larger tensors are fresh memory maps from the allocator on every operation, and
+#: their page faults cost more than the arithmetic.
+GROUP_BYTES = 16 * 2**20
 
 #: Prompts per pass through the decoder: large enough to share the first layer's work,
 #: small enough that the per-prompt image tokens (N x 4096 x 256 floats) stay near 64 MB.
@@ -47,6 +67,16 @@ def supported(model: nn.Module) -> bool:
         if not type(module).__module__.startswith(("torch.nn.", "transformers.")):
             return False
     return True
+
+
+def precision_for(loaded: object) -> Precision:
+    """The decoder's precision for a loaded model: bf16 where its encoder runtime runs in bf16.
+
+    The encoder runtime (:mod:`samadapt.models.speed`) picks bf16 on "auto" only where the
+    CPU multiplies bf16 natively and the input is large enough to pay, the same conditions
+    under which the decoder's bf16 path is the faster one; "fp32" there selects this path too.
+    """
+    return "bf16" if getattr(getattr(loaded, "runtime", None), "precision", "fp32") == "bf16" else "fp32"
 
 
 def image_positional_embedding(model: nn.Module) -> torch.Tensor:
@@ -77,24 +107,29 @@ def _token_self_attention(att: nn.Module, q: torch.Tensor, v: torch.Tensor, vali
 def _scores(rows: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     """(N, R, HW) products of R vectors per prompt with its image tokens plus positional embedding.
 
-    ``rows @ (keys + pe).T`` without materialising ``keys + pe``: the image product is taken
-    as (HW, R) and transposed while the positional part is added, which copies R rows, not C.
+    ``rows @ (keys + pe).T`` without materialising ``keys + pe``: the positional product
+    is shared by the prompts' rows in one matrix product, the image product accumulates onto it.
     """
     n, r, c = rows.shape
-    image = torch.bmm(keys, rows.transpose(1, 2))  # (N, HW, R)
-    return (rows.reshape(-1, c) @ pe.T).view(n, r, -1).add_(image.transpose(1, 2))
+    rows = rows.to(keys.dtype)
+    return (rows.reshape(-1, c) @ pe.T).view(n, r, -1).baddbmm_(rows, keys.transpose(1, 2))
 
 
-def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
-    """Prompt tokens (N, T, C) attend to image tokens ``keys`` (B, HW, C), B = 1 (shared) or N.
+def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
+                     shared: dict[object, torch.Tensor] | None) -> torch.Tensor:
+    """Prompt tokens (N, T, C) attend to image tokens ``keys``: (1, HW, C) shared, or (N, HW, C).
 
     The image side's key input is ``keys + pe`` (pe: (HW, C) positional embedding).
+    ``shared`` keeps the projections of shared image tokens for the next group of prompts;
+    None when ``keys`` are each prompt's own.
     """
     h, (n, t, c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h)  # (N, h, T, d)
-    if keys.shape[0] == 1:  # shared image tokens: project them once, queries of all prompts in one call
-        kh, vh = _split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)
+    if shared is not None:  # shared image tokens: project them once, queries of all prompts in one call
+        if (att, "kv") not in shared:
+            shared[att, "kv"] = torch.stack([_split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)])
+        kh, vh = shared[att, "kv"]
         out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
         out = out.view(h, n, t, d).permute(1, 2, 0, 3)
         return att.out_proj(out.reshape(n, t, h * d))
@@ -105,21 +140,26 @@ def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: to
     qk = torch.einsum("nhtd,hdc->nhtc", qh * d**-0.5, wk).reshape(n, h * t, c)
     scores = _scores(qk, keys, pe)
     weights = torch.softmax(scores, dim=-1)  # (N, h*T, HW), over the image
-    ctx = torch.bmm(weights, keys).view(n, h, t, c)  # weighted image tokens
+    ctx = torch.bmm(weights, keys).view(n, h, t, c).float()  # weighted image tokens
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
     return att.out_proj(out.reshape(n, t, h * d))
 
 
 def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
-                     padding: torch.Tensor) -> torch.Tensor:
-    """Image tokens (B, HW, C) (query input ``keys + pe``) attend to prompt tokens (N, T, C).
+                     padding: torch.Tensor, dtype: torch.dtype,
+                     shared: dict[object, torch.Tensor] | None, out: torch.Tensor) -> torch.Tensor:
+    """Image tokens (1 shared or N, HW, C) (query input ``keys + pe``) attend to prompt tokens (N, T, C).
 
     Scores are laid out (N, heads, T, HW) so the softmax over the few prompt tokens runs
     along a long contiguous axis.
 
     Args:
         padding: (N, T) 0 for tokens, -inf for padding.
+        dtype: dtype of the result (the per-prompt image tokens).
+        shared: projections of shared image tokens kept for the next group of prompts; None
+            when ``keys`` are each prompt's own.
+        out: (N, HW, C) tensor of ``dtype`` to write the result into.
 
     Returns:
         ``keys`` plus the attention's update, (N, HW, C).
@@ -129,43 +169,114 @@ def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: to
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
-    if keys.shape[0] == 1:  # shared image tokens: project them once
-        qh = att.q_proj(keys[0] + pe).view(-1, h, d).permute(1, 2, 0)  # (h, d, HW)
+    if shared is not None:  # shared image tokens: project them once
+        if (att, "q") not in shared:
+            shared[att, "q"] = att.q_proj(keys[0] + pe).view(-1, h, d).permute(1, 2, 0)  # (h, d, HW)
+        qh = shared[att, "q"]
         scores = torch.bmm(kh.transpose(0, 1).reshape(h, n * t, d), qh)  # (h, N*T, HW), heads first
         scores = scores.view(h, n, t, -1).transpose(0, 1).add(bias)  # (N, h, T, HW)
     else:  # fold the prompt keys into the query weights
         wq, bq = att.q_proj.weight.view(h, d, c), att.q_proj.bias.view(1, h, 1, d)
         kq = torch.einsum("nhtd,hdc->nhtc", kh, wq).reshape(n, h * t, c)
         bias = bias + (kh * bq).sum(-1, keepdim=True)
-        scores = _scores(kq, keys, pe).view(n, h, t, -1).add_(bias)
-    weights = torch.softmax(scores, dim=2).view(n, h * t, -1)
+        scores = _scores(kq, keys, pe).view(n, h, t, -1).add_(bias.to(keys.dtype))
+    weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
     wo = att.out_proj.weight.view(c, h, d)
-    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).reshape(n, h * t, c)  # values through the output projection
-    # keys + update in place: the bias and the residual go in first, the product accumulates onto them
-    out = (keys + att.out_proj.bias).expand(n, -1, -1).contiguous()
-    return out.baddbmm_(weights.transpose(1, 2), vo)
+    # Values through the output projection. Each head's weights sum to 1 over the tokens, so
+    # the output bias rides on each head's values as bias / heads.
+    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(att.out_proj.bias / h).reshape(n, h * t, c)
+    # The residual is the accumulator of the product: one pass over the N x HW x C result.
+    return torch.baddbmm(keys.to(dtype), weights.transpose(1, 2), vo.to(dtype), out=out)
+
+
+#: Image tokens (of all prompts in a group) per block of the upscaling: its intermediates
+#: (16 pixels per token) stay in the caches instead of making several passes over memory.
+UPSCALE_TOKENS = 16384
+
+_UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
+
+    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
+    a matrix product per child row ``a`` (columns: child column ``b``, channel).
+
+    Returns:
+        conv1 weight for a1 = 0 and 1 (C, 2 C1), its bias (2 C1), LayerNorm weight and bias,
+        conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
+    """
+    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
+    params = (conv1.weight, conv1.bias, conv2.weight, conv2.bias, norm.weight, norm.bias)
+    key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
+    found = _UPSCALE.get(dec)
+    if found is None or found[0] != key:
+        w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
+        w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
+        mats = (w1[0], w1[1], conv1.bias.repeat(2), norm.weight, norm.bias, w2[0], w2[1], conv2.bias.repeat(2))
+        found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
+        _UPSCALE[dec] = found
+    return found[1]
 
 
 def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int) -> torch.Tensor:
-    """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8)."""
-    n, m = keys.shape[0], hyper.shape[1]
-    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
-    c1, c2 = conv1.out_channels, conv2.out_channels
-    # A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently.
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    up = torch.addmm(conv1.bias.repeat(4), keys.reshape(-1, keys.shape[-1]), w1).view(-1, c1)
-    up = F.gelu(F.layer_norm(up, (c1,), norm.weight, norm.bias, norm.eps))
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    up = F.gelu(torch.addmm(conv2.bias.repeat(4), up, w2)).view(n, -1, c2)
-    masks = torch.bmm(up, hyper.transpose(1, 2))  # (N, pixels in sub-pixel order, M)
-    # Sub-pixel order is (row, col, a1, b1, a2, b2): output row = 4 row + 2 a1 + a2.
-    masks = masks.view(n, side, side, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return masks.reshape(n, m, 4 * side, 4 * side)
+    """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
+
+    Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
+    transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
+    rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
+    comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
+    products by a1 and a2 makes each output row a contiguous run, written in place.
+    """
+    n, _, c = keys.shape
+    m, dtype = hyper.shape[1], keys.dtype
+    w1a, w1b, b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
+    c1, c2 = gamma.shape[0], b2.shape[0] // 2
+    eps = dec.upscale_layer_norm.eps
+    rows = hyper.to(dtype)  # (N, M, C2)
+    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
+    step = max(1, UPSCALE_TOKENS // (n * side))
+    for r in range(0, side, step):
+        e = min(r + step, side)
+        x = keys[:, r * side : e * side].reshape(-1, c)
+        for a1, w1 in enumerate((w1a, w1b)):
+            up = F.layer_norm(torch.addmm(b1, x, w1).view(-1, c1), (c1,), gamma, beta, eps)  # rows (n, r, col, b1)
+            up = torch._C._nn.gelu_(up)
+            for a2, w2 in enumerate((w2a, w2b)):
+                pixels = torch._C._nn.gelu_(torch.addmm(b2, up, w2)).view(n, -1, c2)  # rows (r, col, b1, b2)
+                out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
+    return out.view(n, m, 4 * side, 4 * side)
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor kept per thread for the per-prompt image tokens (its contents are not kept).
+
+    Freshly allocated tensors this large are new memory maps whose page faults cost more
+    than the arithmetic on them; reusing a few buffers avoids that.
+    """
+    found = getattr(_WORKSPACE, name, None)
+    if found is None or found.shape != shape or found.dtype != dtype or found.device != device:
+        found = torch.empty(shape, dtype=dtype, device=device)
+        setattr(_WORKSPACE, name, found)
+    return found
+
+
+def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` written into ``out``."""
+    stats = x.shape[:-1] + (1,)
+    mean, rstd = (torch.empty(stats, dtype=torch.float32, device=x.device) for _ in range(2))
+    torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
+                                         out0=out, out1=mean, out2=rstd)
+    return out
 
 
 def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
-               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode N objects on one image embedding with SAM's mask decoder.
+               multimask: bool, precision: Precision = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode N objects on one image embedding with SAM's mask decoder (inference only: no gradients).
 
     Args:
         model: a transformers ``SamModel`` for which :func:`supported` is True.
@@ -173,34 +284,53 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
         sparse: (N, T, C) prompt-token embeddings from the prompt encoder, padded to a common T.
         valid: (N, T) bool, False for padding tokens.
         multimask: return the 3 candidate masks (else the single-mask output).
+        precision: "fp32", or "bf16" to keep each prompt's own image tokens and the upscaling
+            in bfloat16 (see :data:`Precision`).
 
     Returns:
         Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
     """
-    dec = model.mask_decoder
-    tr = dec.transformer
-    n, c = sparse.shape[0], image.shape[1]
-    side = image.shape[-1]
+    c, side = image.shape[1], image.shape[-1]
     dense = model.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
     keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # Groups of prompts whose own image tokens stay under GROUP_BYTES; the projections of
+    # the shared image tokens are computed for the first group and reused by the others.
+    group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
+    shared: dict[object, torch.Tensor] = {}
+    masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
+                                      shared) for s in range(0, sparse.shape[0], group)))
+    return torch.cat(masks), torch.cat(ious)
+
+
+def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
+                  dtype: torch.dtype, shared: dict[object, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens."""
+    dec = model.mask_decoder
+    tr = dec.transformer
+    n, side = sparse.shape[0], math.isqrt(keys.shape[1])
     pe = image_positional_embedding(model)
+    pe_low = pe.to(dtype)
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]).expand(n, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     queries = tokens
-    for layer in tr.layers:
+    for i, layer in enumerate(tr.layers):
+        share = shared if i == 0 else None  # each prompt's own image tokens after the first layer
         if layer.skip_first_layer_pe:
             queries = layer.layer_norm1(_token_self_attention(layer.self_attn, queries, queries, valid))
         else:
             q = queries + tokens
             queries = layer.layer_norm1(queries + _token_self_attention(layer.self_attn, q, queries, valid))
-        att = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, pe)
+        key_pe = pe if keys.dtype == pe.dtype else pe_low
+        att = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, key_pe, share)
         queries = layer.layer_norm2(queries + att)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
-        keys = layer.layer_norm4(_image_to_tokens(layer.cross_attn_image_to_token, keys, pe, queries + tokens,
-                                                  queries, padding))
-    att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe)
+        pre = _image_to_tokens(layer.cross_attn_image_to_token, keys, key_pe, queries + tokens, queries, padding,
+                               dtype, share, _workspace("pre", (n, *pe.shape), dtype, pe.device))
+        keys = _layer_norm(layer.layer_norm4, pre, _workspace(f"keys{i % 2}", pre.shape, dtype, pe.device))
+    att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe_low, None)
     queries = tr.layer_norm_final_attn(queries + att)
     chosen = range(1, dec.num_mask_tokens) if multimask else range(1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in chosen], dim=1)
