@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,hf,dask,service]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,hf,dask,service,onnx]"
 	touch $(STAMP)
 
 install: $(STAMP)
