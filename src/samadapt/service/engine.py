@@ -50,7 +50,7 @@ from samadapt.service.geometry import (
     view_window,
 )
 from samadapt.service.schemas import SegmentRequest
-from samadapt.service.sources import FetchError, Frame, Source, SourceError
+from samadapt.service.sources import FetchError, Frame, Source, lookup_source
 from samadapt.service.vector import Window, mask_geometry
 
 if TYPE_CHECKING:
@@ -131,11 +131,7 @@ class SegmentEngine:
 
     def source(self, name: str) -> Source:
         """The configured source of that name, or a 400 error listing the configured ones."""
-        found = self.sources.get(name)
-        if found is None:
-            shown = name if len(name) <= 60 else name[:57] + "..."
-            raise SourceError(f"unknown source {shown!r}; this server offers: {', '.join(sorted(self.sources))}")
-        return found
+        return lookup_source(self.sources, name)
 
     async def run_in_pool(self, fn: Any, *args: Any) -> Any:
         """Run CPU work (decoding, vectorising, adapters) off the event loop."""
