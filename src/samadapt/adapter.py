@@ -146,12 +146,8 @@ class Adapter:
             return [self.predict_sample(s) for s in samples]
         if m.name in EMBEDDING_METHODS and all(s.pixels.shape[2] == 3 for s in samples):
             # These methods read the embedding through the cache in make_inputs: fill it with
-            # one encoder call first (the segmenter is the one AdaptationMethod.embedding uses).
-            if getattr(m, "_segmenter", None) is None:
-                from samadapt.segment import Segmenter
-
-                object.__setattr__(m, "_segmenter", Segmenter(m.base, cache=getattr(m, "cache", True)))
-            for _ in m._segmenter.embed_many([s.pixels for s in samples], batch_size=len(samples)):
+            # one encoder call first (through the segmenter AdaptationMethod.embedding uses).
+            for _ in m.segmenter.embed_many([s.pixels for s in samples], batch_size=len(samples)):
                 pass
         inputs = [m.make_inputs(Sample(s.stem, s.pixels, s.valid, None), train=False, rng=np.random.default_rng(0))
                   for s in samples]

@@ -91,16 +91,21 @@ class AdaptationMethod(nn.Module):
         The cache (``$SAMADAPT_HOME/embeddings``) makes every epoch after the first, and every
         later run on the same images, skip the encoder.
         """
-        if getattr(self, "_segmenter", None) is None:
-            from samadapt.segment import Segmenter
-
-            object.__setattr__(self, "_segmenter", Segmenter(self.base, cache=getattr(self, "cache", True)))
         if sample.pixels.shape[2] != 3:
             raise InputError(
                 f"{self.name} uses cached embeddings of 3-band images; {sample.stem} has {sample.pixels.shape[2]} "
                 "bands (choose 3 with --bands, or use the lora method, which trains a band adapter)"
             )
-        return self._segmenter.embed(sample.pixels).embedding  # type: ignore[attr-defined]
+        return self.segmenter.embed(sample.pixels).embedding
+
+    @property
+    def segmenter(self) -> Any:
+        """The Segmenter, and so the embedding cache, the frozen encoder runs through; made on first use."""
+        if getattr(self, "_segmenter", None) is None:
+            from samadapt.segment import Segmenter
+
+            object.__setattr__(self, "_segmenter", Segmenter(self.base, cache=getattr(self, "cache", True)))
+        return self._segmenter  # type: ignore[attr-defined]
 
     @property
     def out_channels(self) -> int:
