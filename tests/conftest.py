@@ -112,6 +112,25 @@ def box_decoder(seg):  # noqa: ANN001, ANN202
     return fake
 
 
+
+def fit(method, next_batch, *, steps: int, lr: float) -> list[float]:  # noqa: ANN001
+    """The training loop's contract in miniature: AdamW on the trainable parameters.
+
+    ``next_batch()`` gives each step's batch; returns the losses, with the method left in eval mode.
+    """
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    method.train()
+    losses = []
+    for _ in range(steps):
+        batch = next_batch()
+        loss = method.loss(method(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    method.eval()
+    return losses
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import shapes_samples
+from conftest import fit, shapes_samples
 
 from samadapt.errors import InputError
 from samadapt.methods.base import Sample, normalise
@@ -34,18 +34,8 @@ def _batch(method: LoraMethod, samples: list[Sample], *, train: bool = False) ->
 def _train(method: LoraMethod, samples: list[Sample], *, steps: int, lr: float, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     items = [method.make_inputs(s, train=True, rng=rng) for s in samples]
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
-    method.train()
-    losses = []
-    for _ in range(steps):
-        batch = _stack([items[i] for i in rng.choice(len(items), 4, replace=False)])
-        loss = method.loss(method(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    method.eval()
-    return losses
+    return fit(method, lambda: _stack([items[i] for i in rng.choice(len(items), 4, replace=False)]),
+               steps=steps, lr=lr)
 
 
 @torch.no_grad()
@@ -270,7 +260,6 @@ def test_make_inputs_geometry_and_ignore(tiny_models: dict[str, Path]) -> None:
 def test_augment_moves_image_and_target_together(tiny_models: dict[str, Path]) -> None:
     method = LoraMethod(load_model(tiny_models["sam"]), augment=True)
     sample = shapes_samples(1, seed=6)[0]
-    plain = method.make_inputs(sample, train=False, rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
     seen = set()
     for _ in range(8):

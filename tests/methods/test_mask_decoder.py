@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shapes_samples
+from conftest import fit, shapes_samples
 from safetensors.torch import load_file, save_file
 
 from samadapt.cache import EmbeddingCache
@@ -31,18 +31,8 @@ def _batch(method: MaskDecoderMethod, samples: list[Sample], *, train: bool, rng
 def _train(method: MaskDecoderMethod, samples: list[Sample], steps: int, seed: int = 0) -> list[float]:
     """The training loop's contract in miniature: AdamW on the trainable parameters, batch 4."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=3e-3)
-    method.train()
-    losses = []
-    for _ in range(steps):
-        batch = _batch(method, [samples[i] for i in rng.choice(len(samples), 4, replace=False)], train=True, rng=rng)
-        loss = method.loss(method(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    method.eval()
-    return losses
+    return fit(method, lambda: _batch(method, [samples[i] for i in rng.choice(len(samples), 4, replace=False)],
+                                      train=True, rng=rng), steps=steps, lr=3e-3)
 
 
 def _prompted_iou(method: MaskDecoderMethod, samples: list[Sample]) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_samples
+from conftest import fit, shapes_samples
 from samadapt.errors import InputError
 from samadapt.methods.base import Sample
 from samadapt.methods.unet import UNet, UNetMethod
@@ -82,16 +82,8 @@ def test_unet_method_learns_shapes_and_round_trips(tiny_models: dict[str, Path])
     assert method.output_side == 128
     train, test = shapes_samples(16, seed=1), shapes_samples(8, seed=2)
     rng = np.random.default_rng(0)
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    method.train()
-    for _ in range(60):
-        batch = _batch(method, [train[i] for i in rng.choice(len(train), 4, replace=False)], rng)
-        loss = method.loss(method(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(method, lambda: _batch(method, [train[i] for i in rng.choice(len(train), 4, replace=False)], rng),
+                 steps=60, lr=3e-3)
     assert np.mean(losses[-10:]) < 0.65 * np.mean(losses[:10])
 
     iou = _foreground_iou(method, test)
