@@ -199,8 +199,11 @@ def read_sample(path: Path, *, bands: tuple[int, ...] | None = None, mask: Path 
 
 
 def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None = None,
-                 device: str = "cpu") -> Adapter:
+                 device: str = "cpu", runtime: Any = "auto") -> Adapter:
     """Load an adapter folder; the base model comes from its config unless given.
+
+    ``runtime`` is the base encoder's runtime (see :func:`samadapt.models.loading.load_model`);
+    a given LoadedModel keeps its own unless ``runtime`` is something other than "auto".
 
     Raises:
         ModelNotFoundError: the folder is not an adapter.
@@ -214,7 +217,14 @@ def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None
     expected = config["base_model"]
     if base is None:
         base = expected["name"]
-    loaded = base if isinstance(base, LoadedModel) else load_model(base, device=device)
+    if isinstance(base, LoadedModel):
+        loaded = base
+        if runtime is not None and runtime != "auto":
+            from samadapt.models.speed import apply_runtime
+
+            apply_runtime(loaded, runtime)
+    else:
+        loaded = load_model(base, device=device, runtime=runtime)
     if loaded.weights_sha256 != expected["weights_sha256"]:
         raise CheckpointError(
             f"this adapter was trained on {expected['name']} (weights sha256 {expected['weights_sha256'][:12]}), "

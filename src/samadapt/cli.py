@@ -71,15 +71,6 @@ def _runtime(runtime: str, precision: str | None):  # noqa: ANN202
     return replace(opts, precision=precision)
 
 
-def _apply_runtime(adapter: object, runtime: object) -> None:
-    """Run the encoder of an adapter's base model with the chosen runtime."""
-    base = getattr(getattr(adapter, "method", None), "base", None)
-    if base is not None and runtime is not None:
-        from samadapt.models.speed import apply_runtime
-
-        apply_runtime(base, runtime)  # type: ignore[arg-type]
-
-
 def _warn_untrusted(trusted: bool) -> None:
     if not trusted:
         err.print(
@@ -585,8 +576,7 @@ def predict_cmd(
             min_area=min_area, simplify=simplify, overwrite=overwrite), model, device,  # type: ignore[arg-type]
             runtime=encoder_runtime)
         return
-    ad = load_adapter(adapter, base=model, device=device)
-    _apply_runtime(ad, encoder_runtime)
+    ad = load_adapter(adapter, base=model, device=device, runtime=encoder_runtime)
     if ad.needs_prompts:
         raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter adapter")
     gsd = None
@@ -633,8 +623,7 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
     if (ref / "config.json").is_file() and (ref / "adapter.safetensors").is_file():
         from samadapt.adapter import load_adapter
 
-        predictor: object = load_adapter(ref, base=model, device=device)
-        _apply_runtime(predictor, runtime)
+        predictor: object = load_adapter(ref, base=model, device=device, runtime=runtime)
     else:
         from samadapt.segment import Segmenter
 

@@ -279,3 +279,15 @@ def test_segment_cli_takes_a_runtime(tiny_models, tmp_path: Path, monkeypatch, c
     assert code == 2 and "unknown runtime option 'nope'" in text and not out.exists()
     code, text = run_cli([*args, "--precision", "bf16"], monkeypatch, capsys)
     assert code == 0 and out.is_file()
+
+
+def test_an_adapter_loads_its_base_with_the_runtime_asked(tiny_models, tmp_path: Path) -> None:
+    from samadapt.adapter import load_adapter, save_adapter
+    from samadapt.methods import build_method
+
+    folder = save_adapter(build_method("domain-decoder", load_model(tiny_models["sam"]), width=8), tmp_path / "ad")
+    assert load_adapter(folder).method.base.runtime.precision == "fp32"  # auto: a 256 px model stays fp32
+    assert load_adapter(folder, runtime="bf16").method.base.runtime.precision == "bf16"
+    shared = load_model(tiny_models["sam"])
+    assert load_adapter(folder, base=shared, runtime="bf16").method.base is shared
+    assert shared.runtime.precision == "bf16"
