@@ -121,4 +121,6 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
     console.print("[bold]outputs[/]:")
     for kind, path in outputs.items():
         console.print(f"  {kind:9s} {path}")
+    console.print(f"[bold]next[/]: segment the sample on a web map: samadapt serve --model {loaded.name} "
+                  f"--adapter {outputs['adapter']} --source mars={sample.path}", highlight=False, soft_wrap=True)
     return outputs
