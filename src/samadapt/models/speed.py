@@ -266,12 +266,10 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
         reasons.append(why)
     elif precision == "bf16" and on_cpu and not cpu.native_bf16:
         reasons.append("bf16 as asked, though this CPU emulates bf16 (slower than fp32)")
-    vit = family in ("sam", "sam-hq")
-    fused = vit and options.backend == "torch" and options.fused_attention is not False
+    fused = options.backend == "torch" and options.fused_attention is not False
     if fused and options.fused_attention is None:
-        reasons.append("fused attention: no materialised position bias (same numbers in fp32)")
-    elif not vit and options.fused_attention:
-        reasons.append("fused attention does not apply: SAM 2's Hiera already uses SDPA")
+        reasons.append("fused encoder blocks: pre-packed linear layers, no materialised position bias, "
+                       "no needless casts (same numbers in fp32)")
     if options.backend == "onnx" and precision == "bf16":
         reasons.append("onnx runs fp32: ONNX Runtime's CPU kernels have no fast bf16 path")
         precision = "fp32"
@@ -299,8 +297,10 @@ def apply_runtime(loaded: LoadedModel, options: RuntimeOptions | str | None = No
     model = loaded.model
     if rt.fused_attention:
         from samadapt.models.fast_attention import install_fused_attention
+        from samadapt.models.fast_encoder import install_fast_encoder
 
         install_fused_attention(model)
+        install_fast_encoder(model)
     call: Callable[[torch.Tensor], Any] = model.get_image_embeddings
     if rt.backend == "onnx":
         from samadapt.models.onnx_encoder import onnx_encoder_call
