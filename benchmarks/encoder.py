@@ -6,7 +6,7 @@ timing does not depend on the values. Every path is timed in the same run as the
 in interleaved rounds (baseline, path A, path B, ... then again), so a busy machine slows
 all of them alike; the first round is a warm-up and each figure is the best later round.
 
-    .venv/bin/python benchmarks/encoder.py [--repeats 2] [--models sam-vit-base,sam2.1-hiera-tiny]
+    .venv/bin/python benchmarks/encoder.py [--repeats 3] [--models sam-vit-base,sam2.1-hiera-tiny]
                                            [--compile] [--onnx]
 
 Columns: seconds per image, ratio to the plain call (higher is faster), achieved GFLOP/s
@@ -91,24 +91,22 @@ def _main_tensor(out: object) -> torch.Tensor:
 
 
 def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str, float]) -> float:
-    plain = load_model(build(name, root))
-    fast = load_model(root / name)
+    # runtime=None: transformers' own modules and call, untouched by any samadapt runtime
+    plain = load_model(build(name, root), runtime=None)
     paths: dict[str, Callable[[torch.Tensor], object]] = {"plain fp32 (baseline)": plain.model.get_image_embeddings}
-    specs = ["fp32,fused", "bf16,no-fused", "bf16,fused"] if plain.family != "sam2" else ["bf16"]
     precision_of = {"plain fp32 (baseline)": "fp32"}
-    for spec in specs:
-        target = plain if "no-fused" in spec else fast
-        rt = apply_runtime(target, spec)
+    for spec in ["fp32,fused", "bf16,no-fused", "bf16,fused"]:
+        rt = apply_runtime(load_model(root / name, runtime=None), spec)  # each path on its own copy
         paths[rt.tag] = rt
         precision_of[rt.tag] = rt.precision
     notes = []
     if args.onnx:
         t = time.perf_counter()
-        rt = apply_runtime(load_model(root / name), "onnx")
+        rt = apply_runtime(load_model(root / name, runtime=None), "onnx")
         paths[rt.tag], precision_of[rt.tag] = rt, "fp32"
         notes.append(f"onnx export + session: {time.perf_counter() - t:.1f} s (once; cached)")
     if args.compile:
-        rt = apply_runtime(load_model(root / name), "bf16,compile")
+        rt = apply_runtime(load_model(root / name, runtime=None), "bf16,compile")
         t = time.perf_counter()
         with torch.inference_mode():
             rt(torch.randn(1, 3, 1024, 1024))
@@ -147,7 +145,7 @@ def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after the warm-up round")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up round")
     parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow first call)")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")

@@ -142,7 +142,7 @@ def _vit_layer_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any,
         return type(self).forward(self, hidden_states, *args, **kwargs)
     with torch.autocast("cpu", enabled=False):
         x = _stream(hidden_states)
-        b, height, width, channels = x.shape
+        _b, height, width, channels = x.shape
         h = _norm(self.layer_norm1, x, dtype)
         if self.window_size > 0:
             h, padded = self.window_partition(h, self.window_size)
@@ -177,7 +177,10 @@ def _patch_embed_forward(self: nn.Module, pixel_values: torch.Tensor) -> torch.T
 
 
 def _hiera_block_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    from transformers.models.sam2.modeling_sam2 import window_partition, window_unpartition
+    from transformers.models.sam2.modeling_sam2 import (
+        window_partition,
+        window_unpartition,
+    )
 
     dtype = _compute_dtype(hidden_states)
     attn, mlp = self.attn, self.mlp
