@@ -13,8 +13,9 @@ What "auto" chooses, and why (timings on a 2-core Xeon with AVX-512 BF16, see
   products run at 2-3x the fp32 rate. Autocast measured faster than a bf16 copy of the
   weights (layer norms and the residual stream stay fp32). Tiny test models (input under
   512 px) stay fp32: they are too small to gain and tests compare them to fp32 references.
-* fused attention for SAM and SAM-HQ (see :mod:`samadapt.models.fast_attention`); in fp32 it
-  gives the same numbers as transformers' SDPA path. SAM 2's Hiera already uses SDPA.
+* fused encoder blocks for every family (see :mod:`samadapt.models.fast_encoder` and
+  :mod:`samadapt.models.fast_attention`): pre-packed oneDNN linears, no materialised position
+  bias, no needless casts or copies; in fp32 they give the same numbers as transformers.
 * no ``torch.compile``: it must compile on the first call of every process (tens of seconds
   on two cores); ask for it with ``compile`` for long runs.
 
@@ -57,7 +58,7 @@ class RuntimeOptions:
 
     Attributes:
         precision: "fp32", "bf16" (autocast on the CPU, outputs returned as float32) or "auto".
-        fused_attention: SAM / SAM-HQ ViT attention without the materialised position bias.
+        fused_attention: samadapt's inference forwards of the encoder blocks (the "fused" token).
         compile: wrap the encoder in ``torch.compile`` (first call compiles).
         backend: "torch", or "onnx" for ONNX Runtime with the encoder exported once and cached.
         threads: torch intra-op threads; None leaves torch's count (OMP_NUM_THREADS, else the cores).
@@ -193,7 +194,7 @@ class EncoderRuntime:
 
     Attributes:
         precision: "fp32" or "bf16".
-        fused_attention: whether the ViT attention modules use the fused forward.
+        fused_attention: whether the encoder blocks use samadapt's fused forwards.
         compile: whether the encoder call is compiled.
         backend: "torch" or "onnx".
         threads: torch threads set for this process.
