@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from samadapt.imagery.preprocess import Geometry
-from samadapt.models import sam_decoder
+from samadapt.models import runtime, sam_decoder
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.runtime import DecoderPrompts, _call_model, decode
 from samadapt.prompts import ObjectPrompt
@@ -189,6 +189,28 @@ def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path]
     torch.testing.assert_close(lr, rlr, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(sc, rsc, atol=1e-5, rtol=1e-4)
     assert cfg is not None
+
+
+@pytest.mark.parametrize(("family", "calls"), [("sam2", 8), ("sam-hq", None)])
+def test_forward_batch_per_family(tiny_models: dict[str, Path], monkeypatch, family: str, calls: int | None) -> None:
+    """SAM 2 goes one object per call (faster per object than batched there); SAM-HQ one call per prompt shape."""
+    loaded = load_model(tiny_models[family])
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    prompts = _prompts(300, n=8)
+    seen: list[int] = []
+    real = runtime._call_model
+
+    def counted(loaded, embedding, kwargs):
+        out = real(loaded, embedding, kwargs)
+        seen.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(runtime, "_call_model", counted)
+    seg.decode(emb, prompts)
+    shapes = len(seg._decoder_prompts(prompts, emb.geometry).groups())
+    assert sum(seen) == 8
+    assert len(seen) == (calls if calls is not None else shapes) and shapes < 8
 
 
 def test_padding_points_change_nothing(tiny_models: dict[str, Path]) -> None:

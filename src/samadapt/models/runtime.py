@@ -107,6 +107,11 @@ class DecoderPrompts:
 #: Label of a padding point in :class:`DecoderPrompts`.
 PAD_LABEL = -10
 
+#: Objects per transformers forward call, by family (others: all objects of one prompt shape).
+#: SAM 2's decoder measured slower per object when batched on a 2-core CPU (77 ms alone,
+#: 85 ms in fours, 116 ms in sixteens; ``benchmarks/decoder.py``), so it goes one at a time.
+FORWARD_BATCH = {"sam2": 1}
+
 
 @torch.no_grad()
 def decode(
@@ -157,17 +162,20 @@ def decode(
     n, m = len(prompts), 3 if multimask else 1
     side = loaded.preprocessing.size // 4
     out_masks, out_scores = torch.empty(n, m, side, side), torch.empty(n, m)
-    for idx in prompts.groups().values():
-        points, labels, boxes = prompts.subset(idx)
-        kwargs: dict[str, object] = {"multimask_output": multimask}
-        if points is not None:
-            kwargs["input_points"], kwargs["input_labels"] = points.to(dev), labels.to(dev)
-        if boxes is not None:
-            kwargs["input_boxes"] = boxes.to(dev)
-        if prompts.mask is not None:
-            kwargs["input_masks"] = prompts.mask.to(dev, torch.float32)[None]
-        lr, sc = _call_model(loaded, embedding, kwargs)
-        out_masks[idx], out_scores[idx] = lr, sc
+    step = FORWARD_BATCH.get(loaded.family, max(n, 1))
+    for group in prompts.groups().values():
+        for first in range(0, len(group), step):
+            idx = group[first : first + step]
+            points, labels, boxes = prompts.subset(idx)
+            kwargs: dict[str, object] = {"multimask_output": multimask}
+            if points is not None:
+                kwargs["input_points"], kwargs["input_labels"] = points.to(dev), labels.to(dev)
+            if boxes is not None:
+                kwargs["input_boxes"] = boxes.to(dev)
+            if prompts.mask is not None:
+                kwargs["input_masks"] = prompts.mask.to(dev, torch.float32)[None]
+            lr, sc = _call_model(loaded, embedding, kwargs)
+            out_masks[idx], out_scores[idx] = lr, sc
     return out_masks, out_scores
 
 
