@@ -203,6 +203,30 @@ def test_local_cluster_gives_identical_class_rasters(tiny_models: dict[str, Path
         dask_client("threads:3")
 
 
+class _InlineClient:
+    """Runs submitted tasks at once, in this process: what a Dask worker would run, without the cluster."""
+
+    def submit(self, fn, *args, pure: bool = True):
+        result = fn(*args)
+        return SimpleNamespace(result=lambda: result, release=lambda: None)
+
+
+def test_workers_run_the_encoder_runtime_asked_for(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    import samadapt.mapping as mapping
+
+    monkeypatch.setattr(mapping, "_WORKER_ADAPTERS", {})
+    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
+    ad = load_adapter(save_adapter(method, tmp_path / "ad"), runtime="bf16,no-fused")
+    local = predict_raster(ad, raster, tmp_path / "local", MapOptions(polygons=None, overlap=32))
+    inline = predict_raster(ad, raster, tmp_path / "inline", MapOptions(polygons=None, overlap=32),
+                            client=_InlineClient())
+    [worker_adapter] = mapping._WORKER_ADAPTERS.values()
+    assert worker_adapter is not ad
+    assert worker_adapter.method.base.runtime.tag == ad.method.base.runtime.tag == "torch-bf16"
+    assert local.outputs["classes"].read_bytes() == inline.outputs["classes"].read_bytes()
+
+
 def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
     raster = _raster(tmp_path / "scene.tif", _disc_image())  # 0.5 m x 0.8 m pixels
     ad = PixelAdapter(tile=64)

@@ -336,7 +336,9 @@ def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window]
         return
     if getattr(adapter, "path", None) is None:
         raise InputError("distributed mapping needs an adapter loaded from a folder (samadapt.load_adapter(path))")
-    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits, scale)
+    runtime = getattr(getattr(getattr(adapter, "method", None), "base", None), "runtime", None)
+    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits, scale,
+            runtime.options if runtime is not None else "auto")  # workers run the encoder as asked here
     futures = [client.submit(_worker_tile, spec, (w.col_off, w.row_off, w.width, w.height), pure=False)
                for w in windows]
     for win, fut in zip(windows, futures):
@@ -385,15 +387,15 @@ def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], 
     return _back_to_window(ds, win, bands, limits, adapter.predict_sample(sample), sample.valid, scale)
 
 
-_WORKER_ADAPTERS: dict[tuple[str, str | None], Any] = {}
+_WORKER_ADAPTERS: dict[tuple[str, str | None, str], Any] = {}
 
 
 def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Runs on a Dask worker: the adapter is loaded once per worker process and kept."""
     from samadapt.adapter import load_adapter
 
-    adapter_path, base_ref, raster, bands, limits, scale = spec
-    key = (adapter_path, base_ref)
+    adapter_path, base_ref, raster, bands, limits, scale, runtime = spec
+    key = (adapter_path, base_ref, repr(runtime))
     if key not in _WORKER_ADAPTERS:
         import torch
 
@@ -402,7 +404,7 @@ def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.nda
         # OMP_NUM_THREADS is the worker's share of the cores (set by dask_client for a local
         # cluster); torch may have sized its pool before the variable was seen, so set it here.
         torch.set_num_threads(threads_for(1))
-        adapter = load_adapter(adapter_path, base=base_ref)
+        adapter = load_adapter(adapter_path, base=base_ref, runtime=runtime)
         _use_memory_cache(adapter.method, 1)  # for the worker's life: tiles are seen once
         _WORKER_ADAPTERS[key] = adapter
     with rasterio.open(raster) as ds:
