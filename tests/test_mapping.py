@@ -212,7 +212,7 @@ class _InlineClient:
 
 
 def test_workers_run_the_encoder_runtime_asked_for(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    import samadapt.mapping as mapping
+    from samadapt import mapping
 
     monkeypatch.setattr(mapping, "_WORKER_ADAPTERS", {})
     raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
