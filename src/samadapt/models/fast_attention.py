@@ -10,8 +10,9 @@ Here the bias is built differently, the result being the same sum:
 
 * windowed layers (few tokens): the bias is one matrix product, ``[rel_h, rel_w] @ onehot``,
   where the one-hot matrix picks each key's row and column term;
-* global layers (many tokens): queries are taken a few image rows at a time, the bias of
-  those rows is written into one reused buffer and handed to
+* global layers (many tokens): queries are taken some image rows at a time (up to
+  :data:`CHUNK_BYTES` of bias), the bias of those rows is written into a buffer each thread
+  keeps and reuses, and handed to
   :func:`torch.nn.functional.scaled_dot_product_attention` with the rows' queries, so the
   full bias never exists.
 
