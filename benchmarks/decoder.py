@@ -8,8 +8,8 @@ transformers' plain call with one prompt per call, measured in the same run:
 
 Rows: ``Segmenter.decode`` with N objects in one call (half single points, half boxes), its
 ms per prompt and its ratio to the baseline (lower is faster), for the decoder path the
-model's runtime selects (``path``: SAM's own fast decoder in bf16 or fp32, following the
-encoder runtime's precision, or transformers' forward for other families) and, for SAM,
+model's runtime selects (``path``: samadapt's fast decoder in bf16 or fp32, following the
+encoder runtime's precision, or transformers' forward for SAM-HQ) and, for SAM and SAM 2,
 the fp32 path too. The machine may be shared: compare ratios, not absolute times.
 Target: <= 15 ms per prompt with 16 prompts on 2 cores.
 """
@@ -82,7 +82,7 @@ def plain_one_at_a_time(loaded, emb: dict[str, torch.Tensor], batch: list[Object
 
 def path(loaded: LoadedModel) -> str:
     """Which decoder path ``Segmenter.decode`` takes for prompts without a mask."""
-    if loaded.family == "sam" and sam_decoder.supported(loaded.model):
+    if loaded.family in ("sam", "sam2") and sam_decoder.supported(loaded.model):
         return sam_decoder.precision_for(loaded)
     return "transformers"
 

@@ -79,9 +79,15 @@ def _livelier(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
 
 
 def _embedded(loaded: LoadedModel, size: int, hw: tuple[int, int]) -> Embedded:
-    cfg = loaded.model.config.prompt_encoder_config
+    """A random embedding of the model's shapes (SAM 2: with its two high-resolution features)."""
+    c = loaded.model.config.mask_decoder_config.hidden_size
+    side = loaded.model.prompt_encoder.image_embedding_size
+    side = side[0] if isinstance(side, (tuple, list)) else side
     gen = torch.Generator().manual_seed(1)
-    emb = {"image": torch.randn(1, cfg.hidden_size, cfg.image_embedding_size, cfg.image_embedding_size, generator=gen)}
+    emb = {"image": torch.randn(1, c, side, side, generator=gen)}
+    if loaded.family == "sam2":
+        emb["high_res_0"] = torch.randn(1, c // 8, 4 * side, 4 * side, generator=gen)
+        emb["high_res_1"] = torch.randn(1, c // 4, 2 * side, 2 * side, generator=gen)
     scale = size / max(hw)
     geometry = Geometry(original_hw=hw, resized_hw=(int(hw[0] * scale + 0.5), int(hw[1] * scale + 0.5)))
     return Embedded(image=None, embedding=emb, geometry=geometry, from_cache=False)  # type: ignore[arg-type]
@@ -177,8 +183,51 @@ def test_upscaling_blocks_equal_one_block(tiny_models: dict[str, Path], monkeypa
     torch.testing.assert_close(cut[1], whole[1], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_tiny_sam2_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict[str, Path], multimask: bool) -> None:
+    """SAM 2 through the fast pass: its object-score token, high-resolution features and, for
+    one mask, its stability rule (which needs all four masks) as transformers has them."""
+    loaded = _livelier(load_model(tiny_models["sam2"]))
+    assert sam_decoder.supported(loaded.model)
+    assert loaded.model.mask_decoder.dynamic_multimask_via_stability
+    emb = _embedded(loaded, loaded.preprocessing.size, (300, 500))
+    prompts = _prompts(300, n=20)
+    seg = Segmenter(loaded, cache=False)
+    _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
+
+
+def _sam2_full_decoder(root: Path, runtime: str) -> LoadedModel:
+    """SAM 2's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a tiny Hiera."""
+    from transformers import AutoModel, Sam2Config
+
+    if not (root / "m2").is_dir():
+        backbone = {"model_type": "sam2_hiera_det_model", "hidden_size": 8, "blocks_per_stage": [1, 1, 1, 1],
+                    "embed_dim_per_stage": [8, 16, 32, 64], "num_attention_heads_per_stage": [1, 1, 1, 1],
+                    "global_attention_blocks": [3]}
+        config = Sam2Config(vision_config={"backbone_config": backbone, "backbone_channel_list": [64, 32, 16, 8]})
+        torch.manual_seed(0)
+        AutoModel.from_config(config).save_pretrained(root / "m2")
+    loaded = _livelier(load_model(root / "m2", runtime=runtime))
+    assert loaded.model.config.mask_decoder_config.hidden_size == 256 and loaded.preprocessing.size == 1024
+    return loaded
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sam2_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, precision: str) -> None:
+    loaded = _sam2_full_decoder(tmp_path, precision)
+    assert sam_decoder.precision_for(loaded) == precision
+    emb = _embedded(loaded, 1024, (700, 1000))
+    prompts = _prompts(700, n=12)  # more than one group of the bf16 path
+    fast = Segmenter(loaded, cache=False).decode(emb, prompts)
+    check = _check_agreement if precision == "fp32" else _check_bf16_agreement
+    check(fast, _reference(loaded, emb, prompts, True))
+
+
 @pytest.mark.parametrize("family", ["sam2", "sam-hq"])
-def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path], family: str) -> None:
+def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path], family: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if family == "sam2":  # as with an adapter in its decoder: transformers' forward
+        monkeypatch.setattr(sam_decoder, "supported", lambda model: False)
     loaded = load_model(tiny_models[family])
     assert not sam_decoder.supported(loaded.model)
     cfg = loaded.model.config
@@ -193,7 +242,9 @@ def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path]
 
 @pytest.mark.parametrize(("family", "calls"), [("sam2", 8), ("sam-hq", None)])
 def test_forward_batch_per_family(tiny_models: dict[str, Path], monkeypatch, family: str, calls: int | None) -> None:
-    """SAM 2 goes one object per call (faster per object than batched there); SAM-HQ one call per prompt shape."""
+    """Without the fast pass, SAM 2 goes one object per call (faster per object than batched
+    there); SAM-HQ one call per prompt shape."""
+    monkeypatch.setattr(sam_decoder, "supported", lambda model: False)
     loaded = load_model(tiny_models[family])
     seg = Segmenter(loaded, cache=False)
     emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))

@@ -107,9 +107,10 @@ class DecoderPrompts:
 #: Label of a padding point in :class:`DecoderPrompts`.
 PAD_LABEL = -10
 
-#: Objects per transformers forward call, by family (others: all objects of one prompt shape).
-#: SAM 2's decoder measured slower per object when batched on a 2-core CPU (77 ms alone,
-#: 85 ms in fours, 116 ms in sixteens; ``benchmarks/decoder.py``), so it goes one at a time.
+#: Objects per transformers forward call, by family (others: all objects of one prompt shape),
+#: where the fast pass of :mod:`samadapt.models.sam_decoder` cannot be used (mask prompts, an
+#: adapter in the decoder). transformers' SAM 2 decoder measured slower per object when batched
+#: on a 2-core CPU (77 ms alone, 85 ms in fours, 116 ms in sixteens), so it goes one at a time.
 FORWARD_BATCH = {"sam2": 1}
 
 
@@ -119,7 +120,7 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompt encoder and mask decoder on a cached embedding.
 
-    Every object is decoded as if alone: with SAM's plain decoder all objects go through one
+    Every object is decoded as if alone: with SAM's or SAM 2's plain decoder all objects go through one
     pass (:mod:`samadapt.models.sam_decoder`), otherwise objects of the same prompt shape
     share a call of the model.
 
@@ -136,8 +137,11 @@ def decode(
     from samadapt.models import sam_decoder
 
     dev = loaded.device
-    if prompts.mask is None and loaded.family == "sam" and sam_decoder.supported(loaded.model):
+    if prompts.mask is None and loaded.family in ("sam", "sam2") and sam_decoder.supported(loaded.model):
         model, image = loaded.model, embedding["image"].to(dev)
+        high_res = None
+        if loaded.family == "sam2":
+            high_res = (embedding["high_res_0"].to(dev), embedding["high_res_1"].to(dev))
         groups = prompts.groups()
         sparse: list[torch.Tensor | None] = [None] * len(prompts)
         for idx in groups.values():
@@ -155,7 +159,8 @@ def decode(
             for j, t in enumerate(chunk):
                 if t is not None:
                     padded[j, : len(t)], valid[j, : len(t)] = t, True
-            lr, sc = sam_decoder.decode_sam(model, image, padded, valid, multimask, sam_decoder.precision_for(loaded))
+            lr, sc = sam_decoder.decode_sam(model, image, padded, valid, multimask, sam_decoder.precision_for(loaded),
+                                            high_res)
             masks.append(lr)
             scores.append(sc)
         return torch.cat(masks).float().cpu(), torch.cat(scores).float().cpu()

@@ -1,4 +1,4 @@
-"""A faster, numerically equivalent forward pass of SAM's mask decoder for many prompts at once.
+"""A faster, numerically equivalent forward pass of SAM's (and SAM 2's) mask decoder for many prompts at once.
 
 transformers' ``SamModel.forward`` decodes N prompts by copying the image embedding N
 times and running every projection over all 4096 image tokens for each prompt. The
@@ -27,9 +27,10 @@ float32): about twice as fast where the CPU multiplies bf16 natively, with masks
 with the float32 ones to IoU >= 0.99 (``tests/test_decode_speed.py`` states the bounds).
 :func:`precision_for` follows the encoder runtime's precision.
 
-Only the plain SAM decoder (family "sam") takes this path; modules replaced by an adapter
-(anything but plain ``nn.Linear`` / ``nn.ConvTranspose2d`` / ``nn.LayerNorm``) fall back to
-transformers' forward, as do SAM-HQ and SAM 2.
+SAM's and SAM 2's plain decoders take this path (their two-way transformers are the same;
+SAM 2 adds an object-score token, two high-resolution features added in the upscaling, and
+a stability rule for single-mask requests, all handled here). Modules replaced by an adapter
+(anything but transformers' and torch's own) fall back to transformers' forward, as does SAM-HQ.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ _POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = we
 
 
 def supported(model: nn.Module) -> bool:
-    """True when the model's mask decoder is transformers' plain SAM decoder (no adapter modules in it)."""
+    """True when the model's mask decoder is transformers' plain SAM or SAM 2 decoder (no adapter modules in it)."""
     dec = getattr(model, "mask_decoder", None)
-    if dec is None or type(model).__name__ != "SamModel" or not hasattr(dec, "upscale_conv1"):
+    if dec is None or type(model).__name__ not in ("SamModel", "Sam2Model") or not hasattr(dec, "upscale_conv1"):
         return False
     for module in dec.modules():  # an adapter's own layers (LoRA ...) need their own forward
         if not type(module).__module__.startswith(("torch.nn.", "transformers.")):
@@ -90,6 +91,11 @@ def image_positional_embedding(model: nn.Module) -> torch.Tensor:
     return found[1]
 
 
+def _out_proj(att: nn.Module) -> nn.Module:
+    """The attention's output projection (``out_proj`` in SAM, ``o_proj`` in SAM 2)."""
+    return att.out_proj if hasattr(att, "out_proj") else att.o_proj
+
+
 def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, L, D) -> (B, heads, L, D / heads)."""
     b, n, d = x.shape
@@ -101,7 +107,7 @@ def _token_self_attention(att: nn.Module, q: torch.Tensor, v: torch.Tensor, vali
     h = att.num_attention_heads
     out = F.scaled_dot_product_attention(_split(att.q_proj(q), h), _split(att.k_proj(q), h),
                                          _split(att.v_proj(v), h), attn_mask=valid[:, None, None, :])
-    return att.out_proj(out.transpose(1, 2).flatten(2))
+    return _out_proj(att)(out.transpose(1, 2).flatten(2))
 
 
 def _scores(rows: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
@@ -132,7 +138,7 @@ def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: to
         kh, vh = shared[att, "kv"]
         out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
         out = out.view(h, n, t, d).permute(1, 2, 0, 3)
-        return att.out_proj(out.reshape(n, t, h * d))
+        return _out_proj(att)(out.reshape(n, t, h * d))
     # Per-prompt image tokens: fold each query into the key weights. The key bias adds the
     # same number to every score of a query, which the softmax ignores; the positional part
     # is a product of its own rather than a sum over all image tokens of every prompt.
@@ -143,7 +149,7 @@ def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: to
     ctx = torch.bmm(weights, keys).view(n, h, t, c).float()  # weighted image tokens
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
-    return att.out_proj(out.reshape(n, t, h * d))
+    return _out_proj(att)(out.reshape(n, t, h * d))
 
 
 def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
@@ -181,10 +187,11 @@ def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: to
         bias = bias + (kh * bq).sum(-1, keepdim=True)
         scores = _scores(kq, keys, pe).view(n, h, t, -1).add_(bias.to(keys.dtype))
     weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
-    wo = att.out_proj.weight.view(c, h, d)
+    proj = _out_proj(att)
+    wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
     # the output bias rides on each head's values as bias / heads.
-    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(att.out_proj.bias / h).reshape(n, h * t, c)
+    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
     # The residual is the accumulator of the product: one pass over the N x HW x C result.
     return torch.baddbmm(keys.to(dtype), weights.transpose(1, 2), vo.to(dtype), out=out)
 
@@ -220,8 +227,12 @@ def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return found[1]
 
 
-def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int) -> torch.Tensor:
+def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int,
+                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
+
+    ``high_res`` (SAM 2): its two projected high-resolution features, (1, C/8, 4 side, 4 side)
+    and (1, C/4, 2 side, 2 side), added after the first and second transposed convolutions.
 
     Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
     transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
@@ -235,16 +246,24 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
     c1, c2 = gamma.shape[0], b2.shape[0] // 2
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
+    s0 = s1 = None
+    if high_res is not None:  # channels-last, so a row of pixels is a contiguous (columns, channels) run
+        s0, s1 = (f[0].permute(1, 2, 0).to(dtype).contiguous() for f in high_res)
     out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
     step = max(1, UPSCALE_TOKENS // (n * side))
     for r in range(0, side, step):
         e = min(r + step, side)
         x = keys[:, r * side : e * side].reshape(-1, c)
         for a1, w1 in enumerate((w1a, w1b)):
-            up = F.layer_norm(torch.addmm(b1, x, w1).view(-1, c1), (c1,), gamma, beta, eps)  # rows (n, r, col, b1)
-            up = torch._C._nn.gelu_(up)
+            up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (n, r, col, b1): pixel (2 r + a1, 2 col + b1)
+            if s1 is not None:
+                up = up.view(n, -1, c1).add_(s1[2 * r + a1 : 2 * e : 2].reshape(1, -1, c1)).view(-1, c1)
+            up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))
             for a2, w2 in enumerate((w2a, w2b)):
-                pixels = torch._C._nn.gelu_(torch.addmm(b2, up, w2)).view(n, -1, c2)  # rows (r, col, b1, b2)
+                pixels = torch.addmm(b2, up, w2).view(n, -1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
+                if s0 is not None:
+                    pixels.add_(s0[4 * r + 2 * a1 + a2 : 4 * e : 4].reshape(1, -1, c2))
+                pixels = torch._C._nn.gelu_(pixels)
                 out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
     return out.view(n, m, 4 * side, 4 * side)
 
@@ -275,17 +294,20 @@ def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Te
 
 
 def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
-               multimask: bool, precision: Precision = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+               multimask: bool, precision: Precision = "fp32",
+               high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode N objects on one image embedding with SAM's mask decoder (inference only: no gradients).
 
     Args:
-        model: a transformers ``SamModel`` for which :func:`supported` is True.
+        model: a transformers ``SamModel`` or ``Sam2Model`` for which :func:`supported` is True.
         image: (1, C, h, w) image embedding.
         sparse: (N, T, C) prompt-token embeddings from the prompt encoder, padded to a common T.
         valid: (N, T) bool, False for padding tokens.
         multimask: return the 3 candidate masks (else the single-mask output).
         precision: "fp32", or "bf16" to keep each prompt's own image tokens and the upscaling
             in bfloat16 (see :data:`Precision`).
+        high_res: SAM 2 only: the embedding's two projected high-resolution features
+            (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.runtime.encode`).
 
     Returns:
         Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
@@ -299,19 +321,23 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
     shared: dict[object, torch.Tensor] = {}
     masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                      shared) for s in range(0, sparse.shape[0], group)))
+                                      shared, high_res) for s in range(0, sparse.shape[0], group)))
     return torch.cat(masks), torch.cat(ious)
 
 
 def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
-                  dtype: torch.dtype, shared: dict[object, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                  dtype: torch.dtype, shared: dict[object, torch.Tensor],
+                  high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens."""
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
     pe = image_positional_embedding(model)
     pe_low = pe.to(dtype)
-    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]).expand(n, -1, -1)
+    # SAM 2 puts an object-score token before SAM's IoU and mask tokens
+    first = [dec.obj_score_token.weight] if hasattr(dec, "obj_score_token") else []
+    iou_at = len(first)
+    out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight]).expand(n, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
@@ -332,7 +358,13 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
         keys = _layer_norm(layer.layer_norm4, pre, _workspace(f"keys{i % 2}", pre.shape, dtype, pe.device))
     att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe_low, None)
     queries = tr.layer_norm_final_attn(queries + att)
-    chosen = range(1, dec.num_mask_tokens) if multimask else range(1)
-    hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in chosen], dim=1)
-    iou = dec.iou_prediction_head(queries[:, 0])[:, list(chosen)]
-    return _upscale_masks(dec, keys, hyper, side), iou
+    # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
+    dynamic = not multimask and getattr(dec, "dynamic_multimask_via_stability", False)
+    chosen = range(1, dec.num_mask_tokens) if multimask else range(dec.num_mask_tokens if dynamic else 1)
+    hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
+    iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
+    masks = _upscale_masks(dec, keys, hyper, side, high_res)
+    if dynamic:
+        masks, iou = dec._dynamic_multimask_via_stability(masks[None], iou[None])
+        masks, iou = masks[0], iou[0]
+    return masks, iou
