@@ -307,11 +307,16 @@ def test_batched_tiles_equal_one_tile_at_a_time(method_name: str, tiny_models: d
         outputs[batch] = predict_raster(ad, raster, tmp_path / f"b{batch}", options)
     assert max(calls) == 3  # tiles really went through the model three at a time
     assert outputs[1].tiles == outputs[3].tiles > 3
-    with rasterio.open(outputs[1].outputs["classes"]) as a, rasterio.open(outputs[3].outputs["classes"]) as b:
-        np.testing.assert_array_equal(a.read(), b.read())
-    # batched matrix products round differently in the last float bits: at most one level of 255
+    # Batched matrix products round differently in the last float bits: probabilities agree to one
+    # level of 255, and a class may flip only where its two best classes are that close (a tie).
     with rasterio.open(outputs[1].outputs["probabilities"]) as a, rasterio.open(outputs[3].outputs["probabilities"]) as b:
-        assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1
+        probs1, probs3 = a.read().astype(int), b.read().astype(int)
+    assert np.abs(probs1 - probs3).max() <= 1
+    with rasterio.open(outputs[1].outputs["classes"]) as a, rasterio.open(outputs[3].outputs["classes"]) as b:
+        differ = a.read(1) != b.read(1)
+    top2 = np.sort(probs1, axis=0)[-2:]
+    assert differ.mean() <= 1e-4
+    assert ((top2[1] - top2[0])[differ] <= 2).all()
 
 
 def test_batch_size_must_be_positive(tmp_path: Path) -> None:

@@ -134,6 +134,17 @@ def test_packed_weights_follow_the_weights(count_linear, family: str) -> None:
         assert torch.equal(a, b)
 
 
+def test_packed_weights_follow_a_replaced_parameter() -> None:
+    x = x256()
+    model = scaled(build_tiny_model("sam"))
+    embeddings(model, x, fused=True, bf16=True)
+    lin = model.vision_encoder.layers[0].mlp.lin1
+    lin.weight = torch.nn.Parameter(lin.weight.detach() * 1.5)  # a new tensor, version 0 like the old one
+    after = embeddings(model, x, fused=True, bf16=True)
+    for a, b in zip(after, embeddings(copy.deepcopy(model), x, fused=True, bf16=True), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_hiera_position_embedding_follows_its_parameter() -> None:
     x = x256()
     model = scaled(build_tiny_model("sam2"))

@@ -36,7 +36,7 @@ from samadapt.models.fast_attention import relpos_attention
 
 # Per-module caches, held beside the modules rather than on them: a packed oneDNN weight
 # cannot be pickled (Dask workers get the model by pickle) and must not follow a deepcopy.
-_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
 _POS: weakref.WeakKeyDictionary[nn.Module, dict[Any, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
@@ -80,7 +80,7 @@ def _packed(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     w, b = module.weight, module.bias
     key = (dtype, *_identity(w), *(_identity(b) if b is not None else ()))
     cached = _PACKED.get(module)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and cached[2]() is w:  # same tensor, not a new one at its address
         return cached[1]
     with torch.inference_mode(False), torch.no_grad():
         wd = w.detach().reshape(w.shape[0], -1).to(dtype)
@@ -89,7 +89,7 @@ def _packed(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
         if onednn:
             wd = torch.ops.mkldnn._reorder_linear_weight(wd, None)
     value = (wd, bd, onednn)
-    _PACKED[module] = (key, value)
+    _PACKED[module] = (key, value, weakref.ref(w))
     return value
 
 
