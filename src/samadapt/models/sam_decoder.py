@@ -247,8 +247,10 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
     s0 = s1 = None
-    if high_res is not None:  # channels-last, so a row of pixels is a contiguous (columns, channels) run
-        s0, s1 = (f[0].permute(1, 2, 0).to(dtype).contiguous() for f in high_res)
+    if high_res is not None:  # channels-last and grouped by child row, so each block's rows are one contiguous run
+        f0, f1 = (f[0].permute(1, 2, 0).to(dtype) for f in high_res)  # (4 side, 4 side, C2), (2 side, 2 side, C1)
+        s0 = f0.reshape(side, 4, 4 * side, c2).transpose(0, 1).contiguous()  # [2 a1 + a2, r]: pixel row 4 r + 2 a1 + a2
+        s1 = f1.reshape(side, 2, 2 * side, c1).transpose(0, 1).contiguous()  # [a1, r]: pixel row 2 r + a1
     out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
     step = max(1, UPSCALE_TOKENS // (n * side))
     for r in range(0, side, step):
@@ -257,12 +259,12 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
         for a1, w1 in enumerate((w1a, w1b)):
             up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (n, r, col, b1): pixel (2 r + a1, 2 col + b1)
             if s1 is not None:
-                up = up.view(n, -1, c1).add_(s1[2 * r + a1 : 2 * e : 2].reshape(1, -1, c1)).view(-1, c1)
+                up = up.view(n, -1, c1).add_(s1[a1, r:e].reshape(1, -1, c1)).view(-1, c1)
             up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))
             for a2, w2 in enumerate((w2a, w2b)):
                 pixels = torch.addmm(b2, up, w2).view(n, -1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
                 if s0 is not None:
-                    pixels.add_(s0[4 * r + 2 * a1 + a2 : 4 * e : 4].reshape(1, -1, c2))
+                    pixels.add_(s0[2 * a1 + a2, r:e].reshape(1, -1, c2))
                 pixels = torch._C._nn.gelu_(pixels)
                 out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
     return out.view(n, m, 4 * side, 4 * side)
