@@ -107,6 +107,17 @@ def test_padded_windows_match_transformers(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["sam", "sam2"])
+def test_half_precision_model_keeps_transformers_blocks(count_linear, family: str) -> None:
+    """A model cast to bf16 (no autocast) runs transformers' own code, unchanged."""
+    model = scaled(build_tiny_model(family)).to(torch.bfloat16)
+    want = embeddings(copy.deepcopy(model), x256().bfloat16(), fused=False, bf16=False)
+    got = embeddings(model, x256().bfloat16(), fused=True, bf16=False)
+    assert count_linear[0] == 0
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["sam", "sam2"])
 def test_training_goes_through_transformers_blocks(count_linear, family: str) -> None:
     model = build_tiny_model(family)
     fast_encoder.install_fast_encoder(model)

@@ -45,13 +45,13 @@ def _tracing() -> bool:
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """bf16 under CPU bf16 autocast, the input's dtype otherwise; None when the fast path must not run."""
+    """bf16 under CPU bf16 autocast, fp32 for fp32 inputs otherwise; None when the fast path must not run."""
     if torch.is_grad_enabled() or _tracing():
         return None
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    if torch.is_autocast_enabled(x.device.type):
-        return None
+    if torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32:
+        return None  # other autocasts and half-precision models keep transformers' code
     return x.dtype
 
 
