@@ -227,12 +227,27 @@ def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return found[1]
 
 
+def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's two projected high-resolution features, (1, C/8, 4 side, 4 side) and (1, C/4, 2 side, 2 side),
+    channels-last and grouped by child row, so each upscaling block's rows are one contiguous run.
+
+    Returns:
+        (4, side, 4 side, C/8) indexed [2 a1 + a2, r] for pixel row 4 r + 2 a1 + a2, and
+        (2, side, 2 side, C/4) indexed [a1, r] for pixel row 2 r + a1.
+    """
+    f0, f1 = (f[0].permute(1, 2, 0).to(dtype) for f in high_res)
+    s0 = f0.reshape(side, 4, 4 * side, f0.shape[-1]).transpose(0, 1).contiguous()
+    s1 = f1.reshape(side, 2, 2 * side, f1.shape[-1]).transpose(0, 1).contiguous()
+    return s0, s1
+
+
 def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int,
                    high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
 
-    ``high_res`` (SAM 2): its two projected high-resolution features, (1, C/8, 4 side, 4 side)
-    and (1, C/4, 2 side, 2 side), added after the first and second transposed convolutions.
+    ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
+    them, added after the first and second transposed convolutions.
 
     Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
     transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
@@ -246,11 +261,7 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
     c1, c2 = gamma.shape[0], b2.shape[0] // 2
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
-    s0 = s1 = None
-    if high_res is not None:  # channels-last and grouped by child row, so each block's rows are one contiguous run
-        f0, f1 = (f[0].permute(1, 2, 0).to(dtype) for f in high_res)  # (4 side, 4 side, C2), (2 side, 2 side, C1)
-        s0 = f0.reshape(side, 4, 4 * side, c2).transpose(0, 1).contiguous()  # [2 a1 + a2, r]: pixel row 4 r + 2 a1 + a2
-        s1 = f1.reshape(side, 2, 2 * side, c1).transpose(0, 1).contiguous()  # [a1, r]: pixel row 2 r + a1
+    s0, s1 = high_res if high_res is not None else (None, None)
     out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
     step = max(1, UPSCALE_TOKENS // (n * side))
     for r in range(0, side, step):
@@ -322,6 +333,8 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     # the shared image tokens are computed for the first group and reused by the others.
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
     shared: dict[object, torch.Tensor] = {}
+    if high_res is not None:  # once for all groups
+        high_res = _regroup_high_res(high_res, side, dtype)
     masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
                                       shared, high_res) for s in range(0, sparse.shape[0], group)))
     return torch.cat(masks), torch.cat(ious)
