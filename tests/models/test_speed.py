@@ -112,12 +112,41 @@ def test_fast_paths_keep_embeddings_and_masks(scaled_models, image, family: str,
     check_fidelity(scaled_models[family], spec, BOUNDS[spec], image)
 
 
+@pytest.mark.parametrize("fold", [False, True], ids=["rows", "folded"])
 @pytest.mark.parametrize("spec", ["fp32,fused", "bf16,fused"])
-def test_fused_attention_by_rows_keeps_embeddings(scaled_models, image, monkeypatch, spec: str) -> None:
-    # Tiny models' layers are small enough for the whole-bias branch; force the row-chunked one.
+def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypatch, spec: str, fold: bool) -> None:
+    # Tiny models' layers are small enough for the whole-bias branch; force the global-layer ones.
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
     monkeypatch.setattr(fast_attention, "CHUNK_BYTES", 4 * 2 * 3 * 16 * 256)  # 3 rows of 16 per chunk in fp32, 6 in bf16
+    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32, torch.bfloat16) if fold else ())
+    calls = []
+    monkeypatch.setattr(fast_attention, "folded_attention",
+                        lambda *a: calls.append(1) or FOLDED(*a))
     check_fidelity(scaled_models["sam"], spec, BOUNDS[spec], image)
+    assert bool(calls) == fold
+
+
+FOLDED = fast_attention.folded_attention
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
+def test_folded_attention_matches_eager_attention(monkeypatch, grid: tuple[int, int]) -> None:
+    """The bias folded into Q and K gives eager attention's numbers (fp32, large position terms)."""
+    from transformers.models.sam.modeling_sam import SamVisionAttention
+
+    monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
+    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32,))
+    model = build_tiny_model("sam")
+    module = model.vision_encoder.layers[1].attn
+    with torch.no_grad():
+        module.rel_pos_h.normal_(0, 0.5)
+        module.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, *grid, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = SamVisionAttention.forward(module, x)[0]
+        fast_attention.install_fused_attention(model)
+        folded = module(x)[0]
+    assert rel_err(folded, eager) <= 1e-5
 
 
 def test_fused_attention_matches_eager_attention() -> None:
