@@ -1,16 +1,18 @@
 """Milliseconds per prompt through the mask decoder: batched against one prompt at a time.
 
-Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny) and a random
-image embedding: the decoder's cost does not depend on the values. Each model's baseline is
+Random weights with the real architectures (sam-vit-base, sam-hq-vit-base, sam2.1-hiera-tiny)
+and a random image embedding: the decoder's cost does not depend on the values. Each model's baseline is
 transformers' plain call with one prompt per call, measured in the same run:
 
-    .venv/bin/python benchmarks/decoder.py [--models sam-vit-base,sam2.1-hiera-tiny] [--sizes 1,4,16,64]
+    .venv/bin/python benchmarks/decoder.py [--models sam-vit-base,sam-hq-vit-base,sam2.1-hiera-tiny]
+                                           [--sizes 1,4,16,64]
 
 Rows: ``Segmenter.decode`` with N objects in one call (half single points, half boxes), its
 ms per prompt and its ratio to the baseline (lower is faster), for the decoder path the
 model's runtime selects (``path``: samadapt's fast decoder in bf16 or fp32, following the
-encoder runtime's precision, or transformers' forward for SAM-HQ) and, for SAM and SAM 2,
-the fp32 path too. The machine may be shared: compare ratios, not absolute times.
+encoder runtime's precision, or transformers' forward where the fast pass does not apply) and
+the fp32 path too. SAM-HQ does more per prompt than SAM (its HQ mask runs two 3x3
+convolutions over the 256 x 256 upscaled features of each object). The machine may be shared: compare ratios, not absolute times.
 Target: <= 15 ms per prompt with 16 prompts on 2 cores.
 """
 
@@ -62,6 +64,9 @@ def embedding(loaded) -> dict[str, torch.Tensor]:
         return {"high_res_0": torch.randn(1, 32, 256, 256, generator=gen),
                 "high_res_1": torch.randn(1, 64, 128, 128, generator=gen),
                 "image": torch.randn(1, 256, 64, 64, generator=gen)}
+    if loaded.family == "sam-hq":  # the early ViT features the HQ decoder reads (transformers uses the first)
+        vit = loaded.model.config.mask_decoder_config.vit_dim
+        return {"image": torch.randn(1, 256, 64, 64, generator=gen), "vit_0": torch.randn(1, 64, 64, vit, generator=gen)}
     return {"image": torch.randn(1, 256, 64, 64, generator=gen)}
 
 
@@ -69,6 +74,7 @@ def plain_one_at_a_time(loaded, emb: dict[str, torch.Tensor], batch: list[Object
     """transformers' forward, one object per call (inputs already in the model frame)."""
     image = emb["image"]
     extra = [emb[k] for k in sorted(k for k in emb if k.startswith("high_res_"))]
+    hq = {"intermediate_embeddings": [emb["vit_0"]]} if "vit_0" in emb else {}
     with torch.no_grad():
         for p in batch:
             kwargs = {}
@@ -77,19 +83,19 @@ def plain_one_at_a_time(loaded, emb: dict[str, torch.Tensor], batch: list[Object
             else:
                 kwargs["input_points"] = torch.as_tensor(p.points, dtype=torch.float32)[None, None]
                 kwargs["input_labels"] = torch.ones(1, 1, 1, dtype=torch.int64)
-            loaded.model(image_embeddings=[*extra, image] if extra else image, **kwargs)
+            loaded.model(image_embeddings=[*extra, image] if extra else image, **hq, **kwargs)
 
 
 def path(loaded: LoadedModel) -> str:
     """Which decoder path ``Segmenter.decode`` takes for prompts without a mask."""
-    if loaded.family in ("sam", "sam2") and sam_decoder.supported(loaded.model):
+    if sam_decoder.supported(loaded.model):
         return sam_decoder.precision_for(loaded)
     return "transformers"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny")
+    parser.add_argument("--models", default="sam-vit-base,sam-hq-vit-base,sam2.1-hiera-tiny")
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

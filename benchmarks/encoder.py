@@ -33,7 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from samadapt.models.loading import load_model
 from samadapt.models.speed import apply_runtime, cpu_info, threads_for
 
-CONFIGS = {"sam-vit-base": "SamConfig", "sam2.1-hiera-tiny": "Sam2Config"}  # defaults = these architectures
+#: transformers' default configs are these architectures
+CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config"}
 
 
 def config(name: str):

@@ -88,6 +88,8 @@ def _embedded(loaded: LoadedModel, size: int, hw: tuple[int, int]) -> Embedded:
     if loaded.family == "sam2":
         emb["high_res_0"] = torch.randn(1, c // 8, 4 * side, 4 * side, generator=gen)
         emb["high_res_1"] = torch.randn(1, c // 4, 2 * side, 2 * side, generator=gen)
+    if loaded.family == "sam-hq":  # early ViT features, channels-last
+        emb["vit_0"] = torch.randn(1, side, side, loaded.model.config.mask_decoder_config.vit_dim, generator=gen)
     scale = size / max(hw)
     geometry = Geometry(original_hw=hw, resized_hw=(int(hw[0] * scale + 0.5), int(hw[1] * scale + 0.5)))
     return Embedded(image=None, embedding=emb, geometry=geometry, from_cache=False)  # type: ignore[arg-type]
@@ -170,9 +172,11 @@ def test_tiny_sam_bf16_agrees_with_fp32_one_at_a_time(tiny_models: dict[str, Pat
     _check_bf16_agreement(fast, _reference(loaded, emb, prompts, multimask))
 
 
-def test_upscaling_blocks_equal_one_block(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("family", ["sam", "sam-hq"])
+def test_upscaling_blocks_equal_one_block(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                          family: str) -> None:
     """Masks do not depend on how the upscaling and the prompts are cut into blocks and groups."""
-    loaded = _livelier(load_model(tiny_models["sam"]))
+    loaded = _livelier(load_model(tiny_models[family]))
     emb = _embedded(loaded, loaded.preprocessing.size, (256, 256))
     dp = Segmenter._decoder_prompts(_prompts(256, n=6), emb.geometry)
     whole = decode(loaded, emb.embedding, dp)
@@ -194,6 +198,45 @@ def test_tiny_sam2_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict[s
     prompts = _prompts(300, n=20)
     seg = Segmenter(loaded, cache=False)
     _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_tiny_sam_hq_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict[str, Path], multimask: bool) -> None:
+    """SAM-HQ through the fast pass: its HQ token, the HQ mask from the upscaled and image-side
+    features, and the IoU-sorted multimask output, as transformers (with the decoder fix) has them."""
+    loaded = _livelier(load_model(tiny_models["sam-hq"]))
+    assert sam_decoder.supported(loaded.model)
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    assert "vit_0" in emb.embedding
+    prompts = _prompts(300, n=20)
+    _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
+
+
+def _sam_hq_full_decoder(root: Path, runtime: str) -> LoadedModel:
+    """SAM-HQ's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a small ViT."""
+    from transformers import AutoModel, SamHQConfig
+
+    if not (root / "hq").is_dir():
+        config = SamHQConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                            "global_attn_indexes": [0], "mlp_dim": 128},
+                             mask_decoder_config={"vit_dim": 64})
+        torch.manual_seed(0)
+        AutoModel.from_config(config).save_pretrained(root / "hq")
+    loaded = _livelier(load_model(root / "hq", runtime=runtime))
+    assert loaded.model.config.mask_decoder_config.hidden_size == 256 and loaded.preprocessing.size == 1024
+    return loaded
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sam_hq_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, precision: str) -> None:
+    loaded = _sam_hq_full_decoder(tmp_path, precision)
+    assert sam_decoder.supported(loaded.model) and sam_decoder.precision_for(loaded) == precision
+    emb = _embedded(loaded, 1024, (700, 1000))
+    prompts = _prompts(700, n=10)  # more than one group of the bf16 path
+    fast = Segmenter(loaded, cache=False).decode(emb, prompts)
+    check = _check_agreement if precision == "fp32" else _check_bf16_agreement
+    check(fast, _reference(loaded, emb, prompts, True))
 
 
 def _sam2_full_decoder(root: Path, runtime: str) -> LoadedModel:
@@ -226,8 +269,7 @@ def test_sam2_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, precis
 @pytest.mark.parametrize("family", ["sam2", "sam-hq"])
 def test_other_families_batch_mixed_prompts_exactly(tiny_models: dict[str, Path], family: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    if family == "sam2":  # as with an adapter in its decoder: transformers' forward
-        monkeypatch.setattr(sam_decoder, "supported", lambda model: False)
+    monkeypatch.setattr(sam_decoder, "supported", lambda model: False)  # as with an adapter: transformers' forward
     loaded = load_model(tiny_models[family])
     assert not sam_decoder.supported(loaded.model)
     cfg = loaded.model.config

@@ -120,7 +120,7 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompt encoder and mask decoder on a cached embedding.
 
-    Every object is decoded as if alone: with SAM's or SAM 2's plain decoder all objects go through one
+    Every object is decoded as if alone: with SAM's, SAM-HQ's or SAM 2's plain decoder all objects go through one
     pass (:mod:`samadapt.models.sam_decoder`), otherwise objects of the same prompt shape
     share a call of the model.
 
@@ -137,11 +137,13 @@ def decode(
     from samadapt.models import sam_decoder
 
     dev = loaded.device
-    if prompts.mask is None and loaded.family in ("sam", "sam2") and sam_decoder.supported(loaded.model):
+    if prompts.mask is None and sam_decoder.supported(loaded.model):
         model, image = loaded.model, embedding["image"].to(dev)
-        high_res = None
+        high_res = vit = None
         if loaded.family == "sam2":
             high_res = (embedding["high_res_0"].to(dev), embedding["high_res_1"].to(dev))
+        if loaded.family == "sam-hq" and "vit_0" in embedding:
+            vit = embedding["vit_0"].to(dev)
         groups = prompts.groups()
         sparse: list[torch.Tensor | None] = [None] * len(prompts)
         for idx in groups.values():
@@ -160,7 +162,7 @@ def decode(
                 if t is not None:
                     padded[j, : len(t)], valid[j, : len(t)] = t, True
             lr, sc = sam_decoder.decode_sam(model, image, padded, valid, multimask, sam_decoder.precision_for(loaded),
-                                            high_res)
+                                            high_res, vit)
             masks.append(lr)
             scores.append(sc)
         return torch.cat(masks).float().cpu(), torch.cat(scores).float().cpu()

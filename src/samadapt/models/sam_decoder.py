@@ -27,10 +27,13 @@ float32): about twice as fast where the CPU multiplies bf16 natively, with masks
 with the float32 ones to IoU >= 0.99 (``tests/test_decode_speed.py`` states the bounds).
 :func:`precision_for` follows the encoder runtime's precision.
 
-SAM's and SAM 2's plain decoders take this path (their two-way transformers are the same;
-SAM 2 adds an object-score token, two high-resolution features added in the upscaling, and
-a stability rule for single-mask requests, all handled here). Modules replaced by an adapter
-(anything but transformers' and torch's own) fall back to transformers' forward, as does SAM-HQ.
+SAM's, SAM-HQ's and SAM 2's plain decoders take this path (their two-way transformers are
+the same; SAM 2 adds an object-score token, two high-resolution features added in the
+upscaling, and a stability rule for single-mask requests; SAM-HQ adds an HQ token whose mask
+comes from the upscaled features through two 3x3 convolutions plus image-side features from
+the image embedding and the early ViT features, computed once per call for all prompts; all
+handled here). Modules replaced by an adapter (anything but transformers' and torch's own)
+fall back to transformers' forward.
 """
 
 from __future__ import annotations
@@ -62,12 +65,21 @@ _POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = we
 def supported(model: nn.Module) -> bool:
     """True when the model's mask decoder is transformers' plain SAM or SAM 2 decoder (no adapter modules in it)."""
     dec = getattr(model, "mask_decoder", None)
-    if dec is None or type(model).__name__ not in ("SamModel", "Sam2Model") or not hasattr(dec, "upscale_conv1"):
+    if dec is None or type(model).__name__ not in ("SamModel", "SamHQModel", "Sam2Model") \
+            or not hasattr(dec, "upscale_conv1"):
         return False
+    if type(model).__name__ == "SamHQModel" and not getattr(dec, "_samadapt_fixed", False) and _hq_needs_fix():
+        return False  # the faulty transformers decoder is what the fast pass would otherwise disagree with
     for module in dec.modules():  # an adapter's own layers (LoRA ...) need their own forward
         if not type(module).__module__.startswith(("torch.nn.", "transformers.")):
             return False
     return True
+
+
+def _hq_needs_fix() -> bool:
+    from samadapt.models.hq_fix import needs_hq_decoder_fix
+
+    return needs_hq_decoder_fix()
 
 
 def precision_for(loaded: object) -> Precision:
@@ -243,11 +255,14 @@ def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
 
 
 def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int,
-                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
     """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
 
     ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
-    them, added after the first and second transposed convolutions.
+    them, added after the first and second transposed convolutions. ``features`` (SAM-HQ): an
+    (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
+    is (N, 4 side, 4 side, C/8) channels-last.
 
     Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
     transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
@@ -277,6 +292,8 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
                 if s0 is not None:
                     pixels.add_(s0[2 * a1 + a2, r:e].reshape(1, -1, c2))
                 pixels = torch._C._nn.gelu_(pixels)
+                if features is not None:
+                    features[:, r:e, a1, a2].copy_(pixels.view(n, e - r, 4 * side, c2))
                 out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
     return out.view(n, m, 4 * side, 4 * side)
 
@@ -308,7 +325,8 @@ def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Te
 
 def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
                multimask: bool, precision: Precision = "fp32",
-               high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+               vit_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode N objects on one image embedding with SAM's mask decoder (inference only: no gradients).
 
     Args:
@@ -321,6 +339,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
             in bfloat16 (see :data:`Precision`).
         high_res: SAM 2 only: the embedding's two projected high-resolution features
             (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.runtime.encode`).
+        vit_features: SAM-HQ only: the first early ViT features, (1, h, w, C_vit) (``vit_0``).
 
     Returns:
         Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
@@ -335,15 +354,19 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     shared: dict[object, torch.Tensor] = {}
     if high_res is not None:  # once for all groups
         high_res = _regroup_high_res(high_res, side, dtype)
+    hq = _hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
+        else None
     masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                      shared, high_res) for s in range(0, sparse.shape[0], group)))
+                                      shared, high_res, hq) for s in range(0, sparse.shape[0], group)))
     return torch.cat(masks), torch.cat(ious)
 
 
 def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
                   dtype: torch.dtype, shared: dict[object, torch.Tensor],
-                  high_res: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens."""
+                  high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  hq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens,
+    ``hq`` SAM-HQ's image-side mask features from :func:`_hq_features`."""
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
@@ -352,7 +375,8 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
     # SAM 2 puts an object-score token before SAM's IoU and mask tokens
     first = [dec.obj_score_token.weight] if hasattr(dec, "obj_score_token") else []
     iou_at = len(first)
-    out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight]).expand(n, -1, -1)
+    last = [dec.hq_token.weight] if hq is not None else []  # SAM-HQ's token follows the mask tokens
+    out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight, *last]).expand(n, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
@@ -375,11 +399,83 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
     queries = tr.layer_norm_final_attn(queries + att)
     # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
     dynamic = not multimask and getattr(dec, "dynamic_multimask_via_stability", False)
-    chosen = range(1, dec.num_mask_tokens) if multimask else range(dec.num_mask_tokens if dynamic else 1)
+    tokens_sam = len(dec.output_hypernetworks_mlps)  # SAM's mask tokens (SAM-HQ counts its own in num_mask_tokens)
+    chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
-    masks = _upscale_masks(dec, keys, hyper, side, high_res)
+    if hq is None:
+        masks = _upscale_masks(dec, keys, hyper, side, high_res)
+    else:
+        features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), keys.dtype, keys.device)
+        masks = _upscale_masks(dec, keys, hyper, side, high_res, features)
+        hq_rows = dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
+        return _add_hq_masks(dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq, hq_rows, multimask)
     if dynamic:
         masks, iou = dec._dynamic_multimask_via_stability(masks[None], iou[None])
         masks, iou = masks[0], iou[0]
     return masks, iou
+
+
+#: Objects whose SAM-HQ mask convolutions run together (each: 8 + 4 MB of bf16 intermediates at 1024 px).
+HQ_OBJECTS = 1
+
+
+def _channels_first_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """SAM-HQ's channels-first LayerNorm of (N, C, H, W) ``x`` that is channels-last in memory."""
+    out = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return out.permute(0, 3, 1, 2)
+
+
+def _conv(conv: nn.Module, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """``conv(x)`` with the weights in ``x``'s dtype, channels-last."""
+    w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if transposed:
+        return F.conv_transpose2d(x, w, b, stride=conv.stride)
+    return F.conv2d(x, w.contiguous(memory_format=torch.channels_last), b, padding=conv.padding)
+
+
+def _hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """SAM-HQ's image-side mask features, (1, C/8, 4h, 4w) in ``dtype`` (channels-last in memory).
+
+    They depend on the image alone (its embedding (1, C, h, w) and the first early ViT
+    features ``vit`` (1, h, w, C_vit)), so one computation serves every prompt of a call.
+    """
+    gelu = F.gelu
+    x = _conv(dec.encoder_conv1, image.to(dtype), transposed=True)
+    x = _conv(dec.encoder_conv2, gelu(_channels_first_norm(dec.encoder_norm, x)).to(dtype), transposed=True)
+    if vit is not None:
+        v = _conv(dec.compress_vit_conv1, vit.permute(0, 3, 1, 2).to(dtype), transposed=True)
+        v = _conv(dec.compress_vit_conv2, gelu(_channels_first_norm(dec.compress_vit_norm, v)).to(dtype),
+                  transposed=True)
+        x = x + v
+    return x
+
+
+def _add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscaled: torch.Tensor,
+                  hq: torch.Tensor, hq_rows: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-HQ's masks as transformers returns them (``hq_token_only=False``).
+
+    Args:
+        masks: (N, M, H, W) SAM masks of the chosen tokens; iou: (N, M) their predicted IoUs.
+        upscaled: (N, H, W, C/8) the upscaled features; hq: (1, C/8, H, W) from :func:`_hq_features`.
+        hq_rows: (N, C/8) the HQ token's hypernetwork row.
+
+    Returns:
+        Logits (N, M, H, W): the SAM masks (in multimask mode sorted by predicted IoU, highest
+        first) each plus the HQ mask, and the IoUs (N, M) in the same order.
+    """
+    n, h, w, c2 = upscaled.shape
+    hq = hq.to(upscaled.dtype)
+    rows = hq_rows.to(upscaled.dtype)[:, None]  # (N, 1, C/8)
+    hq_mask = torch.empty(n, 1, h, w, dtype=torch.float32, device=masks.device)
+    for i in range(0, n, HQ_OBJECTS):  # a few objects at a time: their intermediates are reused memory
+        j = min(n, i + HQ_OBJECTS)
+        x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
+        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(upscaled.dtype))
+        x = _conv(dec.mask_conv2, x).add_(hq).permute(0, 2, 3, 1).reshape(j - i, h * w, c2)  # channels-last: a view
+        hq_mask[i:j].copy_(torch.bmm(rows[i:j], x.transpose(1, 2)).view(j - i, 1, h, w))
+    if multimask:
+        iou, order = torch.sort(iou, dim=1, descending=True)
+        masks = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, h, w))
+    return masks.add_(hq_mask), iou
