@@ -213,52 +213,30 @@ def test_tiny_sam_hq_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict
     _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
 
 
-def _sam_hq_full_decoder(root: Path, runtime: str) -> LoadedModel:
-    """SAM-HQ's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a small ViT."""
-    from transformers import AutoModel, SamHQConfig
+def _full_size_config(family: str):
+    """SAM-HQ's or SAM 2's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a small encoder."""
+    from transformers import Sam2Config, SamHQConfig
 
-    if not (root / "hq").is_dir():
-        config = SamHQConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                            "global_attn_indexes": [0], "mlp_dim": 128},
-                             mask_decoder_config={"vit_dim": 64})
-        torch.manual_seed(0)
-        AutoModel.from_config(config).save_pretrained(root / "hq")
-    loaded = _livelier(load_model(root / "hq", runtime=runtime))
-    assert loaded.model.config.mask_decoder_config.hidden_size == 256 and loaded.preprocessing.size == 1024
-    return loaded
+    if family == "sam-hq":
+        return SamHQConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                          "global_attn_indexes": [0], "mlp_dim": 128},
+                           mask_decoder_config={"vit_dim": 64})
+    backbone = {"model_type": "sam2_hiera_det_model", "hidden_size": 8, "blocks_per_stage": [1, 1, 1, 1],
+                "embed_dim_per_stage": [8, 16, 32, 64], "num_attention_heads_per_stage": [1, 1, 1, 1],
+                "global_attention_blocks": [3]}
+    return Sam2Config(vision_config={"backbone_config": backbone, "backbone_channel_list": [64, 32, 16, 8]})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_sam_hq_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, precision: str) -> None:
-    loaded = _sam_hq_full_decoder(tmp_path, precision)
+@pytest.mark.parametrize("family", ["sam-hq", "sam2"])
+def test_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, family: str, precision: str) -> None:
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_full_size_config(family)).save_pretrained(tmp_path / family)
+    loaded = _livelier(load_model(tmp_path / family, runtime=precision))
+    assert loaded.model.config.mask_decoder_config.hidden_size == 256 and loaded.preprocessing.size == 1024
     assert sam_decoder.supported(loaded.model) and sam_decoder.precision_for(loaded) == precision
-    emb = _embedded(loaded, 1024, (700, 1000))
-    prompts = _prompts(700, n=10)  # more than one group of the bf16 path
-    fast = Segmenter(loaded, cache=False).decode(emb, prompts)
-    check = _check_agreement if precision == "fp32" else _check_bf16_agreement
-    check(fast, _reference(loaded, emb, prompts, True))
-
-
-def _sam2_full_decoder(root: Path, runtime: str) -> LoadedModel:
-    """SAM 2's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a tiny Hiera."""
-    from transformers import AutoModel, Sam2Config
-
-    if not (root / "m2").is_dir():
-        backbone = {"model_type": "sam2_hiera_det_model", "hidden_size": 8, "blocks_per_stage": [1, 1, 1, 1],
-                    "embed_dim_per_stage": [8, 16, 32, 64], "num_attention_heads_per_stage": [1, 1, 1, 1],
-                    "global_attention_blocks": [3]}
-        config = Sam2Config(vision_config={"backbone_config": backbone, "backbone_channel_list": [64, 32, 16, 8]})
-        torch.manual_seed(0)
-        AutoModel.from_config(config).save_pretrained(root / "m2")
-    loaded = _livelier(load_model(root / "m2", runtime=runtime))
-    assert loaded.model.config.mask_decoder_config.hidden_size == 256 and loaded.preprocessing.size == 1024
-    return loaded
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_sam2_full_size_decoder_agrees_with_one_at_a_time(tmp_path: Path, precision: str) -> None:
-    loaded = _sam2_full_decoder(tmp_path, precision)
-    assert sam_decoder.precision_for(loaded) == precision
     emb = _embedded(loaded, 1024, (700, 1000))
     prompts = _prompts(700, n=12)  # more than one group of the bf16 path
     fast = Segmenter(loaded, cache=False).decode(emb, prompts)
