@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +157,34 @@ def _is_vit_attention(module: torch.nn.Module) -> bool:
     return name.startswith(("SamVision", "SamHQVision")) and name.endswith("Attention")
 
 
+def install_forwards(model: torch.nn.Module,
+                     pick: Callable[[torch.nn.Module], tuple[str, Callable[..., Any]] | None]) -> int:
+    """Replace, on each module of ``model`` for which ``pick`` gives ``(attribute, function)``, that
+    method by ``function`` bound to the module. Idempotent.
+
+    Returns:
+        How many modules have the replacement.
+    """
+    count = 0
+    for module in model.modules():
+        entry = pick(module)
+        if entry is None:
+            continue
+        name, fn = entry
+        flag = f"_samadapt_{name}"
+        if not getattr(module, flag, False):
+            setattr(module, name, functools.partial(fn, module))  # picklable, unlike a bound method
+            setattr(module, flag, True)
+        count += 1
+    return count
+
+
+def _attention_entry(module: torch.nn.Module) -> tuple[str, Callable[..., Any]] | None:
+    if _is_vit_attention(module) and hasattr(module, "qkv") and hasattr(module, "get_rel_pos"):
+        return "forward", _fused_forward
+    return None
+
+
 def install_fused_attention(model: torch.nn.Module) -> int:
     """Give every SAM / SAM-HQ ViT attention module of ``model`` the fused forward.
 
@@ -164,11 +194,4 @@ def install_fused_attention(model: torch.nn.Module) -> int:
     Returns:
         How many attention modules use the fused forward.
     """
-    count = 0
-    for module in model.modules():
-        if _is_vit_attention(module) and hasattr(module, "qkv") and hasattr(module, "get_rel_pos"):
-            if not getattr(module, "_samadapt_fused", False):
-                module.forward = functools.partial(_fused_forward, module)  # picklable, unlike a bound method
-                module._samadapt_fused = True
-            count += 1
-    return count
+    return install_forwards(model, _attention_entry)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samadapt.models.fast_attention import relpos_attention
+from samadapt.models.fast_attention import install_forwards, relpos_attention
 
 # Per-module caches, held beside the modules rather than on them: a packed oneDNN weight
 # cannot be pickled (Dask workers get the model by pickle) and must not follow a deepcopy.
@@ -292,14 +292,4 @@ def install_fast_encoder(model: nn.Module) -> int:
     Returns:
         How many modules were given a forward (blocks, position embeddings).
     """
-    count = 0
-    for module in model.modules():
-        entry = _FORWARDS.get(type(module).__name__)
-        if entry is None:
-            continue
-        name, fn = entry
-        if not getattr(module, "_samadapt_fast", False):
-            setattr(module, name, functools.partial(fn, module))  # picklable, unlike a bound method
-            module._samadapt_fast = True
-        count += 1
-    return count
+    return install_forwards(model, lambda module: _FORWARDS.get(type(module).__name__))
