@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samadapt.models.sam_hq_decoder import add_hq_masks, hq_features
+
 #: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
 Precision = Literal["fp32", "bf16"]
 
@@ -63,7 +65,8 @@ _POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = we
 
 
 def supported(model: nn.Module) -> bool:
-    """True when the model's mask decoder is transformers' plain SAM or SAM 2 decoder (no adapter modules in it)."""
+    """True when the model's mask decoder is transformers' plain SAM, SAM-HQ or SAM 2 decoder
+    (no adapter modules in it)."""
     dec = getattr(model, "mask_decoder", None)
     if dec is None or type(model).__name__ not in ("SamModel", "SamHQModel", "Sam2Model") \
             or not hasattr(dec, "upscale_conv1"):
@@ -354,7 +357,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     shared: dict[object, torch.Tensor] = {}
     if high_res is not None:  # once for all groups
         high_res = _regroup_high_res(high_res, side, dtype)
-    hq = _hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
+    hq = hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
         else None
     masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
                                       shared, high_res, hq) for s in range(0, sparse.shape[0], group)))
@@ -366,7 +369,7 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                   hq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens,
-    ``hq`` SAM-HQ's image-side mask features from :func:`_hq_features`."""
+    ``hq`` SAM-HQ's image-side mask features from :func:`~samadapt.models.sam_hq_decoder.hq_features`."""
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
@@ -409,73 +412,8 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), keys.dtype, keys.device)
         masks = _upscale_masks(dec, keys, hyper, side, high_res, features)
         hq_rows = dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
-        return _add_hq_masks(dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq, hq_rows, multimask)
+        return add_hq_masks(dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq, hq_rows, multimask)
     if dynamic:
         masks, iou = dec._dynamic_multimask_via_stability(masks[None], iou[None])
         masks, iou = masks[0], iou[0]
     return masks, iou
-
-
-#: Objects whose SAM-HQ mask convolutions run together (each: 8 + 4 MB of bf16 intermediates at 1024 px).
-HQ_OBJECTS = 1
-
-
-def _channels_first_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """SAM-HQ's channels-first LayerNorm of (N, C, H, W) ``x`` that is channels-last in memory."""
-    out = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return out.permute(0, 3, 1, 2)
-
-
-def _conv(conv: nn.Module, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
-    """``conv(x)`` with the weights in ``x``'s dtype, channels-last."""
-    w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    if transposed:
-        return F.conv_transpose2d(x, w, b, stride=conv.stride)
-    return F.conv2d(x, w.contiguous(memory_format=torch.channels_last), b, padding=conv.padding)
-
-
-def _hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """SAM-HQ's image-side mask features, (1, C/8, 4h, 4w) in ``dtype`` (channels-last in memory).
-
-    They depend on the image alone (its embedding (1, C, h, w) and the first early ViT
-    features ``vit`` (1, h, w, C_vit)), so one computation serves every prompt of a call.
-    """
-    gelu = F.gelu
-    x = _conv(dec.encoder_conv1, image.to(dtype), transposed=True)
-    x = _conv(dec.encoder_conv2, gelu(_channels_first_norm(dec.encoder_norm, x)).to(dtype), transposed=True)
-    if vit is not None:
-        v = _conv(dec.compress_vit_conv1, vit.permute(0, 3, 1, 2).to(dtype), transposed=True)
-        v = _conv(dec.compress_vit_conv2, gelu(_channels_first_norm(dec.compress_vit_norm, v)).to(dtype),
-                  transposed=True)
-        x = x + v
-    return x
-
-
-def _add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscaled: torch.Tensor,
-                  hq: torch.Tensor, hq_rows: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM-HQ's masks as transformers returns them (``hq_token_only=False``).
-
-    Args:
-        masks: (N, M, H, W) SAM masks of the chosen tokens; iou: (N, M) their predicted IoUs.
-        upscaled: (N, H, W, C/8) the upscaled features; hq: (1, C/8, H, W) from :func:`_hq_features`.
-        hq_rows: (N, C/8) the HQ token's hypernetwork row.
-
-    Returns:
-        Logits (N, M, H, W): the SAM masks (in multimask mode sorted by predicted IoU, highest
-        first) each plus the HQ mask, and the IoUs (N, M) in the same order.
-    """
-    n, h, w, c2 = upscaled.shape
-    hq = hq.to(upscaled.dtype)
-    rows = hq_rows.to(upscaled.dtype)[:, None]  # (N, 1, C/8)
-    hq_mask = torch.empty(n, 1, h, w, dtype=torch.float32, device=masks.device)
-    for i in range(0, n, HQ_OBJECTS):  # a few objects at a time: their intermediates are reused memory
-        j = min(n, i + HQ_OBJECTS)
-        x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
-        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(upscaled.dtype))
-        x = _conv(dec.mask_conv2, x).add_(hq).permute(0, 2, 3, 1).reshape(j - i, h * w, c2)  # channels-last: a view
-        hq_mask[i:j].copy_(torch.bmm(rows[i:j], x.transpose(1, 2)).view(j - i, 1, h, w))
-    if multimask:
-        iou, order = torch.sort(iou, dim=1, descending=True)
-        masks = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, h, w))
-    return masks.add_(hq_mask), iou
