@@ -213,6 +213,38 @@ def test_tiny_sam_hq_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict
     _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
 
 
+def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image-side HQ features are computed once per embedding and follow weight changes."""
+    import gc
+
+    from samadapt.models import sam_hq_decoder
+
+    loaded = _livelier(load_model(tiny_models["sam-hq"]))
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    computed: list[int] = []
+    real = sam_hq_decoder._compute_hq_features
+    monkeypatch.setattr(sam_hq_decoder, "_compute_hq_features", lambda *a: computed.append(1) or real(*a))
+    prompts = _prompts(300, n=4)
+    first = seg.decode(emb, prompts)
+    again = seg.decode(emb, prompts[:2])
+    assert len(computed) == 1
+    torch.testing.assert_close(again[0], first[0][:2])
+    with torch.no_grad():
+        loaded.model.mask_decoder.compress_vit_conv1.weight.mul_(1.5)
+    changed = seg.decode(emb, prompts)
+    assert len(computed) == 2
+    _check_agreement(changed, _reference(loaded, emb, prompts, True))
+    other = seg.embed(np.random.default_rng(1).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    seg.decode(other, prompts[:1])
+    assert len(computed) == 3
+    held = len(sam_hq_decoder._FEATURES)
+    del other
+    gc.collect()
+    assert len(sam_hq_decoder._FEATURES) == held - 1  # gone with its embedding
+
+
 def _full_size_config(family: str):
     """SAM-HQ's or SAM 2's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a small encoder."""
     from transformers import Sam2Config, SamHQConfig

@@ -17,6 +17,9 @@ layout copies.
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,12 +43,47 @@ def _conv(conv: nn.Module, x: torch.Tensor, transposed: bool = False) -> torch.T
     return F.conv2d(x, w.contiguous(memory_format=torch.channels_last), b, padding=conv.padding)
 
 
+def _identity(t: torch.Tensor) -> tuple[int, int]:
+    """Storage address and version of ``t``; tensors made under inference mode have no version (-1)."""
+    try:
+        return t.data_ptr(), t._version
+    except RuntimeError:
+        return t.data_ptr(), -1
+
+
+_IMAGE_MODULES = ("encoder_conv1", "encoder_norm", "encoder_conv2", "compress_vit_conv1", "compress_vit_norm",
+                  "compress_vit_conv2")
+
+
 def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """SAM-HQ's image-side mask features, (1, C/8, 4h, 4w) in ``dtype`` (channels-last in memory).
 
     They depend on the image alone (its embedding (1, C, h, w) and the first early ViT
-    features ``vit`` (1, h, w, C_vit)), so one computation serves every prompt of a call.
+    features ``vit`` (1, h, w, C_vit)), so one computation serves every prompt of a call, and
+    they are kept beside the embedding tensor while it lives: the next prompts on the same
+    embedding (a cached one, as in the service) skip them (17 ms in bf16, 43 ms in fp32 for
+    ViT-B on 2 cores). Changed weights or embedding values (their version counters) recompute.
     """
+    params = [p for name in _IMAGE_MODULES for p in getattr(dec, name).parameters()]
+    key = (id(dec), dtype, *_identity(image), *(_identity(vit) if vit is not None else ()),
+           *(v for p in params for v in _identity(p)))
+    found = _FEATURES.get(id(image))
+    if found is not None and found[0] == key and found[1]() is image and found[2]() is vit:
+        return found[3]
+    features = _compute_hq_features(dec, image, vit, dtype)
+    if found is None:  # the first entry for this tensor: forget it when the tensor goes
+        weakref.finalize(image, _FEATURES.pop, id(image), None)
+    _FEATURES[id(image)] = (key, weakref.ref(image), (lambda: None) if vit is None else weakref.ref(vit), features)
+    return features
+
+
+#: id of an image-embedding tensor -> (key, the tensor, its ViT features, the HQ features). A
+#: WeakKeyDictionary cannot hold tensors: its lookups compare keys with ``==``, elementwise.
+_FEATURES: dict[int, tuple[tuple[object, ...], Any, Any, torch.Tensor]] = {}
+
+
+def _compute_hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
     x = _conv(dec.encoder_conv1, image.to(dtype), transposed=True)
     x = _conv(dec.encoder_conv2, F.gelu(_channels_first_norm(dec.encoder_norm, x)).to(dtype), transposed=True)
     if vit is not None:
