@@ -1,7 +1,7 @@
 """Latency of the map service: the uncached first /segment request against cached ones, under load.
 
 Starts the app in-process with uvicorn on 127.0.0.1 and a local tile server (generated PNG
-tiles), with the sam-vit-base architecture and random weights (timing does not depend on the
+tiles), with the sam-vit-base architecture (or ``--model``) and random weights (timing does not depend on the
 weights' values; no hub needed). Measures, in one run:
 
 - the first /segment request on a view: tiles fetched, image encoded, prompt decoded;
@@ -17,6 +17,7 @@ about 1/8 of the view around the prompt (the size of a field or a crater), so th
 what a real object costs to trace and send.
 
     .venv/bin/python benchmarks/service.py            # sam-vit-base, about 1-2 minutes on 2 cores
+    .venv/bin/python benchmarks/service.py --model sam-hq-vit-base   # or sam2.1-hiera-tiny
     .venv/bin/python benchmarks/service.py --quick    # tiny model, a few seconds
 
 The view is SamGIS's test request (seed 004): zoom 13, about 1290 x 1100 pixels.
@@ -62,19 +63,23 @@ FIRST_POINT = (9.418864745562386, 46.18483299780137)  # lng, lat
 ZOOM = 13
 
 
-def build_model(root: Path, quick: bool) -> Path:
-    """A model folder: the tiny test model, or sam-vit-base's architecture with random weights."""
+#: Architectures the benchmark can serve: transformers' default configs are these models.
+CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config"}
+
+
+def build_model(root: Path, quick: bool, name: str = "sam-vit-base") -> Path:
+    """A model folder: the tiny test model, or the architecture ``name`` with random weights."""
     if quick:
         from samadapt.models.tiny import save_tiny_model
 
         return save_tiny_model(root / "tiny", "sam")
-    from transformers import AutoModel, SamConfig
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
-    AutoModel.from_config(SamConfig()).eval().save_pretrained(root / "sam-vit-base")  # defaults = vit-base
-    return root / "sam-vit-base"
+    transformers.AutoModel.from_config(getattr(transformers, CONFIGS[name])()).eval().save_pretrained(root / name)
+    return root / name
 
 
 def start_server(app: Any) -> tuple[Any, threading.Thread, str]:
@@ -159,7 +164,8 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model instead of sam-vit-base")
+    parser.add_argument("--quick", action="store_true", help="tiny model instead of --model")
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="sam-vit-base", help="architecture to serve")
     parser.add_argument("--requests", type=int, default=40, help="cached requests per load level")
     parser.add_argument("--mode", choices=["view", "grid"], default="view",
                         help="embedding reuse mode (view: one embedding for the view, as SamGIS)")
@@ -169,7 +175,7 @@ def main() -> None:
                                                            radius_deg=0.01) as tiles:
         root = Path(tmp)
         t = time.perf_counter()
-        model = build_model(root, args.quick)
+        model = build_model(root, args.quick, args.model)
         segmenter = Segmenter(model, cache=EmbeddingCache(root / "cache"))
         segmenter.loaded  # noqa: B018 - load before timing
         print(f"model {model.name} (input {segmenter.loaded.preprocessing.size} px) ready in "
