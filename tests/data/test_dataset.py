@@ -227,7 +227,7 @@ def test_write_splits_and_classes(clean: Path) -> None:
     assert SegDataset.open(clean).splits == make_splits(ds.stems(), seed=1)
     with pytest.raises(InputError, match="no image in"):
         write_splits(clean, {"train": ["zz"]}, overwrite=True)
-    with pytest.raises(InputError, match="'s0' is in both split 'train' and 'val'"):
+    with pytest.raises(InputError, match="'s0' is in both split 'train' and split 'val'"):
         write_splits(clean, {"train": ["s0"], "val": ["s0"]}, overwrite=True)
     write_classes(clean, {1: "building", 4: "road"}, overwrite=True)
     assert json.loads((clean / "classes.json").read_text()) == {"0": "background", "1": "building", "4": "road"}

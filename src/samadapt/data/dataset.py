@@ -27,7 +27,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -111,21 +111,7 @@ class SegDataset:
         masks = _unique(scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / MASKS_DIR)
         classes = load_classes(root)
         splits = load_splits(root)
-        seen: dict[str, str] = {}
-        for name, stems in splits.items():
-            missing = sorted(set(stems) - images.keys())
-            if missing:
-                raise InputError(
-                    f"split {name!r} in {root / SPLITS_FILE} names {len(missing)} stem(s) with no image in "
-                    f"{root / IMAGES_DIR}: {_preview(missing)}; remove them or add the images"
-                )
-            for stem in stems:
-                if stem in seen and seen[stem] != name:
-                    raise InputError(
-                        f"stem {stem!r} is in both split {seen[stem]!r} and split {name!r} of "
-                        f"{root / SPLITS_FILE}; a sample must be in exactly one split"
-                    )
-                seen[stem] = name
+        _check_split_members(splits, images.keys(), root, root / SPLITS_FILE)
         return cls(root, images=images, masks=masks, classes=classes or DEFAULT_CLASSES, splits=splits)
 
     def __len__(self) -> int:
@@ -394,6 +380,34 @@ def make_splits(
     }
 
 
+def _check_split_members(splits: Mapping[str, Sequence[str]], images: Iterable[str], root: Path,
+                         source: Path | None) -> None:
+    """Every stem of ``splits`` has an image and is in one split only.
+
+    Args:
+        splits: split name -> stems; images: the dataset's image stems; root: the dataset folder;
+        source: the splits file the splits come from, named in the messages (None: from the caller).
+
+    Raises:
+        InputError: naming the split and the stems at fault.
+    """
+    have = set(images)
+    in_file, of_file = (f" in {source}", f" of {source}") if source is not None else ("", "")
+    owner: dict[str, str] = {}
+    for name, stems in splits.items():
+        missing = sorted(set(stems) - have)
+        if missing:
+            raise InputError(
+                f"split {name!r}{in_file} names {len(missing)} stem(s) with no image in "
+                f"{root / IMAGES_DIR}: {_preview(missing)}; remove them or add the images"
+            )
+        for stem in stems:
+            if stem in owner and owner[stem] != name:
+                raise InputError(f"stem {stem!r} is in both split {owner[stem]!r} and split {name!r}{of_file}; "
+                                 "a sample must be in exactly one split")
+            owner[stem] = name
+
+
 def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overwrite: bool = False) -> Path:
     """Write ``root/splits.json`` after checking every stem has an image and is in one split only.
 
@@ -411,18 +425,7 @@ def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overw
     """
     root = Path(root)
     checked = _check_split_structure(splits, "splits")
-    images = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES)
-    owner: dict[str, str] = {}
-    for name, stems in checked.items():
-        missing = sorted(set(stems) - images.keys())
-        if missing:
-            raise InputError(
-                f"split {name!r} names {len(missing)} stem(s) with no image in {root / IMAGES_DIR}: {_preview(missing)}"
-            )
-        for stem in stems:
-            if stem in owner:
-                raise InputError(f"stem {stem!r} is in both split {owner[stem]!r} and {name!r}; put it in one split")
-            owner[stem] = name
+    _check_split_members(checked, scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES).keys(), root, None)
     return write_json(root / SPLITS_FILE, {k: sorted(v) for k, v in checked.items()}, overwrite=overwrite)
 
 
