@@ -416,6 +416,28 @@ def test_sam_hq_masks_match_reference(
     torch.testing.assert_close(out.pred_masks[0][:, :1], masks, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_sam_hq_fast_decoder_matches_reference(hq_parts: tuple[Any, Any, SamHQModel], pixels: torch.Tensor,
+                                               multimask: bool) -> None:
+    """samadapt's batched SAM-HQ pass, from the first global block's ViT features, decodes as the official code."""
+    from samadapt.models import sam_decoder
+
+    reference, head, model = hq_parts
+    embeddings, interm = sam_reference.reference_encode_with_interm(reference, pixels)
+    prompts = PROMPTS["two prompts of two points"]
+    masks, scores = sam_reference.reference_decode_hq(
+        reference, head, embeddings, interm, multimask_output=multimask, hq_token_only=False, **prompts
+    )
+    with torch.no_grad():
+        tokens, _ = model.prompt_encoder(prompts["point_coords"][None], prompts["point_labels"][None], None, None)
+        sparse = tokens[0]
+        lr, sc = sam_decoder.decode_sam(model, embeddings, sparse, torch.ones(sparse.shape[:2], dtype=torch.bool),
+                                        multimask, "fp32", vit_features=interm[0])
+    # With multimask output the SAM masks come sorted by score; the reference keeps the best one.
+    torch.testing.assert_close(sc[:, :1], scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(lr[:, :1], masks, atol=ATOL, rtol=0)
+
+
 def test_reference_import_leaves_no_torchvision_stand_in() -> None:
     sam_reference.import_segment_anything()
     from segment_anything.utils.transforms import ResizeLongestSide
