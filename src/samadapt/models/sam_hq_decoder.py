@@ -4,7 +4,8 @@ SAM-HQ decodes SAM's masks plus one more from an HQ output token. That mask is t
 token's hypernetwork row times features made of two parts:
 
 * the upscaled mask features of each object (SAM's own upscaling output) through a 3x3
-  convolution, a LayerNorm, a GELU and another 3x3 convolution;
+  convolution, a LayerNorm, a GELU and another 3x3 convolution (linear, so the row is folded
+  into its weights: one output channel instead of C/8);
 * image-side features from the image embedding and the first early ViT features, each
   through two 2x2 transposed convolutions: they depend on the image alone, so
   :func:`hq_features` computes them once for every prompt of a call.
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Objects whose SAM-HQ mask convolutions run together (each: 8 + 4 MB of bf16 intermediates at 1024 px).
+#: Objects whose SAM-HQ mask convolutions run together (each: 8 MB of bf16 intermediates at 1024 px);
+#: one at a time measured fastest (their intermediates stay in reused memory).
 HQ_OBJECTS = 1
 
 
@@ -108,15 +110,28 @@ def add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscale
         first) each plus the HQ mask, and the IoUs (N, M) in the same order.
     """
     n, h, w, c2 = upscaled.shape
-    hq = hq.to(upscaled.dtype)
-    rows = hq_rows.to(upscaled.dtype)[:, None]  # (N, 1, C/8)
-    hq_mask = torch.empty(n, 1, h, w, dtype=torch.float32, device=masks.device)
+    dtype = upscaled.dtype
+    conv2 = dec.mask_conv2
+    k2 = conv2.kernel_size[0] * conv2.kernel_size[1]
+    # The HQ mask is rows . (conv2(g) + b2 + hq), and conv2 is linear: each object's row folds
+    # into conv2's weights, a (C1 -> 1) 3x3 convolution computed as one (C1 x 9) product plus
+    # nine shifted sums, instead of a (C1 -> C2) convolution over the whole upscaled grid.
+    rows = hq_rows.float()
+    folded = torch.einsum("nc,cdk->nkd", rows, conv2.weight.flatten(2).float()).to(dtype)  # (N, 9, C1)
+    hq_flat = hq.to(dtype).permute(0, 2, 3, 1).reshape(h * w, c2)  # channels-last: a view
+    hq_mask = torch.mm(rows.to(dtype), hq_flat.t()).float().add_((rows @ conv2.bias.float())[:, None])
+    hq_mask = hq_mask.view(n, 1, h, w)
+    pad_y, pad_x = conv2.padding
     for i in range(0, n, HQ_OBJECTS):  # a few objects at a time: their intermediates are reused memory
         j = min(n, i + HQ_OBJECTS)
         x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
-        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(upscaled.dtype))
-        x = _conv(dec.mask_conv2, x).add_(hq).permute(0, 2, 3, 1).reshape(j - i, h * w, c2)  # channels-last: a view
-        hq_mask[i:j].copy_(torch.bmm(rows[i:j], x.transpose(1, 2)).view(j - i, 1, h, w))
+        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(dtype))  # (n, C1, h, w) channels-last
+        z = torch.bmm(folded[i:j], x.permute(0, 2, 3, 1).reshape(j - i, h * w, -1).transpose(1, 2))  # (n, 9, hw)
+        z = F.pad(z.view(j - i, k2, h, w).float(), (pad_x, pad_x, pad_y, pad_y))
+        acc = hq_mask[i:j, 0]
+        for k in range(k2):
+            ky, kx = divmod(k, conv2.kernel_size[1])
+            acc += z[:, k, ky : ky + h, kx : kx + w]
     if multimask:
         iou, order = torch.sort(iou, dim=1, descending=True)
         masks = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, h, w))
