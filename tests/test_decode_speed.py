@@ -236,9 +236,12 @@ def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Pat
     changed = seg.decode(emb, prompts)
     assert len(computed) == 2
     _check_agreement(changed, _reference(loaded, emb, prompts, True))
+    second = _livelier(load_model(tiny_models["sam-hq"]), seed=1)  # another decoder on the same embedding
+    _check_agreement(Segmenter(second, cache=False).decode(emb, prompts), _reference(second, emb, prompts, True))
+    assert len(computed) == 3
     other = seg.embed(np.random.default_rng(1).integers(0, 255, (300, 500, 3), dtype=np.uint8))
     seg.decode(other, prompts[:1])
-    assert len(computed) == 3
+    assert len(computed) == 4
     held = len(sam_hq_decoder._FEATURES)
     del other
     gc.collect()

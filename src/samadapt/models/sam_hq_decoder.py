@@ -67,21 +67,22 @@ def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, d
     ViT-B on 2 cores). Changed weights or embedding values (their version counters) recompute.
     """
     params = [p for name in _IMAGE_MODULES for p in getattr(dec, name).parameters()]
-    key = (id(dec), dtype, *_identity(image), *(_identity(vit) if vit is not None else ()),
+    key = (dtype, *_identity(image), *(_identity(vit) if vit is not None else ()),
            *(v for p in params for v in _identity(p)))
     found = _FEATURES.get(id(image))
-    if found is not None and found[0] == key and found[1]() is image and found[2]() is vit:
-        return found[3]
+    if found is not None and found[0] == key and all(ref() is obj for ref, obj in zip(found[1], (image, vit, dec))):
+        return found[2]
     features = _compute_hq_features(dec, image, vit, dtype)
     if found is None:  # the first entry for this tensor: forget it when the tensor goes
         weakref.finalize(image, _FEATURES.pop, id(image), None)
-    _FEATURES[id(image)] = (key, weakref.ref(image), (lambda: None) if vit is None else weakref.ref(vit), features)
+    refs = (weakref.ref(image), (lambda: None) if vit is None else weakref.ref(vit), weakref.ref(dec))
+    _FEATURES[id(image)] = (key, refs, features)
     return features
 
 
-#: id of an image-embedding tensor -> (key, the tensor, its ViT features, the HQ features). A
-#: WeakKeyDictionary cannot hold tensors: its lookups compare keys with ``==``, elementwise.
-_FEATURES: dict[int, tuple[tuple[object, ...], Any, Any, torch.Tensor]] = {}
+#: id of an image-embedding tensor -> (key, weak references to it, its ViT features and the decoder,
+#: the HQ features). A WeakKeyDictionary cannot hold tensors: its lookups compare keys with ``==``.
+_FEATURES: dict[int, tuple[tuple[object, ...], tuple[Any, ...], torch.Tensor]] = {}
 
 
 def _compute_hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None,
