@@ -312,7 +312,8 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
     """
     found = getattr(_WORKSPACE, name, None)
     if found is None or found.shape != shape or found.dtype != dtype or found.device != device:
-        found = torch.empty(shape, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            found = torch.empty(shape, dtype=dtype, device=device)
         setattr(_WORKSPACE, name, found)
     return found
 
