@@ -14,8 +14,9 @@ import numpy as np
 
 from samadapt.errors import InputError
 from samadapt.prompts import ObjectPrompt
+from samadapt.service.frames import Frame
 from samadapt.service.schemas import BBox, PointPrompt, SegmentRequest
-from samadapt.service.sources import Frame, SourceError
+from samadapt.service.sources import SourceError
 from samadapt.service.vector import Window
 
 

@@ -19,7 +19,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 
 if TYPE_CHECKING:
-    from samadapt.service.sources import Frame
+    from samadapt.service.frames import Frame
 
 Window = tuple[int, int, int, int]
 
