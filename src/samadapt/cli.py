@@ -709,6 +709,9 @@ def info(
 
     from samadapt import __version__
     from samadapt._home import samadapt_home
+    from types import SimpleNamespace
+
+    from samadapt.models import sam_decoder
     from samadapt.models.speed import cpu_info, resolve
 
     family, size = _family_and_size(model)
@@ -720,6 +723,9 @@ def info(
     table.add_row("CPU capability", cpu_info().describe())
     table.add_row("encoder runtime", f"{rt.tag} for {model} ({size} px)")
     table.add_row("why", "; ".join(rt.reasons) or "as asked")
+    decoder_precision = sam_decoder.precision_for(SimpleNamespace(runtime=rt))  # follows the encoder's precision
+    table.add_row("prompt decoder", f"samadapt's batched pass in {decoder_precision} (transformers' own call "
+                                    "for mask prompts and decoders with adapter layers)")
     table.add_row("threads", f"{rt.threads} for the encoder (torch now: {torch.get_num_threads()})")
     table.add_row("CUDA", "yes" if torch.cuda.is_available() else "no")
     table.add_row("home", str(samadapt_home()))

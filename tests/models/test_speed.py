@@ -333,8 +333,10 @@ def test_info_shows_the_chosen_runtime(monkeypatch, capsys) -> None:
     assert "CPU capability" in text and "AVX512 (avx512_bf16), 8 cores" in text
     assert "encoder runtime" in text and "torch-bf16+fused for sam-vit-base" in text
     assert "native bf16" in text
+    assert "prompt decoder" in text and "samadapt's batched pass in bf16" in text
     code, text = run_cli(["info", "--precision", "fp32", "-m", "sam2.1-hiera-tiny"], monkeypatch, capsys)
     assert code == 0 and "torch-fp32+fused for sam2.1-hiera-tiny" in text
+    assert "batched pass in fp32" in text
 
 
 @pytest.mark.parametrize("args, message", [
