@@ -94,6 +94,7 @@ def test_grey_alpha_png_uses_alpha_as_validity(tmp_path: Path) -> None:
 
 def test_two_band_geotiff_takes_band_2_as_alpha_even_unmarked(tmp_path: Path) -> None:
     data = np.full((2, 4, 5), 60, dtype=np.uint8)
+    data[1] = 255  # an alpha band: only 0 and 255
     data[1, 0, :] = 0
     path = write_tif(tmp_path / "grey_alpha.tif", data, photometric="MINISBLACK")
     with rasterio.open(path) as src:
@@ -102,6 +103,31 @@ def test_two_band_geotiff_takes_band_2_as_alpha_even_unmarked(tmp_path: Path) ->
     assert image.bands == (1,)
     assert not image.valid[0].any() and image.valid[1:].all()
     assert (image.pixels[0] == 0).all() and (image.pixels[1:] == 60).all()
+
+
+def test_two_band_sar_geotiff_is_not_taken_for_alpha(tmp_path: Path) -> None:
+    """Dual-polarisation SAR (VV, VH in dB, negative floats): band 2 is data, so nothing is blanked."""
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.normal(-12, 3, (6, 7)), rng.normal(-19, 3, (6, 7))]).astype(np.float32)
+    image = read_image(write_tif(tmp_path / "s1.tif", data))
+    assert image.bands == (1,)
+    assert image.valid.all()
+    assert len(np.unique(image.pixels[..., 0])) > 10  # band 1 stretched, not blanked
+    vh = read_image(tmp_path / "s1.tif", bands=(2,))
+    assert vh.valid.all() and not np.array_equal(vh.pixels, image.pixels)
+
+
+def test_two_band_uint8_data_is_not_taken_for_alpha(tmp_path: Path) -> None:
+    data = np.stack([np.full((4, 5), 60), np.arange(20).reshape(4, 5) * 10]).astype(np.uint8)  # band 2: 0..190
+    image = read_image(write_tif(tmp_path / "two.tif", data, photometric="MINISBLACK"))
+    assert image.valid.all() and (image.pixels == 60).all()
+
+
+def test_two_channel_array_follows_the_same_alpha_rule() -> None:
+    la = np.stack([np.full((4, 5), 90), np.where(np.arange(20).reshape(4, 5) < 5, 0, 255)]).astype(np.uint8)
+    assert from_array(la, channel_axis="first").valid.sum() == 15  # 0 / 255: alpha
+    data = np.stack([np.full((4, 5), -3.0), np.full((4, 5), -9.0)]).astype(np.float32)
+    assert from_array(data, channel_axis="first").valid.all()  # float data: not alpha
 
 
 def test_rgba_alpha_band_marks_invalid_pixels(tmp_path: Path) -> None:

@@ -286,6 +286,18 @@ def _choose_bands(
     return tuple(chosen), None
 
 
+def _looks_like_alpha(band: np.ndarray) -> bool:
+    """True when an unmarked second band can only be an alpha band: integers, all 0 or the type's maximum.
+
+    A second band of data (SAR VV / VH in dB, say) is not taken for validity: its values
+    would blank most of the image.
+    """
+    if not np.issubdtype(band.dtype, np.integer) or band.dtype == np.bool_:
+        return False
+    top = np.iinfo(band.dtype).max
+    return bool(((band == 0) | (band == top)).all())
+
+
 def _nodata_invalid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
     """(H, W) bool, True where every band of (C, H, W) ``data`` that has a nodata value equals it."""
     pairs = [(band, value) for band, value in zip(data, nodatavals) if value is not None and not math.isnan(value)]
@@ -325,8 +337,11 @@ def read_image(
     """Read an image or raster file (PNG, JPEG, TIFF, GeoTIFF, ...) into a :class:`GeoImage`.
 
     Band choice without ``bands``: 1 band is repeated to grey; 2 bands are grey + alpha
-    (band 2 is used only as validity, 0 = invalid); 3 bands are RGB; 4 bands are RGB +
-    alpha when band 4 is marked alpha, otherwise bands 1, 2, 3; more bands use 1, 2, 3.
+    (band 2 is used only as validity, 0 = invalid) when band 2 is marked alpha or holds only
+    0 and its type's maximum (an alpha band written without its tag), otherwise band 1 is
+    shown grey and band 2 is left out (two data bands, e.g. SAR VV / VH: pick one with
+    ``bands``); 3 bands are RGB; 4 bands are RGB + alpha when band 4 is marked alpha,
+    otherwise bands 1, 2, 3; more bands use 1, 2, 3.
 
     Args:
         path: the file to read.
@@ -380,7 +395,9 @@ def _read_dataset(
     if masked:
         valid &= dataset.read_masks(masked[0], window=window) > 0
     if alpha is not None:
-        valid &= dataset.read(alpha, window=window) > 0
+        band = dataset.read(alpha, window=window)
+        if dataset.colorinterp[alpha - 1] == ColorInterp.alpha or _looks_like_alpha(band):
+            valid &= band > 0
     pixels = to_rgb8(data, valid, stretch=stretch)
 
     # GDAL reports the identity when a file has no geotransform (plain images, GCP-only
@@ -447,7 +464,7 @@ def from_array(
     chosen, alpha = _choose_bands(bands, array.shape[0], False, "the array")
     data = array[[b - 1 for b in chosen]]
     mask = ~_nodata_invalid(data, [nodata] * len(chosen)) & _finite(data)
-    if alpha is not None:
+    if alpha is not None and _looks_like_alpha(array[alpha - 1]):
         mask &= array[alpha - 1] > 0
     if valid is not None:
         valid = np.asarray(valid)
