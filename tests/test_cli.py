@@ -54,6 +54,24 @@ def test_segment_with_a_prompt_file_in_map_coordinates(
                       str(tmp_path / "boxes.gpkg"), "--out", str(out)], monkeypatch, capsys)
     assert code == 0, text
     assert "2 objects" in text
+    assert "SAM sees it whole" not in text  # 500 px for a 256 px model: no note
+
+
+def test_segment_notes_a_large_raster_seen_shrunk(tmp_path: Path, tiny_models: dict[str, Path],
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "strip.tif"
+    data = np.random.default_rng(0).integers(0, 255, (1, 200, 1100), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=1100, height=200, count=1, dtype="uint8",
+                       crs="EPSG:32616", transform=from_origin(740000.0, 3740000.0, 0.5, 0.5)) as dst:
+        dst.write(data)
+    code, text = run(["segment", str(path), "--model", str(tiny_models["sam"]), "--box", "10,10,90,90",
+                      "--out", str(tmp_path / "m.gpkg")], monkeypatch, capsys)
+    assert code == 0, text
+    assert "strip.tif is 1100 x 200 px: SAM sees it whole at 256 px, 4x smaller" in text
+    assert "samadapt predict" in text and "--prompts FILE" in text
 
 
 @pytest.mark.parametrize(

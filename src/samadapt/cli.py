@@ -71,6 +71,22 @@ def _runtime(runtime: str, precision: str | None):  # noqa: ANN202
     return replace(opts, precision=precision)
 
 
+#: How many times larger than the model input an image may be before segment says so.
+DOWNSAMPLING_NOTE = 4
+
+
+def _note_downsampling(path: Path, hw: tuple[int, int], size: int, model: str) -> None:
+    """A note when SAM will see a large image shrunk many times (a HiRISE strip, say)."""
+    factor = max(hw) / size
+    if factor > DOWNSAMPLING_NOTE:
+        err.print(
+            f"[bold yellow]note:[/] {path.name} is {hw[1]} x {hw[0]} px: SAM sees it whole at {size} px, "
+            f"{factor:.0f}x smaller. For objects in a large raster, `samadapt predict {model} {path} "
+            "--prompts FILE --out DIR` segments each in a window centred on it, at full resolution.",
+            highlight=False, soft_wrap=True,
+        )
+
+
 def _warn_untrusted(trusted: bool) -> None:
     if not trusted:
         err.print(
@@ -122,6 +138,8 @@ def segment(
     if not everything and not objects:
         raise InputError("give at least one --box, --point or --prompts file, or --everything")
     segmenter = Segmenter(model, device=device, runtime=encoder_runtime)
+    if not everything:
+        _note_downsampling(image, geo.pixels.shape[:2], segmenter.loaded.preprocessing.size, model)
     if everything:
         from samadapt.automatic import AutomaticOptions
 
