@@ -63,7 +63,7 @@ def _onednn_bf16() -> bool:
         return False
 
 
-def _identity(t: torch.Tensor) -> tuple[int, int]:
+def tensor_identity(t: torch.Tensor) -> tuple[int, int]:
     """Storage address and version of ``t``; tensors made under inference mode have no version (-1)."""
     try:
         return t.data_ptr(), t._version
@@ -78,7 +78,7 @@ def _packed(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     a ``load_state_dict`` re-packs on the next call.
     """
     w, b = module.weight, module.bias
-    key = (dtype, *_identity(w), *(_identity(b) if b is not None else ()))
+    key = (dtype, *tensor_identity(w), *(tensor_identity(b) if b is not None else ()))
     cached = _PACKED.get(module)
     if cached is not None and cached[0] == key and cached[2]() is w:  # same tensor, not a new one at its address
         return cached[1]
@@ -248,7 +248,7 @@ def _hiera_pos_embed(self: nn.Module, hw: tuple[int, int]) -> torch.Tensor:
     """Hiera's interpolated position embedding, kept per size while its parameters are unchanged."""
     if torch.is_grad_enabled() or _tracing():
         return type(self)._get_pos_embed(self, hw)
-    key = (tuple(hw), *_identity(self.pos_embed), *_identity(self.pos_embed_window))
+    key = (tuple(hw), *tensor_identity(self.pos_embed), *tensor_identity(self.pos_embed_window))
     cache = _POS.setdefault(self, {})
     if key not in cache:
         cache.clear()

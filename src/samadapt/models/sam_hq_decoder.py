@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samadapt.models.fast_encoder import tensor_identity
+
 #: Objects whose SAM-HQ mask convolutions run together (each: 8 MB of bf16 intermediates at 1024 px);
 #: one at a time measured fastest (their intermediates stay in reused memory).
 HQ_OBJECTS = 1
@@ -45,14 +47,6 @@ def _conv(conv: nn.Module, x: torch.Tensor, transposed: bool = False) -> torch.T
     return F.conv2d(x, w.contiguous(memory_format=torch.channels_last), b, padding=conv.padding)
 
 
-def _identity(t: torch.Tensor) -> tuple[int, int]:
-    """Storage address and version of ``t``; tensors made under inference mode have no version (-1)."""
-    try:
-        return t.data_ptr(), t._version
-    except RuntimeError:
-        return t.data_ptr(), -1
-
-
 _IMAGE_MODULES = ("encoder_conv1", "encoder_norm", "encoder_conv2", "compress_vit_conv1", "compress_vit_norm",
                   "compress_vit_conv2")
 
@@ -67,8 +61,8 @@ def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, d
     ViT-B on 2 cores). Changed weights or embedding values (their version counters) recompute.
     """
     params = [p for name in _IMAGE_MODULES for p in getattr(dec, name).parameters()]
-    key = (dtype, *_identity(image), *(_identity(vit) if vit is not None else ()),
-           *(v for p in params for v in _identity(p)))
+    key = (dtype, *tensor_identity(image), *(tensor_identity(vit) if vit is not None else ()),
+           *(v for p in params for v in tensor_identity(p)))
     found = _FEATURES.get(id(image))
     if found is not None and found[0] == key and all(ref() is obj for ref, obj in zip(found[1], (image, vit, dec))):
         return found[2]
