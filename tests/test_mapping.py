@@ -98,6 +98,29 @@ def test_one_tile_raster_equals_the_adapter_on_the_whole_image(tiny_models: dict
         np.testing.assert_array_equal(out.read(1), whole.labels)
 
 
+def test_two_band_rasters_are_masked_as_read_image_masks_them(tmp_path: Path) -> None:
+    """An unmarked 0/255 second band is alpha (nodata where 0); a second band of SAR data is not."""
+    from samadapt.imagery.read import read_image
+
+    grey = _disc_image()
+    grey[:, :6] = 90  # no nodata value: validity comes from band 2 alone
+    alpha = np.full_like(grey, 255)
+    alpha[:, 200:] = 0
+    raster = _raster(tmp_path / "grey_alpha.tif", np.stack([grey, alpha]), nodata=None)
+    result = predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(polygons=None))
+    with rasterio.open(result.outputs["classes"]) as out:
+        classes = out.read(1)
+    assert (classes[:, 200:] == 255).all() and (classes[:, :200] != 255).all()
+    np.testing.assert_array_equal(classes != 255, read_image(raster).valid)
+
+    rng = np.random.default_rng(0)
+    sar = np.stack([rng.normal(-12, 3, grey.shape), rng.normal(-19, 3, grey.shape)]).astype(np.float32)
+    raster = _raster(tmp_path / "s1.tif", sar, nodata=None)
+    result = predict_raster(PixelAdapter(), raster, tmp_path / "out_sar", MapOptions(polygons=None))
+    with rasterio.open(result.outputs["classes"]) as out:
+        assert (out.read(1) != 255).all()
+
+
 def test_rerun_skips_and_failures_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     good = [_raster(tmp_path / f"g{i}.tif", _disc_image()) for i in range(2)]

@@ -144,7 +144,27 @@ def raster_limits(ds: Any, bands: Sequence[int], *, max_pixels: int = 4_000_000)
     valid = ds.dataset_mask(out_shape=shape[1:], resampling=rasterio.enums.Resampling.nearest) > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
+    valid &= _unmarked_alpha(ds, bands, out_shape=shape[1:])
     return stretch_limits(data, valid)
+
+
+def _unmarked_alpha(ds: Any, bands: Sequence[int], window: Window | None = None,
+                    out_shape: tuple[int, int] | None = None) -> np.ndarray | bool:
+    """Validity from band 2 of a 2-band raster shown as grey, when band 2 is an alpha band GDAL
+    does not know of (read_image's rule: only 0 and its type's maximum); True otherwise.
+
+    A marked alpha band is in GDAL's dataset mask already; a second band of data (SAR VV / VH)
+    is not alpha.
+    """
+    from rasterio.enums import ColorInterp
+
+    from samadapt.imagery.read import looks_like_alpha
+
+    if ds.count != 2 or set(bands) != {1} or ds.colorinterp[1] == ColorInterp.alpha:
+        return True
+    kwargs = {} if out_shape is None else {"out_shape": out_shape, "resampling": rasterio.enums.Resampling.nearest}
+    band = ds.read(2, window=window, **kwargs)
+    return band > 0 if looks_like_alpha(band) else True
 
 
 def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray | None,
@@ -164,6 +184,7 @@ def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray 
         valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=near) > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
+    valid &= _unmarked_alpha(ds, bands, window, out_shape)
     if limits is None:
         scaled = np.clip(np.nan_to_num(data.astype(np.float64)), 0, 255).astype(np.uint8)
     else:

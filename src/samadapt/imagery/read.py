@@ -286,7 +286,7 @@ def _choose_bands(
     return tuple(chosen), None
 
 
-def _looks_like_alpha(band: np.ndarray) -> bool:
+def looks_like_alpha(band: np.ndarray) -> bool:
     """True when an unmarked second band can only be an alpha band: integers, all 0 or the type's maximum.
 
     A second band of data (SAR VV / VH in dB, say) is not taken for validity: its values
@@ -396,7 +396,7 @@ def _read_dataset(
         valid &= dataset.read_masks(masked[0], window=window) > 0
     if alpha is not None:
         band = dataset.read(alpha, window=window)
-        if dataset.colorinterp[alpha - 1] == ColorInterp.alpha or _looks_like_alpha(band):
+        if dataset.colorinterp[alpha - 1] == ColorInterp.alpha or looks_like_alpha(band):
             valid &= band > 0
     pixels = to_rgb8(data, valid, stretch=stretch)
 
@@ -464,7 +464,7 @@ def from_array(
     chosen, alpha = _choose_bands(bands, array.shape[0], False, "the array")
     data = array[[b - 1 for b in chosen]]
     mask = ~_nodata_invalid(data, [nodata] * len(chosen)) & _finite(data)
-    if alpha is not None and _looks_like_alpha(array[alpha - 1]):
+    if alpha is not None and looks_like_alpha(array[alpha - 1]):
         mask &= array[alpha - 1] > 0
     if valid is not None:
         valid = np.asarray(valid)
