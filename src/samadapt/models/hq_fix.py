@@ -12,6 +12,7 @@ the faulty line, so a fixed transformers release is left alone.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -19,8 +20,9 @@ import torch
 _FAULTY = "point_embedding, iou_token_out = self.transformer("
 
 
+@functools.lru_cache(maxsize=1)
 def needs_hq_decoder_fix() -> bool:
-    """True when the installed transformers has the faulty SAM-HQ decoder."""
+    """True when the installed transformers has the faulty SAM-HQ decoder (read once per process)."""
     try:
         from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
     except ImportError:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samadapt.models.hq_fix import needs_hq_decoder_fix
 from samadapt.models.sam_hq_decoder import add_hq_masks, hq_features
 
 #: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
@@ -71,18 +72,12 @@ def supported(model: nn.Module) -> bool:
     if dec is None or type(model).__name__ not in ("SamModel", "SamHQModel", "Sam2Model") \
             or not hasattr(dec, "upscale_conv1"):
         return False
-    if type(model).__name__ == "SamHQModel" and not getattr(dec, "_samadapt_fixed", False) and _hq_needs_fix():
+    if type(model).__name__ == "SamHQModel" and not getattr(dec, "_samadapt_fixed", False) and needs_hq_decoder_fix():
         return False  # the faulty transformers decoder is what the fast pass would otherwise disagree with
     for module in dec.modules():  # an adapter's own layers (LoRA ...) need their own forward
         if not type(module).__module__.startswith(("torch.nn.", "transformers.")):
             return False
     return True
-
-
-def _hq_needs_fix() -> bool:
-    from samadapt.models.hq_fix import needs_hq_decoder_fix
-
-    return needs_hq_decoder_fix()
 
 
 def precision_for(loaded: object) -> Precision:
