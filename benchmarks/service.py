@@ -38,6 +38,10 @@ import httpx
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from encoder import CONFIGS, config  # noqa: E402 - the architectures the benchmarks build
+
 from samadapt.cache import EmbeddingCache
 from samadapt.segment import Segmenter
 from samadapt.service.app import create_app
@@ -63,22 +67,18 @@ FIRST_POINT = (9.418864745562386, 46.18483299780137)  # lng, lat
 ZOOM = 13
 
 
-#: Architectures the benchmark can serve: transformers' default configs are these models.
-CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config"}
-
-
 def build_model(root: Path, quick: bool, name: str = "sam-vit-base") -> Path:
     """A model folder: the tiny test model, or the architecture ``name`` with random weights."""
     if quick:
         from samadapt.models.tiny import save_tiny_model
 
         return save_tiny_model(root / "tiny", "sam")
-    import transformers
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
-    transformers.AutoModel.from_config(getattr(transformers, CONFIGS[name])()).eval().save_pretrained(root / name)
+    AutoModel.from_config(config(name)).eval().save_pretrained(root / name)
     return root / name
 
 

@@ -725,10 +725,10 @@ def info(
     import torch
     import transformers
 
-    from samadapt import __version__
-    from samadapt._home import samadapt_home
     from types import SimpleNamespace
 
+    from samadapt import __version__
+    from samadapt._home import samadapt_home
     from samadapt.models import sam_decoder
     from samadapt.models.speed import cpu_info, resolve
 
