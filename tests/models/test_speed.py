@@ -112,6 +112,9 @@ def test_fast_paths_keep_embeddings_and_masks(scaled_models, image, family: str,
     check_fidelity(scaled_models[family], spec, BOUNDS[spec], image)
 
 
+FOLDED = fast_attention.folded_attention  # the real one, for the counting stand-in below
+
+
 @pytest.mark.parametrize("fold", [False, True], ids=["rows", "folded"])
 @pytest.mark.parametrize("spec", ["fp32,fused", "bf16,fused"])
 def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypatch, spec: str, fold: bool) -> None:
@@ -124,9 +127,6 @@ def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypat
                         lambda *a: calls.append(1) or FOLDED(*a))
     check_fidelity(scaled_models["sam"], spec, BOUNDS[spec], image)
     assert bool(calls) == fold
-
-
-FOLDED = fast_attention.folded_attention
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
@@ -149,50 +149,45 @@ def test_folded_attention_matches_eager_attention(monkeypatch, grid: tuple[int, 
     assert rel_err(folded, eager) <= 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["rows", "folded"])
-def test_attention_buffers_work_in_and_out_of_inference_mode(dtype: torch.dtype, monkeypatch) -> None:
-    """The per-thread buffers of the global-layer attention (the row-chunked bias in fp32, the
-    folded Q/K/V in bf16), made under torch.inference_mode, serve a later no_grad call and the
-    other way round, with equal results."""
+def _in_both_mode_orders(call) -> list[torch.Tensor]:
+    """``call()``'s results under inference_mode then no_grad, and under no_grad then inference_mode,
+    each pair in a new thread (so the per-thread buffers are made afresh); a failed call is missing."""
     import threading
 
-    monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)  # the global-layer branches
-    module = build_tiny_model("sam").vision_encoder.layers[1].attn
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 24 * 24, 16, generator=gen).to(dtype) for _ in range(3))
     results: list[torch.Tensor] = []
 
     def run(first, then) -> None:
         for mode in (first, then):
             with mode():
-                results.append(fast_attention.relpos_attention(module, q, k, v, 24, 24))
+                results.append(call())
 
     for order in ((torch.inference_mode, torch.no_grad), (torch.no_grad, torch.inference_mode)):
-        worker = threading.Thread(target=run, args=order)  # a new thread makes its buffers afresh
+        worker = threading.Thread(target=run, args=order)
         worker.start()
         worker.join()
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["rows", "folded"])
+def test_attention_buffers_work_in_and_out_of_inference_mode(dtype: torch.dtype, monkeypatch) -> None:
+    """The per-thread buffers of the global-layer attention (the row-chunked bias in fp32, the
+    folded Q/K/V in bf16), made under torch.inference_mode, serve a later no_grad call and the
+    other way round, with equal results."""
+    monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)  # the global-layer branches
+    module = build_tiny_model("sam").vision_encoder.layers[1].attn
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24 * 24, 16, generator=gen).to(dtype) for _ in range(3))
+    results = _in_both_mode_orders(lambda: fast_attention.relpos_attention(module, q, k, v, 24, 24))
     assert len(results) == 4, "a call failed"
     assert all(torch.equal(r, results[0]) for r in results[1:])
 
 
 @pytest.mark.parametrize("family", ["sam", "sam-hq"])
 def test_decoder_workspaces_work_in_and_out_of_inference_mode(scaled_models, image, family: str) -> None:
-    import threading
-
     loaded = load_model(scaled_models[family])
     emb = encode(loaded, image)[0]
     prompts = DecoderPrompts(boxes=BOXES)
-    results: list[torch.Tensor] = []
-
-    def run(first, then) -> None:
-        for mode in (first, then):
-            with mode():
-                results.append(decode(loaded, emb, prompts)[0])
-
-    for order in ((torch.inference_mode, torch.no_grad), (torch.no_grad, torch.inference_mode)):
-        worker = threading.Thread(target=run, args=order)
-        worker.start()
-        worker.join()
+    results = _in_both_mode_orders(lambda: decode(loaded, emb, prompts)[0])
     assert len(results) == 4, "a call failed"
     assert all(torch.equal(r, results[0]) for r in results[1:])
 
