@@ -700,9 +700,7 @@ def serve(
 
 def _family_and_size(model: str) -> tuple[str, int]:
     """Family and input size of a model reference, read without loading the weights."""
-    import json
-
-    from samadapt.models.loading import family_of_folder
+    from samadapt.models.loading import family_of_config, input_size_of_config, read_config
     from samadapt.models.registry import REGISTRY
 
     if model in REGISTRY:
@@ -710,8 +708,8 @@ def _family_and_size(model: str) -> tuple[str, int]:
     folder = Path(model)
     if not (folder / "config.json").is_file():
         raise InputError(f"--model {model} is neither a registry name nor a model folder with a config.json")
-    size = json.loads((folder / "config.json").read_text()).get("prompt_encoder_config", {}).get("image_size", 1024)
-    return family_of_folder(folder), int(size[0] if isinstance(size, list) else size)
+    config = read_config(folder)
+    return family_of_config(config, folder), input_size_of_config(config)
 
 
 @app.command()

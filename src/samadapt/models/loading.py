@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
+#: Top-level modules of ``Sam2VideoModel`` that the image model ``Sam2Model`` does not have.
+VIDEO_ONLY_PREFIXES = (
+    "memory_attention.", "memory_encoder.", "mask_downsample.", "memory_temporal_positional_encoding",
+    "no_memory_positional_encoding", "no_object_pointer", "object_pointer_proj.",
+    "occlusion_spatial_embedding_parameter", "temporal_positional_encoding_projection_layer.",
+)
+
 
 @dataclass
 class LoadedModel:
@@ -96,37 +103,107 @@ def _weights_file(folder: Path) -> Path:
     )
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a transformers folder.
+
+    Raises:
+        CheckpointError: if the file is unreadable or not a JSON object.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {folder / 'config.json'}: {err}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / 'config.json'} is not a JSON object of a transformers config")
+    return config
+
+
+def family_of_config(config: dict[str, Any], where: Path | str) -> Family:
+    """The family of a parsed ``config.json``, from its ``model_type``.
+
+    Raises:
+        CheckpointError: if the config is of a model that is not SAM-family.
+    """
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        known = ", ".join(MODEL_TYPES)
+        raise CheckpointError(f"{where} holds a {model_type!r} model, not a SAM-family checkpoint ({known})")
+    return MODEL_TYPES[model_type]
+
+
 def family_of_folder(folder: Path) -> Family:
     """Read the model family from a transformers folder's ``config.json``.
 
     Raises:
         CheckpointError: if the config is unreadable or of a model that is not SAM-family.
     """
+    return family_of_config(read_config(folder), folder)
+
+
+def input_size_of_config(config: dict[str, Any]) -> int:
+    """The model input size (px) a parsed ``config.json`` states: its prompt encoder's image size."""
+    size = config.get("prompt_encoder_config", {}).get("image_size", 1024)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _image_model_config(folder: Path, config: dict[str, Any]):  # noqa: ANN202 - a transformers config
+    """The transformers config of the image model a folder's ``config.json`` describes.
+
+    A ``sam2_video`` config (as the SAM 2.1 repositories publish) carries the image model's
+    three parts unchanged beside its memory settings; the image model is built from those parts.
+    """
+    from transformers import AutoConfig, Sam2Config
+
+    if config.get("model_type") == "sam2_video":
+        parts = ("vision_config", "prompt_encoder_config", "mask_decoder_config", "initializer_range")
+        return Sam2Config(**{k: config[k] for k in parts if k in config})
+    return AutoConfig.from_pretrained(folder)
+
+
+def _load_weights_strictly(folder: Path, family: Family, config: dict[str, Any], weights: Path) -> torch.nn.Module:
+    """Load the image model of a folder in fp32; any missing, unexpected or misshapen weight is an error.
+
+    The video-only weights of a ``sam2_video`` checkpoint (memory attention and encoder, object
+    pointers, temporal encodings) have no place in the image model and are left unread, on purpose.
+    """
+    from transformers import Sam2Model, SamHQModel, SamModel
+    from transformers.utils import logging as hf_logging
+
+    cls = {"sam": SamModel, "sam-hq": SamHQModel, "sam2": Sam2Model}[family]
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {folder / 'config.json'}: {err}") from None
-    model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(
-            f"{folder} holds a {model_type!r} model, not a SAM-family checkpoint (sam, sam2 or sam_hq)"
+        model, info = cls.from_pretrained(
+            folder, config=_image_model_config(folder, config), output_loading_info=True,
+            use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32,
         )
-    return MODEL_TYPES[model_type]
+    except (OSError, ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"cannot load the checkpoint in {folder}: {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    video = config.get("model_type") == "sam2_video"
+    problems = {
+        "missing": list(info.get("missing_keys") or ()),
+        "unexpected": [k for k in info.get("unexpected_keys") or () if not (video and k.startswith(VIDEO_ONLY_PREFIXES))],
+        "of the wrong shape": [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()],
+    }
+    found = [f"{len(keys)} {label} ({', '.join(sorted(keys)[:4])}{', …' if len(keys) > 4 else ''})"
+             for label, keys in problems.items() if keys]
+    if found:
+        raise CheckpointError(
+            f"the weights in {folder} do not fit its config.json ({cls.__name__}): weights {'; '.join(found)}"
+        )
+    return model
 
 
 def _load_folder(folder: Path, name: str, device: torch.device, expected: Family | None) -> LoadedModel:
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    family = family_of_folder(folder)
+    config = read_config(folder)
+    family = family_of_config(config, folder)
     if expected is not None and family != expected:
         raise CheckpointError(f"{name} is a {family} checkpoint, but a {expected} checkpoint was expected")
     weights = _weights_file(folder)
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModel.from_pretrained(folder, use_safetensors=weights.suffix == ".safetensors")
-    except (OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"cannot load the checkpoint in {folder}: {err}") from None
+    model = _load_weights_strictly(folder, family, config, weights)
     model.eval().to(device)
     if family == "sam-hq":
         from samadapt.models.hq_fix import fix_sam_hq_decoder, needs_hq_decoder_fix
@@ -137,14 +214,11 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
     trusted = True
     if marker.is_file():
         trusted = not json.loads(marker.read_text()).get("random_init", False)
-    # The prompt encoder's input size is the model input size in every family.
-    size = model.config.prompt_encoder_config.image_size
-    size = size[0] if isinstance(size, (list, tuple)) else size
     return LoadedModel(
         name=name,
         family=family,
         model=model,
-        preprocessing=preprocessing_for(family, int(size)),
+        preprocessing=preprocessing_for(family, input_size_of_config(config)),
         weights_sha256=file_sha256(weights),
         trusted=trusted,
         device=device,

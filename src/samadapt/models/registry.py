@@ -16,8 +16,9 @@ from samadapt.imagery.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255, Pre
 
 Family = Literal["sam", "sam2", "sam-hq"]
 
-#: transformers ``model_type`` of each family.
-MODEL_TYPES: dict[str, Family] = {"sam": "sam", "sam2": "sam2", "sam_hq": "sam-hq"}
+#: The family of each transformers ``model_type`` samadapt loads. The SAM 2.1 repositories are
+#: saved from ``Sam2VideoModel`` (``sam2_video``); samadapt loads their image model.
+MODEL_TYPES: dict[str, Family] = {"sam": "sam", "sam2": "sam2", "sam2_video": "sam2", "sam_hq": "sam-hq"}
 
 
 @dataclass(frozen=True)
