@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     home = tmp_path_factory.mktemp("samadapt-home")
     monkeypatch.setenv("SAMADAPT_HOME", str(home))
     monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    # An empty Hugging Face cache of its own, no token, online unless a test says otherwise.
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     return home
@@ -130,9 +133,6 @@ def fit(method, next_batch, *, steps: int, lr: float) -> list[float]:  # noqa: A
         losses.append(loss.item())
     method.eval()
     return losses
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def shapes_samples(n: int, *, size: int = 128, seed: int = 0, classes: int = 1) -> list:
     """Generated training data: bright discs / squares on a textured dark background.

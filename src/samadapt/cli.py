@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from samadapt.errors import InputError, SamadaptError
 
@@ -196,18 +196,18 @@ def embed(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Show the registry: names, families, sizes, and which are downloaded."""
-    from samadapt.models.loading import cached_model_dir, is_cached
+    """Show the registry: names, families, sizes, and where each model's files were found."""
+    from samadapt.models.hub import hf_hub_cache
+    from samadapt.models.loading import cached_model_dir, locate
     from samadapt.models.registry import REGISTRY
 
-    table = Table("name", "family", "size", "cached", "source")
+    places = {"samadapt": "samadapt cache", "hf-cache": "HF cache", "missing": "missing"}
+    table = Table("name", "family", "size", "found", Column("repository / folder", overflow="fold"))
     for spec in REGISTRY.values():
-        table.add_row(
-            spec.name, spec.family, f"{spec.size_mb} MB",
-            "yes" if is_cached(spec.name) else "no", spec.repo_id,
-        )
-    out.print(table)
-    out.print(f"cache folder: {cached_model_dir('').parent}")
+        place, folder = locate(spec.name)
+        table.add_row(spec.name, spec.family, f"{spec.size_mb} MB", places[place], str(folder or spec.repo_id))
+    out.print(table, soft_wrap=True)
+    out.print(f"samadapt cache: {cached_model_dir('').parent}\nHF cache: {hf_hub_cache()}", highlight=False)
 
 
 @models_app.command("fetch")
@@ -720,22 +720,24 @@ def info(
     precision: PrecisionOpt = None,
 ) -> None:
     """Show versions, the CPU, the encoder runtime chosen for it, threads, and where files go."""
-    import torch
-    import transformers
-
     from types import SimpleNamespace
+
+    import torch
 
     from samadapt import __version__
     from samadapt._home import samadapt_home
     from samadapt.models import sam_decoder
     from samadapt.models.speed import cpu_info, resolve
+    from samadapt.versions import dependency_versions
 
     family, size = _family_and_size(model)
     rt = resolve(_runtime(runtime, precision), family, size)
     table = Table("", "")
     table.add_row("samadapt", __version__)
-    table.add_row("torch", torch.__version__)
-    table.add_row("transformers", transformers.__version__)
+    for dep in dependency_versions():
+        if dep.installed is not None:
+            note = "" if dep.in_range else f"  [bold yellow](outside the tested range {dep.tested})[/]"
+            table.add_row(dep.name, dep.installed + note)
     table.add_row("CPU capability", cpu_info().describe())
     table.add_row("encoder runtime", f"{rt.tag} for {model} ({size} px)")
     table.add_row("why", "; ".join(rt.reasons) or "as asked")

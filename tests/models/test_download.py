@@ -1,9 +1,8 @@
-"""Tests for samadapt.models.download against a local HTTP server on 127.0.0.1."""
+"""Tests for samadapt.models.download (plain files: the original releases) against a local HTTP server."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import socket
@@ -17,15 +16,12 @@ from pathlib import Path
 import pytest
 
 from samadapt.errors import DownloadError, InputError
-from samadapt.models.download import (
-    download_file,
-    download_hf_model,
-    hf_endpoint,
-    hf_file_url,
-)
+from samadapt.models import registry
+from samadapt.models.download import download_file, fetch_official
 
 BODY = random.Random(0).randbytes(300_000)
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
+BODY_MD5 = hashlib.md5(BODY).hexdigest()
 
 
 @dataclass
@@ -145,34 +141,6 @@ def _part(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-# --- endpoints and URLs ---------------------------------------------------------------
-
-
-def test_hf_endpoint_prefers_samadapt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SAMADAPT_HF_ENDPOINT", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    assert hf_endpoint() == "https://huggingface.co"
-    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
-    assert hf_endpoint() == "https://mirror.example"
-    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "http://127.0.0.1:9/hub/")
-    assert hf_endpoint() == "http://127.0.0.1:9/hub"
-    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "")
-    assert hf_endpoint() == "https://mirror.example"
-
-
-def test_hf_file_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SAMADAPT_HF_ENDPOINT", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    assert (
-        hf_file_url("facebook/sam-vit-base", "model.safetensors")
-        == "https://huggingface.co/facebook/sam-vit-base/resolve/main/model.safetensors"
-    )
-    assert (
-        hf_file_url("a/b", "sub/config.json", revision="refs/pr/1")
-        == "https://huggingface.co/a/b/resolve/refs%2Fpr%2F1/sub/config.json"
-    )
-
-
 # --- download_file ----------------------------------------------------------------------
 
 
@@ -246,33 +214,52 @@ def test_part_longer_than_file_restarts(server: FileServer, tmp_path: Path) -> N
     assert [r.range for r in server.requests] == [f"bytes={len(BODY) + 5}-", None]
 
 
-def test_sha256_from_linked_etag_header(server: FileServer, tmp_path: Path) -> None:
-    server.files["/ok.bin"] = Served(BODY, headers={"X-Linked-Etag": f'"{BODY_SHA}"'})
-    server.files["/bad.bin"] = Served(BODY, headers={"X-Linked-Etag": f'"{"ab" * 32}"'})
-    download_file(server.url("/ok.bin"), tmp_path / "ok.bin", progress=False)
-    assert (tmp_path / "ok.bin").read_bytes() == BODY
-    with pytest.raises(DownloadError, match="ab" * 32):
-        download_file(server.url("/bad.bin"), tmp_path / "bad.bin", progress=False)
-    assert not (tmp_path / "bad.bin").exists()
-    assert not _part(tmp_path / "bad.bin").exists()
+def test_md5_prefix_as_in_meta_sam_names(server: FileServer, tmp_path: Path) -> None:
+    """Meta's SAM names end with the first hex digits of the file's md5, not its sha256."""
+    server.files["/sam_vit_b.pth"] = Served(BODY)
+    dest = tmp_path / f"sam_vit_b_{BODY_MD5[:6]}.pth"
+    download_file(server.url("/sam_vit_b.pth"), dest, md5=BODY_MD5[:6], progress=False)
+    assert dest.read_bytes() == BODY
+    with pytest.raises(DownloadError, match=f"md5 {BODY_MD5} but {BODY_SHA[:6]} was expected"):
+        download_file(server.url("/sam_vit_b.pth"), tmp_path / "again.pth", md5=BODY_SHA[:6], progress=False)
+    assert not (tmp_path / "again.pth").exists() and not _part(tmp_path / "again.pth").exists()
 
 
-def test_weak_etag_and_redirect_like_hugging_face(server: FileServer, tmp_path: Path) -> None:
-    # The hub answers with a redirect carrying X-Linked-Etag; the CDN has an md5-ish ETag.
-    md5_etag = '"d41d8cd98f00b204e9800998ecf8427e"'
-    server.files["/cdn/m.bin"] = Served(BODY, headers={"ETag": md5_etag})
-    linked = {"X-Linked-Etag": '"' + "cd" * 32 + '"'}
-    server.redirects["/hub/m.bin"] = (server.url("/cdn/m.bin"), linked)
-    with pytest.raises(DownloadError, match="cd" * 32):
-        download_file(server.url("/hub/m.bin"), tmp_path / "m.bin", progress=False)
-    assert [r.path for r in server.requests] == ["/hub/m.bin", "/cdn/m.bin"]
+def test_both_digests_must_match(server: FileServer, tmp_path: Path) -> None:
+    server.files["/m.bin"] = Served(BODY)
+    download_file(server.url("/m.bin"), tmp_path / "ok.bin", sha256=BODY_SHA, md5=BODY_MD5, progress=False)
+    with pytest.raises(DownloadError, match="md5"):
+        download_file(server.url("/m.bin"), tmp_path / "bad.bin", sha256=BODY_SHA, md5="0" * 32, progress=False)
 
-    server.files["/weak.bin"] = Served(BODY, headers={"ETag": f'W/"{BODY_SHA}"'})
-    server.files["/weakbad.bin"] = Served(BODY, headers={"ETag": f'W/"{"ef" * 32}"'})
-    download_file(server.url("/weak.bin"), tmp_path / "weak.bin", progress=False)
-    assert (tmp_path / "weak.bin").read_bytes() == BODY
-    with pytest.raises(DownloadError, match="ef" * 32):
-        download_file(server.url("/weakbad.bin"), tmp_path / "weakbad.bin", progress=False)
+
+def test_redirect_is_followed(server: FileServer, tmp_path: Path) -> None:
+    server.files["/cdn/m.bin"] = Served(BODY)
+    server.redirects["/dl/m.bin"] = (server.url("/cdn/m.bin"), {})
+    download_file(server.url("/dl/m.bin"), tmp_path / "m.bin", sha256=BODY_SHA, progress=False)
+    assert [r.path for r in server.requests] == ["/dl/m.bin", "/cdn/m.bin"]
+
+
+def test_fetch_official_checks_the_recorded_digests(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    spec = registry.get_spec("sam-vit-base")
+    assert spec.official is not None and spec.official.name_digest == "md5"
+    served = replace(spec.official, url=server.url("/sam_vit_b.pth"), md5=None, sha256=None,
+                     file=f"sam_vit_b_{BODY_MD5[:6]}.pth")
+    monkeypatch.setitem(registry.REGISTRY, "sam-vit-base", replace(spec, official=served))
+    server.files["/sam_vit_b.pth"] = Served(BODY)
+    path = fetch_official("sam-vit-base", progress=False)
+    assert path.read_bytes() == BODY and path.name == served.file
+    assert fetch_official("sam-vit-base", progress=False) == path  # verified again, not fetched again
+    assert len(server.requests) == 1
+
+    wrong = replace(served, file="sam_vit_b_abcdef.pth")
+    monkeypatch.setitem(registry.REGISTRY, "sam-vit-base", replace(spec, official=wrong))
+    with pytest.raises(DownloadError, match="md5 .* but abcdef was expected"):
+        fetch_official("sam-vit-base", progress=False)
+    assert not path.with_name("sam_vit_b_abcdef.pth").exists()
 
 
 def test_not_found_names_destination(server: FileServer, tmp_path: Path) -> None:
@@ -330,85 +317,3 @@ def test_progress_bar_only_when_asked(
     loud = capfd.readouterr()
     assert loud.out == ""
     assert "loud.bin" in loud.err
-
-
-# --- download_hf_model ------------------------------------------------------------------
-
-
-def test_hf_model_download_marker_and_no_second_request(
-    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", server.url("/hub"))
-    config = b'{"model_type": "sam"}'
-    server.files["/hub/org/tiny/resolve/main/config.json"] = Served(config)
-    server.files["/hub/org/tiny/resolve/main/model.safetensors"] = Served(
-        BODY, headers={"X-Linked-Etag": f'"{BODY_SHA}"'}
-    )
-    dest_dir = tmp_path / "models" / "tiny"
-    config_sha = hashlib.sha256(config).hexdigest()[:8]
-    out = download_hf_model(
-        "org/tiny", dest_dir, sha256={"config.json": config_sha}, progress=False
-    )
-    assert out == dest_dir
-    assert (dest_dir / "config.json").read_bytes() == config
-    assert (dest_dir / "model.safetensors").read_bytes() == BODY
-    marker = json.loads((dest_dir / ".complete").read_text())
-    assert marker["files"] == ["config.json", "model.safetensors"]
-    names = sorted(p.name for p in dest_dir.iterdir())
-    assert names == [".complete", "config.json", "model.safetensors"]
-    assert len(server.requests) == 2
-
-    assert download_hf_model("org/tiny", dest_dir, progress=False) == dest_dir
-    assert len(server.requests) == 2
-
-
-def test_hf_model_not_marked_complete_when_a_file_fails(
-    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", server.url("/hub"))
-    server.files["/hub/org/tiny/resolve/main/config.json"] = Served(b"{}")
-    dest_dir = tmp_path / "tiny"
-    with pytest.raises(DownloadError, match=re.escape(str(dest_dir / "model.safetensors"))):
-        download_hf_model("org/tiny", dest_dir, progress=False)
-    assert (dest_dir / "config.json").read_bytes() == b"{}"
-    assert not (dest_dir / ".complete").exists()
-
-    # Once the file appears, only the missing one is fetched and the folder is marked.
-    server.files["/hub/org/tiny/resolve/main/model.safetensors"] = Served(BODY)
-    server.requests.clear()
-    download_hf_model("org/tiny", dest_dir, progress=False)
-    assert [r.path for r in server.requests] == ["/hub/org/tiny/resolve/main/model.safetensors"]
-    assert (dest_dir / ".complete").exists()
-
-
-def test_hf_model_marker_does_not_cover_new_files(
-    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", server.url("/hub"))
-    server.files["/hub/org/tiny/resolve/main/config.json"] = Served(b"{}")
-    server.files["/hub/org/tiny/resolve/main/pytorch_model.bin"] = Served(BODY)
-    dest_dir = tmp_path / "tiny"
-    download_hf_model("org/tiny", dest_dir, files=["config.json"], progress=False)
-    both = ["config.json", "pytorch_model.bin"]
-    download_hf_model("org/tiny", dest_dir, files=both, progress=False)
-    assert (dest_dir / "pytorch_model.bin").read_bytes() == BODY
-    assert len(server.requests) == 2
-    marker = json.loads((dest_dir / ".complete").read_text())
-    assert marker["files"] == ["config.json", "pytorch_model.bin"]
-
-
-@pytest.mark.parametrize(
-    ("repo_id", "kwargs", "match"),
-    [
-        ("not a repo", {}, "repo id"),
-        ("org/tiny", {"files": []}, "files is empty"),
-        ("org/tiny", {"files": "config.json"}, "single string"),
-        ("org/tiny", {"files": ["../escape.bin"]}, "relative path"),
-        ("org/tiny", {"sha256": {"model.bin": "abcdef"}}, "not in files"),
-    ],
-)
-def test_hf_model_rejects_bad_arguments(
-    repo_id: str, kwargs: dict[str, object], match: str, tmp_path: Path
-) -> None:
-    with pytest.raises(InputError, match=match):
-        download_hf_model(repo_id, tmp_path, progress=False, **kwargs)  # type: ignore[arg-type]

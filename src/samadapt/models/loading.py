@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from samadapt._home import models_dir
+from samadapt._home import models_dir, samadapt_home
 from samadapt.errors import CheckpointError, ModelNotFoundError
 from samadapt.imagery.preprocess import Preprocessing
 from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, preprocessing_for
@@ -69,28 +69,33 @@ class LoadedModel:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered in a ``<file>.sha256`` sidecar keyed by size and mtime."""
-    path = Path(path)
-    st = path.stat()
+    """sha256 of a file, remembered under ``$SAMADAPT_HOME/digests`` by its real path, size and mtime.
+
+    The record is kept in samadapt's own folder, never beside the file: model folders may be
+    read-only or belong to the Hugging Face cache, which other tools manage.
+    """
+    real = Path(path).resolve()
+    st = real.stat()
     stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    sidecar = path.with_name(path.name + ".sha256")
+    record = samadapt_home() / "digests" / hashlib.sha256(str(real).encode()).hexdigest()[:32]
     try:
-        saved_stamp, digest = sidecar.read_text().split()
+        saved_stamp, digest = record.read_text().split()
         if saved_stamp == stamp and len(digest) == 64:
             return digest
     except (OSError, ValueError):
         pass
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(real, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     digest = h.hexdigest()
     try:
-        tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}.tmp")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
         tmp.write_text(f"{stamp} {digest}\n")
-        os.replace(tmp, sidecar)
+        os.replace(tmp, record)
     except OSError:
-        pass  # a read-only model folder still loads; the hash is recomputed next time
+        pass  # an unwritable home only costs hashing again next time
     return digest
 
 
@@ -226,28 +231,52 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
 
 
 def cached_model_dir(name: str) -> Path:
-    """Where a registry model lives once downloaded."""
+    """samadapt's own folder for a registry model's files (placed there by hand, say)."""
     return models_dir() / name
 
 
 def is_cached(name: str) -> bool:
-    """True when a registry model is downloaded completely."""
-    folder = cached_model_dir(name)
-    return (folder / ".complete").is_file() and (folder / "config.json").is_file()
+    """True when a registry model's files are in samadapt's folder or the Hugging Face cache."""
+    return locate(name)[1] is not None
+
+
+def locate(name: str) -> tuple[str, Path | None]:
+    """Where a registry model's files are, asking nothing of the network.
+
+    Returns:
+        ``("samadapt", folder)`` when every file is in :func:`cached_model_dir`,
+        ``("hf-cache", snapshot folder)`` when the Hugging Face cache holds them,
+        ``("missing", None)`` otherwise.
+    """
+    from samadapt.models.hub import cached_snapshot
+
+    spec = get_spec(name)
+    own = cached_model_dir(name)
+    if all((own / f).is_file() for f in spec.files):
+        return "samadapt", own
+    snapshot = cached_snapshot(spec.repo_id, spec.files)
+    if snapshot is not None:
+        return "hf-cache", snapshot
+    return "missing", None
 
 
 def fetch(name: str, *, progress: bool = True) -> Path:
-    """Download a registry model into the cache (resumable, checksummed) and return its folder.
+    """Fetch a registry model into the Hugging Face cache (resumable, verified) and return its folder.
+
+    A model already in samadapt's folder or the Hugging Face cache is returned with no request.
 
     Raises:
-        ModelNotFoundError: unknown name.
-        DownloadError: no network or a bad download; the message says where to put the files.
+        ModelNotFoundError: unknown name, or offline (``HF_HUB_OFFLINE=1``) and not cached.
+        DownloadError: the hub refused or the network failed; the message says where to put the files.
     """
-    from samadapt.models.download import download_hf_model
+    from samadapt.models.hub import download_hf_files
 
     spec = get_spec(name)
-    return download_hf_model(
-        spec.repo_id, cached_model_dir(name), files=spec.files, sha256=spec.sha256 or None, progress=progress
+    _, folder = locate(name)
+    if folder is not None:
+        return folder
+    return download_hf_files(
+        spec.repo_id, spec.files, sha256=spec.sha256 or None, progress=progress, also=cached_model_dir(name)
     )
 
 
@@ -308,16 +337,15 @@ def _load(ref: str | os.PathLike[str], device: torch.device, download: bool, exp
             raise CheckpointError(f"{path} is not a checkpoint samadapt reads; give a .pth file or a model folder")
         return _load_folder(_convert_meta(path), text, device, expected_family)
     if text in REGISTRY:
-        if is_cached(text):
-            folder = cached_model_dir(text)
-        elif download:
-            folder = fetch(text, progress=progress)
-        else:
-            raise ModelNotFoundError(
-                f"model {text} is not downloaded; run `samadapt models fetch {text}` with network access, "
-                f"or put its config.json and model.safetensors in {cached_model_dir(text)}"
-            )
-        return _load_folder(folder, text, device, expected_family)
+        _, folder = locate(text)
+        if folder is None and not download:
+            from samadapt.models.hub import missing_message
+
+            spec = REGISTRY[text]
+            raise ModelNotFoundError(missing_message(
+                spec.repo_id, spec.files, "it is not downloaded and downloads are off", cached_model_dir(text)
+            ) + f"; `samadapt models fetch {text}` fetches them")
+        return _load_folder(folder or fetch(text, progress=progress), text, device, expected_family)
     if any(sep in text for sep in ("/", "\\")) or path.suffix:
         raise ModelNotFoundError(f"model path {text} does not exist")
     return _load_folder(_missing(text), text, device, expected_family)

@@ -1,15 +1,19 @@
 """The model registry: short names and the facts about each public checkpoint, as data.
 
-Preprocessing derives from these facts, never from code paths that test the name. Sizes
-are the approximate download sizes of the weights file. Where a sha256 is not pinned here,
-the download is checked against the sha256 the Hugging Face server reports for the file
-(the LFS object id in the ``X-Linked-Etag`` header).
+The facts live in ``published.json`` beside this module, each entry with the sources it was
+read from (the repositories' own files, transformers' conversion scripts, the original
+releases); nothing there is guessed, and a digest no public record gives is left out.
+Preprocessing derives from these facts, never from code paths that test the name. Where a
+sha256 is not recorded, a download is checked against the sha256 the hub publishes for the
+file (its LFS object id, which names the blob in the Hugging Face cache).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from samadapt.errors import ModelNotFoundError
 from samadapt.imagery.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255, Preprocessing
@@ -22,8 +26,30 @@ MODEL_TYPES: dict[str, Family] = {"sam": "sam", "sam2": "sam2", "sam2_video": "s
 
 
 @dataclass(frozen=True)
+class OfficialRelease:
+    """The original release of a registry model's weights (Meta's ``.pth`` / ``.pt``, SAM-HQ's ``.pth``).
+
+    Attributes:
+        url: where the original file is published.
+        file: its file name.
+        bytes: its size.
+        sha256: its full sha256, where a public record gives it.
+        md5: its full md5, where a public record gives it.
+        name_digest: the digest whose first hex digits end the file name ("md5" for Meta's SAM
+            files: ``sam_vit_b_01ec64.pth``), or None when the name carries none.
+    """
+
+    url: str
+    file: str
+    bytes: int
+    sha256: str | None = None
+    md5: str | None = None
+    name_digest: Literal["md5", "sha256"] | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Facts about one public checkpoint.
+    """Facts about one public checkpoint, read from ``published.json``.
 
     Attributes:
         name: the short name users type.
@@ -31,10 +57,14 @@ class ModelSpec:
         repo_id: Hugging Face repository holding the transformers layout.
         size_mb: approximate size of the weights file in megabytes.
         license: licence of the weights.
-        files: files fetched from the repository.
-        sha256: pinned digests by file name, where known.
-        meta_url: the official Meta release of the same weights, where one exists.
-        meta_sha256_prefix: the digest prefix Meta puts in that file's name.
+        files: files samadapt fetches from the repository.
+        weights: which of ``files`` holds the weights.
+        sha256: published digests by file name, where a public record gives them.
+        config: what the repository's ``config.json`` states (model_type, architectures and
+            architecture sizes, nested as in the file); other values are transformers' defaults.
+        published_files: every file the repository publishes (for reference and errors).
+        official: the original release samadapt can convert, if any.
+        sources: where each of these facts was read.
     """
 
     name: str
@@ -43,9 +73,17 @@ class ModelSpec:
     size_mb: int
     license: str = "Apache-2.0"
     files: tuple[str, ...] = ("config.json", "model.safetensors")
+    weights: str = "model.safetensors"
     sha256: dict[str, str] = field(default_factory=dict)
-    meta_url: str | None = None
-    meta_sha256_prefix: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    published_files: tuple[str, ...] = ()
+    official: OfficialRelease | None = None
+    sources: tuple[str, ...] = ()
+
+    @property
+    def model_type(self) -> str:
+        """The ``model_type`` the repository's ``config.json`` states."""
+        return str(self.config["model_type"])
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -63,26 +101,21 @@ def preprocessing_for(family: Family, size: int) -> Preprocessing:
     )
 
 
-_META = "https://dl.fbaipublicfiles.com/segment_anything"
+PUBLISHED_FACTS = Path(__file__).with_name("published.json")
 
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("sam-vit-base", "sam", "facebook/sam-vit-base", 375,
-                  meta_url=f"{_META}/sam_vit_b_01ec64.pth", meta_sha256_prefix="01ec64"),
-        ModelSpec("sam-vit-large", "sam", "facebook/sam-vit-large", 1250,
-                  meta_url=f"{_META}/sam_vit_l_0b3195.pth", meta_sha256_prefix="0b3195"),
-        ModelSpec("sam-vit-huge", "sam", "facebook/sam-vit-huge", 2560,
-                  meta_url=f"{_META}/sam_vit_h_4b8939.pth", meta_sha256_prefix="4b8939"),
-        ModelSpec("sam2.1-hiera-tiny", "sam2", "facebook/sam2.1-hiera-tiny", 156),
-        ModelSpec("sam2.1-hiera-small", "sam2", "facebook/sam2.1-hiera-small", 184),
-        ModelSpec("sam2.1-hiera-base-plus", "sam2", "facebook/sam2.1-hiera-base-plus", 324),
-        ModelSpec("sam2.1-hiera-large", "sam2", "facebook/sam2.1-hiera-large", 898),
-        ModelSpec("sam-hq-vit-base", "sam-hq", "syscv-community/sam-hq-vit-base", 379),
-        ModelSpec("sam-hq-vit-large", "sam-hq", "syscv-community/sam-hq-vit-large", 1260),
-        ModelSpec("sam-hq-vit-huge", "sam-hq", "syscv-community/sam-hq-vit-huge", 2570),
-    )
-}
+
+def _read_registry(path: Path) -> dict[str, ModelSpec]:
+    doc = json.loads(path.read_text())
+    specs = {}
+    for entry in doc["models"]:
+        official = entry.pop("official", None)
+        for key in ("files", "published_files", "sources"):
+            entry[key] = tuple(entry.get(key, ()))
+        specs[entry["name"]] = ModelSpec(**entry, official=OfficialRelease(**official) if official else None)
+    return specs
+
+
+REGISTRY: dict[str, ModelSpec] = _read_registry(PUBLISHED_FACTS)
 
 DEFAULT_MODEL = "sam-vit-base"
 
