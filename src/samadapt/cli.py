@@ -218,6 +218,36 @@ def models_fetch(name: Annotated[str, typer.Argument(help="Registry name.")]) ->
     out.print(f"{name} is in {fetch(name)}")
 
 
+@models_app.command("check")
+def models_check(
+    name: Annotated[str, typer.Argument(help="Registry name, model folder or Meta .pth / .pt file.")],
+    device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+) -> None:
+    """Load a model, encode and decode one generated image, and compare its files with the published ones.
+
+    Exits 1 when anything mismatches (a digest, the architecture, the outputs).
+    """
+    from samadapt.models.check import check_model
+
+    report = check_model(name, device=device, runtime=runtime)
+    table = Table("", Column("", overflow="fold"))
+    table.add_row("model", report.name)
+    table.add_row("family", report.family)
+    table.add_row("input size", f"{report.input_size} px")
+    table.add_row("weights", str(report.weights_file))
+    table.add_row("sha256", report.weights_sha256)
+    table.add_row("weights are", report.provenance)
+    table.add_row("runtime", report.runtime)
+    table.add_row("seconds per image", f"{report.seconds_per_image:.2f} (encoder, this machine)")
+    out.print(table, soft_wrap=True)
+    for problem in report.problems:
+        err.print(f"[bold red]mismatch:[/] {problem}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    out.print("check passed")
+
+
 @models_app.command("convert")
 def models_convert(
     checkpoint: Annotated[Path, typer.Argument(help="Official Meta SAM .pth file.")],

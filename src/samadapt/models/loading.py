@@ -99,7 +99,7 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
-def _weights_file(folder: Path) -> Path:
+def weights_file(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
@@ -151,7 +151,7 @@ def input_size_of_config(config: dict[str, Any]) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def _image_model_config(folder: Path, config: dict[str, Any]):  # noqa: ANN202 - a transformers config
+def image_model_config(folder: Path, config: dict[str, Any]):  # noqa: ANN202 - a transformers config
     """The transformers config of the image model a folder's ``config.json`` describes.
 
     A ``sam2_video`` config (as the SAM 2.1 repositories publish) carries the image model's
@@ -180,7 +180,7 @@ def _load_weights_strictly(folder: Path, family: Family, config: dict[str, Any],
     hf_logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(
-            folder, config=_image_model_config(folder, config), output_loading_info=True,
+            folder, config=image_model_config(folder, config), output_loading_info=True,
             use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32,
         )
     except (OSError, ValueError, RuntimeError, TypeError) as err:
@@ -207,7 +207,7 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
     family = family_of_config(config, folder)
     if expected is not None and family != expected:
         raise CheckpointError(f"{name} is a {family} checkpoint, but a {expected} checkpoint was expected")
-    weights = _weights_file(folder)
+    weights = weights_file(folder)
     model = _load_weights_strictly(folder, family, config, weights)
     model.eval().to(device)
     if family == "sam-hq":
