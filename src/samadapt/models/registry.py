@@ -117,6 +117,29 @@ def _read_registry(path: Path) -> dict[str, ModelSpec]:
 
 REGISTRY: dict[str, ModelSpec] = _read_registry(PUBLISHED_FACTS)
 
+#: The transformers classes of each published ``model_type``: (config, model as published, image model).
+PUBLISHED_CLASSES = {
+    "sam": ("SamConfig", "SamModel", "SamModel"),
+    "sam_hq": ("SamHQConfig", "SamHQModel", "SamHQModel"),
+    "sam2": ("Sam2Config", "Sam2Model", "Sam2Model"),
+    "sam2_video": ("Sam2VideoConfig", "Sam2VideoModel", "Sam2Model"),
+}
+
+
+def published_config(spec: ModelSpec):  # noqa: ANN201 - a transformers config
+    """The transformers config a registry model's repository publishes, built from its recorded facts.
+
+    Used to build a random model laid out as the repository is (tests, ``models check``); the
+    values the facts leave out are transformers' defaults, as in the published files.
+    """
+    import transformers
+
+    parts = {k: v for k, v in spec.config.items() if k not in ("model_type", "architectures")}
+    config = getattr(transformers, PUBLISHED_CLASSES[spec.model_type][0])(**parts)
+    config.architectures = list(spec.config.get("architectures", ()))
+    return config
+
+
 DEFAULT_MODEL = "sam-vit-base"
 
 
