@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from samadapt.models.tiny import save_tiny_model
+# huggingface_hub reads this once, on import: no test may send its telemetry request to the real hub.
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+from samadapt.models.tiny import save_tiny_model  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -15,6 +15,7 @@ long-running service take effect.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ __all__ = ["cached_snapshot", "download_hf_files", "hf_endpoint", "hf_hub_cache"
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -113,7 +115,6 @@ def download_hf_files(
             or a file's digest did not match.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors as hf_errors
 
     if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
         raise InputError(f"Hugging Face repository id {repo_id!r} is malformed; give 'owner/name'")
@@ -130,46 +131,69 @@ def download_hf_files(
                     repo_id, name, revision=revision, cache_dir=hf_hub_cache(), endpoint=hf_endpoint(),
                     library_name="samadapt",
                 )
-            except hf_errors.GatedRepoError:
-                raise DownloadError(
-                    f"{repo_id} is a gated repository: accept its terms on its page at {hf_endpoint()}/{repo_id}, "
-                    "then set HF_TOKEN to an access token of that account and run again"
-                ) from None
-            except hf_errors.RepositoryNotFoundError as exc:
-                raise DownloadError(
-                    f"{hf_endpoint()} knows no repository {repo_id} that this account may read "
-                    f"({_status(exc)}); if it is private or gated, set HF_TOKEN to an access token that may read it"
-                ) from None
-            except hf_errors.RevisionNotFoundError:
-                raise DownloadError(f"{repo_id} has no revision {revision!r} at {hf_endpoint()}") from None
-            except hf_errors.EntryNotFoundError:
-                raise DownloadError(f"{repo_id} at {hf_endpoint()} has no file {name!r}") from None
-            except hf_errors.LocalEntryNotFoundError as exc:
-                raise DownloadError(missing_message(repo_id, files, f"the hub did not answer: {exc}", also)) from None
-            except (hf_errors.HfHubHTTPError, OSError) as exc:
-                raise DownloadError(missing_message(repo_id, files, f"{type(exc).__name__}: {exc}", also)) from None
+            except Exception as exc:  # huggingface_hub and its HTTP client raise many kinds; all end here
+                raise DownloadError(_refusal(exc, repo_id, name, revision, files, also)) from exc
             path = Path(found)
             _verify(path, (sha256 or {}).get(name))
             paths.append(path)
     return paths[0].parent
 
 
+def _refusal(exc: Exception, repo_id: str, name: str, revision: str, files: Sequence[str], also: Path | None) -> str:
+    """One sentence for a failed ``hf_hub_download``: what the hub said and what to do about it."""
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+
+    endpoint = hf_endpoint()
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return (f"{repo_id} is a gated repository: accept its terms on {endpoint}/{repo_id}, then set HF_TOKEN "
+                "to an access token of that account and run again")
+    if isinstance(exc, hf_errors.HfHubHTTPError) and status in (401, 403):
+        return (f"{endpoint} refused {repo_id} (HTTP {status}): it needs an access token; set HF_TOKEN to a token "
+                "that may read it and run again")
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return (f"{endpoint} has no repository {repo_id} that this account may read; if it is private or gated, "
+                "set HF_TOKEN to an access token that may read it")
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return f"{repo_id} has no revision {revision!r} at {endpoint}"
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError):
+        return missing_message(repo_id, files, f"{endpoint} did not answer", also)
+    if isinstance(exc, hf_errors.EntryNotFoundError):
+        return f"{repo_id} at {endpoint} has no file {name!r}"
+    if isinstance(exc, (httpx2.HTTPError, OSError)):
+        return missing_message(repo_id, files, f"the transfer of {name} failed: {type(exc).__name__}: {exc}", also)
+    raise exc
+
+
 def _verify(path: Path, pinned: str | None) -> None:
-    """Check a cached file against the digest its blob is named by, and a pinned one; remove it if wrong."""
+    """Check a cached file against the digest its blob is named by, and a pinned one; remove it if wrong.
+
+    ``huggingface_hub`` checks only sizes. An LFS file's blob is named by its sha256, a small
+    file's by its git blob sha1: both are what the hub published for the file.
+    """
     from samadapt.models.loading import file_sha256
 
     blob = path.resolve()
-    expected = [d.lower() for d in (pinned, blob.name if _SHA256.fullmatch(blob.name) else None) if d]
-    if not expected:
+    if _SHA256.fullmatch(blob.name) or pinned:
+        expected = [d.lower() for d in (pinned, blob.name if _SHA256.fullmatch(blob.name) else None) if d]
+        actual = file_sha256(path)
+        wrong = next((d for d in expected if not actual.startswith(d)), None)
+        label = "sha256"
+    elif _SHA1.fullmatch(blob.name):
+        data = blob.read_bytes()
+        actual = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        wrong = blob.name if actual != blob.name else None
+        label = "git blob sha1"
+    else:
         return
-    actual = file_sha256(path)
-    if all(actual.startswith(d) for d in expected):
+    if wrong is None:
         return
     for stale in (path, blob):
         stale.unlink(missing_ok=True)
     raise DownloadError(
-        f"{path.name} downloaded from {hf_endpoint()} has sha256 {actual}, not the published {expected[-1]}; "
-        "it was removed from the cache. Run again; if it fails the same way, the server or a proxy alters the file"
+        f"{path.name} downloaded from {hf_endpoint()} has {label} {actual}, not the published {wrong}; it was "
+        "removed from the cache. Run again; if it fails the same way, the server or a proxy alters the file"
     )
 
 

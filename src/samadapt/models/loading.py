@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,6 +209,13 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
     if expected is not None and family != expected:
         raise CheckpointError(f"{name} is a {family} checkpoint, but a {expected} checkpoint was expected")
     weights = weights_file(folder)
+    digest = file_sha256(weights)
+    published = weights.resolve().name
+    if weights.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", published) and digest != published:
+        raise CheckpointError(
+            f"{weights} has sha256 {digest}, which differs from the sha256 the hub published for it ({published}): "
+            f"the copy in the Hugging Face cache is damaged; delete {weights.resolve()} and fetch the model again"
+        )
     model = _load_weights_strictly(folder, family, config, weights)
     model.eval().to(device)
     if family == "sam-hq":
@@ -224,7 +232,7 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
         family=family,
         model=model,
         preprocessing=preprocessing_for(family, input_size_of_config(config)),
-        weights_sha256=file_sha256(weights),
+        weights_sha256=digest,
         trusted=trusted,
         device=device,
     )
