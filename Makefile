@@ -15,6 +15,8 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,hf,dask,service,onnx]"
+	# The official SAM 2 code, a test-only reference: without its dependencies (torchvision, hydra).
+	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-deps --no-build-isolation -c constraints.txt sam2==1.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -211,11 +211,25 @@ def models_list() -> None:
 
 
 @models_app.command("fetch")
-def models_fetch(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
-    """Download a registry model into the cache (resumable, checksummed)."""
-    from samadapt.models.loading import fetch
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Registry name.")],
+    official: Annotated[bool, typer.Option("--official", help="Fetch the original release (Meta's .pth / .pt, "
+                                           "SAM-HQ's .pth) instead of the Hugging Face repository; it is "
+                                           "converted when loaded.")] = False,
+) -> None:
+    """Fetch a registry model: into the Hugging Face cache (verified), or its original release with --official."""
+    if official:
+        from samadapt.models.download import fetch_official
 
-    out.print(f"{name} is in {fetch(name)}")
+        path = fetch_official(name)
+        out.print(f"{name}'s original release is {path}; load it with --model {path}", highlight=False, soft_wrap=True)
+        return
+    from samadapt.models.loading import fetch, locate
+
+    place, _ = locate(name)
+    folder = fetch(name)
+    note = {"samadapt": "already in samadapt's folder", "hf-cache": "already in the Hugging Face cache"}.get(place, "")
+    out.print(f"{name} is in {folder}" + (f" ({note})" if note else ""), highlight=False, soft_wrap=True)
 
 
 @models_app.command("check")
@@ -230,16 +244,19 @@ def models_check(
     """
     from samadapt.models.check import check_model
 
-    report = check_model(name, device=device, runtime=runtime)
+    report = check_model(name, device=device, runtime=_runtime(runtime, None))
     table = Table("", Column("", overflow="fold"))
     table.add_row("model", report.name)
-    table.add_row("family", report.family)
-    table.add_row("input size", f"{report.input_size} px")
     table.add_row("weights", str(report.weights_file))
     table.add_row("sha256", report.weights_sha256)
     table.add_row("weights are", report.provenance)
-    table.add_row("runtime", report.runtime)
-    table.add_row("seconds per image", f"{report.seconds_per_image:.2f} (encoder, this machine)")
+    if report.input_size:
+        table.add_row("family", report.family)
+        table.add_row("input size", f"{report.input_size} px")
+        table.add_row("runtime", report.runtime)
+        table.add_row("seconds per image", f"{report.seconds_per_image:.2f} (encoder, this machine)")
+    else:
+        table.add_row("run", "not run: the files differ from the published ones")
     out.print(table, soft_wrap=True)
     for problem in report.problems:
         err.print(f"[bold red]mismatch:[/] {problem}", highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from samadapt.models.loading import (
     weights_file,
 )
 from samadapt.models.registry import REGISTRY, ModelSpec
+
+if TYPE_CHECKING:
+    from samadapt.models.speed import RuntimeOptions
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -102,51 +105,47 @@ def config_mismatches(folder: Path, spec: ModelSpec) -> list[str]:
     return problems
 
 
-def check_model(ref: str | os.PathLike[str], *, device: str = "cpu", runtime: str = "auto",
+def check_model(ref: str | os.PathLike[str], *, device: str = "cpu", runtime: RuntimeOptions | str = "auto",
                 download: bool = True) -> CheckReport:
-    """Load ``ref``, encode and decode one generated image, and compare the files with the records.
+    """Compare ``ref``'s files with the published records, then load it and run one image through it.
+
+    The files are checked before anything is loaded: a digest or architecture that differs from
+    its record is reported and the model is not run.
 
     Raises:
         SamadaptError: the model cannot be found, fetched or loaded (as :func:`load_model`).
     """
+    from samadapt.models.loading import fetch
+
     text = os.fspath(ref)
-    loaded = load_model(ref, device=device, runtime=runtime, download=download, progress=True)
+    path = Path(text).expanduser()
     spec = REGISTRY.get(text)
-    source = _source_file(text, loaded)
+    if spec is not None and not path.exists():
+        folder: Path | None = locate(text)[1] or (fetch(text) if download else None)
+        if folder is None:
+            load_model(text, download=False)  # raises the error naming the files and places
+    else:
+        folder = path if path.is_dir() else None
+    source = weights_file(folder) if folder is not None else path
+    if not source.is_file():
+        load_model(ref, download=download)  # raises the error saying what is missing
     digest = file_sha256(source)
     problems: list[str] = []
     provenance = _provenance(source, digest, spec, problems)
+    matched = spec or _spec_by_digest(digest)
+    if folder is not None and matched is not None:
+        problems += config_mismatches(folder, matched)
+    report = CheckReport(name=text, family="?", input_size=0, weights_file=source, weights_sha256=digest,
+                         provenance=provenance, runtime="not run", seconds_per_image=float("nan"), problems=problems)
+    if problems:
+        return report
+    loaded = load_model(ref, device=device, runtime=runtime, download=download)
     if not loaded.trusted:
-        provenance = "unknown: a random-initialised test model (its masks mean nothing)"
-    folder = _folder_of(text, loaded)
-    if folder is not None:
-        matched = spec or _spec_by_digest(digest)
-        if matched is not None:
-            problems += config_mismatches(folder, matched)
-    seconds = _run_once(loaded, problems)
-    return CheckReport(
-        name=text, family=loaded.family, input_size=loaded.preprocessing.size, weights_file=source,
-        weights_sha256=digest, provenance=provenance, runtime=getattr(loaded.runtime, "tag", "transformers"),
-        seconds_per_image=seconds, problems=problems,
-    )
-
-
-def _source_file(text: str, loaded: LoadedModel) -> Path:
-    """The file the weights came from: the .pth / .pt itself, else the folder's weights file."""
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    folder = _folder_of(text, loaded)
-    return weights_file(folder) if folder is not None else path
-
-
-def _folder_of(text: str, loaded: LoadedModel) -> Path | None:
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path
-    if text in REGISTRY:
-        return locate(text)[1]
-    return None
+        report.provenance = "unknown: a random-initialised test model (its masks mean nothing)"
+    report.family, report.input_size = loaded.family, loaded.preprocessing.size
+    report.runtime = getattr(loaded.runtime, "tag", "transformers")
+    report.seconds_per_image = _run_once(loaded, problems)
+    return report
 
 
 def _provenance(source: Path, digest: str, spec: ModelSpec | None, problems: list[str]) -> str:

@@ -1,5 +1,7 @@
 """Load official Meta SAM (and SAM-HQ) ``.pth`` checkpoints into ``transformers`` models.
 
+SAM 2 / 2.1 ``.pt`` files are detected here and converted by :mod:`samadapt.models.convert_sam2`.
+
 Three steps, each its own function: :func:`convert_meta_sam_state_dict` renames the keys of the
 ``segment_anything`` layout (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) to the
 ``transformers.SamModel`` layout (a pure function, like timm's checkpoint filters);
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
+from transformers import Sam2Model, SamConfig, SamHQConfig, SamHQModel, SamModel
 
 from samadapt.errors import CheckpointError, ModelNotFoundError, OutputExistsError
 
@@ -313,8 +315,8 @@ def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len(indexes)
 
 
-def load_meta_sam(path: Path, *, vision_num_heads: int | None = None) -> SamModel | SamHQModel:
-    """Load an official SAM (or SAM-HQ) checkpoint file into a ``transformers`` model.
+def load_meta_sam(path: Path, *, vision_num_heads: int | None = None) -> SamModel | SamHQModel | Sam2Model:
+    """Load an official SAM, SAM-HQ or SAM 2 / 2.1 checkpoint file into a ``transformers`` model.
 
     The file is read with ``torch.load(map_location="cpu", weights_only=True)`` (a
     ``.safetensors`` file with the same keys works too); a state dict wrapped as
@@ -326,31 +328,32 @@ def load_meta_sam(path: Path, *, vision_num_heads: int | None = None) -> SamMode
         vision_num_heads: Expected ViT head count; read from the weights when not given.
 
     Returns:
-        A ``SamModel`` (``SamHQModel`` for SAM-HQ) in eval mode, on the CPU.
+        A ``SamModel`` (``SamHQModel`` for SAM-HQ, ``Sam2Model`` for SAM 2, see
+        :mod:`samadapt.models.convert_sam2`) in eval mode, on the CPU.
 
     Raises:
         ModelNotFoundError: The file does not exist.
-        CheckpointError: The file is not a weights-only pickle, is not an official SAM / SAM-HQ
-            checkpoint (SAM 2 and others are named), or its keys or shapes do not match.
+        CheckpointError: The file is not a weights-only pickle, is not an official SAM / SAM-HQ /
+            SAM 2 checkpoint (others are named), or its keys or shapes do not match.
     """
     path = Path(path)
     state_dict = _read_state_dict(path)
     family = detect_checkpoint_family(state_dict)
+    if family == "sam2":
+        from samadapt.models.convert_sam2 import load_meta_sam2
+
+        return load_meta_sam2(path, state_dict)
     if family not in ("sam", "sam-hq"):
         raise CheckpointError(_WRONG_FAMILY[family].format(path=path, keys=", ".join(list(state_dict)[:3])))
     config = infer_sam_config(state_dict, vision_num_heads=vision_num_heads)
     converted = convert_meta_sam_state_dict(state_dict)
     model = SamHQModel(config) if family == "sam-hq" else SamModel(config)
-    _check_keys(model, converted, path)
+    check_keys(model, converted, path)
     model.load_state_dict(converted, strict=True)
     return model.eval()
 
 
 _WRONG_FAMILY: dict[str, str] = {
-    "sam2": (
-        "{path} looks like a SAM 2 checkpoint (keys such as 'image_encoder.trunk.*'), which is not converted "
-        "from .pth here; use a Hugging Face layout folder or a registry name such as 'sam2.1-hiera-tiny'."
-    ),
     "transformers": (
         "{path} is already in the transformers SamModel layout (keys such as 'vision_encoder.*'); "
         "load it from a Hugging Face layout folder instead of as a Meta .pth."
@@ -401,7 +404,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def _check_keys(model: torch.nn.Module, converted: Mapping[str, torch.Tensor], path: Path) -> None:
+def check_keys(model: torch.nn.Module, converted: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Raise CheckpointError listing missing, unexpected and misshapen keys (in transformers' names)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
