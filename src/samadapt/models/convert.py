@@ -61,9 +61,25 @@ _HF_GAUSSIANS = (
 _DECODER_LAYER_NORM_EPS = 1e-5
 _DEFAULT_DECODER_HEADS = 8
 
+#: Renames SAM and SAM 2 share: their prompt encoders' mask downscaling and their mask decoders'
+#: two-way transformer and upscaling are laid out alike on both sides.
+PROMPT_AND_DECODER_RENAMES = (
+    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
+    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
+    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
+    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
+    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
+    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
+    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
+    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
+    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
+)
+
 _RENAMES = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
+        *PROMPT_AND_DECODER_RENAMES,
         (r"^image_encoder\.patch_embed\.proj\.", "vision_encoder.patch_embed.projection."),
         (r"^image_encoder\.pos_embed$", "vision_encoder.pos_embed"),
         (r"^image_encoder\.blocks\.(\d+)\.norm([12])\.", r"vision_encoder.layers.\1.layer_norm\2."),
@@ -73,16 +89,6 @@ _RENAMES = tuple(
         (r"^image_encoder\.neck\.2\.", "vision_encoder.neck.conv2."),
         (r"^image_encoder\.neck\.3\.", "vision_encoder.neck.layer_norm2."),
         (r"^prompt_encoder\.point_embeddings\.(\d+)\.", r"prompt_encoder.point_embed.\1."),
-        (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-        (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-        (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-        (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-        (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-        (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
-        (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-        (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-        (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-        (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
         # SAM-HQ additions to the mask decoder.
         (r"^mask_decoder\.hf_token\.", "mask_decoder.hq_token."),
         (r"^mask_decoder\.compress_vit_feat\.0\.", "mask_decoder.compress_vit_conv1."),

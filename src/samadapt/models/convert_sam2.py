@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from samadapt.errors import CheckpointError
+from samadapt.models.convert import PROMPT_AND_DECODER_RENAMES
 
 __all__ = ["convert_meta_sam2_state_dict", "infer_sam2_config", "load_meta_sam2"]
 
@@ -50,20 +51,11 @@ _RENAMES = tuple(
         (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
         (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
         (r"^sam_prompt_encoder\.", "prompt_encoder."),
-        (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-        (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-        (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-        (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-        (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
         (r"^sam_mask_decoder\.", "mask_decoder."),
-        (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-        (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
+        *PROMPT_AND_DECODER_RENAMES,
         (r"^(mask_decoder\..*)\.out_proj\.", r"\1.o_proj."),
         (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
         (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
-        (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-        (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-        (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
         # Three-layer heads: the official list [0, 1, 2] is transformers' proj_in, layers.0, proj_out.
         (rf"^{_HEADS3}\.layers\.0\.", r"\1.proj_in."),
         (rf"^{_HEADS3}\.layers\.1\.", r"\1.layers.0."),
