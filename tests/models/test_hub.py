@@ -187,3 +187,10 @@ def test_cli_segments_a_cached_registry_model_offline_with_an_empty_home(
     code, text = run_cli(["models", "list"], monkeypatch, capsys)
     assert code == 0 and f"{NAME} │ sam2 │ 156 MB │ HF cache" in text
     assert "sam-vit-base │ sam │ 375 MB │ missing" in text
+
+
+def test_a_hub_name_that_does_not_resolve_fails_at_once_with_the_offline_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No retries for a host name that does not resolve (no network): the error says what to do."""
+    monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    with pytest.raises(DownloadError, match=r"hub\.invalid does not resolve.*HF_HUB_OFFLINE=1.*config\.json"):
+        load_model(NAME, progress=False)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from samadapt.errors import DownloadError, InputError, ModelNotFoundError
 
@@ -123,6 +125,9 @@ def download_hf_files(
         if folder is None:
             raise ModelNotFoundError(missing_message(repo_id, files, "HF_HUB_OFFLINE is set", also))
         return folder
+    unreachable = _unresolvable_endpoint()
+    if unreachable:
+        raise DownloadError(missing_message(repo_id, files, unreachable, also))
     paths: list[Path] = []
     with _progress_bars(progress):
         for name in files:
@@ -137,6 +142,23 @@ def download_hf_files(
             _verify(path, (sha256 or {}).get(name))
             paths.append(path)
     return paths[0].parent
+
+
+def _unresolvable_endpoint() -> str:
+    """Why the hub's host name cannot be resolved here ("" when it can, or a proxy will resolve it).
+
+    huggingface_hub retries a failed connection for about 23 s; a host name that does not
+    resolve means no network (or a mistyped ``HF_ENDPOINT``), which no retry mends.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                        "all_proxy")):
+        return ""
+    parts = urlsplit(hf_endpoint())
+    try:
+        socket.getaddrinfo(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:
+        return f"the name {parts.hostname} does not resolve ({exc}): no network? set HF_HUB_OFFLINE=1 to use only the cache"
+    return ""
 
 
 def _refusal(exc: Exception, repo_id: str, name: str, revision: str, files: Sequence[str], also: Path | None) -> str:
