@@ -351,12 +351,20 @@ def annotate(
     if compare:
         report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed)
         _warn_untrusted(segmenter.loaded.trusted)
+        modes = ("auto", "point", "box")
+        empty = dict(report.without_objects)
         table = Table("image", "automatic", "point", "box", title="foreground IoU against ground truth")
         for stem, row in report.per_image[:30]:
-            table.add_row(stem, *(f"{row[m]:.3f}" for m in ("auto", "point", "box")))
-        table.add_row("[bold]mean[/]", *(f"[bold]{report.mean_iou(m):.3f}[/]" for m in ("auto", "point", "box")))
-        table.add_row("dataset mIoU", *(f"{report.miou[m]:.3f}" for m in ("auto", "point", "box")))
+            table.add_row(stem, *(f"no objects ({empty[stem][m]} px found)" if stem in empty else f"{row[m]:.3f}"
+                                  for m in modes))
+        n_scored = len(report.per_image) - len(empty)
+        table.add_row(f"[bold]mean of {n_scored}[/]", *(f"[bold]{report.mean_iou(m):.3f}[/]" for m in modes))
+        table.add_row("dataset mIoU", *(f"{report.miou[m]:.3f}" for m in modes))
         out.print(table)
+        if empty:
+            spurious = ", ".join(f"{m} {sum(r[m] for _, r in report.without_objects)}" for m in modes)
+            out.print(f"{len(empty)} images have no objects in the ground truth: not in the mean; pixels wrongly "
+                      f"labelled there: {spurious}", highlight=False)
         out.print(f"wrote {report.csv_path} and {report.figure_path}")
         return
     experts = _expert_labels(dataset_dir, labels)

@@ -72,17 +72,22 @@ def test_point_and_auto_modes_run_and_record_sources(
     assert seg.encoder_calls == 3  # the second mode reused every embedding
 
 
-def test_auto_mode_takes_the_highest_scoring_overlapping_mask() -> None:
-    masks = np.zeros((3, 10, 10), bool)
-    masks[0, 0:5, 0:5] = True  # overlaps, score 0.9
-    masks[1, 2:8, 2:8] = True  # overlaps, score 0.95 -> chosen
+def test_auto_mode_takes_the_best_mask_covering_the_interior_point() -> None:
+    masks = np.zeros((4, 10, 10), bool)
+    masks[0, 0:5, 0:5] = True  # covers the region's deepest point (3, 3), score 0.9
+    masks[1, 2:8, 2:8] = True  # covers it, score 0.95 -> chosen
     masks[2, 8:10, 8:10] = True  # best score but does not overlap
-    everything = SegmentationResult(masks=masks, scores=np.array([0.9, 0.95, 0.99], np.float32))
+    masks[3] = True
+    masks[3, 2:6, 2:6] = False  # a background mask touching the region's edge only, score 0.97
+    masks[3, 2, 2] = True
+    everything = SegmentationResult(masks=masks, scores=np.array([0.9, 0.95, 0.99, 0.97], np.float32))
     region = np.zeros((10, 10), bool)
-    region[3:5, 3:5] = True
+    region[2:5, 2:5] = True
     assert pick_automatic(region, everything) == 1
     region[:] = False
     region[0, 9] = True
+    assert pick_automatic(region, everything) == 3  # only the background mask covers that pixel
+    masks[3, 0, 9] = False
     assert pick_automatic(region, everything) is None
 
 
@@ -95,11 +100,33 @@ def test_compare_writes_table_and_figure(
     rows = list(csv.reader(open(report.csv_path)))
     assert rows[0] == ["image", "iou_auto", "iou_point", "iou_box"]
     assert len(rows) == 1 + 3 + 2  # header, 3 images, mean, dataset mIoU
-    assert rows[-2][0] == "mean" and float(rows[-2][3]) == pytest.approx(report.mean_iou("box"), abs=1e-4)
+    assert rows[-2][0] == "mean over 3 images with objects"
+    assert float(rows[-2][3]) == pytest.approx(report.mean_iou("box"), abs=1e-4)
     assert 0.6 < report.mean_iou("box") < 0.9
     from PIL import Image
 
     assert Image.open(report.figure_path).size[0] > 600
+
+
+def test_compare_reports_images_without_objects_apart(
+    mars_dataset: Path, tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image whose truth has no object scores no IoU (it is 0/0, not 1.0); what each mode found there is listed."""
+    masks = sorted((mars_dataset / "masks").glob("*.tif"))
+    with rasterio.open(masks[0], "r+") as ds:
+        ds.write(np.zeros((1, ds.height, ds.width), np.uint8))
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
+    report = compare_modes(mars_dataset, tmp_path / "cmp", segmenter=seg, figure_images=1)
+    empty = dict(report.without_objects)
+    assert list(empty) == [masks[0].stem]
+    assert empty[masks[0].stem]["box"] == 0  # no object, so no box prompt, so nothing labelled
+    row = dict(report.per_image)[masks[0].stem]
+    assert all(np.isnan(row[m]) for m in ("auto", "point", "box"))
+    scored = [r["box"] for stem, r in report.per_image if stem not in empty]
+    assert report.mean_iou("box") == pytest.approx(np.mean(scored))
+    rows = list(csv.reader(open(report.csv_path)))
+    assert rows[1][3].startswith("no objects") and rows[-2][0] == "mean over 2 images with objects"
 
 
 def test_yolo_and_csv_readers(tmp_path: Path) -> None:

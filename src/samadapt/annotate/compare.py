@@ -21,19 +21,26 @@ from samadapt.segment import Segmenter
 class ModeComparison:
     """Per-image foreground IoU of each mode's pseudo-labels against the ground truth.
 
+    An image whose ground truth has no object has no foreground IoU to score (0/0): its row
+    holds NaN, it is left out of :meth:`mean_iou`, and ``without_objects`` records how many
+    pixels each mode wrongly labelled there instead.
+
     Attributes:
-        per_image: rows of (stem, {mode: IoU}).
+        per_image: rows of (stem, {mode: IoU}); NaN for an image without objects.
         miou: dataset-level mean IoU over classes (background included) per mode.
+        without_objects: rows of (stem, {mode: false-positive pixels}) for the images whose
+            ground truth has no object.
         csv_path, figure_path: where the table and the figure were written.
     """
 
     per_image: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     miou: dict[str, float] = field(default_factory=dict)
+    without_objects: list[tuple[str, dict[str, int]]] = field(default_factory=list)
     csv_path: Path | None = None
     figure_path: Path | None = None
 
     def mean_iou(self, mode: str) -> float:
-        """Mean over images of the per-image foreground IoU."""
+        """Mean over the images with objects of the per-image foreground IoU."""
         values = [row[mode] for _, row in self.per_image if not np.isnan(row[mode])]
         return float(np.mean(values)) if values else float("nan")
 
@@ -71,6 +78,7 @@ def compare_modes(
         image = dataset.read_image(stem)
         truth = dataset.read_mask(stem)
         row: dict[str, float] = {}
+        spurious: dict[str, int] = {}
         shown: dict[str, np.ndarray] = {}
         for mode in modes:
             objects = regions_from_mask(truth, mode, seed)
@@ -78,10 +86,17 @@ def compare_modes(
             pred = ann.labels.copy()
             pred[pred == 255] = 0
             scored = truth != 255
-            row[mode] = binary_iou((pred > 0) & scored, (truth > 0) & scored)
+            found, wanted = (pred > 0) & scored, (truth > 0) & scored
+            if wanted.any():
+                row[mode] = binary_iou(found, wanted)
+            else:
+                row[mode] = float("nan")
+                spurious[mode] = int(found.sum())
             acc[mode].add(pred, truth)
             shown[mode] = ann.everything.masks if (mode == "auto" and ann.everything is not None) else (pred > 0)[None]
         report.per_image.append((stem, row))
+        if spurious:
+            report.without_objects.append((stem, spurious))
         if len(panels) < figure_images:
             panels.append((image.pixels, shown, truth))
     report.miou = {m: float(acc[m].compute().miou) for m in modes}
@@ -95,9 +110,14 @@ def _write_csv(path: Path, report: ModeComparison, modes: tuple[str, ...]) -> Pa
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", *(f"iou_{m}" for m in modes)])
+        empty = dict(report.without_objects)
         for stem, row in report.per_image:
-            w.writerow([stem, *(f"{row[m]:.4f}" for m in modes)])
-        w.writerow(["mean", *(f"{report.mean_iou(m):.4f}" for m in modes)])
+            if stem in empty:
+                w.writerow([stem, *(f"no objects; {empty[stem][m]} false-positive pixels" for m in modes)])
+            else:
+                w.writerow([stem, *(f"{row[m]:.4f}" for m in modes)])
+        n = len(report.per_image) - len(empty)
+        w.writerow([f"mean over {n} images with objects", *(f"{report.mean_iou(m):.4f}" for m in modes)])
         w.writerow(["dataset_miou", *(f"{report.miou[m]:.4f}" for m in modes)])
     os.replace(tmp, path)
     return path

@@ -91,10 +91,21 @@ def expert_region(obj: ExpertObject, shape: tuple[int, int]) -> np.ndarray:
 
 
 def pick_automatic(region: np.ndarray, everything: SegmentationResult) -> int | None:
-    """Index of the automatic mask with the highest predicted IoU among those overlapping ``region``."""
+    """Index of the automatic mask for ``region``: the highest predicted IoU among the masks that
+    cover the region's deepest interior point.
+
+    A mask that merely touches the region (a large background mask sharing one pixel with it,
+    say) is not a candidate; None when no mask covers that point.
+    """
+    from samadapt.prompt_gen import interior_point
+
+    if not region.any():
+        return None
+    x, y = interior_point(region)
+    row, col = int(y), int(x)
     best, best_score = None, -np.inf
     for i, (m, s) in enumerate(zip(everything.masks, everything.scores)):
-        if s > best_score and np.logical_and(m, region).any():
+        if s > best_score and m[row, col]:
             best, best_score = i, float(s)
     return best
 
