@@ -43,11 +43,17 @@ def save_adapter(
     classes: dict[int, str] | None = None,
     bands: tuple[int, ...] | None = None,
     train_config: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     extra_files: tuple[Path, ...] = (),
     overwrite: bool = False,
 ) -> Path:
-    """Write an adapter folder atomically (temporary folder, then rename)."""
+    """Write an adapter folder atomically (temporary folder, then rename).
+
+    ``data`` records the split the adapter was trained on: ``{"train": [ids], "val": [ids],
+    "test": [ids], "dataset": path}`` (train after the label budget), so that ``evaluate``
+    scores the adapter's own test split and refuses its training images.
+    """
     from samadapt._io import atomic_dir
 
     out_dir = Path(out_dir)
@@ -63,6 +69,7 @@ def save_adapter(
             "bands": list(bands) if bands else None,
             "preprocessing": asdict(base.preprocessing),
             "train": train_config or {},
+            "data": data or {},
             "metrics": metrics or {},
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str))

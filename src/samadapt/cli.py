@@ -452,6 +452,11 @@ def _options(values: list[str] | None) -> dict[str, object]:
 
 
 MethodOpt = Annotated[str, typer.Option("--method", help="domain-decoder, lora, mask-decoder, encoder-adapter, unet.")]
+EvalDatasetOpt = Annotated[Optional[Path], typer.Option(
+    "--eval-dataset", help="Score on this dataset's ground truth (its test split, or all of it when it has none; "
+    "images used for training are left out by id), e.g. train on `annotate` pseudo-labels, test on the truth.")]
+SelectOpt = Annotated[str, typer.Option("--select", help="Weights kept: best (by --monitor on the val split) or "
+                                        "last (the Mars pits paper's 'no additional control').")]
 OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", help="Method setting key=value, e.g. rank=8.")]
 
 
@@ -468,6 +473,8 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Seed of split, budget and training.")] = 0,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without improvement.")] = None,
     monitor: Annotated[str, typer.Option(help="Validation metric picking the best epoch (miou, f1_macro, loss).")] = "miou",
+    select: SelectOpt = "best",
+    eval_dataset: EvalDatasetOpt = None,
     bands: BandsOpt = None,
     unfreeze: Annotated[bool, typer.Option("--unfreeze", help="lora: train the whole SAM, not only the adapters.")] = False,
     prompt: Annotated[Optional[str], typer.Option(help="mask-decoder: prompts generated from masks: box, point, points.")] = None,
@@ -493,17 +500,20 @@ def train_cmd(
                 raise InputError(f"--{key} applies to the {only} method, not {method}")
             opts[key] = value
     learner = Learner(dataset_dir, method=method, model=model, labels=labels,
-                      bands=parse_bands(bands) if bands else None, seed=seed, device=device, **opts)
+                      bands=parse_bands(bands) if bands else None, seed=seed, device=device, eval_data=eval_dataset,
+                      **opts)
     _warn_untrusted(learner.base.trusted)
     out.parent.mkdir(parents=True, exist_ok=True)
     run_dir = out.with_name(f".{out.name}.run")
     result = learner.fit(epochs, lr=lr, batch_size=batch_size, out_dir=run_dir, resume=resume, patience=patience,
-                         monitor=monitor, mixed_precision=mixed_precision)
+                         monitor=monitor, select=select, mixed_precision=mixed_precision)
     learner.save(out, overwrite=True)
-    best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    kept = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    which = "last epoch" if select == "last" else "best epoch"
     globals()["out"].print(
-        f"trained {method} on {len(learner.train_stems)} images; best epoch {result.best_epoch + 1} "
-        f"(val mIoU {best.get('val_miou', float('nan')):.3f}); adapter in {out}"
+        f"trained {method} on {len(learner.train_stems)} images; kept the {which}, {result.best_epoch + 1} "
+        f"(val mIoU {kept.get('val_miou', float('nan')):.3f}); adapter in {out}; its test split "
+        f"({len(learner.test_stems)} images) is what `samadapt evaluate {out} DATASET` scores"
     )
 
 
@@ -511,69 +521,64 @@ def train_cmd(
 def evaluate_cmd(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train`.")],
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder with masks.")],
-    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
-    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    split: Annotated[Optional[str], typer.Option(help="train, val, test or all of DATASET; default: the adapter's "
+                                                 "own test split, as recorded when it was trained.")] = None,
+    allow_train_images: Annotated[bool, typer.Option("--allow-train-images", help="Score images the adapter was "
+                                                     "trained on instead of refusing them.")] = False,
+    oracle_prompts: Annotated[bool, typer.Option("--oracle-prompts", help="Prompted methods build their prompts "
+                                                 "from the masks being scored (outputs say oracle).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     overlays: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of a few predictions.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Score an adapter on a dataset split: mIoU, precision / recall / F1 (micro, macro), accuracy."""
+    """Score an adapter on images it did not train on: mIoU, precision / recall / F1, accuracy, objects."""
     import json as _json
 
-    from samadapt.adapter import load_adapter
-    from samadapt.data.dataset import SegDataset
-    from samadapt.learner import load_samples, splits_of
-    from samadapt.training import evaluate_method
+    from samadapt.evaluation import evaluate_adapter
 
-    ad = load_adapter(adapter, base=model, device=device)
-    ds = SegDataset.open(dataset_dir)
-    if split == "all":
-        stems = [s for s in ds.stems() if ds.mask_path(s) is not None]
-    else:
-        splits = splits_of(ds)
-        if split not in splits:
-            raise InputError(f"unknown split {split!r}; use train, val, test or all")
-        stems = splits[split]
-    if not stems:
-        raise InputError(f"the {split} split of {dataset_dir} has no labelled images")
-    samples = load_samples(ds, stems, ad.bands)
-    metrics, _ = evaluate_method(ad.method, samples, device=ad.method.base.device)
+    report = evaluate_adapter(adapter, dataset_dir, split=split, allow_train_images=allow_train_images,
+                              oracle_prompts=oracle_prompts, model=model, device=device)
+    metrics = report.metrics
     if as_json:
-        print(_json.dumps({"split": split, "images": len(stems), **metrics.as_dict()}, indent=2))
+        print(_json.dumps(report.as_dict(), indent=2))
     else:
-        table = Table("metric", "value", title=f"{ad.config['method']} on {len(stems)} {split} images")
-        for k in ("miou", "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro",
-                  "recall_macro", "f1_macro"):
-            table.add_row(k, f"{getattr(metrics, k):.4f}")
+        oracle = " [bold red](oracle prompts from the scored masks)[/]" if report.oracle else ""
+        table = Table("metric", "value", title=f"{report.method} on {len(report.image_ids)} images: {report.split}{oracle}")
+        for key, value in metrics.as_dict().items():
+            if not key.startswith(("iou_", "precision_", "recall_", "f1_")) or key.endswith(("micro", "macro", "fg")):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         for c, v in enumerate(metrics.iou):
-            table.add_row(f"IoU {ad.classes.get(c, c)}", f"{v:.4f}")
+            table.add_row(f"IoU class {c}", f"{v:.4f}")
         globals()["out"].print(table)
-    if ad.method.name == "encoder-adapter":
-        from samadapt.methods.encoder_adapter import compare_baselines
-
-        parts = compare_baselines(ad.method, samples, prompts="unet")  # type: ignore[arg-type]
-        if as_json:
-            print(_json.dumps({"foreground_iou": parts}))
-        else:
-            cmp = Table("model", "foreground IoU", title="as seed 003 reports (prompts from the U-Net)")
+        if report.comparison is not None:
+            cmp = Table("model", "foreground IoU", title="U-Net alone, SAM alone and adapted SAM on the same images")
             for key, label in (("unet", "U-Net alone"), ("sam", "SAM alone"), ("adapted", "adapted SAM")):
-                cmp.add_row(label, f"{parts[key]:.4f}")
+                cmp.add_row(label, f"{report.comparison[key]:.4f}")
             globals()["out"].print(cmp)
+        if report.train_images_scored:
+            err.print(f"[bold yellow]note:[/] {len(report.train_images_scored)} of these images trained the adapter",
+                      highlight=False)
+        for note in report.notes:
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if overlays is not None:
+        from samadapt.data.dataset import SegDataset
+        from samadapt.learner import load_samples
         from samadapt.overlay import overlay, save_png
 
-        for s in samples[:4]:
+        ad = report.adapter
+        for s in load_samples(SegDataset.open(dataset_dir), report.image_ids[:4], ad.bands):
             pred = ad.predict_sample(s)
             masks = np.stack([pred.labels == c for c in range(1, ad.method.num_classes)])
-            pic = overlay(s.pixels[:, :, :3], masks)
-            save_png(overlays / f"{s.stem}.png", pic)
+            save_png(overlays / f"{s.stem}.png", overlay(s.pixels[:, :, :3], masks))
         err.print(f"overlays in {overlays}")
 
 
 @app.command("learning-curve")
 def learning_curve_cmd(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV, plot and runs.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV, plot, report and runs.")],
     method: MethodOpt = "domain-decoder",
     compare_methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run on the same splits.")] = None,
     model: ModelOpt = "sam-vit-base",
@@ -581,28 +586,38 @@ def learning_curve_cmd(
     seeds: Annotated[int, typer.Option(help="Seeds per budget.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 20,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    select: SelectOpt = "best",
+    eval_dataset: EvalDatasetOpt = None,
     bands: BandsOpt = None,
     option: OptionOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Train on growing label budgets over several seeds; CSV and plot of every metric against N."""
+    """Train on growing label budgets over several seeds; CSV, plot and report.md of every metric against N."""
     from samadapt.curves import METRICS, learning_curve, summarise
     from samadapt.imagery.read import parse_bands
 
     methods = [m.strip() for m in compare_methods.split(",")] if compare_methods else [method]
     path = learning_curve(dataset_dir, out_dir, methods=methods, model=model, sizes=_parse_ints(sizes, "--sizes"),
                           seeds=seeds, epochs=epochs, lr=lr, bands=parse_bands(bands) if bands else None,
-                          device=device, method_options=_options(option), log=err.print)
+                          device=device, method_options=_options(option), eval_dataset=eval_dataset, select=select,
+                          log=err.print)
     import csv as _csv
 
     rows = [{**r, **{k: float(r[k]) for k in METRICS}, "labels": int(r["labels"])} for r in _csv.DictReader(open(path))]
-    table = Table("method", "labels", "mIoU (mean ± sd)", "F1 macro (mean ± sd)", title="test split")
+    table = Table("method", "labels", "mIoU mean ± sd (n)", "F1 macro mean ± sd (n)", title="test split")
     miou, f1 = summarise(rows, "miou"), summarise(rows, "f1_macro")
+    missing = []
     for m in miou:
-        for (n, a, sa), (_, b, sb) in zip(miou[m], f1[m]):
-            table.add_row(m, str(n), f"{a:.3f} ± {sa:.3f}", f"{b:.3f} ± {sb:.3f}")
+        for a, b in zip(miou[m], f1[m]):
+            table.add_row(m, str(a.labels), f"{a.mean:.3f} ± {a.sd:.3f} ({a.n})", f"{b.mean:.3f} ± {b.sd:.3f} ({b.n})")
+            if a.missing:
+                missing.append(f"{m} n={a.labels}: seeds {', '.join(map(str, a.missing))}")
     globals()["out"].print(table)
-    globals()["out"].print(f"wrote {path} and {path.with_suffix('.png')}")
+    if missing:
+        err.print(f"[bold yellow]note:[/] runs without a mIoU, left out of the means: {'; '.join(missing)}",
+                  highlight=False)
+    globals()["out"].print(f"wrote {path}, {path.with_suffix('.png')} and {path.with_name('report.md')}",
+                           highlight=False, soft_wrap=True)
 
 
 @app.command("predict")

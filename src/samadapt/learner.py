@@ -56,6 +56,25 @@ def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
     return make_splits(labelled, val=0.2, test=0.2, seed=seed)
 
 
+def eval_stems(dataset: Any, exclude: set[str]) -> list[str]:
+    """The images of a separate evaluation dataset to score: its test split, or all its labelled
+    images when it has none, without any image (matched by id) that training or validation used.
+
+    Raises:
+        InputError: nothing is left to score.
+    """
+    labelled = [s for s in dataset.stems() if dataset.mask_path(s) is not None]
+    test = [s for s in (dataset.splits or {}).get("test", []) if s in labelled]
+    chosen = [s for s in (test or labelled) if s not in exclude]
+    if not chosen:
+        where = "test split" if test else "labelled images"
+        raise InputError(
+            f"every one of the {len(test or labelled)} {where} of the evaluation dataset {dataset.root} was used "
+            "for training or validation (images are matched by id); give an evaluation dataset with other images"
+        )
+    return chosen
+
+
 class Learner:
     """Train one adaptation method on a dataset folder.
 
@@ -67,12 +86,21 @@ class Learner:
         bands: 1-based bands to read (any count; != 3 adds a band adapter where supported).
         seed: seed of the split, the budget and training.
         device: torch device ("cpu", "cuda", ...).
+        eval_data: a second dataset to score on (the Mars pits paper's protocol: train on SAM
+            pseudo-labels, test on ground truth): its test split, or all of it when it has
+            none, less the images (matched by id) used for training or validation. None:
+            the test split of ``data``.
         method_options: passed to the method (e.g. rank=8 for lora).
+
+    Attributes:
+        train_stems, val_stems, test_stems: the image ids of each split as used (training after
+            the label budget); ``test_stems`` belong to ``eval_dataset``.
+        eval_dataset: the dataset the test split is read from (``dataset`` unless ``eval_data``).
     """
 
     def __init__(self, data: str | Path, method: str = "domain-decoder", model: str | LoadedModel = "sam-vit-base",
                  *, labels: int | None = None, bands: tuple[int, ...] | None = None, seed: int = 0,
-                 device: str = "cpu", **method_options: Any) -> None:
+                 device: str = "cpu", eval_data: str | Path | None = None, **method_options: Any) -> None:
         from samadapt.data.dataset import SegDataset
 
         self.dataset = SegDataset.open(data)
@@ -82,7 +110,11 @@ class Learner:
         splits = splits_of(self.dataset, seed)
         self.train_stems = label_budget(splits["train"], labels, seed)
         self.val_stems = splits["val"]
-        self.test_stems = splits["test"]
+        self.eval_dataset = SegDataset.open(eval_data) if eval_data is not None else self.dataset
+        if eval_data is not None:
+            self.test_stems = eval_stems(self.eval_dataset, set(self.train_stems) | set(self.val_stems))
+        else:
+            self.test_stems = splits["test"]
         self.device = device
         in_channels = len(self.bands) if self.bands and len(self.bands) != 3 else 3
         self.method = build_method(method, self.base, num_classes=max(self.dataset.num_classes, 2),
@@ -130,10 +162,20 @@ class Learner:
         if stems is None:
             raise InputError(f"unknown split {split!r}; use train, val or test")
         if not stems:
-            raise InputError(f"the {split} split is empty")
-        metrics, _ = evaluate_method(self.method, load_samples(self.dataset, stems, self.bands),
-                                     device=self.base.device)
+            hint = ("; score on a dataset with ground truth with --eval-dataset (e.g. train on `annotate` "
+                    "pseudo-labels, test on the truth)") if split == "test" else ""
+            raise InputError(f"the {split} split of {self.dataset.root} is empty{hint}")
+        dataset = self.eval_dataset if split == "test" else self.dataset
+        metrics, _ = evaluate_method(self.method, load_samples(dataset, stems, self.bands), device=self.base.device)
         return metrics
+
+    def data_record(self) -> dict[str, Any]:
+        """The split this run used, as stored in the adapter's ``config.json`` (``"data"``)."""
+        record: dict[str, Any] = {"dataset": str(Path(self.dataset.root).resolve()), "train": list(self.train_stems),
+                                  "val": list(self.val_stems), "test": list(self.test_stems)}
+        if self.eval_dataset is not self.dataset:
+            record["test_dataset"] = str(Path(self.eval_dataset.root).resolve())
+        return record
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the adapter folder (weights, config, training log and plot)."""
@@ -144,9 +186,8 @@ class Learner:
         extra = (self.run_dir / "training_log.jsonl", self.run_dir / "training.png") if self.run_dir else ()
         return save_adapter(
             self.method, Path(path), classes=self.dataset.classes, bands=self.bands,
-            train_config={**(asdict(self.train_config) if self.train_config else {}), "labels": len(self.train_stems),
-                          "train_stems": self.train_stems},
-            metrics=metrics, extra_files=extra, overwrite=overwrite,
+            train_config={**(asdict(self.train_config) if self.train_config else {}), "labels": len(self.train_stems)},
+            data=self.data_record(), metrics=metrics, extra_files=extra, overwrite=overwrite,
         )
 
     def with_config(self, **changes: Any) -> TrainConfig:

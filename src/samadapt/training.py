@@ -49,6 +49,9 @@ class TrainConfig:
         patience: stop after this many epochs without improvement (None: never).
         monitor: validation metric that picks the best epoch ("miou", "f1_macro", ...
             higher is better; "loss", lower is better).
+        select: which epoch's weights are kept: "best" by ``monitor`` on the validation split,
+            or "last" (the Mars pits paper trains 100 epochs "without additional control");
+            validation is still scored and logged with "last".
         mixed_precision: "no", "bf16" or "fp16" (fp16 needs a GPU).
         device: "cpu", "cuda", ...; None lets accelerate choose.
     """
@@ -62,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = None
     monitor: str = "miou"
+    select: Literal["best", "last"] = "best"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: str | None = None
 
@@ -70,6 +74,11 @@ class TrainConfig:
             raise InputError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
             raise InputError(f"the learning rate must be positive, got {self.lr}")
+        if self.select not in ("best", "last"):
+            raise InputError(f"select must be best or last, got {self.select!r}")
+        if self.select == "last" and self.patience is not None:
+            raise InputError("patience stops early on the validation score, which select='last' does not use; "
+                             "drop one of them")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError(f"mixed precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -265,7 +274,7 @@ def train(
                 row.update({f"val_{k}": v for k, v in metrics.as_dict().items()})
             row["seconds"] = time.perf_counter() - t0
             value = _metric_value(row, config.monitor) if val_samples else -float(epoch)
-            if not val_samples or _better(value, result.best_value, config.monitor):
+            if config.select == "last" or not val_samples or _better(value, result.best_value, config.monitor):
                 result.best_epoch, result.best_value = epoch, value
                 result.best_state = {k: v.clone() for k, v in method.trainable_state_dict().items()}
                 bad_epochs = 0

@@ -1,0 +1,137 @@
+"""Honest protocols: the split an adapter trained on travels with it, evaluation never scores its
+training images unasked, pseudo-labels can be scored on ground truth, spreads are sample spreads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, shapes_samples
+from samadapt.curves import summarise
+
+
+def _dataset(root: Path, n: int = 10, splits: dict[str, list[str]] | None = None) -> Path:
+    from PIL import Image
+
+    from samadapt.data.dataset import write_splits
+    from samadapt.outputs import write_mask_png
+
+    (root / "images").mkdir(parents=True)
+    for s in shapes_samples(n, seed=5):
+        Image.fromarray(s.pixels).save(root / "images" / f"{s.stem}.png")
+        write_mask_png(root / "masks" / f"{s.stem}.png", s.target, overwrite=True)
+    if splits is not None:
+        write_splits(root, splits)
+    return root
+
+
+def _json(text: str) -> dict:
+    """The one JSON document in the output: it must parse from its first brace to the end."""
+    return json.loads(text[text.index("{"):])
+
+
+def test_seeded_split_travels_with_the_adapter_and_evaluate_scores_it(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from samadapt.data.dataset import SegDataset
+    from samadapt.learner import splits_of
+
+    data = _dataset(tmp_path / "data")  # no splits.json: the split depends on --seed
+    ds = SegDataset.open(data)
+    # a seed whose training images include some of seed 0's test split, which evaluate used to score
+    seed = next(k for k in range(1, 50) if set(splits_of(ds, k)["train"]) & set(splits_of(ds, 0)["test"]))
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--epochs", "1", "--seed", str(seed),
+                          "--option", "width=16", "--out", str(tmp_path / "ad")], monkeypatch, capsys)
+    assert code == 0, text
+    recorded = json.loads((tmp_path / "ad" / "config.json").read_text())["data"]
+    assert set(recorded["train"]) == set(splits_of(ds, seed)["train"])
+    assert not set(recorded["train"]) & set(recorded["test"])
+    code, text = run_cli(["evaluate", str(tmp_path / "ad"), str(data), "--json"], monkeypatch, capsys)
+    assert code == 0, text
+    doc = _json(text)
+    assert doc["image_ids"] == recorded["test"] and doc["oracle"] is False
+    assert not set(doc["image_ids"]) & set(recorded["train"])
+
+
+def test_training_images_are_refused_unless_asked(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path / "data")
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--epochs", "1",
+                          "--option", "width=16", "--out", str(tmp_path / "ad")], monkeypatch, capsys)
+    assert code == 0, text
+    code, text = run_cli(["evaluate", str(tmp_path / "ad"), str(data), "--split", "all"], monkeypatch, capsys)
+    assert code == 2 and "trained this adapter" in text and "--allow-train-images" in text
+    code, text = run_cli(["evaluate", str(tmp_path / "ad"), str(data), "--split", "all", "--allow-train-images",
+                          "--json"], monkeypatch, capsys)
+    assert code == 0, text
+    doc = _json(text)
+    trained = json.loads((tmp_path / "ad" / "config.json").read_text())["data"]["train"]
+    assert sorted(doc["train_images_scored"]) == sorted(trained) and doc["images"] == 10
+
+
+def test_pseudo_labels_train_and_ground_truth_scores(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Mars pits paper's protocol: annotate (SAM pseudo-labels), train on them, score on the truth."""
+    stems = [f"s{i:03d}" for i in range(10)]
+    truth = _dataset(tmp_path / "truth", splits={"train": stems[:6], "val": stems[6:8], "test": stems[8:]})
+    model = str(tiny_models["sam"])
+    code, text = run_cli(["annotate", str(truth), "--mode", "box", "--split", "train", "--model", model,
+                          "--out", str(tmp_path / "pseudo")], monkeypatch, capsys)
+    assert code == 0, text
+    lc = tmp_path / "lc"
+    code, text = run_cli(["learning-curve", str(tmp_path / "pseudo"), "--model", model, "--sizes", "2,4", "--seeds", "2",
+                          "--epochs", "1", "--option", "width=16", "--eval-dataset", str(truth), "--out", str(lc)],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    rows = list(csv.DictReader(open(lc / "learning_curve.csv")))
+    assert len(rows) == 4 and all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    report = (lc / "report.md").read_text()
+    assert str(truth.resolve()) in report and "sha256" in report and "ddof = 1" in report
+    runs = json.loads((lc / "run_splits.json").read_text())
+    assert all(r["test"] == stems[8:] for r in runs)  # the truth's test split, never a pseudo-labelled image
+    # without --eval-dataset the pseudo-label dataset has no test split: said in one sentence
+    code, text = run_cli(["learning-curve", str(tmp_path / "pseudo"), "--model", model, "--sizes", "2", "--seeds", "1",
+                          "--epochs", "1", "--option", "width=16", "--out", str(tmp_path / "lc2")], monkeypatch, capsys)
+    assert code == 2 and "--eval-dataset" in text
+
+
+def test_eval_dataset_leaves_out_images_used_for_training(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from samadapt.learner import Learner
+
+    truth = _dataset(tmp_path / "truth")  # no splits.json: all of it would be scored
+    learner = Learner(truth, method="domain-decoder", model=str(tiny_models["sam"]), eval_data=truth, width=16)
+    assert learner.test_stems
+    assert not set(learner.test_stems) & (set(learner.train_stems) | set(learner.val_stems))
+
+
+def test_select_last_keeps_the_last_epoch(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from samadapt.learner import Learner
+
+    data = _dataset(tmp_path / "data")
+    learner = Learner(data, method="domain-decoder", model=str(tiny_models["sam"]), width=16)
+    result = learner.fit(3, progress=False, out_dir=tmp_path / "run", select="last")
+    assert result.best_epoch == 2
+    from samadapt.errors import InputError
+
+    with pytest.raises(InputError, match="patience"):
+        learner.fit(2, progress=False, out_dir=tmp_path / "run2", select="last", patience=1)
+
+
+def test_spread_is_the_sample_standard_deviation_and_missing_seeds_are_named() -> None:
+    rows = [{"method": "m", "labels": 5, "seed": s, "miou": v} for s, v in enumerate([0.5, 0.7, float("nan"), 0.6])]
+    (point,) = summarise(rows, "miou")["m"]
+    assert point.n == 3 and point.missing == (2,)
+    assert point.mean == pytest.approx(0.6)
+    assert point.sd == pytest.approx(statistics.stdev([0.5, 0.7, 0.6]))  # ddof=1, not the population's 0.0816
+    assert point.sd != pytest.approx(float(np.std([0.5, 0.7, 0.6])))
+    (alone,) = summarise(rows[:1], "miou")["m"]
+    assert alone.n == 1 and np.isnan(alone.sd)  # one seed has no spread
