@@ -536,21 +536,23 @@ def evaluate_cmd(
     import json as _json
 
     from samadapt.evaluation import evaluate_adapter
+    from samadapt.metrics import COUNT_FIELDS, SCALAR_FIELDS
 
     report = evaluate_adapter(adapter, dataset_dir, split=split, allow_train_images=allow_train_images,
                               oracle_prompts=oracle_prompts, model=model, device=device)
     metrics = report.metrics
+    ad_classes = report.adapter.classes
     if as_json:
         print(_json.dumps(report.as_dict(), indent=2))
     else:
         oracle = " [bold red](oracle prompts from the scored masks)[/]" if report.oracle else ""
         table = Table("metric", "value", title=f"{report.method} on {len(report.image_ids)} images: {report.split}{oracle}")
-        for key, value in metrics.as_dict().items():
-            if not key.startswith(("iou_", "precision_", "recall_", "f1_")) or key.endswith(("micro", "macro", "fg")):
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        scores = metrics.as_dict()
+        for key in (*SCALAR_FIELDS, *COUNT_FIELDS):
+            value = scores[key]
+            table.add_row(key, "undefined" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
         for c, v in enumerate(metrics.iou):
-            table.add_row(f"IoU class {c}", f"{v:.4f}")
+            table.add_row(f"IoU class {c} ({ad_classes.get(c, c)})", f"{v:.4f}")
         globals()["out"].print(table)
         if report.comparison is not None:
             cmp = Table("model", "foreground IoU", title="U-Net alone, SAM alone and adapted SAM on the same images")

@@ -21,7 +21,8 @@ import numpy as np
 
 from samadapt.errors import InputError
 
-METRICS = ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_micro")
+METRICS = ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_micro", "iou_fg", "f1_fg",
+           "object_f1")
 
 
 def learning_curve(
@@ -139,7 +140,8 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
+    rows_of_panels = -(-len(METRICS) // 3)
+    fig, axes = plt.subplots(rows_of_panels, 3, figsize=(13, 3.5 * rows_of_panels), squeeze=False)
     for ax, metric in zip(axes.ravel(), METRICS):
         for method, pts in summarise(rows, metric).items():
             n = [p.labels for p in pts]

@@ -74,6 +74,11 @@ class TrainConfig:
             raise InputError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
             raise InputError(f"the learning rate must be positive, got {self.lr}")
+        from samadapt.metrics import SCALAR_FIELDS
+
+        if self.monitor != "loss" and self.monitor not in SCALAR_FIELDS:
+            raise InputError(f"cannot monitor {self.monitor!r}; use loss (lower is better) or one of "
+                             f"{', '.join(SCALAR_FIELDS)} (higher is better)")
         if self.select not in ("best", "last"):
             raise InputError(f"select must be best or last, got {self.select!r}")
         if self.select == "last" and self.patience is not None:
