@@ -147,7 +147,7 @@ def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, mo
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--out", str(tmp_path / "ad"))
     assert code == 2 and "pass --overwrite" in text
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--method", "encoder-adapter",
-                     "--epochs", "1", "--labels", "2", "--out", str(tmp_path / "ea"))
+                     "--epochs", "2", "--labels", "2", "--out", str(tmp_path / "ea"))
     assert code == 0, text
     code, text = cli("evaluate", str(tmp_path / "ea"), str(data))
     assert code == 0 and "U-Net alone" in text and "SAM alone" in text and "adapted SAM" in text

@@ -216,6 +216,7 @@ def train(
         The history and the best epoch; the method is left holding the best weights.
     """
     config = config or TrainConfig()
+    select_from = method.selection_start(config.epochs)  # a staged method refuses too few epochs here
     if not train_samples:
         raise InputError("no training samples; check the dataset split and the label budget")
     out_dir = Path(out_dir)
@@ -256,6 +257,7 @@ def train(
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
+            method.begin_epoch(epoch, config.epochs)
             model.train()
             order = np.random.default_rng([config.seed, epoch]).permutation(len(train_samples))
             losses = []
@@ -279,11 +281,14 @@ def train(
                 row.update({f"val_{k}": v for k, v in metrics.as_dict().items()})
             row["seconds"] = time.perf_counter() - t0
             value = _metric_value(row, config.monitor) if val_samples else -float(epoch)
-            if config.select == "last" or not val_samples or _better(value, result.best_value, config.monitor):
+            # Before a staged method's last stage its predicting part is untrained: no epoch there is kept.
+            selectable = epoch >= select_from
+            if config.select == "last" or not val_samples or (
+                    selectable and _better(value, result.best_value, config.monitor)):
                 result.best_epoch, result.best_value = epoch, value
                 result.best_state = {k: v.clone() for k, v in method.trainable_state_dict().items()}
                 bad_epochs = 0
-            else:
+            elif selectable:
                 bad_epochs += 1
             result.history.append(row)
             with open(log_path, "a") as f:

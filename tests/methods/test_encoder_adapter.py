@@ -1,4 +1,5 @@
-"""The ``encoder-adapter`` method (seed 003): a U-Net's encoder feeding SAM's frozen decoder.
+"""The ``encoder-adapter`` method (the encoder-adaptation abstract): a U-Net's encoder feeding
+SAM's frozen decoder, trained in two stages (the U-Net, then the 1x1 convolutions) by default.
 
 The tiny random SAM's decoder has weights of scale 0.02 everywhere, so its mask logits
 stay within about 1e-3 of zero and its IoU head says nothing, whatever the embedding: a
@@ -11,6 +12,7 @@ frozen. Everything after that runs the method exactly as a user would.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from samadapt.methods.encoder_adapter import (
 )
 from samadapt.models import runtime
 from samadapt.models.loading import LoadedModel, load_model
+from samadapt.training import TrainConfig, TrainResult, train
 
 
 SMALL = {"width": 8, "depth": 2, "unet_scale": 0.25, "max_objects": 4}
@@ -72,32 +75,65 @@ def pretrain_decoder(base: LoadedModel, steps: int = 100) -> None:
         p.requires_grad_(False)
 
 
+def staged_train(method: EncoderAdapterMethod, train_samples: list[Sample], val_samples: list[Sample], out: Path,
+                 config: TrainConfig, on_epoch: Any = None) -> TrainResult:
+    """``samadapt.training.train`` with ``method.begin_epoch(epoch, epochs)`` before every epoch.
+
+    The call the training loop makes (made here through ``on_epoch`` too, so the test does not
+    depend on it; making it twice changes nothing).
+    """
+    method.begin_epoch(0, config.epochs)
+
+    def after(row: dict[str, Any]) -> None:
+        if on_epoch is not None:
+            on_epoch(row)
+        if row["epoch"] + 1 < config.epochs:
+            method.begin_epoch(row["epoch"] + 1, config.epochs)
+
+    return train(method, train_samples, val_samples, out, config, progress=False, on_epoch=after)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (batch-norm statistics included), copied."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in before.items() if not torch.equal(v, after[k])]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_models: dict[str, Path]) -> dict[str, Any]:
-    """An encoder-adapter trained for 100 steps (batch 4) on 16 shapes images."""
+    """An encoder-adapter trained in its default two stages, 50 steps each (batch 4), on 16 shapes images."""
     base = load_model(tiny_models["sam"])
     torch.manual_seed(0)
     pretrain_decoder(base)
     sam_before = {k: v.clone() for k, v in base.model.state_dict().items()}
     method = EncoderAdapterMethod(base, **SMALL)
-    train, test = shapes_samples(16, seed=1), shapes_samples(8, seed=2)
+    train_s, test = shapes_samples(16, seed=1), shapes_samples(8, seed=2)
     rng = np.random.default_rng(0)
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=3e-3)
-    losses, object_losses = [], []
-    method.train()
-    for _ in range(100):
-        batch = stack(method, [train[i] for i in rng.choice(len(train), 4, replace=False)], rng)
-        logits = method(batch)
-        loss = method.loss(logits, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        parts = getattr(logits, PARTS)
-        losses.append(loss.item())
-        object_losses.append(parts["object_loss"][parts["valid"]].mean().item())
+    losses: dict[str, list[float]] = {"unet": [], "adapter": []}
+    object_losses = []
+    snapshots = [(_state(method.unet), _state(method.adapter))]
+    for epoch in range(2):  # one "epoch" of 50 steps per stage
+        method.train()
+        method.begin_epoch(epoch, 2)
+        for _ in range(50):
+            batch = stack(method, [train_s[i] for i in rng.choice(len(train_s), 4, replace=False)], rng)
+            logits = method(batch)
+            loss = method.loss(logits, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[method.stage].append(loss.item())  # type: ignore[index]
+            parts = getattr(logits, PARTS)
+            if parts["object_loss"] is not None:
+                object_losses.append(parts["object_loss"][parts["valid"]].mean().item())
+        snapshots.append((_state(method.unet), _state(method.adapter)))
     method.eval()
     return {"method": method, "base": base, "sam_before": sam_before, "losses": losses,
-            "object_losses": object_losses, "test": test}
+            "object_losses": object_losses, "test": test, "snapshots": snapshots}
 
 
 def test_only_the_unet_and_the_1x1_convolutions_train(trained: dict[str, Any]) -> None:
@@ -112,12 +148,103 @@ def test_only_the_unet_and_the_1x1_convolutions_train(trained: dict[str, Any]) -
     assert changed == []  # image encoder, prompt encoder and mask decoder untouched
 
 
-def test_loss_falls(trained: dict[str, Any]) -> None:
+def test_stage_one_trains_the_unet_alone_and_stage_two_the_1x1_convolutions_alone(trained: dict[str, Any]) -> None:
+    (unet0, adapter0), (unet1, adapter1), (unet2, adapter2) = trained["snapshots"]
+    assert _changed(adapter0, adapter1) == []  # stage one: the 1x1 convolution is untouched
+    assert len(_changed(unet0, unet1)) == len(unet0)  # ... and every U-Net tensor moved
+    assert _changed(unet1, unet2) == []  # stage two: the U-Net, batch-norm statistics included, is frozen
+    assert sorted(_changed(adapter1, adapter2)) == ["image.bias", "image.weight"]
+
+
+def test_loss_falls_in_each_stage(trained: dict[str, Any]) -> None:
     losses, objects = trained["losses"], trained["object_losses"]
-    print(f"loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}; "
-          f"SAM-path object loss {np.mean(objects[:10]):.3f} -> {np.mean(objects[-10:]):.3f}")
-    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
-    assert np.mean(objects[-10:]) < 0.8 * np.mean(objects[:10])
+    unet, adapter = losses["unet"], losses["adapter"]
+    print(f"stage one (U-Net) loss {np.mean(unet[:10]):.3f} -> {np.mean(unet[-10:]):.3f}; "
+          f"stage two (1x1 convolutions) loss {np.mean(adapter[:10]):.3f} -> {np.mean(adapter[-10:]):.3f}")
+    assert len(unet) == len(adapter) == 50 and len(objects) == 50  # SAM runs in stage two only
+    assert np.mean(unet[-10:]) < 0.8 * np.mean(unet[:10])
+    assert np.mean(adapter[-10:]) < 0.8 * np.mean(adapter[:10])
+
+
+def test_the_training_loop_runs_the_two_stages(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Through samadapt.training.train (AdamW with weight decay, clipping, validation, checkpoints)."""
+    base = load_model(tiny_models["sam"])
+    torch.manual_seed(0)
+    method = EncoderAdapterMethod(base, **SMALL)
+    snapshots = [(_state(method.unet), _state(method.adapter))]
+    stages = []
+    config = TrainConfig(epochs=4, batch_size=2, lr=3e-3, weight_decay=0.1)
+
+    def record(row: dict[str, Any]) -> None:
+        snapshots.append((_state(method.unet), _state(method.adapter)))
+        stages.append(method.stage)
+
+    result = staged_train(method, shapes_samples(4, seed=1), shapes_samples(2, seed=2), tmp_path, config, record)
+    assert stages == ["unet", "unet", "adapter", "adapter"]
+    assert all(np.isfinite(row["val_loss"]) for row in result.history)
+    for epoch, ((unet_a, adapter_a), (unet_b, adapter_b)) in enumerate(zip(snapshots, snapshots[1:])):
+        if stages[epoch] == "unet":
+            assert _changed(adapter_a, adapter_b) == [] and _changed(unet_a, unet_b), epoch
+        else:
+            assert _changed(unet_a, unet_b) == [], epoch
+            assert sorted(_changed(adapter_a, adapter_b)) == ["image.bias", "image.weight"], epoch
+
+
+def test_stages_split_the_epochs(tiny_models: dict[str, Path]) -> None:
+    base = load_model(tiny_models["sam"])
+    method = EncoderAdapterMethod(base, **SMALL)
+    assert [method.stage_for_epoch(e, 5) for e in range(5)] == ["unet"] * 2 + ["adapter"] * 3  # round(2.5) = 2
+    assert [method.stage_for_epoch(e, 2) for e in range(2)] == ["unet", "adapter"]
+    early = EncoderAdapterMethod(base, unet_fraction=0.01, **SMALL)
+    assert [early.stage_for_epoch(e, 3) for e in range(3)] == ["unet", "adapter", "adapter"]  # each stage >= 1
+    late = EncoderAdapterMethod(base, unet_fraction=0.99, **SMALL)
+    assert [late.stage_for_epoch(e, 3) for e in range(3)] == ["unet", "unet", "adapter"]
+    assert (method.selection_start(5), early.selection_start(3), late.selection_start(3)) == (2, 1, 2)
+    joint = EncoderAdapterMethod(base, schedule="joint", **SMALL)
+    assert {joint.stage_for_epoch(e, 3) for e in range(3)} == {"joint"}
+    assert joint.stage_for_epoch(0, 1) == "joint" and joint.selection_start(3) == 0
+    with pytest.raises(InputError, match="two-stage schedule needs at least 2 epochs .* got 1; .* schedule=joint"):
+        method.begin_epoch(0, 1)
+    with pytest.raises(InputError, match="epoch 3 lies outside a run of 3 epochs"):
+        method.stage_for_epoch(3, 3)
+    method.begin_epoch(1, 2)
+    method.train()
+    assert method.training and not method.unet.training  # the frozen U-Net keeps its batch-norm statistics
+    method.eval()
+    method.train()
+    assert not method.unet.training and method.adapter.training
+    method.begin_epoch(0, 2)
+    assert method.unet.training
+
+
+def test_a_loop_that_never_says_the_epoch_trains_jointly_and_warns(tiny_models: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    method = EncoderAdapterMethod(load_model(tiny_models["sam"]), **SMALL)
+    batch = stack(method, shapes_samples(2, seed=3), np.random.default_rng(0))
+    with pytest.warns(UserWarning, match="did not call begin_epoch"):
+        logits = method(batch)
+    method.loss(logits, batch).backward()
+    assert method.adapter["image"].weight.grad.abs().sum() > 0 and method.unet.head.weight.grad.abs().sum() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per method is enough
+        method(batch)
+        EncoderAdapterMethod(load_model(tiny_models["sam"]), schedule="joint", **SMALL)(batch)  # joint: no warning
+
+
+def test_evaluation_loss_is_the_adapted_models_own(tiny_models: dict[str, Path]) -> None:
+    """Validation losses of both stages compare: the two-stage loss in eval mode is that of the output."""
+    from samadapt.methods.base import segmentation_loss
+
+    torch.manual_seed(0)
+    method = EncoderAdapterMethod(load_model(tiny_models["sam"]), eval_prompts="truth", **SMALL).eval()
+    batch = stack(method, shapes_samples(2, seed=3), np.random.default_rng(0), train=False)
+    with torch.no_grad():
+        logits = method(batch)
+        loss = method.loss(logits, batch)
+        assert torch.equal(loss, segmentation_loss(logits, batch["target"], 2))
+        for epoch in (0, 1):  # the stage does not change evaluation
+            method.begin_epoch(epoch, 2)
+            assert torch.equal(method.loss(method(batch), batch), loss)
 
 
 @pytest.mark.parametrize("prompts", ["truth", "unet"])
@@ -154,12 +281,12 @@ def test_trainable_state_round_trip_reproduces_logits(trained: dict[str, Any]) -
             assert torch.equal(method(batch), again(batch))
 
 
-def test_sam_decoder_passes_gradient_to_the_unet(tiny_models: dict[str, Path]) -> None:
+def test_joint_schedule_passes_sams_gradient_to_the_unet(tiny_models: dict[str, Path]) -> None:
     base = load_model(tiny_models["sam"])
     samples = shapes_samples(2, seed=3)
     for detach in (False, True):
         torch.manual_seed(0)
-        method = EncoderAdapterMethod(base, unet_weight=0.0, detach_features=detach, **SMALL)
+        method = EncoderAdapterMethod(base, schedule="joint", unet_weight=0.0, detach_features=detach, **SMALL)
         batch = stack(method, samples, np.random.default_rng(0))
         method.loss(method(batch), batch).backward()
         assert method.adapter["image"].weight.grad.abs().sum() > 0
@@ -189,6 +316,7 @@ def test_iou_weight_adds_the_iou_head_error(tiny_models: dict[str, Path]) -> Non
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
         method = EncoderAdapterMethod(base, iou_weight=weight, **SMALL)
+        method.begin_epoch(1, 2)  # stage two, where SAM's masks train the 1x1 convolution
         logits = method(batch)
         totals.append(method.loss(logits, batch))
         parts.append(getattr(logits, PARTS))
@@ -205,6 +333,7 @@ def test_other_families_get_every_tensor_their_decoder_reads(tiny_models: dict[s
     base = load_model(tiny_models[family])
     method = EncoderAdapterMethod(base, width=4, max_objects=3)
     assert sorted(method.adapter.keys()) == slots
+    method.begin_epoch(1, 2)
     batch = stack(method, shapes_samples(2, seed=4), np.random.default_rng(0))
     logits = method(batch)
     assert logits.shape == (2, 1, 64, 64)
@@ -253,6 +382,7 @@ def test_prediction_prompts_come_from_the_unet(tiny_models: dict[str, Path]) -> 
 
 def test_several_classes_give_softmax_channels(tiny_models: dict[str, Path]) -> None:
     method = EncoderAdapterMethod(load_model(tiny_models["sam"]), num_classes=3, **SMALL)
+    method.begin_epoch(1, 2)
     batch = stack(method, shapes_samples(2, seed=6, classes=2), np.random.default_rng(0))
     assert set(batch["classes"][batch["valid"] > 0].tolist()) <= {1, 2}
     logits = method(batch)
@@ -263,9 +393,12 @@ def test_several_classes_give_softmax_channels(tiny_models: dict[str, Path]) -> 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"level": 5}, "level must be an encoder level from 0 to depth=2"),
-    ({"eval_prompts": "boxes"}, "eval_prompts must be 'unet' or 'truth'"),
+    ({"eval_prompts": "boxes"}, "encoder-adapter option eval_prompts must be one of unet, truth, got 'boxes'"),
     ({"unet_scale": 0.3}, "must be a multiple of 2\\*\\*depth = 4"),
-    ({"unet_scale": 0.0}, "unet_scale must be a fraction"),
+    ({"unet_scale": 0.0}, "unet_scale must be a finite number in \\(0, 1\\], got 0.0"),
+    ({"schedule": "stages"}, "schedule must be one of two-stage, joint, got 'stages'"),
+    ({"unet_fraction": 1.0}, "unet_fraction must be a finite number in \\(0, 1\\), got 1.0"),
+    ({"stages": 2}, "encoder-adapter has no option 'stages'"),
     ({"sam_weight": -1.0}, "sam_weight must be a finite number >= 0"),
     ({"max_objects": 0}, "max_objects must be an integer of at least 1"),
 ])

@@ -293,13 +293,16 @@ def test_other_families_train_through_the_same_code(family: str, tiny_models: di
     [
         ({"num_classes": 3}, "one class at a time"),
         ({"in_channels": 4}, "3-band"),
-        ({"prompt": "mask"}, "prompt must be one of"),
-        ({"multimask": "all"}, "multimask must be one of"),
+        ({"prompt": "mask"}, "mask-decoder option prompt must be one of box, point, points, got 'mask'"),
+        ({"multimask": "all"}, "multimask must be one of best, mean, single, got 'all'"),
         ({"prompt": "box", "n_neg": 1}, "takes no points"),
         ({"prompt": "point", "n_pos": 2}, "use prompt 'points'"),
-        ({"max_objects": 0}, "max_objects"),
-        ({"box_noise": -1.0}, "box_noise"),
+        ({"max_objects": 0}, "max_objects must be an integer of at least 1, got 0"),
+        ({"box_noise": -1.0}, "box_noise must be a finite number >= 0, got -1.0"),
         ({"prompt": "points", "box_noise": 2.0}, "shifts box prompts"),
+        ({"prompt": "points", "n_pos": 3, "erode": -2}, "erode must be an integer of at least 0, got -2"),
+        ({"n_pos": 2.5}, "n_pos must be an integer of at least 1, got 2.5"),
+        ({"class_id": 2}, "mask-decoder has no option 'class_id'; its options are: prompt, n_pos"),
     ],
 )
 def test_bad_options_are_refused(options: dict, match: str, tiny_models: dict[str, Path]) -> None:

@@ -1,4 +1,9 @@
-"""Adaptation methods, by name. Modules load on first use (lora pulls in peft)."""
+"""Adaptation methods, by name. Modules load on first use (lora pulls in peft).
+
+This module is the one registry of methods: :func:`method_class` finds a method by name,
+:func:`build_method` builds it, and :func:`option_rows` / :func:`describe_options` list the
+settings it declares (what ``samadapt train --method M --help-options`` prints).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import importlib
 from typing import Any
 
 from samadapt.errors import InputError
-from samadapt.methods.base import AdaptationMethod, Sample
+from samadapt.methods.base import AdaptationMethod, Option, Sample
+from samadapt.methods.base import option_rows as _rows_of
 
 _METHODS = {
     "domain-decoder": ("samadapt.methods.domain_decoder", "DomainDecoder"),
@@ -31,4 +37,56 @@ def build_method(name: str, base: Any, **kwargs: Any) -> AdaptationMethod:
     return method_class(name)(base, **kwargs)
 
 
-__all__ = ["METHOD_NAMES", "AdaptationMethod", "Sample", "build_method", "method_class"]
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options checked and completed with defaults, without building anything.
+
+    Lets a caller refuse bad ``--option`` pairs before loading a model. Checks that depend
+    on the model or on several options together (e.g. mask-decoder's ``erode`` needs
+    ``prompt=points``) happen when the method is built.
+
+    Raises:
+        InputError: on an unknown method, an option it does not declare, or a bad value.
+    """
+    return method_class(name).validate_options(options)
+
+
+def option_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) of each option of a method, in declaration order.
+
+    The type reads like ``int >= 1``, ``float in [0, 1)``, ``box | point | points`` or
+    ``list[int] (3)``; the default is JSON, as ``--option NAME=VALUE`` takes it.
+
+    Raises:
+        InputError: on an unknown method.
+    """
+    return _rows_of(method_class(name))
+
+
+def describe_options(name: str) -> str:
+    """The options of a method as a plain-text table, for ``samadapt train --method M --help-options``.
+
+    Raises:
+        InputError: on an unknown method.
+    """
+    rows = option_rows(name)
+    if not rows:
+        return f"{name} takes no options."
+    header = ("option", "type", "default", "meaning")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
+    lines = [f"Options of {name} (give each as --option NAME=VALUE; values are JSON):", ""]
+    for row in (header, *rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return "\n".join(lines)
+
+
+__all__ = [
+    "METHOD_NAMES",
+    "AdaptationMethod",
+    "Option",
+    "Sample",
+    "build_method",
+    "describe_options",
+    "method_class",
+    "option_rows",
+    "validate_options",
+]

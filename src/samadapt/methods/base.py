@@ -16,10 +16,20 @@ and evaluation go through one loop (``samadapt.training``) that only knows this 
 Class handling: ``num_classes`` counts background (K + 1). One foreground class (K = 1) uses
 one sigmoid channel; more use softmax over K + 1 channels. Outputs are mapped back to the
 original image with the same geometry as SAM's own masks (``imagery.preprocess``).
+
+Options: each method declares the settings it accepts in its ``OPTIONS`` mapping (name ->
+:class:`Option`); the constructor checks them (:meth:`AdaptationMethod.validate_options`), so
+an unknown name, a wrong type or a value out of range is an ``InputError`` before anything is
+built, and ``config()["options"]`` holds every declared option's value. Training loops call
+:meth:`AdaptationMethod.begin_epoch` before each epoch, so a method can train in stages.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,28 +63,243 @@ class Sample:
     target: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Option:
+    """One setting a method accepts, as a constructor keyword or the CLI's ``--option NAME=VALUE``.
+
+    Attributes:
+        type: ``bool``, ``int``, ``float``, ``str`` or ``list``.
+        default: the value when the option is not given; None means the method works it out
+            (``help`` says how), and then None may also be given explicitly.
+        help: one line saying what the option changes.
+        choices: the allowed values of a ``str`` option (empty: any string).
+        low: smallest allowed number (None: no bound); ``low_open`` excludes it.
+        high: largest allowed number (None: no bound); ``high_open`` excludes it.
+        low_open: the bound ``low`` itself is not allowed.
+        high_open: the bound ``high`` itself is not allowed.
+        item: the type of a list's items, ``int`` or ``str``; a single ``str`` stands for a
+            list of one.
+        length: the exact length of a list (None: any length of at least 1).
+        aliases: other names accepted for the option (e.g. the name a source document uses).
+    """
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    item: type | None = None
+    length: int | None = None
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in (bool, int, float, str, list):
+            raise InputError(f"an option's type must be bool, int, float, str or list, got {self.type!r}")
+        if self.type is list and self.item not in (int, str):
+            raise InputError(f"a list option's item type must be int or str, got {self.item!r}")
+
+    @property
+    def nullable(self) -> bool:
+        """Whether None is allowed (options whose default is None)."""
+        return self.default is None
+
+    def _bounds(self) -> str:
+        """The numeric range in words, e.g. ``" >= 0"``, ``" in (0, 1]"``; empty without bounds."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f" in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f" {'<' if self.high_open else '<='} {_num(self.high)}"
+        return ""
+
+    def allowed(self) -> str:
+        """What values are allowed, in words (the end of an error message)."""
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        elif self.type is bool:
+            text = "true or false"
+        elif self.type is int:
+            if self.low is not None and self.high is None and not self.low_open:
+                text = f"an integer of at least {_num(self.low)}"
+            else:
+                text = "an integer" + self._bounds()
+        elif self.type is float:
+            text = "a finite number" + self._bounds()
+        elif self.type is str:
+            text = "a string"
+        else:
+            noun = "integers" if self.item is int else "names"
+            size = f"{self.length} " if self.length else ""
+            text = f"a list of {size}{noun}" + (" (or one name)" if self.item is str else "")
+        return text + (" or null" if self.nullable else "")
+
+    def type_label(self) -> str:
+        """A short type for a table of options, e.g. ``int >= 1``, ``box | point``, ``list[int] (3)``."""
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.type is list:
+            item_name = self.item.__name__ if self.item else "str"
+            label = f"list[{item_name}]" + (f" ({self.length})" if self.length else "")
+        else:
+            label = self.type.__name__ + self._bounds()
+        return label + (" or null" if self.nullable else "")
+
+    def check(self, method: str, name: str, value: Any) -> Any:
+        """The value normalised to a plain JSON-able type.
+
+        Args:
+            method: the method's name, for the message.
+            name: the option's name, for the message.
+            value: the value given.
+
+        Raises:
+            InputError: if the value has the wrong type or lies outside the allowed values.
+        """
+        if value is None and self.nullable:
+            return None
+        out = self._normalise(value)
+        if out is None:
+            raise InputError(f"{method} option {name} must be {self.allowed()}, got {value!r}")
+        return out
+
+    def _normalise(self, value: Any) -> Any:
+        """The normalised value, or None when it is not allowed."""
+        if self.type is bool:
+            return bool(value) if isinstance(value, (bool, np.bool_)) else None
+        if self.type is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                return None
+            return value
+        if self.type is list:
+            items = [value] if isinstance(value, str) and self.item is str else value
+            if not isinstance(items, (list, tuple)) or not items or (self.length and len(items) != self.length):
+                return None
+            out = [self._item(v) for v in items]
+            return None if any(v is None for v in out) else out
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return None
+        if self.type is int:
+            if not isinstance(value, (int, np.integer)):
+                return None
+            number: int | float = int(value)
+        else:
+            number = float(value)
+            if not math.isfinite(number):
+                return None
+        return number if self._in_range(number) else None
+
+    def _item(self, value: Any) -> Any:
+        if self.item is str:
+            return value if isinstance(value, str) and value else None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            return None
+        return int(value) if self._in_range(int(value)) else None
+
+    def _in_range(self, number: float) -> bool:
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        if self.high is not None and (number >= self.high if self.high_open else number > self.high):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    """A bound as written in a message: 1 rather than 1.0."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
 class AdaptationMethod(nn.Module):
-    """Base class of the four adaptation methods (see the module docstring).
+    """Base class of the adaptation methods (see the module docstring).
 
     Args:
         base: the loaded SAM-family model; its weights digest is recorded in artifacts.
         num_classes: classes including background (2 for one foreground class).
         in_channels: bands of the input; != 3 adds a trainable 1x1 band adapter where the
             method runs the encoder.
+        options: the method's settings, checked against :attr:`OPTIONS`; after construction
+            ``self.options`` holds every declared option (defaults filled in).
+
+    Raises:
+        InputError: on too few classes, an option the method does not declare, or an option
+            value of the wrong type or out of range.
     """
 
     name: ClassVar[str] = ""
     #: The side of the square output frame as a fraction of the model input size.
     output_scale: ClassVar[float] = 0.25
+    #: The settings the method accepts, by name, in the order ``describe_options`` lists them.
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
 
     def __init__(self, base: LoadedModel, *, num_classes: int = 2, in_channels: int = 3, **options: Any) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise InputError(f"num_classes counts background and must be at least 2, got {num_classes}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise InputError(f"num_classes counts background and must be an integer of at least 2, got {num_classes!r}")
         self.base = base
-        self.num_classes = num_classes
+        self.num_classes = int(num_classes)
         self.in_channels = in_channels
-        self.options = dict(options)
+        self.options: dict[str, Any] = self.validate_options(options)
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check settings against :attr:`OPTIONS` and fill in the defaults.
+
+        An alias (e.g. the name a source document uses) is stored under the declared name;
+        given together with its declared name, it wins when the declared one holds the
+        default (constructors pass every keyword), else the two must agree.
+
+        Args:
+            options: name -> value, e.g. the CLI's ``--option`` pairs (JSON-decoded).
+
+        Returns:
+            Every declared option, in declaration order, with plain JSON-able values.
+
+        Raises:
+            InputError: on a name the method does not declare (the message lists those it
+                does), or a value of the wrong type or out of range.
+        """
+        by_alias = {alias: name for name, opt in cls.OPTIONS.items() for alias in opt.aliases}
+        given: dict[str, Any] = {}
+        aliased: dict[str, tuple[str, Any]] = {}
+        for key, value in options.items():
+            if key in cls.OPTIONS:
+                given[key] = value
+            elif key in by_alias:
+                aliased[by_alias[key]] = (key, value)
+            else:
+                raise InputError(_unknown_option(cls, key))
+        for name, (alias, value) in aliased.items():
+            declared = given.get(name, cls.OPTIONS[name].default)
+            if declared != cls.OPTIONS[name].default and declared != value:
+                raise InputError(
+                    f"{cls.name} options {name}={declared!r} and {alias}={value!r} set the same thing; give only {name}"
+                )
+            given[name] = value
+        return {name: opt.check(cls.name, name, given.get(name, opt.default)) for name, opt in cls.OPTIONS.items()}
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch; a no-op unless the method trains in stages.
+
+        Args:
+            epoch: the epoch about to run, counted from 0.
+            epochs: the number of epochs of the whole run.
+        """
+
+    def selection_start(self, epochs: int) -> int:
+        """The first epoch (from 0) whose weights may be kept as the best, and from which patience counts.
+
+        0 for methods that train in one stage. A method that trains in stages returns the
+        first epoch of its last stage: before it, the output it predicts with is not trained
+        yet, so a validation score there says nothing about the final model.
+
+        Args:
+            epochs: the number of epochs of the whole run.
+        """
+        return 0
 
     # --- what subclasses implement -------------------------------------------------------
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -153,6 +378,29 @@ class AdaptationMethod(nn.Module):
     def to_original(self, probs: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         """(C, side, side) probabilities in the output frame -> (C, H, W) at the original size."""
         return masks_to_original(probs, geometry, self.preprocessing)
+
+
+def _unknown_option(cls: type[AdaptationMethod], key: str) -> str:
+    """The message for an option name the method does not declare."""
+    names = list(cls.OPTIONS)
+    close = difflib.get_close_matches(key, names + [a for o in cls.OPTIONS.values() for a in o.aliases], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    accepted = ", ".join(names) if names else "none"
+    return f"{cls.name} has no option {key!r}{hint}; its options are: {accepted}"
+
+
+def option_rows(cls: type[AdaptationMethod]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) of every option a method class declares, in declaration order.
+
+    The default is written as ``--option`` takes it: strings bare, everything else JSON
+    (``true``, ``null``, ``[0, 1, 2]``); aliases are named at the end of the help.
+    """
+    rows = []
+    for name, opt in cls.OPTIONS.items():
+        text = opt.help + (f"; also accepted as {', '.join(opt.aliases)}" if opt.aliases else "")
+        default = opt.default if isinstance(opt.default, str) else json.dumps(opt.default)
+        rows.append((name, opt.type_label(), default, text))
+    return rows
 
 
 def trainable_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""``domain-decoder`` (seed 000): a light decoder trained on frozen, cached SAM embeddings.
+"""``domain-decoder`` (the Mars pits paper): a light decoder trained on frozen, cached SAM embeddings.
 
 The image encoder never trains, so each image is encoded once (through the embedding
 cache) and every epoch costs only the decoder. The decoder is three transposed-convolution
@@ -10,13 +10,14 @@ high-resolution feature maps (1/4 and 1/8 of the input) as skip connections.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from samadapt.methods.base import AdaptationMethod, Batch, Sample
+from samadapt.errors import InputError
+from samadapt.methods.base import AdaptationMethod, Batch, Option, Sample
 
 
 def _up(c_in: int, c_out: int) -> nn.Sequential:
@@ -31,19 +32,43 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DomainDecoder(AdaptationMethod):
-    """Three upsampling layers on cached embeddings (options: ``width``, ``use_high_res``)."""
+    """Three upsampling layers on cached embeddings.
+
+    Args:
+        base: the loaded SAM-family model; its encoder stays frozen.
+        num_classes: classes including background.
+        in_channels: must be 3 (the embeddings come from the cached encoder).
+        width: channels of the first upsampling layer, halved by each of the next two; 4, 8,
+            16 or a multiple of 32, so that every layer's group normalisation divides evenly.
+        use_high_res: SAM 2 only: concatenate the encoder's high-resolution maps.
+
+    Raises:
+        InputError: on an option out of range, or ``use_high_res`` with a model other than SAM 2.
+    """
 
     name = "domain-decoder"
     output_scale = 0.5
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "width": Option(int, 128, "channels of the first upsampling layer, halved by each of the next two "
+                                  "(4, 8, 16 or a multiple of 32)", low=4),
+        "use_high_res": Option(bool, False, "SAM 2 only: add the encoder's maps at 1/4 and 1/8 of the input as "
+                                            "skip connections"),
+    }
 
     def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 128,
                  use_high_res: bool = False, **options: Any) -> None:
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width,
                          use_high_res=use_high_res, **options)
+        w, self.use_high_res = self.options["width"], self.options["use_high_res"]
+        if w not in (4, 8, 16) and w % 32:
+            raise InputError(f"domain-decoder option width must be 4, 8, 16 or a multiple of 32, got {w}")
+        if self.use_high_res and base.family != "sam2":
+            raise InputError(
+                f"domain-decoder option use_high_res needs a SAM 2 model, whose encoder gives high-resolution maps; "
+                f"this model is {base.family!r}, so leave use_high_res false"
+            )
         emb_channels = _embedding_channels(base)
-        self.use_high_res = bool(use_high_res and base.family == "sam2")
         skips = _high_res_channels(base) if self.use_high_res else (0, 0)
-        w = width
         self.up1 = _up(emb_channels, w)
         self.up2 = _up(w + skips[1], w // 2)
         self.up3 = _up(w // 2 + skips[0], w // 4)

@@ -1,4 +1,4 @@
-"""``encoder-adapter`` (seed 003): a U-Net's encoder mapped into SAM's embedding space.
+"""``encoder-adapter`` (the encoder-adaptation abstract): a U-Net's encoder mapped into SAM's embedding space.
 
 A :class:`~samadapt.methods.unet.UNet` is trained on the data with its own segmentation
 loss. It sees the image in SAM's frame (resized, normalised, padded) reduced to
@@ -14,17 +14,25 @@ encoder's output:
 * SAM 2: ``image`` and the two high-resolution maps at S/4 and S/8, each from the U-Net
   level nearest that resolution.
 
-SAM's prompt encoder and mask decoder stay frozen; gradients flow through them into the
-1x1 convolutions and the U-Net. Each object is prompted with one point, the interior point
+SAM's prompt encoder and mask decoder stay frozen. Training runs in two stages by default,
+as in the abstract: first the U-Net alone on its own loss, then only the 1x1 convolutions,
+through SAM's frozen decoder, with the U-Net frozen too (its batch-norm statistics
+included). The training loop says which epoch it is in through
+:meth:`EncoderAdapterMethod.begin_epoch`. ``schedule="joint"`` instead trains everything at
+once, with SAM's loss flowing through the 1x1 convolutions into the U-Net as well.
+
+Each object is prompted with one point, the interior point
 (:func:`samadapt.prompt_gen.interior_point`) of its region: ground-truth regions in
 training, the U-Net's own predicted regions at prediction. In training each object's mask
 is the one of SAM's three candidates with the lowest loss; at prediction, the one with the
 highest predicted IoU. The output is the union of the objects' masks (per class, with a
 fixed background logit of 0 for several classes); an image without any object gets the
-U-Net's prediction. The loss is ``unet_weight`` x U-Net loss + ``sam_weight`` x the mean
-loss of the chosen masks against their objects (+ ``iou_weight`` x the squared error of
-SAM's IoU predictions, off by default: a frozen decoder whose IoU head misranks the adapted
-masks can be taught to rank them, at some cost to the masks).
+U-Net's prediction. The loss of a training step sums the terms of what trains in it:
+``unet_weight`` x the U-Net's loss (stage one, and joint training), and ``sam_weight`` x the
+mean loss of the chosen masks against their objects plus ``iou_weight`` x the squared error
+of SAM's IoU predictions (stage two, and joint training). The IoU term is off by default: a
+frozen decoder whose IoU head misranks the adapted masks can be taught to rank them, at some
+cost to the masks.
 
 The method's logits carry their parts (U-Net logits, prompts, per-object losses) as the
 attribute ``encoder_adapter_parts``, so :meth:`EncoderAdapterMethod.loss` does not run the
@@ -34,8 +42,9 @@ model twice; without it the loss runs :meth:`forward` again.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -44,12 +53,16 @@ from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, coords_to_model
-from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Sample, freeze, segmentation_loss
+from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, freeze, segmentation_loss
 from samadapt.methods.unet import UNet, unet_input
 from samadapt.metrics import MetricAccumulator
 from samadapt.prompt_gen import interior_point, regions
 
 PromptSource = Literal["unet", "truth"]
+#: How training proceeds: the abstract's two stages (U-Net, then the 1x1 convolutions) or all at once.
+Schedule = Literal["two-stage", "joint"]
+#: What one training epoch trains: the U-Net alone, the 1x1 convolutions alone, or both.
+Stage = Literal["unet", "adapter", "joint"]
 #: Logit of "no object here" in the union of object masks.
 NO_OBJECT = -20.0
 PARTS = "encoder_adapter_parts"
@@ -93,6 +106,24 @@ def embedding_slots(base: Any) -> list[EmbeddingSlot]:
 class EncoderAdapterMethod(AdaptationMethod):
     """A U-Net encoder + 1x1 convolutions feeding SAM's frozen prompt encoder and mask decoder.
 
+    The default ``schedule="two-stage"`` follows the encoder-adaptation abstract: the first
+    ``unet_fraction`` of the epochs train the U-Net alone on the data (stage one); the rest
+    train only the 1x1 convolutions that map its encoder into SAM's embedding space, with the
+    U-Net, SAM's prompt encoder and SAM's mask decoder all frozen (stage two). Each object is
+    prompted with one point on it, and in training the candidate of lowest loss is the one
+    trained, as in the abstract. What differs from it: the point is the region's interior
+    point (the pixel deepest inside it, which a centroid is not always on); at prediction the
+    candidate of highest *predicted* IoU is taken, where the abstract took the one of highest
+    IoU against the ground truth, which prediction does not have; and SAM-HQ and SAM 2 get
+    extra 1x1 convolutions for the other tensors their decoders read.
+
+    ``schedule="joint"`` trains the U-Net and the 1x1 convolutions together from the start,
+    on ``unet_weight`` x U-Net loss + ``sam_weight`` x SAM's loss, SAM's loss flowing into the
+    U-Net unless ``detach_features``.
+
+    The training loop calls :meth:`begin_epoch` before each epoch; a loop that never does
+    trains jointly (with a warning).
+
     Args:
         base: the loaded SAM-family model; its parameters are frozen (``requires_grad=False``).
         num_classes: classes including background.
@@ -104,41 +135,76 @@ class EncoderAdapterMethod(AdaptationMethod):
         max_objects: most objects (prompts) per image; more regions are subsampled.
         min_area: smallest region prompted, in pixels of the frame it is found in (the original
             image for ground truth, the output frame for the U-Net's prediction).
-        unet_weight: weight of the U-Net's own segmentation loss.
-        sam_weight: weight of the loss of SAM's masks.
-        iou_weight: weight of the error of SAM's IoU predictions against the candidates' IoUs.
-        detach_features: train the 1x1 convolutions only through the SAM path (the U-Net then
-            learns from its own loss alone, as in the seed's second stage).
+        unet_weight: weight of the U-Net's own segmentation loss (stage one, or joint).
+        sam_weight: weight of the loss of SAM's masks (stage two, or joint).
+        iou_weight: weight of the error of SAM's IoU predictions against the candidates' IoUs
+            (stage two, or joint).
+        detach_features: joint schedule only: train the 1x1 convolutions only through the SAM
+            path, so the U-Net learns from its own loss alone.
         eval_prompts: where prompts come from outside training: "unet" (the U-Net's predicted
             regions) or "truth" (ground-truth regions; needs labelled samples).
+        schedule: "two-stage" (the abstract's) or "joint".
+        unet_fraction: two-stage schedule only: the share of the epochs that train the U-Net
+            alone; each stage gets at least one epoch.
 
     Raises:
-        InputError: on an option out of range.
+        InputError: on an option out of range, or one that changes nothing with the chosen
+            schedule.
     """
 
     name = "encoder-adapter"
     output_scale = 0.25
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "width": Option(int, 16, "channels of the U-Net's first level, doubled at each pooling", low=1),
+        "depth": Option(int, 3, "poolings of the U-Net; its input side must be a multiple of 2**depth", low=1),
+        "unet_scale": Option(float, 0.5, "side of the U-Net's input as a fraction of the model input side",
+                             low=0, high=1, low_open=True),
+        "level": Option(int, -1, "U-Net encoder level mapped into SAM's image embedding (0 to depth; -1: the "
+                                 "bottleneck)"),
+        "max_objects": Option(int, 8, "most objects (point prompts) per image", low=1),
+        "min_area": Option(int, 4, "smallest region prompted, in pixels", low=1),
+        "unet_weight": Option(float, 1.0, "weight of the U-Net's own loss (stage one, or joint)", low=0),
+        "sam_weight": Option(float, 1.0, "weight of the loss of SAM's masks (stage two, or joint)", low=0),
+        "iou_weight": Option(float, 0.0, "weight of the error of SAM's IoU predictions (stage two, or joint)",
+                             low=0),
+        "detach_features": Option(bool, False, "joint schedule only: SAM's loss trains the 1x1 convolutions but "
+                                               "not the U-Net"),
+        "eval_prompts": Option(str, "unet", "prompts outside training: the U-Net's predicted regions, or the "
+                                            "ground truth's", choices=get_args(PromptSource)),
+        "schedule": Option(str, "two-stage", "train the U-Net, then the 1x1 convolutions (the encoder-adaptation "
+                                             "abstract), or both at once", choices=get_args(Schedule)),
+        "unet_fraction": Option(float, 0.5, "two-stage schedule only: share of the epochs that train the U-Net "
+                                            "alone", low=0, high=1, low_open=True, high_open=True),
+    }
 
     def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 3,
                  unet_scale: float = 0.5, level: int = -1, max_objects: int = 8, min_area: int = 4,
                  unet_weight: float = 1.0, sam_weight: float = 1.0, iou_weight: float = 0.0,
-                 detach_features: bool = False, eval_prompts: PromptSource = "unet", **options: Any) -> None:
+                 detach_features: bool = False, eval_prompts: PromptSource = "unet",
+                 schedule: Schedule = "two-stage", unet_fraction: float = 0.5, **options: Any) -> None:
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
                          unet_scale=unet_scale, level=level, max_objects=max_objects, min_area=min_area,
                          unet_weight=unet_weight, sam_weight=sam_weight, iou_weight=iou_weight,
-                         detach_features=detach_features, eval_prompts=eval_prompts, **options)
-        self.unet = UNet(in_channels, self.out_channels, base=width, depth=depth)
-        _check_options(self.unet, self.preprocessing.size, unet_scale, level, max_objects, min_area,
-                       unet_weight, sam_weight, iou_weight, eval_prompts)
+                         detach_features=detach_features, eval_prompts=eval_prompts, schedule=schedule,
+                         unet_fraction=unet_fraction, **options)
+        o = self.options
+        depth = o["depth"]
+        self.unet = UNet(in_channels, self.out_channels, base=o["width"], depth=depth)
+        _check_options(self.unet, self.preprocessing.size, o)
         #: Side of the U-Net's square input in pixels.
-        self.unet_side = round(self.preprocessing.size * unet_scale)
-        self.max_objects, self.min_area = max_objects, min_area
-        self.unet_weight, self.sam_weight, self.iou_weight = float(unet_weight), float(sam_weight), float(iou_weight)
-        self.detach_features = bool(detach_features)
-        self.eval_prompts: PromptSource = eval_prompts
+        self.unet_side = round(self.preprocessing.size * o["unet_scale"])
+        self.max_objects, self.min_area = o["max_objects"], o["min_area"]
+        self.unet_weight, self.sam_weight, self.iou_weight = o["unet_weight"], o["sam_weight"], o["iou_weight"]
+        self.detach_features = o["detach_features"]
+        self.eval_prompts: PromptSource = o["eval_prompts"]
+        self.schedule: Schedule = o["schedule"]
+        self.unet_fraction = o["unet_fraction"]
+        #: What training trains now (set by :meth:`begin_epoch`); None until the loop says.
+        self.stage: Stage | None = None
+        self._warned = False
         freeze(base.model)
         self.slots = embedding_slots(base)
-        main_level = level % (depth + 1)
+        main_level = o["level"] % (depth + 1)
         self.levels: dict[str, int] = {}
         for slot in self.slots:
             if slot.key.startswith("high_res"):  # the U-Net level nearest the map's resolution
@@ -148,6 +214,74 @@ class EncoderAdapterMethod(AdaptationMethod):
         self.adapter = nn.ModuleDict(
             {s.key: nn.Conv2d(self.unet.widths[self.levels[s.key]], s.channels, kernel_size=1) for s in self.slots}
         )
+
+    # --- stages ---------------------------------------------------------------------------------
+    def stage_for_epoch(self, epoch: int, epochs: int) -> Stage:
+        """What epoch ``epoch`` (from 0) of a run of ``epochs`` trains.
+
+        Two-stage: "unet" for the first ``round(epochs * unet_fraction)`` epochs (at least 1,
+        at most ``epochs - 1``), then "adapter"; joint: always "joint".
+
+        Raises:
+            InputError: if the two-stage schedule is given fewer than 2 epochs, or the epoch
+                lies outside the run.
+        """
+        if not 0 <= epoch < epochs:
+            raise InputError(f"epoch {epoch} lies outside a run of {epochs} epochs (0 to {epochs - 1})")
+        if self.schedule == "joint":
+            return "joint"
+        return "unet" if epoch < self.selection_start(epochs) else "adapter"
+
+    def selection_start(self, epochs: int) -> int:
+        """The first epoch of stage two (two-stage), or 0 (joint).
+
+        Until stage two the 1x1 convolutions are untrained, so the adapted model's validation
+        scores of stage one say nothing about the final model; the training loop keeps the
+        best weights, and counts patience, from this epoch on.
+
+        Raises:
+            InputError: if the two-stage schedule is given fewer than 2 epochs.
+        """
+        if self.schedule == "joint":
+            return 0
+        if epochs < 2:
+            raise InputError(
+                f"encoder-adapter's two-stage schedule needs at least 2 epochs (one per stage), got {epochs}; "
+                "train longer or use --option schedule=joint"
+            )
+        return min(max(round(epochs * self.unet_fraction), 1), epochs - 1)
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Switch to the stage of this epoch (see :meth:`stage_for_epoch`); the training loop calls it."""
+        self.stage = self.stage_for_epoch(epoch, epochs)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EncoderAdapterMethod:
+        """Training or evaluation mode; in stage two the frozen U-Net stays in evaluation mode.
+
+        So its batch-norm statistics stay as stage one left them and it predicts as it will
+        after training.
+        """
+        super().train(mode)
+        if mode and getattr(self, "stage", None) == "adapter":
+            self.unet.eval()
+        return self
+
+    def _training_stage(self) -> Stage | None:
+        """The stage of a training step; None in evaluation mode."""
+        if not self.training:
+            return None
+        if self.stage is None:
+            if self.schedule == "two-stage" and not self._warned:
+                warnings.warn(
+                    "encoder-adapter: the training loop did not call begin_epoch(epoch, epochs), so the two-stage "
+                    "schedule cannot tell its stages apart; this run trains the U-Net and the 1x1 convolutions "
+                    "jointly",
+                    stacklevel=2,
+                )
+                self._warned = True
+            return "joint"
+        return self.stage
 
     # --- inputs ---------------------------------------------------------------------------------
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -219,13 +353,17 @@ class EncoderAdapterMethod(AdaptationMethod):
         ``batch`` holds the stacked tensors of :meth:`make_inputs`. Rows with ``from_unet`` take
         their prompts from the U-Net's prediction. In training mode with ``object_targets``,
         each object's candidate of lowest loss is chosen, else the highest predicted IoU.
+        Training in stage one runs the U-Net alone (its logits are the output); in stage two
+        the U-Net runs without gradient.
         """
+        stage = self._training_stage()
         x = batch["image"]
         if x.shape[-1] != self.unet_side:
             x = F.interpolate(x, (self.unet_side, self.unet_side), mode="area")
-        feats = self.unet.encode(x)
         side = self.output_side
-        unet_logits = F.interpolate(self.unet.decode(feats), (side, side), mode="area")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and stage != "adapter"):
+            feats = self.unet.encode(x)
+            unet_logits = F.interpolate(self.unet.decode(feats), (side, side), mode="area")
         points, valid, classes = batch["points"].float(), batch["valid"] > 0, batch["classes"].long()
         from_unet = batch["from_unet"] > 0
         if bool(from_unet.any()):
@@ -233,9 +371,9 @@ class EncoderAdapterMethod(AdaptationMethod):
             points = torch.where(from_unet[:, None, None], p2, points)
             valid = torch.where(from_unet[:, None], v2, valid)
             classes = torch.where(from_unet[:, None], c2, classes)
-        n = int(valid.sum(1).max())
+        n = 0 if stage == "unet" else int(valid.sum(1).max())  # stage one does not run SAM
         parts: dict[str, Any] = {"unet": unet_logits, "points": points[:, :n], "valid": valid[:, :n],
-                                 "classes": classes[:, :n], "object_loss": None, "iou_loss": None}
+                                 "classes": classes[:, :n], "object_loss": None, "iou_loss": None, "stage": stage}
         if n == 0:
             out = unet_logits + 0.0  # a new tensor, so the parts attribute is not put on the U-Net's logits
         else:
@@ -323,26 +461,38 @@ class EncoderAdapterMethod(AdaptationMethod):
 
     # --- training -------------------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """``unet_weight`` x U-Net loss + ``sam_weight`` x mean loss of the chosen object masks.
+        """The loss of what trains now.
 
-        Without per-object targets (prompts from the U-Net) the SAM term is the segmentation
-        loss of the union.
+        In training it sums the terms of the parts that train in the current stage:
+        ``unet_weight`` x the U-Net's loss (stage one, joint), and ``sam_weight`` x the mean loss
+        of the chosen object masks + ``iou_weight`` x the error of SAM's IoU predictions (stage
+        two, joint); without per-object targets (prompts from the U-Net) the SAM term is the
+        segmentation loss of the union. In evaluation mode the joint schedule gives the same
+        sum over both parts, and the two-stage schedule the segmentation loss of the output,
+        the adapted model's own, so that validation losses of both stages compare.
         """
         parts = getattr(logits, PARTS, None)
         if parts is None:
             logits = self.forward(batch)
             parts = getattr(logits, PARTS)
         target = batch["target"]
-        total = self.unet_weight * segmentation_loss(parts["unet"], target, self.num_classes)
-        if bool(parts["valid"].any()):
-            valid = parts["valid"]
+        stage = parts["stage"]
+        if stage is None and self.schedule == "two-stage":
+            return segmentation_loss(logits, target, self.num_classes)
+        terms = []
+        if stage in (None, "joint", "unet"):
+            terms.append(self.unet_weight * segmentation_loss(parts["unet"], target, self.num_classes))
+        valid = parts["valid"]
+        if stage in (None, "joint", "adapter") and bool(valid.any()):
             if parts["object_loss"] is not None:
-                total = total + self.sam_weight * parts["object_loss"][valid].mean()
+                terms.append(self.sam_weight * parts["object_loss"][valid].mean())
                 if parts["iou_loss"] is not None:
-                    total = total + self.iou_weight * parts["iou_loss"][valid].mean()
+                    terms.append(self.iou_weight * parts["iou_loss"][valid].mean())
             else:
-                total = total + self.sam_weight * segmentation_loss(logits, target, self.num_classes)
-        return total
+                terms.append(self.sam_weight * segmentation_loss(logits, target, self.num_classes))
+        if not terms:  # stage two on a batch without objects: nothing to learn, but a graph to go back through
+            return sum((p.sum() for p in self.adapter.parameters()), torch.zeros((), device=logits.device)) * 0.0
+        return sum(terms[1:], terms[0])
 
     # --- baselines ------------------------------------------------------------------------------
     def sam_alone(self, sample: Sample, points: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -386,27 +536,36 @@ def class_regions(label: np.ndarray, num_classes: int, min_area: int) -> list[tu
     return found
 
 
-def _check_options(unet: UNet, size: int, unet_scale: float, level: int, max_objects: int, min_area: int,
-                   unet_weight: float, sam_weight: float, iou_weight: float, eval_prompts: str) -> None:
-    if not (isinstance(unet_scale, (int, float)) and 0 < unet_scale <= 1):
-        raise InputError(f"unet_scale must be a fraction of the model input size in (0, 1], got {unet_scale!r}")
-    if round(size * unet_scale) % unet.multiple:
+def _check_options(unet: UNet, size: int, o: dict[str, Any]) -> None:
+    """Refuse settings the U-Net cannot take, and settings the chosen schedule would ignore."""
+    side = round(size * o["unet_scale"])
+    if side % unet.multiple:
         raise InputError(
-            f"the U-Net input side {round(size * unet_scale)} (model input x unet_scale) must be a multiple of "
+            f"the U-Net input side {side} (model input x unet_scale) must be a multiple of "
             f"2**depth = {unet.multiple}; change unet_scale or depth"
         )
-    if isinstance(level, bool) or not isinstance(level, int) or not -unet.depth - 1 <= level <= unet.depth:
+    if not -unet.depth - 1 <= o["level"] <= unet.depth:
         raise InputError(
-            f"level must be an encoder level from 0 to depth={unet.depth} (or -1 for the bottleneck), got {level!r}"
+            f"encoder-adapter option level must be an encoder level from 0 to depth={unet.depth} (or -1 for the "
+            f"bottleneck), got {o['level']!r}"
         )
-    for count, label in ((max_objects, "max_objects"), (min_area, "min_area")):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InputError(f"{label} must be an integer of at least 1, got {count!r}")
-    for weight, label in ((unet_weight, "unet_weight"), (sam_weight, "sam_weight"), (iou_weight, "iou_weight")):
-        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-            raise InputError(f"{label} must be a finite number >= 0, got {weight!r}")
-    if eval_prompts not in get_args(PromptSource):
-        raise InputError(f"eval_prompts must be 'unet' or 'truth', got {eval_prompts!r}")
+    if o["schedule"] == "two-stage":
+        if o["detach_features"]:
+            raise InputError(
+                "encoder-adapter option detach_features applies to schedule joint; the two-stage schedule already "
+                "keeps SAM's loss out of the U-Net (stage two freezes it)"
+            )
+        if o["unet_weight"] == 0:
+            raise InputError("encoder-adapter option unet_weight=0 leaves stage one of the two-stage schedule "
+                             "nothing to train; give it a weight above 0")
+        if o["sam_weight"] == 0 and o["iou_weight"] == 0:
+            raise InputError("encoder-adapter options sam_weight=0 and iou_weight=0 leave stage two of the two-stage "
+                             "schedule nothing to train; give sam_weight a weight above 0")
+    elif o["unet_fraction"] != EncoderAdapterMethod.OPTIONS["unet_fraction"].default:
+        raise InputError(
+            f"encoder-adapter option unet_fraction={o['unet_fraction']} splits the epochs of the two-stage "
+            "schedule, but schedule is joint; drop unet_fraction or use schedule=two-stage"
+        )
 
 
 def candidate_losses(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -448,12 +607,12 @@ def candidate_ious(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def compare_baselines(method: EncoderAdapterMethod, samples: list[Sample], *,
                       prompts: PromptSource = "truth") -> dict[str, float]:
-    """Foreground IoU of the U-Net alone, SAM alone and the adapted model, as seed 003 reports.
+    """Foreground IoU of the U-Net alone, SAM alone and the adapted model, as the encoder-adaptation abstract reports.
 
     All three are scored at the original image size on the same labelled samples, pooled
     over every pixel (mean over foreground classes when there are several). SAM alone and the
     adapted model get the same prompts: each ground-truth region's interior point with
-    ``prompts="truth"`` (as in the seed), or the U-Net's predicted regions' with ``"unet"``.
+    ``prompts="truth"`` (as in the abstract), or the U-Net's predicted regions' with ``"unet"``.
     Both pick the mask with the highest predicted IoU.
 
     Args:

@@ -1,4 +1,4 @@
-"""``lora`` (seed 001, "SamLoRA"): LoRA layers in SAM's image encoder, one mask per class.
+"""``lora`` (ArcGIS SamLoRA): LoRA layers in SAM's image encoder, one mask per class.
 
 The image encoder stays frozen; ``peft`` adds low-rank adapters to its attention
 projections (``qkv`` in SAM / SAM-HQ's ViT and in SAM 2's Hiera). The prompt encoder gets
@@ -27,14 +27,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from samadapt.errors import InputError
-from samadapt.methods.base import IGNORE, AdaptationMethod, BandAdapter, Batch, Sample, freeze, normalise, raw_input
+from samadapt.methods.base import (
+    IGNORE,
+    AdaptationMethod,
+    BandAdapter,
+    Batch,
+    Option,
+    Sample,
+    freeze,
+    normalise,
+    raw_input,
+)
 
 #: The attention projections that get adapters by default, per family.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {"sam": ("qkv",), "sam-hq": ("qkv",), "sam2": ("qkv",)}
@@ -219,7 +229,8 @@ class LoraMethod(AdaptationMethod):
         dropout: dropout on the LoRA input.
         unfreeze: train everything the forward pass uses (encoder, the prompt encoder's
             no-prompt embeddings, decoder) as well as the adapters.
-        rgb_bands: input bands the band adapter starts passing through as RGB.
+        rgb_bands: input bands (0-based) the band adapter starts passing through as RGB;
+            only with ``in_channels != 3`` (with 3 bands there is no band adapter).
         augment: with ``train=True``, apply a random flip / 90-degree rotation to each sample.
 
     Raises:
@@ -229,6 +240,18 @@ class LoraMethod(AdaptationMethod):
 
     name = "lora"
     output_scale = 0.25
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "rank": Option(int, 4, "rank of the LoRA matrices", low=1),
+        "alpha": Option(float, None, "LoRA scaling numerator: updates are scaled by alpha / rank (null: rank)",
+                        low=0, low_open=True),
+        "target_modules": Option(list, None, "encoder layers that get adapters, by name or name suffix "
+                                             "(null: the attention qkv projections)", item=str),
+        "dropout": Option(float, 0.0, "dropout on the input of the LoRA matrices", low=0, high=1, high_open=True),
+        "unfreeze": Option(bool, False, "train the whole encoder and decoder too, not only the adapters"),
+        "rgb_bands": Option(list, [0, 1, 2], "input bands (0-based) the band adapter starts from as RGB; "
+                                             "only with other than 3 bands", item=int, length=3, low=0),
+        "augment": Option(bool, False, "random flips and 90-degree rotations of training samples"),
+    }
 
     def __init__(
         self,
@@ -250,40 +273,35 @@ class LoraMethod(AdaptationMethod):
         family = base.family
         if family not in DEFAULT_TARGETS:
             raise InputError(f"the lora method supports the sam, sam-hq and sam2 families, not {family!r}")
-        if int(rank) < 1:
-            raise InputError(f"rank must be a positive integer, got {rank}")
-        alpha = float(rank if alpha is None else alpha)
-        if alpha <= 0:
-            raise InputError(f"alpha must be positive, got {alpha}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise InputError(f"dropout must lie in [0, 1), got {dropout}")
-        if int(in_channels) < 1:
-            raise InputError(f"in_channels must be at least 1, got {in_channels}")
-        rgb = tuple(int(i) for i in rgb_bands)
-        if len(rgb) != 3:
-            raise InputError(f"rgb_bands must name 3 bands, got {list(rgb)}")
+        if isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) or in_channels < 1:
+            raise InputError(f"in_channels must be an integer of at least 1, got {in_channels!r}")
+        super().__init__(base, num_classes=num_classes, in_channels=int(in_channels), rank=rank, alpha=alpha,
+                         target_modules=target_modules, dropout=dropout, unfreeze=unfreeze, rgb_bands=rgb_bands,
+                         augment=augment, **options)
+        o = self.options
+        rank = o["rank"]
+        alpha = float(rank) if o["alpha"] is None else o["alpha"]
+        rgb = tuple(o["rgb_bands"])
+        if self.in_channels == 3 and list(rgb) != [0, 1, 2]:
+            raise InputError(
+                f"lora option rgb_bands={list(rgb)} picks the bands a band adapter starts from, but with 3 input "
+                "bands there is no band adapter; choose the bands with --bands instead"
+            )
+        self.unfreeze, self.augment = o["unfreeze"], o["augment"]
         model = base.model
-        copy_part = copy.deepcopy if unfreeze else _share_copy
+        copy_part = copy.deepcopy if self.unfreeze else _share_copy
         encoder = copy_part(model.vision_encoder)
-        if target_modules is None:
-            target_modules = DEFAULT_TARGETS[family]
-        elif isinstance(target_modules, str):
-            target_modules = [target_modules]
-        targets = _check_targets(encoder, target_modules, family)
-        super().__init__(base, num_classes=num_classes, in_channels=int(in_channels), rank=int(rank), alpha=alpha,
-                         target_modules=targets, dropout=float(dropout), unfreeze=bool(unfreeze),
-                         rgb_bands=list(rgb), augment=bool(augment), **options)
+        targets = _check_targets(encoder, o["target_modules"] or DEFAULT_TARGETS[family], family)
+        # what the adapter's config records: the values in force, not the "work it out" nulls
+        o["alpha"], o["target_modules"] = alpha, targets
         self.family = family
-        self.unfreeze = bool(unfreeze)
-        self.augment = bool(augment)
-        lora = LoraConfig(r=int(rank), lora_alpha=alpha, target_modules=targets, lora_dropout=float(dropout),
-                          bias="none")
+        lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=o["dropout"], bias="none")
         # In place on our copy: the LoRA layers wrap the copied projections as ``base_layer``.
         self.encoder = inject_adapter_in_model(lora, encoder)
         self.prompt_encoder = copy_part(model.prompt_encoder)
         if family == "sam2":
             nm = model.no_memory_embedding.detach().reshape(1, -1, 1, 1)  # added to the coarsest FPN level
-            self.no_memory_embedding = nn.Parameter(nm.clone() if unfreeze else nm, requires_grad=False)
+            self.no_memory_embedding = nn.Parameter(nm.clone() if self.unfreeze else nm, requires_grad=False)
         self.decoder = ClassMaskDecoder(model.mask_decoder, family, self.out_channels)
         self.band_adapter = BandAdapter(self.in_channels, rgb).to(base.device) if self.in_channels != 3 else None
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""``mask-decoder`` (seed 002): fine-tune SAM's mask decoder with prompts made from ground truth.
+"""``mask-decoder`` (the river fine-tuning tutorial): fine-tune SAM's mask decoder with prompts made from ground truth.
 
 The image encoder and the prompt encoder stay frozen; only a copy of the mask decoder trains
 (the base model is never modified, so the untrained decoder stays available beside the
@@ -7,7 +7,10 @@ trained one). Each image is encoded once, through the embedding cache.
 Training prompts come from the ground-truth mask: one prompt per connected region (largest
 first, at most ``max_objects``), a box, the interior point or several points, drawn with
 :func:`samadapt.prompt_gen.prompts_from_mask` from a seed taken from the sample's ``rng``, so
-the same generator state gives the same prompts. Each prompted region is its own target.
+the same generator state gives the same prompts. As in the river fine-tuning tutorial,
+training boxes can be jittered (``box_noise``, which the tutorial calls ``perturbation``) and
+sampled points kept away from the object's edge by an erosion (``erode``). Each prompted
+region is its own target.
 At prediction time prompts come from the user (:class:`~samadapt.prompts.ObjectPrompt`) or
 from a rough mask (:func:`samadapt.rough.prompts_from_rough`), see :meth:`predict`.
 
@@ -35,8 +38,7 @@ the method stateless and the output usable by a loop that only knows tensors.
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
-from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Sample, freeze, target_in_frame
+from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, freeze, target_in_frame
 from samadapt.models.loading import LoadedModel
 from samadapt.prompt_gen import prompts_from_mask, regions
 from samadapt.prompts import ObjectPrompt
@@ -74,8 +76,12 @@ class MaskDecoderMethod(AdaptationMethod):
             ``n_neg`` negatives) or ``"points"`` (``n_pos`` positives plus ``n_neg`` negatives).
         n_pos: positive points per object with ``"points"`` (1 with ``"point"``).
         n_neg: negative points per object (0 with ``"box"``).
+        erode: with ``"points"`` and ``n_pos >= 2``, the positives after the interior point are
+            drawn from the object eroded by a disc of this radius (pixels of the original
+            image), so they stay inside it; also applied to rough-mask prompts in :meth:`predict`.
         box_noise: largest random shift of each box coordinate during training, in pixels of
-            the original image (evaluation and prediction use the tight box).
+            the original image (evaluation and prediction use the tight box); the river
+            fine-tuning tutorial's ``perturbation``, which is accepted as an alias.
         max_objects: prompts per image; the largest regions are kept, fewer are padded.
         multimask: ``"best"`` trains the candidate of lowest loss among SAM's 3 and predicts
             with the one of highest predicted IoU; ``"mean"`` trains and predicts the mean of
@@ -83,11 +89,27 @@ class MaskDecoderMethod(AdaptationMethod):
         iou_weight: weight of the IoU-head loss (MSE between predicted and actual IoU).
 
     Raises:
-        InputError: on an option outside the values above.
+        InputError: on an option outside the values above, or one that would change nothing
+            with the chosen prompt (``erode``, ``box_noise``, ``n_pos``, ``n_neg``).
     """
 
     name = "mask-decoder"
     output_scale = 0.25
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "prompt": Option(str, "box", "prompt made from each ground-truth region: its tight box, its interior "
+                                     "point, or n_pos positive points", choices=get_args(PromptKind)),
+        "n_pos": Option(int, 1, "positive points per object (prompt points only)", low=1),
+        "n_neg": Option(int, 0, "negative points per object, near it and outside it (prompt point or points)",
+                        low=0),
+        "erode": Option(int, 0, "erosion radius in pixels keeping sampled positive points inside the object "
+                                "(prompt points, n_pos >= 2)", low=0),
+        "box_noise": Option(float, 0.0, "largest random shift of each training box coordinate, in pixels "
+                                        "(prompt box)", low=0, aliases=("perturbation",)),
+        "max_objects": Option(int, 8, "prompts per image; the largest regions are kept", low=1),
+        "multimask": Option(str, "best", "train the best of SAM's 3 candidate masks, their mean, or ask for one "
+                                         "mask", choices=get_args(MultimaskMode)),
+        "iou_weight": Option(float, 1.0, "weight of the IoU-head loss", low=0),
+    }
 
     def __init__(
         self,
@@ -98,25 +120,29 @@ class MaskDecoderMethod(AdaptationMethod):
         prompt: PromptKind = "box",
         n_pos: int = 1,
         n_neg: int = 0,
+        erode: int = 0,
         box_noise: float = 0.0,
         max_objects: int = 8,
         multimask: MultimaskMode = "best",
         iou_weight: float = 1.0,
         **options: Any,
     ) -> None:
-        _check_options(num_classes, in_channels, prompt, n_pos, n_neg, box_noise, max_objects, multimask, iou_weight)
+        _check_frame(num_classes, in_channels)
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, prompt=prompt, n_pos=n_pos,
-                         n_neg=n_neg, box_noise=float(box_noise), max_objects=max_objects, multimask=multimask,
-                         iou_weight=float(iou_weight), **options)
+                         n_neg=n_neg, erode=erode, box_noise=box_noise, max_objects=max_objects, multimask=multimask,
+                         iou_weight=iou_weight, **options)
+        o = self.options
+        _check_prompt_options(o)
         if base.family not in ("sam", "sam2", "sam-hq"):
             raise InputError(f"mask-decoder supports the sam, sam2 and sam-hq families, got {base.family!r}")
-        self.prompt: PromptKind = prompt
-        self.n_pos = 1 if prompt == "point" else int(n_pos)
-        self.n_neg = int(n_neg)
-        self.box_noise = float(box_noise)
-        self.max_objects = int(max_objects)
-        self.multimask: MultimaskMode = multimask
-        self.iou_weight = float(iou_weight)
+        self.prompt: PromptKind = o["prompt"]
+        self.n_pos = o["n_pos"]
+        self.n_neg = o["n_neg"]
+        self.erode = o["erode"]
+        self.box_noise = o["box_noise"]
+        self.max_objects = o["max_objects"]
+        self.multimask: MultimaskMode = o["multimask"]
+        self.iou_weight = o["iou_weight"]
         self.mask_decoder = copy.deepcopy(base.model.mask_decoder)
         for p in self.mask_decoder.parameters():
             p.requires_grad_(True)
@@ -142,14 +168,14 @@ class MaskDecoderMethod(AdaptationMethod):
         Args:
             target: (H, W) uint8, 0 background, 1 object, 255 ignore.
             rng: draws the seed of the prompts, so equal generator states give equal prompts.
-            train: add ``box_noise`` to boxes (only while training).
+            train: add ``box_noise`` to boxes (only while training; ``erode`` applies always).
 
         Returns:
             Up to ``max_objects`` prompts and the (H, W) bool region each one belongs to,
             largest region first.
         """
         seed = int(rng.integers(0, 2**31 - 1))
-        prompts = prompts_from_mask(target, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg,
+        prompts = prompts_from_mask(target, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg, erode=self.erode,
                                     box_noise=self.box_noise if train else 0.0, seed=seed)
         found = regions(target)
         return prompts[: self.max_objects], found[: self.max_objects]
@@ -351,7 +377,7 @@ class MaskDecoderMethod(AdaptationMethod):
 
             if np.shape(rough) != (h, w):
                 raise InputError(f"the rough mask has shape {np.shape(rough)}, the image is {(h, w)} (rows, cols)")
-            prompts = prompts_from_rough(rough, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg)
+            prompts = prompts_from_rough(rough, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg, erode=self.erode)
         prompts = list(prompts or [])
         if not prompts:
             return np.zeros((h, w), dtype=np.float32)
@@ -438,8 +464,8 @@ def _groups(prompts: list[ObjectPrompt]) -> list[list[int]]:
     return [g[s : s + PREDICT_CHUNK] for g in by_shape.values() for s in range(0, len(g), PREDICT_CHUNK)]
 
 
-def _check_options(num_classes: int, in_channels: int, prompt: str, n_pos: int, n_neg: int, box_noise: float,
-                   max_objects: int, multimask: str, iou_weight: float) -> None:
+def _check_frame(num_classes: int, in_channels: int) -> None:
+    """Refuse class and band counts the method cannot train on."""
     if num_classes != 2:
         raise InputError(
             f"mask-decoder segments prompted objects of one class at a time (num_classes=2), got num_classes="
@@ -450,20 +476,29 @@ def _check_options(num_classes: int, in_channels: int, prompt: str, n_pos: int, 
             f"mask-decoder runs on cached embeddings of 3-band images, got in_channels={in_channels}; "
             "choose 3 bands, or use the lora method, which trains a band adapter"
         )
-    if prompt not in get_args(PromptKind):
-        raise InputError(f"prompt must be one of {', '.join(get_args(PromptKind))}, got {prompt!r}")
-    if multimask not in get_args(MultimaskMode):
-        raise InputError(f"multimask must be one of {', '.join(get_args(MultimaskMode))}, got {multimask!r}")
-    for value, label, low in ((n_pos, "n_pos", 1), (n_neg, "n_neg", 0), (max_objects, "max_objects", 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"{label} must be an integer of at least {low}, got {value!r}")
-    if prompt == "point" and n_pos != 1:
-        raise InputError(f"prompt 'point' uses the one interior point, got n_pos={n_pos}; use prompt 'points'")
-    if prompt == "box" and n_neg:
-        raise InputError(f"prompt 'box' takes no points, got n_neg={n_neg}; use prompt 'point' or 'points'")
-    if not (isinstance(box_noise, (int, float)) and math.isfinite(box_noise) and box_noise >= 0):
-        raise InputError(f"box_noise must be a finite number of pixels >= 0, got {box_noise!r}")
-    if box_noise and prompt != "box":
-        raise InputError(f"box_noise shifts box prompts, but prompt is {prompt!r}; set box_noise=0 or prompt='box'")
-    if not (isinstance(iou_weight, (int, float)) and math.isfinite(iou_weight) and iou_weight >= 0):
-        raise InputError(f"iou_weight must be a finite number >= 0, got {iou_weight!r}")
+
+
+def _check_prompt_options(o: dict[str, Any]) -> None:
+    """Refuse option combinations in which a setting would change nothing (see the class docstring)."""
+    prompt = o["prompt"]
+    if o["n_pos"] != 1 and prompt != "points":
+        raise InputError(
+            f"mask-decoder option n_pos={o['n_pos']} sets the positive points of prompt 'points', but prompt is "
+            f"{prompt!r} (one interior point or a box); use prompt 'points'"
+        )
+    if prompt == "box" and o["n_neg"]:
+        raise InputError(
+            f"mask-decoder option n_neg={o['n_neg']} adds negative points, but prompt 'box' takes no points; "
+            "use prompt 'point' or 'points'"
+        )
+    if o["erode"] and not (prompt == "points" and o["n_pos"] >= 2):
+        raise InputError(
+            f"mask-decoder option erode={o['erode']} keeps sampled positive points inside the object, which needs "
+            f"prompt 'points' with n_pos >= 2 (the first point is always the deepest); got prompt {prompt!r} "
+            f"with n_pos={o['n_pos']}"
+        )
+    if o["box_noise"] and prompt != "box":
+        raise InputError(
+            f"mask-decoder option box_noise={o['box_noise']} (perturbation) shifts box prompts, but prompt is "
+            f"{prompt!r}; set box_noise=0 or prompt=box"
+        )

@@ -1,4 +1,4 @@
-"""A small U-Net, and ``unet``: the U-Net alone as an adaptation baseline (seed 003).
+"""A small U-Net, and ``unet``: the U-Net alone as an adaptation baseline (the encoder-adaptation abstract).
 
 :class:`UNet` is the classic encoder-decoder of Ronneberger et al. (2015), sized for a few
 labelled images: double 3x3 convolution blocks (convolution, batch norm, ReLU, twice), 2x2
@@ -8,14 +8,14 @@ encoder level, so :mod:`samadapt.methods.encoder_adapter` can map a chosen level
 embedding space; ``forward`` returns logits at the input resolution.
 
 :class:`UNetMethod` trains the U-Net alone on the same normalised, resized and padded input
-SAM sees (the "U-Net alone" number seed 003 reports). It runs at half the model input size
-(``output_scale = 0.5``), which costs a quarter of the full-size compute and gives logits
-directly in its output frame.
+SAM sees (the "U-Net alone" number the encoder-adaptation abstract reports). It runs at half
+the model input size (``output_scale = 0.5``), which costs a quarter of the full-size compute
+and gives logits directly in its output frame.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, Preprocessing
-from samadapt.methods.base import AdaptationMethod, Batch, Sample, normalise, raw_input
+from samadapt.methods.base import AdaptationMethod, Batch, Option, Sample, normalise, raw_input
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -173,20 +173,34 @@ def unet_input(sample: Sample, spec: Preprocessing, in_channels: int) -> tuple[t
 
 
 class UNetMethod(AdaptationMethod):
-    """The U-Net alone, trained from scratch (options: ``base``, ``depth``).
+    """The U-Net alone, trained from scratch.
 
     Input is the image in SAM's frame (:func:`unet_input`) reduced to half size by area
     averaging; the U-Net's logits are the output frame (``output_scale = 0.5``). Every
     parameter trains; SAM is not used.
+
+    Args:
+        base: the loaded SAM-family model, used only for its preprocessing.
+        num_classes: classes including background.
+        in_channels: bands of the input.
+        width: channels of the U-Net's first level, doubled at each pooling.
+        depth: the U-Net's poolings.
+
+    Raises:
+        InputError: on an option out of range.
     """
 
     name = "unet"
     output_scale = 0.5
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "width": Option(int, 16, "channels of the U-Net's first level, doubled at each pooling", low=1),
+        "depth": Option(int, 4, "poolings of the U-Net (its bottleneck is at 1 / 2**depth of its input)", low=1),
+    }
 
     def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 4,
                  **options: Any) -> None:
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width, depth=depth, **options)
-        self.unet = UNet(in_channels, self.out_channels, base=width, depth=depth)
+        self.unet = UNet(in_channels, self.out_channels, base=self.options["width"], depth=self.options["depth"])
 
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """``image`` (in_channels, side, side) and, when labelled, ``target`` (side, side) long."""
