@@ -135,3 +135,63 @@ def test_spread_is_the_sample_standard_deviation_and_missing_seeds_are_named() -
     assert point.sd != pytest.approx(float(np.std([0.5, 0.7, 0.6])))
     (alone,) = summarise(rows[:1], "miou")["m"]
     assert alone.n == 1 and np.isnan(alone.sd)  # one seed has no spread
+
+
+def _two_class_dataset(root: Path, n: int = 8) -> Path:
+    from PIL import Image
+
+    from samadapt.outputs import write_mask_png
+
+    (root / "images").mkdir(parents=True)
+    for s in shapes_samples(n, seed=7, classes=2):
+        Image.fromarray(s.pixels).save(root / "images" / f"{s.stem}.png")
+        write_mask_png(root / "masks" / f"{s.stem}.png", s.target, overwrite=True)
+    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "disc", "2": "square"}))
+    return root
+
+
+def test_help_options_lists_a_methods_settings_and_bad_options_stop_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = run_cli(["train", "--method", "mask-decoder", "--help-options"], monkeypatch, capsys)
+    assert code == 0 and "erode" in text and "box_noise" in text and "perturbation" in text
+    data = _dataset(tmp_path / "data", n=4)
+    # the model name does not exist: refusing the option must come first, without loading anything
+    for option, message in (("foo=1", "has no option 'foo'"), ("width=abc", "width")):
+        code, text = run_cli(["train", str(data), "--model", "no-such-model", "--option", option,
+                              "--out", str(tmp_path / "o")], monkeypatch, capsys)
+        assert code == 2 and message in text and "no-such-model" not in text
+    assert not (tmp_path / "o").exists()
+    code, text = run_cli(["train", "--method", "unet"], monkeypatch, capsys)
+    assert code == 2 and "--out" in text
+
+
+def test_one_class_against_the_rest_and_one_adapter_per_class(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _two_class_dataset(tmp_path / "data")
+    model = str(tiny_models["sam"])
+    code, text = run_cli(["train", str(data), "--model", model, "--epochs", "1", "--class", "square",
+                          "--option", "width=16", "--out", str(tmp_path / "sq")], monkeypatch, capsys)
+    assert code == 0, text
+    config = json.loads((tmp_path / "sq" / "config.json").read_text())
+    assert config["classes"] == {"0": "background", "1": "square"} and config["data"]["class_id"] == 2
+    assert config["num_classes"] == 2
+    code, text = run_cli(["evaluate", str(tmp_path / "sq"), str(data), "--json"], monkeypatch, capsys)
+    assert code == 0, text
+    doc = _json(text)
+    assert "iou_1" in doc and "iou_2" not in doc  # scored as square against the rest
+    code, text = run_cli(["train", str(data), "--model", model, "--class", "triangle", "--out", str(tmp_path / "t")],
+                         monkeypatch, capsys)
+    assert code == 2 and "1 (disc), 2 (square)" in text
+
+
+def test_unet_says_it_does_not_use_sam_weights(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path / "data", n=6)
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "unet", "--epochs", "1",
+                          "--option", "width=4", "--option", "depth=2", "--out", str(tmp_path / "u")], monkeypatch, capsys)
+    assert code == 0, text
+    assert "random-initialised" not in text
+    assert "does not use SAM's weights" in text and "256 px" in text and "128 x 128 px" in text

@@ -462,9 +462,14 @@ OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", help="Method
 
 @app.command("train")
 def train_cmd(
-    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Adapter folder to write.")],
+    dataset_dir: Annotated[Optional[Path], typer.Argument(help="Dataset folder (images/, masks/, splits.json).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Adapter folder to write.")] = None,
     method: MethodOpt = "domain-decoder",
+    help_options: Annotated[bool, typer.Option("--help-options", help="List the --option settings of --method "
+                                               "(types, defaults, meaning) and exit.")] = False,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Train one foreground class (id or name) "
+                                                      "against the rest. mask-decoder on multi-class data without it "
+                                                      "trains one adapter per class, in OUT/<class>/.")] = None,
     model: ModelOpt = "sam-vit-base",
     labels: Annotated[Optional[int], typer.Option("--labels", help="Train on the first N images of a seeded shuffle.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
@@ -486,12 +491,16 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Adapt SAM to a dataset with one of the four methods; writes a small adapter folder."""
-    from samadapt.learner import Learner
+    """Adapt SAM to a dataset with one of its methods; writes a small adapter folder."""
+    from samadapt.data.dataset import SegDataset
     from samadapt.imagery.read import parse_bands
+    from samadapt.methods import describe_options, method_class, validate_options
 
-    if out.exists() and (out / "config.json").exists() and not (overwrite or resume):
-        raise InputError(f"--out {out} holds an adapter; pass --overwrite to replace it or --resume to continue")
+    if help_options:
+        globals()["out"].print(describe_options(method), highlight=False, soft_wrap=True)
+        return
+    if dataset_dir is None or out is None:
+        raise InputError("train needs a DATASET folder and --out ADAPTER_FOLDER (or --help-options)")
     opts = _options(option)
     for key, value, only in (("unfreeze", unfreeze or None, "lora"), ("rank", rank, "lora"),
                              ("prompt", prompt, "mask-decoder"), ("multimask", multimask, "mask-decoder")):
@@ -499,21 +508,72 @@ def train_cmd(
             if method != only:
                 raise InputError(f"--{key} applies to the {only} method, not {method}")
             opts[key] = value
-    learner = Learner(dataset_dir, method=method, model=model, labels=labels,
-                      bands=parse_bands(bands) if bands else None, seed=seed, device=device, eval_data=eval_dataset,
-                      **opts)
-    _warn_untrusted(learner.base.trusted)
+    validate_options(method, opts)
+    if not dataset_dir.is_dir():
+        raise InputError(f"dataset folder not found: {dataset_dir}")
+    dataset = SegDataset.open(dataset_dir)
+    if class_name is not None:
+        targets = [(_class_id(dataset, class_name), out)]
+    elif getattr(method_class(method), "binary_only", False) and dataset.num_classes > 2:
+        targets = [(c, out / _safe_name(name)) for c, name in sorted(dataset.classes.items()) if c]
+        globals()["out"].print(f"{method} predicts one class; training one adapter per class: "
+                               + ", ".join(str(t) for _, t in targets), highlight=False, soft_wrap=True)
+    else:
+        targets = [(None, out)]
+    for class_id, folder in targets:
+        if folder.exists() and (folder / "config.json").exists() and not (overwrite or resume):
+            raise InputError(f"--out {folder} holds an adapter; pass --overwrite to replace it or --resume to continue")
+    for class_id, folder in targets:
+        _train_one(dataset_dir, folder, method, model, labels, parse_bands(bands) if bands else None, seed, device,
+                   eval_dataset, class_id, opts, dict(epochs=epochs, lr=lr, batch_size=batch_size, resume=resume,
+                                                      patience=patience, monitor=monitor, select=select,
+                                                      mixed_precision=mixed_precision))
+
+
+def _class_id(dataset, name: str) -> int:  # noqa: ANN001
+    """A foreground class of a dataset by id or by name."""
+    by_name = {v: k for k, v in dataset.classes.items()}
+    if name in by_name and by_name[name]:
+        return by_name[name]
+    if name.isdigit() and int(name) in dataset.classes and int(name):
+        return int(name)
+    known = ", ".join(f"{k} ({v})" for k, v in sorted(dataset.classes.items()) if k)
+    raise InputError(f"--class {name!r} is not a foreground class of {dataset.root}; use one of {known}")
+
+
+def _safe_name(name: str) -> str:
+    """A class name as a folder name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+
+
+def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: int | None, bands, seed: int,  # noqa: ANN001
+               device: str, eval_dataset: Path | None, class_id: int | None, opts: dict, fit: dict) -> None:
+    from samadapt.learner import Learner
+
+    learner = Learner(dataset_dir, method=method, model=model, labels=labels, bands=bands, seed=seed, device=device,
+                      eval_data=eval_dataset, class_id=class_id, **opts)
+    if getattr(learner.method, "uses_sam_weights", True):
+        _warn_untrusted(learner.base.trusted)
+    else:
+        size = learner.base.preprocessing.size
+        side = learner.method.output_side
+        err.print(f"{method} does not use SAM's weights: it trains from scratch on each image resized as SAM's "
+                  f"input ({size} px) and runs at {side} x {side} px", highlight=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     run_dir = out.with_name(f".{out.name}.run")
-    result = learner.fit(epochs, lr=lr, batch_size=batch_size, out_dir=run_dir, resume=resume, patience=patience,
-                         monitor=monitor, select=select, mixed_precision=mixed_precision)
+    select = fit["select"]
+    result = learner.fit(fit.pop("epochs"), out_dir=run_dir, **fit)
     learner.save(out, overwrite=True)
     kept = next(r for r in result.history if r["epoch"] == result.best_epoch)
     which = "last epoch" if select == "last" else "best epoch"
+    what = "" if class_id is None else f" (class {learner.classes[1]} against the rest)"
     globals()["out"].print(
-        f"trained {method} on {len(learner.train_stems)} images; kept the {which}, {result.best_epoch + 1} "
+        f"trained {method}{what} on {len(learner.train_stems)} images; kept the {which}, {result.best_epoch + 1} "
         f"(val mIoU {kept.get('val_miou', float('nan')):.3f}); adapter in {out}; its test split "
-        f"({len(learner.test_stems)} images) is what `samadapt evaluate {out} DATASET` scores"
+        f"({len(learner.test_stems)} images) is what `samadapt evaluate {out} DATASET` scores",
+        highlight=False, soft_wrap=True,
     )
 
 

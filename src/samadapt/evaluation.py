@@ -121,7 +121,7 @@ def evaluate_adapter(adapter: Path, dataset_dir: Path, *, split: str | None = No
             f"{len(seen)} of the {len(stems)} images to score ({', '.join(seen[:3])}) trained this adapter; scores on "
             "them flatter it. Score its test split (the default), or pass --allow-train-images to score them anyway"
         )
-    samples = load_samples(dataset, stems, ad.bands)
+    samples = load_samples(dataset, stems, ad.bands, (ad.config.get("data") or {}).get("class_id"))
     method = ad.method
     if hasattr(method, "use_oracle_prompts"):
         method.use_oracle_prompts(oracle_prompts)  # type: ignore[attr-defined]

@@ -39,9 +39,20 @@ def label_budget(stems: list[str], n: int | None, seed: int) -> list[str]:
     return [str(s) for s in order[:n]]
 
 
-def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None = None) -> list[Sample]:
-    """Read the images and masks of ``stems`` from a SegDataset as Samples."""
-    return [read_sample(dataset.image_path(s), bands=bands, mask=dataset.mask_path(s), stem=s) for s in stems]
+def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None = None,
+                 class_id: int | None = None) -> list[Sample]:
+    """Read the images and masks of ``stems`` from a SegDataset as Samples.
+
+    With ``class_id``, each mask becomes that class against the rest: 1 where it holds
+    ``class_id``, 0 where it holds another class, 255 (ignore) kept.
+    """
+    samples = [read_sample(dataset.image_path(s), bands=bands, mask=dataset.mask_path(s), stem=s) for s in stems]
+    if class_id is not None:
+        for sample in samples:
+            if sample.target is not None:
+                t = sample.target
+                sample.target = np.where(t == 255, 255, t == class_id).astype(np.uint8)
+    return samples
 
 
 def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
@@ -86,6 +97,8 @@ class Learner:
         bands: 1-based bands to read (any count; != 3 adds a band adapter where supported).
         seed: seed of the split, the budget and training.
         device: torch device ("cpu", "cuda", ...).
+        class_id: train on one foreground class against the rest (one model per class, as the
+            mask-decoder needs for multi-class data); None: every class of the dataset.
         eval_data: a second dataset to score on (the Mars pits paper's protocol: train on SAM
             pseudo-labels, test on ground truth): its test split, or all of it when it has
             none, less the images (matched by id) used for training or validation. None:
@@ -100,10 +113,18 @@ class Learner:
 
     def __init__(self, data: str | Path, method: str = "domain-decoder", model: str | LoadedModel = "sam-vit-base",
                  *, labels: int | None = None, bands: tuple[int, ...] | None = None, seed: int = 0,
-                 device: str = "cpu", eval_data: str | Path | None = None, **method_options: Any) -> None:
+                 device: str = "cpu", eval_data: str | Path | None = None, class_id: int | None = None,
+                 **method_options: Any) -> None:
         from samadapt.data.dataset import SegDataset
+        from samadapt.methods import validate_options
 
+        validate_options(method, method_options)  # before a model is loaded
         self.dataset = SegDataset.open(data)
+        num_classes = max(self.dataset.num_classes, 2)
+        if class_id is not None and not 1 <= class_id < num_classes:
+            names = ", ".join(f"{k} ({v})" for k, v in sorted(self.dataset.classes.items()) if k)
+            raise InputError(f"class {class_id} is not a foreground class of {self.dataset.root}; use one of {names}")
+        self.class_id = class_id
         self.base = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         self.seed = seed
         self.bands = tuple(bands) if bands else None
@@ -117,11 +138,11 @@ class Learner:
             self.test_stems = splits["test"]
         self.device = device
         in_channels = len(self.bands) if self.bands and len(self.bands) != 3 else 3
-        self.method = build_method(method, self.base, num_classes=max(self.dataset.num_classes, 2),
+        self.method = build_method(method, self.base, num_classes=2 if class_id is not None else num_classes,
                                    in_channels=in_channels, **method_options)
         self.method.to(self.base.device)
-        self._train_samples = load_samples(self.dataset, self.train_stems, self.bands)
-        self._val_samples = load_samples(self.dataset, self.val_stems, self.bands)
+        self._train_samples = load_samples(self.dataset, self.train_stems, self.bands, class_id)
+        self._val_samples = load_samples(self.dataset, self.val_stems, self.bands, class_id)
         self.result: TrainResult | None = None
         self.train_config: TrainConfig | None = None
         self.run_dir: Path | None = None
@@ -166,7 +187,8 @@ class Learner:
                     "pseudo-labels, test on the truth)") if split == "test" else ""
             raise InputError(f"the {split} split of {self.dataset.root} is empty{hint}")
         dataset = self.eval_dataset if split == "test" else self.dataset
-        metrics, _ = evaluate_method(self.method, load_samples(dataset, stems, self.bands), device=self.base.device)
+        samples = load_samples(dataset, stems, self.bands, self.class_id)
+        metrics, _ = evaluate_method(self.method, samples, device=self.base.device)
         return metrics
 
     def data_record(self) -> dict[str, Any]:
@@ -175,7 +197,16 @@ class Learner:
                                   "val": list(self.val_stems), "test": list(self.test_stems)}
         if self.eval_dataset is not self.dataset:
             record["test_dataset"] = str(Path(self.eval_dataset.root).resolve())
+        if self.class_id is not None:
+            record["class_id"] = self.class_id
         return record
+
+    @property
+    def classes(self) -> dict[int, str]:
+        """Class id -> name of what the model predicts (one class against the rest with ``class_id``)."""
+        if self.class_id is None:
+            return self.dataset.classes
+        return {0: "background", 1: self.dataset.classes.get(self.class_id, str(self.class_id))}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the adapter folder (weights, config, training log and plot)."""
@@ -185,7 +216,7 @@ class Learner:
             metrics = {k: v for k, v in row.items() if k.startswith("val_") or k == "epoch"}
         extra = (self.run_dir / "training_log.jsonl", self.run_dir / "training.png") if self.run_dir else ()
         return save_adapter(
-            self.method, Path(path), classes=self.dataset.classes, bands=self.bands,
+            self.method, Path(path), classes=self.classes, bands=self.bands,
             train_config={**(asdict(self.train_config) if self.train_config else {}), "labels": len(self.train_stems)},
             data=self.data_record(), metrics=metrics, extra_files=extra, overwrite=overwrite,
         )
