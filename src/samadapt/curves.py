@@ -1,4 +1,4 @@
-"""Learning curves over label budgets (seed 000, Figure 5) and method comparisons.
+"""Learning curves over label budgets (the Mars pits paper, Figure 5) and method comparisons.
 
 For every method, budget N and seed: train on the first N images of that seed's shuffle of
 the train split, keep the best epoch on the validation split, and score the test split.

@@ -39,7 +39,7 @@ def choose_model(ref: str, out_dir: Path, console: Console) -> LoadedModel:
 
 
 def _annotate_step(out_dir: Path, segmenter: object, console: Console) -> dict[str, Path]:
-    """Annotate a small Mars dataset three ways and compare with its ground truth (seed 000, 2.2)."""
+    """Annotate a small Mars dataset three ways and compare with its ground truth (the Mars pits paper, 2.2)."""
     from samadapt.annotate import compare_modes
     from samadapt.sample import make_mars_dataset
 
@@ -53,7 +53,7 @@ def _annotate_step(out_dir: Path, segmenter: object, console: Console) -> dict[s
 
 
 def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Console) -> dict[str, Path]:
-    """Adapt with the domain decoder on the Mars tiles and score the held-out tile (seed 000)."""
+    """Adapt with the domain decoder on the Mars tiles and score the held-out tile (the Mars pits paper)."""
     from samadapt.learner import Learner
 
     learner = Learner(dataset, method="domain-decoder", model=loaded, seed=0, width=64)

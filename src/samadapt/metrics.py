@@ -32,9 +32,9 @@ macro score is the plain mean of the non-NaN per-class values and can be recompu
 - ``accuracy = trace(cm) / sum(cm)``: pixel accuracy over non-ignored pixels.
 - *Micro*: pool TP, FP and FN over all classes (background included), then divide. In
   single-label segmentation every miss is an FP of one class and an FN of another, so micro
-  precision = micro recall = micro F1 = accuracy; they are kept because seed 000 reports them.
+  precision = micro recall = micro F1 = accuracy; they are kept because the Mars pits paper reports them.
 - *Macro* (``precision_macro``, ``recall_macro``, ``f1_macro``, ``miou``): the unweighted mean
-  over the classes present in prediction or target, background included (as seed 000's
+  over the classes present in prediction or target, background included (as the Mars pits paper's
   Table 1 compares). A model that predicts background everywhere on an image with 5 %
   foreground gets macro precision (0.95 + 0) / 2 = 0.475, not 0.95.
 - *Foreground* (``*_fg``): classes 1..K pooled into one class against background, i.e. the

@@ -1,7 +1,7 @@
 """Rough masks for prompting at inference time, when no ground truth exists.
 
 A rough mask only has to be about right in size and place: SAM refines it. It comes from one
-of three sources (seed 002's river recipe):
+of three sources (the river fine-tuning tutorial's recipe):
 
 * a spectral index thresholded, e.g. McFeeters NDWI = (green - NIR) / (green + NIR) > 0 for
   open water when a near-infrared band exists;
@@ -306,7 +306,7 @@ def prompts_from_rough(
     """One prompt per blob of a rough mask; the options are those of ``prompts_from_mask``.
 
     The default mode is ``"box"``: a box only needs the blob's extent to be about right,
-    while points need its outline to be right too (seed 002).
+    while points need its outline to be right too (the river fine-tuning tutorial).
 
     Args:
         mask: (H, W) bool or numbers (non-zero = object), e.g. from :func:`rough_mask`. Unlike

@@ -1,4 +1,4 @@
-"""Compare the three prompt modes against ground truth (seed 000, section 2.2 and Figure 3)."""
+"""Compare the three prompt modes against ground truth (the Mars pits paper, section 2.2 and Figure 3)."""
 
 from __future__ import annotations
 
