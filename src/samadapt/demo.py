@@ -61,8 +61,9 @@ def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Cons
     metrics = learner.evaluate("test")
     adapter = learner.save(out_dir / "adapter", overwrite=True)
     table = Table("metric", "value", title=f"5. domain-decoder trained on {len(learner.train_stems)} tiles, test split")
-    for k in ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro"):
-        table.add_row(k, f"{getattr(metrics, k):.3f}")
+    for k in ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro", "iou_fg", "object_f1"):
+        value = getattr(metrics, k)
+        table.add_row(k, "undefined" if value != value else f"{value:.3f}")
     console.print(table)
     return {"adapter": adapter, "training_plot": adapter / "training.png"}
 
