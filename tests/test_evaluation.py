@@ -195,3 +195,52 @@ def test_unet_says_it_does_not_use_sam_weights(
     assert code == 0, text
     assert "random-initialised" not in text
     assert "does not use SAM's weights" in text and "256 px" in text and "128 x 128 px" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "bogus"], "unknown split 'bogus'"),
+        (["--oracle-prompts"], "takes no prompts"),
+    ],
+)
+def test_evaluate_bad_input_is_one_sentence_and_exit_2(
+    args: list[str], message: str, tiny_models: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = _dataset(tmp_path / "data", n=6)
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--epochs", "1",
+                          "--option", "width=16", "--out", str(tmp_path / "ad")], monkeypatch, capsys)
+    assert code == 0, text
+    code, text = run_cli(["evaluate", str(tmp_path / "ad"), str(data), *args], monkeypatch, capsys)
+    assert code == 2 and message in text and "Traceback" not in text
+
+
+def test_train_select_must_be_best_or_last(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path / "data", n=6)
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--select", "worst",
+                          "--option", "width=16", "--out", str(tmp_path / "ad")], monkeypatch, capsys)
+    assert code == 2 and "select must be best or last" in text
+    assert not (tmp_path / "ad").exists()
+
+
+def test_mask_decoder_is_scored_without_truth_unless_oracle_prompts_are_asked(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path / "data", n=6)
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "mask-decoder",
+                          "--epochs", "1", "--option", "eval_grid=4", "--out", str(tmp_path / "md")], monkeypatch, capsys)
+    assert code == 0, text
+    code, text = run_cli(["evaluate", str(tmp_path / "md"), str(data), "--json"], monkeypatch, capsys)
+    assert code == 0, text
+    honest = _json(text)
+    code, text = run_cli(["evaluate", str(tmp_path / "md"), str(data), "--json", "--oracle-prompts"],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    oracle = _json(text)
+    assert honest["oracle"] is False and oracle["oracle"] is True
+    assert honest["image_ids"] == oracle["image_ids"]
+    code, text = run_cli(["evaluate", str(tmp_path / "md"), str(data), "--oracle-prompts"], monkeypatch, capsys)
+    assert code == 0 and "oracle prompts from the scored masks" in text

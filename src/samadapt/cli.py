@@ -514,7 +514,7 @@ def train_cmd(
     dataset = SegDataset.open(dataset_dir)
     if class_name is not None:
         targets = [(_class_id(dataset, class_name), out)]
-    elif getattr(method_class(method), "binary_only", False) and dataset.num_classes > 2:
+    elif method_class(method).binary_only and dataset.num_classes > 2:
         targets = [(c, out / _safe_name(name)) for c, name in sorted(dataset.classes.items()) if c]
         globals()["out"].print(f"{method} predicts one class; training one adapter per class: "
                                + ", ".join(str(t) for _, t in targets), highlight=False, soft_wrap=True)
@@ -554,7 +554,7 @@ def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: in
 
     learner = Learner(dataset_dir, method=method, model=model, labels=labels, bands=bands, seed=seed, device=device,
                       eval_data=eval_dataset, class_id=class_id, **opts)
-    if getattr(learner.method, "uses_sam_weights", True):
+    if learner.method.uses_sam_weights:
         _warn_untrusted(learner.base.trusted)
     else:
         size = learner.base.preprocessing.size
@@ -650,6 +650,8 @@ def learning_curve_cmd(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     select: SelectOpt = "best",
     eval_dataset: EvalDatasetOpt = None,
+    oracle_prompts: Annotated[bool, typer.Option("--oracle-prompts", help="Prompted methods are scored with prompts "
+                                                 "built from the test masks (report.md says oracle).")] = False,
     bands: BandsOpt = None,
     option: OptionOpt = None,
     device: DeviceOpt = "cpu",
@@ -662,11 +664,12 @@ def learning_curve_cmd(
     path = learning_curve(dataset_dir, out_dir, methods=methods, model=model, sizes=_parse_ints(sizes, "--sizes"),
                           seeds=seeds, epochs=epochs, lr=lr, bands=parse_bands(bands) if bands else None,
                           device=device, method_options=_options(option), eval_dataset=eval_dataset, select=select,
-                          log=err.print)
+                          oracle_prompts=oracle_prompts, log=err.print)
     import csv as _csv
 
     rows = [{**r, **{k: float(r[k]) for k in METRICS}, "labels": int(r["labels"])} for r in _csv.DictReader(open(path))]
-    table = Table("method", "labels", "mIoU mean ± sd (n)", "F1 macro mean ± sd (n)", title="test split")
+    oracle = " [bold red](oracle prompts from the test masks)[/]" if oracle_prompts else ""
+    table = Table("method", "labels", "mIoU mean ± sd (n)", "F1 macro mean ± sd (n)", title=f"test split{oracle}")
     miou, f1 = summarise(rows, "miou"), summarise(rows, "f1_macro")
     missing = []
     for m in miou:

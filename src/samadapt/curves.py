@@ -41,6 +41,7 @@ def learning_curve(
     method_options: dict[str, Any] | None = None,
     eval_dataset: Path | None = None,
     select: str = "best",
+    oracle_prompts: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train every (method, budget, seed) and write the CSV, the plot and ``report.md``; returns the CSV path.
@@ -49,6 +50,8 @@ def learning_curve(
         eval_dataset: score on this dataset's ground truth instead of ``dataset_dir``'s test split
             (see :class:`samadapt.learner.Learner`), e.g. train on pseudo-labels, test on truth.
         select: "best" keeps each run's best validation epoch, "last" its last epoch.
+        oracle_prompts: prompted methods are scored with prompts built from the test masks
+            (``report.md`` then says so); by default no ground truth reaches a test prediction.
     """
     from samadapt.learner import Learner
     from samadapt.models.loading import LoadedModel, load_model
@@ -66,11 +69,13 @@ def learning_curve(
         for size in sorted(set(sizes)):
             for seed in range(seeds):
                 learner = Learner(dataset_dir, method=method, model=base, labels=size, bands=bands, seed=seed,
-                                  device=device, eval_data=eval_dataset, **(method_options or {}))
+                                  device=device, eval_data=eval_dataset, oracle_prompts=oracle_prompts,
+                                  **(method_options or {}))
                 learner.fit(epochs, lr=lr, batch_size=batch_size, progress=False, select=select,
                             out_dir=out_dir / "runs" / f"{method}_n{size}_s{seed}")
                 m = learner.evaluate("test")
-                row = {"method": method, "labels": size, "seed": seed, **{k: getattr(m, k) for k in METRICS}}
+                row = {"method": method, "labels": size, "seed": seed, "oracle": learner.method.oracle,
+                       **{k: getattr(m, k) for k in METRICS}}
                 rows.append(row)
                 splits.append(learner.data_record())
                 if log:
@@ -81,7 +86,7 @@ def learning_curve(
         "dataset": str(Path(dataset_dir).resolve()), "eval_dataset": str(Path(eval_dataset).resolve()) if eval_dataset else None,
         "methods": list(methods), "sizes": sorted(set(sizes)), "seeds": seeds, "epochs": epochs, "lr": lr,
         "batch_size": batch_size, "select": select, "bands": list(bands) if bands else None,
-        "method_options": method_options or {}, "base_model": base.name, "base_weights_sha256": base.weights_sha256,
+        "method_options": method_options or {}, "oracle_prompts": oracle_prompts, "base_model": base.name, "base_weights_sha256": base.weights_sha256,
     })
     return csv_path
 
@@ -89,7 +94,7 @@ def learning_curve(
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "labels", "seed", *METRICS])
+        w = csv.DictWriter(f, fieldnames=["method", "labels", "seed", "oracle", *METRICS])
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -173,7 +178,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
 
     digest = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
     first = splits[0] if splits else {}
-    oracle = bool((protocol.get("method_options") or {}).get("oracle_prompts"))
+    oracle = bool(protocol.get("oracle_prompts"))
     lines = [
         "# Learning curve", "",
         "## Protocol", "",
@@ -190,7 +195,8 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
         + ("the last epoch's weights are kept." if protocol["select"] == "last"
            else "the epoch with the best validation mIoU is kept."),
         f"- Method options (prompts included): `{json.dumps(protocol['method_options'], sort_keys=True)}`.",
-        f"- Ground truth at test time: {'yes: prompts were built from the test masks (oracle)' if oracle else 'none'}.",
+        f"- Ground truth at test time: {'yes: prompts were built from the test masks (oracle)' if oracle else 'none'} "
+        "(validation of prompted methods prompts from the validation masks, to pick an epoch).",
         f"- Base model: `{protocol['base_model']}` (weights sha256 `{protocol['base_weights_sha256']}`).",
         f"- Spread: sample standard deviation (ddof = 1) over the seeds that produced a score; n is their count.",
         "- Software: " + ", ".join([f"python {platform.python_version()}"]

@@ -123,12 +123,9 @@ def evaluate_adapter(adapter: Path, dataset_dir: Path, *, split: str | None = No
         )
     samples = load_samples(dataset, stems, ad.bands, (ad.config.get("data") or {}).get("class_id"))
     method = ad.method
-    if hasattr(method, "use_oracle_prompts"):
-        method.use_oracle_prompts(oracle_prompts)  # type: ignore[attr-defined]
-    elif oracle_prompts:
-        raise InputError(f"--oracle-prompts applies to prompted methods; {method.name} takes no prompts")
+    method.use_oracle_prompts(oracle_prompts)  # refused by methods that take no prompts
     metrics, _ = evaluate_method(method, samples, device=method.base.device)
-    report = EvaluationReport(ad.config["method"], label, stems, metrics, seen, oracle_prompts, notes=notes, adapter=ad)
+    report = EvaluationReport(ad.config["method"], label, stems, metrics, seen, method.oracle, notes=notes, adapter=ad)
     if method.name == "encoder-adapter":
         from samadapt.methods.encoder_adapter import compare_baselines
 

@@ -99,6 +99,8 @@ class Learner:
         device: torch device ("cpu", "cuda", ...).
         class_id: train on one foreground class against the rest (one model per class, as the
             mask-decoder needs for multi-class data); None: every class of the dataset.
+        oracle_prompts: score the test split of a prompted method with prompts built from its
+            masks (an oracle; see :meth:`samadapt.methods.base.AdaptationMethod.use_oracle_prompts`).
         eval_data: a second dataset to score on (the Mars pits paper's protocol: train on SAM
             pseudo-labels, test on ground truth): its test split, or all of it when it has
             none, less the images (matched by id) used for training or validation. None:
@@ -114,7 +116,7 @@ class Learner:
     def __init__(self, data: str | Path, method: str = "domain-decoder", model: str | LoadedModel = "sam-vit-base",
                  *, labels: int | None = None, bands: tuple[int, ...] | None = None, seed: int = 0,
                  device: str = "cpu", eval_data: str | Path | None = None, class_id: int | None = None,
-                 **method_options: Any) -> None:
+                 oracle_prompts: bool = False, **method_options: Any) -> None:
         from samadapt.data.dataset import SegDataset
         from samadapt.methods import validate_options
 
@@ -141,6 +143,7 @@ class Learner:
         self.method = build_method(method, self.base, num_classes=2 if class_id is not None else num_classes,
                                    in_channels=in_channels, **method_options)
         self.method.to(self.base.device)
+        self.method.use_oracle_prompts(oracle_prompts)  # refused by methods that take no prompts
         self._train_samples = load_samples(self.dataset, self.train_stems, self.bands, class_id)
         self._val_samples = load_samples(self.dataset, self.val_stems, self.bands, class_id)
         self.result: TrainResult | None = None

@@ -134,6 +134,21 @@ def _metric_value(row: dict[str, Any], monitor: str) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _validate(method: AdaptationMethod, samples: Sequence[Sample], batch_size: int, device: Any) -> tuple[Any, float]:
+    """Score the validation split. A prompted method is prompted from the validation masks here:
+    validation picks an epoch (it is part of training, never the test), and prompts a user would
+    have at test time (an automatic grid) can leave an early model's scores flat, so that no
+    epoch would be told from another. The test split is scored without them (``samadapt evaluate``)."""
+    if not method.takes_prompts:
+        return evaluate_method(method, samples, batch_size=batch_size, device=device)
+    was = method.oracle
+    method.use_oracle_prompts(True)
+    try:
+        return evaluate_method(method, samples, batch_size=batch_size, device=device)
+    finally:
+        method.use_oracle_prompts(was)
+
+
 def _better(value: float, best: float, monitor: str) -> bool:
     if math.isnan(value):
         return False
@@ -276,7 +291,7 @@ def train(
             row: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                                    "lr": float(optimizer.param_groups[0]["lr"])}
             if val_samples:
-                metrics, val_loss = evaluate_method(method, val_samples, batch_size=config.batch_size, device=device)
+                metrics, val_loss = _validate(method, val_samples, config.batch_size, device)
                 row["val_loss"] = val_loss
                 row.update({f"val_{k}": v for k, v in metrics.as_dict().items()})
             row["seconds"] = time.perf_counter() - t0

@@ -1,4 +1,8 @@
-"""The mask-decoder method (seed 002): SAM's decoder fine-tuned on prompts from ground truth."""
+"""The mask-decoder method (the river fine-tuning tutorial): SAM's decoder fine-tuned on prompts from ground truth.
+
+Most tests here score with oracle prompts (``use_oracle_prompts(True)``: prompts from the target,
+as in training); evaluation without them (the automatic grid) is tested in test_oracle_prompts.py.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ def _train(method: MaskDecoderMethod, samples: list[Sample], steps: int, seed: i
 
 
 def _prompted_iou(method: MaskDecoderMethod, samples: list[Sample]) -> float:
-    """Mean IoU at the original size, each object prompted with the tight box of its ground truth."""
+    """Mean IoU at the original size, each object prompted with the tight box of its ground truth (an oracle)."""
+    method.use_oracle_prompts(True)
     with torch.no_grad():
         probs = method.probabilities(method(_batch(method, samples, train=False, rng=np.random.default_rng(1))))
     ious = []
@@ -57,6 +62,7 @@ def trained(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     base = load_model(tiny_models["sam"])
     base_decoder = {k: v.clone() for k, v in base.model.mask_decoder.state_dict().items()}
     method = MaskDecoderMethod(base, box_noise=2.0, max_objects=4)
+    method.use_oracle_prompts(True)  # every test of this fixture scores prompts from the ground truth
     method.cache = _memory_cache(tmp_path_factory.mktemp("emb"))  # module scope: keep off any home folder
     train, held_out = shapes_samples(12, seed=0), shapes_samples(8, seed=1)
     method.eval()
@@ -107,7 +113,8 @@ def test_box_prompts_are_reproducible_and_in_the_model_frame(tiny_models: dict[s
     assert torch.equal(a["boxes"], b["boxes"])
     assert not torch.equal(a["boxes"], c["boxes"])
     assert a["object_valid"].tolist() == [True, True, False]
-    # evaluation uses the tight box, scaled by 256 / 128 into the model input
+    # evaluation with oracle prompts uses the tight box, scaled by 256 / 128 into the model input
+    method.use_oracle_prompts(True)
     e = method.make_inputs(sample, train=False, rng=np.random.default_rng(7))
     assert e["boxes"][0].tolist() == [40.0, 20.0, 120.0, 80.0]
     found = regions(sample.target)
@@ -139,6 +146,7 @@ def test_point_prompts_are_padded_with_a_validity_flag(tiny_models: dict[str, Pa
 
 def test_unprompted_regions_are_ignored_in_the_union_target(tiny_models: dict[str, Path]) -> None:
     method = MaskDecoderMethod(load_model(tiny_models["sam"]), max_objects=1)
+    method.use_oracle_prompts(True)  # the union target is the oracle mode's; the grid scores the whole truth
     out = method.make_inputs(_two_squares(), train=False, rng=np.random.default_rng(0))
     assert out["object_valid"].tolist() == [True]
     assert (out["target"] == 1).sum() == (out["object_target"][0] == 1).sum()
@@ -148,6 +156,7 @@ def test_unprompted_regions_are_ignored_in_the_union_target(tiny_models: dict[st
 # --- forward, loss, probabilities ---------------------------------------------------------------
 def test_forward_packs_candidates_and_ious(tiny_models: dict[str, Path]) -> None:
     method = MaskDecoderMethod(load_model(tiny_models["sam"]), max_objects=3).eval()
+    method.use_oracle_prompts(True)
     batch = _batch(method, [_two_squares()] + shapes_samples(1, seed=5), train=False, rng=np.random.default_rng(0))
     out = method(batch)
     assert out.shape == (2, 3, 4, 64, 64)
@@ -172,6 +181,7 @@ def test_best_and_mean_losses_differ_and_mean_trains(tiny_models: dict[str, Path
     best = MaskDecoderMethod(base, max_objects=4)
     mean = MaskDecoderMethod(base, max_objects=4, multimask="mean")
     mean.cache = _memory_cache(tmp_path)
+    mean.use_oracle_prompts(True)
     batch = _batch(mean, shapes_samples(4, seed=2), train=False, rng=np.random.default_rng(0))
     with torch.no_grad():
         assert torch.equal(mean(batch), best(batch))  # same weights: only the loss and the choice differ
@@ -255,9 +265,7 @@ def test_predict_with_user_prompts_matches_the_batch_path(trained: dict) -> None
 
 def test_predict_refuses_bad_requests(trained: dict) -> None:
     method, s = trained["method"], trained["held_out"][0]
-    with pytest.raises(InputError, match="exactly one prompt source"):
-        method.predict(s.pixels)
-    with pytest.raises(InputError, match="exactly one prompt source"):
+    with pytest.raises(InputError, match="one prompt source: .* or neither for the automatic point grid"):
         method.predict(s.pixels, prompts=[point(5, 5)], rough=s.target == 1)
     with pytest.raises(InputError, match="rough mask has shape"):
         method.predict(s.pixels, rough=np.ones((5, 5), bool))
@@ -313,7 +321,13 @@ def test_bad_options_are_refused(options: dict, match: str, tiny_models: dict[st
 def test_unlabelled_sample_points_to_predict(tiny_models: dict[str, Path]) -> None:
     method = MaskDecoderMethod(load_model(tiny_models["sam"]))
     sample = Sample("u", np.zeros((32, 32, 3), np.uint8), np.ones((32, 32), bool))
-    with pytest.raises(InputError, match="predict"):
+    with pytest.raises(InputError, match=r"training prompts from the ground truth, and u has none; .*predict"):
+        method.make_inputs(sample, train=True, rng=np.random.default_rng(0))
+    # evaluation's grid needs no target: the inputs come without one
+    out = method.make_inputs(sample, train=False, rng=np.random.default_rng(0))
+    assert "target" not in out and out["grid_points"].shape == (16 * 16, 2)
+    method.use_oracle_prompts(True)
+    with pytest.raises(InputError, match=r"oracle prompts from the ground truth, and u has none"):
         method.make_inputs(sample, train=False, rng=np.random.default_rng(0))
 
 

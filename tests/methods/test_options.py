@@ -190,11 +190,18 @@ def _loss_of_fixed_output(method: Any, samples: list[Sample]) -> float:
     """mask-decoder's loss on fixed candidate masks and IoUs (so only the loss settings differ)."""
     from samadapt.methods.mask_decoder import pack_output
 
+    method.use_oracle_prompts(True)  # per-object targets: the prompts of training, without box noise
     batch = _inputs(method, samples, train=False)
     target = batch["object_target"]
     right = torch.where(target == 1, 4.0, -4.0)
     masks = torch.stack([right, -right, 0.5 * right], dim=2)
     return method.loss(pack_output(masks, torch.full(masks.shape[:3], 0.5)), batch).item()
+
+
+def _grid_probabilities(method: Any, samples: list[Sample]) -> torch.Tensor:
+    """mask-decoder's object probabilities at evaluation without oracle prompts (the automatic grid)."""
+    with torch.no_grad():
+        return method.eval().probabilities(method(_inputs(method, samples, train=False)))[:, 1]
 
 
 def _stage_loss(method: Any, samples: list[Sample], epoch: int) -> float:
@@ -277,6 +284,11 @@ EFFECTS: list[tuple[str, dict[str, Any], str, Any, str, Check]] = [
      lambda a, b: _differs(a.eval()(_inputs(a, SAMPLES)).shape, b.eval()(_inputs(b, SAMPLES)).shape)),
     ("mask-decoder", {}, "iou_weight", 3.0, "sam",
      lambda a, b: _differs(_loss_of_fixed_output(a, SAMPLES), _loss_of_fixed_output(b, SAMPLES))),
+    ("mask-decoder", {}, "eval_grid", 4, "sam",
+     lambda a, b: _differs(_inputs(a, SAMPLES, train=False)["grid_points"].shape,
+                           _inputs(b, SAMPLES, train=False)["grid_points"].shape)),
+    ("mask-decoder", {}, "eval_iou_threshold", 0.0, "sam",
+     lambda a, b: _differs(_grid_probabilities(a, SAMPLES), _grid_probabilities(b, SAMPLES))),
     # encoder-adapter: module shapes, prompts, the loss of each stage, what trains
     ("encoder-adapter", {}, "width", 8, "sam", lambda a, b: _differs(a.unet.widths, b.unet.widths)),
     ("encoder-adapter", {}, "depth", 2, "sam", lambda a, b: _differs(len(a.unet.down), len(b.unet.down))),
@@ -359,7 +371,8 @@ def test_perturbation_moves_training_boxes_as_box_noise_does(bases: dict[str, Lo
     assert not torch.equal(noisy, tight)
     valid = _inputs(perturbed, SAMPLES)["object_valid"]
     assert (noisy - tight)[valid].abs().max() <= 2 * 10 + 1e-4  # 10 px of a 128 px image, in the 256 px input
-    # evaluation keeps the tight box
+    # evaluation with oracle prompts keeps the tight box
+    perturbed.use_oracle_prompts(True)
     assert torch.equal(_inputs(perturbed, SAMPLES, train=False)["boxes"], tight)
 
 

@@ -22,6 +22,13 @@ Options: each method declares the settings it accepts in its ``OPTIONS`` mapping
 an unknown name, a wrong type or a value out of range is an ``InputError`` before anything is
 built, and ``config()["options"]`` holds every declared option's value. Training loops call
 :meth:`AdaptationMethod.begin_epoch` before each epoch, so a method can train in stages.
+
+Ground truth at test time: outside training (``make_inputs(..., train=False)``) no method reads
+a sample's target to build its input; the target only goes into ``"target"``, to be scored.
+A prompted method (``mask-decoder``, ``encoder-adapter``) can be told to build its evaluation
+prompts from the ground truth instead, with :meth:`AdaptationMethod.use_oracle_prompts`; its
+:attr:`AdaptationMethod.oracle` is then True, so that reports can say their scores had
+oracle prompts. Methods that take no prompts refuse it.
 """
 
 from __future__ import annotations
@@ -232,6 +239,12 @@ class AdaptationMethod(nn.Module):
     name: ClassVar[str] = ""
     #: The side of the square output frame as a fraction of the model input size.
     output_scale: ClassVar[float] = 0.25
+    #: Whether the method predicts from prompts (and so can be given oracle prompts).
+    takes_prompts: ClassVar[bool] = False
+    #: Whether the method predicts one foreground class only (multi-class data: one model per class).
+    binary_only: ClassVar[bool] = False
+    #: Whether predictions use SAM's weights (False: only its preprocessing, as the U-Net alone).
+    uses_sam_weights: ClassVar[bool] = True
     #: The settings the method accepts, by name, in the order ``describe_options`` lists them.
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
 
@@ -300,6 +313,32 @@ class AdaptationMethod(nn.Module):
             epochs: the number of epochs of the whole run.
         """
         return 0
+
+    # --- ground truth at test time ----------------------------------------------------------
+    def use_oracle_prompts(self, on: bool) -> None:
+        """Build evaluation prompts from the ground truth being scored (True) or not (False).
+
+        Prompted methods override this; here, for methods that take no prompts, False is a
+        no-op and True is refused.
+
+        Args:
+            on: True to let ``make_inputs(..., train=False)`` read the sample's target to
+                place its prompts (an oracle: the scores then flatter the method); False for
+                prompts a user would have at test time.
+
+        Raises:
+            InputError: if ``on`` is not a bool, or is True for a method that takes no prompts.
+        """
+        if check_flag(on, "use_oracle_prompts"):
+            raise InputError(
+                f"{self.name} takes no prompts, so it has no oracle prompts to build from the ground truth; "
+                "oracle prompts apply to mask-decoder and encoder-adapter"
+            )
+
+    @property
+    def oracle(self) -> bool:
+        """True when evaluation prompts come from the ground truth being scored (always False here)."""
+        return False
 
     # --- what subclasses implement -------------------------------------------------------
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -378,6 +417,17 @@ class AdaptationMethod(nn.Module):
     def to_original(self, probs: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         """(C, side, side) probabilities in the output frame -> (C, H, W) at the original size."""
         return masks_to_original(probs, geometry, self.preprocessing)
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` as a plain bool, for switches such as :meth:`AdaptationMethod.use_oracle_prompts`.
+
+    Raises:
+        InputError: if ``value`` is not a bool (numpy bools are accepted).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{what} takes True or False, got {value!r}")
+    return bool(value)
 
 
 def _unknown_option(cls: type[AdaptationMethod], key: str) -> str:

@@ -53,7 +53,8 @@ from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, coords_to_model
-from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, freeze, segmentation_loss
+from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
+                                   segmentation_loss)
 from samadapt.methods.unet import UNet, unet_input
 from samadapt.metrics import MetricAccumulator
 from samadapt.prompt_gen import interior_point, regions
@@ -142,7 +143,8 @@ class EncoderAdapterMethod(AdaptationMethod):
         detach_features: joint schedule only: train the 1x1 convolutions only through the SAM
             path, so the U-Net learns from its own loss alone.
         eval_prompts: where prompts come from outside training: "unet" (the U-Net's predicted
-            regions) or "truth" (ground-truth regions; needs labelled samples).
+            regions) or "truth" (ground-truth regions, an oracle; needs labelled samples).
+            :meth:`use_oracle_prompts` switches it.
         schedule: "two-stage" (the abstract's) or "joint".
         unet_fraction: two-stage schedule only: the share of the epochs that train the U-Net
             alone; each stage gets at least one epoch.
@@ -153,6 +155,7 @@ class EncoderAdapterMethod(AdaptationMethod):
     """
 
     name = "encoder-adapter"
+    takes_prompts = True
     output_scale = 0.25
     OPTIONS: ClassVar[dict[str, Option]] = {
         "width": Option(int, 16, "channels of the U-Net's first level, doubled at each pooling", low=1),
@@ -282,6 +285,28 @@ class EncoderAdapterMethod(AdaptationMethod):
                 self._warned = True
             return "joint"
         return self.stage
+
+    # --- ground truth at test time -------------------------------------------------------------
+    def use_oracle_prompts(self, on: bool) -> None:
+        """Prompt evaluation with the ground truth's regions (True) or the U-Net's predicted ones (False).
+
+        Sets ``eval_prompts`` to ``"truth"`` or ``"unet"``, in ``options`` too, so that
+        ``config()`` rebuilds a method that evaluates the same way. Training prompts always
+        come from the ground truth; :func:`compare_baselines` takes its own prompt source.
+
+        Args:
+            on: True for oracle prompts from the target being scored.
+
+        Raises:
+            InputError: if ``on`` is not a bool.
+        """
+        self.eval_prompts = "truth" if check_flag(on, "use_oracle_prompts") else "unet"
+        self.options["eval_prompts"] = self.eval_prompts
+
+    @property
+    def oracle(self) -> bool:
+        """True when evaluation prompts come from the ground truth (``eval_prompts="truth"``)."""
+        return self.eval_prompts == "truth"
 
     # --- inputs ---------------------------------------------------------------------------------
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:

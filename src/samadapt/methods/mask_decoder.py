@@ -12,12 +12,28 @@ training boxes can be jittered (``box_noise``, which the tutorial calls ``pertur
 sampled points kept away from the object's edge by an erosion (``erode``). Each prompted
 region is its own target.
 At prediction time prompts come from the user (:class:`~samadapt.prompts.ObjectPrompt`) or
-from a rough mask (:func:`samadapt.rough.prompts_from_rough`), see :meth:`predict`.
+from a rough mask (:func:`samadapt.rough.prompts_from_rough`), or, with neither, from the
+automatic grid below, see :meth:`predict`.
+
+Evaluation (``make_inputs(..., train=False)``) reads no ground truth to prompt, unless asked:
+by default each image is prompted with an automatic grid of ``eval_grid`` x ``eval_grid``
+single positive points (cell centres over the image, as in :mod:`samadapt.automatic`; points
+on no-data pixels are switched off), each point is decoded by the adapted decoder into one
+mask (chosen by the ``multimask`` rule, as for every prompt), the masks whose predicted IoU
+is at least ``eval_iou_threshold`` (0.88 by default, the automatic mode's ``pred_iou_thresh``)
+are kept, and a pixel's object probability is the largest over the kept masks (0 where none
+is kept). The whole ground truth (0, 1, 255) is the target.
+:meth:`MaskDecoderMethod.use_oracle_prompts` (True) switches evaluation to prompts made from
+the ground truth, as in training but without ``box_noise``; :attr:`MaskDecoderMethod.oracle`
+then says so. The river fine-tuning tutorial's dataset class makes every prompt from the label
+mask, for its validation loader too; at inference, where there is no label, it estimates a
+rough mask instead (``predict(pixels, rough=...)`` here).
 
 Binary only: the method segments prompted objects of one class (``num_classes=2``); train
 one model per class, or use ``domain-decoder`` / ``lora`` for several classes at once.
 
-Batch keys made by :meth:`MaskDecoderMethod.make_inputs` (B images, N = ``max_objects``):
+Batch keys made by :meth:`MaskDecoderMethod.make_inputs` in training and with oracle prompts
+(B images, N = ``max_objects``):
 
 * ``embedding`` (B, C, e, e) and the family's extra embedding tensors (``high_res_*``, ``vit_*``);
 * ``boxes`` (B, N, 4) XYXY, or ``points`` (B, N, P, 2) (x, y) and ``labels`` (B, N, P) with
@@ -27,12 +43,23 @@ Batch keys made by :meth:`MaskDecoderMethod.make_inputs` (B images, N = ``max_ob
 * ``target`` (B, h, w) long: the union of the prompted regions (unprompted regions beyond
   ``max_objects`` are 255, since no prompt asked for them).
 
+Batch keys at evaluation without oracle prompts (G = ``eval_grid`` ** 2, the same for every
+image, so batches stack):
+
+* the embedding tensors, as above;
+* ``grid_points`` (B, G, 2) (x, y) in the model-input frame, row by row over the image;
+* ``grid_valid`` (B, G) bool, False for points on no-data pixels;
+* ``target`` (B, h, w) long: the whole ground truth (when labelled).
+
 What ``forward`` returns: (B, N, M + 1, h, w), where ``[:, :, :M]`` are the M candidate mask
 logits of each object (M = 3, or 1 with ``multimask="single"``; padding objects hold
 -1e4) and plane ``M`` carries the decoder's predicted IoU of each candidate at
-``[:, :, M, 0, :M]`` (zeros elsewhere). :func:`split_output` unpacks it; :meth:`loss` and
-:meth:`probabilities` both take it as it is. Keeping the IoUs inside one plain tensor keeps
-the method stateless and the output usable by a loop that only knows tensors.
+``[:, :, M, 0, :M]`` (zeros elsewhere). For a grid batch, N = M = 1: the one "object" is the
+merged mask (per pixel, the largest logit of the kept masks; -1e4 where none is kept) and its
+IoU is the highest predicted IoU among the kept masks (0 when none). :func:`split_output`
+unpacks it; :meth:`loss` and :meth:`probabilities` both take it as it is. Keeping the IoUs
+inside one plain tensor keeps the method stateless and the output usable by a loop that only
+knows tensors.
 """
 
 from __future__ import annotations
@@ -44,9 +71,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from samadapt.automatic import point_grid
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
-from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, freeze, target_in_frame
+from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
+                                   segmentation_loss, target_in_frame)
 from samadapt.models.loading import LoadedModel
 from samadapt.prompt_gen import prompts_from_mask, regions
 from samadapt.prompts import ObjectPrompt
@@ -58,8 +87,15 @@ MultimaskMode = Literal["best", "mean", "single"]
 PAD_LABEL = -10
 #: Logit given to padding objects, so that their probability is exactly 0.
 OFF_LOGIT = -1.0e4
-#: Objects decoded per call in :meth:`MaskDecoderMethod.predict`; bounds memory.
+#: Objects (prompts x images) decoded per decoder call in :meth:`MaskDecoderMethod.predict` and
+#: in the evaluation grid; bounds memory.
 PREDICT_CHUNK = 64
+#: Batch key of the evaluation grid's points; its presence marks a grid batch.
+GRID_POINTS = "grid_points"
+#: Batch key of the grid points' on/off flags.
+GRID_VALID = "grid_valid"
+#: Smallest logit a grid batch's loss sees: a pixel no kept mask covers (-1e4) counts as -20.
+GRID_LOSS_FLOOR = -20.0
 #: Mask-decoder parts that never train: SAM 2's conv_s0 / conv_s1 belong to the encoder
 #: path (their output is in the cached embedding) and its object-score head gets no loss.
 _FROZEN_PARTS = {"sam2": ("conv_s0", "conv_s1", "pred_obj_score_head")}
@@ -67,6 +103,9 @@ _FROZEN_PARTS = {"sam2": ("conv_s0", "conv_s1", "pred_obj_score_head")}
 
 class MaskDecoderMethod(AdaptationMethod):
     """SAM's mask decoder fine-tuned on prompts generated from ground-truth masks.
+
+    Evaluation prompts with an automatic point grid unless :meth:`use_oracle_prompts` says
+    otherwise (see the module docstring).
 
     Args:
         base: the loaded SAM, SAM 2 or SAM-HQ model; its decoder is copied, not changed.
@@ -87,6 +126,10 @@ class MaskDecoderMethod(AdaptationMethod):
             with the one of highest predicted IoU; ``"mean"`` trains and predicts the mean of
             the 3 candidates' logits; ``"single"`` asks the decoder for one mask.
         iou_weight: weight of the IoU-head loss (MSE between predicted and actual IoU).
+        eval_grid: points per side of the automatic grid that prompts evaluation (without
+            oracle prompts) and :meth:`predict` without prompts.
+        eval_iou_threshold: smallest predicted IoU of a grid point's mask that is kept; 0.88
+            is SAM's automatic-mode ``pred_iou_thresh``.
 
     Raises:
         InputError: on an option outside the values above, or one that would change nothing
@@ -94,6 +137,8 @@ class MaskDecoderMethod(AdaptationMethod):
     """
 
     name = "mask-decoder"
+    takes_prompts = True
+    binary_only = True
     output_scale = 0.25
     OPTIONS: ClassVar[dict[str, Option]] = {
         "prompt": Option(str, "box", "prompt made from each ground-truth region: its tight box, its interior "
@@ -109,6 +154,10 @@ class MaskDecoderMethod(AdaptationMethod):
         "multimask": Option(str, "best", "train the best of SAM's 3 candidate masks, their mean, or ask for one "
                                          "mask", choices=get_args(MultimaskMode)),
         "iou_weight": Option(float, 1.0, "weight of the IoU-head loss", low=0),
+        "eval_grid": Option(int, 16, "points per side of the automatic grid of single positive points that "
+                                     "prompts evaluation (without oracle prompts) and predict without prompts", low=1),
+        "eval_iou_threshold": Option(float, 0.88, "smallest predicted IoU of a grid point's mask that is kept "
+                                                  "(SAM's automatic-mode pred_iou_thresh)", low=0, high=1),
     }
 
     def __init__(
@@ -125,12 +174,15 @@ class MaskDecoderMethod(AdaptationMethod):
         max_objects: int = 8,
         multimask: MultimaskMode = "best",
         iou_weight: float = 1.0,
+        eval_grid: int = 16,
+        eval_iou_threshold: float = 0.88,
         **options: Any,
     ) -> None:
         _check_frame(num_classes, in_channels)
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, prompt=prompt, n_pos=n_pos,
                          n_neg=n_neg, erode=erode, box_noise=box_noise, max_objects=max_objects, multimask=multimask,
-                         iou_weight=iou_weight, **options)
+                         iou_weight=iou_weight, eval_grid=eval_grid, eval_iou_threshold=eval_iou_threshold,
+                         **options)
         o = self.options
         _check_prompt_options(o)
         if base.family not in ("sam", "sam2", "sam-hq"):
@@ -143,6 +195,9 @@ class MaskDecoderMethod(AdaptationMethod):
         self.max_objects = o["max_objects"]
         self.multimask: MultimaskMode = o["multimask"]
         self.iou_weight = o["iou_weight"]
+        self.eval_grid = o["eval_grid"]
+        self.eval_iou_threshold = o["eval_iou_threshold"]
+        self._oracle = False
         self.mask_decoder = copy.deepcopy(base.model.mask_decoder)
         for p in self.mask_decoder.parameters():
             p.requires_grad_(True)
@@ -158,6 +213,27 @@ class MaskDecoderMethod(AdaptationMethod):
     def points_per_object(self) -> int:
         """P, the fixed number of point slots per object (0 for box prompts)."""
         return 0 if self.prompt == "box" else self.n_pos + self.n_neg
+
+    # --- ground truth at test time ---------------------------------------------------------------
+    def use_oracle_prompts(self, on: bool) -> None:
+        """Prompt evaluation from the ground truth being scored (True) or with the automatic grid (False).
+
+        False is the default: ``make_inputs(..., train=False)`` then reads the target only to
+        score it. True restores the prompts of training (without ``box_noise``), an oracle
+        that flatters the scores; :attr:`oracle` records it. Training is not affected.
+
+        Args:
+            on: True for oracle prompts.
+
+        Raises:
+            InputError: if ``on`` is not a bool.
+        """
+        self._oracle = check_flag(on, "use_oracle_prompts")
+
+    @property
+    def oracle(self) -> bool:
+        """True when evaluation prompts come from the ground truth (see :meth:`use_oracle_prompts`)."""
+        return self._oracle
 
     # --- inputs -------------------------------------------------------------------------------
     def ground_truth_prompts(
@@ -181,31 +257,43 @@ class MaskDecoderMethod(AdaptationMethod):
         return prompts[: self.max_objects], found[: self.max_objects]
 
     def make_inputs(self, sample: Sample, *, train: bool, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Tensors of one labelled sample (keys in the module docstring, without the batch axis).
+        """Tensors of one sample (keys in the module docstring, without the batch axis).
+
+        In training, and at evaluation with oracle prompts, the prompts come from the target;
+        at evaluation otherwise they are the automatic grid (:meth:`grid_tensors`), which
+        needs no target, and the target, when there is one, is only scored.
 
         Raises:
-            InputError: if the sample has no target (prompts come from the ground truth here;
-                use :meth:`predict` with prompts or a rough mask for unlabelled images), or its
-                target holds values other than 0, 1 and 255.
+            InputError: if prompts come from the ground truth and the sample has none (use
+                :meth:`predict` for unlabelled images), or the target holds values other than
+                0, 1 and 255.
         """
-        if sample.target is None:
+        from_truth = train or self._oracle
+        if sample.target is None and from_truth:
             raise InputError(
-                f"mask-decoder makes its prompts from the ground truth, and {sample.stem} has none; "
-                "call predict(pixels, prompts=...) or predict(pixels, rough=...) for unlabelled images"
+                f"mask-decoder makes its {'training' if train else 'oracle'} prompts from the ground truth, and "
+                f"{sample.stem} has none; call predict(pixels, prompts=...), predict(pixels, rough=...) or "
+                "predict(pixels) for unlabelled images"
             )
-        extra = np.setdiff1d(np.unique(sample.target), (0, 1, IGNORE))
-        if extra.size:
-            raise InputError(
-                f"mask-decoder trains on binary targets (0, 1 and 255 = ignore), but {sample.stem} holds class ids "
-                f"{extra[:5].tolist()}; train one model per class on 0/1 masks"
-            )
+        if sample.target is not None:
+            extra = np.setdiff1d(np.unique(sample.target), (0, 1, IGNORE))
+            if extra.size:
+                raise InputError(
+                    f"mask-decoder trains on binary targets (0, 1 and 255 = ignore), but {sample.stem} holds class "
+                    f"ids {extra[:5].tolist()}; train one model per class on 0/1 masks"
+                )
         out = self._embedding_tensors(self.embedding(sample), squeeze=True)
-        h, w = sample.target.shape
+        h, w = sample.pixels.shape[:2]
         geometry = self.geometry_of(h, w)
-        prompts, found = self.ground_truth_prompts(sample.target, rng=rng, train=train)
+        side = self.output_side
+        if not from_truth:
+            out.update(self.grid_tensors(geometry, sample.valid))
+            if sample.target is not None:
+                out["target"] = target_in_frame(sample.target, geometry, self.preprocessing, side)
+            return out
+        prompts, found = self.ground_truth_prompts(sample.target, rng=rng, train=train)  # type: ignore[arg-type]
         out.update(self._prompt_tensors(prompts, geometry, self.max_objects))
         out["object_valid"] = torch.arange(self.max_objects) < len(prompts)
-        side = self.output_side
         background = np.where(sample.target == IGNORE, IGNORE, 0).astype(np.uint8)
         objects = torch.full((self.max_objects, side, side), IGNORE, dtype=torch.long)
         for i, region in enumerate(found):
@@ -217,6 +305,28 @@ class MaskDecoderMethod(AdaptationMethod):
             union[region] = 1
         out["target"] = target_in_frame(union, geometry, self.preprocessing, side)
         return out
+
+    def grid_tensors(self, geometry: Geometry, valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The automatic prompt grid of one image: ``eval_grid`` x ``eval_grid`` single positive points.
+
+        Args:
+            geometry: the image's preprocessing geometry.
+            valid: (H, W) bool, False where the image has no data (points there are switched
+                off); None switches every point on.
+
+        Returns:
+            ``grid_points`` (G, 2) float (x, y) in the model-input frame, G = ``eval_grid`` ** 2:
+            the cell centres of a regular grid over the original image (as
+            :func:`samadapt.automatic.point_grid` places them), row by row; ``grid_valid`` (G,) bool.
+        """
+        h, w = geometry.original_hw
+        xy = point_grid(h, w, self.eval_grid)
+        on = np.ones(len(xy), dtype=bool)
+        if valid is not None:
+            rows = np.clip(xy[:, 1].astype(np.int64), 0, h - 1)
+            cols = np.clip(xy[:, 0].astype(np.int64), 0, w - 1)
+            on = np.asarray(valid, dtype=bool)[rows, cols]
+        return {GRID_POINTS: torch.from_numpy(coords_to_model(xy, geometry)).float(), GRID_VALID: torch.from_numpy(on)}
 
     def _embedding_tensors(self, emb: dict[str, torch.Tensor], *, squeeze: bool) -> dict[str, torch.Tensor]:
         return {("embedding" if k == "image" else k): (v[0] if squeeze else v) for k, v in emb.items()}
@@ -241,12 +351,18 @@ class MaskDecoderMethod(AdaptationMethod):
     def forward(self, batch: Batch) -> torch.Tensor:
         """Candidate logits and predicted IoUs of every object, packed as the module docstring says.
 
+        A grid batch (``grid_points``) is decoded without gradients, in chunks
+        (:meth:`_grid_logits`), and gives N = M = 1: the merged mask of the kept grid masks.
+
         Args:
             batch: stacked :meth:`make_inputs` dicts.
 
         Returns:
             (B, N, M + 1, h, w) float: M candidate logits per object, then the IoU plane.
         """
+        if GRID_POINTS in batch:
+            merged, best = self._grid_logits(batch, batch[GRID_POINTS], batch[GRID_VALID])
+            return pack_output(merged[:, None, None], best[:, None, None])
         masks, iou = self._decode(batch, batch.get("points"), batch.get("labels"), batch.get("boxes"))
         valid = batch["object_valid"].to(masks.device)[:, :, None, None, None]
         masks = torch.where(valid, masks, torch.full_like(masks, OFF_LOGIT))
@@ -289,6 +405,88 @@ class MaskDecoderMethod(AdaptationMethod):
         out = self.mask_decoder(**kwargs)
         return out[0], out[1]
 
+    @torch.no_grad()
+    def _grid_logits(
+        self, embeddings: Batch, points: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode every grid point alone and merge the masks whose predicted IoU passes the threshold.
+
+        At most :data:`PREDICT_CHUNK` prompts (points x images) go through the decoder per
+        call, and the merge is a running maximum, so memory does not grow with the grid.
+
+        Args:
+            embeddings: ``embedding`` (B, C, e, e) and the family's extra tensors.
+            points: (B, G, 2) (x, y) in the model-input frame.
+            valid: (B, G) bool; switched-off points are never kept.
+
+        Returns:
+            (B, h, w) logits, per pixel the largest of the kept masks' (``OFF_LOGIT`` where no
+            mask is kept), and (B,) the highest predicted IoU among the kept masks (0 when none).
+        """
+        b, g = points.shape[:2]
+        step = max(1, PREDICT_CHUNK // b)
+        merged: torch.Tensor | None = None
+        best: torch.Tensor | None = None
+        for start in range(0, g, step):
+            chunk = points[:, start : start + step]
+            n = chunk.shape[1]
+            masks, iou = self._decode_points(embeddings, chunk)
+            logits, score = self._choose(masks, iou)  # (B, n, h, w), (B, n)
+            keep = (score >= self.eval_iou_threshold) & valid[:, start : start + n].to(score.device)
+            here = torch.where(keep[:, :, None, None], logits, torch.full_like(logits, OFF_LOGIT)).amax(dim=1)
+            top = torch.where(keep, score, torch.zeros_like(score)).amax(dim=1)
+            merged = here if merged is None else torch.maximum(merged, here)
+            best = top if best is None else torch.maximum(best, top)
+        return merged, best  # type: ignore[return-value]
+
+    def _decode_points(self, embeddings: Batch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single positive points, each decoded alone without gradients: (B, n, M, h, w) logits, (B, n, M) IoUs.
+
+        With a plain SAM, SAM-HQ or SAM 2 base model on the decoder's device, the points go
+        through the fast inference pass of :mod:`samadapt.models.sam_decoder` with the
+        adapted decoder (the same arithmetic up to float rounding, and several times faster
+        on a CPU than transformers' batched call, which copies the image embedding per
+        prompt); otherwise through :meth:`_decode`.
+
+        Args:
+            embeddings: ``embedding`` (B, C, e, e) and the family's extra tensors.
+            points: (B, n, 2) (x, y) in the model-input frame.
+        """
+        b, n = points.shape[:2]
+        labels = torch.ones((b, n, 1), dtype=torch.long)
+        view = self._fast_view()
+        if view is None:
+            return self._decode(embeddings, points[:, :, None], labels, None)
+        from samadapt.models import sam_decoder
+
+        dev = self.base.device
+        sparse, _ = self.base.model.prompt_encoder(points[:, :, None].to(dev, torch.float32), labels.to(dev),
+                                                   None, None)  # (B, n, T, C)
+        valid = torch.ones(sparse.shape[1:3], dtype=torch.bool, device=dev)
+        precision = sam_decoder.precision_for(self.base)
+        masks, ious = [], []
+        for i in range(b):  # the fast pass decodes the prompts of one image per call
+            high = tuple(embeddings[k][i : i + 1].to(dev) for k in _numbered(embeddings, "high_res_"))
+            vit = embeddings["vit_0"][i : i + 1].to(dev) if "vit_0" in embeddings else None
+            m, iou = sam_decoder.decode_sam(view, embeddings["embedding"][i : i + 1].to(dev), sparse[i], valid,
+                                            self.multimask != "single", precision,
+                                            high or None, vit)  # type: ignore[arg-type]
+            masks.append(m.float())
+            ious.append(iou.float())
+        return torch.stack(masks), torch.stack(ious)
+
+    def _fast_view(self) -> _AdaptedModel | None:
+        """The base model seen with the adapted decoder, for the fast pass; None where it cannot be used."""
+        from samadapt.models import sam_decoder
+
+        here = next(self.mask_decoder.parameters()).device
+        if here != next(self.base.model.parameters()).device or not sam_decoder.supported(self.base.model):
+            return None
+        if getattr(self, "_fast", None) is None:
+            # not a submodule: the base model's parts must stay out of this method's state dict
+            object.__setattr__(self, "_fast", _AdaptedModel(self.base.model, self.mask_decoder))
+        return self._fast  # type: ignore[no-any-return]
+
     # --- loss and probabilities ---------------------------------------------------------------
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Dice + BCE per prompted object (255 ignored) plus the IoU-head loss, mean over objects.
@@ -297,13 +495,22 @@ class MaskDecoderMethod(AdaptationMethod):
         SAM's own training); with ``"mean"`` it is the loss of the candidates' mean logits. The
         IoU head learns the actual IoU of each candidate thresholded at 0, by squared error.
 
+        A grid batch (evaluation without oracle prompts) has no objects: its loss is dice +
+        BCE of the merged mask against the whole target (255 ignored), with logits floored at
+        :data:`GRID_LOSS_FLOOR` so that a pixel no kept mask covers costs what a confident miss
+        costs, not 10 000.
+
         Args:
             logits: (B, N, M + 1, h, w) as :meth:`forward` returns it.
-            batch: with ``object_valid`` (B, N) and ``object_target`` (B, N, h, w).
+            batch: with ``object_valid`` (B, N) and ``object_target`` (B, N, h, w), or a grid
+                batch with ``target`` (B, h, w).
 
         Returns:
             A scalar; 0 (with a graph) when the batch has no object.
         """
+        if GRID_POINTS in batch:
+            merged = split_output(logits)[0][:, 0, :1]  # (B, 1, h, w)
+            return segmentation_loss(merged.clamp(min=GRID_LOSS_FLOOR), batch["target"].to(merged.device), 2)
         masks, iou_pred = split_output(logits)
         valid = batch["object_valid"].to(masks.device)
         if not valid.any():
@@ -325,13 +532,27 @@ class MaskDecoderMethod(AdaptationMethod):
         ``"best"`` takes the candidate of highest predicted IoU, ``"mean"`` the mean of the
         candidates, ``"single"`` the one mask.
         """
-        masks, iou = split_output(logits)
+        return self._choose(*split_output(logits))[0]
+
+    def _choose(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each object's one mask and its predicted IoU by the ``multimask`` rule.
+
+        Args:
+            masks: (B, N, M, h, w) candidate logits.
+            iou: (B, N, M) predicted IoUs.
+
+        Returns:
+            (B, N, h, w) logits and (B, N) IoUs: the candidate of highest predicted IoU
+            (``"best"``), the mean of the candidates' logits and of their IoUs (``"mean"``), or
+            the one mask (``"single"``).
+        """
         if self.multimask == "mean":
-            return masks.mean(dim=2)
+            return masks.mean(dim=2), iou.mean(dim=2)
         if self.multimask == "single":
-            return masks[:, :, 0]
-        best = iou.argmax(dim=2)[:, :, None, None, None].expand(-1, -1, 1, *masks.shape[-2:])
-        return masks.gather(2, best)[:, :, 0]
+            return masks[:, :, 0], iou[:, :, 0]
+        top = iou.argmax(dim=2)
+        index = top[:, :, None, None, None].expand(-1, -1, 1, *masks.shape[-2:])
+        return masks.gather(2, index)[:, :, 0], iou.gather(2, top[:, :, None])[:, :, 0]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 2, h, w): the union (max of sigmoids) of every object's chosen mask, and its complement."""
@@ -346,7 +567,7 @@ class MaskDecoderMethod(AdaptationMethod):
         prompts: list[ObjectPrompt] | None = None,
         rough: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Object probability of every pixel of an image, prompted by the user or by a rough mask.
+        """Object probability of every pixel of an image, prompted by the user, a rough mask or the grid.
 
         Args:
             image_pixels: (H, W, 3) uint8 RGB image.
@@ -354,13 +575,17 @@ class MaskDecoderMethod(AdaptationMethod):
             rough: (H, W) rough mask (non-zero = object); each blob becomes one prompt of this
                 method's ``prompt`` kind, through :func:`samadapt.rough.prompts_from_rough`.
 
+        With neither ``prompts`` nor ``rough``, the image is prompted with the automatic grid
+        of evaluation (``eval_grid``, ``eval_iou_threshold``; see the module docstring), every
+        point on.
+
         Returns:
             (H, W) float32 in [0, 1]: the union of the objects' masks; all zeros when the rough
-            mask has no blob.
+            mask has no blob, or when no grid mask passes the threshold.
 
         Raises:
-            InputError: if neither or both of ``prompts`` and ``rough`` are given, the image is
-                not (H, W, 3) uint8, a prompt lies outside the image or carries a mask prompt.
+            InputError: if both ``prompts`` and ``rough`` are given, the image is not (H, W, 3)
+                uint8, a prompt lies outside the image or carries a mask prompt.
         """
         pixels = np.asarray(image_pixels)
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
@@ -368,10 +593,19 @@ class MaskDecoderMethod(AdaptationMethod):
                 f"predict needs an (H, W, 3) uint8 image, got shape {pixels.shape} and dtype {pixels.dtype}"
             )
         h, w = pixels.shape[:2]
-        if (prompts is None) == (rough is None):
+        if prompts is not None and rough is not None:
             raise InputError(
-                "predict needs exactly one prompt source: prompts=[ObjectPrompt, ...] or rough=<(H, W) mask>"
+                "predict takes one prompt source: prompts=[ObjectPrompt, ...] or rough=<(H, W) mask>, or neither "
+                "for the automatic point grid"
             )
+        if prompts is None and rough is None:
+            geometry = self.geometry_of(h, w)
+            emb = self._embedding_tensors(self.embedding(Sample("predict", pixels, np.ones((h, w), bool))),
+                                          squeeze=False)
+            grid = self.grid_tensors(geometry)
+            merged, _ = self._grid_logits(emb, grid[GRID_POINTS][None], grid[GRID_VALID][None])
+            probs = torch.sigmoid(merged.float().cpu())  # (1, h, w)
+            return self.to_original(probs, geometry)[0].clamp(0, 1).numpy().astype(np.float32)
         if rough is not None:
             from samadapt.rough import prompts_from_rough
 
@@ -401,6 +635,20 @@ class MaskDecoderMethod(AdaptationMethod):
         # the same union as probabilities(): max over objects of the chosen masks' sigmoids
         union = torch.sigmoid(torch.cat(chosen, dim=1)).amax(dim=1)  # (1, h, w)
         return self.to_original(union.float().cpu(), geometry)[0].clamp(0, 1).numpy().astype(np.float32)
+
+
+class _AdaptedModel:
+    """What :func:`samadapt.models.sam_decoder.decode_sam` reads of a model, with the adapted mask decoder.
+
+    The prompt encoder and the image-grid positional embedding are the frozen base model's;
+    the mask decoder is the method's trained copy.
+    """
+
+    def __init__(self, model: Any, decoder: torch.nn.Module) -> None:
+        self.prompt_encoder = model.prompt_encoder
+        self.shared_image_embedding = model.shared_image_embedding
+        self.get_image_wide_positional_embeddings = model.get_image_wide_positional_embeddings
+        self.mask_decoder = decoder
 
 
 def pack_output(masks: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:

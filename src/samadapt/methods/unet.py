@@ -192,7 +192,6 @@ class UNetMethod(AdaptationMethod):
 
     name = "unet"
     output_scale = 0.5
-    #: SAM's weights are not used (only its preprocessing): no warning about random SAM weights.
     uses_sam_weights = False
     OPTIONS: ClassVar[dict[str, Option]] = {
         "width": Option(int, 16, "channels of the U-Net's first level, doubled at each pooling", low=1),
