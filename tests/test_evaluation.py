@@ -244,3 +244,15 @@ def test_mask_decoder_is_scored_without_truth_unless_oracle_prompts_are_asked(
     assert honest["image_ids"] == oracle["image_ids"]
     code, text = run_cli(["evaluate", str(tmp_path / "md"), str(data), "--oracle-prompts"], monkeypatch, capsys)
     assert code == 0 and "oracle prompts from the scored masks" in text
+
+
+def test_mask_decoder_on_multi_class_data_trains_one_adapter_per_class(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _two_class_dataset(tmp_path / "data", n=6)
+    code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "mask-decoder",
+                          "--epochs", "1", "--option", "eval_grid=2", "--out", str(tmp_path / "md")], monkeypatch, capsys)
+    assert code == 0, text
+    for class_id, name in ((1, "disc"), (2, "square")):
+        config = json.loads((tmp_path / "md" / name / "config.json").read_text())
+        assert config["data"]["class_id"] == class_id and config["classes"]["1"] == name
