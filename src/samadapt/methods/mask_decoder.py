@@ -280,7 +280,8 @@ class MaskDecoderMethod(AdaptationMethod):
             if extra.size:
                 raise InputError(
                     f"mask-decoder trains on binary targets (0, 1 and 255 = ignore), but {sample.stem} holds class "
-                    f"ids {extra[:5].tolist()}; train one model per class on 0/1 masks"
+                    f"ids {extra[:5].tolist()}; train one class against the rest (samadapt train --class K, or one "
+                    "adapter per class without --class)"
                 )
         out = self._embedding_tensors(self.embedding(sample), squeeze=True)
         h, w = sample.pixels.shape[:2]
