@@ -156,3 +156,42 @@ def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, mo
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--method", "magic", "--out",
                      str(tmp_path / "x"))
     assert code == 2 and "unknown method 'magic'" in text
+
+
+class _Payload:
+    """Unpickling this runs code (it creates a file): what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_pickle_that_would_run_code(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import pickle
+
+    from samadapt.training import CHECKPOINT
+
+    train_s, val_s = shapes_samples(4, seed=0), shapes_samples(2, seed=1)
+    cfg = TrainConfig(epochs=1, batch_size=2)
+    train(_method(tiny_models), train_s, val_s, tmp_path / "run", cfg, progress=False)
+    ckpt = next((tmp_path / "run").rglob(CHECKPOINT))
+    marker = tmp_path / "code-ran"
+    with open(ckpt, "wb") as f:
+        pickle.dump({"method_config": _Payload(marker)}, f)
+    with pytest.raises(InputError, match="no code is run"):
+        train(_method(tiny_models), train_s, val_s, tmp_path / "run", cfg, resume=True, progress=False)
+    assert not marker.exists()
+
+
+def test_no_code_loads_pickles_from_a_users_folder() -> None:
+    """Every torch.load in the library reads weights only; pickle.load appears nowhere."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "samadapt"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert not re.search(r"\bpickle\.loads?\(", text), path

@@ -157,6 +157,29 @@ def _better(value: float, best: float, monitor: str) -> bool:
     return value < best if monitor == "loss" else value > best
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, read as plain data: ``torch.load(weights_only=True)`` runs no code.
+
+    A file that holds anything but tensors in plain containers (a pickle put in the run folder,
+    say) is refused, never executed.
+
+    Raises:
+        InputError: the file is not a checkpoint samadapt wrote.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(
+            f"refused to resume from {path}: it is not a checkpoint samadapt wrote (only tensors in plain containers "
+            f"are read, no code is run: {type(exc).__name__}); start a new run in another folder"
+        ) from None
+    if not isinstance(state, dict) or "method_config" not in state:
+        raise InputError(f"refused to resume from {path}: it is not a checkpoint samadapt wrote; start a new run")
+    return state
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -251,7 +274,7 @@ def train(
         path = ckpt_dir / CHECKPOINT
         if not path.is_file():
             raise InputError(f"nothing to resume: {path} does not exist; start without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _read_checkpoint(path)
         if state["method_config"] != method.config():
             raise InputError(f"{path} was written by a different method or settings; start a new run in another folder")
         method.load_state_dict(state["weights"], strict=False)
