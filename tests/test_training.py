@@ -195,3 +195,31 @@ def test_no_code_loads_pickles_from_a_users_folder() -> None:
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
         assert not re.search(r"\bpickle\.loads?\(", text), path
+
+
+def test_train_never_replaces_a_folder_holding_the_users_files(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import run_cli
+
+    data = _dataset(tmp_path / "data", n=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.txt").write_text("three years of work")
+    args = ["train", str(data), "--model", str(tiny_models["sam"]), "--epochs", "1", "--option", "width=16",
+            "--out", str(out)]
+    for extra in ([], ["--overwrite"]):
+        code, text = run_cli(args + extra, monkeypatch, capsys)
+        assert code == 2 and "thesis.txt" in text and "--overwrite replaces only a previous adapter" in text
+        assert (out / "thesis.txt").read_text() == "three years of work"
+    (out / "thesis.txt").unlink()
+    code, text = run_cli(args, monkeypatch, capsys)
+    assert code == 0, text
+    code, text = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "pass --overwrite" in text
+    code, text = run_cli(args + ["--overwrite"], monkeypatch, capsys)
+    assert code == 0, text
+    (out / "notes.md").write_text("mine")  # an adapter folder the user has added to is not replaced either
+    code, text = run_cli(args + ["--overwrite"], monkeypatch, capsys)
+    assert code == 2 and (out / "notes.md").read_text() == "mine"
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # created with the user's umask, not private

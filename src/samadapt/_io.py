@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,26 +14,75 @@ from typing import Any
 from samadapt.errors import OutputExistsError
 
 
-@contextmanager
-def atomic_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename.
+def check_replaceable(out_dir: Path, *, overwrite: bool, kind: str, owned: Callable[[Path], bool]) -> None:
+    """Refuse an output folder whose replacement would lose something samadapt did not write.
+
+    A missing or empty folder is fine. A folder holding a previous ``kind`` (``owned`` says
+    so) may be replaced with ``overwrite``. Anything else (a user's files, another artefact)
+    is never replaced, ``overwrite`` or not.
 
     Raises:
-        OutputExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        OutputExistsError: naming the folder, what it holds and what to do.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} is a file, not a folder for the {kind}; choose another path")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if not owned(out_dir):
+        shown = ", ".join(entries[:4]) + (", …" if len(entries) > 4 else "")
+        raise OutputExistsError(
+            f"{out_dir} holds files samadapt did not write as a {kind} ({shown}); choose a new or empty folder: "
+            f"--overwrite replaces only a previous {kind}"
+        )
+    if not overwrite:
+        raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace the {kind} it holds")
+
+
+@contextmanager
+def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output folder",
+               owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename.
+
+    Args:
+        out_dir: the folder to write.
+        overwrite: replace an existing ``out_dir`` that ``owned`` recognises as a previous ``kind``.
+        kind: what the folder holds, for messages.
+        owned: tells whether an existing folder holds only a previous ``kind``; None: only a
+            missing or empty folder may be written.
+
+    Raises:
+        OutputExistsError: see :func:`check_replaceable`.
+    """
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, overwrite=overwrite, kind=kind, owned=owned or (lambda _: False))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets the user's umask
         yield tmp
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+            os.replace(out_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def save_figure(fig: Any, path: Path, *, dpi: int = 90) -> Path:

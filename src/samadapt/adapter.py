@@ -36,6 +36,20 @@ EMBEDDING_METHODS = ("domain-decoder",)
 CONFIG = "config.json"
 
 
+#: Every file an adapter folder holds.
+ADAPTER_FILES = frozenset({WEIGHTS, CONFIG, "training_log.jsonl", "training.png"})
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """True when a folder holds nothing but an adapter samadapt wrote (so ``--overwrite`` may replace it)."""
+    try:
+        config = json.loads((Path(folder) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in Path(folder).iterdir()}
+    return isinstance(config, dict) and "samadapt_version" in config and "method" in config and names <= ADAPTER_FILES
+
+
 def save_adapter(
     method: AdaptationMethod,
     out_dir: Path,
@@ -57,7 +71,7 @@ def save_adapter(
     from samadapt._io import atomic_dir
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, kind="adapter", owned=is_adapter_folder) as tmp:
         base = method.base
         save_file(method.trainable_state_dict(), str(tmp / WEIGHTS))
         config = {

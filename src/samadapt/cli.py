@@ -520,9 +520,11 @@ def train_cmd(
                                + ", ".join(str(t) for _, t in targets), highlight=False, soft_wrap=True)
     else:
         targets = [(None, out)]
-    for class_id, folder in targets:
-        if folder.exists() and (folder / "config.json").exists() and not (overwrite or resume):
-            raise InputError(f"--out {folder} holds an adapter; pass --overwrite to replace it or --resume to continue")
+    from samadapt._io import check_replaceable
+    from samadapt.adapter import is_adapter_folder
+
+    for class_id, folder in targets:  # before any training: nothing of the user's is ever replaced
+        check_replaceable(folder, overwrite=overwrite or resume, kind="adapter", owned=is_adapter_folder)
     for class_id, folder in targets:
         _train_one(dataset_dir, folder, method, model, labels, parse_bands(bands) if bands else None, seed, device,
                    eval_dataset, class_id, opts, dict(epochs=epochs, lr=lr, batch_size=batch_size, resume=resume,

@@ -59,7 +59,7 @@ def export_encoder(loaded: LoadedModel) -> Path:
         return path
     size = loaded.preprocessing.size
     example = torch.zeros(1, 3, size, size, device=loaded.device)
-    with atomic_dir(folder, overwrite=True) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with atomic_dir(folder, overwrite=True, kind="ONNX export", owned=lambda _: True) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python scalars in transformers' code
         torch.onnx.export(_Encoder(loaded.model).eval(), (example,), str(tmp / MODEL_FILE), dynamo=False,
                           opset_version=OPSET, input_names=["pixels"], do_constant_folding=True)

@@ -79,6 +79,15 @@ def build_tiny_model(family: Family, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def is_tiny_model_folder(folder: Path) -> bool:
+    """True when a folder holds nothing but a tiny model samadapt wrote (so it may be replaced)."""
+    try:
+        marked = json.loads((folder / MARKER).read_text()).get("random_init") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+    return marked and {p.name for p in folder.iterdir()} <= {"config.json", "model.safetensors", MARKER}
+
+
 def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, overwrite: bool = False) -> Path:
     """Write a tiny random model in the transformers layout to ``out_dir``.
 
@@ -92,7 +101,7 @@ def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, ove
     from samadapt._io import atomic_dir
 
     hf_logging.disable_progress_bar()
-    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out_dir), overwrite=overwrite, kind="tiny model", owned=is_tiny_model_folder) as tmp:
         build_tiny_model(family, seed).save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))
     return Path(out_dir)
