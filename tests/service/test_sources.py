@@ -157,6 +157,33 @@ def test_failed_tile_raises_fetch_error(srv: TileServer, mode: str, reason: str)
     np.testing.assert_array_equal(pixels, srv.mosaic(ZOOM, *window))
 
 
+def test_redirects_to_another_server_are_not_followed(srv: TileServer) -> None:
+    """Only configured sources are fetched: a 302 to another origin reaches nothing there."""
+    src = source(srv)
+    with serve_tiles(lng=LNG, lat=LAT) as elsewhere:
+        srv.fail, srv.redirect_to = "redirect", elsewhere.url + "/3/4/2.png"
+        with pytest.raises(FetchError, match="redirects to another server, which is not a configured source"):
+            run(lambda c: src.tile_png(3, 4, 2, c))
+        assert elsewhere.requests == []
+
+
+def test_redirects_within_the_configured_server_are_followed(srv: TileServer) -> None:
+    src = source(srv)
+    srv.fail, srv.fail_only, srv.redirect_to = "redirect", {(3, 4, 2)}, srv.url + "/3/4/3.png"
+    png = run(lambda c: src.tile_png(3, 4, 2, c))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), srv.tile(3, 4, 3))
+    srv.fail_only, srv.redirect_to = None, srv.url + "/3/4/2.png"  # a loop
+    with pytest.raises(FetchError, match="redirects more than 3 times"):
+        run(lambda c: src.tile_png(3, 4, 5, c))
+
+
+def test_a_remote_body_is_not_echoed(srv: TileServer) -> None:
+    srv.fail = "garbage"
+    with pytest.raises(FetchError) as err:
+        run(lambda c: source(srv).tile_png(3, 4, 2, c))
+    assert "not an image" in str(err.value) and "not an image at all" not in str(err.value)
+
+
 def test_hanging_server_times_out(srv: TileServer) -> None:
     srv.fail = "hang"  # accepts the connection, never answers
     src = source(srv, timeout_s=0.5)

@@ -8,7 +8,7 @@ stitched and placed right and that a polygon lies where it should.
     with serve_tiles(lng=10.0, lat=45.0, radius_deg=0.05) as srv:
         srv.url_template              # "http://127.0.0.1:PORT/{z}/{x}/{y}.png"
         srv.requests                  # paths requested so far, e.g. ["/12/2161/1467.png"]
-        srv.fail = "500"              # or "hang", "garbage", "slow", None
+        srv.fail = "500"              # or "hang", "garbage", "slow", "redirect" (to srv.redirect_to), None
         srv.fail_only = {(12, 2161, 1467)}   # fail just these tiles (None: all)
         srv.max_active                # most requests answered at once
         srv.tile(z, x, y), srv.mosaic(z, x0, y0, x1, y1)   # what the server sends, as arrays
@@ -86,7 +86,8 @@ class TileServer:
     center: tuple[float, float]
     radius_deg: float
     requests: list[str] = field(default_factory=list)
-    fail: Literal["500", "hang", "garbage", "slow"] | None = None
+    fail: Literal["500", "hang", "garbage", "slow", "redirect"] | None = None
+    redirect_to: str = ""  # for fail="redirect": the Location answered (302)
     fail_only: set[tuple[int, int, int]] | None = None
     delay_s: float = 0.5  # for fail="slow": answer after this long
     stop: threading.Event = field(default_factory=threading.Event)
@@ -166,6 +167,12 @@ def _handler(state: TileServer) -> type[BaseHTTPRequestHandler]:
                 return
             if mode == "garbage":
                 self._send(200, b"\x00not an image at all" * 20)
+                return
+            if mode == "redirect":
+                self.send_response(302)
+                self.send_header("Location", state.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             if mode == "slow":
                 state.stop.wait(state.delay_s)

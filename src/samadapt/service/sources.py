@@ -34,6 +34,8 @@ from samadapt.service.frames import (  # noqa: F401 - part of this module's inte
 from samadapt.service.settings import ServiceSettings
 
 #: A tile larger than this is refused rather than read into memory.
+#: Same-origin redirects a tile request follows.
+MAX_REDIRECTS = 3
 MAX_TILE_BYTES = 8 * 1024 * 1024
 #: Largest window one read returns (a backstop; the service limits views far below this).
 MAX_READ_PIXELS = 8192 * 8192
@@ -70,7 +72,8 @@ def decode_tile(data: bytes, url: str) -> np.ndarray:
     except FetchError:
         raise
     except Image.UnidentifiedImageError:
-        raise FetchError(f"tile {url} is not an image (its {len(data)} bytes start with {data[:12]!r})") from None
+        # The remote bytes are not echoed: a message must not relay what a server chose to send.
+        raise FetchError(f"tile {url} is not an image ({len(data)} bytes of another kind)") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # corrupt data
         raise FetchError(f"tile {url} is a broken image ({type(exc).__name__}: {exc})") from None
     if rgb.size != (TILE_SIZE, TILE_SIZE):
@@ -261,20 +264,33 @@ class XYZSource(Source):
         return url, data
 
     async def _get(self, url: str, client: httpx.AsyncClient) -> bytes:
+        """The tile's bytes. Redirects are followed only within the configured server's origin
+        (scheme, host and port), at most :data:`MAX_REDIRECTS` times: the service fetches from the
+        sources it was configured with and from nowhere else."""
         headers = {"User-Agent": self.user_agent, "Accept": "image/png,image/jpeg,image/*"}
-        async with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(self.timeout_s),
-                                 follow_redirects=True) as resp:
-            if resp.status_code != 200:
-                raise FetchError(f"tile {url} returned HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
-            chunks, size = [], 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_TILE_BYTES:
-                    raise FetchError(f"tile {url} is larger than {MAX_TILE_BYTES // 2**20} MiB")
-                chunks.append(chunk)
-        if not size:
-            raise FetchError(f"tile {url} is empty")
-        return b"".join(chunks)
+        current = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            async with client.stream("GET", current, headers=headers, timeout=httpx.Timeout(self.timeout_s),
+                                     follow_redirects=False) as resp:
+                if resp.is_redirect:
+                    target = current.join(resp.headers.get("Location", ""))
+                    if (target.scheme, target.host, target.port) != (current.scheme, current.host, current.port):
+                        raise FetchError(f"tile {url} redirects to another server, which is not a configured "
+                                         "source; it was not followed")
+                    current = target
+                    continue
+                if resp.status_code != 200:
+                    raise FetchError(f"tile {url} returned HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
+                chunks, size = [], 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_TILE_BYTES:
+                        raise FetchError(f"tile {url} is larger than {MAX_TILE_BYTES // 2**20} MiB")
+                    chunks.append(chunk)
+            if not size:
+                raise FetchError(f"tile {url} is empty")
+            return b"".join(chunks)
+        raise FetchError(f"tile {url} redirects more than {MAX_REDIRECTS} times")
 
     def _decode(self, url: str, data: bytes) -> np.ndarray:
         try:
