@@ -112,3 +112,29 @@ def test_other_model_weights_miss(tiny_models: dict[str, Path], textured_image: 
     Segmenter(tiny_models["sam"], cache=cache).embed(textured_image)
     seg = Segmenter(other, cache=cache)
     assert not seg.embed(textured_image).from_cache
+
+
+def test_an_entry_copied_under_another_key_is_refused_and_recomputed(tmp_path: Path) -> None:
+    import shutil
+
+    cache = EmbeddingCache(root=tmp_path, persist=True, memory_items=0)
+    a, b = {"image": torch.ones(1, 2, 3)}, {"image": torch.zeros(1, 2, 3)}
+    key_a, key_b = "a" * 64, "b" * 64
+    cache.put(key_a, a)
+    cache.put(key_b, b)
+    shutil.copy(cache.path(key_a), cache.path(key_b))  # image A's embedding under image B's name
+    fresh = EmbeddingCache(root=tmp_path, persist=True, memory_items=0)
+    assert fresh.get(key_b) is None and not cache.path(key_b).exists()
+    assert torch.equal(fresh.get(key_a)["image"], a["image"])
+
+
+def test_an_unwritable_cache_degrades_to_computing_with_one_warning(tmp_path: Path) -> None:
+    cache = EmbeddingCache(root=tmp_path / "store", persist=True, memory_items=0)
+    key = "c" * 64
+    cache.path(key).mkdir(parents=True)  # an entry replaced by a folder: no file can be written there
+    calls = []
+    with pytest.warns(UserWarning, match="cannot be written") as record:
+        for _ in range(3):
+            out = cache.get_or_compute(key, lambda: calls.append(1) or {"image": torch.ones(2)})
+            assert torch.equal(out["image"], torch.ones(2))
+    assert len(record) == 1 and len(calls) == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,9 @@ def embedding_key(model_id: str, preprocessing_key: str, pixels: np.ndarray) -> 
     return h.hexdigest()
 
 
-def _tensors_digest(tensors: Embedding) -> str:
-    h = hashlib.sha256()
+def _tensors_digest(tensors: Embedding, key: str) -> str:
+    """sha256 over the key and every tensor: an entry copied under another key does not verify."""
+    h = hashlib.sha256(f"{key}|".encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
@@ -83,6 +85,7 @@ class EmbeddingCache:
         self.persist = persist
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
         self._lock = threading.Lock()
+        self._warned = False  # one warning when the disk store cannot be written
         self.hits = 0
         self.misses = 0
 
@@ -103,12 +106,15 @@ class EmbeddingCache:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                expected = (f.metadata() or {}).get("sha256")
+                meta = f.metadata() or {}
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError):
-            tensors, expected = None, None
-        if tensors is None or expected is None or _tensors_digest(tensors) != expected:
-            path.unlink(missing_ok=True)
+            tensors, meta = None, {}
+        if tensors is None or meta.get("key") != key or _tensors_digest(tensors, key) != meta.get("sha256"):
+            try:
+                path.unlink(missing_ok=True)  # damaged, or another image's entry under this name
+            except OSError:
+                pass
             return None
         try:
             os.utime(path)
@@ -124,15 +130,26 @@ class EmbeddingCache:
             self._remember(key, tensors)
             return
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors)})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors, key), "key": key})
             os.replace(tmp, path)
+        except OSError as exc:  # full, read-only, or an entry replaced by a folder: the cache is only a speed-up
+            if not self._warned:
+                warnings.warn(f"the embedding cache in {self.root} cannot be written ({exc.strerror or exc}); "
+                              "embeddings are computed without it", stacklevel=2)
+                self._warned = True
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         self._remember(key, tensors)
-        self.evict()
+        try:
+            self.evict()
+        except OSError:
+            pass
 
     def get_or_compute(self, key: str, compute: Callable[[], Embedding]) -> Embedding:
         """Return the stored embedding for ``key``, computing and storing it on a miss."""
