@@ -107,3 +107,13 @@ def test_a_corrupted_blob_in_the_hf_cache_is_refused(tiny_models: dict[str, Path
     blob.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="differs from the sha256 the hub published"):
         load_model(snapshot)
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda", "sees none"), ("cuda:3", "sees none"), ("gpu0", "not a torch device")])
+def test_a_device_this_torch_lacks_is_one_sentence(tiny_models: dict[str, Path], device: str, message: str) -> None:
+    from samadapt.errors import InputError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InputError, match=message):
+        load_model(tiny_models["sam"], device=device)

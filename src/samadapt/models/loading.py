@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from samadapt._home import models_dir, samadapt_home
-from samadapt.errors import CheckpointError, ModelNotFoundError
+from samadapt.errors import CheckpointError, InputError, ModelNotFoundError
 from samadapt.imagery.preprocess import Preprocessing
 from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, preprocessing_for
 from samadapt.models.tiny import MARKER
@@ -298,6 +298,28 @@ def _convert_meta(path: Path) -> Path:
     return out
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device that this torch build and machine have.
+
+    Raises:
+        InputError: an unparsable device, or CUDA / MPS where this torch has none.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InputError(f"--device {device} asks for a GPU, but this torch ({torch.__version__}, {build}) sees "
+                             "none; use --device cpu, or install a CUDA build of torch into .venv")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS (Apple GPU) is not available here; use --device cpu")
+    return dev
+
+
 def load_model(
     ref: str | os.PathLike[str],
     *,
@@ -324,7 +346,7 @@ def load_model(
         CheckpointError: the checkpoint is of the wrong family or does not load.
         DownloadError: a needed download failed.
     """
-    loaded = _load(ref, torch.device(device), download, expected_family, progress)
+    loaded = _load(ref, check_device(device), download, expected_family, progress)
     if runtime is not None:
         from samadapt.models.speed import apply_runtime
 
