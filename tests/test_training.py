@@ -223,3 +223,22 @@ def test_train_never_replaces_a_folder_holding_the_users_files(
     code, text = run_cli(args + ["--overwrite"], monkeypatch, capsys)
     assert code == 2 and (out / "notes.md").read_text() == "mine"
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # created with the user's umask, not private
+
+
+@pytest.mark.parametrize("method", ["domain-decoder", "unet"])
+def test_seed_reproduces_a_run_byte_for_byte(
+    method: str, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from conftest import run_cli
+
+    data = _dataset(tmp_path / "data", n=6)
+    options = ["--option", "width=16"] if method == "domain-decoder" else ["--option", "width=4", "--option", "depth=2"]
+    weights = []
+    for run in ("a", "b"):
+        torch.manual_seed(1000 + len(weights))  # whatever the process did before must not matter
+        code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", method,
+                              "--epochs", "2", "--seed", "3", *options, "--out", str(tmp_path / run)], monkeypatch, capsys)
+        assert code == 0, text
+        weights.append((tmp_path / run / "adapter.safetensors").read_bytes())
+    assert weights[0] == weights[1]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from samadapt.adapter import read_sample, save_adapter
 from samadapt.errors import InputError
@@ -140,6 +141,7 @@ class Learner:
             self.test_stems = splits["test"]
         self.device = device
         in_channels = len(self.bands) if self.bands and len(self.bands) != 3 else 3
+        torch.manual_seed(seed)  # the method's own weights start from the seed: --seed reproduces a run
         self.method = build_method(method, self.base, num_classes=2 if class_id is not None else num_classes,
                                    in_channels=in_channels, **method_options)
         self.method.to(self.base.device)
