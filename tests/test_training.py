@@ -242,3 +242,23 @@ def test_seed_reproduces_a_run_byte_for_byte(
         assert code == 0, text
         weights.append((tmp_path / run / "adapter.safetensors").read_bytes())
     assert weights[0] == weights[1]
+
+
+def test_finished_runs_leave_no_checkpoints_unless_kept(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import run_cli
+
+    data = _dataset(tmp_path / "data", n=8)
+    base = ["--model", str(tiny_models["sam"]), "--epochs", "1", "--option", "width=16"]
+    code, text = run_cli(["train", str(data), *base, "--out", str(tmp_path / "a")], monkeypatch, capsys)
+    assert code == 0, text
+    assert not (tmp_path / ".a.run").exists() and (tmp_path / "a" / "training_log.jsonl").is_file()
+    code, text = run_cli(["train", str(data), *base, "--keep-checkpoints", "--out", str(tmp_path / "b")],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    assert list((tmp_path / ".b.run").rglob("last.pt"))
+    code, text = run_cli(["learning-curve", str(data), *base, "--sizes", "2", "--seeds", "1", "--out",
+                          str(tmp_path / "lc")], monkeypatch, capsys)
+    assert code == 0, text
+    assert not list((tmp_path / "lc").rglob("*.pt")) and list((tmp_path / "lc" / "runs").rglob("training_log.jsonl"))

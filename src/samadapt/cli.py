@@ -488,6 +488,8 @@ def train_cmd(
     option: OptionOpt = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after an interruption.")] = False,
+    keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="Keep the run folder (.OUT.run/, "
+                                                   "last epoch's checkpoint) after a finished training.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -526,10 +528,10 @@ def train_cmd(
     for class_id, folder in targets:  # before any training: nothing of the user's is ever replaced
         check_replaceable(folder, overwrite=overwrite or resume, kind="adapter", owned=is_adapter_folder)
     for class_id, folder in targets:
+        fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, resume=resume, patience=patience, monitor=monitor,
+                   select=select, mixed_precision=mixed_precision)
         _train_one(dataset_dir, folder, method, model, labels, parse_bands(bands) if bands else None, seed, device,
-                   eval_dataset, class_id, opts, dict(epochs=epochs, lr=lr, batch_size=batch_size, resume=resume,
-                                                      patience=patience, monitor=monitor, select=select,
-                                                      mixed_precision=mixed_precision))
+                   eval_dataset, class_id, opts, keep_checkpoints, fit)
 
 
 def _class_id(dataset, name: str) -> int:  # noqa: ANN001
@@ -551,7 +553,8 @@ def _safe_name(name: str) -> str:
 
 
 def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: int | None, bands, seed: int,  # noqa: ANN001
-               device: str, eval_dataset: Path | None, class_id: int | None, opts: dict, fit: dict) -> None:
+               device: str, eval_dataset: Path | None, class_id: int | None, opts: dict, keep_checkpoints: bool,
+               fit: dict) -> None:
     from samadapt.learner import Learner
 
     learner = Learner(dataset_dir, method=method, model=model, labels=labels, bands=bands, seed=seed, device=device,
@@ -568,6 +571,10 @@ def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: in
     select = fit["select"]
     result = learner.fit(fit.pop("epochs"), out_dir=run_dir, **fit)
     learner.save(out, overwrite=True)
+    if not keep_checkpoints:  # the adapter holds the weights, the log and the plot; the run folder is spent
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
     kept = next(r for r in result.history if r["epoch"] == result.best_epoch)
     which = "last epoch" if select == "last" else "best epoch"
     what = "" if class_id is None else f" (class {learner.classes[1]} against the rest)"
@@ -654,6 +661,8 @@ def learning_curve_cmd(
     eval_dataset: EvalDatasetOpt = None,
     oracle_prompts: Annotated[bool, typer.Option("--oracle-prompts", help="Prompted methods are scored with prompts "
                                                  "built from the test masks (report.md says oracle).")] = False,
+    keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="Keep each run's last-epoch "
+                                                   "checkpoint in OUT/runs/.")] = False,
     bands: BandsOpt = None,
     option: OptionOpt = None,
     device: DeviceOpt = "cpu",
@@ -666,7 +675,7 @@ def learning_curve_cmd(
     path = learning_curve(dataset_dir, out_dir, methods=methods, model=model, sizes=_parse_ints(sizes, "--sizes"),
                           seeds=seeds, epochs=epochs, lr=lr, bands=parse_bands(bands) if bands else None,
                           device=device, method_options=_options(option), eval_dataset=eval_dataset, select=select,
-                          oracle_prompts=oracle_prompts, log=err.print)
+                          oracle_prompts=oracle_prompts, keep_checkpoints=keep_checkpoints, log=err.print)
     import csv as _csv
 
     rows = [{**r, **{k: float(r[k]) for k in METRICS}, "labels": int(r["labels"])} for r in _csv.DictReader(open(path))]

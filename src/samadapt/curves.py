@@ -12,6 +12,7 @@ from samadapt._io import save_figure
 
 import csv
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ def learning_curve(
     eval_dataset: Path | None = None,
     select: str = "best",
     oracle_prompts: bool = False,
+    keep_checkpoints: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train every (method, budget, seed) and write the CSV, the plot and ``report.md``; returns the CSV path.
@@ -52,6 +54,8 @@ def learning_curve(
         select: "best" keeps each run's best validation epoch, "last" its last epoch.
         oracle_prompts: prompted methods are scored with prompts built from the test masks
             (``report.md`` then says so); by default no ground truth reaches a test prediction.
+        keep_checkpoints: keep each run's last-epoch checkpoint (``runs/*/checkpoints``); by
+            default only its log and plot stay.
     """
     from samadapt.learner import Learner
     from samadapt.models.loading import LoadedModel, load_model
@@ -71,9 +75,11 @@ def learning_curve(
                 learner = Learner(dataset_dir, method=method, model=base, labels=size, bands=bands, seed=seed,
                                   device=device, eval_data=eval_dataset, oracle_prompts=oracle_prompts,
                                   **(method_options or {}))
-                learner.fit(epochs, lr=lr, batch_size=batch_size, progress=False, select=select,
-                            out_dir=out_dir / "runs" / f"{method}_n{size}_s{seed}")
+                run_dir = out_dir / "runs" / f"{method}_n{size}_s{seed}"
+                learner.fit(epochs, lr=lr, batch_size=batch_size, progress=False, select=select, out_dir=run_dir)
                 m = learner.evaluate("test")
+                if not keep_checkpoints:
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 row = {"method": method, "labels": size, "seed": seed, "oracle": learner.method.oracle,
                        **{k: getattr(m, k) for k in METRICS}}
                 rows.append(row)
