@@ -129,3 +129,11 @@ def test_stability_score_and_grid_and_small_regions() -> None:
     m[17, 17] = True  # a one-pixel island
     clean = remove_small_regions(m, 4)
     assert clean[5, 5] and not clean[17, 17] and clean[2:12, 2:12].all()
+
+
+@pytest.mark.parametrize("shape", [(20, 20000, 3), (20000, 20, 3)])
+def test_a_long_thin_strip_segments(shape: tuple[int, int, int], tiny_models: dict) -> None:
+    """The short side of a strip rounds to 0 px in segment-anything's resize; it is kept at 1 px here."""
+    image = np.full(shape, 100, np.uint8)
+    result = Segmenter(tiny_models["sam"], cache=False).segment(image, [box(2, 2, 12, 12)])
+    assert result.masks.shape == (1, shape[0], shape[1])

@@ -65,11 +65,12 @@ class Geometry:
 
 
 def resized_shape(height: int, width: int, spec: Preprocessing) -> tuple[int, int]:
-    """(rows, cols) after the resize step, rounding as segment-anything does."""
+    """(rows, cols) after the resize step, rounding as segment-anything does, but never below 1 px
+    (segment-anything rounds the short side of a very long strip to 0, which no resize can make)."""
     if spec.resize == "square":
         return spec.size, spec.size
     scale = spec.size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def prepare(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
