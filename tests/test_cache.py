@@ -138,3 +138,24 @@ def test_an_unwritable_cache_degrades_to_computing_with_one_warning(tmp_path: Pa
             out = cache.get_or_compute(key, lambda: calls.append(1) or {"image": torch.ones(2)})
             assert torch.equal(out["image"], torch.ones(2))
     assert len(record) == 1 and len(calls) == 3
+
+
+def test_the_bound_comes_from_the_environment_and_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import run_cli
+    from samadapt.cache import DEFAULT_MAX_BYTES
+    from samadapt.errors import InputError
+
+    monkeypatch.delenv("SAMADAPT_CACHE_MAX_BYTES", raising=False)
+    assert EmbeddingCache(tmp_path).max_bytes == DEFAULT_MAX_BYTES
+    monkeypatch.setenv("SAMADAPT_CACHE_MAX_BYTES", "20G")
+    assert EmbeddingCache(tmp_path).max_bytes == 20 * 1024**3
+    monkeypatch.setenv("SAMADAPT_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(InputError, match="not a size"):
+        EmbeddingCache(tmp_path)
+    monkeypatch.delenv("SAMADAPT_CACHE_MAX_BYTES")
+    code, text = run_cli(["--cache-max-bytes", "-1", "models", "list"], monkeypatch, capsys)
+    assert code == 2 and "not a size" in text
+    code, text = run_cli(["--cache-max-bytes", "512M", "models", "list"], monkeypatch, capsys)
+    assert code == 0 and EmbeddingCache(tmp_path).max_bytes == 512 * 1024**2

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from samadapt._home import embeddings_dir
+from samadapt.errors import InputError
 
 Embedding = dict[str, torch.Tensor]
 
@@ -58,6 +59,28 @@ def _tensors_digest(tensors: Embedding, key: str) -> str:
     return h.hexdigest()
 
 
+def cache_max_bytes() -> int:
+    """The bound of the on-disk embedding cache: ``$SAMADAPT_CACHE_MAX_BYTES`` (a byte count, or
+    with a K, M or G suffix, e.g. ``20G``), else 4 GiB.
+
+    Raises:
+        InputError: the variable is not a positive size.
+    """
+    raw = os.environ.get("SAMADAPT_CACHE_MAX_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = (raw[:-1], units[raw[-1].upper()]) if raw[-1].upper() in units else (raw, 1)
+    try:
+        value = int(float(number) * unit)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"SAMADAPT_CACHE_MAX_BYTES={raw!r} is not a size; give bytes or a number with K, M or G, "
+                         "e.g. 20G")
+    return value
+
+
 class EmbeddingCache:
     """A bounded on-disk embedding store with an in-memory LRU in front.
 
@@ -75,12 +98,12 @@ class EmbeddingCache:
         self,
         root: Path | None = None,
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
         memory_items: int = DEFAULT_MEMORY_ITEMS,
         persist: bool = True,
     ) -> None:
         self.root = Path(root) if root is not None else embeddings_dir()
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes if max_bytes is not None else cache_max_bytes()
         self.memory_items = memory_items
         self.persist = persist
         self._memory: OrderedDict[str, Embedding] = OrderedDict()

@@ -47,8 +47,18 @@ _STATE = {"debug": False}
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    cache_max_bytes: Annotated[Optional[str], typer.Option("--cache-max-bytes", help="Bound of the on-disk "
+                                                           "embedding cache, e.g. 20G (default: "
+                                                           "$SAMADAPT_CACHE_MAX_BYTES, else 4G).")] = None,
+) -> None:
     _STATE["debug"] = debug
+    if cache_max_bytes is not None:
+        from samadapt.cache import cache_max_bytes as _bound
+
+        os.environ["SAMADAPT_CACHE_MAX_BYTES"] = cache_max_bytes
+        _bound()  # a bad value stops here, with one sentence
 
 
 def _read(path: Path, bands: str | None):  # noqa: ANN202
