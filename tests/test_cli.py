@@ -182,3 +182,27 @@ def test_data_check_and_build(
         dst.write(data, 1)
     code, text = run(["data", "check", str(tmp_path / "ds")], monkeypatch, capsys)
     assert code == 1 and "7" in text
+
+
+def test_outputs_that_cannot_all_be_written_stop_before_any_is(
+    tmp_path: Path, utm_raster: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    ok = tmp_path / "ok" / "a.tif"
+    base = ["segment", str(utm_raster), "--model", str(tiny_models["sam"]), "--box", "100,50,300,200"]
+    (tmp_path / "a-file").write_text("not a folder")
+    code, text = run(base + ["-o", str(ok), "-o", str(tmp_path / "a-file" / "b.gpkg")], monkeypatch, capsys)
+    assert code == 2 and "cannot be written" in text and not ok.exists()
+    code, text = run(base + ["-o", str(ok), "-o", str(tmp_path / "ok" / ".." / "ok" / "a.tif")], monkeypatch, capsys)
+    assert code == 2 and "given twice" in text and not ok.exists()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if not os.access(ro, os.W_OK):  # (root may write into a read-only folder: nothing to refuse then)
+            code, text = run(base + ["-o", str(ok), "-o", str(ro / "b.gpkg")], monkeypatch, capsys)
+            assert code == 2 and "cannot be written" in text and not ok.exists()
+    finally:
+        ro.chmod(0o755)

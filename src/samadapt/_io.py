@@ -14,6 +14,31 @@ from typing import Any
 from samadapt.errors import OutputExistsError
 
 
+def check_writable(paths: list[Path], *, flag: str = "--out") -> None:
+    """Refuse, before any work, outputs that could not all be written: the same path given twice,
+    or a folder (or the nearest existing one above it) that this user cannot write to.
+
+    Checking every output first means a failure never leaves some outputs written and others not.
+
+    Raises:
+        OutputExistsError: a path is given twice.
+        InputError: a folder is not writable.
+    """
+    from samadapt.errors import InputError
+
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise OutputExistsError(f"{flag} {path} is given twice; give each output once")
+        seen[key] = path
+        folder = key.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {path} cannot be written: {folder} is not a folder this user may write to")
+
+
 def check_replaceable(out_dir: Path, *, overwrite: bool, kind: str, owned: Callable[[Path], bool]) -> None:
     """Refuse an output folder whose replacement would lose something samadapt did not write.
 

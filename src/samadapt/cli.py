@@ -137,6 +137,9 @@ def segment(
             raise InputError(f"--out {p} has an unknown suffix; use one of {', '.join(sorted(suffixes))}")
         if p.exists() and not overwrite:
             raise InputError(f"--out {p} exists; pass --overwrite to replace it")
+    from samadapt._io import check_writable
+
+    check_writable(out_paths)
     geo = _read(image, bands)
     objects = []
     if box or point:
