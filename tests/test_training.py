@@ -262,3 +262,29 @@ def test_finished_runs_leave_no_checkpoints_unless_kept(
                           str(tmp_path / "lc")], monkeypatch, capsys)
     assert code == 0, text
     assert not list((tmp_path / "lc").rglob("*.pt")) and list((tmp_path / "lc" / "runs").rglob("training_log.jsonl"))
+
+
+def test_an_adapter_finds_its_base_model_from_another_working_folder(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from conftest import run_cli
+
+    data = _dataset(tmp_path / "data", n=8)
+    work = tmp_path / "work"
+    shutil.copytree(tiny_models["sam"], work / "tiny")
+    monkeypatch.chdir(work)
+    code, text = run_cli(["train", str(data), "--model", "tiny", "--epochs", "1", "--option", "width=16",
+                          "--out", str(tmp_path / "ad")], monkeypatch, capsys)
+    assert code == 0, text
+    monkeypatch.chdir(tmp_path)
+    code, text = run_cli(["evaluate", str(tmp_path / "ad"), str(data)], monkeypatch, capsys)
+    assert code == 0, text
+
+
+def test_a_tile_of_no_pixels_is_refused() -> None:
+    from samadapt.mapping import MapOptions
+
+    with pytest.raises(InputError, match="--tile must be"):
+        MapOptions(tile=0)

@@ -36,6 +36,13 @@ EMBEDDING_METHODS = ("domain-decoder",)
 CONFIG = "config.json"
 
 
+def _portable_name(name: str) -> str:
+    """A base model's reference as the adapter stores it: a folder or file as an absolute path (a
+    relative one would break from another working folder), a registry name as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 #: Every file an adapter folder holds.
 ADAPTER_FILES = frozenset({WEIGHTS, CONFIG, "training_log.jsonl", "training.png"})
 
@@ -77,7 +84,8 @@ def save_adapter(
         config = {
             "samadapt_version": __version__,
             **method.config(),
-            "base_model": {"name": base.name, "family": base.family, "weights_sha256": base.weights_sha256,
+            "base_model": {"name": _portable_name(base.name), "family": base.family,
+                           "weights_sha256": base.weights_sha256,
                            "trusted": base.trusted},
             "classes": {str(k): v for k, v in sorted((classes or {0: "background", 1: "object"}).items())},
             "bands": list(bands) if bands else None,

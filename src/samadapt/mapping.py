@@ -67,6 +67,11 @@ class MapOptions:
     tile_gsd: float | None = None
     batch_size: int = 1
 
+    def __post_init__(self) -> None:
+        if self.tile is not None and self.tile < 1:
+            raise InputError(f"--tile must be a tile side of at least 1 pixel, got {self.tile}; leave it out for "
+                             "the model's input size")
+
 
 @dataclass
 class MapResult:
