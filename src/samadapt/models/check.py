@@ -17,7 +17,6 @@ published ones. Three kinds of finding:
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from samadapt.models.hub import published_sha256
 from samadapt.models.loading import (
     LoadedModel,
     file_sha256,
@@ -39,7 +39,6 @@ from samadapt.models.registry import REGISTRY, ModelSpec
 if TYPE_CHECKING:
     from samadapt.models.speed import RuntimeOptions
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -150,8 +149,7 @@ def check_model(ref: str | os.PathLike[str], *, device: str = "cpu", runtime: Ru
 
 def _provenance(source: Path, digest: str, spec: ModelSpec | None, problems: list[str]) -> str:
     pinned = spec.sha256.get(spec.weights) if spec is not None else None
-    blob = source.resolve().name
-    hub_digest = blob if _SHA256.fullmatch(blob) and source.is_symlink() else None
+    hub_digest = published_sha256(source)
     if pinned is not None and digest != pinned:
         problems.append(f"{source.name} has sha256 {digest}; {spec.repo_id} publishes {pinned}")  # type: ignore[union-attr]
     if hub_digest is not None and digest != hub_digest:

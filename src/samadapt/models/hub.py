@@ -188,6 +188,17 @@ def _refusal(exc: Exception, repo_id: str, name: str, revision: str, files: Sequ
     raise exc
 
 
+def published_sha256(path: Path) -> str | None:
+    """The sha256 the hub published for a file of the Hugging Face cache, or None.
+
+    An LFS file's snapshot entry links to a blob named by its sha256 (what the hub sent as its
+    ``X-Linked-Etag``); a file outside that layout, or a small file (named by its git sha1),
+    has no such record.
+    """
+    name = Path(path).resolve().name
+    return name if Path(path).is_symlink() and _SHA256.fullmatch(name) else None
+
+
 def _verify(path: Path, pinned: str | None) -> None:
     """Check a cached file against the digest its blob is named by, and a pinned one; remove it if wrong.
 
@@ -197,12 +208,13 @@ def _verify(path: Path, pinned: str | None) -> None:
     from samadapt.models.loading import file_sha256
 
     blob = path.resolve()
-    if _SHA256.fullmatch(blob.name) or pinned:
-        expected = [d.lower() for d in (pinned, blob.name if _SHA256.fullmatch(blob.name) else None) if d]
+    published = published_sha256(path)
+    if published or pinned:
+        expected = [d.lower() for d in (pinned, published) if d]
         actual = file_sha256(path)
         wrong = next((d for d in expected if not actual.startswith(d)), None)
         label = "sha256"
-    elif _SHA1.fullmatch(blob.name):
+    elif path.is_symlink() and _SHA1.fullmatch(blob.name):
         data = blob.read_bytes()
         actual = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         wrong = blob.name if actual != blob.name else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import torch
 from samadapt._home import models_dir, samadapt_home
 from samadapt.errors import CheckpointError, InputError, ModelNotFoundError
 from samadapt.imagery.preprocess import Preprocessing
+from samadapt.models.hub import published_sha256
 from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, preprocessing_for
 from samadapt.models.tiny import MARKER
 
@@ -210,8 +210,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
         raise CheckpointError(f"{name} is a {family} checkpoint, but a {expected} checkpoint was expected")
     weights = weights_file(folder)
     digest = file_sha256(weights)
-    published = weights.resolve().name
-    if weights.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", published) and digest != published:
+    published = published_sha256(weights)
+    if published is not None and digest != published:
         raise CheckpointError(
             f"{weights} has sha256 {digest}, which differs from the sha256 the hub published for it ({published}): "
             f"the copy in the Hugging Face cache is damaged; delete {weights.resolve()} and fetch the model again"
