@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from samadapt.errors import OutputExistsError
+from samadapt.errors import InputError, OutputExistsError
 
 
 def check_writable(paths: list[Path], *, flag: str = "--out") -> None:
@@ -24,14 +24,12 @@ def check_writable(paths: list[Path], *, flag: str = "--out") -> None:
         OutputExistsError: a path is given twice.
         InputError: a folder is not writable.
     """
-    from samadapt.errors import InputError
-
-    seen: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for path in paths:
         key = Path(os.path.abspath(path))
         if key in seen:
             raise OutputExistsError(f"{flag} {path} is given twice; give each output once")
-        seen[key] = path
+        seen.add(key)
         folder = key.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
