@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from samadapt.errors import InputError, OutputExistsError
+from samadapt.errors import InputError, OutputExistsError, SamadaptError
 
 
 def check_writable(paths: list[Path], *, flag: str = "--out") -> None:
@@ -82,19 +84,49 @@ def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output fo
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite=overwrite, kind=kind, owned=owned or (lambda _: False))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp: Path | None = None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets the user's umask
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-            os.replace(out_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        with writing(out_dir):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets the user's umask
+            yield tmp
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+                os.replace(out_dir, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, out_dir)
+    except OSError as e:
+        temp_prefix = str(out_dir.parent / f".{out_dir.name}.")
+        if isinstance(e, SamadaptError) or not str(e.filename or "").startswith(temp_prefix):
+            raise
+        raise OSError(e.errno, e.strerror, str(out_dir)) from e  # name the folder asked for, not its temp
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def new_folder(folder: Path) -> Iterator[Path]:
+    """Create ``folder`` (and missing parents); if the work inside fails, remove the folders this
+    call created, when they are still empty, so a failed command leaves no trace."""
+    folder = Path(folder)
+    created: list[Path] = []
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in created:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _umask() -> int:
@@ -108,15 +140,31 @@ def _umask() -> int:
     return 0o022
 
 
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path`` in
+    one rename. On any failure the temporary file is removed and ``path`` is as it was; a
+    failure of the operating system is raised as an ``OSError`` naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_figure(fig: Any, path: Path, *, dpi: int = 90) -> Path:
     """Save a matplotlib figure to a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -129,10 +177,86 @@ def write_json(path: Path, doc: Any, *, overwrite: bool = True) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+#: Below this many free bytes, a write that failed for a reason its library does not name is
+#: taken to have failed because the disk is full.
+NEARLY_FULL_BYTES = 1 << 20
+
+_ERRNO_IN_TEXT = (
+    (re.compile(r"os error (\d+)|errno (\d+)|\[Errno (\d+)\]", re.I), None),
+    (re.compile(r"no space left on device|disk full|file too large", re.I), errno.ENOSPC),
+    (re.compile(r"read-only file system", re.I), errno.EROFS),
+    (re.compile(r"permission denied", re.I), errno.EACCES),
+)
+
+
+def errno_of(exc: BaseException, path: Path | None = None) -> int | None:
+    """The operating-system error behind a library's failure to write, if one can be told.
+
+    safetensors, torch, GDAL and OGR wrap a failed ``write`` in their own exceptions, some with
+    the errno in their text, some with nothing at all; for those, a folder with almost no free
+    space is taken as the cause.
+    """
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    text = str(exc)
+    for pattern, code in _ERRNO_IN_TEXT:
+        match = pattern.search(text)
+        if match:
+            return code if code is not None else int(next(g for g in match.groups() if g))
+    if path is not None:
+        folder = Path(os.path.abspath(path)).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            if shutil.disk_usage(folder).free < NEARLY_FULL_BYTES:
+                return errno.ENOSPC
+        except OSError:
+            pass
+    return None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Re-raise any failure to write ``path`` that comes from the operating system as an
+    ``OSError`` naming ``path``, whichever library raised it, so the CLI can say one sentence.
+
+    Failures with no operating-system cause (a bug, a bad value) pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and not isinstance(e, SamadaptError):
+            raise OSError(e.errno or errno.EIO, e.strerror or str(e), str(path)) from e
+        raise
+    except SamadaptError:
+        raise
+    except Exception as e:
+        code = errno_of(e, path)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One sentence for an operating-system failure: what happened to which path, and what to do."""
+    path = exc.filename or ""
+    code = exc.errno
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        return f"the disk holding {path} is full; free some space or write to another folder"
+    if code == errno.EROFS:
+        return f"cannot write {path}: it is on a read-only file system; write to another folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied for {path}; choose a folder this user may write to"
+    if code == errno.ENOENT:
+        return f"{path} does not exist" if path else f"a file does not exist ({exc.strerror or exc})"
+    if code == errno.EISDIR:
+        return f"{path} is a folder where a file was expected; remove it or choose another path"
+    if code == errno.ENOTDIR:
+        return f"a part of {path} is a file where a folder was expected"
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}" if path else reason

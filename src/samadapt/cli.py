@@ -167,9 +167,9 @@ def segment(
         )
         out.print(f"wrote {p}")
     table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
-    for i, (m, s) in enumerate(zip(result.masks, result.scores)):
+    for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores)):
         if i < 20:
-            table.add_row(str(i), str(int(m.sum())), f"{s:.3f}")
+            table.add_row(str(i), str(pixels), f"{s:.3f}")
     out.print(table)
 
 
@@ -347,22 +347,25 @@ def annotate(
     compare: Annotated[bool, typer.Option("--compare", help="Run all three modes against ground-truth masks.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", help="Only this split of splits.json.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of random choices.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous annotation or comparison "
+                                            "samadapt wrote in --out.")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Annotate a dataset with SAM pseudo-labels from boxes, points or the automatic mode."""
     from rich.progress import Progress
 
     from samadapt.annotate import annotate_dataset, compare_modes
+    from samadapt.annotate.core import check_out_dir
+    from samadapt.data.dataset import require_dataset_dir
     from samadapt.segment import Segmenter
 
     if mode not in ("box", "point", "auto"):
         raise InputError(f"--mode must be box, point or auto, got {mode!r}")
-    if not dataset_dir.is_dir():
-        raise InputError(f"dataset folder not found: {dataset_dir}")
+    require_dataset_dir(dataset_dir)
+    check_out_dir(out_dir, overwrite=overwrite, compare=compare)  # before the model loads
     segmenter = Segmenter(model, device=device)
     if compare:
-        report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed)
+        report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed, overwrite=overwrite)
         _warn_untrusted(segmenter.loaded.trusted)
         modes = ("auto", "point", "box")
         empty = dict(report.without_objects)
@@ -434,11 +437,12 @@ def data_from_hf(
     path: Annotated[Path, typer.Argument(help="A Hugging Face dataset saved with save_to_disk.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     split: Annotated[Optional[str], typer.Option(help="Split of a DatasetDict.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Convert a Hugging Face `datasets` dataset (save_to_disk) to samadapt's folder format."""
     from samadapt.data.hf import from_hf_dataset
 
-    out.print(f"wrote dataset {from_hf_dataset(path, out_dir, split=split)}")
+    out.print(f"wrote dataset {from_hf_dataset(path, out_dir, split=split, overwrite=overwrite)}")
 
 
 def _parse_ints(text: str, flag: str) -> list[int]:
@@ -524,8 +528,6 @@ def train_cmd(
                 raise InputError(f"--{key} applies to the {only} method, not {method}")
             opts[key] = value
     validate_options(method, opts)
-    if not dataset_dir.is_dir():
-        raise InputError(f"dataset folder not found: {dataset_dir}")
     dataset = SegDataset.open(dataset_dir)
     if class_name is not None:
         targets = [(_class_id(dataset, class_name), out)]
@@ -620,6 +622,10 @@ def evaluate_cmd(
     from samadapt.evaluation import evaluate_adapter
     from samadapt.metrics import COUNT_FIELDS, SCALAR_FIELDS
 
+    if overlays is not None:
+        from samadapt._io import check_writable
+
+        check_writable([overlays / "overlay.png"], flag="--overlays")  # before the scoring, not after
     report = evaluate_adapter(adapter, dataset_dir, split=split, allow_train_images=allow_train_images,
                               oracle_prompts=oracle_prompts, model=model, device=device)
     metrics = report.metrics
@@ -797,7 +803,9 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
 
     if prompts is not None and rough is not None:
         raise InputError("give --prompts or --rough, not both")
-    if (ref / "config.json").is_file() and (ref / "adapter.safetensors").is_file():
+    from samadapt.adapter import is_adapter_ref
+
+    if is_adapter_ref(ref):  # a damaged adapter too, so load_adapter says what is wrong with it
         from samadapt.adapter import load_adapter
 
         predictor: object = load_adapter(ref, base=model, device=device, runtime=runtime)
@@ -920,16 +928,32 @@ def demo(
     run_demo(out_dir, model=model, console=out)
 
 
+def _fail(message: str) -> None:
+    """Print one sentence and exit 2, or re-raise for a traceback under --debug / SAMADAPT_DEBUG."""
+    if _STATE["debug"] or os.environ.get("SAMADAPT_DEBUG"):
+        raise  # noqa: PLE0704 - called from an except block: re-raises the error being handled
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point of the console script."""
     _STATE["debug"] = False
     try:
         app()
     except SamadaptError as e:
-        if _STATE["debug"] or os.environ.get("SAMADAPT_DEBUG"):
+        _fail(str(e))
+    except OSError as e:  # disk full, permission, a missing device: the operating system said no
+        from samadapt._io import describe_os_error
+
+        _fail(describe_os_error(e))
+    except Exception as e:
+        from samadapt._io import errno_of
+
+        code = errno_of(e)  # a library's wrapper around an operating-system failure
+        if code is None:
             raise
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(f"{os.strerror(code).lower()}: {e}")
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

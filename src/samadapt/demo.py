@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from samadapt._io import new_folder
 from samadapt.errors import DownloadError, ModelNotFoundError
 from samadapt.models.loading import LoadedModel, is_cached, load_model
 from samadapt.models.registry import REGISTRY
@@ -44,7 +45,8 @@ def _annotate_step(out_dir: Path, segmenter: object, console: Console) -> dict[s
     from samadapt.sample import make_mars_dataset
 
     dataset = make_mars_dataset(out_dir / "mars_dataset", n_images=12, size=256)
-    report = compare_modes(dataset, out_dir / "prompt_modes", segmenter=segmenter, figure_images=3)  # type: ignore[arg-type]
+    report = compare_modes(dataset, out_dir / "prompt_modes", segmenter=segmenter, figure_images=3,  # type: ignore[arg-type]
+                           overwrite=True)
     table = Table("prompt mode", "mean IoU per image", "dataset mIoU", title="4. annotation: prompt modes vs truth")
     for mode, label in (("auto", "automatic"), ("point", "point"), ("box", "box")):
         table.add_row(label, f"{report.mean_iou(mode):.3f}", f"{report.miou[mode]:.3f}")
@@ -87,6 +89,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | None = None) -> dict[str, Path]:
     """Run the demo into ``out_dir`` and return the paths of its outputs."""
+    console = console or Console()
+    out_dir = Path(out_dir)
+    with new_folder(out_dir):
+        return _run_demo(out_dir, model, console)
+
+
+def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
     from samadapt.imagery.read import read_image
     from samadapt.outputs import write_segmentation
     from samadapt.overlay import overlay, save_png
@@ -94,12 +103,9 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
     from samadapt.sample import make_mars_sample
     from samadapt.segment import Segmenter
 
-    console = console or Console()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = choose_model(model, out_dir, console)  # first: a bad --model leaves nothing behind
     sample = make_mars_sample(out_dir / "mars_sample.tif")
     console.print(f"[bold]1. sample[/]: {sample.path} ({len(sample.boxes)} pits, CRS IAU_2015:49910, Mars)")
-    loaded = choose_model(model, out_dir, console)
     console.print(f"[bold]2. model[/]: {loaded.name} ({loaded.family}, input {loaded.preprocessing.size} px)")
     image = read_image(sample.path)
     segmenter = Segmenter(loaded)

@@ -39,3 +39,7 @@ class OutputExistsError(SamadaptError, FileExistsError):
 
 class MissingDependencyError(SamadaptError, ModuleNotFoundError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class DiskFullError(SamadaptError, OSError):
+    """A disk has too little free space for what a command is about to write."""

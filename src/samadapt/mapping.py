@@ -17,6 +17,7 @@ area in map units and mean probability, polygons cut by tile edges merged.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from samadapt.errors import InputError, InputFileError, SamadaptError
+from samadapt._io import describe_os_error, new_folder, write_json
+from samadapt.errors import DiskFullError, InputError, InputFileError, SamadaptError
 from samadapt.methods.base import Sample
 
 NODATA = 255
@@ -85,6 +87,14 @@ class MapResult:
     error: str = ""
 
 
+#: Free space kept beyond the scratch file, for the outputs written from it.
+SCRATCH_MARGIN_BYTES = 16 << 20
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 class Scratch:
     """A (bands, H, W) float32 accumulator in a file, mapped into memory a band of rows at a time.
 
@@ -95,7 +105,21 @@ class Scratch:
 
     def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
         self.path = path
+        need = 4 * int(np.prod(shape))
+        free = shutil.disk_usage(path.parent).free
+        if free < need + SCRATCH_MARGIN_BYTES:
+            raise DiskFullError(f"mapping needs {_gb(need + SCRATCH_MARGIN_BYTES)} of scratch space in "
+                                f"{path.parent.parent} and its disk has {_gb(free)} free; free some space or "
+                                "choose another --out")
         np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
+        # Reserve the blocks now: a memory map over a sparse file on a disk that fills up later
+        # dies of SIGBUS with no message; a reservation fails here, with an OSError.
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: go on
+                    raise OSError(e.errno, e.strerror, str(path.parent)) from None
         self._map: np.ndarray | None = None
         self._row = -1
 
@@ -311,8 +335,8 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
                     progress(n, len(windows))
             acc.release()
             result.outputs = _write_outputs(ds, acc, num_classes, out_dir, stem, options)
-        done.write_text(json.dumps({"outputs": {k: str(v) for k, v in result.outputs.items()},
-                                    "tiles": result.tiles, "skipped_tiles": result.skipped_tiles}))
+        write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()},
+                          "tiles": result.tiles, "skipped_tiles": result.skipped_tiles})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
@@ -437,6 +461,31 @@ def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.nda
         return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem, scale)
 
 
+#: Seconds to wait for a Dask scheduler to answer.
+SCHEDULER_TIMEOUT_S = 10
+
+
+def _reach_scheduler(address: str) -> None:
+    """Fail at once, with one sentence, when nothing listens at a tcp:// scheduler address
+    (Dask itself retries for 30 s and then raises a bare OSError)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise InputError(f"--scheduler tcp://host:port needs a host and a port, got {address!r}")
+    try:
+        socket.create_connection((host, port), timeout=SCHEDULER_TIMEOUT_S).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({reason.lower()}); start it with "
+                         "`dask scheduler` or map in this process with --scheduler local") from None
+
+
 def dask_client(scheduler: str) -> Any:
     """A Dask client for ``processes:N`` (a LocalCluster of N single-threaded workers) or ``tcp://host:port``.
 
@@ -465,7 +514,12 @@ def dask_client(scheduler: str) -> Any:
                                host="127.0.0.1", env={"OMP_NUM_THREADS": str(threads)})
         return Client(cluster)
     if scheduler.startswith("tcp://"):
-        return Client(scheduler)
+        _reach_scheduler(scheduler)
+        try:
+            return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"the Dask scheduler at {scheduler} did not answer ({e}); is `dask scheduler` "
+                             "running there?") from None
     raise InputError(f"--scheduler must be local, processes:N or tcp://host:port, got {scheduler!r}")
 
 
@@ -479,8 +533,9 @@ def _write_outputs(ds: Any, acc: Scratch, num_classes: int, out_dir: Path, stem:
     outputs: dict[str, Path] = {}
     classes_path = out_dir / f"{stem}_classes.tif"
     probs_path = out_dir / f"{stem}_probabilities.tif"
-    tmp_c = out_dir / f".{stem}_classes.tmp.tif"
-    tmp_p = out_dir / f".{stem}_probabilities.tmp.tif"
+    # Written in the scratch folder, which goes whatever happens, then renamed into place.
+    tmp_c = acc.path.parent / f"{stem}_classes.tif"
+    tmp_p = acc.path.parent / f"{stem}_probabilities.tif"
     prob_profile = {**profile, "count": num_classes, "nodata": None}
     dst_p = rasterio.open(tmp_p, "w", **prob_profile) if options.probabilities else None
     with rasterio.open(tmp_c, "w", **profile) as dst:
@@ -562,18 +617,32 @@ def _mean_probability(frame: Any, probs: Path) -> list[float]:
     return out
 
 
+#: Failures that belong to the output folder, not to one raster: mapping stops at the first.
+OUTPUT_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def predict_rasters(
     adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None = None,
     *, progress: Callable[[str, int, int], None] | None = None, client: Any = None,
 ) -> list[MapResult]:
-    """Map many rasters; a failure on one is recorded and the rest go on."""
+    """Map many rasters; a failure on one is recorded and the rest go on, unless the output folder
+    is full or read-only (then the error is raised: no later raster could be written either)."""
+    with new_folder(out_dir):
+        return _predict_each(adapter, rasters, out_dir, options, progress, client)
+
+
+def _predict_each(adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None,
+                  progress: Callable[[str, int, int], None] | None, client: Any) -> list[MapResult]:
     results = []
     for raster in rasters:
         try:
             cb = (lambda n, t, _r=raster: progress(_r.name, n, t)) if progress else None
             results.append(predict_raster(adapter, raster, out_dir, options, progress=cb, client=client))
         except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
-            results.append(MapResult(Path(raster), status="failed", error=str(e)))
+            if isinstance(e, OSError) and e.errno in OUTPUT_FOLDER_ERRNOS or isinstance(e, DiskFullError):
+                raise  # the output folder cannot take more: every raster after this one would fail too
+            reason = describe_os_error(e) if isinstance(e, OSError) and not isinstance(e, SamadaptError) else str(e)
+            results.append(MapResult(Path(raster), status="failed", error=reason))
     return results
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from samadapt._io import atomic_file, writing
 
 PALETTE = np.array(
     [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -58,8 +59,8 @@ def _erode(m: np.ndarray) -> np.ndarray:
 def save_png(path: Path, picture: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 picture to a PNG atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(picture).save(tmp)
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        Image.fromarray(picture).save(tmp)
     return path

@@ -1,0 +1,279 @@
+"""The fault suite of the command line: bad input, read-only and full folders, for every command.
+
+Each case is run as a user would meet it and must end the same way: exit code 2, one sentence
+that names what was wrong, no traceback, and nothing left behind (no temporary file, no
+half-written output, no file of the user's touched). ``test_every_command_has_fault_cases``
+counts the cases per command, so a new command cannot ship without its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from samadapt.sample import make_mars_dataset
+from conftest import run_cli
+
+#: Bad-input cases each command must have at least (besides its read-only and full-disk cases).
+MIN_CASES = 2
+
+
+@dataclass(frozen=True)
+class World:
+    """What the cases work on: inputs that are fine, made once for the module."""
+
+    root: Path
+    model: Path
+    image: Path
+    dataset: Path
+    adapter: Path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fault: a command, how to call it badly, and words its one sentence must hold."""
+
+    command: str
+    name: str
+    args: Callable[[World, Path], list[str]]
+    expect: str
+    folder: str = "tmp"  # where outputs go: "tmp" (a fresh folder), "read-only" or "full"
+    code: int = 2
+
+    @property
+    def id(self) -> str:
+        return f"{self.command}: {self.name}"
+
+
+def _write_raster(path: Path, height: int, width: int, *, bands: int = 3, crs: str | None = "EPSG:32633") -> Path:
+    data = (np.random.default_rng(0).random((bands, height, width)) * 255).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype="uint8",
+                       crs=crs, transform=from_origin(500000.0, 4000000.0, 1.0, 1.0)) as dst:
+        dst.write(data)
+    return path
+
+
+def _file(text: str, name: str) -> Callable[[World, Path], Path]:
+    def make(w: World, out: Path) -> Path:
+        path = out.parent / name
+        path.write_text(text)
+        return path
+    return make
+
+
+def _user_folder(out: Path) -> Path:
+    """A folder holding a user's file: no command may delete it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "thesis.txt").write_text("three years of work")
+    return out
+
+
+CASES: list[Case] = [
+    # segment
+    Case("segment", "missing image", lambda w, o: ["nope.tif", "-m", str(w.model), "--box", "1,1,9,9",
+                                                   "-o", str(o / "a.tif")], "nope.tif"),
+    Case("segment", "box with three numbers", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,2,3",
+                                                            "-o", str(o / "a.tif")], "box"),
+    Case("segment", "same output twice", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,60,60",
+                                                       "-o", str(o / "a.tif"), "-o", str(o / "a.tif")],
+         "given twice"),
+    Case("segment", "unknown output kind", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,60,60",
+                                                         "-o", str(o / "a.docx")], ".docx"),
+    Case("segment", "cuda on a CPU-only torch", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,9,9",
+                                                              "--device", "cuda", "-o", str(o / "a.tif")], "cuda"),
+    Case("segment", "read-only output", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,60,60",
+                                                      "-o", str(o / "a.tif")], "cannot be written",
+         folder="read-only"),
+    Case("segment", "full disk", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,60,60",
+                                               "-o", str(o / "a.tif"), "-o", str(o / "a.gpkg")], "full",
+         folder="full"),
+    # embed
+    Case("embed", "missing image", lambda w, o: [str(o / "nope.tif"), "-m", str(w.model)], "nope.tif"),
+    Case("embed", "band out of range", lambda w, o: [str(w.image), "-m", str(w.model), "--bands", "9"], "band 9"),
+    Case("embed", "unknown model", lambda w, o: [str(w.image), "-m", "sam-vit-gigantic"], "sam-vit-gigantic"),
+    # annotate
+    Case("annotate", "missing dataset", lambda w, o: [str(o / "nope"), "-m", str(w.model), "--out",
+                                                      str(o / "pl")], "nope"),
+    Case("annotate", "unknown mode", lambda w, o: [str(w.dataset), "-m", str(w.model), "--mode", "guess",
+                                                   "--out", str(o / "pl")], "guess"),
+    Case("annotate", "read-only output", lambda w, o: [str(w.dataset), "-m", str(w.model), "--out",
+                                                       str(o / "pl")], "read-only", folder="read-only"),
+    # train
+    Case("train", "folder holding a user's file", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "1",
+                                                                "-o", str(_user_folder(o / "ad"))], "thesis.txt"),
+    Case("train", "unknown method option", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "1",
+                                                         "--option", "foo=bar", "-o", str(o / "ad")], "foo"),
+    Case("train", "unknown method", lambda w, o: [str(w.dataset), "-m", str(w.model), "--method", "magic",
+                                                  "-o", str(o / "ad")], "magic"),
+    Case("train", "zero epochs", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "0",
+                                               "-o", str(o / "ad")], "epochs"),
+    Case("train", "read-only output", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "1",
+                                                    "-o", str(o / "ad")], "read-only", folder="read-only"),
+    Case("train", "full disk", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "1",
+                                             "-o", str(o / "ad")], "full", folder="full"),
+    # evaluate
+    Case("evaluate", "missing adapter", lambda w, o: [str(o / "nope"), str(w.dataset)], "nope"),
+    Case("evaluate", "missing dataset", lambda w, o: [str(w.adapter), str(o / "nods")], "nods"),
+    Case("evaluate", "unknown split", lambda w, o: [str(w.adapter), str(w.dataset), "--split", "holdout"],
+         "holdout"),
+    Case("evaluate", "read-only overlays", lambda w, o: [str(w.adapter), str(w.dataset), "--overlays",
+                                                         str(o / "ov")], "read-only", folder="read-only"),
+    # learning-curve
+    Case("learning-curve", "missing dataset", lambda w, o: [str(o / "nope"), "-m", str(w.model), "--out",
+                                                            str(o / "lc")], "nope"),
+    Case("learning-curve", "sizes not numbers", lambda w, o: [str(w.dataset), "-m", str(w.model), "--sizes", "a,b",
+                                                              "--out", str(o / "lc")], "sizes"),
+    Case("learning-curve", "read-only output", lambda w, o: [str(w.dataset), "-m", str(w.model), "--sizes", "1",
+                                                             "--epochs", "1", "--out", str(o / "lc")], "read-only",
+         folder="read-only"),
+    # predict
+    Case("predict", "tile 0", lambda w, o: [str(w.adapter), str(w.image), "--tile", "0", "-o", str(o / "m")],
+         "tile"),
+    Case("predict", "scheduler that does not answer", lambda w, o: [str(w.adapter), str(w.image), "--scheduler",
+                                                                    "tcp://127.0.0.1:1", "-o", str(o / "m")],
+         "cannot reach the dask scheduler"),
+    Case("predict", "unknown vector format", lambda w, o: [str(w.adapter), str(w.image), "--vector", "shp",
+                                                           "-o", str(o / "m")], "vector"),
+    Case("predict", "full disk", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")], "scratch space",
+         folder="full"),
+    Case("predict", "read-only output", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")],
+         "read-only", folder="read-only"),
+    # serve (options are checked before the server starts)
+    Case("serve", "missing config", lambda w, o: ["-m", str(w.model), "--config", str(o / "nope.toml")],
+         "nope.toml"),
+    Case("serve", "damaged config", lambda w, o: ["-m", str(w.model), "--config",
+                                                  str(_file("[server\nport = ", "bad.toml")(w, o))], "bad.toml"),
+    Case("serve", "missing source raster", lambda w, o: ["-m", str(w.model), "--source", str(o / "nope.tif")],
+         "nope.tif"),
+    # info
+    Case("info", "unknown model", lambda w, o: ["-m", "sam-vit-gigantic"], "sam-vit-gigantic"),
+    Case("info", "unknown runtime", lambda w, o: ["-m", str(w.model), "--runtime", "fp8"], "fp8"),
+    # demo
+    Case("demo", "output is a file", lambda w, o: ["--out", str(_file("x", "taken")(w, o)), "-m", str(w.model)],
+         "taken"),
+    Case("demo", "unknown model", lambda w, o: ["--out", str(o / "d"), "-m", "sam-vit-gigantic"],
+         "sam-vit-gigantic"),
+    Case("demo", "read-only output", lambda w, o: ["--out", str(o / "d"), "-m", str(w.model)], "read-only",
+         folder="read-only"),
+    # models
+    Case("models list", "an argument it does not take", lambda w, o: ["extra"], "extra", code=2),
+    Case("models list", "unknown option", lambda w, o: ["--all"], "--all", code=2),
+    Case("models fetch", "unknown name", lambda w, o: ["sam-vit-gigantic"], "sam-vit-gigantic"),
+    Case("models fetch", "no name", lambda w, o: [], "name", code=2),
+    Case("models check", "unknown name", lambda w, o: ["sam-vit-gigantic"], "sam-vit-gigantic"),
+    Case("models check", "folder without a model", lambda w, o: [str(o)], str("config.json")),
+    Case("models convert", "missing checkpoint", lambda w, o: [str(o / "nope.pth"), str(o / "conv")], "nope.pth"),
+    Case("models convert", "not a checkpoint", lambda w, o: [str(_file("not torch", "x.pth")(w, o)),
+                                                             str(o / "conv")], "x.pth"),
+    Case("models tiny", "folder holding a user's file", lambda w, o: [str(_user_folder(o / "t")), "--overwrite"],
+         "thesis.txt"),
+    Case("models tiny", "unknown family", lambda w, o: [str(o / "t"), "--family", "sam9"], "sam9"),
+    Case("models tiny", "read-only output", lambda w, o: [str(o / "t")], "read-only", folder="read-only"),
+    Case("models tiny", "full disk", lambda w, o: [str(o / "t")], "full", folder="full"),
+    # data
+    Case("data check", "missing dataset", lambda w, o: [str(o / "nope")], "nope"),
+    Case("data check", "a file, not a folder", lambda w, o: [str(_file("x", "ds.txt")(w, o))], "ds.txt"),
+    Case("data build", "missing raster", lambda w, o: [str(o / "nope.tif"), str(o / "p.gpkg"), "--out",
+                                                       str(o / "ds")], "nope.tif"),
+    Case("data build", "missing polygons", lambda w, o: [str(w.image), str(o / "nope.gpkg"), "--out",
+                                                         str(o / "ds")], "nope.gpkg"),
+    Case("data build", "tile size zero", lambda w, o: [str(w.image), str(o / "nope.gpkg"), "--tile-size", "0",
+                                                       "--out", str(o / "ds")], "tile"),
+    Case("data from-hf", "missing folder", lambda w, o: [str(o / "nope"), "--out", str(o / "ds")], "nope"),
+    Case("data from-hf", "not a saved dataset", lambda w, o: [str(w.image), "--out", str(o / "ds")], "save_to_disk"),
+]
+
+
+def _commands() -> list[str]:
+    """Every command the CLI offers, as typed (``models tiny``)."""
+    import typer.main
+
+    from samadapt.cli import app
+
+    found: list[str] = []
+
+    def walk(command: object, prefix: str) -> None:
+        children = getattr(command, "commands", None)
+        if children:
+            for name, child in children.items():
+                walk(child, f"{prefix} {name}".strip())
+        else:
+            found.append(prefix)
+
+    walk(typer.main.get_command(app), "")
+    return sorted(found)
+
+
+def test_every_command_has_fault_cases() -> None:
+    """The count that keeps the suite whole: a command without its cases fails here."""
+    counts = Counter(case.command for case in CASES)
+    commands = _commands()
+    assert "segment" in commands and "models tiny" in commands and len(commands) >= 15
+    unknown = sorted(set(counts) - set(commands))
+    assert not unknown, f"cases for commands the CLI does not have: {unknown}"
+    thin = {c: counts.get(c, 0) for c in commands if counts.get(c, 0) < MIN_CASES}
+    assert not thin, f"commands with fewer than {MIN_CASES} fault cases: {thin}"
+    writers = {"segment", "annotate", "train", "evaluate", "learning-curve", "predict", "demo", "models tiny"}
+    untested = sorted(c for c in writers if not any(k.command == c and k.folder == "read-only" for k in CASES))
+    assert not untested, f"commands that write without a read-only case: {untested}"
+    assert len({case.id for case in CASES}) == len(CASES), "two cases share a name"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("fault-world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAMADAPT_HOME", str(root / "home"))
+        dataset = make_mars_dataset(root / "ds", n_images=4, size=128)
+        image = _write_raster(root / "image.tif", 96, 128)
+        from samadapt.cli import main
+
+        mp.setattr(sys, "argv", ["samadapt", "train", str(dataset), "-m", str(tiny_models["sam"]), "--epochs", "1",
+                                 "-o", str(root / "adapter")])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code in (0, None)
+        yield World(root, tiny_models["sam"], image, dataset, root / "adapter")
+
+
+def _listing(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_fault(case: Case, world: World, request: pytest.FixtureRequest, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    if case.folder == "read-only":
+        out = request.getfixturevalue("read_only_dir")
+    elif case.folder == "full":
+        out = request.getfixturevalue("full_dir")
+    else:
+        out = tmp_path / "work"
+        out.mkdir()
+    args = case.args(world, out)
+    before = _listing(out.parent)
+    world_before = _listing(world.root / "ds") | {"adapter/" + k: v for k, v in _listing(world.adapter).items()}
+    monkeypatch.chdir(out.parent)
+    code, text = run_cli([*case.command.split(), *args], monkeypatch, capsys)
+    assert code == case.code, f"exit {code}: {text[-600:]}"
+    assert "Traceback" not in text, text[-1500:]
+    assert case.expect.lower() in text.lower(), text[-600:]
+    if case.code == 2 and "Usage:" not in text:
+        assert text.count("error:") == 1, text[-600:]
+    after = _listing(out.parent)
+    added = sorted(set(after) - set(before))
+    assert not added, f"left behind: {added}"
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not changed, f"changed: {changed}"
+    world_after = _listing(world.root / "ds") | {"adapter/" + k: v for k, v in _listing(world.adapter).items()}
+    assert world_after == world_before, "an input was changed"
