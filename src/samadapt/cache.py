@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from samadapt._home import embeddings_dir
+from samadapt._io import writing
 from samadapt.errors import InputError
 
 Embedding = dict[str, torch.Tensor]
@@ -155,9 +156,10 @@ class EmbeddingCache:
         path = self.path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors, key), "key": key})
-            os.replace(tmp, path)
+            with writing(path):  # safetensors reports a full disk as its own error: make it an OSError
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors, key), "key": key})
+                os.replace(tmp, path)
         except OSError as exc:  # full, read-only, or an entry replaced by a folder: the cache is only a speed-up
             if not self._warned:
                 warnings.warn(f"the embedding cache in {self.root} cannot be written ({exc.strerror or exc}); "

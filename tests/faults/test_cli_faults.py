@@ -277,3 +277,20 @@ def test_fault(case: Case, world: World, request: pytest.FixtureRequest, tmp_pat
     assert not changed, f"changed: {changed}"
     world_after = _listing(world.root / "ds") | {"adapter/" + k: v for k, v in _listing(world.adapter).items()}
     assert world_after == world_before, "an input was changed"
+
+
+@pytest.mark.parametrize("home", ["read_only_dir", "full_dir"])
+def test_segment_works_when_the_cache_cannot_be_written(home: str, world: World, request: pytest.FixtureRequest,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedding cache is only a speed-up: a read-only or full home folder costs a warning, not the run."""
+    folder = request.getfixturevalue(home)
+    if home == "full_dir":
+        (folder / "filler").write_bytes(b"\0" * 12 * 1024)  # leave less room than one embedding needs
+    monkeypatch.setenv("SAMADAPT_HOME", str(folder))
+    out = tmp_path / "mask.tif"
+    code, text = run_cli(["segment", str(world.image), "-m", str(world.model), "--box", "1,1,60,60", "-o", str(out)],
+                         monkeypatch, capsys)
+    assert code == 0, text[-600:]
+    assert out.is_file() and "Traceback" not in text
+    assert not [p for p in folder.rglob("*") if p.is_file() and (".tmp" in p.name or "embeddings" in p.parts)]
