@@ -109,7 +109,7 @@ class EmbeddingCache:
         self.persist = persist
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
         self._lock = threading.Lock()
-        self._warned = False  # one warning when the disk store cannot be written
+        self.write_failures = 0  # entries the disk store could not take (one warning for all of them)
         self.hits = 0
         self.misses = 0
 
@@ -161,10 +161,15 @@ class EmbeddingCache:
                 save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors, key), "key": key})
                 os.replace(tmp, path)
         except OSError as exc:  # full, read-only, or an entry replaced by a folder: the cache is only a speed-up
-            if not self._warned:
+            if not self.write_failures:
                 warnings.warn(f"the embedding cache in {self.root} cannot be written ({exc.strerror or exc}); "
                               "embeddings are computed without it", stacklevel=2)
-                self._warned = True
+            self.write_failures += 1
+            for folder in (path.parent, self.root):  # leave no empty folders behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         finally:
             try:
                 tmp.unlink(missing_ok=True)

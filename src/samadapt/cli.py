@@ -195,6 +195,14 @@ def embed(
         if not p.exists():
             raise InputError(f"image file not found: {p}")
     segmenter = Segmenter(model, device=device, runtime=encoder_runtime)
+    root = segmenter.cache.root
+    try:
+        from samadapt._io import check_writable
+
+        check_writable([root / "entry"])
+    except InputError:
+        raise InputError(f"embed stores embeddings in {root}, which this user cannot write; set SAMADAPT_HOME "
+                         "to a folder on a writable disk") from None
     _ = segmenter.loaded
     hits = 0
     with Progress(console=err) as progress:
@@ -202,6 +210,9 @@ def embed(
         for e in segmenter.embed_many((_read(p, bands) for p in images), batch_size=batch_size):
             hits += e.from_cache
             progress.advance(task)
+    if segmenter.cache.write_failures:
+        raise InputError(f"{segmenter.cache.write_failures} of {len(images)} embeddings could not be stored in "
+                         f"{root} (see the warning above); free some space there or set SAMADAPT_HOME elsewhere")
     out.print(
         f"{len(images)} images: {len(images) - hits} encoded, {hits} already cached in {segmenter.cache.root}"
     )
@@ -936,9 +947,19 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings as users read them: one line, without the source line that raised them."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Entry point of the console script."""
     _STATE["debug"] = False
+    if not (os.environ.get("SAMADAPT_DEBUG") or "--debug" in sys.argv):
+        import warnings
+
+        warnings.formatwarning = _one_line_warning
     try:
         app()
     except SamadaptError as e:
