@@ -108,8 +108,8 @@ def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output fo
 
 @contextmanager
 def new_folder(folder: Path) -> Iterator[Path]:
-    """Create ``folder`` (and missing parents); if the work inside fails, remove the folders this
-    call created, when they are still empty, so a failed command leaves no trace."""
+    """Create ``folder`` (and missing parents) for the work inside; afterwards, remove the folders
+    this call created that are still empty, so a command that wrote nothing leaves no trace."""
     folder = Path(folder)
     created: list[Path] = []
     probe = Path(os.path.abspath(folder))
@@ -120,13 +120,12 @@ def new_folder(folder: Path) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
-    except BaseException:
+    finally:
         for made in created:  # deepest first
             try:
                 made.rmdir()
             except OSError:
                 break
-        raise
 
 
 def _umask() -> int:

@@ -141,6 +141,10 @@ def segment(
 
     check_writable(out_paths)
     geo = _read(image, bands)
+    if geo.crs is None and any(p.suffix.lower() in (".gpkg", ".geojson", ".json") for p in out_paths):
+        units = "pixel coordinates (x = column, y = row)" if geo.transform is None else "the raster's map units"
+        err.print(f"[bold yellow]note:[/] {image.name} has no CRS, so the polygons are written without one, in {units}",
+                  highlight=False, soft_wrap=True)
     objects = []
     if box or point:
         objects += prompts_from_cli(point or [], box or [], crs=crs, transform=geo.transform, raster_crs=geo.crs)

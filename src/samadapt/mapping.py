@@ -163,17 +163,18 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
 
 def raster_limits(ds: Any, bands: Sequence[int], *, max_pixels: int = 4_000_000) -> np.ndarray | None:
     """Per-band 2-98 % limits of the whole raster (from a decimated read when large); None for uint8."""
-    from samadapt.imagery.read import stretch_limits
+    from samadapt.imagery.read import pixel_read_errors, stretch_limits
 
     if all(ds.dtypes[b - 1] == "uint8" for b in bands):
         return None
     factor = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max_pixels))))
     shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
-    data = ds.read(list(bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-    valid = ds.dataset_mask(out_shape=shape[1:], resampling=rasterio.enums.Resampling.nearest) > 0
+    with pixel_read_errors(ds.name, bands=bands):
+        data = ds.read(list(bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        valid = ds.dataset_mask(out_shape=shape[1:], resampling=rasterio.enums.Resampling.nearest) > 0
+        valid &= _unmarked_alpha(ds, bands, out_shape=shape[1:])
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
-    valid &= _unmarked_alpha(ds, bands, out_shape=shape[1:])
     return stretch_limits(data, valid)
 
 
@@ -202,18 +203,19 @@ def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray 
 
     With ``out_shape`` the window is resampled (bilinear; validity nearest) to that (rows, cols).
     """
-    from samadapt.imagery.read import scale_to_uint8
+    from samadapt.imagery.read import pixel_read_errors, scale_to_uint8
 
-    if out_shape is None:
-        data = ds.read(list(bands), window=window)
-        valid = ds.dataset_mask(window=window) > 0
-    else:
-        bil, near = rasterio.enums.Resampling.bilinear, rasterio.enums.Resampling.nearest
-        data = ds.read(list(bands), window=window, out_shape=(len(bands), *out_shape), resampling=bil)
-        valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=near) > 0
+    with pixel_read_errors(ds.name, window=window, bands=bands):
+        if out_shape is None:
+            data = ds.read(list(bands), window=window)
+            valid = ds.dataset_mask(window=window) > 0
+        else:
+            bil, near = rasterio.enums.Resampling.bilinear, rasterio.enums.Resampling.nearest
+            data = ds.read(list(bands), window=window, out_shape=(len(bands), *out_shape), resampling=bil)
+            valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=near) > 0
+        valid &= _unmarked_alpha(ds, bands, window, out_shape)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
-    valid &= _unmarked_alpha(ds, bands, window, out_shape)
     if limits is None:
         scaled = np.clip(np.nan_to_num(data.astype(np.float64)), 0, 255).astype(np.uint8)
     else:

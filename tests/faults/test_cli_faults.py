@@ -71,6 +71,14 @@ def _file(text: str, name: str) -> Callable[[World, Path], Path]:
     return make
 
 
+def _truncated(w: World, out: Path) -> Path:
+    """A copy of the world's image cut to half its bytes, as an interrupted download leaves it."""
+    data = w.image.read_bytes()
+    path = out.parent / "cut.tif"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def _user_folder(out: Path) -> Path:
     """A folder holding a user's file: no command may delete it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +156,8 @@ CASES: list[Case] = [
          "cannot reach the dask scheduler"),
     Case("predict", "unknown vector format", lambda w, o: [str(w.adapter), str(w.image), "--vector", "shp",
                                                            "-o", str(o / "m")], "vector"),
+    Case("predict", "truncated raster", lambda w, o: [str(w.adapter), str(_truncated(w, o)), "-o", str(o / "m")],
+         "damaged or truncated", code=1),  # one raster failing is reported in the table; the others go on
     Case("predict", "full disk", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")], "scratch space",
          folder="full"),
     Case("predict", "read-only output", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")],
@@ -302,3 +312,17 @@ def test_segment_works_when_the_cache_cannot_be_written(home: str, world: World,
     assert code == 0, text[-600:]
     assert out.is_file() and "Traceback" not in text
     assert not [p for p in folder.rglob("*") if p.is_file() and (".tmp" in p.name or "embeddings" in p.parts)]
+
+
+def test_polygons_of_a_raster_without_crs_come_with_one_note(world: World, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              recwarn: pytest.WarningsRecorder) -> None:
+    """A raster with no CRS: one note that says where the polygons are, no library warning."""
+    raster = _write_raster(tmp_path / "nocrs.tif", 64, 64, crs=None)
+    out = tmp_path / "p.gpkg"
+    code, text = run_cli(["segment", str(raster), "-m", str(world.model), "--box", "1,1,40,40", "-o", str(out)],
+                         monkeypatch, capsys)
+    assert code == 0 and out.is_file(), text[-600:]
+    assert "has no CRS" in text
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]

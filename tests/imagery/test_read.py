@@ -16,7 +16,15 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
-from samadapt.imagery.read import GeoImage, from_array, parse_bands, read_image, to_rgb8
+from samadapt.imagery.read import (
+    GeoImage,
+    from_array,
+    parse_bands,
+    pixel_read_errors,
+    read_bands,
+    read_image,
+    to_rgb8,
+)
 
 UTM = CRS.from_epsg(32616)
 MARS = "+proj=eqc +R=3396190 +units=m +no_defs"
@@ -320,6 +328,59 @@ def test_missing_file_and_non_image_give_input_file_error(tmp_path: Path) -> Non
         read_image(tmp_path / "notes.tif")
 
 
+def cut_in_half(path: Path) -> Path:
+    """A copy of ``path`` holding only its first half, as an interrupted download or copy leaves it."""
+    cut = path.with_name("cut.tif")
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return cut
+
+
+def test_truncated_geotiff_names_the_file_and_the_damage(tmp_path: Path) -> None:
+    data = np.random.default_rng(4).integers(0, 256, (3, 300, 300), dtype=np.uint8)
+    cut = cut_in_half(write_tif(tmp_path / "whole.tif", data))
+    top = read_image(cut, window=Window(0, 0, 300, 20))  # the header and the first rows are whole
+    np.testing.assert_array_equal(top.pixels, np.moveaxis(data[:, :20], 0, -1))
+    damaged = r"cut\.tif is damaged or truncated: bands 1, 2, 3 could not be read"
+    with pytest.raises(InputFileError, match=damaged + r" \(GDAL: band 1: IReadBlock failed"):
+        read_image(cut)
+    with pytest.raises(InputFileError, match=damaged + r" in the window at column 0, row 200, 300 x 100 pixels"):
+        read_image(cut, window=Window(0, 200, 300, 100))
+    with pytest.raises(InputFileError, match=r"cut\.tif is damaged or truncated: bands 1, 3 could not be read"):
+        read_bands(cut, (1, 3))
+
+
+def test_pixel_read_errors_turn_any_window_read_into_one_sentence(tmp_path: Path) -> None:
+    """What a caller reading windows itself (the raster mapper) gets around its reads."""
+    data = np.zeros((1, 300, 300), dtype=np.uint16)
+    cut = cut_in_half(write_tif(tmp_path / "whole.tif", data))
+    window = Window(10, 250, 20, 30)
+    with rasterio.open(cut) as ds:
+        with pytest.raises(InputFileError) as caught, pixel_read_errors(ds.name, window=window, bands=(1,)):
+            ds.read(1, window=window)
+        with pixel_read_errors(ds.name, window=Window(0, 0, 5, 5), bands=(1,)):
+            assert ds.read(1, window=Window(0, 0, 5, 5)).shape == (5, 5)  # no error, nothing changed
+    message = str(caught.value)
+    assert message.startswith(f"{cut} is damaged or truncated: band 1 could not be read in the window at column 10, "
+                              "row 250, 20 x 30 pixels (GDAL: ")
+    assert message.endswith("; copy or download it again") and "\n" not in message
+    assert "See previous exception" not in message
+
+
+# ---- tiny rasters ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width", "count"), [(1, 1, 1), (1, 1, 3), (1, 5, 3), (5, 1, 3), (2, 2, 3),
+                                                        (3, 3, 3), (1, 2, 1)])
+def test_tiny_geotiffs_read_bands_first(tmp_path: Path, height: int, width: int, count: int) -> None:
+    data = np.random.default_rng(5).integers(0, 256, (count, height, width), dtype=np.uint8)
+    image = read_image(write_tif(tmp_path / "tiny.tif", data))
+    assert (image.height, image.width) == (height, width)
+    rgb = np.repeat(data, 3 // count, axis=0)  # one band is shown grey
+    np.testing.assert_array_equal(image.pixels, np.moveaxis(rgb, 0, -1))
+    again = from_array(image.pixels, channel_axis="last")  # how a window read for a model is passed on
+    np.testing.assert_array_equal(again.pixels, image.pixels)
+
+
 # ---- numpy arrays ---------------------------------------------------------------------
 
 
@@ -334,9 +395,32 @@ def test_from_array_layouts_and_metadata() -> None:
     assert grey.pixels.shape == (3, 4, 3) and grey.bands == (1,)
     masked = from_array(rgb, nodata=rgb[0, 0, 0], bands=(1,))
     assert not masked.valid[0, 0]
-    with pytest.raises(InputError, match="channel_axis"):
+    with pytest.raises(InputError, match=r"shape \(3, 3, 3\); pass channel_axis='first' for \(bands, rows, cols\)"):
         from_array(np.zeros((3, 3, 3), dtype=np.uint8))
     assert from_array(np.zeros((3, 3, 3), dtype=np.uint8), channel_axis="last").pixels.shape == (3, 3, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 3), (2, 300, 3), (1, 1, 3), (2, 2, 3), (5, 1, 3), (3, 40, 1)])
+def test_thin_and_tiny_arrays_are_never_guessed(shape: tuple[int, int, int]) -> None:
+    """Both end axes could hold an image's bands: (rows, cols, bands) and (bands, rows, cols) both fit.
+
+    A raster window comes out as (rows, cols, bands); a 1 x 5 RGB strip used to be read
+    silently as one band of 5 x 3 pixels.
+    """
+    pixels = np.random.default_rng(6).integers(0, 256, shape, dtype=np.uint8)
+    a, b, c = shape
+    readings = rf"{a} band\(s\) of {b} x {c} pixels or {c} band\(s\) of {a} x {b} pixels"
+    with pytest.raises(InputError, match=rf"shape \({a}, {b}, {c}\): it reads as {readings}; pass channel_axis="):
+        from_array(pixels)
+    assert from_array(pixels, channel_axis="last").pixels.shape == (a, b, 3)
+
+
+def test_clear_layouts_are_still_guessed() -> None:
+    rng = np.random.default_rng(7)
+    assert from_array(rng.integers(0, 256, (3, 40, 5), dtype=np.uint8)).pixels.shape == (40, 5, 3)
+    assert from_array(rng.integers(0, 256, (40, 5, 3), dtype=np.uint8)).pixels.shape == (40, 5, 3)
+    assert from_array(rng.integers(0, 256, (4, 40, 3), dtype=np.uint8)).pixels.shape == (4, 40, 3)
+    assert from_array(rng.integers(0, 256, (13, 20, 20), dtype=np.uint16)).pixels.shape == (20, 20, 3)
 
 
 def test_geoimage_validates_shapes() -> None:

@@ -8,6 +8,9 @@ pixels -> window -> model input -> mask -> polygon -> lng/lat moves the polygon 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +196,115 @@ def test_malformed_payloads_are_422_with_a_readable_message(client: TestClient, 
 def test_invalid_json_is_422(client: TestClient) -> None:
     r = client.post("/segment", content=b'{"bbox": ', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["error"]
+
+
+def raw(body: dict[str, Any], old: str, new: str) -> bytes:
+    """The JSON of ``body`` with one piece of text replaced (values json.dumps would not write)."""
+    text = json.dumps(body)
+    assert old in text
+    return text.replace(old, new, 1).encode()
+
+
+DIGITS = sys.get_int_max_str_digits()
+HOSTILE = {  # body -> (status, what the sentence must say)
+    "not UTF-8": (b'{"bbox": "\xff\xfe", "zoom": 12}', 422, "the body is not UTF-8 text (byte 0xff at offset 10)"),
+    "Latin-1 text": (json.dumps(payload(source_type="t\u00e9les"), ensure_ascii=False).encode("latin-1"), 422,
+                     "not UTF-8 text (byte 0xe9 at offset"),
+    "30000 nested lists": (b"[" * 30000 + b"]" * 30000, 422, "nests arrays or objects too deeply"),
+    "nesting in a field": (b'{"bbox": ' + b"[" * 30000 + b"]" * 30000 + b"}", 422, "too deeply"),
+    "a number of many digits": (raw(payload(), '"zoom": 12', f'"zoom": {"9" * (DIGITS + 1)}'), 422,
+                                f"a number in the body has more than {DIGITS} digits"),
+    "a long integer latitude": (raw(payload(), '"data": {"lat": 45.0', f'"data": {{"lat": {"9" * 4000}'), 422,
+                                "prompt.0.point.data.lat: input should be a valid number"),
+    "1e400": (raw(payload(), '"lng": 10.0}, "label"', '"lng": 1e400}, "label"'), 422,
+              "prompt.0.point.data.lng: input should be a finite number"),
+    "NaN": (raw(payload(), '"data": {"lat": 45.0', '"data": {"lat": NaN'), 422,
+            "prompt.0.point.data.lat: input should be a finite number"),
+    "Infinity in the bbox": (raw(payload(), '"lng": 10.08}', '"lng": Infinity}'), 422,
+                             "bbox.ne.lng: input should be a finite number"),
+    "-Infinity": (raw(payload(), '"lng": 9.92}', '"lng": -Infinity}'), 422, "bbox.sw.lng: input should be a finite"),
+    "empty prompt list": (json.dumps(payload(prompt=[])).encode(), 422, "prompt: list should have at least 1 item"),
+    "unknown prompt type": (json.dumps(payload(prompt=[{"type": "polygon", "data": {}}])).encode(), 422,
+                            "does not match any of the expected tags: 'point', 'rectangle'"),
+    "prompt without a type": (json.dumps(payload(prompt=[{"data": {}}])).encode(), 422, "prompt.0"),
+    "a list body": (b"[]", 422, "the request body: input should be a valid dictionary"),
+    "null": (b"null", 422, "the request body"),
+    "several MB": (json.dumps(payload(prompt=[point()] * 60_000)).encode(), 413, "larger than 65536 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_bodies_get_a_4xx_sentence_never_a_500(client: TestClient, tiles: Any, case: str) -> None:
+    body, status, says = HOSTILE[case]
+    r = client.post("/segment", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert says in error
+    assert "\n" not in error and ". " not in error and len(error) < 300  # one sentence
+    assert tiles.requests == []
+
+
+def test_100000_nested_lists_are_422_under_a_larger_body_limit(segmenter: Segmenter, tiles: Any) -> None:
+    with TestClient(create_app(settings_for(tiles.url_template, max_body_bytes=300_000), segmenter)) as c:
+        r = c.post("/segment", content=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert r.json() == {"error": "invalid request: the body nests arrays or objects too deeply to read",
+                        "detail": [{"loc": ["body"], "msg": "the body nests arrays or objects too deeply to read",
+                                    "type": "json_invalid"}]}
+
+
+MAP_BODY = {"bbox": bbox(), "zoom": ZOOM, "source_type": "tiles"}
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (HOSTILE["not UTF-8"][0], "not UTF-8"),
+    (HOSTILE["30000 nested lists"][0], "too deeply"),
+    (raw(MAP_BODY, '"zoom": 12', f'"zoom": {"9" * (DIGITS + 1)}'), f"more than {DIGITS} digits"),
+    (raw(MAP_BODY, '"lng": 10.08}', '"lng": NaN}'), "bbox.ne.lng: input should be a finite number"),
+])
+def test_map_reads_bodies_as_segment_does(segmenter: Segmenter, tiles: Any, body: bytes, says: str) -> None:
+    with TestClient(create_app(settings_for(tiles.url_template), segmenter, DiscAdapter())) as c:
+        r = c.post("/map", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and says in r.json()["error"]
+
+
+def tiny_bbox(pixels: float) -> dict[str, Any]:
+    """A bbox about ``pixels`` wide and high at ZOOM around the disc."""
+    half = pixels / 2 * 360 / (256 * 2**ZOOM)
+    return {"ne": {"lat": LAT + half * 0.7, "lng": LNG + half}, "sw": {"lat": LAT - half * 0.7, "lng": LNG - half}}
+
+
+@pytest.mark.parametrize("mode", ["grid", "view"])
+def test_a_view_of_a_few_pixels_is_400_too_small(client: TestClient, tiles: Any, mode: str) -> None:
+    r = client.post("/segment", json=payload(mode=mode, bbox=tiny_bbox(0.2)))
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert re.fullmatch(r"bbox too small for zoom 12: it spans [12] x [12] pixels and at least 8 per side are needed; "
+                        r"zoom in or choose a larger area", error), error
+    assert client.post("/segment", json=payload(mode=mode, bbox=tiny_bbox(12))).status_code == 200
+    assert "channel" not in error
+
+
+def test_map_of_a_few_pixels_is_400_too_small(segmenter: Segmenter, tiles: Any) -> None:
+    with TestClient(create_app(settings_for(tiles.url_template), segmenter, DiscAdapter())) as c:
+        r = c.post("/map", json={"bbox": tiny_bbox(3), "zoom": ZOOM, "source_type": "tiles"})
+    assert r.status_code == 400 and "bbox too small for zoom 12" in r.json()["error"]
+
+
+def test_a_damaged_local_raster_is_502_without_its_path(segmenter: Segmenter, tiles: Any, tmp_path: Path) -> None:
+    whole = write_disc_geotiff(tmp_path / "whole.tif", "Mars")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.path.read_bytes()[: whole.path.stat().st_size // 2])
+    settings = settings_for(tiles.url_template, extra_sources={"mars": {"type": "local", "path": str(cut)}})
+    body = {"bbox": bbox(whole.lng, whole.lat, 0.05), "prompt": [point(whole.lng, whole.lat)], "zoom": 10,
+            "source_type": "mars"}
+    with TestClient(create_app(settings, segmenter)) as c:
+        r = c.post("/segment", json=body)
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert error.startswith("source 'mars': its raster file is damaged, truncated or gone")
+    assert str(tmp_path) not in error
 
 
 def test_bad_requests_are_400_and_fetch_nothing(segmenter: Segmenter, tiles: Any) -> None:

@@ -15,11 +15,14 @@ from conftest import box_decoder
 import samadapt.segment
 from samadapt.segment import Segmenter
 from samadapt.service.engine import SegmentEngine
+from samadapt.errors import InputError
 from samadapt.service.geometry import (
+    MIN_VIEW_SIDE,
     FrameObject,
     cell_of,
     inner_edges_touched,
     recentred,
+    view_window,
 )
 from samadapt.service.schemas import SegmentRequest
 from samadapt.service.settings import ServiceSettings
@@ -28,6 +31,7 @@ from samadapt.service.sources import (
     Frame,
     MercatorFrame,
     Source,
+    SourceError,
     lnglat_to_world,
     world_to_lnglat,
 )
@@ -99,6 +103,18 @@ def test_cells_and_recentred_windows() -> None:
     assert recentred((250.0, 10.0, 262.0, 20.0), 256) == recentred((251.0, 12.0, 263.0, 21.0), 256)  # shared
     wide = recentred((100.0, 0.0, 340.0, 5.0), 256)  # 240 px wide: no quarter-step origin holds it
     assert wide[0] <= 100 and wide[2] >= 340
+
+
+def test_views_under_8_pixels_a_side_are_refused_before_and_after_clipping() -> None:
+    frame = MercatorFrame("local", ZOOM, "Earth", "EPSG:4326", (0, 0, 100, 100))
+    assert MIN_VIEW_SIDE == 8
+    assert view_window(frame, (10.0, 10.0, 18.0, 18.0), ZOOM, 4096) == (10, 10, 18, 18)
+    with pytest.raises(InputError, match="bbox too small for zoom 12: it spans 1 x 2 pixels and at least 8 per side"):
+        view_window(frame, (10.2, 10.5, 10.8, 11.5), ZOOM, 4096)
+    with pytest.raises(SourceError, match="overlaps the imagery of source 'local' by only 3 x 50 pixels"):
+        view_window(frame, (97.0, 20.0, 120.0, 70.0), ZOOM, 4096)
+    with pytest.raises(SourceError, match="lies outside the imagery"):
+        view_window(frame, (120.0, 20.0, 140.0, 70.0), ZOOM, 4096)
 
 
 def test_inner_edges_are_not_the_frame_boundary() -> None:

@@ -16,7 +16,7 @@ from service.tileserver import DISC_VALUE, DiscRaster, write_disc_geotiff
 
 from samadapt.errors import InputFileError
 from samadapt.service.local_source import body_name
-from samadapt.service.sources import LocalSource, SourceError, lnglat_to_world
+from samadapt.service.sources import FetchError, LocalSource, SourceError, lnglat_to_world
 
 
 def read(src: LocalSource, zoom: int, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -144,6 +144,21 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
         dst.write(np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(InputFileError, match="has no CRS"):
         LocalSource("x", plain)
+
+
+def test_a_damaged_file_is_a_fetch_error_naming_the_source_not_the_path(tmp_path: Path) -> None:
+    disc = write_disc_geotiff(tmp_path / "e.tif", size=(600, 400))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(disc.path.read_bytes()[: disc.path.stat().st_size // 2])
+    src = LocalSource("local", cut)  # the header is whole, so the source starts
+    assert read(src, 15, (0, 0, 400, 50)).shape == (50, 400, 3)  # and the first rows are there
+    damaged = "source 'local': its raster file is damaged, truncated or gone"
+    with pytest.raises(FetchError, match=damaged) as caught:
+        read(src, 15, (0, 500, 400, 600))
+    assert str(tmp_path) not in str(caught.value)
+    gx, gy = lnglat_to_world(disc.lng, disc.lat, 12)
+    with pytest.raises(FetchError, match=damaged):
+        tile(src, 12, int(gx // 256), int(gy // 256))
 
 
 @pytest.mark.parametrize(("crs", "body"), [

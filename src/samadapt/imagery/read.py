@@ -15,6 +15,9 @@ Conventions used throughout:
 * A pixel is invalid where the source says so (nodata in all chosen bands, a dataset mask
   or alpha of 0) or where any chosen band is NaN or infinite. Invalid pixels are left out
   of the stretch statistics and are 0 in ``pixels``.
+* A file's band axis is known (rasterio reads bands first); only arrays handed to
+  :func:`from_array` without ``channel_axis`` have theirs guessed, and only when one
+  reading fits.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
@@ -32,7 +36,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, WindowError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError, WindowError
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
@@ -327,6 +331,53 @@ def _read_window(window: Window | None, height: int, width: int, name: str) -> W
         ) from None
 
 
+@contextmanager
+def pixel_read_errors(
+    path: str | Path, *, window: Window | None = None, bands: Sequence[int] | None = None
+) -> Iterator[None]:
+    """Turn GDAL's failure to read pixels of an open raster into one :class:`InputFileError` sentence.
+
+    A file cut short (an interrupted download or copy) still opens, since its header is
+    whole; it fails only when a missing block is read, and rasterio then says no more than
+    "Read failed. See previous exception for details.". Wrap every read of pixels, masks
+    included, in this: the message names the file, says it is damaged, and gives the bands,
+    the window and GDAL's own reason.
+
+    Args:
+        path: the file, as the user named it (``dataset.name``).
+        window: the window being read (pixels), or None for the whole raster.
+        bands: the 1-based bands being read, or None.
+
+    Raises:
+        InputFileError: when a read inside the block fails.
+    """
+    try:
+        yield
+    except RasterioIOError as exc:
+        what = "the raster"
+        if bands:
+            what = f"band{'s' if len(bands) > 1 else ''} {', '.join(str(int(b)) for b in bands)}"
+        where = ""
+        if window is not None:
+            where = (f" in the window at column {int(window.col_off)}, row {int(window.row_off)}, "
+                     f"{int(window.width)} x {int(window.height)} pixels")
+        raise InputFileError(
+            f"{path} is damaged or truncated: {what} could not be read{where} ({_gdal_reason(exc, path)}); "
+            "copy or download it again"
+        ) from None
+
+
+def _gdal_reason(exc: RasterioIOError, path: str | Path) -> str:
+    """GDAL's own words for a failed read (rasterio keeps them in the cause), without the file name."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    reason = str(cause).strip().rstrip(".")
+    for name in (str(path), Path(path).name):
+        if reason.startswith(f"{name}, "):
+            reason = reason[len(name) + 2:]
+            break
+    return f"GDAL: {reason}"
+
+
 def read_image(
     path: str | Path,
     *,
@@ -356,7 +407,8 @@ def read_image(
         The image with (H, W) = the window's or raster's size.
 
     Raises:
-        InputFileError: if the file is missing or is not a readable image or raster.
+        InputFileError: if the file is missing, is not a readable image or raster, or is
+            damaged or truncated where its pixels are read.
         InputError: on an unknown band, a band count other than 1 or 3, a bad stretch, or
             an empty window or one outside the raster.
     """
@@ -386,16 +438,19 @@ def _read_dataset(
     alpha_last = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
     chosen, alpha = _choose_bands(bands, dataset.count, alpha_last, path.name)
     window = _read_window(window, dataset.height, dataset.width, path.name)
-    data = dataset.read(list(chosen), window=window)
+    with pixel_read_errors(path, window=window, bands=chosen):
+        data = dataset.read(list(chosen), window=window)
     nodatavals = [dataset.nodatavals[b - 1] for b in chosen]
     valid = ~_nodata_invalid(data, nodatavals) & _finite(data)
     # Per-dataset masks (internal mask bands, alpha GDAL knows about) apply to every band.
     flags = dataset.mask_flag_enums
     masked = [b for b in chosen if MaskFlags.per_dataset in flags[b - 1]]
     if masked:
-        valid &= dataset.read_masks(masked[0], window=window) > 0
+        with pixel_read_errors(path, window=window, bands=masked[:1]):
+            valid &= dataset.read_masks(masked[0], window=window) > 0
     if alpha is not None:
-        band = dataset.read(alpha, window=window)
+        with pixel_read_errors(path, window=window, bands=(alpha,)):
+            band = dataset.read(alpha, window=window)
         if dataset.colorinterp[alpha - 1] == ColorInterp.alpha or looks_like_alpha(band):
             valid &= band > 0
     pixels = to_rgb8(data, valid, stretch=stretch)
@@ -433,9 +488,12 @@ def from_array(
     """Wrap a numpy image (Python API) as a :class:`GeoImage`, with the same rules as files.
 
     Args:
-        array: (H, W), (H, W, C) or (C, H, W). For 3-D input the channel axis is the first
-            or last one, whichever is smaller than both other axes; when that does not
-            decide it (e.g. 3 x 3 x 3), pass ``channel_axis``.
+        array: (H, W), (H, W, C) or (C, H, W). For 3-D input without ``channel_axis`` the
+            channel axis is the first or last one, whichever is smaller than both other
+            axes, provided the other end axis is longer than 3 (else it too could hold an
+            image's bands: grey, grey + alpha, RGB); otherwise, e.g. 3 x 3 x 3 or a
+            1 x 5 x 3 strip, pass ``channel_axis``. Code that knows its layout (a window
+            read for a model is (H, W, 3)) should always pass it.
         crs: CRS of ``transform`` (a :class:`rasterio.crs.CRS` or anything
             ``CRS.from_user_input`` accepts, e.g. ``"EPSG:32616"`` or a PROJ/WKT string).
         transform: pixel (col, row) -> map (x, y) affine, origin at the top-left corner.
@@ -489,17 +547,27 @@ def from_array(
     )
 
 
+#: An end axis this short could hold an image's bands (grey, grey + alpha, RGB).
+_MAX_IMAGE_BANDS = 3
+
+
 def _channels_first(array: np.ndarray, channel_axis: Literal["first", "last"] | None) -> np.ndarray:
     """Return a 3-D array as (C, H, W), guessing the channel axis only when it is unambiguous."""
     a, b, c = array.shape
     if channel_axis is None:
-        if a < min(b, c):
+        # An end axis counts as the bands when it is shorter than both others and the other
+        # end axis could not be the bands instead; a 1 x 5 RGB strip, (1, 5, 3), is not
+        # taken for one band of 5 x 3 pixels.
+        if a < min(b, c) and c > _MAX_IMAGE_BANDS:
             channel_axis = "first"
-        elif c < min(a, b):
+        elif c < min(a, b) and a > _MAX_IMAGE_BANDS:
             channel_axis = "last"
         else:
+            first, last = f"{a} band(s) of {b} x {c} pixels", f"{c} band(s) of {a} x {b} pixels"
+            readings = f": it reads as {first} or {last}" if first != last else ""
             raise InputError(
-                f"cannot tell the channel axis of an array of shape {array.shape}; pass channel_axis='first' or 'last'"
+                f"cannot tell the channel axis of an array of shape {array.shape}{readings}; pass "
+                "channel_axis='first' for (bands, rows, cols) or 'last' for (rows, cols, bands)"
             )
     if channel_axis == "first":
         return array
@@ -521,7 +589,7 @@ def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "au
         validity mask.
 
     Raises:
-        InputFileError: the file cannot be read.
+        InputFileError: the file cannot be read, or is damaged or truncated.
         InputError: a band does not exist.
     """
     path = Path(path)
@@ -532,8 +600,9 @@ def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "au
             for b in bands:
                 if not 1 <= b <= ds.count:
                     raise InputError(f"band {b} does not exist: {path.name} has {ds.count} band(s), numbered 1 to {ds.count}")
-            data = ds.read(list(bands))
-            valid = ds.dataset_mask() > 0
+            with pixel_read_errors(path, bands=bands):
+                data = ds.read(list(bands))
+                valid = ds.dataset_mask() > 0
     except rasterio.errors.RasterioIOError as e:
         raise InputFileError(f"{path} is not a readable image or raster ({e})") from None
     valid &= np.isfinite(data).all(axis=0) if np.issubdtype(data.dtype, np.floating) else True

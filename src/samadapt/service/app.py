@@ -5,14 +5,21 @@ here, the HTTP client and worker pools live as long as the app (its lifespan). E
 leaves as JSON ``{"error": "<one sentence>"}`` (validation errors add ``detail``):
 
 ======================================  ======
-pydantic validation                      422
+a body that is not a valid request       422
+(not JSON, not UTF-8, nested too
+deeply, failing pydantic validation)
 InputError (bad bbox, prompts, source)   400
 missing / wrong bearer token             401
 unknown path, /map without an adapter    404
 body larger than ``max_body_bytes``      413
-FetchError (tile server failed or slow)  502
+FetchError (tile server failed or slow,  502
+local raster damaged)
 anything else                            500 (traceback in the server log only)
 ======================================  ======
+
+422 is for every body that is not a request the service can take, whether it fails to parse
+or to validate: the client sent something wrong and must change the body. 400 is for a
+well-formed request the service will not serve as asked (too large a view, an unknown source).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -108,6 +117,55 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
         msg = msg[0].lower() + msg[1:]
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"invalid request: {where}: {msg}{more}"
+
+
+class UnreadableBody(HTTPException):
+    """A request body that is not JSON Python can read at all; a 422 like any other invalid payload."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(422, f"invalid request: {reason}")
+        self.reason = reason
+
+
+def read_json(body: bytes) -> Any:
+    """The JSON value of a request body, or :class:`UnreadableBody` with the reason in one sentence.
+
+    Plain syntax errors stay ``json.JSONDecodeError``, which FastAPI answers with its 422
+    ``json_invalid`` error; this adds the failures FastAPI would answer with a bare 400.
+    """
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        raise
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start]
+        raise UnreadableBody(f"the body is not UTF-8 text (byte 0x{bad:02x} at offset {exc.start}); "
+                             "send JSON encoded as UTF-8") from None
+    except RecursionError:  # the json module recurses once per level of nesting
+        raise UnreadableBody("the body nests arrays or objects too deeply to read") from None
+    except ValueError:  # the only other ValueError json raises: an integer too long to convert
+        raise UnreadableBody(f"a number in the body has more than {sys.get_int_max_str_digits()} digits") from None
+
+
+class _JSONRequest(Request):
+    """A request whose ``json()`` is :func:`read_json`; FastAPI reads every JSON body through it."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_read_json"):
+            self._read_json = read_json(await self.body())
+        return self._read_json
+
+
+class JSONRoute(APIRoute):
+    """A route whose request body is parsed by :func:`read_json` (FastAPI's custom route class hook)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def read_with_our_parser(request: Request) -> Response:
+            return await handler(_JSONRequest(request.scope, request.receive))
+
+        return read_with_our_parser
 
 
 class BodyLimit:
@@ -198,6 +256,7 @@ def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Any = N
         title="samadapt map service", version=__version__, lifespan=lifespan,
         description="Segment Anything on a web map: SamGIS-compatible /segment, class maps with an adapter.",
     )
+    app.router.route_class = JSONRoute  # before any route is added
     app.state.settings = settings
     app.state.loaded = loaded
     app.state.sources = sources
@@ -226,6 +285,8 @@ def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Any = N
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc, UnreadableBody):
+            return _error(422, exc.detail, detail=[{"loc": ["body"], "msg": exc.reason, "type": "json_invalid"}])
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"nothing here: {request.url.path}"

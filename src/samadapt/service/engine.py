@@ -175,7 +175,8 @@ class SegmentEngine:
         t0 = time.perf_counter()
         pixels = await self.fetch(source, frame, window)
         t1 = time.perf_counter()
-        image = from_array(pixels, valid=self._valid(frame, window))
+        # Sources return (h, w, 3); saying so spares from_array a guess it cannot make for thin windows.
+        image = from_array(pixels, valid=self._valid(frame, window), channel_axis="last")
         loop = asyncio.get_running_loop()
         emb = await loop.run_in_executor(self._encode_pool, self.segmenter.embed, image)
         t2 = time.perf_counter()

@@ -19,6 +19,10 @@ from samadapt.service.schemas import BBox, PointPrompt, SegmentRequest
 from samadapt.service.sources import SourceError
 from samadapt.service.vector import Window
 
+#: Fewest pixels a view may span per side. A smaller one is almost always a client sending a
+#: bbox that does not match its zoom, and SAM would see a few pixels blown up to its whole input.
+MIN_VIEW_SIDE = 8
+
 
 @dataclass
 class FrameObject:
@@ -71,7 +75,8 @@ def bbox_extent(frame: Frame, bbox: BBox) -> tuple[float, float, float, float]:
 
 
 def view_window(frame: Frame, extent: tuple[float, float, float, float], zoom: int, max_side: int) -> Window:
-    """The bbox's whole-pixel extent clipped to the frame's imagery; 400 errors when too large or outside."""
+    """The bbox's whole-pixel extent clipped to the frame's imagery; 400 errors when too large, too
+    small (under :data:`MIN_VIEW_SIDE` pixels a side, before or after clipping) or outside."""
     x0, y0 = math.floor(extent[0]), math.floor(extent[1])
     x1, y1 = max(math.ceil(extent[2]), x0 + 1), max(math.ceil(extent[3]), y0 + 1)
     if x1 - x0 > max_side or y1 - y0 > max_side:
@@ -79,10 +84,20 @@ def view_window(frame: Frame, extent: tuple[float, float, float, float], zoom: i
             f"bbox too large for zoom {zoom}: it spans {x1 - x0} x {y1 - y0} pixels and at most {max_side} per side "
             f"are allowed; zoom in or choose a smaller area"
         )
+    if x1 - x0 < MIN_VIEW_SIDE or y1 - y0 < MIN_VIEW_SIDE:
+        raise InputError(
+            f"bbox too small for zoom {zoom}: it spans {x1 - x0} x {y1 - y0} pixels and at least {MIN_VIEW_SIDE} per "
+            f"side are needed; zoom in or choose a larger area"
+        )
     b = frame.bounds
     win = (max(x0, b[0]), max(y0, b[1]), min(x1, b[2]), min(y1, b[3]))
     if win[0] >= win[2] or win[1] >= win[3]:
         raise SourceError(f"the bbox lies outside the imagery of source {frame.source!r}")
+    if win[2] - win[0] < MIN_VIEW_SIDE or win[3] - win[1] < MIN_VIEW_SIDE:
+        raise SourceError(
+            f"the bbox overlaps the imagery of source {frame.source!r} by only {win[2] - win[0]} x {win[3] - win[1]} "
+            f"pixels and at least {MIN_VIEW_SIDE} per side are needed; move the view onto the imagery"
+        )
     return win
 
 

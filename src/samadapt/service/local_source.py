@@ -10,9 +10,12 @@ CRS, so the page's default map projection places them where the API's lng/lat sa
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,15 @@ import numpy as np
 from samadapt.errors import InputFileError
 from samadapt.service.sources import (
     TILE_SIZE,
+    FetchError,
     Frame,
     RasterFrame,
     Source,
     check_window,
     encode_png,
 )
+
+log = logging.getLogger("samadapt.service")
 
 #: Mean radius (m) -> body, for rasters whose ellipsoid name does not say which body it is.
 _RADII = {"Mars": 3_396_190.0, "Moon": 1_737_400.0, "Mercury": 2_440_530.0, "Venus": 6_051_800.0,
@@ -155,6 +161,18 @@ class LocalSource(Source):
                 self._limits_ready = True
             return self._limits
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A file damaged, cut short or removed since the server started: a 502 naming the source, not the path."""
+        from rasterio.errors import RasterioIOError
+
+        try:
+            yield
+        except (RasterioIOError, InputFileError) as exc:
+            log.warning("source %r: reading %s failed: %s", self.name, self.path, exc)
+            raise FetchError(f"source {self.name!r}: its raster file is damaged, truncated or gone, so this part "
+                             "could not be read (the server log has GDAL's reason)") from None
+
     def read_window(self, window: tuple[int, int, int, int]) -> np.ndarray:
         """Synchronous :meth:`read`: (h, w, 3) uint8 of pixel window (x0, y0, x1, y1), 0 outside."""
         import rasterio
@@ -167,7 +185,7 @@ class LocalSource(Source):
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, self.height)
         if cx1 <= cx0 or cy1 <= cy0:
             return out
-        with rasterio.open(self.path) as ds:
+        with self._reading(), rasterio.open(self.path) as ds:
             pixels, _ = read_tile(ds, Window(cx0, cy0, cx1 - cx0, cy1 - cy0), self.bands, self.limits(ds))
         out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = pixels
         return out
@@ -210,7 +228,7 @@ class LocalSource(Source):
         out_px = max((ix1 - ix0), (iy1 - iy0)) / size * TILE_SIZE
         factor = max(1.0, max(c1 - c0, r1 - r0) / max(out_px, 1.0) / 2.0)  # keep 2x oversampling
         shape = (max(1, round((r1 - r0) / factor)), max(1, round((c1 - c0) / factor)))
-        with rasterio.open(self.path) as ds:
+        with self._reading(), rasterio.open(self.path) as ds:
             window = Window(c0, r0, c1 - c0, r1 - r0)
             pixels, valid = read_tile(ds, window, self.bands, self.limits(ds),
                                       out_shape=None if factor == 1.0 else shape)

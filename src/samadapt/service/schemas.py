@@ -1,9 +1,9 @@
 """Request and response models of the HTTP service: the SamGIS payload, typed.
 
-Requests are validated by pydantic (a bad payload is a 422 with a readable message). The
-response models document the JSON in the OpenAPI schema; the endpoints build the JSON
-directly rather than validating it a second time on the way out, which keeps the cached
-path (prompt in, GeoJSON out) lean.
+Requests are validated by pydantic (a bad payload is a 422 with a readable message);
+coordinates must be finite numbers. The response models document the JSON in the OpenAPI
+schema; the endpoints build the JSON directly rather than validating it a second time on the
+way out, which keeps the cached path (prompt in, GeoJSON out) lean.
 
 Coordinates are degrees of longitude and latitude on the source's body (Earth unless the
 source is, say, a Mars GeoTIFF); ``ne`` is the north-east corner, ``sw`` the south-west one.
@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Lat = Annotated[float, Field(ge=-90.0, le=90.0, description="Latitude in degrees.")]
-Lng = Annotated[float, Field(ge=-180.0, le=180.0, description="Longitude in degrees.")]
+# allow_inf_nan=False: Python's JSON reader accepts NaN and Infinity, and NaN passes no bound
+# check with a useful message ("should be less than or equal to 90").
+Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False, description="Latitude in degrees.")]
+Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False, description="Longitude in degrees.")]
 
 
 class LatLng(BaseModel):

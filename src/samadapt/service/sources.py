@@ -42,7 +42,8 @@ MAX_READ_PIXELS = 8192 * 8192
 
 
 class FetchError(SamadaptError):
-    """An upstream tile could not be fetched or decoded (HTTP status, timeout, bad bytes)."""
+    """Imagery could not be had: a tile not fetched or decoded (HTTP status, timeout, bad bytes),
+    or a local raster damaged."""
 
 
 class SourceError(InputError):
