@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from samadapt import __version__
 from samadapt.errors import CheckpointError, InputError, ModelNotFoundError
+from samadapt.imagery.read import from_array
 from samadapt.methods import build_method
 from samadapt.methods.base import AdaptationMethod, Sample
 from samadapt.models.loading import LoadedModel, load_model
@@ -176,7 +177,8 @@ class Adapter:
         if m.name in EMBEDDING_METHODS and all(s.pixels.shape[2] == 3 for s in samples):
             # These methods read the embedding through the cache in make_inputs: fill it with
             # one encoder call first (through the segmenter AdaptationMethod.embedding uses).
-            for _ in m.segmenter.embed_many([s.pixels for s in samples], batch_size=len(samples)):
+            images = [from_array(s.pixels, channel_axis="last") for s in samples]  # (H, W, 3), as embedding() says
+            for _ in m.segmenter.embed_many(images, batch_size=len(samples)):
                 pass
         inputs = [m.make_inputs(Sample(s.stem, s.pixels, s.valid, None), train=False, rng=np.random.default_rng(0))
                   for s in samples]
@@ -227,22 +229,157 @@ def read_sample(path: Path, *, bands: tuple[int, ...] | None = None, mask: Path 
     return Sample(stem or Path(path).stem, pixels, valid, target)
 
 
+def is_adapter_ref(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names an adapter folder, even a damaged one, rather than a SAM model.
+
+    A SAM model folder holds a ``config.json`` too, so the test is ``adapter.safetensors`` or a
+    ``config.json`` that names a samadapt method; :func:`load_adapter` then says what is wrong.
+    """
+    folder = Path(path)
+    if (folder / WEIGHTS).is_file():
+        return True
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "method" in config and "samadapt_version" in config
+
+
+#: Fix given by every message about a damaged adapter folder.
+_REDO = "copy the whole folder again from where it was trained, or train it again"
+
+
+def _check_files(path: Path) -> None:
+    """Refuse a path that is not a folder holding both files of an adapter.
+
+    Raises:
+        ModelNotFoundError: naming what is missing.
+    """
+    if not path.exists():
+        raise ModelNotFoundError(f"adapter folder {path} does not exist; give the folder `samadapt train --out` wrote")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is a file, not an adapter folder; give the folder `samadapt train --out` "
+                                 f"wrote (it holds {CONFIG} and {WEIGHTS})")
+    have = [name for name in (CONFIG, WEIGHTS) if (path / name).is_file()]
+    if not have:
+        raise ModelNotFoundError(f"{path} is not a samadapt adapter (it needs {CONFIG} and {WEIGHTS})")
+    if len(have) == 1:
+        lacking = WEIGHTS if have == [CONFIG] else CONFIG
+        raise ModelNotFoundError(f"adapter folder {path} has {have[0]} but no {lacking}, so it is incomplete; {_REDO}")
+
+
+def _config_problems(config: dict[str, Any]) -> list[str]:
+    """Keys of an adapter's config.json that are missing or of the wrong type."""
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    base = config.get("base_model")
+    checks = {
+        "method": isinstance(config.get("method"), str),
+        "num_classes": whole(config.get("num_classes")),
+        "in_channels": whole(config.get("in_channels")),
+        "base_model": isinstance(base, dict) and isinstance(base.get("name"), str)
+        and isinstance(base.get("weights_sha256"), str),
+        "options": isinstance(config.get("options", {}), dict),
+        "classes": isinstance(config.get("classes", {}), dict)
+        and all(isinstance(k, str) and k.isdigit() for k in config.get("classes", {})),
+        "bands": config.get("bands") is None
+        or (isinstance(config["bands"], list) and all(whole(b) for b in config["bands"])),
+    }
+    return [key for key, ok in checks.items() if not ok]
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of an adapter folder, checked to hold what :func:`load_adapter` reads.
+
+    Raises:
+        CheckpointError: the file is not JSON (e.g. cut short by an interrupted copy), not an
+            object, or lacks a key or gives it the wrong type.
+    """
+    file = Path(path) / CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{file} is not text, so the adapter is damaged; {_REDO}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}), so the "
+                              f"adapter is damaged; {_REDO}") from None
+    except OSError as e:
+        raise CheckpointError(f"{file} cannot be read ({e.strerror}); check its permissions") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(config).__name__}, not the object of settings an adapter "
+                              f"has, so the adapter is damaged; {_REDO}")
+    bad = _config_problems(config)
+    if bad:
+        raise CheckpointError(f"{file} lacks or garbles {', '.join(bad)}, which every adapter records, so the adapter "
+                              f"is damaged or not one samadapt wrote; {_REDO}")
+    return config
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter's ``adapter.safetensors``.
+
+    Raises:
+        CheckpointError: the file is not a complete safetensors file.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(file))
+    except SafetensorError as e:
+        raise CheckpointError(f"{file} is not a complete safetensors file ({e}), so the adapter is damaged; "
+                              f"{_REDO}") from None
+    except OSError as e:
+        raise CheckpointError(f"{file} cannot be read ({e.strerror}); check its permissions") from None
+
+
+def _check_weights(file: Path, weights: dict[str, torch.Tensor], method: AdaptationMethod) -> None:
+    """Refuse weights that do not fit the method their ``config.json`` describes.
+
+    Raises:
+        CheckpointError: a tensor the method lacks, a trained tensor the file lacks, or a shape
+            that differs (the file and config.json come from different runs, or one was edited).
+    """
+    state = method.state_dict()
+    what = f"the {method.name} method its {CONFIG} describes"
+    unexpected = sorted(set(weights) - set(state))
+    if unexpected:
+        raise CheckpointError(f"{file} holds weights {what} does not have ({', '.join(unexpected[:3])}), so the two "
+                              f"files do not match; {_REDO}")
+    lacking = sorted(set(method.trainable_state_dict()) - set(weights))
+    if lacking:
+        raise CheckpointError(f"{file} lacks {len(lacking)} of the weights {what} trains ({', '.join(lacking[:3])}), "
+                              f"so the two files do not match; {_REDO}")
+    for key, tensor in weights.items():
+        if tensor.shape != state[key].shape:
+            raise CheckpointError(
+                f"{file} does not match the {CONFIG} beside it: {key} is {list(tensor.shape)} in the file but "
+                f"{list(state[key].shape)} in {what}; {_REDO}"
+            )
+
+
 def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None = None,
                  device: str = "cpu", runtime: Any = "auto") -> Adapter:
     """Load an adapter folder; the base model comes from its config unless given.
+
+    The folder is checked before the base model loads: both files present, ``config.json``
+    complete, ``adapter.safetensors`` whole; then its weights must fit the method the config
+    describes, name for name and shape for shape.
 
     ``runtime`` is the base encoder's runtime (see :func:`samadapt.models.loading.load_model`);
     a given LoadedModel keeps its own unless ``runtime`` is something other than "auto".
 
     Raises:
-        ModelNotFoundError: the folder is not an adapter.
-        CheckpointError: the base model's weights differ from those the adapter was trained on,
-            or the weights do not fit the method.
+        ModelNotFoundError: the folder does not exist, is not an adapter, or lacks one of its files.
+        CheckpointError: a damaged file, weights that do not match the config, a method this
+            samadapt cannot build, or a base model whose weights differ from those the adapter
+            was trained on.
     """
     path = Path(path)
-    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise ModelNotFoundError(f"{path} is not a samadapt adapter (it needs {CONFIG} and {WEIGHTS})")
-    config = json.loads((path / CONFIG).read_text())
+    _check_files(path)
+    config = read_adapter_config(path)
+    weights = _read_weights(path / WEIGHTS)
     expected = config["base_model"]
     if base is None:
         base = expected["name"]
@@ -259,13 +396,17 @@ def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None
             f"this adapter was trained on {expected['name']} (weights sha256 {expected['weights_sha256'][:12]}), "
             f"not on {loaded.name} (sha256 {loaded.weights_sha256[:12]}); load it with --model {expected['name']}"
         )
-    method = build_method(config["method"], loaded, num_classes=config["num_classes"],
-                          in_channels=config["in_channels"], **config.get("options", {}))
+    try:
+        method = build_method(config["method"], loaded, num_classes=config["num_classes"],
+                              in_channels=config["in_channels"], **config.get("options", {}))
+    except InputError as e:
+        written = config.get("samadapt_version")
+        fix = (f"; it was written by samadapt {written}: use that version or train it again"
+               if written and written != __version__ else f", so it is damaged; {_REDO}")
+        raise CheckpointError(f"{path / CONFIG} describes an adapter samadapt {__version__} cannot build ({e}){fix}"
+                              ) from None
     method.to(loaded.device)
-    weights = load_file(str(path / WEIGHTS))
-    missing = set(weights) - set(method.state_dict())
-    if missing:
-        raise CheckpointError(f"{path / WEIGHTS} has weights the {config['method']} method does not: {sorted(missing)[:5]}")
+    _check_weights(path / WEIGHTS, weights, method)
     method.load_state_dict(weights, strict=False)
     adapter = Adapter(method, config)
     adapter.path = path

@@ -17,7 +17,7 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 from samadapt.data import (
     IGNORE_INDEX,
     SegDataset,
@@ -222,17 +222,21 @@ def test_build_errors(scene: tuple[Path, Path], tmp_path: Path) -> None:
 def test_out_dir_protection(scene: tuple[Path, Path], tmp_path: Path) -> None:
     raster, vectors = scene
     out = build_from_vectors(raster, vectors, tmp_path / "ds", tile_size=128)
-    (out / "masks" / "stale.tif").write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match="is not empty; pass overwrite=True"):
+    with pytest.raises(OutputExistsError, match="exists; pass --overwrite to replace the dataset it holds"):
         build_from_vectors(raster, vectors, out, tile_size=128)
     build_from_vectors(raster, vectors, out, tile_size=128, bands=(2,), overwrite=True)
-    assert not (out / "masks" / "stale.tif").exists()
     with rasterio.open(next((out / "images").iterdir())) as tile:
         assert tile.count == 1
+    # a file the user added to a built dataset makes it theirs: refused, never deleted
+    (out / "masks" / "mine.tif").write_bytes(b"drawn by hand")
+    added = r"holds a dataset samadapt wrote, but files were added to it or changed since \(masks/mine.tif\)"
+    with pytest.raises(OutputExistsError, match=added):
+        build_from_vectors(raster, vectors, out, tile_size=128, overwrite=True)
+    assert (out / "masks" / "mine.tif").read_bytes() == b"drawn by hand"
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.docx").write_text("precious")
-    with pytest.raises(OutputExistsError, match=r"holds files that are not part of a dataset \(thesis.docx\)"):
+    with pytest.raises(OutputExistsError, match=r"holds files samadapt did not write as a dataset \(thesis.docx\)"):
         build_from_vectors(raster, vectors, mine, overwrite=True)
     assert (mine / "thesis.docx").read_text() == "precious"
 
@@ -349,7 +353,7 @@ def _hf_rows(n: int, seed: int, mask_key: str, *, palette: bool = False) -> dict
     return {"image": images, mask_key: masks}
 
 
-def test_from_hf_dataset(tmp_path: Path) -> None:
+def test_from_hf_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     datasets = pytest.importorskip("datasets")
 
     def part(n: int, seed: int) -> object:
@@ -368,6 +372,17 @@ def test_from_hf_dataset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.read_image("validation_1").pixels, np.asarray(expected["image"][1]))
     np.testing.assert_array_equal(ds.read_mask("validation_1"), np.asarray(expected["label"][1]))
     assert check_dataset(out).ok
+    # the command replaces the dataset it wrote only with --overwrite, and a user's folder never
+    command = ["data", "from-hf", str(saved), "--out"]
+    code, text = run_cli([*command, str(out)], monkeypatch, capsys)
+    assert code == 2 and "exists; pass --overwrite to replace the dataset it holds" in text, text
+    code, text = run_cli([*command, str(out), "--overwrite"], monkeypatch, capsys)
+    assert code == 0 and SegDataset.open(out).stems("val") == ["validation_0", "validation_1"], text
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("x")
+    code, text = run_cli([*command, str(tmp_path / "mine"), "--overwrite"], monkeypatch, capsys)
+    assert code == 2 and "did not write as a dataset (thesis.txt)" in text, text
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "x"
 
     only = from_hf_dataset(saved, tmp_path / "only", split="validation", classes={0: "bg", 1: "a", 2: "b"})
     assert SegDataset.open(only).stems() == ["validation_0", "validation_1"]

@@ -160,8 +160,12 @@ def test_defaults_without_metadata(tmp_path: Path) -> None:
 
 
 def test_open_errors(tmp_path: Path, clean: Path) -> None:
-    with pytest.raises(InputFileError, match="dataset folder not found"):
-        SegDataset.open(tmp_path / "missing")
+    for check in (SegDataset.open, check_dataset):  # a missing folder or a file is named as such
+        with pytest.raises(InputFileError, match=r"dataset folder \S+missing does not exist; check the path: a"):
+            check(tmp_path / "missing")
+        (tmp_path / "notes.txt").write_text("x")
+        with pytest.raises(InputFileError, match=r"notes.txt is a file, not a dataset folder; give a folder instead"):
+            check(tmp_path / "notes.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputFileError, match="has no images/ folder; a dataset folder holds images/"):
         SegDataset.open(tmp_path / "empty")

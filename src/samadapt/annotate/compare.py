@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask
+from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask, require_ground_truth
 from samadapt.automatic import AutomaticOptions
 from samadapt.errors import InputError
 from samadapt.segment import Segmenter
@@ -55,53 +55,64 @@ def compare_modes(
     figure_images: int = 3,
     auto_options: AutomaticOptions | None = None,
     modes: tuple[Mode, ...] = MODES,
+    overwrite: bool = False,
 ) -> ModeComparison:
     """Run every prompt mode on every image with a ground-truth mask and score it.
 
-    Writes ``compare.csv`` (one row per image, a column per mode, a last row of means) and
-    ``compare.png`` (image, automatic, point and box overlays for a few images) in ``out_dir``.
+    Writes the folder ``out_dir``: ``compare.csv`` (one row per image, a column per mode, a
+    last row of means) and ``compare.png`` (image, automatic, point and box overlays for a few
+    images). ``overwrite`` replaces a previous comparison samadapt wrote there, and nothing else.
+
+    Raises:
+        InputError: no image has a mask, or a mask ``samadapt data check`` rejects (another size
+            than its image, class ids ``classes.json`` does not name).
+        OutputExistsError: see :func:`samadapt.annotate.core.check_out_dir`.
     """
     from samadapt.data.dataset import SegDataset
+    from samadapt.data.manifest import MODE_COMPARISON, output_folder
     from samadapt.metrics import MetricAccumulator, binary_iou
 
     dataset = SegDataset.open(dataset_dir)
     stems = [s for s in dataset.stems(split) if dataset.mask_path(s) is not None]
     if not stems:
         raise InputError(f"{dataset_dir} has no images with ground-truth masks to compare against")
+    require_ground_truth(dataset, stems)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     num_classes = max(dataset.num_classes, 2)
     acc = {m: MetricAccumulator(num_classes, per_image=False) for m in modes}
     report = ModeComparison()
     panels: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
-    for stem in stems:
-        image = dataset.read_image(stem)
-        truth = dataset.read_mask(stem)
-        row: dict[str, float] = {}
-        spurious: dict[str, int] = {}
-        shown: dict[str, np.ndarray] = {}
-        for mode in modes:
-            objects = regions_from_mask(truth, mode, seed)
-            ann = annotate_image(segmenter, image, stem, objects, mode, auto_options=auto_options)
-            pred = ann.labels.copy()
-            pred[pred == 255] = 0
-            scored = truth != 255
-            found, wanted = (pred > 0) & scored, (truth > 0) & scored
-            if wanted.any():
-                row[mode] = binary_iou(found, wanted)
-            else:
-                row[mode] = float("nan")
-                spurious[mode] = int(found.sum())
-            acc[mode].add(pred, truth)
-            shown[mode] = ann.everything.masks if (mode == "auto" and ann.everything is not None) else (pred > 0)[None]
-        report.per_image.append((stem, row))
-        if spurious:
-            report.without_objects.append((stem, spurious))
-        if len(panels) < figure_images:
-            panels.append((image.pixels, shown, truth))
-    report.miou = {m: float(acc[m].compute().miou) for m in modes}
-    report.csv_path = _write_csv(out_dir / "compare.csv", report, modes)
-    report.figure_path = _figure(out_dir / "compare.png", panels, modes)
+    with output_folder(out_dir, kind=MODE_COMPARISON, overwrite=overwrite) as tmp:
+        for stem in stems:
+            image = dataset.read_image(stem)
+            truth = dataset.read_mask(stem)
+            row: dict[str, float] = {}
+            spurious: dict[str, int] = {}
+            shown: dict[str, np.ndarray] = {}
+            for mode in modes:
+                objects = regions_from_mask(truth, mode, seed)
+                ann = annotate_image(segmenter, image, stem, objects, mode, auto_options=auto_options)
+                pred = ann.labels.copy()
+                pred[pred == 255] = 0
+                scored = truth != 255
+                found, wanted = (pred > 0) & scored, (truth > 0) & scored
+                if wanted.any():
+                    row[mode] = binary_iou(found, wanted)
+                else:
+                    row[mode] = float("nan")
+                    spurious[mode] = int(found.sum())
+                acc[mode].add(pred, truth)
+                everything = ann.everything
+                shown[mode] = everything.masks if (mode == "auto" and everything is not None) else (pred > 0)[None]
+            report.per_image.append((stem, row))
+            if spurious:
+                report.without_objects.append((stem, spurious))
+            if len(panels) < figure_images:
+                panels.append((image.pixels, shown, truth))
+        report.miou = {m: float(acc[m].compute().miou) for m in modes}
+        _write_csv(tmp / "compare.csv", report, modes)
+        _figure(tmp / "compare.png", panels, modes)
+    report.csv_path, report.figure_path = out_dir / "compare.csv", out_dir / "compare.png"
     return report
 
 

@@ -1,8 +1,9 @@
 """Annotate a dataset by prompting SAM, and compare prompt modes against ground truth.
 
-Seed 000 (section 2.2) annotates with three prompt modes: ``auto`` (the automatic point-grid
-mode; each region takes the automatic mask with the highest predicted IoU among those that
-overlap it), ``point`` (a point inside each region) and ``box`` (the region's bounding box).
+The Mars pits paper (section 2.2) annotates with three prompt modes: ``auto`` (the automatic
+point-grid mode; each region takes the automatic mask with the highest predicted IoU among
+those that overlap it), ``point`` (a point inside each region) and ``box`` (the region's
+bounding box).
 Regions come from ground-truth masks or from an expert's boxes or points. The result is a
 dataset in samadapt's format whose masks are SAM's pseudo-labels, with a ``sources.csv``
 recording which prompt produced each object.
@@ -16,18 +17,21 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from samadapt._io import write_json
 from samadapt.annotate.experts import ExpertLabels, ExpertObject
 from samadapt.automatic import AutomaticOptions
-from samadapt.errors import InputError, OutputExistsError
+from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage
 from samadapt.prompts import ObjectPrompt
 from samadapt.result import SegmentationResult
 from samadapt.segment import Segmenter
+
+if TYPE_CHECKING:
+    from samadapt.data.dataset import SegDataset
 
 Mode = Literal["box", "point", "auto"]
 MODES: tuple[Mode, ...] = ("auto", "point", "box")
@@ -151,10 +155,32 @@ def annotate_image(
     return ImageAnnotation(stem, labels, records, everything)
 
 
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace its files")
+def check_out_dir(out_dir: Path, *, overwrite: bool, compare: bool = False) -> None:
+    """Refuse, before a model loads, an ``--out`` that :func:`annotate_dataset` (or, with
+    ``compare``, :func:`~samadapt.annotate.compare.compare_modes`) would refuse.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds files samadapt did not write as that output, or a
+            previous one and ``overwrite`` is False.
+    """
+    from samadapt.data.manifest import MODE_COMPARISON, PSEUDO_LABELS, check_output_folder
+
+    check_output_folder(out_dir, kind=MODE_COMPARISON if compare else PSEUDO_LABELS, overwrite=overwrite)
+
+
+def require_ground_truth(dataset: SegDataset, stems: list[str]) -> None:
+    """Refuse, before any prompting, images without a mask and masks ``samadapt data check``
+    rejects (another size than their image, class ids ``classes.json`` does not name).
+
+    Raises:
+        InputError: naming the image or mask at fault.
+    """
+    from samadapt.data.check import require_fitting_masks
+
+    unlabelled = [s for s in stems if dataset.mask_path(s) is None]
+    if unlabelled:
+        raise InputError(f"image {unlabelled[0]!r} has no ground-truth mask; give expert labels (--labels) instead")
+    require_fitting_masks(dataset, stems)
 
 
 def write_label_mask(folder: Path, stem: str, labels: np.ndarray, image: GeoImage) -> Path:
@@ -221,46 +247,54 @@ def annotate_dataset(
 
     Args:
         dataset_dir: a dataset folder (``images/``, optional ``masks/``).
-        out_dir: folder to write (images copied, masks written, ``sources.csv``).
+        out_dir: folder to write (images copied, masks written, ``sources.csv``, ``samadapt.json``).
         segmenter: the model to prompt.
         mode: "box", "point" or "auto".
         experts: expert prompts per image; when None, prompts come from ground-truth masks.
         split: annotate only this split.
         seed: seed of any random choice.
-        overwrite: allow writing into a non-empty ``out_dir``.
+        overwrite: replace an ``out_dir`` holding a previous annotation samadapt wrote (unchanged
+            since); a folder holding anything else is refused, ``overwrite`` or not.
         auto_options: settings of the automatic mode.
         progress: called with (done, total) after each image.
+
+    Raises:
+        InputError: an unknown mode or split; without ``experts``, an image without a mask or a
+            mask ``samadapt data check`` rejects (its size, or class ids ``classes.json`` lacks).
+        OutputExistsError: see :func:`check_out_dir`.
     """
     from samadapt.data.dataset import SegDataset
+    from samadapt.data.manifest import PSEUDO_LABELS, output_folder
 
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     dataset = SegDataset.open(dataset_dir)
     stems = dataset.stems(split)
     out_dir = Path(out_dir)
-    _check_out(out_dir, overwrite)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir, overwrite=overwrite)
+    if experts is None:
+        require_ground_truth(dataset, stems)
     get_objects = objects_for_images(dataset, stems, mode, experts, seed)
     records: list[ObjectRecord] = []
-    for n, stem in enumerate(stems, start=1):
-        image = dataset.read_image(stem)
-        ann = annotate_image(segmenter, image, stem, get_objects(stem, image), mode, auto_options=auto_options)
-        src = dataset.image_path(stem)
-        dst = out_dir / "images" / src.name
-        if not dst.exists() or overwrite:
-            shutil.copy2(src, dst)
-        write_label_mask(out_dir / "masks", stem, ann.labels, image)
-        records.extend(ann.records)
-        if progress:
-            progress(n, len(stems))
-    classes = dict(dataset.classes)
-    if experts is not None and experts.class_names:
-        classes = {0: "background", **experts.class_names}
-    write_json(out_dir / "classes.json", {str(k): v for k, v in sorted(classes.items())})
-    if dataset.splits:
-        write_json(out_dir / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
-    _write_records(out_dir / "sources.csv", records)
+    with output_folder(out_dir, kind=PSEUDO_LABELS, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        for n, stem in enumerate(stems, start=1):
+            image = dataset.read_image(stem)
+            ann = annotate_image(segmenter, image, stem, get_objects(stem, image), mode, auto_options=auto_options)
+            src = dataset.image_path(stem)
+            shutil.copy2(src, tmp / "images" / src.name)
+            write_label_mask(tmp / "masks", stem, ann.labels, image)
+            records.extend(ann.records)
+            if progress:
+                progress(n, len(stems))
+        classes = dict(dataset.classes)
+        if experts is not None and experts.class_names:
+            classes = {0: "background", **experts.class_names}
+        write_json(tmp / "classes.json", {str(k): v for k, v in sorted(classes.items())})
+        if dataset.splits:
+            write_json(tmp / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
+        _write_records(tmp / "sources.csv", records)
     return AnnotateSummary(
         out_dir=out_dir, images=len(stems), objects=len(records),
         empty_objects=sum(r.pixels == 0 for r in records), source=experts.kind if experts else "ground truth",

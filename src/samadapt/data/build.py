@@ -30,9 +30,9 @@ from samadapt.data.dataset import (
     IMAGES_DIR,
     MASKS_DIR,
     _check_stem,
-    staged_dataset_dir,
     write_classes,
 )
+from samadapt.data.manifest import DATASET, output_folder
 from samadapt.errors import InputError, InputFileError
 from samadapt.outputs import write_mask_geotiff
 from samadapt.prompt_io import to_pyproj_crs
@@ -214,19 +214,21 @@ def build_from_vectors(
         bands: 1-based raster bands to copy into the tiles (any number); None for all.
         keep_empty: also write tiles without any polygon pixel (all background).
         all_touched: burn every pixel a polygon touches, not only those whose centre it covers.
-        overwrite: replace ``out_dir`` if it exists (only if it holds nothing but a dataset).
+        overwrite: replace ``out_dir`` if it holds a dataset samadapt wrote, unchanged since
+            (see :mod:`samadapt.data.manifest`); any other folder is refused.
         vector_crs: the vectors' CRS when their file has none or a wrong one (e.g. a GeoJSON
             in metres without a ``crs`` member); by default the file's CRS, and the raster's
             when the file has none or its lon/lat coordinates are impossible.
 
     Returns:
-        ``out_dir``, holding ``images/``, ``masks/`` and ``classes.json``.
+        ``out_dir``, holding ``images/``, ``masks/``, ``classes.json`` and ``samadapt.json``.
 
     Raises:
         InputFileError: the raster or vector file is missing or unreadable.
         InputError: bad options, no polygons, polygons that do not overlap the raster,
             an unknown ``class_field`` or unmapped class values, or no tile with labels.
-        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        OutputExistsError: ``out_dir`` holds files samadapt did not write as a dataset, or a
+            previous dataset and ``overwrite`` is False.
     """
     raster, vectors, out_dir = Path(raster), Path(vectors), Path(out_dir)
     if not raster.exists():
@@ -237,7 +239,7 @@ def build_from_vectors(
             src = rasterio.open(raster)
         except RasterioError as exc:
             raise InputFileError(f"{raster} is not a readable raster ({exc})") from None
-    with src, staged_dataset_dir(out_dir, overwrite=overwrite) as stage:  # refuses a used out_dir first
+    with src, output_folder(out_dir, kind=DATASET, overwrite=overwrite) as stage:  # refuses a used out_dir first
         band_list = _check_options(tile_size, overlap, bands, src.count, raster)
         raster_crs = src.crs if src.crs else None
         frame = _to_raster_crs(_read_vectors(vectors), raster_crs, vector_crs, vectors)

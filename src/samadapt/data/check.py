@@ -29,8 +29,11 @@ from samadapt.data.dataset import (
     MASK_SUFFIXES,
     MASKS_DIR,
     SPLITS_FILE,
+    SegDataset,
     load_classes,
     load_splits,
+    read_mask_file,
+    require_dataset_dir,
     scan_files,
 )
 from samadapt.errors import InputError, InputFileError
@@ -139,12 +142,11 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
         The report; ``report.ok`` is False when an error-level problem was found.
 
     Raises:
-        InputFileError: ``root`` or ``root/images`` does not exist.
+        InputFileError: ``root`` does not exist, is a file, or has no ``images/`` folder.
         InputError: ``num_classes`` is below 1 or above 255.
     """
     root = Path(root)
-    if not (root / IMAGES_DIR).is_dir():
-        raise InputFileError(f"{root} has no {IMAGES_DIR}/ folder, so it is not a dataset; see SegDataset.open")
+    require_dataset_dir(root)
     if num_classes is not None and not 1 <= num_classes <= IGNORE_INDEX:
         raise InputError(f"num_classes={num_classes!r} is not allowed; give 1 to {IGNORE_INDEX}")
     report = DatasetReport(root=root)
@@ -164,16 +166,7 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
     except (InputError, InputFileError) as exc:
         problems.append(Problem("", "bad-metadata", str(exc)))
         classes = None
-    below = f" below num_classes={num_classes}" if num_classes is not None else ""
-    if classes is not None:
-        known = {c for c in classes if num_classes is None or c < num_classes}
-        known_from = f"{CLASSES_FILE}{below}"
-    elif num_classes is not None:
-        known = set(range(num_classes))
-        known_from = f"num_classes={num_classes} ({CLASSES_FILE} is absent)"
-    else:
-        known = set(DEFAULT_CLASSES)
-        known_from = f"the default classes 0, 1 ({CLASSES_FILE} is absent)"
+    known, known_from = _known_classes(classes, num_classes)
     report.classes = (
         {c: n for c, n in classes.items() if c in known} if classes is not None
         else {c: DEFAULT_CLASSES.get(c, f"class {c}") for c in sorted(known)}
@@ -217,6 +210,43 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
     return report
 
 
+def _known_classes(classes: dict[int, str] | None, num_classes: int | None) -> tuple[set[int], str]:
+    """The class ids a mask may hold, and what says so (for messages); see :func:`check_dataset`."""
+    below = f" below num_classes={num_classes}" if num_classes is not None else ""
+    if classes is not None:
+        return {c for c in classes if num_classes is None or c < num_classes}, f"{CLASSES_FILE}{below}"
+    if num_classes is not None:
+        return set(range(num_classes)), f"num_classes={num_classes} ({CLASSES_FILE} is absent)"
+    return set(DEFAULT_CLASSES), f"the default classes 0, 1 ({CLASSES_FILE} is absent)"
+
+
+def require_fitting_masks(dataset: SegDataset, stems: list[str]) -> None:
+    """Refuse, before any work, a mask that :func:`check_dataset` reports as an error.
+
+    For tools that read masks as given (annotation prompts, mode comparison): each mask of
+    ``stems`` must match its image's size and hold only class ids the dataset's classes name
+    (255 = ignore is allowed), as ``samadapt data check`` requires. Unlabelled stems are skipped.
+
+    Raises:
+        InputError: naming the first mask at fault and how to fix it.
+        InputFileError: an image or mask does not open, or a mask is not one band of integers.
+    """
+    known, known_from = _known_classes(load_classes(dataset.root), None)
+    for stem in stems:
+        path = dataset.mask_path(stem)
+        if path is None:
+            continue
+        image = dataset.image_path(stem)
+        try:
+            size = _open_header(image)[:2]
+        except RasterioError as exc:
+            raise InputFileError(f"image {image} does not open ({exc}); replace or remove it") from None
+        problems: list[Problem] = []
+        _check_labels(stem, path, read_mask_file(path), size, known, known_from, problems, full_path=True)
+        if problems:
+            raise InputError(problems[0].message)
+
+
 def _check_mask(
     stem: str,
     path: Path,
@@ -244,21 +274,45 @@ def _check_mask(
         message = f"mask {path.name} is {data.dtype}; save integer class ids (uint8)"
         problems.append(Problem(stem, "bad-mask-dtype", message))
         return None
+    image_size = None
     if image_header is not None:
-        if (height, width) != image_header[:2]:
-            problems.append(
-                Problem(
-                    stem, "size-mismatch",
-                    f"mask {path.name} is {height} x {width} (rows x cols) but its image is "
-                    f"{image_header[0]} x {image_header[1]}; masks must cover their image pixel for pixel",
-                )
-            )
-        elif transform is not None and image_header[2] is not None and not transform.almost_equals(image_header[2]):
+        image_size = image_header[:2]
+        expected = image_header[2]
+        moved = transform is not None and expected is not None and not transform.almost_equals(expected)
+        if image_size == (height, width) and moved:
             message = f"mask {path.name} and its image have different geotransforms; the mask may be misplaced"
             problems.append(Problem(stem, "transform-mismatch", message))
+    return _check_labels(stem, path, data, image_size, known, known_from, problems)
+
+
+def _check_labels(
+    stem: str,
+    path: Path,
+    data: np.ndarray,
+    image_size: tuple[int, int] | None,
+    known: set[int],
+    known_from: str,
+    problems: list[Problem],
+    *,
+    full_path: bool = False,
+) -> np.ndarray | None:
+    """Per-value pixel counts (length 256) of a mask's (H, W) values, recording a size that is not
+    ``image_size`` and ids outside ``known``; None if a value lies outside 0..255.
+
+    Messages name the mask by file name, or by ``path`` when ``full_path``.
+    """
+    name = path if full_path else path.name
+    if image_size is not None and data.shape != tuple(image_size):
+        problems.append(
+            Problem(
+                stem, "size-mismatch",
+                f"mask {name} is {data.shape[0]} x {data.shape[1]} (rows x cols) but its image is "
+                f"{image_size[0]} x {image_size[1]}; masks must cover their image pixel for pixel",
+            )
+        )
     values = data.ravel().astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > IGNORE_INDEX):
-        message = f"mask {path.name} holds values {values.min()}..{values.max()}; class ids must be 0-254, 255 = ignore"
+        message = f"mask {name} holds values {values.min()}..{values.max()}; class ids must be 0-254, 255 = ignore"
         problems.append(Problem(stem, "unknown-class", message))
         return None
     counts = np.bincount(values, minlength=IGNORE_INDEX + 1)
@@ -267,7 +321,7 @@ def _check_mask(
         problems.append(
             Problem(
                 stem, "unknown-class",
-                f"mask {path.name} holds class id(s) {', '.join(map(str, unknown))}, unknown to {known_from}; "
+                f"mask {name} holds class id(s) {', '.join(map(str, unknown))}, unknown to {known_from}; "
                 f"name them in {CLASSES_FILE} or fix the mask",
             )
         )

@@ -18,17 +18,16 @@ dataset. The classes are deliberately not guessed from the masks (that would rea
 mask on open, and a typo'd id would silently become a class); :func:`check_dataset
 <samadapt.data.check.check_dataset>` reports ids that ``classes.json`` does not name.
 Files whose names start with ``.`` (temporary files of interrupted writes) are ignored.
+A dataset samadapt writes whole (``data build``, ``data from-hf``, ``annotate``) also holds
+``samadapt.json``, the list of its files that lets ``--overwrite`` replace it and nothing else
+(see :mod:`samadapt.data.manifest`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +51,6 @@ IGNORE_INDEX = 255
 DEFAULT_CLASSES: dict[int, str] = {0: "background", 1: "object"}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
-DATASET_ENTRIES = frozenset({IMAGES_DIR, MASKS_DIR, SPLITS_FILE, CLASSES_FILE})
 _LAYOUT = (
     "a dataset folder holds images/ (one image per sample), optionally masks/ (single-band PNG or "
     "GeoTIFF class ids with the image's stem), splits.json and classes.json"
@@ -103,10 +101,7 @@ class SegDataset:
                 malformed, a split names a stem that has no image, or a stem is in two splits.
         """
         root = Path(root)
-        if not root.is_dir():
-            raise InputFileError(f"dataset folder not found: {root}; {_LAYOUT}")
-        if not (root / IMAGES_DIR).is_dir():
-            raise InputFileError(f"{root} has no {IMAGES_DIR}/ folder; {_LAYOUT}")
+        require_dataset_dir(root)
         images = _unique(scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES), root / IMAGES_DIR)
         masks = _unique(scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / MASKS_DIR)
         classes = load_classes(root)
@@ -194,6 +189,21 @@ class SegDataset:
         if path is None:
             raise InputError(f"image {stem!r} has no mask in {self.root / MASKS_DIR}; it is unlabelled")
         return read_mask_file(path)
+
+
+def require_dataset_dir(root: Path) -> None:
+    """Refuse a path that is not a dataset folder, saying what it is instead.
+
+    Raises:
+        InputFileError: ``root`` does not exist, is a file, or has no ``images/`` folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputFileError(f"dataset folder {root} does not exist; check the path: {_LAYOUT}")
+    if not root.is_dir():
+        raise InputFileError(f"{root} is a file, not a dataset folder; give a folder instead: {_LAYOUT}")
+    if not (root / IMAGES_DIR).is_dir():
+        raise InputFileError(f"{root} has no {IMAGES_DIR}/ folder; {_LAYOUT}")
 
 
 def read_mask_file(path: Path) -> np.ndarray:
@@ -593,45 +603,3 @@ def write_sample(
     for path in stale:
         path.unlink(missing_ok=True)
     return (image_path if image is not None else None, mask_path if labels is not None else None)
-
-
-@contextmanager
-def staged_dataset_dir(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield an empty folder beside ``out_dir`` to build a dataset in; move it to ``out_dir`` on success.
-
-    A failed or interrupted build leaves ``out_dir`` as it was. With ``overwrite``, an
-    existing ``out_dir`` is replaced only if it holds nothing but dataset entries (images/,
-    masks/, splits.json, classes.json), so a wrong path never deletes unrelated files.
-
-    Raises:
-        OutputExistsError: ``out_dir`` is a non-empty folder and ``overwrite`` is False, holds
-            other files, or is a file.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise OutputExistsError(f"{out_dir} is a file; give a folder for the dataset")
-        entries = [p.name for p in out_dir.iterdir()]
-        if entries and not overwrite:
-            raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True or choose another folder")
-        foreign = sorted(name for name in entries if name not in DATASET_ENTRIES)
-        if foreign:
-            raise OutputExistsError(
-                f"{out_dir} holds files that are not part of a dataset ({', '.join(foreign[:5])}); "
-                "choose another folder, overwrite only replaces dataset folders"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.tmp")
-    stage.mkdir()
-    try:
-        yield stage
-        if out_dir.exists():
-            trash = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.old")
-            os.replace(out_dir, trash)
-            os.replace(stage, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(stage, out_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)

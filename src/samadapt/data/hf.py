@@ -17,13 +17,13 @@ import numpy as np
 from samadapt.data.dataset import (
     IGNORE_INDEX,
     as_label_mask,
-    staged_dataset_dir,
     write_classes,
     write_sample,
     write_splits,
 )
+from samadapt.data.manifest import DATASET, output_folder
 from samadapt.errors import InputError, InputFileError, MissingDependencyError
-from samadapt.imagery.read import from_array
+from samadapt.imagery.read import GeoImage, from_array
 
 IMAGE_COLUMNS = ("image", "img", "images", "pixel_values")
 """Column names tried, in order, when ``image_column`` is not in the dataset."""
@@ -71,15 +71,15 @@ def _decode(value: Any, what: str, index: int) -> Any:
     return value if isinstance(value, Image.Image) else np.asarray(value)
 
 
-def _to_image(value: Any, index: int) -> np.ndarray:
+def _to_image(value: Any, index: int) -> GeoImage:
     from PIL import Image
 
     decoded = _decode(value, "image", index)
     if isinstance(decoded, Image.Image):
         if decoded.mode not in ("L", "RGB", "I", "I;16", "F"):  # palette, CMYK, 1-bit, alpha...: show colours
             decoded = decoded.convert("RGB")
-        return np.asarray(decoded)
-    return np.asarray(decoded)
+        return from_array(np.asarray(decoded), channel_axis="last")  # PIL gives (rows, cols[, bands])
+    return from_array(np.asarray(decoded))  # a plain array: its band axis is guessed where only one reading fits
 
 
 def _to_mask(value: Any, index: int) -> np.ndarray:
@@ -121,7 +121,7 @@ def from_hf_dataset(
         classes: class id -> name for ``classes.json``; None names every id found in the
             masks ``class <id>`` (0 is "background").
         image_format: ``"png"`` or ``"tif"`` for images and masks.
-        overwrite: replace ``out_dir`` if it holds only a dataset.
+        overwrite: replace ``out_dir`` if it holds a dataset samadapt wrote, unchanged since.
 
     Returns:
         ``out_dir``.
@@ -131,7 +131,8 @@ def from_hf_dataset(
         InputFileError: ``path`` is missing or not a saved dataset.
         InputError: unknown split or columns, images or masks of the wrong shape, or
             duplicate stems.
-        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        OutputExistsError: ``out_dir`` holds files samadapt did not write as a dataset, or a
+            previous dataset and ``overwrite`` is False.
     """
     datasets = _import_datasets()
     path, out_dir = Path(path), Path(out_dir)
@@ -154,7 +155,7 @@ def from_hf_dataset(
     splits: dict[str, list[str]] = {}
     found_ids: set[int] = set()
     seen: set[str] = set()
-    with staged_dataset_dir(out_dir, overwrite=overwrite) as stage:
+    with output_folder(out_dir, kind=DATASET, overwrite=overwrite) as stage:
         for name, part in parts.items():
             columns = list(part.column_names)
             # the default name falls back to the usual alternatives; an explicit one must exist
@@ -175,7 +176,7 @@ def from_hf_dataset(
                 if stem in seen:
                     raise InputError(f"stem {stem!r} (row {index}) is used twice; stems must be unique")
                 seen.add(stem)
-                image = from_array(_to_image(row[image_col], index))
+                image = _to_image(row[image_col], index)
                 mask = _to_mask(row[mask_col], index)
                 if mask.shape != (image.height, image.width):
                     raise InputError(
