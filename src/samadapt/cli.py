@@ -599,11 +599,19 @@ def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: in
     out.parent.mkdir(parents=True, exist_ok=True)
     run_dir = out.with_name(f".{out.name}.run")
     select = fit["select"]
-    result = learner.fit(fit.pop("epochs"), out_dir=run_dir, **fit)
-    learner.save(out, overwrite=True)
-    if not keep_checkpoints:  # the adapter holds the weights, the log and the plot; the run folder is spent
-        import shutil
+    import shutil
 
+    try:
+        result = learner.fit(fit.pop("epochs"), out_dir=run_dir, **fit)
+        learner.save(out, overwrite=True)
+    except BaseException:  # a kill, Ctrl-C, a full disk: keep what --resume can use, and only that
+        if any((run_dir / "checkpoints").glob("*.pt")):
+            err.print(f"note: {run_dir} keeps the last finished epoch; run the same command with --resume to go on",
+                      highlight=False, soft_wrap=True)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if not keep_checkpoints:  # the adapter holds the weights, the log and the plot; the run folder is spent
         shutil.rmtree(run_dir, ignore_errors=True)
     kept = next(r for r in result.history if r["epoch"] == result.best_epoch)
     which = "last epoch" if select == "last" else "best epoch"

@@ -8,10 +8,7 @@ metric against N, mean and spread over seeds, one line per method).
 
 from __future__ import annotations
 
-from samadapt._io import save_figure
-
 import csv
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from samadapt._io import atomic_file, check_replaceable, save_figure
+from samadapt.data.dataset import require_dataset_dir
 from samadapt.errors import InputError
 
 METRICS = ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_micro", "iou_fg", "f1_fg",
@@ -65,6 +64,8 @@ def learning_curve(
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     out_dir = Path(out_dir)
+    require_dataset_dir(Path(dataset_dir))  # before --out is made: a typo leaves nothing behind
+    check_replaceable(out_dir, overwrite=True, kind="learning curve", owned=is_curve_folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     rows: list[dict[str, Any]] = []
@@ -97,14 +98,21 @@ def learning_curve(
     return csv_path
 
 
+#: What a learning-curve folder holds; a folder holding anything else is not replaced.
+CURVE_FILES = frozenset({"learning_curve.csv", "learning_curve.png", "report.md", "run_splits.json", "runs"})
+
+
+def is_curve_folder(folder: Path) -> bool:
+    """True when ``folder`` holds only what a (possibly interrupted) learning curve writes."""
+    return {p.name for p in Path(folder).iterdir()} <= CURVE_FILES
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "labels", "seed", "oracle", *METRICS])
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
     return path
 
 
@@ -221,7 +229,6 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
     from samadapt._io import write_json
 
     write_json(path.with_name("run_splits.json"), splits)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines))
     return path

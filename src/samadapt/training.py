@@ -6,19 +6,18 @@ early stopping, ``accelerate`` for the device and mixed precision (so ``accelera
 works unchanged on one or several GPUs), a progress bar, a JSON-lines log and a plot.
 
 Every epoch ends with an atomic checkpoint (temporary file, then rename) holding the
-trainable weights, the optimiser and scheduler state and the history. The order of samples
-and every random choice inside ``make_inputs`` come from generators seeded by (seed,
-epoch, sample), so ``resume=True`` after a kill continues exactly as the uninterrupted run
-would have: same weights at the end.
+trainable weights, the optimiser and scheduler state, torch's random state (dropout) and the
+history. The order of samples and every random choice inside ``make_inputs`` come from
+generators seeded by (seed, epoch, sample), so ``resume=True`` after a kill continues exactly
+as the uninterrupted run would have: the same bytes at the end. On a CPU the same seed gives
+the same bytes at the same thread count (torch's, e.g. ``OMP_NUM_THREADS``); another count
+sums in another order and changes the last bits.
 """
 
 from __future__ import annotations
 
-from samadapt._io import save_figure
-
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from samadapt._io import atomic_file, save_figure
 from samadapt.errors import InputError, MissingDependencyError
 from samadapt.methods.base import AdaptationMethod, Sample
 
@@ -52,8 +52,8 @@ class TrainConfig:
         select: which epoch's weights are kept: "best" by ``monitor`` on the validation split,
             or "last" (the Mars pits paper trains 100 epochs "without additional control");
             validation is still scored and logged with "last".
-        mixed_precision: "no", "bf16" or "fp16" (fp16 needs a GPU).
-        device: "cpu", "cuda", ...; None lets accelerate choose.
+        mixed_precision: "no", "bf16" or "fp16" (fp16 needs a CUDA device; bf16 also runs on a CPU).
+        device: "cpu", "cuda", ...; None lets accelerate choose (CUDA when available).
     """
 
     epochs: int = 20
@@ -86,6 +86,16 @@ class TrainConfig:
                              "drop one of them")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError(f"mixed precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        # accelerate quietly trains in full precision when fp16 meets a CPU, and the adapter would
+        # still record fp16: refuse it instead.
+        if self.mixed_precision == "fp16" and on_cpu(self.device):
+            raise InputError("--mixed-precision fp16 needs a CUDA device and this run is on the CPU; "
+                             "use --mixed-precision bf16 (which a CPU runs) or no")
+
+
+def on_cpu(device: str | None) -> bool:
+    """Whether training on ``device`` runs on the CPU (None: the CPU unless CUDA is available)."""
+    return device == "cpu" or (device is None and not torch.cuda.is_available())
 
 
 @dataclass
@@ -122,8 +132,7 @@ def _accelerator(config: TrainConfig):  # noqa: ANN202
         from accelerate import Accelerator
     except ImportError:
         raise MissingDependencyError("training needs accelerate: pip install 'samadapt[train]'") from None
-    cpu = config.device == "cpu" or (config.device is None and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+    return Accelerator(cpu=on_cpu(config.device), mixed_precision=config.mixed_precision)
 
 
 def _metric_value(row: dict[str, Any], monitor: str) -> float:
@@ -181,9 +190,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a full disk is an OSError naming the checkpoint, and no temp file stays
+        torch.save(obj, tmp)
 
 
 def _batches(method: AdaptationMethod, samples: Sequence[Sample], order: np.ndarray, size: int, seed: int,
@@ -285,11 +293,15 @@ def train(
         result.best_epoch, result.best_value = state["best_epoch"], state["best_value"]
         result.best_state = state["best_state"]
         start_epoch = state["epoch"] + 1
+        stem, suffix = Path(CHECKPOINT).stem, Path(CHECKPOINT).suffix
+        for stale in ckpt_dir.glob(f".{stem}.*.tmp{suffix}"):  # left by a kill while a checkpoint was written
+            stale.unlink()
     model, optimizer, scheduler = accelerator.prepare(method, optimizer, scheduler)
     device = accelerator.device
+    # The log restarts from the checkpoint's history: a kill between an epoch's log line and its
+    # checkpoint would otherwise leave that epoch logged twice once it is run again.
     log_path = out_dir / "training_log.jsonl"
-    if not resume and log_path.exists():
-        log_path.unlink()
+    log_path.write_text("".join(json.dumps(row) + "\n" for row in result.history))
     bad_epochs = _epochs_since_best(result)
     bar = _Progress(progress, config.epochs, steps_per_epoch, start_epoch)
     try:

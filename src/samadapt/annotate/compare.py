@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from samadapt._io import save_figure
-
 import csv
 import os
 from dataclasses import dataclass, field
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samadapt._io import save_figure
 from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask, require_ground_truth
 from samadapt.automatic import AutomaticOptions
 from samadapt.errors import InputError

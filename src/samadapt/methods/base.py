@@ -360,7 +360,10 @@ class AdaptationMethod(nn.Module):
                 f"{self.name} uses cached embeddings of 3-band images; {sample.stem} has {sample.pixels.shape[2]} "
                 "bands (choose 3 with --bands, or use the lora method, which trains a band adapter)"
             )
-        return self.segmenter.embed(sample.pixels).embedding
+        from samadapt.imagery.read import from_array
+
+        # Sample.pixels is (H, W, C): said here, as a guess cannot tell a 1 x 5 strip from 1 band of 5 x 3 pixels.
+        return self.segmenter.embed(from_array(sample.pixels, channel_axis="last")).embedding
 
     @property
     def segmenter(self) -> Any:
