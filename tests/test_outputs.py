@@ -25,7 +25,7 @@ from samadapt.outputs import (
     write_polygons,
     write_segmentation,
 )
-from samadapt.result import SegmentationResult
+from samadapt.result import MaskCrop, SegmentationResult
 
 H, W = 20, 30
 UTM = "EPSG:32616"
@@ -291,3 +291,40 @@ def test_write_segmentation_options_and_errors(tmp_path: Path) -> None:
         assert src.crs is None
     assert listing(tmp_path) == ["p.tif", "seg.geojson"]
     assert outputs.GPKG_LAYER == "masks"
+
+
+def _cropped(masks: np.ndarray, scores: np.ndarray) -> SegmentationResult:
+    """The masks as a segmentation keeps them: each cropped to its object, nothing full-size."""
+    crops = [MaskCrop.tight(m, copy=True) for m in masks]
+    return SegmentationResult.from_crops(crops, masks.shape[1:], scores.astype(np.float32))
+
+
+def test_a_result_of_crops_reads_and_writes_as_its_full_masks(tmp_path: Path) -> None:
+    masks = make_masks()
+    result = _cropped(masks, SCORES)
+    assert [c.box for c in result.crops] == [(3, 2, 8, 7), (10, 8, 19, 17), (20, 1, 28, 19), (0, 0, 0, 0)]
+    assert result.mask_bytes == 25 + 81 + 8 * 18  # the crops only
+    assert result.pixel_counts().tolist() == masks.reshape(4, -1).sum(axis=1).tolist()
+    np.testing.assert_array_equal(result.mask(1), masks[1])
+    full = SegmentationResult(masks, SCORES.astype(np.float32))
+    np.testing.assert_array_equal(result.label_image(), full.label_image())
+    for name in ("seg.tif", "seg.png", "seg.geojson"):
+        a = write_segmentation(tmp_path / "crops" / name, result, crs=UTM, transform=UTM_TRANSFORM, valid=None)
+        b = write_segmentation(tmp_path / "full" / name, full, crs=UTM, transform=UTM_TRANSFORM, valid=None)
+        if name.endswith(".geojson"):  # the layer is named after the temporary file
+            assert gpd.read_file(a).to_json() == gpd.read_file(b).to_json()
+        else:
+            assert a.read_bytes() == b.read_bytes()
+    one = _cropped(masks[1:2], SCORES[1:2])  # one object: a 0/255 PNG of the whole image
+    png = write_segmentation(tmp_path / "one.png", one, crs=None, transform=None, valid=None)
+    np.testing.assert_array_equal(np.array(Image.open(png)), masks[1].astype(np.uint8) * 255)
+    assert result.masks.shape == (4, H, W) and result.masks is result.masks  # built once, then kept
+    np.testing.assert_array_equal(result.masks, masks)
+
+
+def test_a_crop_outside_the_image_is_refused() -> None:
+    crop = MaskCrop(row=18, col=0, mask=np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="a crop spans x 0-3, y 18-21, outside the 30 x 20 image"):
+        SegmentationResult.from_crops([crop], (H, W), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match=r"scores must be \(1,\)"):
+        SegmentationResult.from_crops([crop], (30, 30), np.ones(2, np.float32))

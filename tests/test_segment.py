@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import torch
+from affine import Affine
 
 import samadapt.segment as segment_module
 from samadapt.automatic import AutomaticOptions, box_nms, mask_boxes, point_grid, remove_small_regions
 from samadapt.automatic import stability_score
 from samadapt.errors import InputError
-from samadapt.imagery.read import read_image
+from samadapt.imagery.preprocess import masks_to_original
+from samadapt.imagery.read import GeoImage, read_image
 from samadapt.outputs import write_segmentation
 from samadapt.prompt_io import prompts_from_cli
 from samadapt.prompts import ObjectPrompt, box, point
+from samadapt.result import SegmentationResult
 from samadapt.segment import Segmenter
 from conftest import box_decoder
 
@@ -137,3 +141,101 @@ def test_a_long_thin_strip_segments(shape: tuple[int, int, int], tiny_models: di
     image = np.full(shape, 100, np.uint8)
     result = Segmenter(tiny_models["sam"], cache=False).segment(image, [box(2, 2, 12, 12)])
     assert result.masks.shape == (1, shape[0], shape[1])
+
+
+UTM, UTM_GRID = "EPSG:32616", Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
+
+
+def _old_full_size_masks(seg: Segmenter, image: GeoImage, prompts: list[ObjectPrompt], multimask: bool) -> np.ndarray:
+    """The masks as segment computed them before masks were cropped: every object's logits resized to
+    the whole image at once, thresholded at 0, nodata removed."""
+    emb = seg.embed(image)
+    low, scores = seg.decode(emb, prompts, multimask=multimask)
+    best = low[torch.arange(len(prompts)), scores.argmax(dim=1)]
+    return (masks_to_original(best, emb.geometry, seg.loaded.preprocessing) > 0).numpy() & image.valid[None]
+
+
+@pytest.mark.parametrize("stand_in", [False, True], ids=["tiny-decoder", "box-decoder"])
+def test_cropped_masks_equal_the_full_size_masks_pixel_for_pixel(
+    stand_in: bool, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (620, 910, 3), dtype=np.uint8)  # not square, large enough for windows
+    valid = np.ones((620, 910), bool)
+    valid[:, 880:] = False  # a nodata strip
+    image = GeoImage(pixels=pixels, valid=valid)
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    if stand_in:  # masks the size of their boxes: the windowed resize, not the full-size one
+        monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
+    prompts = [box(20, 30, 140, 90), box(700, 500, 905, 615), box(400, 10, 430, 600), point(300, 300)]
+    for multimask in (False, True):
+        result = seg.segment(image, prompts, multimask=multimask)
+        old = _old_full_size_masks(seg, image, prompts, multimask)
+        assert result.mask_bytes < old.nbytes
+        np.testing.assert_array_equal(result.masks, old)
+        assert [c.box for c in result.crops] == [tuple(b) for b in mask_boxes(old).astype(int)]
+    # the outputs written from crops are the outputs of the full-size masks, byte for byte (but
+    # for the GeoJSON's layer name, which is the temporary file's)
+    before = SegmentationResult(old, result.scores)
+    for name in ("labels.tif", "polygons.geojson"):
+        a = write_segmentation(tmp_path / "crops" / name, result, crs=UTM, transform=UTM_GRID, valid=valid)
+        b = write_segmentation(tmp_path / "full" / name, before, crs=UTM, transform=UTM_GRID, valid=valid)
+        unnamed = [re.sub(rb'"name": "[^"]*"', b"", p.read_bytes(), count=1) for p in (a, b)]
+        assert unnamed[0] == unnamed[1]
+
+
+def test_masks_are_kept_at_the_size_of_their_objects(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N masks on a large raster hold memory for their objects, not N copies of the raster."""
+    image = np.full((3000, 3000, 3), 90, np.uint8)
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
+    boxes = [(100 + 450 * i, 200 + 400 * i, 400 + 450 * i, 400 + 400 * i) for i in range(6)]
+    result = seg.segment(image, [box(*b) for b in boxes], multimask=False)
+    box_area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
+    assert 0 < result.mask_bytes <= 4 * box_area  # a full-size mask alone would take 9,000,000 bytes
+    for b, c in zip(boxes, result.crops):  # each crop lies on its box (one model cell is 47 px here)
+        assert np.allclose(c.box, b, atol=50)
+    labels = result.label_image()
+    assert labels.shape == (3000, 3000) and set(np.unique(labels)) == set(range(7))
+
+
+def _old_everything(seg: Segmenter, image: np.ndarray, opts: AutomaticOptions) -> tuple[np.ndarray, np.ndarray]:
+    """segment_everything as it was before masks were cropped: all masks at full size (one decoder
+    batch: opts.points_per_batch must exceed the grid's points)."""
+    emb = seg.embed(image)
+    h, w = emb.geometry.original_hw
+    masks, scores = [], []
+    low, iou = seg.decode(emb, [point(*p) for p in point_grid(h, w, opts.points_per_side)], multimask=True)
+    low, iou = low.flatten(0, 1), iou.flatten()
+    good = iou > opts.pred_iou_thresh
+    logits = masks_to_original(low[good], emb.geometry, seg.loaded.preprocessing)
+    stable = stability_score(logits, opts.stability_score_offset) >= opts.stability_score_thresh
+    for m, s in zip((logits[stable] > 0).numpy(), iou[good][stable].tolist()):
+        if (m & emb.image.valid).any():
+            masks.append(m & emb.image.valid)
+            scores.append(s)
+    masks_a, scores_a = np.stack(masks), np.asarray(scores, np.float32)
+    keep = box_nms(mask_boxes(masks_a), scores_a, opts.box_nms_thresh)
+    masks_a = np.stack([remove_small_regions(m, opts.min_region_area) for m in masks_a[keep]])
+    nonempty = masks_a.reshape(len(masks_a), -1).any(axis=1)
+    return masks_a[nonempty], scores_a[keep][nonempty]
+
+
+@pytest.mark.parametrize("stand_in", [False, True], ids=["tiny-decoder", "box-decoder"])
+def test_everything_mode_equals_the_full_size_computation(
+    stand_in: bool, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (560, 740, 3), dtype=np.uint8)
+    seg = Segmenter(tiny_models["sam"], cache=False)
+    if stand_in:  # small square masks around each point: the windowed resize
+        monkeypatch.setattr(segment_module, "decode", box_decoder(seg))
+    opts = AutomaticOptions(points_per_side=3, pred_iou_thresh=-1.0, stability_score_thresh=0.0,
+                            box_nms_thresh=0.9, min_region_area=40)
+    result = seg.segment_everything(image, opts)
+    masks, scores = _old_everything(seg, image, opts)
+    assert len(result) == (9 if stand_in else 1)
+    np.testing.assert_array_equal(result.scores, scores)
+    np.testing.assert_array_equal(result.masks, masks)

@@ -5,6 +5,8 @@ Masks are kept when the model's predicted IoU and their stability score (how lit
 mask changes when the logit threshold moves by ``stability_score_offset``) are high
 enough; overlapping duplicates are removed by non-maximum suppression on their boxes; small
 islands and holes are cleaned away. The whole image is one crop (no multi-crop layers).
+Each mask is resized to the image only over the window where its logits can pass the stability
+thresholds, and kept cropped to its object.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import torch
 from scipy import ndimage
 
 from samadapt.errors import InputError
-from samadapt.imagery.preprocess import masks_to_original
+from samadapt.imagery.mask_windows import logit_windows
 from samadapt.prompts import ObjectPrompt
-from samadapt.result import SegmentationResult
+from samadapt.result import MaskCrop, SegmentationResult
 
 if TYPE_CHECKING:
     from samadapt.segment import ImageLike, Segmenter
@@ -130,13 +132,14 @@ def segment_everything(segmenter: Segmenter, image: ImageLike, options: Automati
     """Find every object in an image with a point grid (see module docstring).
 
     Returns:
-        Masks (N, H, W) sorted by predicted IoU, best first, with their predicted IoUs.
+        Masks sorted by predicted IoU, best first, with their predicted IoUs.
     """
     emb = segmenter.embed(image)
     h, w = emb.geometry.original_hw
     grid = point_grid(h, w, options.points_per_side)
     spec = segmenter.loaded.preprocessing
-    kept_masks: list[np.ndarray] = []
+    offset = options.stability_score_offset
+    kept: list[MaskCrop] = []
     kept_scores: list[float] = []
     for start in range(0, len(grid), options.points_per_batch):
         pts = grid[start : start + options.points_per_batch]
@@ -146,24 +149,25 @@ def segment_everything(segmenter: Segmenter, image: ImageLike, options: Automati
         good = iou > options.pred_iou_thresh
         if not good.any():
             continue
-        logits = masks_to_original(low[good], emb.geometry, spec)
-        stab = stability_score(logits, options.stability_score_offset)
-        stable = stab >= options.stability_score_thresh
-        for m, s in zip((logits[stable] > 0).numpy(), iou[good][stable].tolist()):
-            m = m & emb.image.valid
-            if m.any():
-                kept_masks.append(m)
-                kept_scores.append(s)
-    if not kept_masks:
-        return SegmentationResult(
-            masks=np.zeros((0, h, w), dtype=bool), scores=np.zeros(0, np.float32), trusted=segmenter.loaded.trusted
-        )
-    masks = np.stack(kept_masks)
+        # Outside its window a mask's logits are <= -|offset|: they count in neither stability threshold.
+        windows = logit_windows(low[good], emb.geometry, spec, above=-abs(offset))
+        for (row, col, logits), score in zip(windows, iou[good].tolist()):
+            stab = stability_score(torch.from_numpy(logits)[None], offset)
+            if not bool(stab[0] >= options.stability_score_thresh):
+                continue
+            valid = emb.image.valid[row : row + logits.shape[0], col : col + logits.shape[1]]
+            crop = MaskCrop.tight((logits > 0) & valid, row, col, copy=True)
+            if crop.mask.size:
+                kept.append(crop)
+                kept_scores.append(score)
     scores = np.asarray(kept_scores, dtype=np.float32)
-    keep = box_nms(mask_boxes(masks), scores, options.box_nms_thresh)
-    masks, scores = masks[keep], scores[keep]
+    if kept:
+        keep = box_nms(np.array([c.box for c in kept], dtype=np.float64), scores, options.box_nms_thresh)
+        kept, scores = [kept[i] for i in keep], scores[keep]
     if options.min_region_area > 0:
-        masks = np.stack([remove_small_regions(m, options.min_region_area) for m in masks])
-        nonempty = masks.reshape(len(masks), -1).any(axis=1)
-        masks, scores = masks[nonempty], scores[nonempty]
-    return SegmentationResult(masks=masks, scores=scores, trusted=segmenter.loaded.trusted)
+        # Cleaning a tight crop equals cleaning the whole image: a background region touching the
+        # crop's edge reaches the image's edge through the empty pixels around the crop.
+        kept = [MaskCrop.tight(remove_small_regions(c.mask, options.min_region_area), c.row, c.col) for c in kept]
+        nonempty = np.array([c.mask.size > 0 for c in kept], dtype=bool)
+        kept, scores = [c for c, k in zip(kept, nonempty) if k], scores[nonempty]
+    return SegmentationResult.from_crops(kept, (h, w), scores, trusted=segmenter.loaded.trusted)

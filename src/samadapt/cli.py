@@ -164,11 +164,19 @@ def segment(
     else:
         result = segmenter.segment(geo, objects, multimask=multimask)
     _warn_untrusted(result.trusted)
-    for p in out_paths:
-        write_segmentation(
-            p, result, crs=geo.crs, transform=geo.transform, valid=geo.valid,
-            overwrite=overwrite, to_wgs84=wgs84, min_area_pixels=min_area,
-        )
+    written: list[Path] = []
+    try:
+        for p in out_paths:
+            write_segmentation(
+                p, result, crs=geo.crs, transform=geo.transform, valid=geo.valid,
+                overwrite=overwrite, to_wgs84=wgs84, min_area_pixels=min_area,
+            )
+            written.append(p)
+    except BaseException:
+        for p in written:  # all outputs or none: a half set would pass for a finished run
+            p.unlink(missing_ok=True)
+        raise
+    for p in written:
         out.print(f"wrote {p}")
     table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
     for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores)):

@@ -45,8 +45,8 @@ def _annotate_step(out_dir: Path, segmenter: object, console: Console) -> dict[s
     from samadapt.sample import make_mars_dataset
 
     dataset = make_mars_dataset(out_dir / "mars_dataset", n_images=12, size=256)
-    report = compare_modes(dataset, out_dir / "prompt_modes", segmenter=segmenter, figure_images=3,  # type: ignore[arg-type]
-                           overwrite=True)
+    report = compare_modes(dataset, out_dir / "prompt_modes", segmenter=segmenter,  # type: ignore[arg-type]
+                           figure_images=3, overwrite=True)
     table = Table("prompt mode", "mean IoU per image", "dataset mIoU", title="4. annotation: prompt modes vs truth")
     for mode, label in (("auto", "automatic"), ("point", "point"), ("box", "box")):
         table.add_row(label, f"{report.mean_iou(mode):.3f}", f"{report.miou[mode]:.3f}")

@@ -4,10 +4,11 @@ Every writer refuses to replace an existing file unless ``overwrite=True``, crea
 parent folders, and writes a temporary file in the target's folder that is renamed over the
 target only once complete, so a failed or interrupted write never leaves a half-written output.
 
-Masks are (N, H, W) bool arrays, label images (H, W) unsigned integers (0 = background,
-i + 1 = object i), both in the pixel grid of the raster: row 0 at the top, column 0 at the
-left. Polygons are in map coordinates when a transform is given, otherwise in pixel
-coordinates (x right, y down, pixel edges at integers).
+Masks are (N, H, W) bool arrays (or a :class:`~samadapt.result.SegmentationResult`, whose
+masks are cropped to their objects and stay so while written), label images (H, W) unsigned
+integers (0 = background, i + 1 = object i), both in the pixel grid of the raster: row 0 at the
+top, column 0 at the left. Polygons are in map coordinates when a transform is given, otherwise
+in pixel coordinates (x right, y down, pixel edges at integers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,10 @@ import shapely.geometry
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
+from samadapt._io import writing
 from samadapt.errors import InputError, OutputExistsError
 from samadapt.prompt_io import to_pyproj_crs
-from samadapt.result import SegmentationResult
+from samadapt.result import MaskCrop, SegmentationResult
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -62,8 +64,9 @@ def _atomic_target(path: Path, *, overwrite: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):  # GDAL / OGR report a full disk in their own words: an OSError naming path
+            yield tmp
+            os.replace(tmp, path)
     finally:
         # SQLite (GeoPackage) may leave journal files beside a temp file that failed half way.
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
@@ -82,19 +85,17 @@ def _check_masks(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return masks, scores
 
 
-def _mask_polygon(mask: np.ndarray, min_area_pixels: int) -> shapely.Geometry | None:
-    """(Multi)Polygon in pixel coordinates of the 4-connected parts of ``mask`` of enough pixels."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
-        return None
-    r0, c0 = int(rows[0]), int(cols[0])
-    crop = mask[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+def _mask_polygon(crop: MaskCrop, min_area_pixels: int) -> shapely.Geometry | None:
+    """(Multi)Polygon in image pixel coordinates of the 4-connected parts of a mask of enough pixels."""
     # Polygonise only the bounding box of the mask: N masks cost N times their extent, not the image.
+    tight = MaskCrop.tight(crop.mask, crop.row, crop.col)
+    if tight.mask.size == 0:
+        return None
     parts = [
         shapely.geometry.shape(geom)
         for geom, _ in rasterio.features.shapes(
-            crop.astype(np.uint8), mask=crop, connectivity=4, transform=Affine.translation(c0, r0)
+            tight.mask.astype(np.uint8), mask=tight.mask, connectivity=4,
+            transform=Affine.translation(tight.col, tight.row),
         )
     ]
     parts = [p for p in parts if p.area >= min_area_pixels]
@@ -134,16 +135,31 @@ def vectorize(
     Raises:
         InputError: Masks not (N, H, W) bool, scores not (N,), or a negative option.
     """
+    masks, scores = _check_masks(masks, scores)
+    return _vectorize_crops((MaskCrop(0, 0, m) for m in masks), scores, transform=transform, crs=crs,
+                            min_area_pixels=min_area_pixels, simplify=simplify)
+
+
+def _vectorize_crops(
+    crops: Iterable[MaskCrop],
+    scores: np.ndarray,
+    *,
+    transform: Affine | None,
+    crs: Any,
+    min_area_pixels: int,
+    simplify: float,
+) -> gpd.GeoDataFrame:
+    """:func:`vectorize` of masks given as crops."""
     import geopandas as gpd  # imported here: geopandas is slow to import
 
-    masks, scores = _check_masks(masks, scores)
     if min_area_pixels < 0 or simplify < 0:
         raise InputError(f"min_area_pixels and simplify must be >= 0; got {min_area_pixels} and {simplify}")
+    scores = np.asarray(scores, dtype=np.float64)
     pyproj_crs = to_pyproj_crs(crs)
     objects: list[int] = []
     geoms: list[shapely.Geometry] = []
-    for i, mask in enumerate(masks):
-        geom = _mask_polygon(mask, min_area_pixels)
+    for i, crop in enumerate(crops):
+        geom = _mask_polygon(crop, min_area_pixels)
         if geom is None:
             continue
         if transform is not None:
@@ -346,7 +362,10 @@ def write_polygons(
         _check_earth(gdf)
         gdf = gdf.to_crs("EPSG:4326")
     is_gpkg = suffix == ".gpkg"
-    with _atomic_target(path, overwrite=overwrite) as tmp:
+    with _atomic_target(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        # Polygons of a raster without a CRS are written without one, as vectorize documents;
+        # the CLI says so once. pyogrio would warn, with a source line, for every file.
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
         pyogrio.write_dataframe(
             gdf,
             tmp,
@@ -380,7 +399,8 @@ def write_segmentation(
 
     Args:
         out: The output file; missing parent folders are created.
-        result: The masks (N, H, W) and scores (N,) to write.
+        result: The masks and scores (N,) to write; masks are read from their crops, so
+            writing takes memory for one image-sized label image at most, not N masks.
         crs: The raster's CRS, or None.
         transform: The raster's affine transform, or None for a plain image.
         valid: (H, W) bool, False where the raster had no data, or None.
@@ -402,11 +422,12 @@ def write_segmentation(
     _check_target(out, overwrite)  # fail before the work of vectorising
     if suffix in PNG_SUFFIXES:
         # one object: a visible 0/255 mask; several: the label image
-        picture = result.masks[0] if len(result) == 1 else result.label_image()
+        picture = result.mask(0) if len(result) == 1 else result.label_image()
         return write_mask_png(out, picture, overwrite=overwrite)
     if suffix in GEOTIFF_SUFFIXES:
         labels = result.label_image()
         labels = labels.astype(np.uint8) if len(result) < 255 else labels
         return write_mask_geotiff(out, labels, crs=crs, transform=transform, valid=valid, overwrite=overwrite)
-    frame = vectorize(result.masks, result.scores, transform=transform, crs=crs, min_area_pixels=min_area_pixels)
+    frame = _vectorize_crops(result.crops, result.scores, transform=transform, crs=crs,
+                             min_area_pixels=min_area_pixels, simplify=0.0)
     return write_polygons(out, frame, to_wgs84=to_wgs84, overwrite=overwrite)

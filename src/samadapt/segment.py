@@ -2,7 +2,8 @@
 
 ``Segmenter(model).segment(image, prompts)`` reads the image, fetches its embedding from
 the cache (running the encoder only on a miss), decodes every object's prompts in as few
-decoder calls as their shapes allow, and returns masks at the image's own size.
+decoder calls as their shapes allow, and returns masks in the image's own pixel grid, each
+cropped to its object (see :mod:`samadapt.imagery.mask_windows`).
 """
 
 from __future__ import annotations
@@ -18,21 +19,15 @@ import torch
 
 from samadapt.cache import EmbeddingCache, embedding_key
 from samadapt.errors import InputError
-from samadapt.imagery.preprocess import (
-    Geometry,
-    boxes_to_model,
-    coords_to_model,
-    mask_prompt_to_model,
-    masks_to_original,
-    prepare,
-)
+from samadapt.imagery.mask_windows import logit_windows
+from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model, mask_prompt_to_model, prepare
 from samadapt.imagery.read import GeoImage, from_array, read_image
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
 from samadapt.models.runtime import PAD_LABEL, DecoderPrompts, Embedding, decode, encode
 from samadapt.models.speed import RuntimeOptions, apply_runtime
 from samadapt.prompts import ObjectPrompt
-from samadapt.result import SegmentationResult
+from samadapt.result import MaskCrop, SegmentationResult
 
 if TYPE_CHECKING:
     from samadapt.automatic import AutomaticOptions
@@ -172,8 +167,11 @@ class Segmenter:
             keep_logits: keep the low-resolution logits (e.g. to refine with a mask prompt).
 
         Returns:
-            Masks (N, H, W) and predicted IoUs (N,), in the order of ``prompts``; pixels that
-            are nodata in the image are never part of a mask.
+            One mask per object, cropped to the object (``result.crops``; ``result.masks`` gives
+            them as (N, H, W)), and predicted IoUs (N,), in the order of ``prompts``; pixels that
+            are nodata in the image are never part of a mask. Each mask equals, pixel for pixel,
+            the decoder's logits resized to the whole image and thresholded at 0, but only the
+            window where its logits can be positive is resized.
 
         Raises:
             InputError: no prompts, or a prompt outside the image.
@@ -188,10 +186,13 @@ class Segmenter:
         best = scores.argmax(dim=1)
         idx = torch.arange(len(prompts))
         low_best, score_best = low_res[idx, best], scores[idx, best]
-        masks = masks_to_original(low_best, emb.geometry, self.loaded.preprocessing) > 0.0
-        masks_np = masks.numpy() & emb.image.valid[None]
-        return SegmentationResult(
-            masks=masks_np,
+        crops = []
+        for row, col, logits in logit_windows(low_best, emb.geometry, self.loaded.preprocessing):
+            valid = emb.image.valid[row : row + logits.shape[0], col : col + logits.shape[1]]
+            crops.append(MaskCrop.tight((logits > 0.0) & valid, row, col, copy=True))
+        return SegmentationResult.from_crops(
+            crops,
+            (h, w),
             scores=score_best.numpy().astype(np.float32),
             logits=low_best.numpy() if keep_logits else None,
             trusted=self.loaded.trusted,

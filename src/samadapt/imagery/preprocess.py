@@ -146,12 +146,23 @@ def masks_to_original(low_res: torch.Tensor, geometry: Geometry, spec: Preproces
         (..., H, W) float logits at the original image size.
     """
     lead = low_res.shape[:-2]
+    x = F.interpolate(logits_before_final_resize(low_res, geometry, spec), geometry.original_hw,
+                      mode="bilinear", align_corners=False)
+    return x.reshape(*lead, *geometry.original_hw)
+
+
+def logits_before_final_resize(low_res: torch.Tensor, geometry: Geometry, spec: Preprocessing) -> torch.Tensor:
+    """The first steps of :func:`masks_to_original`: (..., h, w) logits -> (M, 1, h', w'), M objects.
+
+    For SAM the decoder's logits resized to the model input with its padding cropped away
+    ((h', w') = ``geometry.resized_hw``); for SAM 2 the decoder's logits as they are. The last
+    step, a bilinear resize to ``geometry.original_hw``, is left to the caller.
+    """
     x = low_res.reshape(-1, 1, *low_res.shape[-2:]).float()
     if spec.resize == "longest":
         x = F.interpolate(x, (spec.size, spec.size), mode="bilinear", align_corners=False)
         x = x[..., : geometry.resized_hw[0], : geometry.resized_hw[1]]
-    x = F.interpolate(x, geometry.original_hw, mode="bilinear", align_corners=False)
-    return x.reshape(*lead, *geometry.original_hw)
+    return x
 
 
 def mask_prompt_to_model(mask: np.ndarray, geometry: Geometry, spec: Preprocessing) -> torch.Tensor:
