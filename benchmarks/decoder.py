@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from encoder import build
 
 from samadapt.imagery.preprocess import Geometry
-from samadapt.models import sam_decoder
+from samadapt.models.accel import sam_decoder
 from samadapt.models.loading import LoadedModel, load_model
-from samadapt.prompts import ObjectPrompt
-from samadapt.segment import Embedded, Segmenter
+from samadapt.prompts.types import ObjectPrompt
+from samadapt.predict.segmenter import Embedded, Segmenter
 
 
 def best_of(fn, repeats: int) -> float:

@@ -38,7 +38,7 @@ def _raster(path: Path, size: int) -> None:
 
 
 def _setup(root: Path) -> Path:
-    from samadapt.adapter import save_adapter
+    from samadapt.train.adapter import save_adapter
     from samadapt.methods import build_method
     from samadapt.models.loading import load_model
     from samadapt.models.tiny import save_tiny_model
@@ -56,8 +56,8 @@ def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
     import cProfile
     import pstats
 
-    from samadapt.adapter import load_adapter
-    from samadapt.mapping import MapOptions, dask_client, predict_raster
+    from samadapt.train.adapter import load_adapter
+    from samadapt.mapping.tiled import MapOptions, dask_client, predict_raster
 
     raster = root / f"r{size}.tif"
     if not raster.exists():
@@ -75,7 +75,7 @@ def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
     if client is not None:
         client.close()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    phases = {name: sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith("mapping.py"))
+    phases = {name: sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith("mapping/tiled.py"))
               for name, fn in PHASES.items()}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb, "phases": phases}))

@@ -76,9 +76,9 @@ def _box_decoder(loaded, embedding, prompts, *, multimask=True):  # noqa: ANN001
 def child(args: argparse.Namespace) -> None:
     """Run ``samadapt segment`` in this process (with the stand-in decoder unless --decoder model)."""
     if args.decoder == "box":
-        import samadapt.segment
+        import samadapt.predict.segmenter
 
-        samadapt.segment.decode = _box_decoder  # type: ignore[assignment]
+        samadapt.predict.segmenter.decode = _box_decoder  # type: ignore[assignment]
     from samadapt.cli import main
 
     sys.argv = ["samadapt", "segment", str(args.raster), "--prompts", str(args.prompts), "--model", str(args.model),

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from encoder import CONFIGS, config  # noqa: E402 - the architectures the benchmarks build
 
-from samadapt.cache import EmbeddingCache
-from samadapt.segment import Segmenter
+from samadapt.predict.cache import EmbeddingCache
+from samadapt.predict.segmenter import Segmenter
 from samadapt.service.app import create_app
 from samadapt.service.settings import ServiceSettings
 
@@ -141,7 +141,7 @@ def load(base: str, clients: int, per_client: int, mode: str, seed: int) -> tupl
 
 def object_masks() -> Any:
     """Wrap the decoder so every object's mask is a disc around its first point (see the docstring)."""
-    import samadapt.segment as segment_module
+    import samadapt.predict.segmenter as segment_module
 
     real = segment_module.decode
 

@@ -33,10 +33,10 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from conftest import shapes_samples
-    from samadapt.cache import EmbeddingCache
+    from samadapt.predict.cache import EmbeddingCache
     from samadapt.methods import build_method
     from samadapt.models.loading import load_model
-    from samadapt.training import TrainConfig, train
+    from samadapt.train.loop import TrainConfig, train
 
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:

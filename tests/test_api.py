@@ -7,7 +7,7 @@ from pathlib import Path
 import geopandas as gpd
 
 import samadapt
-from samadapt.prompts import box, point
+from samadapt.prompts.types import box, point
 
 
 def test_readme_python_example(tiny_models: dict[str, Path], utm_raster: Path, tmp_path: Path) -> None:

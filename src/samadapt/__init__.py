@@ -10,37 +10,37 @@ __version__ = "0.1.0"
 
 # Heavy modules (torch, transformers, rasterio) load on first use of a name, not on import.
 _LAZY = {
-    "Segmenter": "samadapt.segment",
-    "SegmentationResult": "samadapt.result",
-    "ObjectPrompt": "samadapt.prompts",
+    "Segmenter": "samadapt.predict.segmenter",
+    "SegmentationResult": "samadapt.predict.result",
+    "ObjectPrompt": "samadapt.prompts.types",
     "read_image": "samadapt.imagery.read",
     "GeoImage": "samadapt.imagery.read",
     "load_model": "samadapt.models.loading",
-    "EmbeddingCache": "samadapt.cache",
-    "AutomaticOptions": "samadapt.automatic",
-    "write_segmentation": "samadapt.outputs",
-    "Learner": "samadapt.learner",
-    "load_adapter": "samadapt.adapter",
-    "TrainConfig": "samadapt.training",
-    "predict_raster": "samadapt.mapping",
-    "MapOptions": "samadapt.mapping",
+    "EmbeddingCache": "samadapt.predict.cache",
+    "AutomaticOptions": "samadapt.predict.automatic",
+    "write_segmentation": "samadapt.mapping.outputs",
+    "Learner": "samadapt.train.learner",
+    "load_adapter": "samadapt.train.adapter",
+    "TrainConfig": "samadapt.train.loop",
+    "predict_raster": "samadapt.mapping.tiled",
+    "MapOptions": "samadapt.mapping.tiled",
 }
 
 __all__ = ["SamadaptError", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from samadapt.automatic import AutomaticOptions
-    from samadapt.cache import EmbeddingCache
+    from samadapt.predict.automatic import AutomaticOptions
+    from samadapt.predict.cache import EmbeddingCache
     from samadapt.imagery.read import GeoImage, read_image
     from samadapt.models.loading import load_model
-    from samadapt.outputs import write_segmentation
-    from samadapt.prompts import ObjectPrompt
-    from samadapt.result import SegmentationResult
-    from samadapt.segment import Segmenter
-    from samadapt.adapter import load_adapter
-    from samadapt.learner import Learner
-    from samadapt.training import TrainConfig
-    from samadapt.mapping import MapOptions, predict_raster
+    from samadapt.mapping.outputs import write_segmentation
+    from samadapt.prompts.types import ObjectPrompt
+    from samadapt.predict.result import SegmentationResult
+    from samadapt.predict.segmenter import Segmenter
+    from samadapt.train.adapter import load_adapter
+    from samadapt.train.learner import Learner
+    from samadapt.train.loop import TrainConfig
+    from samadapt.mapping.tiled import MapOptions, predict_raster
 
 
 def __getattr__(name: str) -> Any:

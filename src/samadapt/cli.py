@@ -55,7 +55,7 @@ def _root(
 ) -> None:
     _STATE["debug"] = debug
     if cache_max_bytes is not None:
-        from samadapt.cache import cache_max_bytes as _bound
+        from samadapt.predict.cache import cache_max_bytes as _bound
 
         os.environ["SAMADAPT_CACHE_MAX_BYTES"] = cache_max_bytes
         _bound()  # a bad value stops here, with one sentence
@@ -71,7 +71,7 @@ def _runtime(runtime: str, precision: str | None):  # noqa: ANN202
     """RuntimeOptions from --runtime and --precision; bad values raise InputError (exit 2)."""
     from dataclasses import replace
 
-    from samadapt.models.speed import RuntimeOptions
+    from samadapt.models.accel.speed import RuntimeOptions
 
     opts = RuntimeOptions.parse(runtime)
     if precision is None:
@@ -126,9 +126,9 @@ def segment(
     precision: PrecisionOpt = None,
 ) -> None:
     """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
-    from samadapt.outputs import write_segmentation
-    from samadapt.prompt_io import prompts_from_cli, read_prompt_file
-    from samadapt.segment import Segmenter
+    from samadapt.mapping.outputs import write_segmentation
+    from samadapt.prompts.io import prompts_from_cli, read_prompt_file
+    from samadapt.predict.segmenter import Segmenter
 
     encoder_runtime = _runtime(runtime, precision)
     suffixes = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
@@ -158,7 +158,7 @@ def segment(
     if not everything:
         _note_downsampling(image, geo.pixels.shape[:2], segmenter.loaded.preprocessing.size, model)
     if everything:
-        from samadapt.automatic import AutomaticOptions
+        from samadapt.predict.automatic import AutomaticOptions
 
         result = segmenter.segment_everything(geo, AutomaticOptions(points_per_side=points_per_side))
     else:
@@ -198,7 +198,7 @@ def embed(
     """Precompute and cache image embeddings, so later prompts cost only the decoder."""
     from rich.progress import Progress
 
-    from samadapt.segment import Segmenter
+    from samadapt.predict.segmenter import Segmenter
 
     encoder_runtime = _runtime(runtime, precision)
     if batch_size < 1:
@@ -380,7 +380,7 @@ def annotate(
     from samadapt.annotate import annotate_dataset, compare_modes
     from samadapt.annotate.core import check_out_dir
     from samadapt.data.dataset import require_dataset_dir
-    from samadapt.segment import Segmenter
+    from samadapt.predict.segmenter import Segmenter
 
     if mode not in ("box", "point", "auto"):
         raise InputError(f"--mode must be box, point or auto, got {mode!r}")
@@ -561,7 +561,7 @@ def train_cmd(
     else:
         targets = [(None, out)]
     from samadapt._io import check_replaceable
-    from samadapt.adapter import is_adapter_folder
+    from samadapt.train.adapter import is_adapter_folder
 
     for class_id, folder in targets:  # before any training: nothing of the user's is ever replaced
         check_replaceable(folder, overwrite=overwrite or resume, kind="adapter", owned=is_adapter_folder)
@@ -593,7 +593,7 @@ def _safe_name(name: str) -> str:
 def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: int | None, bands, seed: int,  # noqa: ANN001
                device: str, eval_dataset: Path | None, class_id: int | None, opts: dict, keep_checkpoints: bool,
                fit: dict) -> None:
-    from samadapt.learner import Learner
+    from samadapt.train.learner import Learner
 
     learner = Learner(dataset_dir, method=method, model=model, labels=labels, bands=bands, seed=seed, device=device,
                       eval_data=eval_dataset, class_id=class_id, **opts)
@@ -650,8 +650,8 @@ def evaluate_cmd(
     """Score an adapter on images it did not train on: mIoU, precision / recall / F1, accuracy, objects."""
     import json as _json
 
-    from samadapt.evaluation import evaluate_adapter
-    from samadapt.metrics import COUNT_FIELDS, SCALAR_FIELDS
+    from samadapt.train.evaluation import evaluate_adapter
+    from samadapt.train.metrics import COUNT_FIELDS, SCALAR_FIELDS
 
     if overlays is not None:
         from samadapt._io import check_writable
@@ -685,8 +685,8 @@ def evaluate_cmd(
             err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if overlays is not None:
         from samadapt.data.dataset import SegDataset
-        from samadapt.learner import load_samples
-        from samadapt.overlay import overlay, save_png
+        from samadapt.train.learner import load_samples
+        from samadapt.imagery.overlay import overlay, save_png
 
         ad = report.adapter
         for s in load_samples(SegDataset.open(dataset_dir), report.image_ids[:4], ad.bands):
@@ -718,7 +718,7 @@ def learning_curve_cmd(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train on growing label budgets over several seeds; CSV, plot and report.md of every metric against N."""
-    from samadapt.curves import METRICS, learning_curve, summarise
+    from samadapt.train.curves import METRICS, learning_curve, summarise
     from samadapt.imagery.read import parse_bands
 
     methods = [m.strip() for m in compare_methods.split(",")] if compare_methods else [method]
@@ -775,8 +775,8 @@ def predict_cmd(
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress
 
-    from samadapt.adapter import load_adapter
-    from samadapt.mapping import MapOptions, dask_client, expand_inputs, predict_rasters
+    from samadapt.train.adapter import load_adapter
+    from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
 
     if vector not in ("gpkg", "geojson", "none"):
         raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
@@ -828,20 +828,20 @@ def _report_maps(results: list, count: str) -> None:
 
 def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path | None, rough: str | None,
                       options: object, model: str | None, device: str, runtime: object = None) -> None:
-    from samadapt.mapping import MapResult
-    from samadapt.mapping_prompted import predict_prompted_raster, rough_prompts
-    from samadapt.prompt_io import read_prompt_file
+    from samadapt.mapping.tiled import MapResult
+    from samadapt.mapping.prompted import predict_prompted_raster, rough_prompts
+    from samadapt.prompts.io import read_prompt_file
 
     if prompts is not None and rough is not None:
         raise InputError("give --prompts or --rough, not both")
-    from samadapt.adapter import is_adapter_ref
+    from samadapt.train.adapter import is_adapter_ref
 
     if is_adapter_ref(ref):  # a damaged adapter too, so load_adapter says what is wrong with it
-        from samadapt.adapter import load_adapter
+        from samadapt.train.adapter import load_adapter
 
         predictor: object = load_adapter(ref, base=model, device=device, runtime=runtime)
     else:
-        from samadapt.segment import Segmenter
+        from samadapt.predict.segmenter import Segmenter
 
         predictor = Segmenter(str(ref), device=device, runtime=runtime)  # type: ignore[arg-type]
     parts = []
@@ -924,8 +924,8 @@ def info(
 
     from samadapt import __version__
     from samadapt._home import samadapt_home
-    from samadapt.models import sam_decoder
-    from samadapt.models.speed import cpu_info, resolve
+    from samadapt.models.accel import sam_decoder
+    from samadapt.models.accel.speed import cpu_info, resolve
     from samadapt.versions import dependency_versions
 
     family, size = _family_and_size(model)

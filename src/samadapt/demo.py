@@ -56,7 +56,7 @@ def _annotate_step(out_dir: Path, segmenter: object, console: Console) -> dict[s
 
 def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Console) -> dict[str, Path]:
     """Adapt with the domain decoder on the Mars tiles and score the held-out tile (the Mars pits paper)."""
-    from samadapt.learner import Learner
+    from samadapt.train.learner import Learner
 
     learner = Learner(dataset, method="domain-decoder", model=loaded, seed=0, width=64)
     learner.fit(15, lr=3e-3, out_dir=out_dir / "train_run", progress=False)
@@ -72,8 +72,8 @@ def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Cons
 
 def _map_step(out_dir: Path, adapter_dir: Path, loaded: LoadedModel, raster: Path, console: Console) -> dict[str, Path]:
     """Map the whole sample GeoTIFF with the trained adapter, tile by tile, in Mars' own CRS."""
-    from samadapt.adapter import load_adapter
-    from samadapt.mapping import MapOptions, predict_raster
+    from samadapt.train.adapter import load_adapter
+    from samadapt.mapping.tiled import MapOptions, predict_raster
 
     result = predict_raster(load_adapter(adapter_dir, base=loaded), raster, out_dir / "map",
                             MapOptions(probabilities=True, overwrite=True))
@@ -97,11 +97,11 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
 
 def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
     from samadapt.imagery.read import read_image
-    from samadapt.outputs import write_segmentation
-    from samadapt.overlay import overlay, save_png
-    from samadapt.prompts import ObjectPrompt
+    from samadapt.mapping.outputs import write_segmentation
+    from samadapt.imagery.overlay import overlay, save_png
+    from samadapt.prompts.types import ObjectPrompt
     from samadapt.sample import make_mars_sample
-    from samadapt.segment import Segmenter
+    from samadapt.predict.segmenter import Segmenter
 
     loaded = choose_model(model, out_dir, console)  # first: a bad --model leaves nothing behind
     sample = make_mars_sample(out_dir / "mars_sample.tif")

@@ -98,7 +98,7 @@ def make_mars_dataset(root: Path, *, n_images: int = 6, size: int = 256, seed: i
     """Write a small dataset (images/ GeoTIFFs, masks/ with pits = 1, splits.json, classes.json)."""
     import json
 
-    from samadapt.outputs import write_mask_geotiff
+    from samadapt.mapping.outputs import write_mask_geotiff
 
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import rasterio
 
-import samadapt.segment as segment_module
+import samadapt.predict.segmenter as segment_module
 from conftest import box_decoder, run_cli, shared_data
 from samadapt.annotate import annotate_dataset, compare_modes, read_csv_labels, read_yolo_folder
 from samadapt.annotate.core import pick_automatic, regions_from_mask
 from samadapt.errors import InputError
-from samadapt.result import SegmentationResult
+from samadapt.predict.result import SegmentationResult
 from samadapt.sample import make_mars_dataset
-from samadapt.segment import Segmenter
+from samadapt.predict.segmenter import Segmenter
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import shapes_samples, shared_data
-from samadapt.adapter import load_adapter, save_adapter
+from samadapt.train.adapter import load_adapter, save_adapter
 from samadapt.methods import build_method
-from samadapt.metrics import evaluate
+from samadapt.train.metrics import evaluate
 from samadapt.models.loading import load_model
-from samadapt.training import TrainConfig, evaluate_method, train
+from samadapt.train.loop import TrainConfig, evaluate_method, train
 
 # small settings that learn the generated shapes in a few seconds on 2 cores
 CASES = {
@@ -66,7 +66,7 @@ def test_method_learns_and_round_trips(name: str, tiny_models: dict[str, Path], 
 def test_losses_fall_on_atlanta_buildings(name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     from samadapt.data.build import build_from_vectors
     from samadapt.data.dataset import SegDataset
-    from samadapt.learner import load_samples
+    from samadapt.train.learner import load_samples
 
     folder = shared_data("spacenet_geotiff", "atlanta_buildings")
     raster = folder / "sample_geotiff.tif"
@@ -97,8 +97,8 @@ def test_learner_fit_unfreeze_save_load(tiny_models: dict[str, Path], tmp_path: 
     from PIL import Image
 
     from samadapt.data.dataset import write_splits
-    from samadapt.learner import Learner
-    from samadapt.outputs import write_mask_png
+    from samadapt.train.learner import Learner
+    from samadapt.mapping.outputs import write_mask_png
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

@@ -31,9 +31,9 @@ from samadapt.methods.encoder_adapter import (
     candidate_losses,
     compare_baselines,
 )
-from samadapt.models import runtime
+from samadapt.models import sam as runtime
 from samadapt.models.loading import LoadedModel, load_model
-from samadapt.training import TrainConfig, TrainResult, train
+from samadapt.train.loop import TrainConfig, TrainResult, train
 
 
 SMALL = {"width": 8, "depth": 2, "unet_scale": 0.25, "max_objects": 4}
@@ -77,7 +77,7 @@ def pretrain_decoder(base: LoadedModel, steps: int = 100) -> None:
 
 def staged_train(method: EncoderAdapterMethod, train_samples: list[Sample], val_samples: list[Sample], out: Path,
                  config: TrainConfig, on_epoch: Any = None) -> TrainResult:
-    """``samadapt.training.train`` with ``method.begin_epoch(epoch, epochs)`` before every epoch.
+    """``samadapt.train.loop.train`` with ``method.begin_epoch(epoch, epochs)`` before every epoch.
 
     The call the training loop makes (made here through ``on_epoch`` too, so the test does not
     depend on it; making it twice changes nothing).
@@ -167,7 +167,7 @@ def test_loss_falls_in_each_stage(trained: dict[str, Any]) -> None:
 
 
 def test_the_training_loop_runs_the_two_stages(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """Through samadapt.training.train (AdamW with weight decay, clipping, validation, checkpoints)."""
+    """Through samadapt.train.loop.train (AdamW with weight decay, clipping, validation, checkpoints)."""
     base = load_model(tiny_models["sam"])
     torch.manual_seed(0)
     method = EncoderAdapterMethod(base, **SMALL)

@@ -15,16 +15,16 @@ import torch
 from conftest import fit, shapes_samples
 from safetensors.torch import load_file, save_file
 
-from samadapt.cache import EmbeddingCache
+from samadapt.predict.cache import EmbeddingCache
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model
 from samadapt.methods import method_class
 from samadapt.methods.base import IGNORE, Sample, target_in_frame
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
-from samadapt.metrics import binary_iou
+from samadapt.train.metrics import binary_iou
 from samadapt.models.loading import load_model
-from samadapt.prompt_gen import prompts_from_mask, regions, tight_box
-from samadapt.prompts import ObjectPrompt, point
+from samadapt.prompts.sampling import prompts_from_mask, regions, tight_box
+from samadapt.prompts.types import ObjectPrompt, point
 
 
 def _batch(method: MaskDecoderMethod, samples: list[Sample], *, train: bool, rng: np.random.Generator) -> dict:

@@ -346,7 +346,7 @@ def test_erode_keeps_sampled_points_inside_the_object(bases: dict[str, LoadedMod
 
 def test_erode_applies_to_rough_mask_prompts_too(bases: dict[str, LoadedModel],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import samadapt.rough as rough
+    import samadapt.prompts.rough as rough
 
     seen: list[int] = []
     original = rough.prompts_from_rough

@@ -17,7 +17,7 @@ import torch
 
 import samadapt.methods.mask_decoder as md
 from conftest import shapes_samples
-from samadapt.automatic import point_grid
+from samadapt.predict.automatic import point_grid
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model, coords_to_model
 from samadapt.methods import build_method
@@ -25,8 +25,8 @@ from samadapt.methods.base import IGNORE, Sample, segmentation_loss, target_in_f
 from samadapt.methods.encoder_adapter import EncoderAdapterMethod
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
 from samadapt.models.loading import LoadedModel, load_model
-from samadapt.prompt_gen import regions, tight_box
-from samadapt.training import TrainConfig, evaluate_method, train
+from samadapt.prompts.sampling import regions, tight_box
+from samadapt.train.loop import TrainConfig, evaluate_method, train
 
 GRID_KEYS = {"grid_points", "grid_valid"}
 
@@ -231,9 +231,9 @@ def test_chunked_grid_decoding_matches_one_pass(base: LoadedModel, monkeypatch: 
 def test_the_fast_grid_pass_matches_the_training_decoder_path(family: str, multimask: str,
                                                               tiny_models: dict[str, Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The grid goes through samadapt.models.sam_decoder's inference pass with the adapted decoder;
+    """The grid goes through samadapt.models.accel.sam_decoder's inference pass with the adapted decoder;
     it must give what the decoder call used in training gives."""
-    import samadapt.models.sam_decoder as fast
+    import samadapt.models.accel.sam_decoder as fast
 
     torch.manual_seed(0)
     method = MaskDecoderMethod(load_model(tiny_models[family]), multimask=multimask, eval_grid=5,

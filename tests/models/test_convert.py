@@ -421,7 +421,7 @@ def test_sam_hq_masks_match_reference(
 def test_sam_hq_fast_decoder_matches_reference(hq_parts: tuple[Any, Any, SamHQModel], pixels: torch.Tensor,
                                                multimask: bool) -> None:
     """samadapt's batched SAM-HQ pass, from the first global block's ViT features, decodes as the official code."""
-    from samadapt.models import sam_decoder
+    from samadapt.models.accel import sam_decoder
 
     reference, head, model = hq_parts
     embeddings, interm = sam_reference.reference_encode_with_interm(reference, pixels)

@@ -25,10 +25,10 @@ from conftest import box_decoder
 from fastapi.testclient import TestClient
 from service.tileserver import DISC_VALUE, serve_tiles, write_disc_geotiff
 
-import samadapt.segment
-from samadapt.adapter import Prediction
+import samadapt.predict.segmenter
+from samadapt.train.adapter import Prediction
 from samadapt.imagery.preprocess import Preprocessing
-from samadapt.segment import Segmenter
+from samadapt.predict.segmenter import Segmenter
 from samadapt.service.app import create_app
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import lnglat_to_world
@@ -60,7 +60,7 @@ def settings_for(url_template: str, **kw: Any) -> ServiceSettings:
 @pytest.fixture
 def segmenter(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Segmenter:
     seg = Segmenter(tiny_models["sam"], cache=False)
-    monkeypatch.setattr(samadapt.segment, "decode", box_decoder(seg))
+    monkeypatch.setattr(samadapt.predict.segmenter, "decode", box_decoder(seg))
     return seg
 
 
@@ -454,7 +454,7 @@ def test_map_returns_class_polygons_over_a_tiled_view(segmenter: Segmenter, tile
 
 
 def test_map_with_a_trained_tiny_adapter_and_without_one(segmenter: Segmenter, tiles: Any, tmp_path: Path) -> None:
-    from samadapt.adapter import load_adapter, save_adapter
+    from samadapt.train.adapter import load_adapter, save_adapter
     from samadapt.methods import build_method
 
     method = build_method("domain-decoder", segmenter.loaded, width=16)

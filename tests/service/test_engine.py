@@ -12,8 +12,8 @@ import pytest
 import shapely.geometry
 from conftest import box_decoder
 
-import samadapt.segment
-from samadapt.segment import Segmenter
+import samadapt.predict.segmenter
+from samadapt.predict.segmenter import Segmenter
 from samadapt.service.engine import SegmentEngine
 from samadapt.errors import InputError
 from samadapt.service.geometry import (
@@ -68,7 +68,7 @@ class FakeSource(Source):
 @pytest.fixture
 def engine(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[SegmentEngine]:
     seg = Segmenter(tiny_models["sam"], cache=False)
-    monkeypatch.setattr(samadapt.segment, "decode", box_decoder(seg))
+    monkeypatch.setattr(samadapt.predict.segmenter, "decode", box_decoder(seg))
     settings = ServiceSettings(sources={"fake": {"type": "xyz", "url": "http://127.0.0.1:9/{z}/{x}/{y}.png"}},
                                default_source="fake")
     engine = SegmentEngine(seg, {"fake": FakeSource()}, settings)

@@ -69,9 +69,9 @@ def tiles() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def segmenter(tiny_models: dict[str, Path]) -> Iterator[Any]:
     """The tiny SAM with the box decoder patched in for the whole module."""
-    import samadapt.segment as segment_module
+    import samadapt.predict.segmenter as segment_module
     from conftest import box_decoder
-    from samadapt.segment import Segmenter
+    from samadapt.predict.segmenter import Segmenter
 
     seg = Segmenter(tiny_models["sam"], cache=False)
     with pytest.MonkeyPatch.context() as mp:

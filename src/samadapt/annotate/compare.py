@@ -11,9 +11,9 @@ import numpy as np
 
 from samadapt._io import save_figure
 from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask, require_ground_truth
-from samadapt.automatic import AutomaticOptions
+from samadapt.predict.automatic import AutomaticOptions
 from samadapt.errors import InputError
-from samadapt.segment import Segmenter
+from samadapt.predict.segmenter import Segmenter
 
 
 @dataclass
@@ -69,7 +69,7 @@ def compare_modes(
     """
     from samadapt.data.dataset import SegDataset
     from samadapt.data.manifest import MODE_COMPARISON, output_folder
-    from samadapt.metrics import MetricAccumulator, binary_iou
+    from samadapt.train.metrics import MetricAccumulator, binary_iou
 
     dataset = SegDataset.open(dataset_dir)
     stems = [s for s in dataset.stems(split) if dataset.mask_path(s) is not None]
@@ -139,7 +139,7 @@ def _figure(path: Path, panels: list, modes: tuple[str, ...]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samadapt.overlay import overlay
+    from samadapt.imagery.overlay import overlay
 
     titles = {"auto": "automatic", "point": "point prompt", "box": "box prompt"}
     cols = 1 + len(modes)

@@ -23,12 +23,12 @@ import numpy as np
 
 from samadapt._io import write_json
 from samadapt.annotate.experts import ExpertLabels, ExpertObject
-from samadapt.automatic import AutomaticOptions
+from samadapt.predict.automatic import AutomaticOptions
 from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage
-from samadapt.prompts import ObjectPrompt
-from samadapt.result import SegmentationResult
-from samadapt.segment import Segmenter
+from samadapt.prompts.types import ObjectPrompt
+from samadapt.predict.result import SegmentationResult
+from samadapt.predict.segmenter import Segmenter
 
 if TYPE_CHECKING:
     from samadapt.data.dataset import SegDataset
@@ -68,7 +68,7 @@ def regions_from_mask(mask: np.ndarray, mode: Mode, seed: int = 0) -> list[tuple
     (the distance-transform maximum, which lies inside even for rings), auto mode keeps the
     region for matching against automatic masks.
     """
-    from samadapt.prompt_gen import interior_point, regions, tight_box
+    from samadapt.prompts.sampling import interior_point, regions, tight_box
 
     out = []
     for class_id in sorted(int(c) for c in np.unique(mask) if c not in (0, IGNORE)):
@@ -101,7 +101,7 @@ def pick_automatic(region: np.ndarray, everything: SegmentationResult) -> int | 
     A mask that merely touches the region (a large background mask sharing one pixel with it,
     say) is not a candidate; None when no mask covers that point.
     """
-    from samadapt.prompt_gen import interior_point
+    from samadapt.prompts.sampling import interior_point
 
     if not region.any():
         return None
@@ -185,7 +185,7 @@ def require_ground_truth(dataset: SegDataset, stems: list[str]) -> None:
 
 def write_label_mask(folder: Path, stem: str, labels: np.ndarray, image: GeoImage) -> Path:
     """Write a label mask for ``stem``: a GeoTIFF beside a georeferenced image, else a PNG."""
-    from samadapt.outputs import write_mask_geotiff, write_mask_png
+    from samadapt.mapping.outputs import write_mask_geotiff, write_mask_png
 
     if image.georeferenced:
         return write_mask_geotiff(folder / f"{stem}.tif", labels, crs=image.crs, transform=image.transform,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from samadapt.errors import InputError, InputFileError
-from samadapt.prompts import ObjectPrompt
+from samadapt.prompts.types import ObjectPrompt
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def read_vector_labels(path: Path, georef: dict[str, tuple[object, object, tuple
     import geopandas as gpd
     from shapely.geometry import box as shapely_box
 
-    from samadapt.prompt_io import map_box_to_pixel, map_to_prompt_point
+    from samadapt.prompts.io import map_box_to_pixel, map_to_prompt_point
 
     try:
         frame = gpd.read_file(path)

@@ -34,8 +34,8 @@ from samadapt.data.dataset import (
 )
 from samadapt.data.manifest import DATASET, output_folder
 from samadapt.errors import InputError, InputFileError
-from samadapt.outputs import write_mask_geotiff
-from samadapt.prompt_io import to_pyproj_crs
+from samadapt.mapping.outputs import write_mask_geotiff
+from samadapt.prompts.io import to_pyproj_crs
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _BLOCK = 256

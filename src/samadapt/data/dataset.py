@@ -40,7 +40,7 @@ from samadapt._io import write_json
 from samadapt.errors import InputError, InputFileError, OutputExistsError
 from samadapt.imagery.read import GeoImage, Stretch
 from samadapt.imagery.read import read_image as _read_image
-from samadapt.outputs import _atomic_target, write_mask_geotiff, write_mask_png
+from samadapt.mapping.outputs import _atomic_target, write_mask_geotiff, write_mask_png
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"

@@ -1,7 +1,7 @@
 """The interface every adaptation method implements, and the pieces they share.
 
 A method is an ``nn.Module`` built around a loaded SAM-family model (the *base*). Training
-and evaluation go through one loop (``samadapt.training``) that only knows this interface:
+and evaluation go through one loop (``samadapt.train.loop``) that only knows this interface:
 
 1. ``make_inputs(sample, train=..., rng=...)`` turns one image (and its mask) into a dict of
    tensors without a batch dimension; the loop stacks them into a batch. Methods with a
@@ -369,7 +369,7 @@ class AdaptationMethod(nn.Module):
     def segmenter(self) -> Any:
         """The Segmenter, and so the embedding cache, the frozen encoder runs through; made on first use."""
         if getattr(self, "_segmenter", None) is None:
-            from samadapt.segment import Segmenter
+            from samadapt.predict.segmenter import Segmenter
 
             object.__setattr__(self, "_segmenter", Segmenter(self.base, cache=getattr(self, "cache", True)))
         return self._segmenter  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ included). The training loop says which epoch it is in through
 once, with SAM's loss flowing through the 1x1 convolutions into the U-Net as well.
 
 Each object is prompted with one point, the interior point
-(:func:`samadapt.prompt_gen.interior_point`) of its region: ground-truth regions in
+(:func:`samadapt.prompts.sampling.interior_point`) of its region: ground-truth regions in
 training, the U-Net's own predicted regions at prediction. In training each object's mask
 is the one of SAM's three candidates with the lowest loss; at prediction, the one with the
 highest predicted IoU. The output is the union of the objects' masks (per class, with a
@@ -56,8 +56,8 @@ from samadapt.imagery.preprocess import Geometry, coords_to_model
 from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
                                    segmentation_loss)
 from samadapt.methods.unet import UNet, unet_input
-from samadapt.metrics import MetricAccumulator
-from samadapt.prompt_gen import interior_point, regions
+from samadapt.train.metrics import MetricAccumulator
+from samadapt.prompts.sampling import interior_point, regions
 
 PromptSource = Literal["unet", "truth"]
 #: How training proceeds: the abstract's two stages (U-Net, then the 1x1 convolutions) or all at once.
@@ -74,7 +74,7 @@ class EmbeddingSlot:
     """One tensor SAM's mask decoder reads from its image encoder.
 
     Attributes:
-        key: name as in :data:`samadapt.models.runtime.Embedding` ("image", "high_res_0", ...).
+        key: name as in :data:`samadapt.models.sam.Embedding` ("image", "high_res_0", ...).
         channels: channels the decoder expects.
         side: side of the square grid in pixels.
         channels_last: True for SAM-HQ's ViT features, which are (B, h, w, C).
@@ -532,7 +532,7 @@ class EncoderAdapterMethod(AdaptationMethod):
             (out_channels, side, side) logits: the union of the highest-IoU masks, background
             where there is no object.
         """
-        from samadapt.models.runtime import DecoderPrompts, decode
+        from samadapt.models.sam import DecoderPrompts, decode
 
         side = self.output_side
         background = torch.full((1, self.out_channels, side, side), NO_OBJECT)
@@ -554,7 +554,7 @@ def class_regions(label: np.ndarray, num_classes: int, min_area: int) -> list[tu
 
     Returns:
         ``(region, class_id)`` pairs, regions as (H, W) bool, largest first (ties: lower
-        class first, then :func:`~samadapt.prompt_gen.regions` order).
+        class first, then :func:`~samadapt.prompts.sampling.regions` order).
     """
     found = [(r, k) for k in range(1, num_classes) for r in regions(label, class_id=k, min_area=min_area)]
     found.sort(key=lambda item: -int(item[0].sum()))

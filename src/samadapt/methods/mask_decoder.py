@@ -6,18 +6,18 @@ trained one). Each image is encoded once, through the embedding cache.
 
 Training prompts come from the ground-truth mask: one prompt per connected region (largest
 first, at most ``max_objects``), a box, the interior point or several points, drawn with
-:func:`samadapt.prompt_gen.prompts_from_mask` from a seed taken from the sample's ``rng``, so
+:func:`samadapt.prompts.sampling.prompts_from_mask` from a seed taken from the sample's ``rng``, so
 the same generator state gives the same prompts. As in the river fine-tuning tutorial,
 training boxes can be jittered (``box_noise``, which the tutorial calls ``perturbation``) and
 sampled points kept away from the object's edge by an erosion (``erode``). Each prompted
 region is its own target.
-At prediction time prompts come from the user (:class:`~samadapt.prompts.ObjectPrompt`) or
-from a rough mask (:func:`samadapt.rough.prompts_from_rough`), or, with neither, from the
+At prediction time prompts come from the user (:class:`~samadapt.prompts.types.ObjectPrompt`) or
+from a rough mask (:func:`samadapt.prompts.rough.prompts_from_rough`), or, with neither, from the
 automatic grid below, see :meth:`predict`.
 
 Evaluation (``make_inputs(..., train=False)``) reads no ground truth to prompt, unless asked:
 by default each image is prompted with an automatic grid of ``eval_grid`` x ``eval_grid``
-single positive points (cell centres over the image, as in :mod:`samadapt.automatic`; points
+single positive points (cell centres over the image, as in :mod:`samadapt.predict.automatic`; points
 on no-data pixels are switched off), each point is decoded by the adapted decoder into one
 mask (chosen by the ``multimask`` rule, as for every prompt), the masks whose predicted IoU
 is at least ``eval_iou_threshold`` (0.88 by default, the automatic mode's ``pred_iou_thresh``)
@@ -71,14 +71,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samadapt.automatic import point_grid
+from samadapt.predict.automatic import point_grid
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
 from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
                                    segmentation_loss, target_in_frame)
 from samadapt.models.loading import LoadedModel
-from samadapt.prompt_gen import prompts_from_mask, regions
-from samadapt.prompts import ObjectPrompt
+from samadapt.prompts.sampling import prompts_from_mask, regions
+from samadapt.prompts.types import ObjectPrompt
 
 PromptKind = Literal["box", "point", "points"]
 MultimaskMode = Literal["best", "mean", "single"]
@@ -318,7 +318,7 @@ class MaskDecoderMethod(AdaptationMethod):
         Returns:
             ``grid_points`` (G, 2) float (x, y) in the model-input frame, G = ``eval_grid`` ** 2:
             the cell centres of a regular grid over the original image (as
-            :func:`samadapt.automatic.point_grid` places them), row by row; ``grid_valid`` (G,) bool.
+            :func:`samadapt.predict.automatic.point_grid` places them), row by row; ``grid_valid`` (G,) bool.
         """
         h, w = geometry.original_hw
         xy = point_grid(h, w, self.eval_grid)
@@ -444,7 +444,7 @@ class MaskDecoderMethod(AdaptationMethod):
         """Single positive points, each decoded alone without gradients: (B, n, M, h, w) logits, (B, n, M) IoUs.
 
         With a plain SAM, SAM-HQ or SAM 2 base model on the decoder's device, the points go
-        through the fast inference pass of :mod:`samadapt.models.sam_decoder` with the
+        through the fast inference pass of :mod:`samadapt.models.accel.sam_decoder` with the
         adapted decoder (the same arithmetic up to float rounding, and several times faster
         on a CPU than transformers' batched call, which copies the image embedding per
         prompt); otherwise through :meth:`_decode`.
@@ -458,7 +458,7 @@ class MaskDecoderMethod(AdaptationMethod):
         view = self._fast_view()
         if view is None:
             return self._decode(embeddings, points[:, :, None], labels, None)
-        from samadapt.models import sam_decoder
+        from samadapt.models.accel import sam_decoder
 
         dev = self.base.device
         sparse, _ = self.base.model.prompt_encoder(points[:, :, None].to(dev, torch.float32), labels.to(dev),
@@ -478,7 +478,7 @@ class MaskDecoderMethod(AdaptationMethod):
 
     def _fast_view(self) -> _AdaptedModel | None:
         """The base model seen with the adapted decoder, for the fast pass; None where it cannot be used."""
-        from samadapt.models import sam_decoder
+        from samadapt.models.accel import sam_decoder
 
         here = next(self.mask_decoder.parameters()).device
         if here != next(self.base.model.parameters()).device or not sam_decoder.supported(self.base.model):
@@ -574,7 +574,7 @@ class MaskDecoderMethod(AdaptationMethod):
             image_pixels: (H, W, 3) uint8 RGB image.
             prompts: point and/or box prompts in pixels of the image, one per object.
             rough: (H, W) rough mask (non-zero = object); each blob becomes one prompt of this
-                method's ``prompt`` kind, through :func:`samadapt.rough.prompts_from_rough`.
+                method's ``prompt`` kind, through :func:`samadapt.prompts.rough.prompts_from_rough`.
 
         With neither ``prompts`` nor ``rough``, the image is prompted with the automatic grid
         of evaluation (``eval_grid``, ``eval_iou_threshold``; see the module docstring), every
@@ -608,7 +608,7 @@ class MaskDecoderMethod(AdaptationMethod):
             probs = torch.sigmoid(merged.float().cpu())  # (1, h, w)
             return self.to_original(probs, geometry)[0].clamp(0, 1).numpy().astype(np.float32)
         if rough is not None:
-            from samadapt.rough import prompts_from_rough
+            from samadapt.prompts.rough import prompts_from_rough
 
             if np.shape(rough) != (h, w):
                 raise InputError(f"the rough mask has shape {np.shape(rough)}, the image is {(h, w)} (rows, cols)")
@@ -639,7 +639,7 @@ class MaskDecoderMethod(AdaptationMethod):
 
 
 class _AdaptedModel:
-    """What :func:`samadapt.models.sam_decoder.decode_sam` reads of a model, with the adapted mask decoder.
+    """What :func:`samadapt.models.accel.sam_decoder.decode_sam` reads of a model, with the adapted mask decoder.
 
     The prompt encoder and the image-grid positional embedding are the frozen base model's;
     the mask decoder is the method's trained copy.

@@ -24,7 +24,7 @@ from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, pr
 from samadapt.models.tiny import MARKER
 
 if TYPE_CHECKING:
-    from samadapt.models.speed import RuntimeOptions
+    from samadapt.models.accel.speed import RuntimeOptions
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -48,8 +48,8 @@ class LoadedModel:
         weights_sha256: digest of the weights file; part of every embedding-cache key.
         trusted: False for random-initialised models (their masks mean nothing).
         device: torch device the model lives on.
-        runtime: how the encoder runs (``samadapt.models.speed.EncoderRuntime``); None for
-            transformers' plain call. Set by ``samadapt.models.speed.apply_runtime``.
+        runtime: how the encoder runs (``samadapt.models.accel.speed.EncoderRuntime``); None for
+            transformers' plain call. Set by ``samadapt.models.accel.speed.apply_runtime``.
     """
 
     name: str
@@ -337,7 +337,7 @@ def load_model(
         download: fetch a registry model that is not cached; when False a missing model is an error.
         expected_family: fail with a clear error if the checkpoint is of another family.
         progress: show a progress bar while downloading.
-        runtime: how the image encoder runs (see :mod:`samadapt.models.speed`): "auto" picks
+        runtime: how the image encoder runs (see :mod:`samadapt.models.accel.speed`): "auto" picks
             the fastest faithful path for this CPU (bf16 and fused attention where they pay),
             a spec such as "fp32" or "bf16,fused", or None for transformers' plain call.
 
@@ -348,7 +348,7 @@ def load_model(
     """
     loaded = _load(ref, check_device(device), download, expected_family, progress)
     if runtime is not None:
-        from samadapt.models.speed import apply_runtime
+        from samadapt.models.accel.speed import apply_runtime
 
         apply_runtime(loaded, runtime)
     return loaded

@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException
 
 from samadapt import __version__
 from samadapt.errors import InputError, InputFileError, SamadaptError
-from samadapt.segment import Segmenter
+from samadapt.predict.segmenter import Segmenter
 from samadapt.service.engine import SegmentEngine, display_name
 from samadapt.service.schemas import (
     ErrorResponse,

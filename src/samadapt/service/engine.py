@@ -56,7 +56,7 @@ from samadapt.service.vector import Window, mask_geometry
 if TYPE_CHECKING:
     import httpx
 
-    from samadapt.segment import Embedded, Segmenter
+    from samadapt.predict.segmenter import Embedded, Segmenter
 
 #: Decode rounds per object in grid mode: cell, re-centred window, view window.
 MAX_ROUNDS = 3
@@ -189,7 +189,7 @@ class SegmentEngine:
     @staticmethod
     def _light(emb: Embedded) -> Embedded:
         """The embedding without its pixels, which decoding never reads (a view can be 4096 px a side)."""
-        from samadapt.segment import Embedded
+        from samadapt.predict.segmenter import Embedded
 
         h, w = emb.geometry.original_hw
         valid = emb.image.valid

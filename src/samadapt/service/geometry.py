@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samadapt.errors import InputError
-from samadapt.prompts import ObjectPrompt
+from samadapt.prompts.types import ObjectPrompt
 from samadapt.service.frames import Frame
 from samadapt.service.schemas import BBox, PointPrompt, SegmentRequest
 from samadapt.service.sources import SourceError

@@ -153,7 +153,7 @@ class LocalSource(Source):
 
     def limits(self, ds: Any) -> np.ndarray | None:
         """Raster-wide (C, 2) stretch limits, computed on first use; None for uint8 data."""
-        from samadapt.mapping import raster_limits
+        from samadapt.mapping.tiled import raster_limits
 
         with self._lock:
             if not self._limits_ready:
@@ -178,7 +178,7 @@ class LocalSource(Source):
         import rasterio
         from rasterio.windows import Window
 
-        from samadapt.mapping import read_tile
+        from samadapt.mapping.tiled import read_tile
 
         x0, y0, x1, y1 = check_window(window)
         out = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
@@ -207,7 +207,7 @@ class LocalSource(Source):
         from rasterio.warp import reproject, transform_bounds
         from rasterio.windows import Window
 
-        from samadapt.mapping import read_tile
+        from samadapt.mapping.tiled import read_tile
 
         self._check_tile(z, x, y)
         half = math.pi * self._radius

@@ -46,7 +46,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
         import uvicorn  # noqa: F401
     except ImportError:
         raise MissingDependencyError("the service needs FastAPI and uvicorn: pip install 'samadapt[service]'") from None
-    from samadapt.segment import Segmenter
+    from samadapt.predict.segmenter import Segmenter
     from samadapt.service.app import create_app
     from samadapt.service.settings import add_sources, load_settings
 
@@ -63,7 +63,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
     loaded = segmenter.loaded
     ad = None
     if adapter is not None:
-        from samadapt.adapter import load_adapter
+        from samadapt.train.adapter import load_adapter
 
         ad = load_adapter(adapter, base=loaded, device=device)
     return create_app(settings, segmenter, ad)

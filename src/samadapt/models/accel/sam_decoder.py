@@ -1,0 +1,415 @@
+"""A faster, numerically equivalent forward pass of SAM's (and SAM 2's) mask decoder for many prompts at once.
+
+transformers' ``SamModel.forward`` decodes N prompts by copying the image embedding N
+times and running every projection over all 4096 image tokens for each prompt. The
+result depends only on each prompt's own tokens, so most of that work can be shared or
+reordered without changing the arithmetic beyond rounding:
+
+- the positional embedding of the image grid is computed once per model and kept;
+- in the first layer the image tokens are the same for every prompt, so their key,
+  value and query projections are computed once, not N times;
+- afterwards each prompt has its own image tokens, but only a handful of prompt tokens
+  (T, about 7), so an attention between them is computed with the prompt side folded
+  into the projection weights: (4096 x 256) @ (256 x heads*T) instead of a
+  (4096 x 256) @ (256 x 128) projection followed by the attention;
+- prompts with different numbers of points share one call: shorter ones are padded with
+  tokens that are masked out of every attention, so they change nothing (unlike
+  transformers' ``-10`` label, which zeroes a padding token but still lets it be attended);
+- the two transposed convolutions that upscale the mask features run as matrix products
+  a few rows of image tokens at a time, with their LayerNorm, GELUs and the product with
+  the hypernetwork rows, so the full-resolution features stay in the caches; each output
+  row of the masks is a contiguous run written in place, and only the masks asked for are formed;
+- prompts go through in groups whose own image tokens take at most :data:`GROUP_BYTES`.
+
+With ``precision="bf16"`` the per-prompt image tokens, their attention scores and the
+upscaling are computed in bfloat16 (the prompt tokens, their MLPs and the IoU head stay in
+float32): about twice as fast where the CPU multiplies bf16 natively, with masks agreeing
+with the float32 ones to IoU >= 0.99 (``tests/models/accel/test_sam_decoder.py`` states the bounds).
+:func:`precision_for` follows the encoder runtime's precision.
+
+SAM's, SAM-HQ's and SAM 2's plain decoders take this path (their two-way transformers are
+the same; SAM 2 adds an object-score token, two high-resolution features added in the
+upscaling, and a stability rule for single-mask requests; SAM-HQ adds an HQ token whose mask
+comes from the upscaled features through two 3x3 convolutions plus image-side features from
+the image embedding and the early ViT features, computed once per call for all prompts; all
+handled here). Modules replaced by an adapter (anything but transformers' and torch's own)
+fall back to transformers' forward.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samadapt.models.hq_fix import needs_hq_decoder_fix
+from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
+
+#: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
+Precision = Literal["fp32", "bf16"]
+
+#: Bytes of per-prompt image tokens decoded together (8 prompts of sam-vit-base in bf16, 4 in
+#: fp32). Larger tensors are fresh memory maps from the allocator on every operation, and
+#: their page faults cost more than the arithmetic.
+GROUP_BYTES = 16 * 2**20
+
+#: Prompts per pass through the decoder: large enough to share the first layer's work,
+#: small enough that the per-prompt image tokens (N x 4096 x 256 floats) stay near 64 MB.
+CHUNK = 16
+
+_POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def supported(model: nn.Module) -> bool:
+    """True when the model's mask decoder is transformers' plain SAM, SAM-HQ or SAM 2 decoder
+    (no adapter modules in it)."""
+    dec = getattr(model, "mask_decoder", None)
+    if dec is None or type(model).__name__ not in ("SamModel", "SamHQModel", "Sam2Model") \
+            or not hasattr(dec, "upscale_conv1"):
+        return False
+    if type(model).__name__ == "SamHQModel" and not getattr(dec, "_samadapt_fixed", False) and needs_hq_decoder_fix():
+        return False  # the faulty transformers decoder is what the fast pass would otherwise disagree with
+    for module in dec.modules():  # an adapter's own layers (LoRA ...) need their own forward
+        if not type(module).__module__.startswith(("torch.nn.", "transformers.")):
+            return False
+    return True
+
+
+def precision_for(loaded: object) -> Precision:
+    """The decoder's precision for a loaded model: bf16 where its encoder runtime runs in bf16.
+
+    The encoder runtime (:mod:`samadapt.models.accel.speed`) picks bf16 on "auto" only where the
+    CPU multiplies bf16 natively and the input is large enough to pay, the same conditions
+    under which the decoder's bf16 path is the faster one; "fp32" there selects this path too.
+    """
+    return "bf16" if getattr(getattr(loaded, "runtime", None), "precision", "fp32") == "bf16" else "fp32"
+
+
+def image_positional_embedding(model: nn.Module) -> torch.Tensor:
+    """(HW, C) positional embedding of the image grid, computed once per model and its weights' version."""
+    param = model.shared_image_embedding.positional_embedding
+    found = _POSITIONAL.get(model)
+    if found is None or found[0] != param._version or found[1].device != param.device:
+        pe = model.get_image_wide_positional_embeddings()[0]  # (C, h, w)
+        found = (param._version, pe.flatten(1).transpose(0, 1).contiguous())
+        _POSITIONAL[model] = found
+    return found[1]
+
+
+def _out_proj(att: nn.Module) -> nn.Module:
+    """The attention's output projection (``out_proj`` in SAM, ``o_proj`` in SAM 2)."""
+    return att.out_proj if hasattr(att, "out_proj") else att.o_proj
+
+
+def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, D) -> (B, heads, L, D / heads)."""
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _token_self_attention(att: nn.Module, q: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Attention among prompt tokens (N, T, C); padding tokens are never attended to."""
+    h = att.num_attention_heads
+    out = F.scaled_dot_product_attention(_split(att.q_proj(q), h), _split(att.k_proj(q), h),
+                                         _split(att.v_proj(v), h), attn_mask=valid[:, None, None, :])
+    return _out_proj(att)(out.transpose(1, 2).flatten(2))
+
+
+def _scores(rows: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """(N, R, HW) products of R vectors per prompt with its image tokens plus positional embedding.
+
+    ``rows @ (keys + pe).T`` without materialising ``keys + pe``: the positional product
+    is shared by the prompts' rows in one matrix product, the image product accumulates onto it.
+    """
+    n, r, c = rows.shape
+    rows = rows.to(keys.dtype)
+    return (rows.reshape(-1, c) @ pe.T).view(n, r, -1).baddbmm_(rows, keys.transpose(1, 2))
+
+
+def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
+                     shared: dict[object, torch.Tensor] | None) -> torch.Tensor:
+    """Prompt tokens (N, T, C) attend to image tokens ``keys``: (1, HW, C) shared, or (N, HW, C).
+
+    The image side's key input is ``keys + pe`` (pe: (HW, C) positional embedding).
+    ``shared`` keeps the projections of shared image tokens for the next group of prompts;
+    None when ``keys`` are each prompt's own.
+    """
+    h, (n, t, c) = att.num_attention_heads, q.shape
+    d = att.internal_dim // h
+    qh = _split(att.q_proj(q), h)  # (N, h, T, d)
+    if shared is not None:  # shared image tokens: project them once, queries of all prompts in one call
+        if (att, "kv") not in shared:
+            shared[att, "kv"] = torch.stack([_split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)])
+        kh, vh = shared[att, "kv"]
+        out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
+        out = out.view(h, n, t, d).permute(1, 2, 0, 3)
+        return _out_proj(att)(out.reshape(n, t, h * d))
+    # Per-prompt image tokens: fold each query into the key weights. The key bias adds the
+    # same number to every score of a query, which the softmax ignores; the positional part
+    # is a product of its own rather than a sum over all image tokens of every prompt.
+    wk = att.k_proj.weight.view(h, d, c)
+    qk = torch.einsum("nhtd,hdc->nhtc", qh * d**-0.5, wk).reshape(n, h * t, c)
+    scores = _scores(qk, keys, pe)
+    weights = torch.softmax(scores, dim=-1)  # (N, h*T, HW), over the image
+    ctx = torch.bmm(weights, keys).view(n, h, t, c).float()  # weighted image tokens
+    wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
+    out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
+    return _out_proj(att)(out.reshape(n, t, h * d))
+
+
+def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
+                     padding: torch.Tensor, dtype: torch.dtype,
+                     shared: dict[object, torch.Tensor] | None, out: torch.Tensor) -> torch.Tensor:
+    """Image tokens (1 shared or N, HW, C) (query input ``keys + pe``) attend to prompt tokens (N, T, C).
+
+    Scores are laid out (N, heads, T, HW) so the softmax over the few prompt tokens runs
+    along a long contiguous axis.
+
+    Args:
+        padding: (N, T) 0 for tokens, -inf for padding.
+        dtype: dtype of the result (the per-prompt image tokens).
+        shared: projections of shared image tokens kept for the next group of prompts; None
+            when ``keys`` are each prompt's own.
+        out: (N, HW, C) tensor of ``dtype`` to write the result into.
+
+    Returns:
+        ``keys`` plus the attention's update, (N, HW, C).
+    """
+    h, (n, t, c) = att.num_attention_heads, q.shape
+    d = att.internal_dim // h
+    kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
+    vh = _split(att.v_proj(v), h)
+    bias = padding[:, None, :, None]  # (N, 1, T, 1)
+    if shared is not None:  # shared image tokens: project them once
+        if (att, "q") not in shared:
+            shared[att, "q"] = att.q_proj(keys[0] + pe).view(-1, h, d).permute(1, 2, 0)  # (h, d, HW)
+        qh = shared[att, "q"]
+        scores = torch.bmm(kh.transpose(0, 1).reshape(h, n * t, d), qh)  # (h, N*T, HW), heads first
+        scores = scores.view(h, n, t, -1).transpose(0, 1).add(bias)  # (N, h, T, HW)
+    else:  # fold the prompt keys into the query weights
+        wq, bq = att.q_proj.weight.view(h, d, c), att.q_proj.bias.view(1, h, 1, d)
+        kq = torch.einsum("nhtd,hdc->nhtc", kh, wq).reshape(n, h * t, c)
+        bias = bias + (kh * bq).sum(-1, keepdim=True)
+        scores = _scores(kq, keys, pe).view(n, h, t, -1).add_(bias.to(keys.dtype))
+    weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
+    proj = _out_proj(att)
+    wo = proj.weight.view(c, h, d)
+    # Values through the output projection. Each head's weights sum to 1 over the tokens, so
+    # the output bias rides on each head's values as bias / heads.
+    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
+    # The residual is the accumulator of the product: one pass over the N x HW x C result.
+    return torch.baddbmm(keys.to(dtype), weights.transpose(1, 2), vo.to(dtype), out=out)
+
+
+#: Image tokens (of all prompts in a group) per block of the upscaling: its intermediates
+#: (16 pixels per token) stay in the caches instead of making several passes over memory.
+UPSCALE_TOKENS = 16384
+
+_UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
+
+    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
+    a matrix product per child row ``a`` (columns: child column ``b``, channel).
+
+    Returns:
+        conv1 weight for a1 = 0 and 1 (C, 2 C1), its bias (2 C1), LayerNorm weight and bias,
+        conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
+    """
+    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
+    params = (conv1.weight, conv1.bias, conv2.weight, conv2.bias, norm.weight, norm.bias)
+    key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
+    found = _UPSCALE.get(dec)
+    if found is None or found[0] != key:
+        w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
+        w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
+        mats = (w1[0], w1[1], conv1.bias.repeat(2), norm.weight, norm.bias, w2[0], w2[1], conv2.bias.repeat(2))
+        found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
+        _UPSCALE[dec] = found
+    return found[1]
+
+
+def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's two projected high-resolution features, (1, C/8, 4 side, 4 side) and (1, C/4, 2 side, 2 side),
+    channels-last and grouped by child row, so each upscaling block's rows are one contiguous run.
+
+    Returns:
+        (4, side, 4 side, C/8) indexed [2 a1 + a2, r] for pixel row 4 r + 2 a1 + a2, and
+        (2, side, 2 side, C/4) indexed [a1, r] for pixel row 2 r + a1.
+    """
+    f0, f1 = (f[0].permute(1, 2, 0).to(dtype) for f in high_res)
+    s0 = f0.reshape(side, 4, 4 * side, f0.shape[-1]).transpose(0, 1).contiguous()
+    s1 = f1.reshape(side, 2, 2 * side, f1.shape[-1]).transpose(0, 1).contiguous()
+    return s0, s1
+
+
+def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int,
+                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
+
+    ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
+    them, added after the first and second transposed convolutions. ``features`` (SAM-HQ): an
+    (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
+    is (N, 4 side, 4 side, C/8) channels-last.
+
+    Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
+    transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
+    rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
+    comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
+    products by a1 and a2 makes each output row a contiguous run, written in place.
+    """
+    n, _, c = keys.shape
+    m, dtype = hyper.shape[1], keys.dtype
+    w1a, w1b, b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
+    c1, c2 = gamma.shape[0], b2.shape[0] // 2
+    eps = dec.upscale_layer_norm.eps
+    rows = hyper.to(dtype)  # (N, M, C2)
+    s0, s1 = high_res if high_res is not None else (None, None)
+    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
+    step = max(1, UPSCALE_TOKENS // (n * side))
+    for r in range(0, side, step):
+        e = min(r + step, side)
+        x = keys[:, r * side : e * side].reshape(-1, c)
+        for a1, w1 in enumerate((w1a, w1b)):
+            up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (n, r, col, b1): pixel (2 r + a1, 2 col + b1)
+            if s1 is not None:
+                up = up.view(n, -1, c1).add_(s1[a1, r:e].reshape(1, -1, c1)).view(-1, c1)
+            up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))
+            for a2, w2 in enumerate((w2a, w2b)):
+                pixels = torch.addmm(b2, up, w2).view(n, -1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
+                if s0 is not None:
+                    pixels.add_(s0[2 * a1 + a2, r:e].reshape(1, -1, c2))
+                pixels = torch._C._nn.gelu_(pixels)
+                if features is not None:
+                    features[:, r:e, a1, a2].copy_(pixels.view(n, e - r, 4 * side, c2))
+                out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
+    return out.view(n, m, 4 * side, 4 * side)
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor kept per thread for the per-prompt image tokens (its contents are not kept).
+
+    Freshly allocated tensors this large are new memory maps whose page faults cost more
+    than the arithmetic on them; reusing a few buffers avoids that.
+    """
+    found = getattr(_WORKSPACE, name, None)
+    if found is None or found.shape != shape or found.dtype != dtype or found.device != device:
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            found = torch.empty(shape, dtype=dtype, device=device)
+        setattr(_WORKSPACE, name, found)
+    return found
+
+
+def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` written into ``out``."""
+    stats = x.shape[:-1] + (1,)
+    mean, rstd = (torch.empty(stats, dtype=torch.float32, device=x.device) for _ in range(2))
+    torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
+                                         out0=out, out1=mean, out2=rstd)
+    return out
+
+
+def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
+               multimask: bool, precision: Precision = "fp32",
+               high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+               vit_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode N objects on one image embedding with SAM's mask decoder (inference only: no gradients).
+
+    Args:
+        model: a transformers ``SamModel`` or ``Sam2Model`` for which :func:`supported` is True.
+        image: (1, C, h, w) image embedding.
+        sparse: (N, T, C) prompt-token embeddings from the prompt encoder, padded to a common T.
+        valid: (N, T) bool, False for padding tokens.
+        multimask: return the 3 candidate masks (else the single-mask output).
+        precision: "fp32", or "bf16" to keep each prompt's own image tokens and the upscaling
+            in bfloat16 (see :data:`Precision`).
+        high_res: SAM 2 only: the embedding's two projected high-resolution features
+            (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.sam.encode`).
+        vit_features: SAM-HQ only: the first early ViT features, (1, h, w, C_vit) (``vit_0``).
+
+    Returns:
+        Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
+    """
+    c, side = image.shape[1], image.shape[-1]
+    dense = model.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
+    keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # Groups of prompts whose own image tokens stay under GROUP_BYTES; the projections of
+    # the shared image tokens are computed for the first group and reused by the others.
+    group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
+    shared: dict[object, torch.Tensor] = {}
+    if high_res is not None:  # once for all groups
+        high_res = _regroup_high_res(high_res, side, dtype)
+    hq = hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
+        else None
+    masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
+                                      shared, high_res, hq) for s in range(0, sparse.shape[0], group)))
+    return torch.cat(masks), torch.cat(ious)
+
+
+def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
+                  dtype: torch.dtype, shared: dict[object, torch.Tensor],
+                  high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  hq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens,
+    ``hq`` SAM-HQ's image-side mask features from :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`."""
+    dec = model.mask_decoder
+    tr = dec.transformer
+    n, side = sparse.shape[0], math.isqrt(keys.shape[1])
+    pe = image_positional_embedding(model)
+    pe_low = pe.to(dtype)
+    # SAM 2 puts an object-score token before SAM's IoU and mask tokens
+    first = [dec.obj_score_token.weight] if hasattr(dec, "obj_score_token") else []
+    iou_at = len(first)
+    last = [dec.hq_token.weight] if hq is not None else []  # SAM-HQ's token follows the mask tokens
+    out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight, *last]).expand(n, -1, -1)
+    tokens = torch.cat([out_tokens, sparse], dim=1)
+    valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
+    padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
+    queries = tokens
+    for i, layer in enumerate(tr.layers):
+        share = shared if i == 0 else None  # each prompt's own image tokens after the first layer
+        if layer.skip_first_layer_pe:
+            queries = layer.layer_norm1(_token_self_attention(layer.self_attn, queries, queries, valid))
+        else:
+            q = queries + tokens
+            queries = layer.layer_norm1(queries + _token_self_attention(layer.self_attn, q, queries, valid))
+        key_pe = pe if keys.dtype == pe.dtype else pe_low
+        att = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, key_pe, share)
+        queries = layer.layer_norm2(queries + att)
+        queries = layer.layer_norm3(queries + layer.mlp(queries))
+        pre = _image_to_tokens(layer.cross_attn_image_to_token, keys, key_pe, queries + tokens, queries, padding,
+                               dtype, share, _workspace("pre", (n, *pe.shape), dtype, pe.device))
+        keys = _layer_norm(layer.layer_norm4, pre, _workspace(f"keys{i % 2}", pre.shape, dtype, pe.device))
+    att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe_low, None)
+    queries = tr.layer_norm_final_attn(queries + att)
+    # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
+    dynamic = not multimask and getattr(dec, "dynamic_multimask_via_stability", False)
+    tokens_sam = len(dec.output_hypernetworks_mlps)  # SAM's mask tokens (SAM-HQ counts its own in num_mask_tokens)
+    chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
+    hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
+    iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
+    if hq is None:
+        masks = _upscale_masks(dec, keys, hyper, side, high_res)
+    else:
+        features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), keys.dtype, keys.device)
+        masks = _upscale_masks(dec, keys, hyper, side, high_res, features)
+        hq_rows = dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
+        return add_hq_masks(dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq, hq_rows, multimask)
+    if dynamic:
+        masks, iou = dec._dynamic_multimask_via_stability(masks[None], iou[None])
+        masks, iou = masks[0], iou[0]
+    return masks, iou
