@@ -36,8 +36,8 @@ from encoder import build
 from samadapt.imagery.preprocess import Geometry
 from samadapt.models.accel import sam_decoder
 from samadapt.models.loading import LoadedModel, load_model
-from samadapt.prompts.types import ObjectPrompt
 from samadapt.predict.segmenter import Embedded, Segmenter
+from samadapt.prompts.types import ObjectPrompt
 
 
 def best_of(fn, repeats: int) -> float:
@@ -114,7 +114,7 @@ def main() -> None:
             embedded = Embedded(image=None, embedding=emb, geometry=geometry, from_cache=True)  # type: ignore[arg-type]
             few = prompts(2, rng)
             plain_one_at_a_time(loaded, emb, few[:1])  # warm-up
-            base = best_of(lambda l=loaded, e=emb, f=few: plain_one_at_a_time(l, e, f), args.repeats) / len(few) * 1000
+            base = best_of(lambda m=loaded, e=emb, f=few: plain_one_at_a_time(m, e, f), args.repeats) / len(few) * 1000
             print(f"{name}: transformers one prompt per call {base:.1f} ms/prompt (baseline)")
             variants = [(path(loaded), loaded)]
             if variants[0][0] == "bf16":

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from samadapt.models.loading import load_model
 from samadapt.models.accel.speed import apply_runtime, cpu_info, threads_for
+from samadapt.models.loading import load_model
 
 #: transformers' default configs are these architectures
 CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config"}

@@ -38,10 +38,10 @@ def _raster(path: Path, size: int) -> None:
 
 
 def _setup(root: Path) -> Path:
-    from samadapt.train.adapter import save_adapter
     from samadapt.methods import build_method
     from samadapt.models.loading import load_model
     from samadapt.models.tiny import save_tiny_model
+    from samadapt.train.adapter import save_adapter
 
     model = save_tiny_model(root / "tiny", "sam", overwrite=True)
     return save_adapter(build_method("domain-decoder", load_model(model), width=16), root / "adapter", overwrite=True)
@@ -56,8 +56,8 @@ def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
     import cProfile
     import pstats
 
-    from samadapt.train.adapter import load_adapter
     from samadapt.mapping.tiled import MapOptions, dask_client, predict_raster
+    from samadapt.train.adapter import load_adapter
 
     raster = root / f"r{size}.tif"
     if not raster.exists():

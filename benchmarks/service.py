@@ -107,7 +107,7 @@ def random_points(n: int, seed: int) -> list[tuple[float, float]]:
     sw, ne = BBOX["sw"], BBOX["ne"]
     lng = sw["lng"] + (ne["lng"] - sw["lng"]) * rng.uniform(0.25, 0.75, n)
     lat = sw["lat"] + (ne["lat"] - sw["lat"]) * rng.uniform(0.25, 0.75, n)
-    return list(zip(lng.tolist(), lat.tolist()))
+    return list(zip(lng.tolist(), lat.tolist(), strict=False))
 
 
 async def client_loop(base: str, points: list[tuple[float, float]], mode: str,

@@ -33,9 +33,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from conftest import shapes_samples
-    from samadapt.predict.cache import EmbeddingCache
     from samadapt.methods import build_method
     from samadapt.models.loading import load_model
+    from samadapt.predict.cache import EmbeddingCache
     from samadapt.train.loop import TrainConfig, train
 
     hf_logging.disable_progress_bar()

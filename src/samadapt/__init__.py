@@ -29,18 +29,18 @@ _LAZY = {
 __all__ = ["SamadaptError", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from samadapt.imagery.read import GeoImage, read_image
+    from samadapt.mapping.outputs import write_segmentation
+    from samadapt.mapping.tiled import MapOptions, predict_raster
+    from samadapt.models.loading import load_model
     from samadapt.predict.automatic import AutomaticOptions
     from samadapt.predict.cache import EmbeddingCache
-    from samadapt.imagery.read import GeoImage, read_image
-    from samadapt.models.loading import load_model
-    from samadapt.mapping.outputs import write_segmentation
-    from samadapt.prompts.types import ObjectPrompt
     from samadapt.predict.result import SegmentationResult
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.prompts.types import ObjectPrompt
     from samadapt.train.adapter import load_adapter
     from samadapt.train.learner import Learner
     from samadapt.train.loop import TrainConfig
-    from samadapt.mapping.tiled import MapOptions, predict_raster
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import rasterio
@@ -35,11 +35,11 @@ out = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name, model folder or Meta .pth file.")]
-BandsOpt = Annotated[Optional[str], typer.Option("--bands", help="1-based bands to use, e.g. 4,3,2 (1 or 3 bands).")]
+BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based bands to use, e.g. 4,3,2 (1 or 3 bands).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="Encoder runtime: auto, or a comma list of fp32|bf16, "
                                          "fused|no-fused, compile, onnx, threads=N (see `samadapt info`).")]
-PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="Encoder precision: auto, fp32 or bf16 "
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="Encoder precision: auto, fp32 or bf16 "
                                                      "(overrides --runtime).")]
 
 
@@ -49,7 +49,7 @@ _STATE = {"debug": False}
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    cache_max_bytes: Annotated[Optional[str], typer.Option("--cache-max-bytes", help="Bound of the on-disk "
+    cache_max_bytes: Annotated[str | None, typer.Option("--cache-max-bytes", help="Bound of the on-disk "
                                                            "embedding cache, e.g. 20G (default: "
                                                            "$SAMADAPT_CACHE_MAX_BYTES, else 4G).")] = None,
 ) -> None:
@@ -110,10 +110,10 @@ def segment(
     image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or GeoTIFF.")],
     out_paths: Annotated[list[Path], typer.Option("--out", "-o", help="Output .png, .tif, .gpkg or .geojson (repeatable).")],
     model: ModelOpt = "sam-vit-base",
-    box: Annotated[Optional[list[str]], typer.Option("--box", help="x0,y0,x1,y1; each box is one object.")] = None,
-    point: Annotated[Optional[list[str]], typer.Option("--point", help="x,y[,label]; label 1 = object, 0 = background.")] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="GeoJSON/GeoPackage/CSV of boxes or points.")] = None,
-    crs: Annotated[Optional[str], typer.Option("--crs", help="Prompts are map coordinates in this CRS, e.g. EPSG:4326.")] = None,
+    box: Annotated[list[str] | None, typer.Option("--box", help="x0,y0,x1,y1; each box is one object.")] = None,
+    point: Annotated[list[str] | None, typer.Option("--point", help="x,y[,label]; label 1 = object, 0 = background.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="GeoJSON/GeoPackage/CSV of boxes or points.")] = None,
+    crs: Annotated[str | None, typer.Option("--crs", help="Prompts are map coordinates in this CRS, e.g. EPSG:4326.")] = None,
     everything: Annotated[bool, typer.Option("--everything", help="Segment every object (point grid); no prompts.")] = False,
     points_per_side: Annotated[int, typer.Option(help="Grid size of --everything.")] = 32,
     bands: BandsOpt = None,
@@ -127,8 +127,8 @@ def segment(
 ) -> None:
     """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
     from samadapt.mapping.outputs import write_segmentation
-    from samadapt.prompts.io import prompts_from_cli, read_prompt_file
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.prompts.io import prompts_from_cli, read_prompt_file
 
     encoder_runtime = _runtime(runtime, precision)
     suffixes = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
@@ -179,7 +179,7 @@ def segment(
     for p in written:
         out.print(f"wrote {p}")
     table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
-    for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores)):
+    for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores, strict=False)):
         if i < 20:
             table.add_row(str(i), str(pixels), f"{s:.3f}")
     out.print(table)
@@ -365,10 +365,10 @@ def annotate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the annotated dataset or comparison.")],
     model: ModelOpt = "sam-vit-base",
     mode: Annotated[str, typer.Option("--mode", help="box, point or auto.")] = "box",
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Expert prompts: YOLO folder, CSV (pixels) or "
+    labels: Annotated[Path | None, typer.Option("--labels", help="Expert prompts: YOLO folder, CSV (pixels) or "
                                                    "GeoPackage/GeoJSON (map coordinates).")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Run all three modes against ground-truth masks.")] = False,
-    split: Annotated[Optional[str], typer.Option("--split", help="Only this split of splits.json.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Only this split of splits.json.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of random choices.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous annotation or comparison "
                                             "samadapt wrote in --out.")] = False,
@@ -423,7 +423,7 @@ def annotate(
 @data_app.command("check")
 def data_check(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder.")],
-    num_classes: Annotated[Optional[int], typer.Option(help="Expected number of classes, background included.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Expected number of classes, background included.")] = None,
 ) -> None:
     """Validate a dataset folder and print a summary; exit code 1 when it has errors."""
     from samadapt.data.check import check_dataset, format_report
@@ -440,7 +440,7 @@ def data_build(
     vectors: Annotated[Path, typer.Argument(help="Polygons (GeoPackage, GeoJSON, Shapefile) in any CRS.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 512,
-    class_field: Annotated[Optional[str], typer.Option(help="Attribute holding each polygon's class.")] = None,
+    class_field: Annotated[str | None, typer.Option(help="Attribute holding each polygon's class.")] = None,
     keep_empty: Annotated[bool, typer.Option(help="Keep tiles without labels.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -459,7 +459,7 @@ def data_build(
 def data_from_hf(
     path: Annotated[Path, typer.Argument(help="A Hugging Face dataset saved with save_to_disk.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
-    split: Annotated[Optional[str], typer.Option(help="Split of a DatasetDict.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a DatasetDict.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Convert a Hugging Face `datasets` dataset (save_to_disk) to samadapt's folder format."""
@@ -492,39 +492,39 @@ def _options(values: list[str] | None) -> dict[str, object]:
 
 
 MethodOpt = Annotated[str, typer.Option("--method", help="domain-decoder, lora, mask-decoder, encoder-adapter, unet.")]
-EvalDatasetOpt = Annotated[Optional[Path], typer.Option(
+EvalDatasetOpt = Annotated[Path | None, typer.Option(
     "--eval-dataset", help="Score on this dataset's ground truth (its test split, or all of it when it has none; "
     "images used for training are left out by id), e.g. train on `annotate` pseudo-labels, test on the truth.")]
 SelectOpt = Annotated[str, typer.Option("--select", help="Weights kept: best (by --monitor on the val split) or "
                                         "last (the Mars pits paper's 'no additional control').")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", help="Method setting key=value, e.g. rank=8.")]
+OptionOpt = Annotated[list[str] | None, typer.Option("--option", help="Method setting key=value, e.g. rank=8.")]
 
 
 @app.command("train")
 def train_cmd(
-    dataset_dir: Annotated[Optional[Path], typer.Argument(help="Dataset folder (images/, masks/, splits.json).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Adapter folder to write.")] = None,
+    dataset_dir: Annotated[Path | None, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Adapter folder to write.")] = None,
     method: MethodOpt = "domain-decoder",
     help_options: Annotated[bool, typer.Option("--help-options", help="List the --option settings of --method "
                                                "(types, defaults, meaning) and exit.")] = False,
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Train one foreground class (id or name) "
+    class_name: Annotated[str | None, typer.Option("--class", help="Train one foreground class (id or name) "
                                                       "against the rest. mask-decoder on multi-class data without it "
                                                       "trains one adapter per class, in OUT/<class>/.")] = None,
     model: ModelOpt = "sam-vit-base",
-    labels: Annotated[Optional[int], typer.Option("--labels", help="Train on the first N images of a seeded shuffle.")] = None,
+    labels: Annotated[int | None, typer.Option("--labels", help="Train on the first N images of a seeded shuffle.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of split, budget and training.")] = 0,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without improvement.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without improvement.")] = None,
     monitor: Annotated[str, typer.Option(help="Validation metric picking the best epoch (miou, f1_macro, loss).")] = "miou",
     select: SelectOpt = "best",
     eval_dataset: EvalDatasetOpt = None,
     bands: BandsOpt = None,
     unfreeze: Annotated[bool, typer.Option("--unfreeze", help="lora: train the whole SAM, not only the adapters.")] = False,
-    prompt: Annotated[Optional[str], typer.Option(help="mask-decoder: prompts generated from masks: box, point, points.")] = None,
-    multimask: Annotated[Optional[str], typer.Option(help="mask-decoder: loss on the best or the mean of 3 masks.")] = None,
-    rank: Annotated[Optional[int], typer.Option(help="lora: rank of the adapters.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="mask-decoder: prompts generated from masks: box, point, points.")] = None,
+    multimask: Annotated[str | None, typer.Option(help="mask-decoder: loss on the best or the mean of 3 masks.")] = None,
+    rank: Annotated[int | None, typer.Option(help="lora: rank of the adapters.")] = None,
     option: OptionOpt = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after an interruption.")] = False,
@@ -563,7 +563,7 @@ def train_cmd(
     from samadapt._io import check_replaceable
     from samadapt.train.adapter import is_adapter_folder
 
-    for class_id, folder in targets:  # before any training: nothing of the user's is ever replaced
+    for _, folder in targets:  # before any training: nothing of the user's is ever replaced
         check_replaceable(folder, overwrite=overwrite or resume, kind="adapter", owned=is_adapter_folder)
     for class_id, folder in targets:
         fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, resume=resume, patience=patience, monitor=monitor,
@@ -636,15 +636,15 @@ def _train_one(dataset_dir: Path, out: Path, method: str, model: str, labels: in
 def evaluate_cmd(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train`.")],
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder with masks.")],
-    split: Annotated[Optional[str], typer.Option(help="train, val, test or all of DATASET; default: the adapter's "
+    split: Annotated[str | None, typer.Option(help="train, val, test or all of DATASET; default: the adapter's "
                                                  "own test split, as recorded when it was trained.")] = None,
     allow_train_images: Annotated[bool, typer.Option("--allow-train-images", help="Score images the adapter was "
                                                      "trained on instead of refusing them.")] = False,
     oracle_prompts: Annotated[bool, typer.Option("--oracle-prompts", help="Prompted methods build their prompts "
                                                  "from the masks being scored (outputs say oracle).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    overlays: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of a few predictions.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    overlays: Annotated[Path | None, typer.Option(help="Folder for overlay PNGs of a few predictions.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Score an adapter on images it did not train on: mIoU, precision / recall / F1, accuracy, objects."""
@@ -685,8 +685,8 @@ def evaluate_cmd(
             err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if overlays is not None:
         from samadapt.data.dataset import SegDataset
-        from samadapt.train.learner import load_samples
         from samadapt.imagery.overlay import overlay, save_png
+        from samadapt.train.learner import load_samples
 
         ad = report.adapter
         for s in load_samples(SegDataset.open(dataset_dir), report.image_ids[:4], ad.bands):
@@ -701,7 +701,7 @@ def learning_curve_cmd(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, splits.json).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV, plot, report and runs.")],
     method: MethodOpt = "domain-decoder",
-    compare_methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run on the same splits.")] = None,
+    compare_methods: Annotated[str | None, typer.Option(help="Comma-separated methods to run on the same splits.")] = None,
     model: ModelOpt = "sam-vit-base",
     sizes: Annotated[str, typer.Option(help="Label budgets.")] = "5,10,15,20,25,50",
     seeds: Annotated[int, typer.Option(help="Seeds per budget.")] = 3,
@@ -718,8 +718,8 @@ def learning_curve_cmd(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train on growing label budgets over several seeds; CSV, plot and report.md of every metric against N."""
-    from samadapt.train.curves import METRICS, learning_curve, summarise
     from samadapt.imagery.read import parse_bands
+    from samadapt.train.curves import METRICS, learning_curve, summarise
 
     methods = [m.strip() for m in compare_methods.split(",")] if compare_methods else [method]
     path = learning_curve(dataset_dir, out_dir, methods=methods, model=model, sizes=_parse_ints(sizes, "--sizes"),
@@ -734,7 +734,7 @@ def learning_curve_cmd(
     miou, f1 = summarise(rows, "miou"), summarise(rows, "f1_macro")
     missing = []
     for m in miou:
-        for a, b in zip(miou[m], f1[m]):
+        for a, b in zip(miou[m], f1[m], strict=False):
             table.add_row(m, str(a.labels), f"{a.mean:.3f} ± {a.sd:.3f} ({a.n})", f"{b.mean:.3f} ± {b.sd:.3f} ({b.n})")
             if a.missing:
                 missing.append(f"{m} n={a.labels}: seeds {', '.join(map(str, a.missing))}")
@@ -752,20 +752,20 @@ def predict_cmd(
                                             "--rough, a SAM model: registry name, folder or .pth).")],
     rasters: Annotated[list[str], typer.Argument(help="Rasters, globs ('tiles/*.tif') or .txt files of paths.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
-    overlap: Annotated[Optional[int], typer.Option(help="Overlap of neighbouring tiles in pixels.")] = None,
-    tile_gsd: Annotated[Optional[str], typer.Option(help="Resolution the model sees, e.g. 0.5m or 0.5 (map units).")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Overlap of neighbouring tiles in pixels.")] = None,
+    tile_gsd: Annotated[str | None, typer.Option(help="Resolution the model sees, e.g. 0.5m or 0.5 (map units).")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
     cog: Annotated[bool, typer.Option("--cog", help="Write Cloud-Optimised GeoTIFFs.")] = False,
     vector: Annotated[str, typer.Option("--vector", help="gpkg, geojson or none.")] = "gpkg",
     min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (map units squared).")] = 0.0,
     simplify: Annotated[float, typer.Option(help="Simplification tolerance in map units.")] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo rasters whose outputs are complete.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
     scheduler: Annotated[str, typer.Option(help="local, processes:N (a Dask LocalCluster) or tcp://host:port.")] = "local",
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Boxes / points (GeoPackage, GeoJSON, CSV) "
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Boxes / points (GeoPackage, GeoJSON, CSV) "
                                                     "for a prompt-based model.")] = None,
-    rough: Annotated[Optional[str], typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
+    rough: Annotated[str | None, typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
                                                  "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option(help="Tiles per pass of the model (in-process mapping).")] = 1,
@@ -775,8 +775,8 @@ def predict_cmd(
     """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress
 
-    from samadapt.train.adapter import load_adapter
     from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
+    from samadapt.train.adapter import load_adapter
 
     if vector not in ("gpkg", "geojson", "none"):
         raise InputError(f"--vector must be gpkg, geojson or none, got {vector!r}")
@@ -828,8 +828,8 @@ def _report_maps(results: list, count: str) -> None:
 
 def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path | None, rough: str | None,
                       options: object, model: str | None, device: str, runtime: object = None) -> None:
-    from samadapt.mapping.tiled import MapResult
     from samadapt.mapping.prompted import predict_prompted_raster, rough_prompts
+    from samadapt.mapping.tiled import MapResult
     from samadapt.prompts.io import read_prompt_file
 
     if prompts is not None and rough is not None:
@@ -870,12 +870,12 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
 @app.command()
 def serve(
     model: ModelOpt = "sam-vit-base",
-    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="Adapter folder: enables POST /map (class polygons).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="Adapter folder: enables POST /map (class polygons).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; the default only accepts this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")] = 8000,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON service settings (sources, limits, token).")] = None,
-    source: Annotated[Optional[list[str]], typer.Option("--source", help="NAME=file.tif or NAME=https://host/{z}/{x}/{y}.png (repeatable).")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="Embedding reuse: grid (cells of the model input) or view (per view, as SamGIS).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON service settings (sources, limits, token).")] = None,
+    source: Annotated[list[str] | None, typer.Option("--source", help="NAME=file.tif or NAME=https://host/{z}/{x}/{y}.png (repeatable).")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="Embedding reuse: grid (cells of the model input) or view (per view, as SamGIS).")] = None,
     device: DeviceOpt = "cpu",
     runtime: RuntimeOpt = "auto",
     precision: PrecisionOpt = None,

@@ -72,8 +72,8 @@ def _train_step(out_dir: Path, loaded: LoadedModel, dataset: Path, console: Cons
 
 def _map_step(out_dir: Path, adapter_dir: Path, loaded: LoadedModel, raster: Path, console: Console) -> dict[str, Path]:
     """Map the whole sample GeoTIFF with the trained adapter, tile by tile, in Mars' own CRS."""
-    from samadapt.train.adapter import load_adapter
     from samadapt.mapping.tiled import MapOptions, predict_raster
+    from samadapt.train.adapter import load_adapter
 
     result = predict_raster(load_adapter(adapter_dir, base=loaded), raster, out_dir / "map",
                             MapOptions(probabilities=True, overwrite=True))
@@ -96,12 +96,12 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
 
 
 def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
+    from samadapt.imagery.overlay import overlay, save_png
     from samadapt.imagery.read import read_image
     from samadapt.mapping.outputs import write_segmentation
-    from samadapt.imagery.overlay import overlay, save_png
+    from samadapt.predict.segmenter import Segmenter
     from samadapt.prompts.types import ObjectPrompt
     from samadapt.sample import make_mars_sample
-    from samadapt.predict.segmenter import Segmenter
 
     loaded = choose_model(model, out_dir, console)  # first: a bad --model leaves nothing behind
     sample = make_mars_sample(out_dir / "mars_sample.tif")
@@ -117,7 +117,7 @@ def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
         )
     outputs["overlay"] = save_png(out_dir / "overlay.png", overlay(image.pixels, result.masks, boxes=sample.boxes))
     table = Table("pit", "box (x0,y0,x1,y1)", "predicted IoU", "IoU with truth", title="3. box-prompted masks")
-    for i, (b, m, s) in enumerate(zip(sample.boxes, result.masks, result.scores)):
+    for i, (b, m, s) in enumerate(zip(sample.boxes, result.masks, result.scores, strict=False)):
         table.add_row(str(i), ",".join(f"{v:.0f}" for v in b), f"{s:.3f}", f"{_iou(m, sample.masks[i]):.3f}")
     console.print(table)
     outputs.update(_annotate_step(out_dir, segmenter, console))

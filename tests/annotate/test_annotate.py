@@ -17,8 +17,8 @@ from samadapt.annotate import annotate_dataset, compare_modes, read_csv_labels, 
 from samadapt.annotate.core import pick_automatic, regions_from_mask
 from samadapt.errors import InputError
 from samadapt.predict.result import SegmentationResult
-from samadapt.sample import make_mars_dataset
 from samadapt.predict.segmenter import Segmenter
+from samadapt.sample import make_mars_dataset
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_mars_pits_from_yolo_boxes(
     assert code == 0, text
     masks = sorted(p.stem for p in (tmp_path / "out" / "masks").iterdir())
     assert masks == stems  # one mask per image
-    n_boxes = sum(len([l for l in (work / "labels" / f"{s}.txt").read_text().splitlines() if l.strip()]) for s in stems)
+    n_boxes = sum(len([row for row in (work / "labels" / f"{s}.txt").read_text().splitlines() if row.strip()]) for s in stems)
     rows = list(csv.DictReader(open(tmp_path / "out" / "sources.csv")))
     assert len(rows) == n_boxes
     # with a decoder that fills its box, every expert box is covered by its class

@@ -14,7 +14,6 @@ import rasterio
 from conftest import run_cli
 from samadapt.cli import main
 
-
 run = run_cli
 
 

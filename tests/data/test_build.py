@@ -88,7 +88,7 @@ def burn_whole(
         frame = gpd.read_file(vectors).to_crs(src.crs.to_wkt())
         values = values or [1] * len(frame)
         labels = rasterio.features.rasterize(
-            zip(frame.geometry, values), out_shape=(src.height, src.width), transform=src.transform,
+            zip(frame.geometry, values, strict=False), out_shape=(src.height, src.width), transform=src.transform,
             all_touched=all_touched, dtype="uint8",
         )
         labels[src.dataset_mask() == 0] = IGNORE_INDEX
@@ -318,7 +318,7 @@ def test_custom_albers_landsat(tmp_path: Path) -> None:
     with rasterio.open(raster) as src:
         frame = gpd.read_file(vectors)
         expected = rasterio.features.rasterize(
-            zip(frame.geometry, [1] * len(frame)), out_shape=src.shape, transform=src.transform, dtype="uint8"
+            zip(frame.geometry, [1] * len(frame), strict=False), out_shape=src.shape, transform=src.transform, dtype="uint8"
         )
         east = frame.total_bounds[2] > src.bounds.right
         crs = src.crs

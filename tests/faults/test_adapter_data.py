@@ -16,12 +16,12 @@ from safetensors.torch import save_file
 from shapely.geometry import box
 
 from conftest import run_cli
-from samadapt.train.adapter import load_adapter, save_adapter
 from samadapt.data import check_dataset, write_classes, write_sample
 from samadapt.errors import CheckpointError, ModelNotFoundError
 from samadapt.imagery.read import from_array
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
+from samadapt.train.adapter import load_adapter, save_adapter
 
 run = run_cli
 

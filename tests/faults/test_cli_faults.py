@@ -8,7 +8,6 @@ counts the cases per command, so a new command cannot ship without its own.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,8 +19,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from samadapt.sample import make_mars_dataset
 from conftest import run_cli
+from samadapt.sample import make_mars_dataset
 
 #: Bad-input cases each command must have at least (besides its read-only and full-disk cases).
 MIN_CASES = 2
@@ -188,7 +187,7 @@ CASES: list[Case] = [
     Case("models fetch", "unknown name", lambda w, o: ["sam-vit-gigantic"], "sam-vit-gigantic"),
     Case("models fetch", "no name", lambda w, o: [], "name", code=2),
     Case("models check", "unknown name", lambda w, o: ["sam-vit-gigantic"], "sam-vit-gigantic"),
-    Case("models check", "folder without a model", lambda w, o: [str(o)], str("config.json")),
+    Case("models check", "folder without a model", lambda w, o: [str(o)], "config.json"),
     Case("models convert", "missing checkpoint", lambda w, o: [str(o / "nope.pth"), str(o / "conv")], "nope.pth"),
     Case("models convert", "not a checkpoint", lambda w, o: [str(_file("not torch", "x.pth")(w, o)),
                                                              str(o / "conv")], "x.pth"),

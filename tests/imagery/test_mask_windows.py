@@ -89,7 +89,7 @@ def test_fma32_rounds_once_even_where_float64_would_round_twice() -> None:
     rng = np.random.default_rng(0)
     a, b, c = (rng.standard_normal(2000).astype(np.float32) * s for s in (1.0, 1.0, 1e-6))
     got = fma32(a, b, c)
-    for x, y, z, g in zip(a[:300], b[:300], c[:300], got[:300]):
+    for x, y, z, g in zip(a[:300], b[:300], c[:300], got[:300], strict=False):
         exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
         error = abs(Fraction(float(g)) - exact)
         for neighbour in (np.nextafter(g, np.float32(-np.inf)), np.nextafter(g, np.float32(np.inf))):

@@ -16,8 +16,8 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 
-from samadapt.mapping import outputs
 from samadapt.errors import InputError, OutputExistsError
+from samadapt.mapping import outputs
 from samadapt.mapping.outputs import (
     vectorize,
     write_mask_geotiff,

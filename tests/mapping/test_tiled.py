@@ -10,10 +10,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import shared_data
 from rasterio.transform import from_origin
 
-from samadapt.train.adapter import Prediction, load_adapter, save_adapter
+from conftest import shared_data
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Preprocessing
 from samadapt.mapping.tiled import (
@@ -26,6 +25,7 @@ from samadapt.mapping.tiled import (
 )
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
+from samadapt.train.adapter import Prediction, load_adapter, save_adapter
 
 
 class PixelAdapter:
@@ -269,13 +269,12 @@ def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
 def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import box_decoder
-
     import samadapt.predict.segmenter as segment_module
+    from conftest import box_decoder
     from samadapt.cli import main
     from samadapt.mapping.prompted import predict_prompted_raster
-    from samadapt.prompts.types import box
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.prompts.types import box
 
     seg = Segmenter(tiny_models["sam"], cache=False)
     monkeypatch.setattr(segment_module, "decode", box_decoder(seg))  # segments exactly its box

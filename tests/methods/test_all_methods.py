@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import shapes_samples, shared_data
-from samadapt.train.adapter import load_adapter, save_adapter
 from samadapt.methods import build_method
-from samadapt.train.metrics import evaluate
 from samadapt.models.loading import load_model
+from samadapt.train.adapter import load_adapter, save_adapter
 from samadapt.train.loop import TrainConfig, evaluate_method, train
+from samadapt.train.metrics import evaluate
 
 # small settings that learn the generated shapes in a few seconds on 2 cores
 CASES = {
@@ -97,8 +97,8 @@ def test_learner_fit_unfreeze_save_load(tiny_models: dict[str, Path], tmp_path: 
     from PIL import Image
 
     from samadapt.data.dataset import write_splits
-    from samadapt.train.learner import Learner
     from samadapt.mapping.outputs import write_mask_png
+    from samadapt.train.learner import Learner
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

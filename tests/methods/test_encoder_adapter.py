@@ -35,7 +35,6 @@ from samadapt.models import sam as runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.train.loop import TrainConfig, TrainResult, train
 
-
 SMALL = {"width": 8, "depth": 2, "unet_scale": 0.25, "max_objects": 4}
 
 
@@ -182,7 +181,7 @@ def test_the_training_loop_runs_the_two_stages(tiny_models: dict[str, Path], tmp
     result = staged_train(method, shapes_samples(4, seed=1), shapes_samples(2, seed=2), tmp_path, config, record)
     assert stages == ["unet", "unet", "adapter", "adapter"]
     assert all(np.isfinite(row["val_loss"]) for row in result.history)
-    for epoch, ((unet_a, adapter_a), (unet_b, adapter_b)) in enumerate(zip(snapshots, snapshots[1:])):
+    for epoch, ((unet_a, adapter_a), (unet_b, adapter_b)) in enumerate(zip(snapshots, snapshots[1:], strict=False)):
         if stages[epoch] == "unet":
             assert _changed(adapter_a, adapter_b) == [] and _changed(unet_a, unet_b), epoch
         else:
@@ -350,7 +349,7 @@ def test_inputs_prompt_each_region_at_an_interior_point(tiny_models: dict[str, P
     assert inputs["image"].shape == (3, 64, 64) and inputs["target"].shape == (64, 64)
     assert inputs["valid"].tolist() == [1.0, 1.0]  # capped at max_objects
     scale = 96 / 256
-    for point, own in zip(inputs["points"], inputs["object_targets"]):
+    for point, own in zip(inputs["points"], inputs["object_targets"], strict=False):
         x, y = (point * scale).round().long().tolist()
         assert sample.target[y, x] == 1  # the point lies on the object, in original pixels
         col, row = (point / 4).long().tolist()

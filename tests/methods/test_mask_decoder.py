@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fit, shapes_samples
 from safetensors.torch import load_file, save_file
 
-from samadapt.predict.cache import EmbeddingCache
+from conftest import fit, shapes_samples
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model
 from samadapt.methods import method_class
 from samadapt.methods.base import IGNORE, Sample, target_in_frame
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
-from samadapt.train.metrics import binary_iou
 from samadapt.models.loading import load_model
+from samadapt.predict.cache import EmbeddingCache
 from samadapt.prompts.sampling import prompts_from_mask, regions, tight_box
 from samadapt.prompts.types import ObjectPrompt, point
+from samadapt.train.metrics import binary_iou
 
 
 def _batch(method: MaskDecoderMethod, samples: list[Sample], *, train: bool, rng: np.random.Generator) -> dict:
@@ -45,7 +45,7 @@ def _prompted_iou(method: MaskDecoderMethod, samples: list[Sample]) -> float:
     with torch.no_grad():
         probs = method.probabilities(method(_batch(method, samples, train=False, rng=np.random.default_rng(1))))
     ious = []
-    for p, s in zip(probs, samples):
+    for p, s in zip(probs, samples, strict=False):
         pred = method.to_original(p, method.geometry_of(*s.target.shape))[1].numpy() > 0.5
         ious.append(binary_iou(pred, s.target == 1))
     return float(np.mean(ious))

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import shapes_samples
 
+from conftest import shapes_samples
 from samadapt.errors import InputError
 from samadapt.methods import METHOD_NAMES, describe_options, method_class, option_rows, validate_options
 from samadapt.methods.base import AdaptationMethod, Option, Sample

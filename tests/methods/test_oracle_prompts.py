@@ -17,7 +17,6 @@ import torch
 
 import samadapt.methods.mask_decoder as md
 from conftest import shapes_samples
-from samadapt.predict.automatic import point_grid
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model, coords_to_model
 from samadapt.methods import build_method
@@ -25,6 +24,7 @@ from samadapt.methods.base import IGNORE, Sample, segmentation_loss, target_in_f
 from samadapt.methods.encoder_adapter import EncoderAdapterMethod
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
 from samadapt.models.loading import LoadedModel, load_model
+from samadapt.predict.automatic import point_grid
 from samadapt.prompts.sampling import regions, tight_box
 from samadapt.train.loop import TrainConfig, evaluate_method, train
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers.hf_cache import put_in_hf_cache
 
 from conftest import run_cli
+from helpers.hf_cache import put_in_hf_cache
 from samadapt.models import registry
 from samadapt.models.hub import hf_hub_cache
 

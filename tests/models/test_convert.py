@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import sam_reference
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, SamConfig, SamHQModel, SamModel
 
+import sam_reference
 from samadapt.errors import CheckpointError, ModelNotFoundError, OutputExistsError
 from samadapt.models.convert import (
     convert_meta_checkpoint,

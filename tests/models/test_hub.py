@@ -13,10 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers.fake_hub import FakeHub
-from helpers.hf_cache import put_in_hf_cache
 
 from conftest import run_cli
+from helpers.fake_hub import FakeHub
+from helpers.hf_cache import put_in_hf_cache
 from samadapt.errors import DownloadError, ModelNotFoundError
 from samadapt.models import registry
 from samadapt.models.hub import download_hf_files, hf_hub_cache

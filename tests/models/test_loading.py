@@ -95,7 +95,6 @@ def test_weights_missing_from_the_file_are_named(tiny_models: dict[str, Path], t
 
 def test_a_corrupted_blob_in_the_hf_cache_is_refused(tiny_models: dict[str, Path]) -> None:
     from helpers.hf_cache import put_in_hf_cache
-
     from samadapt.models.hub import hf_hub_cache
 
     src = tiny_models["sam"]

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers.hf_cache import put_in_hf_cache
 
+from helpers.hf_cache import put_in_hf_cache
 from samadapt.models.check import config_mismatches
 from samadapt.models.loading import VIDEO_ONLY_PREFIXES, load_model, locate
 from samadapt.models.registry import PUBLISHED_CLASSES, REGISTRY, get_spec, published_config
-from samadapt.prompts.types import box, point
 from samadapt.predict.segmenter import Segmenter
+from samadapt.prompts.types import box, point
 
 #: One full-size layout per family and published model_type.
 FULL_SIZE = ["sam-vit-base", "sam-hq-vit-base", "sam2.1-hiera-tiny"]

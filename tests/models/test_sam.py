@@ -16,8 +16,8 @@ import torch
 
 from sam_reference import build_tiny_reference_sam, import_segment_anything
 from samadapt.imagery.preprocess import Preprocessing, boxes_to_model, coords_to_model, masks_to_original, prepare
-from samadapt.prompts.types import ObjectPrompt
 from samadapt.predict.segmenter import Segmenter
+from samadapt.prompts.types import ObjectPrompt
 
 SIZES = [(300, 500), (513, 257), (37, 91), (256, 256), (999, 1001)]
 

@@ -144,8 +144,8 @@ def test_the_bound_comes_from_the_environment_and_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from conftest import run_cli
-    from samadapt.predict.cache import DEFAULT_MAX_BYTES
     from samadapt.errors import InputError
+    from samadapt.predict.cache import DEFAULT_MAX_BYTES
 
     monkeypatch.delenv("SAMADAPT_CACHE_MAX_BYTES", raising=False)
     assert EmbeddingCache(tmp_path).max_bytes == DEFAULT_MAX_BYTES

@@ -12,17 +12,23 @@ import torch
 from affine import Affine
 
 import samadapt.predict.segmenter as segment_module
-from samadapt.predict.automatic import AutomaticOptions, box_nms, mask_boxes, point_grid, remove_small_regions
-from samadapt.predict.automatic import stability_score
+from conftest import box_decoder
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import masks_to_original
 from samadapt.imagery.read import GeoImage, read_image
 from samadapt.mapping.outputs import write_segmentation
-from samadapt.prompts.io import prompts_from_cli
-from samadapt.prompts.types import ObjectPrompt, box, point
+from samadapt.predict.automatic import (
+    AutomaticOptions,
+    box_nms,
+    mask_boxes,
+    point_grid,
+    remove_small_regions,
+    stability_score,
+)
 from samadapt.predict.result import SegmentationResult
 from samadapt.predict.segmenter import Segmenter
-from conftest import box_decoder
+from samadapt.prompts.io import prompts_from_cli
+from samadapt.prompts.types import ObjectPrompt, box, point
 
 
 def _prompts() -> list[ObjectPrompt]:
@@ -195,7 +201,7 @@ def test_masks_are_kept_at_the_size_of_their_objects(
     result = seg.segment(image, [box(*b) for b in boxes], multimask=False)
     box_area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
     assert 0 < result.mask_bytes <= 4 * box_area  # a full-size mask alone would take 9,000,000 bytes
-    for b, c in zip(boxes, result.crops):  # each crop lies on its box (one model cell is 47 px here)
+    for b, c in zip(boxes, result.crops, strict=False):  # each crop lies on its box (one model cell is 47 px here)
         assert np.allclose(c.box, b, atol=50)
     labels = result.label_image()
     assert labels.shape == (3000, 3000) and set(np.unique(labels)) == set(range(7))
@@ -212,7 +218,7 @@ def _old_everything(seg: Segmenter, image: np.ndarray, opts: AutomaticOptions) -
     good = iou > opts.pred_iou_thresh
     logits = masks_to_original(low[good], emb.geometry, seg.loaded.preprocessing)
     stable = stability_score(logits, opts.stability_score_offset) >= opts.stability_score_thresh
-    for m, s in zip((logits[stable] > 0).numpy(), iou[good][stable].tolist()):
+    for m, s in zip((logits[stable] > 0).numpy(), iou[good][stable].tolist(), strict=False):
         if (m & emb.image.valid).any():
             masks.append(m & emb.image.valid)
             scores.append(s)

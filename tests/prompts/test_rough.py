@@ -63,7 +63,7 @@ def test_ndwi_threshold_finds_the_lake_and_one_box_covers_it(tmp_path: Path) -> 
     assert x0 <= cols.min() and y0 <= rows.min() and x1 >= cols.max() + 1 and y1 >= rows.max() + 1
     assert (x1 - x0) * (y1 - y0) < 1.1 * (np.ptp(cols) + 1) * (np.ptp(rows) + 1)
     points = prompts_from_rough(mask, mode="points", n_pos=3, n_neg=2, erode=3, min_spacing=5)[0]
-    for (x, y), label in zip(points.points, points.labels):
+    for (x, y), label in zip(points.points, points.labels, strict=False):
         assert lake[int(y), int(x)] == bool(label)
 
 
@@ -90,7 +90,7 @@ def test_normalized_difference_nan_on_zero_sum_and_invalid() -> None:
 @given(rgb=arrays(np.uint8, (4, 5, 3)))
 def test_rgb_to_hsv_matches_colorsys(rgb: np.ndarray) -> None:
     hsv = rgb_to_hsv(rgb)
-    for (r, g, b), (h, s, v) in zip(rgb.reshape(-1, 3), hsv.reshape(-1, 3)):
+    for (r, g, b), (h, s, v) in zip(rgb.reshape(-1, 3), hsv.reshape(-1, 3), strict=False):
         eh, es, ev = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
         assert (h, s, v) == pytest.approx((eh * 360 % 360, es, ev), abs=1e-9)
         assert 0 <= h < 360
@@ -109,9 +109,9 @@ def test_hsv_range_wraps_around_red() -> None:
         "dark red": (40, 0, 0),
     }
     rgb = np.array([list(colours.values())], np.uint8)
-    hit = dict(zip(colours, hsv_range(rgb, (340, 0.3, 0.3), (20, 1.0, 1.0))[0]))
+    hit = dict(zip(colours, hsv_range(rgb, (340, 0.3, 0.3), (20, 1.0, 1.0))[0], strict=False))
     assert {name for name, inside in hit.items() if inside} == {"red", "crimson", "orange-red"}
-    plain = dict(zip(colours, hsv_range(rgb, (90, 0.3, 0.3), (270, 1.0, 1.0))[0]))
+    plain = dict(zip(colours, hsv_range(rgb, (90, 0.3, 0.3), (270, 1.0, 1.0))[0], strict=False))
     assert {name for name, inside in plain.items() if inside} == {"green", "blue"}
 
 

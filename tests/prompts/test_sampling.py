@@ -208,11 +208,11 @@ def test_prompts_from_mask_modes_order_and_reproducibility() -> None:
     both = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7)
     again = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7)
     other = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=8)
-    for p, q in zip(both, again):
+    for p, q in zip(both, again, strict=False):
         np.testing.assert_array_equal(p.points, q.points)
         np.testing.assert_array_equal(p.box, q.box)
         assert p.labels.tolist() == [1, 1, 1, 0]
-    assert not all(np.array_equal(p.box, q.box) for p, q in zip(both, other))
+    assert not all(np.array_equal(p.box, q.box) for p, q in zip(both, other, strict=False))
     for p in both:
         p.check_inside(40, 50)
 

@@ -21,17 +21,17 @@ import httpx
 import numpy as np
 import pytest
 import shapely.geometry
-from conftest import box_decoder
 from fastapi.testclient import TestClient
-from service.tileserver import DISC_VALUE, serve_tiles, write_disc_geotiff
 
 import samadapt.predict.segmenter
-from samadapt.train.adapter import Prediction
+from conftest import box_decoder
 from samadapt.imagery.preprocess import Preprocessing
 from samadapt.predict.segmenter import Segmenter
 from samadapt.service.app import create_app
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import lnglat_to_world
+from samadapt.train.adapter import Prediction
+from service.tileserver import DISC_VALUE, serve_tiles, write_disc_geotiff
 
 ZOOM = 12
 LNG, LAT = 10.0, 45.0  # the tile server's disc
@@ -454,8 +454,8 @@ def test_map_returns_class_polygons_over_a_tiled_view(segmenter: Segmenter, tile
 
 
 def test_map_with_a_trained_tiny_adapter_and_without_one(segmenter: Segmenter, tiles: Any, tmp_path: Path) -> None:
-    from samadapt.train.adapter import load_adapter, save_adapter
     from samadapt.methods import build_method
+    from samadapt.train.adapter import load_adapter, save_adapter
 
     method = build_method("domain-decoder", segmenter.loaded, width=16)
     adapter = load_adapter(save_adapter(method, tmp_path / "ad", classes={0: "ground", 1: "crater"}),

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely.geometry
-from conftest import box_decoder
 
 import samadapt.predict.segmenter
+from conftest import box_decoder
+from samadapt.errors import InputError
 from samadapt.predict.segmenter import Segmenter
 from samadapt.service.engine import SegmentEngine
-from samadapt.errors import InputError
 from samadapt.service.geometry import (
     MIN_VIEW_SIDE,
     FrameObject,

@@ -12,11 +12,11 @@ import rasterio
 from PIL import Image
 from pyproj import CRS
 from rasterio.windows import Window
-from service.tileserver import DISC_VALUE, DiscRaster, write_disc_geotiff
 
 from samadapt.errors import InputFileError
 from samadapt.service.local_source import body_name
 from samadapt.service.sources import FetchError, LocalSource, SourceError, lnglat_to_world
+from service.tileserver import DISC_VALUE, DiscRaster, write_disc_geotiff
 
 
 def read(src: LocalSource, zoom: int, window: tuple[int, int, int, int]) -> np.ndarray:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from service.tileserver import write_disc_geotiff
 
 from samadapt.errors import InputError, InputFileError
 from samadapt.service.settings import (
@@ -16,6 +15,7 @@ from samadapt.service.settings import (
     load_settings,
     parse_source_option,
 )
+from service.tileserver import write_disc_geotiff
 
 
 def test_defaults() -> None:

@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service.tileserver import DISC_VALUE, TileServer, serve_tiles, write_disc_geotiff
 
 from samadapt.errors import InputError, SamadaptError
 from samadapt.service.settings import ServiceSettings
@@ -24,6 +23,7 @@ from samadapt.service.sources import (
     lnglat_to_world,
     lookup_source,
 )
+from service.tileserver import DISC_VALUE, TileServer, serve_tiles, write_disc_geotiff
 
 LNG, LAT, ZOOM = 10.0, 45.0, 12
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import shapes_samples
-from samadapt.train.adapter import load_adapter, save_adapter
 from samadapt.errors import CheckpointError, InputError, OutputExistsError
-from samadapt.train.learner import label_budget
 from samadapt.methods import build_method
-from samadapt.train.metrics import evaluate
 from samadapt.models.loading import load_model
 from samadapt.models.tiny import save_tiny_model
+from samadapt.train.adapter import load_adapter, save_adapter
+from samadapt.train.learner import label_budget
 from samadapt.train.loop import TrainConfig, evaluate_method, lr_lambda, train
+from samadapt.train.metrics import evaluate
 
 
 class _Stop(Exception):
@@ -115,9 +115,10 @@ def test_label_budgets_are_nested_and_seeded() -> None:
 
 
 def _dataset(root: Path, n: int = 8) -> Path:
+    from PIL import Image
+
     from samadapt.data.dataset import write_splits
     from samadapt.mapping.outputs import write_mask_png
-    from PIL import Image
 
     (root / "images").mkdir(parents=True)
     samples = shapes_samples(n, seed=3)

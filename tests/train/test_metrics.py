@@ -364,7 +364,7 @@ def test_accumulator_pools_like_evaluate_on_concatenation() -> None:
     preds = [rng.integers(0, 3, s) for s in shapes]
     targets = [np.where(rng.random(s) < 0.1, 255, rng.integers(0, 3, s)) for s in shapes]
     acc = MetricAccumulator(3)
-    singles = [acc.add(p, t) for p, t in zip(preds, targets)]
+    singles = [acc.add(p, t) for p, t in zip(preds, targets, strict=False)]
     pooled = acc.compute()
     flat = evaluate([np.concatenate([p.ravel() for p in preds])], [np.concatenate([t.ravel() for t in targets])], 3)
     streamed = evaluate(iter(preds), iter(targets), 3)

@@ -11,8 +11,8 @@ import numpy as np
 
 from samadapt._io import save_figure
 from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask, require_ground_truth
-from samadapt.predict.automatic import AutomaticOptions
 from samadapt.errors import InputError
+from samadapt.predict.automatic import AutomaticOptions
 from samadapt.predict.segmenter import Segmenter
 
 

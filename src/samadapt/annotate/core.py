@@ -23,12 +23,12 @@ import numpy as np
 
 from samadapt._io import write_json
 from samadapt.annotate.experts import ExpertLabels, ExpertObject
-from samadapt.predict.automatic import AutomaticOptions
 from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage
-from samadapt.prompts.types import ObjectPrompt
+from samadapt.predict.automatic import AutomaticOptions
 from samadapt.predict.result import SegmentationResult
 from samadapt.predict.segmenter import Segmenter
+from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.data.dataset import SegDataset
@@ -108,7 +108,7 @@ def pick_automatic(region: np.ndarray, everything: SegmentationResult) -> int | 
     x, y = interior_point(region)
     row, col = int(y), int(x)
     best, best_score = None, -np.inf
-    for i, (m, s) in enumerate(zip(everything.masks, everything.scores)):
+    for i, (m, s) in enumerate(zip(everything.masks, everything.scores, strict=False)):
         if s > best_score and m[row, col]:
             best, best_score = i, float(s)
     return best
@@ -143,13 +143,13 @@ def annotate_image(
             records.append(ObjectRecord(stem, k, class_id, mode, f"auto:{i}" if i is not None else "none", score, 0))
     elif objects:
         result = segmenter.segment(image, [o[0] for o in objects], multimask=(mode == "point"))
-        for k, ((_, class_id, _), m, s) in enumerate(zip(objects, result.masks, result.scores)):
+        for k, ((_, class_id, _), m, s) in enumerate(zip(objects, result.masks, result.scores, strict=False)):
             masks.append(m)
             records.append(ObjectRecord(stem, k, class_id, mode, mode, float(s), 0))
     labels = np.zeros(shape, dtype=np.uint8)
     for k in sorted(range(len(masks)), key=lambda j: -int(masks[j].sum())):
         labels[masks[k]] = objects[k][1]
-    for rec, m in zip(records, masks):
+    for rec, m in zip(records, masks, strict=False):
         rec.pixels = int(m.sum())
     labels[~image.valid] = IGNORE
     return ImageAnnotation(stem, labels, records, everything)

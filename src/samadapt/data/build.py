@@ -299,7 +299,7 @@ def _write_tile(
     labels = np.zeros((height, width), dtype=np.uint8)
     if len(hits):
         labels = rasterio.features.rasterize(
-            zip(geoms[hits], values[hits].tolist()), out_shape=(height, width), transform=transform,
+            zip(geoms[hits], values[hits].tolist(), strict=False), out_shape=(height, width), transform=transform,
             fill=0, all_touched=all_touched, dtype="uint8",
         )
     if not keep_empty and not (labels[valid] > 0).any():

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -41,7 +41,7 @@ from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
 
-Stretch = Union[tuple[float, float], None, Literal["auto"]]
+Stretch = tuple[float, float] | None | Literal["auto"]
 """``"auto"``: uint8 untouched, other dtypes stretched (2, 98); a (low, high) percentile
 pair: that stretch for any dtype; ``None``: no stretch, values clipped to 0-255."""
 
@@ -304,7 +304,7 @@ def looks_like_alpha(band: np.ndarray) -> bool:
 
 def _nodata_invalid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
     """(H, W) bool, True where every band of (C, H, W) ``data`` that has a nodata value equals it."""
-    pairs = [(band, value) for band, value in zip(data, nodatavals) if value is not None and not math.isnan(value)]
+    pairs = [(band, value) for band, value in zip(data, nodatavals, strict=False) if value is not None and not math.isnan(value)]
     if not pairs:
         return np.zeros(data.shape[1:], dtype=bool)
     invalid = np.ones(data.shape[1:], dtype=bool)

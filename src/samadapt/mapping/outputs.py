@@ -33,8 +33,8 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from samadapt._io import writing
 from samadapt.errors import InputError, OutputExistsError
-from samadapt.prompts.io import to_pyproj_crs
 from samadapt.predict.result import MaskCrop, SegmentationResult
+from samadapt.prompts.io import to_pyproj_crs
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -382,7 +382,7 @@ def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window]
             tiles = [_read_window(ds, win, bands, limits, raster.stem, scale) for win in group]
             samples = [t for t in tiles if t is not None]
             predictions = iter(_predict_samples(adapter, samples))
-            for win, tile in zip(group, tiles):
+            for win, tile in zip(group, tiles, strict=False):
                 yield win, None if tile is None else _back_to_window(ds, win, bands, limits, next(predictions),
                                                                      tile.valid, scale)
         return
@@ -393,7 +393,7 @@ def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window]
             runtime.options if runtime is not None else "auto")  # workers run the encoder as asked here
     futures = [client.submit(_worker_tile, spec, (w.col_off, w.row_off, w.width, w.height), pure=False)
                for w in windows]
-    for win, fut in zip(windows, futures):
+    for win, fut in zip(windows, futures, strict=False):
         yield win, fut.result()
         fut.release()
 
@@ -613,7 +613,7 @@ def _mean_probability(frame: Any, probs: Path) -> list[float]:
 
     out = []
     with rasterio.open(probs) as ds:
-        for cls, geom in zip(frame["class"], frame.geometry):
+        for cls, geom in zip(frame["class"], frame.geometry, strict=False):
             data, _ = mask_raster(ds, [geom], crop=True, indexes=int(cls) + 1, filled=False)
             out.append(float(data.mean()) / 255.0 if data.count() else float("nan"))
     return out

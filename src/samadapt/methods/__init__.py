@@ -75,7 +75,7 @@ def describe_options(name: str) -> str:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
     lines = [f"Options of {name} (give each as --option NAME=VALUE; values are JSON):", ""]
     for row in (header, *rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=False)) + "  " + row[3])
     return "\n".join(lines)
 
 

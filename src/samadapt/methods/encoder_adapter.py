@@ -53,11 +53,10 @@ from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, coords_to_model
-from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
-                                   segmentation_loss)
+from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze, segmentation_loss
 from samadapt.methods.unet import UNet, unet_input
-from samadapt.train.metrics import MetricAccumulator
 from samadapt.prompts.sampling import interior_point, regions
+from samadapt.train.metrics import MetricAccumulator
 
 PromptSource = Literal["unet", "truth"]
 #: How training proceeds: the abstract's two stages (U-Net, then the 1x1 convolutions) or all at once.

@@ -71,12 +71,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samadapt.predict.automatic import point_grid
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
-from samadapt.methods.base import (IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze,
-                                   segmentation_loss, target_in_frame)
+from samadapt.methods.base import (
+    IGNORE,
+    AdaptationMethod,
+    Batch,
+    Option,
+    Sample,
+    check_flag,
+    freeze,
+    segmentation_loss,
+    target_in_frame,
+)
 from samadapt.models.loading import LoadedModel
+from samadapt.predict.automatic import point_grid
 from samadapt.prompts.sampling import prompts_from_mask, regions
 from samadapt.prompts.types import ObjectPrompt
 

@@ -70,7 +70,7 @@ class UNet(nn.Module):
         #: Channels of each encoder level, full resolution first, bottleneck last.
         self.widths: tuple[int, ...] = tuple(base * 2**level for level in range(self.depth + 1))
         w = self.widths
-        self.down = nn.ModuleList([DoubleConv(c_in, c_out) for c_in, c_out in zip((in_channels, *w[:-1]), w)])
+        self.down = nn.ModuleList([DoubleConv(c_in, c_out) for c_in, c_out in zip((in_channels, *w[:-1]), w, strict=False)])
         # up[i] and merge[i] bring level depth - i up to level depth - i - 1
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(w[lvl], w[lvl - 1], kernel_size=2, stride=2) for lvl in range(self.depth, 0, -1)]
@@ -116,7 +116,7 @@ class UNet(nn.Module):
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, H, W) logits from the maps of :meth:`encode`."""
         h = feats[-1]
-        for i, (up, merge) in enumerate(zip(self.up, self.merge)):
+        for i, (up, merge) in enumerate(zip(self.up, self.merge, strict=False)):
             h = merge(torch.cat([feats[self.depth - 1 - i], up(h)], dim=1))
         return self.head(h)
 

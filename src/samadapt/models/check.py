@@ -171,8 +171,8 @@ def _spec_by_digest(digest: str) -> ModelSpec | None:
 
 def _run_once(loaded: LoadedModel, problems: list[str]) -> float:
     """Encode a generated image twice (warm-up, then timed) and decode a box and a point."""
-    from samadapt.prompts.types import box, point
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.prompts.types import box, point
 
     size = loaded.preprocessing.size
     rng = np.random.default_rng(0)

@@ -126,7 +126,7 @@ def infer_sam2_config(state_dict: Mapping[str, torch.Tensor]):  # noqa: ANN201 -
         raise CheckpointError("the checkpoint has no Hiera blocks (image_encoder.trunk.blocks.*)")
     depth = 1 + max(indexes)
     starts = [0] + [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in state_dict]
-    blocks = [b - a for a, b in zip(starts, starts[1:] + [depth])]
+    blocks = [b - a for a, b in zip(starts, starts[1:] + [depth], strict=False)]
     widths = [int(patch.shape[0])] + [int(state_dict[f"image_encoder.trunk.blocks.{i}.proj.weight"].shape[0])
                                       for i in starts[1:]]
     found = {"hidden_size": int(patch.shape[0]), "blocks_per_stage": blocks, "embed_dim_per_stage": widths,

@@ -20,8 +20,8 @@ from scipy import ndimage
 
 from samadapt.errors import InputError
 from samadapt.imagery.mask_windows import logit_windows
-from samadapt.prompts.types import ObjectPrompt
 from samadapt.predict.result import MaskCrop, SegmentationResult
+from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.predict.segmenter import ImageLike, Segmenter
@@ -151,7 +151,7 @@ def segment_everything(segmenter: Segmenter, image: ImageLike, options: Automati
             continue
         # Outside its window a mask's logits are <= -|offset|: they count in neither stability threshold.
         windows = logit_windows(low[good], emb.geometry, spec, above=-abs(offset))
-        for (row, col, logits), score in zip(windows, iou[good].tolist()):
+        for (row, col, logits), score in zip(windows, iou[good].tolist(), strict=False):
             stab = stability_score(torch.from_numpy(logits)[None], offset)
             if not bool(stab[0] >= options.stability_score_thresh):
                 continue
@@ -169,5 +169,5 @@ def segment_everything(segmenter: Segmenter, image: ImageLike, options: Automati
         # crop's edge reaches the image's edge through the empty pixels around the crop.
         kept = [MaskCrop.tight(remove_small_regions(c.mask, options.min_region_area), c.row, c.col) for c in kept]
         nonempty = np.array([c.mask.size > 0 for c in kept], dtype=bool)
-        kept, scores = [c for c, k in zip(kept, nonempty) if k], scores[nonempty]
+        kept, scores = [c for c, k in zip(kept, nonempty, strict=False) if k], scores[nonempty]
     return SegmentationResult.from_crops(kept, (h, w), scores, trusted=segmenter.loaded.trusted)

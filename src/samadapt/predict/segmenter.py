@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from samadapt.predict.cache import EmbeddingCache, embedding_key
 from samadapt.errors import InputError
 from samadapt.imagery.mask_windows import logit_windows
 from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model, mask_prompt_to_model, prepare
 from samadapt.imagery.read import GeoImage, from_array, read_image
+from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
 from samadapt.models.sam import PAD_LABEL, DecoderPrompts, Embedding, decode, encode
-from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
-from samadapt.prompts.types import ObjectPrompt
+from samadapt.predict.cache import EmbeddingCache, embedding_key
 from samadapt.predict.result import MaskCrop, SegmentationResult
+from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.predict.automatic import AutomaticOptions
@@ -145,7 +145,7 @@ class Segmenter:
     def _flush(self, pending: list[tuple[str, GeoImage, torch.Tensor, Geometry]]) -> Iterable[Embedded]:
         self.cache.misses += len(pending)
         embs = self._encode([p[2] for p in pending])
-        for (key, geo, _, geometry), emb in zip(pending, embs):
+        for (key, geo, _, geometry), emb in zip(pending, embs, strict=False):
             self.cache.put(key, emb)
             yield Embedded(geo, emb, geometry, from_cache=False)
 

@@ -409,7 +409,7 @@ def prompts_from_mask(
     found = regions(mask, class_id=class_id, min_area=min_area, connectivity=connectivity)
     ignore = None if np.asarray(mask).dtype == np.bool_ else np.asarray(mask) == IGNORE
     prompts = []
-    for region, child in zip(found, np.random.SeedSequence(seed).spawn(len(found))):
+    for region, child in zip(found, np.random.SeedSequence(seed).spawn(len(found)), strict=False):
         rng = np.random.default_rng(child)
         box = None
         if mode in ("box", "box+point"):

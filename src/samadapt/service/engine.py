@@ -167,7 +167,7 @@ class SegmentEngine:
         timeout = float(self.settings.fetch_timeout_s)
         try:
             return await asyncio.wait_for(source.read(frame, window, self.client), timeout=2 * timeout + 1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise FetchError(f"fetching imagery from {source.name!r} took longer than {2 * timeout + 1:g} s") from None
 
     async def _compute(self, key: Hashable, source: Source, frame: Frame,
@@ -233,7 +233,7 @@ class SegmentEngine:
         masks, decode_ms = self._decode(emb, window, [j.obj for j in jobs], frame)
         t0 = time.perf_counter()
         move = []
-        for job, (mask, score) in zip(jobs, masks):
+        for job, (mask, score) in zip(jobs, masks, strict=False):
             again = (not final and job.kind != "view" and mask.any()
                      and inner_edges_touched(mask, window, frame.bounds))
             if again:
@@ -287,12 +287,12 @@ class SegmentEngine:
                 by_window.setdefault(job.window, []).append(job)
             embs = await asyncio.gather(*(self.embedding(source, frame, w, stats) for w in by_window))
             moved = []
-            for (window, group), emb in zip(by_window.items(), embs):
+            for (window, group), emb in zip(by_window.items(), embs, strict=False):
                 move, dec, vec = await self.run_in_pool(self._decode_and_trace, emb, window, group, frame,
                                                         round_ == MAX_ROUNDS - 1)
                 stats.decode += dec
                 stats.vectorise += vec
-                moved += [job for job, m in zip(group, move) if m]
+                moved += [job for job, m in zip(group, move, strict=False) if m]
             if not moved:
                 break
             pending = moved

@@ -257,7 +257,7 @@ class XYZSource(Source):
             if data is None:
                 try:
                     data = await asyncio.wait_for(self._get(url, client), self.timeout_s)
-                except (asyncio.TimeoutError, httpx.TimeoutException):
+                except (TimeoutError, httpx.TimeoutException):
                     raise FetchError(f"tile {url} timed out after {self.timeout_s:g} s") from None
                 except httpx.HTTPError as exc:
                     raise FetchError(f"tile {url} could not be fetched ({type(exc).__name__}: {exc})") from None
@@ -314,7 +314,7 @@ class XYZSource(Source):
                 fetched: list[tuple[str, bytes]]) -> np.ndarray:
         x0, y0, x1, y1 = window
         out = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
-        for (tx, ty), (url, data) in zip(keys, fetched):
+        for (tx, ty), (url, data) in zip(keys, fetched, strict=False):
             tile = self._decode(url, data)
             left, top = tx * TILE_SIZE, ty * TILE_SIZE
             ax0, ay0 = max(x0, left), max(y0, top)

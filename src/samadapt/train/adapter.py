@@ -187,7 +187,7 @@ class Adapter:
         batch = {k: torch.stack([inp[k] for inp in inputs]).to(m.base.device) for k in inputs[0]}
         probs = m.probabilities(m(batch)).float().cpu()
         out = []
-        for s, p in zip(samples, probs):
+        for s, p in zip(samples, probs, strict=False):
             h, w = s.pixels.shape[:2]
             full = m.to_original(p, m.geometry_of(h, w)).numpy()
             labels = full.argmax(0).astype(np.uint8)

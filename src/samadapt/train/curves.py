@@ -56,8 +56,8 @@ def learning_curve(
         keep_checkpoints: keep each run's last-epoch checkpoint (``runs/*/checkpoints``); by
             default only its log and plot stay.
     """
-    from samadapt.train.learner import Learner
     from samadapt.models.loading import LoadedModel, load_model
+    from samadapt.train.learner import Learner
 
     if not sizes or min(sizes) < 1:
         raise InputError(f"--sizes must be positive label counts, got {list(sizes)}")
@@ -144,7 +144,7 @@ def summarise(rows: list[dict[str, Any]], metric: str) -> dict[str, list[CurvePo
             runs = [r for r in rows if r["method"] == method and r["labels"] == n]
             vals = np.array([r[metric] for r in runs], dtype=float)
             ok = ~np.isnan(vals)
-            missing = tuple(int(r["seed"]) for r, good in zip(runs, ok) if not good)
+            missing = tuple(int(r["seed"]) for r, good in zip(runs, ok, strict=False) if not good)
             mean = float(vals[ok].mean()) if ok.any() else float("nan")
             sd = float(vals[ok].std(ddof=1)) if ok.sum() >= 2 else float("nan")
             pts.append(CurvePoint(int(n), mean, sd, int(ok.sum()), missing))
@@ -161,7 +161,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
 
     rows_of_panels = -(-len(METRICS) // 3)
     fig, axes = plt.subplots(rows_of_panels, 3, figsize=(13, 3.5 * rows_of_panels), squeeze=False)
-    for ax, metric in zip(axes.ravel(), METRICS):
+    for ax, metric in zip(axes.ravel(), METRICS, strict=False):
         for method, pts in summarise(rows, metric).items():
             n = [p.labels for p in pts]
             mean = np.array([p.mean for p in pts])
@@ -199,7 +199,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
         f"- Training dataset: `{protocol['dataset']}`; its train pool, validation and test splits hold "
         f"{len(first.get('train', []))} (largest budget drawn), {len(first.get('val', []))} and "
         f"{len(first.get('test', []))} images (first run).",
-        f"- Test images: " + (f"the ground truth of `{protocol['eval_dataset']}` (its test split, or all of it), less "
+        "- Test images: " + (f"the ground truth of `{protocol['eval_dataset']}` (its test split, or all of it), less "
                               "any image id used for training or validation" if protocol.get("eval_dataset")
                               else "the training dataset's test split") + ".",
         f"- Split ids: sha256 `{digest}` over every run's train / val / test ids (`run_splits.json` beside this file).",
@@ -212,7 +212,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
         f"- Ground truth at test time: {'yes: prompts were built from the test masks (oracle)' if oracle else 'none'} "
         "(validation of prompted methods prompts from the validation masks, to pick an epoch).",
         f"- Base model: `{protocol['base_model']}` (weights sha256 `{protocol['base_weights_sha256']}`).",
-        f"- Spread: sample standard deviation (ddof = 1) over the seeds that produced a score; n is their count.",
+        "- Spread: sample standard deviation (ddof = 1) over the seeds that produced a score; n is their count.",
         "- Software: " + ", ".join([f"python {platform.python_version()}"]
                                    + [f"{d.name} {d.installed}" for d in dependency_versions() if d.installed]) + ".",
         "", "## Results (test split)", "",
@@ -221,7 +221,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
     ]
     miou, f1 = summarise(rows, "miou"), summarise(rows, "f1_macro")
     for method in miou:
-        for a, b in zip(miou[method], f1[method]):
+        for a, b in zip(miou[method], f1[method], strict=False):
             missing = ", ".join(str(s) for s in sorted(set(a.missing) | set(b.missing))) or "none"
             lines.append(f"| {method} | {a.labels} | {a.mean:.4f} | {a.sd:.4f} | {a.n} | {b.mean:.4f} | {b.sd:.4f} | "
                          f"{missing} |")

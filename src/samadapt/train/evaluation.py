@@ -104,8 +104,8 @@ def evaluate_adapter(adapter: Path, dataset_dir: Path, *, split: str | None = No
     Raises:
         InputError: no images to score, or training images without ``allow_train_images``.
     """
-    from samadapt.train.adapter import load_adapter
     from samadapt.data.dataset import SegDataset
+    from samadapt.train.adapter import load_adapter
     from samadapt.train.learner import load_samples
     from samadapt.train.loop import evaluate_method
 

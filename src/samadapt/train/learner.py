@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from samadapt.train.adapter import read_sample, save_adapter
 from samadapt.errors import InputError
 from samadapt.methods import build_method
 from samadapt.methods.base import Sample
 from samadapt.models.loading import LoadedModel, load_model
+from samadapt.train.adapter import read_sample, save_adapter
 from samadapt.train.loop import TrainConfig, TrainResult, evaluate_method, train
 
 

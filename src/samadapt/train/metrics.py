@@ -85,7 +85,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samadapt.errors import InputError
-from samadapt.train.object_metrics import MATCH_IOU, ObjectCounts, _frozen, count_objects
+from samadapt.train.object_metrics import ObjectCounts, _frozen, count_objects
 
 __all__ = [
     "COUNT_FIELDS",

@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModel, Sam2Config, SamConfig
 
 from samadapt.models.accel import fast_encoder
+from samadapt.models.accel.speed import apply_runtime
 from samadapt.models.loading import load_model
 from samadapt.models.sam import encode
-from samadapt.models.accel.speed import apply_runtime
 from samadapt.models.tiny import _sam_parts, build_tiny_model, save_tiny_model
 
 

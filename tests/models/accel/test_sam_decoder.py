@@ -13,8 +13,8 @@ from samadapt.models import sam as runtime
 from samadapt.models.accel import sam_decoder
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.sam import DecoderPrompts, _call_model, decode
-from samadapt.prompts.types import ObjectPrompt
 from samadapt.predict.segmenter import Embedded, Segmenter
+from samadapt.prompts.types import ObjectPrompt
 
 
 def _prompts(size: float, n: int = 10, seed: int = 0) -> list[ObjectPrompt]:

@@ -23,13 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
-from samadapt.predict.cache import EmbeddingCache
+from conftest import run_cli
 from samadapt.errors import InputError
 from samadapt.models.accel import fast_attention, speed
-from samadapt.models.loading import load_model
-from samadapt.models.sam import DecoderPrompts, decode, encode
 from samadapt.models.accel.speed import (
     CpuInfo,
     RuntimeOptions,
@@ -37,7 +34,10 @@ from samadapt.models.accel.speed import (
     resolve,
     threads_for,
 )
+from samadapt.models.loading import load_model
+from samadapt.models.sam import DecoderPrompts, decode, encode
 from samadapt.models.tiny import MARKER, build_tiny_model
+from samadapt.predict.cache import EmbeddingCache
 from samadapt.predict.segmenter import Segmenter
 
 BOUNDS = {"fp32,fused": 1e-5, "bf16": 2e-2, "bf16,fused": 2e-2, "bf16,no-fused": 2e-2, "onnx": 1e-5}
@@ -357,8 +357,8 @@ def test_segment_cli_takes_a_runtime(tiny_models, tmp_path: Path, monkeypatch, c
 
 
 def test_an_adapter_loads_its_base_with_the_runtime_asked(tiny_models, tmp_path: Path) -> None:
-    from samadapt.train.adapter import load_adapter, save_adapter
     from samadapt.methods import build_method
+    from samadapt.train.adapter import load_adapter, save_adapter
 
     folder = save_adapter(build_method("domain-decoder", load_model(tiny_models["sam"]), width=8), tmp_path / "ad")
     assert load_adapter(folder).method.base.runtime.precision == "fp32"  # auto: a 256 px model stays fp32

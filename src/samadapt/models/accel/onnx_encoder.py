@@ -91,7 +91,7 @@ def onnx_encoder_call(loaded: LoadedModel, threads: int | None = None) -> Callab
     def call(batch: torch.Tensor) -> Any:
         per_image = [session.run(None, {"pixels": batch[i : i + 1].cpu().numpy().astype(np.float32)})
                      for i in range(len(batch))]
-        outs = [torch.from_numpy(np.concatenate(parts, axis=0)) for parts in zip(*per_image)]
+        outs = [torch.from_numpy(np.concatenate(parts, axis=0)) for parts in zip(*per_image, strict=False)]
         if family == "sam":
             return outs[0]
         if family == "sam-hq":

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samadapt.models.hq_fix import needs_hq_decoder_fix
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
+from samadapt.models.hq_fix import needs_hq_decoder_fix
 
 #: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
 Precision = Literal["fp32", "bf16"]
@@ -356,7 +356,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     hq = hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
         else None
     masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                      shared, high_res, hq) for s in range(0, sparse.shape[0], group)))
+                                      shared, high_res, hq) for s in range(0, sparse.shape[0], group)), strict=False)
     return torch.cat(masks), torch.cat(ious)
 
 

@@ -64,7 +64,7 @@ def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, d
     key = (dtype, *tensor_identity(image), *(tensor_identity(vit) if vit is not None else ()),
            *(v for p in params for v in tensor_identity(p)))
     found = _FEATURES.get(id(image))
-    if found is not None and found[0] == key and all(ref() is obj for ref, obj in zip(found[1], (image, vit, dec))):
+    if found is not None and found[0] == key and all(ref() is obj for ref, obj in zip(found[1], (image, vit, dec), strict=False)):
         return found[2]
     features = _compute_hq_features(dec, image, vit, dtype)
     if found is None:  # the first entry for this tensor: forget it when the tensor goes
