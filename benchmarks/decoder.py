@@ -68,7 +68,8 @@ def embedding(loaded) -> dict[str, torch.Tensor]:
                 "image": torch.randn(1, 256, 64, 64, generator=gen)}
     if loaded.family == "sam-hq":  # the early ViT features the HQ decoder reads (transformers uses the first)
         vit = loaded.model.config.mask_decoder_config.vit_dim
-        return {"image": torch.randn(1, 256, 64, 64, generator=gen), "vit_0": torch.randn(1, 64, 64, vit, generator=gen)}
+        return {"image": torch.randn(1, 256, 64, 64, generator=gen),
+                "vit_0": torch.randn(1, 64, 64, vit, generator=gen)}
     return {"image": torch.randn(1, 256, 64, 64, generator=gen)}
 
 

@@ -133,7 +133,8 @@ def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str
     for key, sec in best.items():
         gflops = flops / sec / 1e9
         err = float((outs[key] - ref).norm() / ref.norm())
-        print(f"{key:28s} {sec:8.2f} {base / sec:6.2f} {gflops:8.0f} {gflops / peaks[precision_of[key]]:8.0%} {err:8.1e}")
+        share = gflops / peaks[precision_of[key]]
+        print(f"{key:28s} {sec:8.2f} {base / sec:6.2f} {gflops:8.0f} {share:8.0%} {err:8.1e}")
     winner = min(best, key=best.get)
     x2 = torch.cat([x, x])
     with torch.inference_mode():

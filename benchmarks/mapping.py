@@ -47,9 +47,10 @@ def _setup(root: Path) -> Path:
     return save_adapter(build_method("domain-decoder", load_model(model), width=16), root / "adapter", overwrite=True)
 
 
-#: Mapping phases: the functions whose cumulative time the profile of a run reports.
-PHASES = {"read": "read_tile", "predict": "_predict_samples", "accumulate": "at",
-          "scratch flush": "release", "outputs": "_write_outputs"}
+#: Mapping phases: the functions (module file, name) whose cumulative time the profile of a run reports.
+PHASES = {"read": ("imagery/windows.py", "read_tile"), "predict": ("mapping/tiled.py", "_predict_samples"),
+          "accumulate": ("mapping/runner.py", "at"), "scratch flush": ("mapping/runner.py", "release"),
+          "outputs": ("mapping/runner.py", "write_class_rasters")}
 
 
 def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
@@ -75,8 +76,8 @@ def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
     if client is not None:
         client.close()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    phases = {name: sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith("mapping/tiled.py"))
-              for name, fn in PHASES.items()}
+    phases = {name: sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith(module))
+              for name, (module, fn) in PHASES.items()}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb, "phases": phases}))
 
@@ -106,7 +107,8 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         rows = [run(s, root) for s in sizes]
         base = rows[0]
-        print(f"{'size':>6s} {'tiles':>6s} {'seconds':>8s} {'peak MB':>8s} {'memory ratio':>12s} {'time/tile ratio':>15s}")
+        print(f"{'size':>6s} {'tiles':>6s} {'seconds':>8s} {'peak MB':>8s} {'memory ratio':>12s} "
+              f"{'time/tile ratio':>15s}")
         for r in rows:
             print(f"{r['size']:6d} {r['tiles']:6d} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
                   f"{r['peak_mb'] / base['peak_mb']:12.2f} "

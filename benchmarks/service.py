@@ -51,14 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tileserver() -> Any:
-    """The local tile server the tests use (tests/service/tileserver.py), loaded by path."""
-    import importlib.util
+    """The local tile server the tests use (tests/helpers/tileserver.py)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("samadapt_bench_tileserver", ROOT / "tests/service/tileserver.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    sys.path.insert(0, str(ROOT / "tests"))
+    return importlib.import_module("helpers.tileserver")
 
 # SamGIS's published test request (seed 004), on our local tiles.
 BBOX = {"ne": {"lat": 46.236615111857255, "lng": 9.519996643066408},

@@ -32,7 +32,7 @@ def main() -> None:
     from transformers import AutoModel, SamConfig
     from transformers.utils import logging as hf_logging
 
-    from conftest import shapes_samples
+    from helpers.training import shapes_samples
     from samadapt.methods import build_method
     from samadapt.models.loading import load_model
     from samadapt.predict.cache import EmbeddingCache

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny models of each family, an isolated SAMADAPT_HOME, generated rasters."""
+"""Shared fixtures: tiny models of each family, an isolated SAMADAPT_HOME, generated rasters.
+
+Only fixtures live here; the functions tests call (the CLI runner, generated data, raster
+writers, stand-in decoders) are in ``tests/helpers/``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-import torch
 from rasterio.transform import from_origin
 
 # huggingface_hub reads this once, on import: no test may send its telemetry request to the real hub.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+from helpers.rasters import UTM, write_geotiff  # noqa: E402
 from samadapt.models.tiny import save_tiny_model  # noqa: E402
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -64,106 +65,4 @@ def utm_raster(tmp_path: Path, textured_image: np.ndarray) -> Path:
     path = tmp_path / "utm.tif"
     data = np.moveaxis(textured_image, 2, 0).copy()
     data[:, :, :20] = 0
-    with rasterio.open(
-        path, "w", driver="GTiff", width=500, height=300, count=3, dtype="uint8",
-        crs="EPSG:32616", transform=from_origin(740000.0, 3740000.0, 0.5, 0.75), nodata=0,
-    ) as dst:
-        dst.write(data)
-    return path
-
-
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the ``samadapt`` command in-process; its exit code and its output with whitespace folded."""
-    import sys
-
-    from samadapt.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["samadapt", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
-    return code, " ".join((captured.out + captured.err).split())
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, skipping the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real test data not present: {path}")
-    return path
-
-
-def box_decoder(seg):  # noqa: ANN001, ANN202
-    """A stand-in mask decoder that segments exactly its box prompt, in the model-input frame.
-
-    With it, any error in the coordinate chain (map -> pixel -> model input -> low-res mask ->
-    original image -> polygon -> map) moves the output polygon away from the prompt.
-    """
-    size = seg.loaded.preprocessing.size
-    side = size // 4
-    centres = (torch.arange(side) + 0.5) * 4
-
-    def fake(loaded, embedding, prompts, *, multimask=True):  # noqa: ANN001, ANN202
-        if prompts.boxes is not None:
-            boxes = torch.as_tensor(prompts.boxes, dtype=torch.float32)
-        else:  # points: a square of 24 model pixels around the first point
-            first = torch.as_tensor(prompts.points[:, 0], dtype=torch.float32)
-            boxes = torch.cat([first - 12, first + 12], dim=1)
-        inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] <= boxes[:, 2:3])
-        inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] <= boxes[:, 3:4])
-        m = inside_y[:, :, None] & inside_x[:, None, :]
-        logits = torch.where(m, 10.0, -10.0)[:, None].repeat(1, 3 if multimask else 1, 1, 1)
-        return logits, torch.ones(logits.shape[:2])
-
-    return fake
-
-
-
-def fit(method, next_batch, *, steps: int, lr: float) -> list[float]:  # noqa: ANN001
-    """The training loop's contract in miniature: AdamW on the trainable parameters.
-
-    ``next_batch()`` gives each step's batch; returns the losses, with the method left in eval mode.
-    """
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
-    method.train()
-    losses = []
-    for _ in range(steps):
-        batch = next_batch()
-        loss = method.loss(method(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    method.eval()
-    return losses
-
-def shapes_samples(n: int, *, size: int = 128, seed: int = 0, classes: int = 1) -> list:
-    """Generated training data: bright discs / squares on a textured dark background.
-
-    Returns ``samadapt.methods.base.Sample`` objects; class 1 = discs, class 2 = squares
-    when ``classes`` is 2. The task is easy on purpose: a method that learns anything beats
-    the all-background and all-foreground baselines by a wide margin.
-    """
-    from scipy import ndimage
-
-    from samadapt.methods.base import Sample
-
-    rng = np.random.default_rng(seed)
-    out = []
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2) * 25 + 60
-        target = np.zeros((size, size), np.uint8)
-        for _ in range(int(rng.integers(1, 4))):
-            r = rng.uniform(size * 0.08, size * 0.18)
-            cx, cy = rng.uniform(r, size - r, size=2)
-            if classes == 2 and rng.random() < 0.5:
-                target[(abs(xx - cx) < r) & (abs(yy - cy) < r)] = 2
-            else:
-                target[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = 1
-        img = texture + (target > 0) * 120 + (target == 2) * 40 + rng.normal(scale=8, size=(size, size))
-        pixels = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
-        pixels[:, :, 1] = np.clip(pixels[:, :, 1].astype(int) + 10, 0, 255)
-        out.append(Sample(stem=f"s{i:03d}", pixels=pixels, valid=np.ones((size, size), bool), target=target))
-    return out
+    return write_geotiff(path, data, crs=UTM, transform=from_origin(740000.0, 3740000.0, 0.5, 0.75), nodata=0)

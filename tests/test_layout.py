@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "samadapt"
 
 #: Modules allowed at the package root (besides packages).
@@ -125,7 +123,6 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     assert _imports(source, "samadapt.x", {"samadapt.x", "samadapt.y", "samadapt.z"}) == {"samadapt.y"}
 
 
-@pytest.mark.xfail(reason="issue 16: cycles left after the layout move are being removed", strict=False)
 def test_no_import_cycles_counting_function_level_imports() -> None:
     cycles = _cycles(_graph())
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
@@ -136,14 +133,12 @@ def test_at_most_nine_modules_at_the_package_root() -> None:
     assert len(root) <= MAX_ROOT_MODULES, root
 
 
-@pytest.mark.xfail(reason="issue 16: the long files are being split", strict=False)
 def test_no_file_over_500_lines() -> None:
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, long
 
 
-@pytest.mark.xfail(reason="issue 16: rename-into-place sites are being merged into _io", strict=False)
 def test_rename_into_place_lives_in_few_places() -> None:
     sites = []
     for path in SRC.rglob("*.py"):

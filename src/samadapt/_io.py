@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,9 +68,18 @@ def check_replaceable(out_dir: Path, *, overwrite: bool, kind: str, owned: Calla
         raise OutputExistsError(f"{out_dir} exists; pass --overwrite to replace the {kind} it holds")
 
 
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` in one step (same file system), replacing a file at ``dst``.
+
+    The one rename in samadapt: every atomic write ends here, so a reader sees the old ``dst``
+    or the new one, never a part.
+    """
+    os.replace(src, dst)
+
+
 @contextmanager
 def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output folder",
-               owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+               owned: Callable[[Path], bool] | None = None, keep_if_present: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename.
 
     Args:
@@ -78,6 +88,8 @@ def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output fo
         kind: what the folder holds, for messages.
         owned: tells whether an existing folder holds only a previous ``kind``; None: only a
             missing or empty folder may be written.
+        keep_if_present: when ``out_dir`` appears while the folder is being written (another
+            process wrote the same thing), keep it and drop this one.
 
     Raises:
         OutputExistsError: see :func:`check_replaceable`.
@@ -91,11 +103,17 @@ def atomic_dir(out_dir: Path, *, overwrite: bool = False, kind: str = "output fo
             tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets the user's umask
             yield tmp
+            if out_dir.exists() and keep_if_present:
+                return  # another process finished the same folder first: theirs stays, ours goes
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-                os.replace(out_dir, old)
+                move_into_place(out_dir, old)
                 shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, out_dir)
+            try:
+                move_into_place(tmp, out_dir)
+            except OSError:
+                if not (keep_if_present and out_dir.is_dir()):
+                    raise
     except OSError as e:
         temp_prefix = str(out_dir.parent / f".{out_dir.name}.")
         if isinstance(e, SamadaptError) or not str(e.filename or "").startswith(temp_prefix):
@@ -139,19 +157,49 @@ def _umask() -> int:
     return 0o022
 
 
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path`` in
-    one rename. On any failure the temporary file is removed and ``path`` is as it was; a
-    failure of the operating system is raised as an ``OSError`` naming ``path``."""
+def check_target(path: Path, *, overwrite: bool) -> None:
+    """Refuse an output file that exists (unless ``overwrite``) or is a folder.
+
+    Raises:
+        OutputExistsError: naming ``path`` and what to do.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder; give a file name for the output")
+
+
+#: Files SQLite (GeoPackage) may leave beside a database whose write failed half way.
+_JOURNALS = ("-journal", "-wal", "-shm")
+
+
+@contextmanager
+def atomic_file(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path`` in
+    one rename. Missing parent folders are created. On any failure the temporary file (and any
+    SQLite journal beside it) is removed and ``path`` is as it was; a failure of the operating
+    system is raised as an ``OSError`` naming ``path`` (GDAL and OGR report a full disk in their
+    own words).
+
+    Args:
+        path: the file to write.
+        overwrite: replace an existing ``path``; False refuses it before anything is written.
+
+    Raises:
+        OutputExistsError: see :func:`check_target`.
+    """
+    path = Path(path)
+    check_target(path, overwrite=overwrite)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
             yield tmp
-            os.replace(tmp, path)
+            move_into_place(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in _JOURNALS)):
+            leftover.unlink(missing_ok=True)
 
 
 def save_figure(fig: Any, path: Path, *, dpi: int = 90) -> Path:

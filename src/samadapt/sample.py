@@ -7,7 +7,6 @@ depressions whose true masks and boxes are returned, so results can be scored.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
+
+from samadapt._io import atomic_file
 
 MARS_CRS = "IAU_2015:49910"
 MARS_RADIUS_M = 3396190.0
@@ -44,7 +45,8 @@ def mars_terrain(size: int, n_pits: int, rng: np.random.Generator) -> tuple[np.n
     yy, xx = np.mgrid[0:size, 0:size]
     terrain += (xx + yy) / size * 4
     image = 560 + terrain * 25
-    masks, boxes = [], []
+    masks: list[np.ndarray] = []
+    boxes: list[list[int]] = []  # XYXY pixel edges
     tries = 0
     while len(masks) < n_pits and tries < 200:
         tries += 1
@@ -60,7 +62,7 @@ def mars_terrain(size: int, n_pits: int, rng: np.random.Generator) -> tuple[np.n
         image = np.where(mask, image * (0.45 + 0.25 * (1 - shade)) + 90 * np.clip((xx - cx) / ax, -1, 1), image)
         masks.append(mask)
         ys, xs = np.nonzero(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
     image += rng.normal(scale=12, size=image.shape)
     data = np.clip(image, 1, 1023).astype(np.uint16)  # 10-bit range, 0 kept for nodata
     mask_arr = np.stack(masks) if masks else np.zeros((0, size, size), bool)
@@ -69,15 +71,12 @@ def mars_terrain(size: int, n_pits: int, rng: np.random.Generator) -> tuple[np.n
 
 def _write_mars_tif(path: Path, data: np.ndarray, west: float, north: float) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(
+    with atomic_file(path) as tmp, rasterio.open(
         tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
         crs=CRS.from_user_input(MARS_CRS), transform=from_origin(west, north, 0.25, 0.25), nodata=NODATA,
         compress="deflate",
     ) as dst:
         dst.write(data, 1)
-    os.replace(tmp, path)
     return path
 
 
@@ -108,13 +107,13 @@ def make_mars_dataset(root: Path, *, n_images: int = 6, size: int = 256, seed: i
         stem = f"mars_{i:03d}"
         west = _WEST + i * size * 0.25
         _write_mars_tif(root / "images" / f"{stem}.tif", data, west, _NORTH)
-        write_mask_geotiff(root / "masks" / f"{stem}.tif", masks.any(axis=0).astype(np.uint8),
+        write_mask_geotiff(root / "masks" / f"{stem}.tif", np.asarray(masks.any(axis=0), dtype=np.uint8),
                            crs=CRS.from_user_input(MARS_CRS), transform=from_origin(west, _NORTH, 0.25, 0.25),
                            valid=None, overwrite=True)
         stems.append(stem)
     n_test = max(1, n_images // 3)
-    splits = {"train": stems[: n_images - 2 * n_test] or stems[:1], "val": stems[n_images - 2 * n_test : n_images - n_test],
-              "test": stems[n_images - n_test :]}
+    splits = {"train": stems[: n_images - 2 * n_test] or stems[:1],
+              "val": stems[n_images - 2 * n_test : n_images - n_test], "test": stems[n_images - n_test :]}
     (root / "splits.json").write_text(json.dumps(splits, indent=2))
     (root / "classes.json").write_text(json.dumps({"0": "background", "1": "pit"}, indent=2))
     return root

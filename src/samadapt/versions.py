@@ -28,7 +28,8 @@ class DependencyVersion:
         if self.installed is None:
             return False
         try:
-            return Requirement(f"{self.name}{self.tested}").specifier.contains(Version(self.installed), prereleases=True)
+            spec = Requirement(f"{self.name}{self.tested}").specifier
+            return spec.contains(Version(self.installed), prereleases=True)
         except (InvalidRequirement, InvalidVersion):
             return False
 

@@ -12,7 +12,9 @@ import pytest
 import rasterio
 
 import samadapt.predict.segmenter as segment_module
-from conftest import box_decoder, run_cli, shared_data
+from helpers.cli import run_cli
+from helpers.decoders import box_decoder
+from helpers.realdata import shared_data
 from samadapt.annotate import annotate_dataset, compare_modes, read_csv_labels, read_yolo_folder
 from samadapt.annotate.core import pick_automatic, regions_from_mask
 from samadapt.errors import InputError
@@ -160,7 +162,8 @@ def test_cli_compare_and_annotate(
     code, text = _cli(["annotate", str(mars_dataset), "--compare", "--model", str(tiny_models["sam"]),
                        "--out", str(tmp_path / "cmp")], monkeypatch, capsys)
     assert code == 0, text
-    assert "mean" in text and (tmp_path / "cmp" / "compare.csv").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
+    assert "mean" in text
+    assert (tmp_path / "cmp" / "compare.csv").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
     code, text = _cli(["annotate", str(mars_dataset), "--mode", "box", "--model", str(tiny_models["sam"]),
                        "--out", str(tmp_path / "ann")], monkeypatch, capsys)
     assert code == 0, text
@@ -192,7 +195,8 @@ def test_mars_pits_from_yolo_boxes(
     assert code == 0, text
     masks = sorted(p.stem for p in (tmp_path / "out" / "masks").iterdir())
     assert masks == stems  # one mask per image
-    n_boxes = sum(len([row for row in (work / "labels" / f"{s}.txt").read_text().splitlines() if row.strip()]) for s in stems)
+    n_boxes = sum(len([row for row in (work / "labels" / f"{s}.txt").read_text().splitlines() if row.strip()])
+                  for s in stems)
     rows = list(csv.DictReader(open(tmp_path / "out" / "sources.csv")))
     assert len(rows) == n_boxes
     # with a decoder that fills its box, every expert box is covered by its class

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.rasters import UTM, write_geotiff
 from samadapt.cli import main
 
 run = run_cli
@@ -63,9 +64,7 @@ def test_segment_notes_a_large_raster_seen_shrunk(tmp_path: Path, tiny_models: d
 
     path = tmp_path / "strip.tif"
     data = np.random.default_rng(0).integers(0, 255, (1, 200, 1100), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=1100, height=200, count=1, dtype="uint8",
-                       crs="EPSG:32616", transform=from_origin(740000.0, 3740000.0, 0.5, 0.5)) as dst:
-        dst.write(data)
+    write_geotiff(path, data, crs=UTM, transform=from_origin(740000.0, 3740000.0, 0.5, 0.5))
     code, text = run(["segment", str(path), "--model", str(tiny_models["sam"]), "--box", "10,10,90,90",
                       "--out", str(tmp_path / "m.gpkg")], monkeypatch, capsys)
     assert code == 0, text

@@ -17,7 +17,9 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 
-from conftest import run_cli, shared_data
+from helpers.cli import run_cli
+from helpers.rasters import UTM, write_geotiff
+from helpers.realdata import shared_data
 from samadapt.data import (
     IGNORE_INDEX,
     SegDataset,
@@ -25,28 +27,22 @@ from samadapt.data import (
     check_dataset,
     from_hf_dataset,
 )
-from samadapt.data.build import tile_offsets
 from samadapt.errors import InputError, OutputExistsError
+from samadapt.imagery.tiling import tile_offsets
 
 H, W = 300, 260
-UTM = "EPSG:32616"
 TRANSFORM = Affine(2.0, 0.0, 740_000.0, 0.0, -2.0, 3_740_000.0)
 NODATA = -1
 ALBERS = "+proj=aea +lat_0=23 +lon_0=-96 +lat_1=29.5 +lat_2=45.5 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
 
-def write_raster(path: Path, crs: str, transform: Affine) -> Path:
-    """A 2-band int16 raster whose top-left 64 x 64 pixels and a strip at row 150 are nodata."""
+def scene_bands() -> np.ndarray:
+    """(2, H, W) int16 bands whose top-left 64 x 64 pixels and a strip at row 150 are NODATA."""
     rng = np.random.default_rng(0)
     data = rng.integers(0, 3000, size=(2, H, W), dtype=np.int16)
     data[:, :64, :64] = NODATA
     data[:, 150, 100:140] = NODATA
-    with rasterio.open(
-        path, "w", driver="GTiff", width=W, height=H, count=2, dtype="int16",
-        crs=crs, transform=transform, nodata=NODATA,
-    ) as dst:
-        dst.write(data)
-    return path
+    return data
 
 
 def make_polygons(transform: Affine) -> list[shapely.Geometry]:
@@ -71,7 +67,7 @@ KINDS = ["shed", "house", "pond", "house", "shed", "pond", "house"] * 2
 @pytest.fixture
 def scene(tmp_path: Path) -> tuple[Path, Path]:
     """A UTM raster and its polygons written in EPSG:4326 (so the build must reproject them)."""
-    raster = write_raster(tmp_path / "scene.tif", UTM, TRANSFORM)
+    raster = write_geotiff(tmp_path / "scene.tif", scene_bands(), crs=UTM, transform=TRANSFORM, nodata=NODATA)
     frame = gpd.GeoDataFrame(
         {"kind": KINDS, "code": [3, 5, 7, 5, 3, 7, 5, 5, 7, 3, 5, 7, 3, 5]}, geometry=make_polygons(TRANSFORM), crs=UTM
     )
@@ -243,7 +239,7 @@ def test_out_dir_protection(scene: tuple[Path, Path], tmp_path: Path) -> None:
 
 def test_crs_without_epsg_code(tmp_path: Path) -> None:
     transform = Affine(30.0, 0.0, -673_425.0, 0.0, -30.0, 2_130_165.0)
-    raster = write_raster(tmp_path / "albers.tif", ALBERS, transform)
+    raster = write_geotiff(tmp_path / "albers.tif", scene_bands(), crs=ALBERS, transform=transform, nodata=NODATA)
     with rasterio.open(raster) as src:
         assert src.crs.to_epsg() is None
     frame = gpd.GeoDataFrame({"id": range(14)}, geometry=make_polygons(transform), crs=ALBERS)
@@ -261,7 +257,7 @@ def test_crs_without_epsg_code(tmp_path: Path) -> None:
 def test_geojson_in_metres_without_crs_member(tmp_path: Path) -> None:
     """GeoJSON holding projected coordinates but no "crs" member is read as lon/lat; it must still work."""
     transform = Affine(30.0, 0.0, -673_425.0, 0.0, -30.0, 2_130_165.0)
-    raster = write_raster(tmp_path / "albers.tif", ALBERS, transform)
+    raster = write_geotiff(tmp_path / "albers.tif", scene_bands(), crs=ALBERS, transform=transform, nodata=NODATA)
     doc = {
         "type": "FeatureCollection",
         "features": [
@@ -318,7 +314,8 @@ def test_custom_albers_landsat(tmp_path: Path) -> None:
     with rasterio.open(raster) as src:
         frame = gpd.read_file(vectors)
         expected = rasterio.features.rasterize(
-            zip(frame.geometry, [1] * len(frame), strict=False), out_shape=src.shape, transform=src.transform, dtype="uint8"
+            zip(frame.geometry, [1] * len(frame), strict=False), out_shape=src.shape, transform=src.transform,
+            dtype="uint8",
         )
         east = frame.total_bounds[2] > src.bounds.right
         crs = src.crs

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from rich.console import Console
 
+from helpers.rasters import UTM
 from samadapt.data import (
     IGNORE_INDEX,
     SegDataset,
@@ -28,7 +29,6 @@ from samadapt.data import (
 from samadapt.errors import InputError, InputFileError, OutputExistsError
 from samadapt.imagery.read import from_array
 
-UTM = "EPSG:32616"
 TRANSFORM = Affine(0.5, 0.0, 740_000.0, 0.0, -0.75, 3_740_000.0)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from shapely.geometry import box
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from samadapt.data import check_dataset, write_classes, write_sample
 from samadapt.errors import CheckpointError, ModelNotFoundError
 from samadapt.imagery.read import from_array

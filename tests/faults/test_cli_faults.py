@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio.transform import from_origin
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.rasters import write_geotiff
 from samadapt.sample import make_mars_dataset
 
 #: Bad-input cases each command must have at least (besides its read-only and full-disk cases).
 MIN_CASES = 2
+METRE_GRID = from_origin(500000.0, 4000000.0, 1.0, 1.0)  # 1 m pixels
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,9 @@ class Case:
         return f"{self.command}: {self.name}"
 
 
-def _write_raster(path: Path, height: int, width: int, *, bands: int = 3, crs: str | None = "EPSG:32633") -> Path:
-    data = (np.random.default_rng(0).random((bands, height, width)) * 255).astype("uint8")
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype="uint8",
-                       crs=crs, transform=from_origin(500000.0, 4000000.0, 1.0, 1.0)) as dst:
-        dst.write(data)
-    return path
+def _noise(height: int, width: int) -> np.ndarray:
+    """(3, H, W) uint8 noise, the same at every call."""
+    return (np.random.default_rng(0).random((3, height, width)) * 255).astype("uint8")
 
 
 def _file(text: str, name: str) -> Callable[[World, Path], Path]:
@@ -251,7 +249,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAMADAPT_HOME", str(root / "home"))
         dataset = make_mars_dataset(root / "ds", n_images=4, size=128)
-        image = _write_raster(root / "image.tif", 96, 128)
+        image = write_geotiff(root / "image.tif", _noise(96, 128), crs="EPSG:32633", transform=METRE_GRID)
         from samadapt.cli import main
 
         mp.setattr(sys, "argv", ["samadapt", "train", str(dataset), "-m", str(tiny_models["sam"]), "--epochs", "1",
@@ -321,7 +319,7 @@ def test_polygons_of_a_raster_without_crs_come_with_one_note(world: World, tmp_p
                                                               capsys: pytest.CaptureFixture[str],
                                                               recwarn: pytest.WarningsRecorder) -> None:
     """A raster with no CRS: one note that says where the polygons are, no library warning."""
-    raster = _write_raster(tmp_path / "nocrs.tif", 64, 64, crs=None)
+    raster = write_geotiff(tmp_path / "nocrs.tif", _noise(64, 64), crs=None, transform=METRE_GRID)
     out = tmp_path / "p.gpkg"
     code, text = run_cli(["segment", str(raster), "-m", str(world.model), "--box", "1,1,40,40", "-o", str(out)],
                          monkeypatch, capsys)

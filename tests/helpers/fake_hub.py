@@ -117,7 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self._body(data, headers, head, lfs=False)
 
     def _error(self, status: int, code: str, message: str, head: bool, extra: dict[str, str] | None = None) -> None:
-        headers = {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json", **(extra or {})}
+        headers = {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json",
+                   **(extra or {})}
         self._send(status, headers, head, json.dumps({"error": message}).encode())
 
     def _send(self, status: int, headers: dict[str, str], head: bool, body: bytes = b"") -> None:

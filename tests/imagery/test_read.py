@@ -15,46 +15,20 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from helpers.rasters import GRID, UTM, write_geotiff
 from samadapt.errors import InputError, InputFileError
 from samadapt.imagery.read import (
     GeoImage,
     from_array,
-    parse_bands,
     pixel_read_errors,
     read_bands,
     read_image,
-    to_rgb8,
 )
+from samadapt.imagery.stretch import parse_bands, to_rgb8
 
-UTM = CRS.from_epsg(32616)
 MARS = "+proj=eqc +R=3396190 +units=m +no_defs"
-TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 3_700_000.0)  # 0.5 m pixels, north up
+TRANSFORM = GRID  # write_geotiff's default: 0.5 m pixels, north up
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spacenet_geotiff"
-
-
-def write_tif(
-    path: Path,
-    array: np.ndarray,
-    *,
-    crs: CRS | str | None = UTM,
-    transform: Affine = TRANSFORM,
-    nodata: float | None = None,
-    colorinterp: list[ColorInterp] | None = None,
-    **creation: str,
-) -> Path:
-    """Write a (C, H, W) array as a GeoTIFF (extra creation options in ``creation``)."""
-    count, height, width = array.shape
-    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=array.dtype.name, **creation)
-    profile["transform"] = transform
-    if crs is not None:
-        profile["crs"] = crs
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array)
-        if colorinterp is not None:
-            dst.colorinterp = colorinterp
-    return path
 
 
 def ramp_uint16(height: int = 40, width: int = 50) -> np.ndarray:
@@ -81,7 +55,7 @@ def test_rgb_png_round_trip_has_exact_pixels_and_no_georeferencing(tmp_path: Pat
 
 def test_single_band_is_repeated_to_grey_rgb(tmp_path: Path) -> None:
     grey = np.arange(6 * 7, dtype=np.uint8).reshape(1, 6, 7)
-    image = read_image(write_tif(tmp_path / "grey.tif", grey))
+    image = read_image(write_geotiff(tmp_path / "grey.tif", grey))
     assert image.bands == (1,)
     for channel in range(3):
         np.testing.assert_array_equal(image.pixels[..., channel], grey[0])
@@ -104,7 +78,7 @@ def test_two_band_geotiff_takes_band_2_as_alpha_even_unmarked(tmp_path: Path) ->
     data = np.full((2, 4, 5), 60, dtype=np.uint8)
     data[1] = 255  # an alpha band: only 0 and 255
     data[1, 0, :] = 0
-    path = write_tif(tmp_path / "grey_alpha.tif", data, photometric="MINISBLACK")
+    path = write_geotiff(tmp_path / "grey_alpha.tif", data, photometric="MINISBLACK")
     with rasterio.open(path) as src:
         assert src.colorinterp[1] != ColorInterp.alpha  # GDAL does not know it is alpha
     image = read_image(path)
@@ -117,7 +91,7 @@ def test_two_band_sar_geotiff_is_not_taken_for_alpha(tmp_path: Path) -> None:
     """Dual-polarisation SAR (VV, VH in dB, negative floats): band 2 is data, so nothing is blanked."""
     rng = np.random.default_rng(0)
     data = np.stack([rng.normal(-12, 3, (6, 7)), rng.normal(-19, 3, (6, 7))]).astype(np.float32)
-    image = read_image(write_tif(tmp_path / "s1.tif", data))
+    image = read_image(write_geotiff(tmp_path / "s1.tif", data))
     assert image.bands == (1,)
     assert image.valid.all()
     assert len(np.unique(image.pixels[..., 0])) > 10  # band 1 stretched, not blanked
@@ -127,7 +101,7 @@ def test_two_band_sar_geotiff_is_not_taken_for_alpha(tmp_path: Path) -> None:
 
 def test_two_band_uint8_data_is_not_taken_for_alpha(tmp_path: Path) -> None:
     data = np.stack([np.full((4, 5), 60), np.arange(20).reshape(4, 5) * 10]).astype(np.uint8)  # band 2: 0..190
-    image = read_image(write_tif(tmp_path / "two.tif", data, photometric="MINISBLACK"))
+    image = read_image(write_geotiff(tmp_path / "two.tif", data, photometric="MINISBLACK"))
     assert image.valid.all() and (image.pixels == 60).all()
 
 
@@ -143,7 +117,7 @@ def test_rgba_alpha_band_marks_invalid_pixels(tmp_path: Path) -> None:
     rgba[3] = 255
     rgba[3, :, :4] = 0
     interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    path = write_tif(tmp_path / "rgba.tif", rgba, colorinterp=interp)
+    path = write_geotiff(tmp_path / "rgba.tif", rgba, colorinterp=interp)
     image = read_image(path)
     assert image.bands == (1, 2, 3)
     assert not image.valid[:, :4].any() and image.valid[:, 4:].all()
@@ -154,10 +128,7 @@ def test_dataset_mask_band_marks_invalid_pixels(tmp_path: Path) -> None:
     path = tmp_path / "masked.tif"
     mask = np.full((6, 7), 255, dtype=np.uint8)
     mask[3:, 4:] = 0
-    with rasterio.open(path, "w", driver="GTiff", width=7, height=6, count=3, dtype="uint8", crs=UTM,
-                       transform=TRANSFORM) as dst:
-        dst.write(np.full((3, 6, 7), 80, dtype=np.uint8))
-        dst.write_mask(mask)
+    write_geotiff(path, np.full((3, 6, 7), 80, dtype=np.uint8), mask=mask)
     for bands in (None, (3, 2, 1), (2,)):
         image = read_image(path, bands=bands)
         np.testing.assert_array_equal(image.valid, mask > 0)
@@ -167,7 +138,7 @@ def test_dataset_mask_band_marks_invalid_pixels(tmp_path: Path) -> None:
 def test_four_band_without_alpha_shows_first_three(tmp_path: Path) -> None:
     bands = np.stack([np.full((3, 4), v, dtype=np.uint8) for v in (10, 20, 30, 0)])
     # GDAL would make a 4-band uint8 GTiff RGBA by default; MINISBLACK makes it 4 plain bands
-    image = read_image(write_tif(tmp_path / "four.tif", bands, photometric="MINISBLACK"))
+    image = read_image(write_geotiff(tmp_path / "four.tif", bands, photometric="MINISBLACK"))
     assert image.valid.all()
     np.testing.assert_array_equal(image.pixels[0, 0], [10, 20, 30])
 
@@ -177,14 +148,14 @@ def test_four_band_without_alpha_shows_first_three(tmp_path: Path) -> None:
 
 def test_bands_4_3_2_pick_the_right_bands(tmp_path: Path) -> None:
     bands = np.stack([np.full((5, 6), v, dtype=np.uint8) for v in (11, 22, 33, 44)])
-    path = write_tif(tmp_path / "ms.tif", bands, photometric="MINISBLACK")
+    path = write_geotiff(tmp_path / "ms.tif", bands, photometric="MINISBLACK")
     image = read_image(path, bands=parse_bands("4,3,2"))
     assert image.bands == (4, 3, 2)
     np.testing.assert_array_equal(image.pixels.reshape(-1, 3), np.tile([44, 33, 22], (30, 1)))
 
 
 def test_band_out_of_range_names_band_and_count(tmp_path: Path) -> None:
-    path = write_tif(tmp_path / "ms.tif", np.zeros((4, 3, 3), dtype=np.uint8))
+    path = write_geotiff(tmp_path / "ms.tif", np.zeros((4, 3, 3), dtype=np.uint8))
     with pytest.raises(InputError, match=r"band 5 does not exist: ms\.tif has 4 band\(s\)"):
         read_image(path, bands=(5, 3, 2))
     with pytest.raises(InputError, match="band 0 does not exist"):
@@ -193,7 +164,7 @@ def test_band_out_of_range_names_band_and_count(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bands", [(1, 2), (1, 2, 3, 4), ()])
 def test_band_count_other_than_1_or_3_is_refused_with_a_hint(tmp_path: Path, bands: tuple[int, ...]) -> None:
-    path = write_tif(tmp_path / "ms.tif", np.zeros((4, 3, 3), dtype=np.uint8))
+    path = write_geotiff(tmp_path / "ms.tif", np.zeros((4, 3, 3), dtype=np.uint8))
     with pytest.raises(InputError, match=r"pass 1 or 3 bands, e\.g\. --bands 4,3,2"):
         read_image(path, bands=bands)
 
@@ -216,7 +187,7 @@ def test_parse_bands() -> None:
 
 def test_uint16_stretch_maps_percentiles_to_0_and_255(tmp_path: Path) -> None:
     data = ramp_uint16()
-    image = read_image(write_tif(tmp_path / "u16.tif", data))
+    image = read_image(write_geotiff(tmp_path / "u16.tif", data))
     low, high = np.percentile(data, (2, 98))
     grey = image.pixels[..., 0].astype(int)
     assert (grey[data[0] <= low] == 0).all()
@@ -228,14 +199,14 @@ def test_uint16_stretch_maps_percentiles_to_0_and_255(tmp_path: Path) -> None:
 
 def test_stretch_ignores_nodata_pixels(tmp_path: Path) -> None:
     data = ramp_uint16()
-    plain = read_image(write_tif(tmp_path / "plain.tif", data, nodata=0))
+    plain = read_image(write_geotiff(tmp_path / "plain.tif", data, nodata=0))
     spoiled = data.copy()
     spoiled[0, :10, :10] = 0  # nodata region
-    with_nodata = read_image(write_tif(tmp_path / "spoiled.tif", spoiled, nodata=0))
+    with_nodata = read_image(write_geotiff(tmp_path / "spoiled.tif", spoiled, nodata=0))
     # Extreme values would move the percentiles if they were counted.
     extreme = data.copy()
     extreme[0, :10, :10] = 65535
-    extreme_masked = read_image(write_tif(tmp_path / "extreme.tif", extreme, nodata=65535))
+    extreme_masked = read_image(write_geotiff(tmp_path / "extreme.tif", extreme, nodata=65535))
     assert not with_nodata.valid[:10, :10].any() and with_nodata.valid.sum() == data.size - 100
     assert (with_nodata.pixels[:10, :10] == 0).all()
     np.testing.assert_array_equal(with_nodata.pixels, extreme_masked.pixels)
@@ -250,7 +221,7 @@ def test_nodata_must_match_all_chosen_bands(tmp_path: Path) -> None:
     data = np.full((3, 4, 4), 50, dtype=np.uint8)
     data[:, 0, 0] = 7  # all bands nodata -> invalid
     data[0, 1, 1] = 7  # only one band nodata -> still data
-    image = read_image(write_tif(tmp_path / "nd.tif", data, nodata=7))
+    image = read_image(write_geotiff(tmp_path / "nd.tif", data, nodata=7))
     assert not image.valid[0, 0] and image.valid[1, 1]
     assert image.valid.sum() == 15
 
@@ -258,7 +229,7 @@ def test_nodata_must_match_all_chosen_bands(tmp_path: Path) -> None:
 def test_float_with_nan_is_invalid_and_excluded_from_stretch(tmp_path: Path) -> None:
     data = np.linspace(-1.0, 1.0, 30 * 30, dtype=np.float32).reshape(1, 30, 30)
     data[0, 5, :] = np.nan
-    image = read_image(write_tif(tmp_path / "f32.tif", data))
+    image = read_image(write_geotiff(tmp_path / "f32.tif", data))
     assert not image.valid[5].any() and image.valid.sum() == 30 * 29
     assert (image.pixels[5] == 0).all()
     grey = image.pixels[..., 0][image.valid]
@@ -267,10 +238,10 @@ def test_float_with_nan_is_invalid_and_excluded_from_stretch(tmp_path: Path) -> 
 
 def test_custom_and_no_stretch(tmp_path: Path) -> None:
     data = np.array([[[0, 100, 200, 300, 400]]], dtype=np.int16)
-    path = write_tif(tmp_path / "i16.tif", data)
+    path = write_geotiff(tmp_path / "i16.tif", data)
     np.testing.assert_array_equal(read_image(path, stretch=None).pixels[0, :, 0], [0, 100, 200, 255, 255])
     np.testing.assert_allclose(read_image(path, stretch=(0, 100)).pixels[0, :, 0], [0, 64, 128, 191, 255], atol=1)
-    u8 = write_tif(tmp_path / "u8.tif", np.array([[[100, 110, 120]]], dtype=np.uint8))
+    u8 = write_geotiff(tmp_path / "u8.tif", np.array([[[100, 110, 120]]], dtype=np.uint8))
     np.testing.assert_array_equal(read_image(u8).pixels[0, :, 0], [100, 110, 120])  # auto: untouched
     np.testing.assert_allclose(read_image(u8, stretch=(0, 100)).pixels[0, :, 0], [0, 128, 255], atol=1)
     with pytest.raises(InputError, match="0 <= low < high <= 100"):
@@ -295,7 +266,7 @@ def test_to_rgb8_constant_band_and_validation() -> None:
 
 @pytest.mark.parametrize("crs", [UTM, MARS])
 def test_crs_and_transform_preserved(tmp_path: Path, crs: CRS | str) -> None:
-    image = read_image(write_tif(tmp_path / "geo.tif", np.zeros((1, 4, 5), dtype=np.uint8), crs=crs))
+    image = read_image(write_geotiff(tmp_path / "geo.tif", np.zeros((1, 4, 5), dtype=np.uint8), crs=crs))
     assert image.georeferenced
     assert image.crs == CRS.from_user_input(crs)
     assert image.transform == TRANSFORM
@@ -303,7 +274,7 @@ def test_crs_and_transform_preserved(tmp_path: Path, crs: CRS | str) -> None:
 
 def test_window_read_returns_window_pixels_and_transform(tmp_path: Path) -> None:
     data = np.arange(20 * 30, dtype=np.uint8).reshape(1, 20, 30)
-    path = write_tif(tmp_path / "win.tif", data, crs=MARS)
+    path = write_geotiff(tmp_path / "win.tif", data, crs=MARS)
     image = read_image(path, window=Window(col_off=7, row_off=4, width=10, height=6))
     np.testing.assert_array_equal(image.pixels[..., 0], data[0, 4:10, 7:17])
     assert image.transform == TRANSFORM @ Affine.translation(7, 4)
@@ -337,7 +308,7 @@ def cut_in_half(path: Path) -> Path:
 
 def test_truncated_geotiff_names_the_file_and_the_damage(tmp_path: Path) -> None:
     data = np.random.default_rng(4).integers(0, 256, (3, 300, 300), dtype=np.uint8)
-    cut = cut_in_half(write_tif(tmp_path / "whole.tif", data))
+    cut = cut_in_half(write_geotiff(tmp_path / "whole.tif", data))
     top = read_image(cut, window=Window(0, 0, 300, 20))  # the header and the first rows are whole
     np.testing.assert_array_equal(top.pixels, np.moveaxis(data[:, :20], 0, -1))
     damaged = r"cut\.tif is damaged or truncated: bands 1, 2, 3 could not be read"
@@ -352,7 +323,7 @@ def test_truncated_geotiff_names_the_file_and_the_damage(tmp_path: Path) -> None
 def test_pixel_read_errors_turn_any_window_read_into_one_sentence(tmp_path: Path) -> None:
     """What a caller reading windows itself (the raster mapper) gets around its reads."""
     data = np.zeros((1, 300, 300), dtype=np.uint16)
-    cut = cut_in_half(write_tif(tmp_path / "whole.tif", data))
+    cut = cut_in_half(write_geotiff(tmp_path / "whole.tif", data))
     window = Window(10, 250, 20, 30)
     with rasterio.open(cut) as ds:
         with pytest.raises(InputFileError) as caught, pixel_read_errors(ds.name, window=window, bands=(1,)):
@@ -373,7 +344,7 @@ def test_pixel_read_errors_turn_any_window_read_into_one_sentence(tmp_path: Path
                                                         (3, 3, 3), (1, 2, 1)])
 def test_tiny_geotiffs_read_bands_first(tmp_path: Path, height: int, width: int, count: int) -> None:
     data = np.random.default_rng(5).integers(0, 256, (count, height, width), dtype=np.uint8)
-    image = read_image(write_tif(tmp_path / "tiny.tif", data))
+    image = read_image(write_geotiff(tmp_path / "tiny.tif", data))
     assert (image.height, image.width) == (height, width)
     rgb = np.repeat(data, 3 // count, axis=0)  # one band is shown grey
     np.testing.assert_array_equal(image.pixels, np.moveaxis(rgb, 0, -1))

@@ -16,6 +16,7 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 
+from helpers.rasters import UTM
 from samadapt.errors import InputError, OutputExistsError
 from samadapt.mapping import outputs
 from samadapt.mapping.outputs import (
@@ -28,7 +29,6 @@ from samadapt.mapping.outputs import (
 from samadapt.predict.result import MaskCrop, SegmentationResult
 
 H, W = 20, 30
-UTM = "EPSG:32616"
 MARS = "+proj=eqc +R=3396190 +units=m +no_defs"
 # Non-square pixels: 2 m wide, 3 m tall.
 UTM_TRANSFORM = Affine(2.0, 0.0, 500_000.0, 0.0, -3.0, 4_000_000.0)

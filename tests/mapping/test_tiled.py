@@ -12,20 +12,24 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from conftest import shared_data
+from helpers.cli import run_cli
+from helpers.decoders import box_decoder
+from helpers.rasters import write_geotiff
+from helpers.realdata import shared_data
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Preprocessing
+from samadapt.imagery.windows import raster_limits, read_tile
 from samadapt.mapping.tiled import (
     MapOptions,
     blend_window,
     predict_raster,
     predict_rasters,
-    raster_limits,
-    read_tile,
 )
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
 from samadapt.train.adapter import Prediction, load_adapter, save_adapter
+
+GRID = from_origin(500000.0, 4000000.0, 0.5, 0.8)  # 0.5 m x 0.8 m pixels, in UTM unless a test says otherwise
 
 
 class PixelAdapter:
@@ -50,15 +54,6 @@ class PixelAdapter:
         return Prediction(labels=labels, probabilities=np.stack([1 - p, p]))
 
 
-def _raster(path: Path, data: np.ndarray, *, crs: str = "EPSG:32616", nodata: float | None = 0) -> Path:
-    count = 1 if data.ndim == 2 else data.shape[0]
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=count,
-                       dtype=data.dtype, crs=crs, transform=from_origin(500000.0, 4000000.0, 0.5, 0.8),
-                       nodata=nodata) as dst:
-        dst.write(data if data.ndim == 3 else data[None])
-    return path
-
-
 def _disc_image(h: int = 150, w: int = 230) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     img = np.full((h, w), 60, np.uint8)
@@ -68,7 +63,7 @@ def _disc_image(h: int = 150, w: int = 230) -> np.ndarray:
 
 
 def test_tiled_equals_untiled_and_keeps_georeferencing(tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "scene.tif", _disc_image())
+    raster = write_geotiff(tmp_path / "scene.tif", _disc_image(), transform=GRID, nodata=0)
     ad = PixelAdapter(tile=64)
     result = predict_raster(ad, raster, tmp_path / "out", MapOptions(overlap=16, probabilities=True))
     assert result.tiles > 4 and ad.calls == result.tiles
@@ -88,7 +83,7 @@ def test_tiled_equals_untiled_and_keeps_georeferencing(tmp_path: Path) -> None:
 def test_one_tile_raster_equals_the_adapter_on_the_whole_image(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = rng.integers(0, 255, (3, 200, 180), dtype=np.uint8)
-    raster = _raster(tmp_path / "small.tif", data, nodata=None)
+    raster = write_geotiff(tmp_path / "small.tif", data, transform=GRID)
     method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
     ad = load_adapter(save_adapter(method, tmp_path / "ad"))
     result = predict_raster(ad, raster, tmp_path / "out", MapOptions(probabilities=True))
@@ -106,7 +101,7 @@ def test_two_band_rasters_are_masked_as_read_image_masks_them(tmp_path: Path) ->
     grey[:, :6] = 90  # no nodata value: validity comes from band 2 alone
     alpha = np.full_like(grey, 255)
     alpha[:, 200:] = 0
-    raster = _raster(tmp_path / "grey_alpha.tif", np.stack([grey, alpha]), nodata=None)
+    raster = write_geotiff(tmp_path / "grey_alpha.tif", np.stack([grey, alpha]), transform=GRID)
     result = predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(polygons=None))
     with rasterio.open(result.outputs["classes"]) as out:
         classes = out.read(1)
@@ -115,7 +110,7 @@ def test_two_band_rasters_are_masked_as_read_image_masks_them(tmp_path: Path) ->
 
     rng = np.random.default_rng(0)
     sar = np.stack([rng.normal(-12, 3, grey.shape), rng.normal(-19, 3, grey.shape)]).astype(np.float32)
-    raster = _raster(tmp_path / "s1.tif", sar, nodata=None)
+    raster = write_geotiff(tmp_path / "s1.tif", sar, transform=GRID)
     result = predict_raster(PixelAdapter(), raster, tmp_path / "out_sar", MapOptions(polygons=None))
     with rasterio.open(result.outputs["classes"]) as out:
         assert (out.read(1) != 255).all()
@@ -123,7 +118,7 @@ def test_two_band_rasters_are_masked_as_read_image_masks_them(tmp_path: Path) ->
 
 def test_rerun_skips_and_failures_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    good = [_raster(tmp_path / f"g{i}.tif", _disc_image()) for i in range(2)]
+    good = [write_geotiff(tmp_path / f"g{i}.tif", _disc_image(), transform=GRID, nodata=0) for i in range(2)]
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")
     ad = PixelAdapter()
@@ -138,7 +133,7 @@ def test_rerun_skips_and_failures_are_isolated(tmp_path: Path, monkeypatch: pyte
 
 
 def test_mars_crs_is_kept(tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "mars.tif", _disc_image(), crs="IAU_2015:49910")
+    raster = write_geotiff(tmp_path / "mars.tif", _disc_image(), crs="IAU_2015:49910", transform=GRID, nodata=0)
     result = predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(polygons="geojson"))
     with rasterio.open(result.outputs["classes"]) as out:
         assert "Mars" in out.crs.to_wkt()
@@ -146,12 +141,12 @@ def test_mars_crs_is_kept(tmp_path: Path) -> None:
 
 
 def test_16_bit_scaling_is_raster_wide(tmp_path: Path) -> None:
-    from samadapt.imagery.read import scale_to_uint8
+    from samadapt.imagery.stretch import scale_to_uint8
 
     data = np.zeros((100, 200), np.uint16)
     data[:, :100] = np.linspace(100, 400, 100, dtype=np.uint16)[None]  # dark half
     data[:, 100:] = np.linspace(1000, 4000, 100, dtype=np.uint16)[None]  # bright half
-    raster = _raster(tmp_path / "u16.tif", data, nodata=None)
+    raster = write_geotiff(tmp_path / "u16.tif", data, transform=GRID)
     with rasterio.open(raster) as ds:
         limits = raster_limits(ds, (1, 1, 1))
         whole = scale_to_uint8(np.repeat(data[None], 3, 0), limits)
@@ -169,12 +164,10 @@ def test_blend_window_is_smooth_and_positive() -> None:
 
 def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import run_cli
-
     method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
     ad = save_adapter(method, tmp_path / "ad")
     for i in range(2):
-        _raster(tmp_path / f"t{i}.tif", np.repeat(_disc_image()[None], 3, 0))
+        write_geotiff(tmp_path / f"t{i}.tif", np.repeat(_disc_image()[None], 3, 0), transform=GRID, nodata=0)
     (tmp_path / "bad.tif").write_text("x")
 
     def cli(*args: str) -> tuple[int, str]:
@@ -193,8 +186,8 @@ def test_predict_command(tiny_models: dict[str, Path], tmp_path: Path, monkeypat
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", ["atlanta_buildings/sample_geotiff.tif", "vegas_roads/road_mask_input.tif", "custom_proj_landsat",
-                                  "rotterdam_ms_pan/ms1.tif"])
+@pytest.mark.parametrize("name", ["atlanta_buildings/sample_geotiff.tif", "vegas_roads/road_mask_input.tif",
+                                  "custom_proj_landsat", "rotterdam_ms_pan/ms1.tif"])
 def test_real_geotiffs_map_and_keep_their_crs(name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     folder = shared_data("spacenet_geotiff", *name.split("/"))
     raster = folder if folder.is_file() else sorted(p for p in folder.glob("*.tif") if "mask" not in p.name)[0]
@@ -210,7 +203,8 @@ def test_local_cluster_gives_identical_class_rasters(tiny_models: dict[str, Path
     pytest.importorskip("dask.distributed")
     from samadapt.mapping.tiled import dask_client
 
-    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    raster = write_geotiff(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0),
+                           transform=GRID, nodata=0)
     method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
     ad = load_adapter(save_adapter(method, tmp_path / "ad"))
     local = predict_raster(ad, raster, tmp_path / "local", MapOptions(polygons=None, overlap=32))
@@ -238,7 +232,8 @@ def test_workers_run_the_encoder_runtime_asked_for(tiny_models: dict[str, Path],
     from samadapt.mapping import tiled as mapping
 
     monkeypatch.setattr(mapping, "_WORKER_ADAPTERS", {})
-    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    raster = write_geotiff(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0),
+                           transform=GRID, nodata=0)
     method = build_method("domain-decoder", load_model(tiny_models["sam"]), width=16)
     ad = load_adapter(save_adapter(method, tmp_path / "ad"), runtime="bf16,no-fused")
     local = predict_raster(ad, raster, tmp_path / "local", MapOptions(polygons=None, overlap=32))
@@ -251,7 +246,7 @@ def test_workers_run_the_encoder_runtime_asked_for(tiny_models: dict[str, Path],
 
 
 def test_tile_gsd_resamples_and_maps_back(tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "scene.tif", _disc_image())  # 0.5 m x 0.8 m pixels
+    raster = write_geotiff(tmp_path / "scene.tif", _disc_image(), transform=GRID, nodata=0)  # 0.5 m x 0.8 m pixels
     ad = PixelAdapter(tile=64)
     coarse = predict_raster(ad, raster, tmp_path / "out", MapOptions(tile_gsd=1.3, polygons=None))
     with rasterio.open(coarse.outputs["classes"]) as out, rasterio.open(raster) as src:
@@ -270,7 +265,6 @@ def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import samadapt.predict.segmenter as segment_module
-    from conftest import box_decoder
     from samadapt.cli import main
     from samadapt.mapping.prompted import predict_prompted_raster
     from samadapt.predict.segmenter import Segmenter
@@ -278,7 +272,8 @@ def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
 
     seg = Segmenter(tiny_models["sam"], cache=False)
     monkeypatch.setattr(segment_module, "decode", box_decoder(seg))  # segments exactly its box
-    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
+    raster = write_geotiff(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0),
+                           transform=GRID, nodata=0)
     result = predict_prompted_raster(seg, raster, tmp_path / "out", [box(40, 30, 120, 90), box(300, 200, 380, 290)])
     with rasterio.open(result.outputs["classes"]) as out:
         labels = out.read(1)
@@ -289,7 +284,7 @@ def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
     # a 4-band raster with water (green high, NIR low) prompted by NDWI through the command
     data = np.full((4, 200, 260), 1000, np.uint16)
     data[1, 60:140, 80:200], data[3, 60:140, 80:200] = 3000, 300
-    water = _raster(tmp_path / "lake.tif", data)
+    water = write_geotiff(tmp_path / "lake.tif", data, transform=GRID, nodata=0)
     monkeypatch.setattr(sys, "argv", ["samadapt", "predict", str(tiny_models["sam"]), str(water), "--rough", "2,4,0",
                                       "--out", str(tmp_path / "lake")])
     with pytest.raises(SystemExit) as exc:
@@ -302,7 +297,7 @@ def test_prompted_mapping_with_a_prompt_file_and_a_rough_mask(
 
 
 def test_cog_and_probability_outputs(tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "scene.tif", _disc_image(300, 300))
+    raster = write_geotiff(tmp_path / "scene.tif", _disc_image(300, 300), transform=GRID, nodata=0)
     result = predict_raster(PixelAdapter(), raster, tmp_path / "out",
                             MapOptions(cog=True, probabilities=True, polygons=None))
     for key in ("classes", "probabilities"):
@@ -317,8 +312,10 @@ def test_cog_and_probability_outputs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method_name", ["domain-decoder", "unet"])
 def test_batched_tiles_equal_one_tile_at_a_time(method_name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0))
-    method = build_method(method_name, load_model(tiny_models["sam"]), **({"width": 16} if method_name != "unet" else {}))
+    raster = write_geotiff(tmp_path / "scene.tif", np.repeat(_disc_image(300, 420)[None], 3, 0),
+                           transform=GRID, nodata=0)
+    width = {"width": 16} if method_name != "unet" else {}
+    method = build_method(method_name, load_model(tiny_models["sam"]), **width)
     ad = load_adapter(save_adapter(method, tmp_path / "ad"))
     calls: list[int] = []
     batched_predict = ad.predict_samples
@@ -331,7 +328,8 @@ def test_batched_tiles_equal_one_tile_at_a_time(method_name: str, tiny_models: d
     assert outputs[1].tiles == outputs[3].tiles > 3
     # Batched matrix products round differently in the last float bits: probabilities agree to one
     # level of 255, and a class may flip only where its two best classes are that close (a tie).
-    with rasterio.open(outputs[1].outputs["probabilities"]) as a, rasterio.open(outputs[3].outputs["probabilities"]) as b:
+    with (rasterio.open(outputs[1].outputs["probabilities"]) as a,
+          rasterio.open(outputs[3].outputs["probabilities"]) as b):
         probs1, probs3 = a.read().astype(int), b.read().astype(int)
     assert np.abs(probs1 - probs3).max() <= 1
     with rasterio.open(outputs[1].outputs["classes"]) as a, rasterio.open(outputs[3].outputs["classes"]) as b:
@@ -342,6 +340,6 @@ def test_batched_tiles_equal_one_tile_at_a_time(method_name: str, tiny_models: d
 
 
 def test_batch_size_must_be_positive(tmp_path: Path) -> None:
-    raster = _raster(tmp_path / "scene.tif", _disc_image())
+    raster = write_geotiff(tmp_path / "scene.tif", _disc_image(), transform=GRID, nodata=0)
     with pytest.raises(InputError, match="--batch-size must be at least 1, got 0"):
         predict_raster(PixelAdapter(), raster, tmp_path / "out", MapOptions(batch_size=0))

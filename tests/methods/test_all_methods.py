@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_samples, shared_data
+from helpers.realdata import shared_data
+from helpers.training import shapes_samples
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
 from samadapt.train.adapter import load_adapter, save_adapter
@@ -96,7 +97,7 @@ def test_learner_fit_unfreeze_save_load(tiny_models: dict[str, Path], tmp_path: 
     """The arcgis.learn-shaped API: fit, unfreeze, fit again, save, load, predict."""
     from PIL import Image
 
-    from samadapt.data.dataset import write_splits
+    from samadapt.data.splits import write_splits
     from samadapt.mapping.outputs import write_mask_png
     from samadapt.train.learner import Learner
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_samples
+from helpers.training import shapes_samples
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import prepare
 from samadapt.methods.base import Sample

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fit, shapes_samples
+from helpers.training import fit, shapes_samples
 from samadapt.errors import InputError
-from samadapt.methods.base import Sample, normalise
+from samadapt.methods._common import normalise
+from samadapt.methods.base import Sample
 from samadapt.methods.lora import LoraMethod, adaptable_layer_names
 from samadapt.models.loading import load_model
 
@@ -204,7 +205,8 @@ def test_band_adapter_starts_as_the_chosen_bands(tiny_models: dict[str, Path]) -
     base = load_model(tiny_models["sam"])
     rgb = shapes_samples(2, seed=5)
     extra = np.random.default_rng(0).integers(0, 256, size=(2, 128, 128, 1), dtype=np.uint8)
-    four = [Sample(s.stem, np.concatenate([s.pixels, e], axis=2), s.valid, s.target) for s, e in zip(rgb, extra, strict=False)]
+    four = [Sample(s.stem, np.concatenate([s.pixels, e], axis=2), s.valid, s.target)
+            for s, e in zip(rgb, extra, strict=False)]
     three_band = LoraMethod(base).eval()
     four_band = LoraMethod(base, in_channels=4).eval()
     assert four_band.band_adapter is not None and three_band.band_adapter is None

@@ -14,17 +14,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import fit, shapes_samples
+from helpers.training import fit, shapes_samples
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model
 from samadapt.methods import method_class
-from samadapt.methods.base import IGNORE, Sample, target_in_frame
+from samadapt.methods.base import Sample, target_in_frame
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
 from samadapt.models.loading import load_model
 from samadapt.predict.cache import EmbeddingCache
-from samadapt.prompts.sampling import prompts_from_mask, regions, tight_box
-from samadapt.prompts.types import ObjectPrompt, point
-from samadapt.train.metrics import binary_iou
+from samadapt.prompts.sampling import SamplingOptions, prompts_from_mask, regions, tight_box
+from samadapt.prompts.types import IGNORE, ObjectPrompt, point
+from samadapt.train.confusion import binary_iou
 
 
 def _batch(method: MaskDecoderMethod, samples: list[Sample], *, train: bool, rng: np.random.Generator) -> dict:
@@ -99,8 +99,8 @@ def test_encoder_runs_once_per_image(tiny_models: dict[str, Path]) -> None:
     samples, rng = shapes_samples(4, seed=3), np.random.default_rng(0)
     for _ in range(3):  # three epochs
         _batch(method, samples, train=True, rng=rng)
-    assert method._segmenter.encoder_calls == 4
-    assert method._segmenter.cache.hits >= 8
+    assert method.embedder.encoder_calls == 4
+    assert method.embedder.cache.hits >= 8
 
 
 # --- prompts and targets ------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_predict_with_a_rough_mask_from_a_threshold(trained: dict, tiny_models: 
 
 def test_predict_with_user_prompts_matches_the_batch_path(trained: dict) -> None:
     method, s = trained["method"], trained["held_out"][0]
-    prompts = prompts_from_mask(s.target, mode="box")
+    prompts = prompts_from_mask(s.target, SamplingOptions(mode="box"))
     direct = method.predict(s.pixels, prompts=prompts)
     with torch.no_grad():
         probs = method.probabilities(method(_batch(method, [s], train=False, rng=np.random.default_rng(0))))

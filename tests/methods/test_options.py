@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_samples
+from helpers.training import shapes_samples
 from samadapt.errors import InputError
 from samadapt.methods import METHOD_NAMES, describe_options, method_class, option_rows, validate_options
 from samadapt.methods.base import AdaptationMethod, Option, Sample
@@ -351,9 +351,9 @@ def test_erode_applies_to_rough_mask_prompts_too(bases: dict[str, LoadedModel],
     seen: list[int] = []
     original = rough.prompts_from_rough
 
-    def spy(mask: np.ndarray, **kwargs: Any) -> Any:
-        seen.append(kwargs["erode"])
-        return original(mask, **kwargs)
+    def spy(mask: np.ndarray, options: Any = None) -> Any:
+        seen.append(options.erode)
+        return original(mask, options)
 
     monkeypatch.setattr(rough, "prompts_from_rough", spy)
     method = build("mask-decoder", bases, prompt="points", n_pos=3, erode=2).eval()

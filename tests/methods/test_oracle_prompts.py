@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-import samadapt.methods.mask_decoder as md
-from conftest import shapes_samples
+import samadapt.methods.mask_decoder.decoding as md_decoding
+import samadapt.methods.mask_decoder.method as md
+from helpers.training import shapes_samples
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import boxes_to_model, coords_to_model
 from samadapt.methods import build_method
-from samadapt.methods.base import IGNORE, Sample, segmentation_loss, target_in_frame
+from samadapt.methods.base import Sample, segmentation_loss, target_in_frame
 from samadapt.methods.encoder_adapter import EncoderAdapterMethod
 from samadapt.methods.mask_decoder import OFF_LOGIT, MaskDecoderMethod, pack_output, split_output
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.predict.automatic import point_grid
 from samadapt.prompts.sampling import regions, tight_box
+from samadapt.prompts.types import IGNORE
 from samadapt.train.loop import TrainConfig, evaluate_method, train
 
 GRID_KEYS = {"grid_points", "grid_valid"}
@@ -158,7 +160,8 @@ def test_the_default_scoring_target_is_the_whole_ground_truth(base: LoadedModel)
 
 # --- mask-decoder: how grid masks are kept and merged ------------------------------------------
 def _fake_decode(calls: list[int]) -> Any:
-    """A stand-in for the decoding of single positive points: each point gives 3 candidates of a 9 x 9 square around it (output frame).
+    """A stand-in for the decoding of single positive points: each point gives 3 candidates of a
+    9 x 9 square around it (output frame).
 
     Candidate 1 has the highest predicted IoU: 0.9 for points left of x = 128 (model frame),
     0.88 for points in x 128..192, 0.5 beyond; the other candidates are empty.
@@ -185,7 +188,7 @@ def test_grid_masks_are_kept_by_predicted_iou_and_merged_by_their_maximum(
         base: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(MaskDecoderMethod, "_decode_points", _fake_decode(calls))
-    monkeypatch.setattr(md, "PREDICT_CHUNK", 8)
+    monkeypatch.setattr(md_decoding, "PREDICT_CHUNK", 8)
     method = MaskDecoderMethod(base, eval_grid=8).eval()  # 64 points in 2 images: 16 calls of 4 x 2
     sample = _squares(TWO, shape=(128, 128))
     batch = _stack([_inputs(method, sample), _inputs(method, sample)])
@@ -220,7 +223,7 @@ def test_chunked_grid_decoding_matches_one_pass(base: LoadedModel, monkeypatch: 
     batch = _stack([_inputs(method, s) for s in samples])
     with torch.no_grad():
         whole = method(batch)
-        monkeypatch.setattr(md, "PREDICT_CHUNK", 5)  # 2 points of 2 images per call
+        monkeypatch.setattr(md_decoding, "PREDICT_CHUNK", 5)  # 2 points of 2 images per call
         chunked = method(batch)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
     assert (split_output(whole)[0] > OFF_LOGIT).all()  # threshold 0 keeps every mask

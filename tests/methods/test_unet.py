@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fit, shapes_samples
+from helpers.training import fit, shapes_samples
 from samadapt.errors import InputError
 from samadapt.methods.base import Sample
 from samadapt.methods.unet import UNet, UNetMethod

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from helpers.hf_cache import put_in_hf_cache
 from samadapt.models import registry
 from samadapt.models.hub import hf_hub_cache
@@ -59,7 +59,7 @@ def test_check_accepts_weights_whose_digest_matches_the_record(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Weights equal to the recorded digest are 'published' (a record made to match the tiny model here)."""
-    from samadapt.models.loading import file_sha256
+    from samadapt.models.digest import file_sha256
 
     tiny = tiny_models["sam"]
     spec = registry.get_spec(NAME)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, SamConfig, SamHQModel, SamModel
 
-import sam_reference
+from helpers import sam_reference
 from samadapt.errors import CheckpointError, ModelNotFoundError, OutputExistsError
 from samadapt.models.convert import (
     convert_meta_checkpoint,

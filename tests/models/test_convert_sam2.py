@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
-from sam2_reference import build_reference_sam21_tiny, reference_predictor
+from helpers.cli import run_cli
+from helpers.sam2_reference import build_reference_sam21_tiny, reference_predictor
 from samadapt.errors import CheckpointError
 from samadapt.models.convert_sam2 import VIDEO_ONLY, convert_meta_sam2_state_dict, infer_sam2_config
 from samadapt.models.loading import load_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from helpers.fake_hub import FakeHub
 from helpers.hf_cache import put_in_hf_cache
 from samadapt.errors import DownloadError, ModelNotFoundError
@@ -189,7 +189,9 @@ def test_cli_segments_a_cached_registry_model_offline_with_an_empty_home(
     assert "sam-vit-base │ sam │ 375 MB │ missing" in text
 
 
-def test_a_hub_name_that_does_not_resolve_fails_at_once_with_the_offline_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hub_name_that_does_not_resolve_fails_at_once_with_the_offline_advice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No retries for a host name that does not resolve (no network): the error says what to do."""
     monkeypatch.setenv("SAMADAPT_HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
     with pytest.raises(DownloadError, match=r"hub\.invalid does not resolve.*HF_HUB_OFFLINE=1.*config\.json"):

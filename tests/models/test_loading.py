@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from samadapt.errors import CheckpointError, ModelNotFoundError
-from samadapt.models.loading import cached_model_dir, file_sha256, load_model
+from samadapt.models.digest import file_sha256
+from samadapt.models.loading import cached_model_dir, load_model
 from samadapt.models.registry import REGISTRY, get_spec
 
 
@@ -108,7 +109,8 @@ def test_a_corrupted_blob_in_the_hf_cache_is_refused(tiny_models: dict[str, Path
         load_model(snapshot)
 
 
-@pytest.mark.parametrize(("device", "message"), [("cuda", "sees none"), ("cuda:3", "sees none"), ("gpu0", "not a torch device")])
+@pytest.mark.parametrize(("device", "message"),
+                         [("cuda", "sees none"), ("cuda:3", "sees none"), ("gpu0", "not a torch device")])
 def test_a_device_this_torch_lacks_is_one_sentence(tiny_models: dict[str, Path], device: str, message: str) -> None:
     from samadapt.errors import InputError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_reference import build_tiny_reference_sam, import_segment_anything
+from helpers.sam_reference import build_tiny_reference_sam, import_segment_anything
 from samadapt.imagery.preprocess import Preprocessing, boxes_to_model, coords_to_model, masks_to_original, prepare
 from samadapt.predict.segmenter import Segmenter
 from samadapt.prompts.types import ObjectPrompt

@@ -143,7 +143,7 @@ def test_an_unwritable_cache_degrades_to_computing_with_one_warning(tmp_path: Pa
 def test_the_bound_comes_from_the_environment_and_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import run_cli
+    from helpers.cli import run_cli
     from samadapt.errors import InputError
     from samadapt.predict.cache import DEFAULT_MAX_BYTES
 

@@ -12,7 +12,8 @@ import torch
 from affine import Affine
 
 import samadapt.predict.segmenter as segment_module
-from conftest import box_decoder
+from helpers.decoders import box_decoder
+from helpers.rasters import UTM
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import masks_to_original
 from samadapt.imagery.read import GeoImage, read_image
@@ -65,7 +66,8 @@ def test_best_of_three_is_the_highest_predicted_iou(tiny_models: dict[str, Path]
     assert single.masks.shape == (1, 300, 500)
 
 
-def test_nodata_never_in_a_mask(tiny_models: dict[str, Path], utm_raster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nodata_never_in_a_mask(tiny_models: dict[str, Path], utm_raster: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     image = read_image(utm_raster)
     assert not image.valid[:, :20].any()
     seg = Segmenter(tiny_models["sam"], cache=False)
@@ -149,7 +151,7 @@ def test_a_long_thin_strip_segments(shape: tuple[int, int, int], tiny_models: di
     assert result.masks.shape == (1, shape[0], shape[1])
 
 
-UTM, UTM_GRID = "EPSG:32616", Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
+UTM_GRID = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
 
 
 def _old_full_size_masks(seg: Segmenter, image: GeoImage, prompts: list[ObjectPrompt], multimask: bool) -> np.ndarray:

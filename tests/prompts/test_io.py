@@ -12,6 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from shapely.geometry import LineString, MultiPoint, Point, box
 
+from helpers.rasters import UTM
 from samadapt.errors import InputError, InputFileError
 from samadapt.prompts.io import (
     map_box_to_pixel,
@@ -22,7 +23,6 @@ from samadapt.prompts.io import (
     read_prompt_file,
 )
 
-UTM = "EPSG:32616"
 # Non-square pixels: 2 m wide, 3 m tall; UTM zone 16N around 36 N, 87 W.
 TRANSFORM = Affine(2.0, 0.0, 500_000.0, 0.0, -3.0, 4_000_000.0)
 TO_LONLAT = pyproj.Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)

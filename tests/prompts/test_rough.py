@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
+from helpers.rasters import write_geotiff
 from samadapt.errors import InputError, InputFileError
 from samadapt.prompts.rough import (
     clean_mask,
@@ -23,6 +23,9 @@ from samadapt.prompts.rough import (
     rgb_to_hsv,
     rough_mask,
 )
+from samadapt.prompts.sampling import SamplingOptions
+
+SCENE_GRID = Affine(10, 0, 500000, 0, -10, 4600000)  # 10 m pixels
 
 
 def lake_scene(height: int = 80, width: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -38,19 +41,9 @@ def lake_scene(height: int = 80, width: int = 100) -> tuple[np.ndarray, np.ndarr
     return bands, lake
 
 
-def write_scene(path: Path, bands: np.ndarray, nodata: int | None = None) -> Path:
-    count, height, width = bands.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands.dtype.name,
-        crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4600000), nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(bands)
-    return path
-
-
 def test_ndwi_threshold_finds_the_lake_and_one_box_covers_it(tmp_path: Path) -> None:
     bands, lake = lake_scene()
-    path = write_scene(tmp_path / "scene.tif", bands)
+    path = write_geotiff(tmp_path / "scene.tif", bands, crs="EPSG:32633", transform=SCENE_GRID)
     index = ndwi(path, green=2, nir=4)
     assert index.dtype == np.float32 and index.shape == lake.shape
     np.testing.assert_array_equal(index, ndwi(bands, green=2, nir=4))
@@ -62,7 +55,7 @@ def test_ndwi_threshold_finds_the_lake_and_one_box_covers_it(tmp_path: Path) -> 
     rows, cols = np.nonzero(lake)
     assert x0 <= cols.min() and y0 <= rows.min() and x1 >= cols.max() + 1 and y1 >= rows.max() + 1
     assert (x1 - x0) * (y1 - y0) < 1.1 * (np.ptp(cols) + 1) * (np.ptp(rows) + 1)
-    points = prompts_from_rough(mask, mode="points", n_pos=3, n_neg=2, erode=3, min_spacing=5)[0]
+    points = prompts_from_rough(mask, SamplingOptions(mode="points", n_pos=3, n_neg=2, erode=3, min_spacing=5))[0]
     for (x, y), label in zip(points.points, points.labels, strict=False):
         assert lake[int(y), int(x)] == bool(label)
 
@@ -70,7 +63,7 @@ def test_ndwi_threshold_finds_the_lake_and_one_box_covers_it(tmp_path: Path) -> 
 def test_index_from_bands_turns_nodata_into_nan(tmp_path: Path) -> None:
     bands, _ = lake_scene(20, 30)
     bands[:, 0, :5] = 0
-    path = write_scene(tmp_path / "nodata.tif", bands, nodata=0)
+    path = write_geotiff(tmp_path / "nodata.tif", bands, crs="EPSG:32633", transform=SCENE_GRID, nodata=0)
     index = index_from_bands(path, 2, 4)
     assert np.isnan(index[0, :5]).all() and np.isfinite(index[1:]).all()
     expected = (bands[1, 5, 5] - float(bands[3, 5, 5])) / (bands[1, 5, 5] + float(bands[3, 5, 5]))
@@ -154,7 +147,7 @@ def test_errors_for_sources_and_bands(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="index and user_mask; give exactly one source"):
         rough_mask(index=index, user_mask=index > 0)
     bands, _ = lake_scene(10, 12)
-    path = write_scene(tmp_path / "small.tif", bands)
+    path = write_geotiff(tmp_path / "small.tif", bands, crs="EPSG:32633", transform=SCENE_GRID)
     with pytest.raises(InputError, match="band 5 does not exist: small.tif has 4 band"):
         ndwi(path, green=2, nir=5)
     with pytest.raises(InputError, match="band 0 does not exist"):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from samadapt.errors import InputError
 from samadapt.prompts.sampling import (
+    SamplingOptions,
     interior_point,
     perturb_box,
     prompts_from_mask,
@@ -199,15 +200,15 @@ def test_prompts_from_mask_modes_order_and_reproducibility() -> None:
     mask = np.zeros((40, 50), bool)
     mask[2:6, 2:6] = True
     mask[20:35, 10:40] = True
-    boxes = prompts_from_mask(mask, mode="box")
+    boxes = prompts_from_mask(mask, SamplingOptions(mode="box"))
     assert [p.box.tolist() for p in boxes] == [[10, 20, 40, 35], [2, 2, 6, 6]]
     assert all(len(p.points) == 0 for p in boxes)
-    point = prompts_from_mask(mask, mode="point", n_neg=2)
+    point = prompts_from_mask(mask, SamplingOptions(mode="point", n_neg=2))
     assert point[0].labels.tolist() == [1, 0, 0]
     assert tuple(point[0].points[0]) == interior_point(regions(mask)[0])
-    both = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7)
-    again = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7)
-    other = prompts_from_mask(mask, mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=8)
+    both = prompts_from_mask(mask, SamplingOptions(mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7))
+    again = prompts_from_mask(mask, SamplingOptions(mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=7))
+    other = prompts_from_mask(mask, SamplingOptions(mode="box+point", n_pos=3, n_neg=1, box_noise=2.0, seed=8))
     for p, q in zip(both, again, strict=False):
         np.testing.assert_array_equal(p.points, q.points)
         np.testing.assert_array_equal(p.box, q.box)
@@ -221,7 +222,7 @@ def test_negatives_avoid_ignore_pixels() -> None:
     labels = np.full((30, 30), 255, np.uint8)
     labels[10:20, 10:20] = 1
     labels[10:20, 20:23] = 0  # the only labelled background
-    (prompt,) = prompts_from_mask(labels, mode="points", class_id=1, n_neg=20, neg_margin=3)
+    (prompt,) = prompts_from_mask(labels, SamplingOptions(mode="points", n_neg=20, neg_margin=3), class_id=1)
     neg = prompt.points[prompt.labels == 0].astype(int)
     assert len(neg) == 20 and (labels[neg[:, 1], neg[:, 0]] == 0).all()
 
@@ -236,11 +237,11 @@ def test_errors_say_what_is_wrong() -> None:
     with pytest.raises(InputError, match="connectivity"):
         regions(mask, class_id=3, connectivity=6)
     with pytest.raises(InputError, match="mode must be one of"):
-        prompts_from_mask(mask, mode="circle", class_id=3)  # type: ignore[arg-type]
+        SamplingOptions(mode="circle")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="mode 'box' takes no points"):
-        prompts_from_mask(mask, mode="box", class_id=3, n_neg=2)
+        SamplingOptions(mode="box", n_neg=2)
     with pytest.raises(InputError, match="use mode 'points'"):
-        prompts_from_mask(mask, mode="point", class_id=3, n_pos=3)
+        SamplingOptions(mode="point", n_pos=3)
     with pytest.raises(InputError, match="region is empty"):
         interior_point(np.zeros((4, 4), bool))
     with pytest.raises(InputError, match="neg_margin"):

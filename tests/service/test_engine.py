@@ -12,7 +12,7 @@ import pytest
 import shapely.geometry
 
 import samadapt.predict.segmenter
-from conftest import box_decoder
+from helpers.decoders import box_decoder
 from samadapt.errors import InputError
 from samadapt.predict.segmenter import Segmenter
 from samadapt.service.engine import SegmentEngine

@@ -13,10 +13,11 @@ from PIL import Image
 from pyproj import CRS
 from rasterio.windows import Window
 
+from helpers.rasters import write_geotiff
+from helpers.tileserver import DISC_VALUE, DiscRaster, write_disc_geotiff
 from samadapt.errors import InputFileError
-from samadapt.service.local_source import body_name
 from samadapt.service.sources import FetchError, LocalSource, SourceError, lnglat_to_world
-from service.tileserver import DISC_VALUE, DiscRaster, write_disc_geotiff
+from samadapt.service.sources.local import body_name
 
 
 def read(src: LocalSource, zoom: int, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -140,8 +141,7 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="cannot read"):
         LocalSource("x", tmp_path / "missing.tif")
     plain = tmp_path / "plain.tif"
-    with rasterio.open(plain, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8") as dst:
-        dst.write(np.zeros((1, 4, 4), np.uint8))
+    write_geotiff(plain, np.zeros((1, 4, 4), np.uint8), crs=None, transform=None)
     with pytest.raises(InputFileError, match="has no CRS"):
         LocalSource("x", plain)
 

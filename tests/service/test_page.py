@@ -1,7 +1,7 @@
 """The browser page of the service, driven in Debian's chromium by playwright.
 
 The real app runs in-process (uvicorn on 127.0.0.1, a free port) over the local tile server and
-a tiny model whose mask decoder is ``conftest.box_decoder``: a click gives a small square around
+a tiny model whose mask decoder is ``helpers.decoders.box_decoder``: a click gives a small square around
 the click and a box gives itself, so the page must draw each polygon where the user prompted.
 Without chromium or playwright these tests skip, except under ``CI=true``, where a missing
 browser is a failure.
@@ -60,7 +60,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def tiles() -> Iterator[Any]:
-    from service.tileserver import serve_tiles
+    from helpers.tileserver import serve_tiles
 
     with serve_tiles(lng=DISC[0], lat=DISC[1], radius_deg=0.01) as server:
         yield server
@@ -70,7 +70,7 @@ def tiles() -> Iterator[Any]:
 def segmenter(tiny_models: dict[str, Path]) -> Iterator[Any]:
     """The tiny SAM with the box decoder patched in for the whole module."""
     import samadapt.predict.segmenter as segment_module
-    from conftest import box_decoder
+    from helpers.decoders import box_decoder
     from samadapt.predict.segmenter import Segmenter
 
     seg = Segmenter(tiny_models["sam"], cache=False)
@@ -175,7 +175,7 @@ def test_prompts_draw_polygons_that_download_as_geojson(page: Any, service: str,
     from playwright.sync_api import expect
     from shapely.geometry import Point, shape
 
-    from service.tileserver import DISC_VALUE, lnglat_to_world
+    from helpers.tileserver import DISC_VALUE, lnglat_to_world
 
     body = page.locator("body")
     cx, cy = _open(page, service, *DISC)

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.tileserver import write_disc_geotiff
 from samadapt.service import server as service_server
-from service.tileserver import write_disc_geotiff
 
 
 def test_serve_listens_on_localhost_and_answers(tiny_models: dict[str, Path], tmp_path: Path,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.tileserver import write_disc_geotiff
 from samadapt.errors import InputError, InputFileError
 from samadapt.service.settings import (
     DEFAULT_SOURCES,
@@ -15,7 +16,6 @@ from samadapt.service.settings import (
     load_settings,
     parse_source_option,
 )
-from service.tileserver import write_disc_geotiff
 
 
 def test_defaults() -> None:
@@ -92,7 +92,8 @@ def test_environment_is_read_by_default(monkeypatch: pytest.MonkeyPatch) -> None
     ("bad.toml", '[sources.t]\nurl = "https://h.example/{z}/{x}/{y}?k={key}"', r"unknown variable\(s\) \['\{key\}'\]"),
     ("bad.toml", '[sources.t]\ntype = "wms"\nurl = "https://h.example/"', r"source 't' has type 'wms'"),
     ("bad.toml", '[sources.t]\nurl = "https://h.example/{z}/{x}/{y}"\nzoom = 3', r"unknown key\(s\) \['zoom'\]"),
-    ("bad.toml", '[sources.t]\nurl = "https://h.example/{z}/{x}/{y}"\nmax_zoom = 40', r"0 <= min_zoom <= max_zoom <= 30"),
+    ("bad.toml", '[sources.t]\nurl = "https://h.example/{z}/{x}/{y}"\nmax_zoom = 40',
+     r"0 <= min_zoom <= max_zoom <= 30"),
     ("bad.toml", '[sources."a b"]\nurl = "https://h.example/{z}/{x}/{y}"', r"source name 'a b' is not allowed"),
     ("bad.toml", '[sources.mars]\nurl = "https://h.example/{z}/{x}/{y}"\nbody = "Mars"', r"give its lat/lng crs"),
     ("bad.yaml", "max_prompts: 3", r"must end in \.toml or \.json"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.tileserver import DISC_VALUE, TileServer, serve_tiles, write_disc_geotiff
 from samadapt.errors import InputError, SamadaptError
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import (
@@ -23,7 +24,6 @@ from samadapt.service.sources import (
     lnglat_to_world,
     lookup_source,
 )
-from service.tileserver import DISC_VALUE, TileServer, serve_tiles, write_disc_geotiff
 
 LNG, LAT, ZOOM = 10.0, 45.0, 12
 

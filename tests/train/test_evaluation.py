@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, shapes_samples
+from helpers.cli import run_cli
+from helpers.training import shapes_samples
 from samadapt.train.curves import summarise
 
 
 def _dataset(root: Path, n: int = 10, splits: dict[str, list[str]] | None = None) -> Path:
     from PIL import Image
 
-    from samadapt.data.dataset import write_splits
+    from samadapt.data.splits import write_splits
     from samadapt.mapping.outputs import write_mask_png
 
     (root / "images").mkdir(parents=True)
@@ -86,8 +87,9 @@ def test_pseudo_labels_train_and_ground_truth_scores(
                           "--out", str(tmp_path / "pseudo")], monkeypatch, capsys)
     assert code == 0, text
     lc = tmp_path / "lc"
-    code, text = run_cli(["learning-curve", str(tmp_path / "pseudo"), "--model", model, "--sizes", "2,4", "--seeds", "2",
-                          "--epochs", "1", "--option", "width=16", "--eval-dataset", str(truth), "--out", str(lc)],
+    code, text = run_cli(["learning-curve", str(tmp_path / "pseudo"), "--model", model, "--sizes", "2,4",
+                          "--seeds", "2", "--epochs", "1", "--option", "width=16", "--eval-dataset", str(truth),
+                          "--out", str(lc)],
                          monkeypatch, capsys)
     assert code == 0, text
     rows = list(csv.DictReader(open(lc / "learning_curve.csv")))
@@ -191,7 +193,8 @@ def test_unet_says_it_does_not_use_sam_weights(
 ) -> None:
     data = _dataset(tmp_path / "data", n=6)
     code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "unet", "--epochs", "1",
-                          "--option", "width=4", "--option", "depth=2", "--out", str(tmp_path / "u")], monkeypatch, capsys)
+                          "--option", "width=4", "--option", "depth=2", "--out", str(tmp_path / "u")],
+                         monkeypatch, capsys)
     assert code == 0, text
     assert "random-initialised" not in text
     assert "does not use SAM's weights" in text and "256 px" in text and "128 x 128 px" in text
@@ -231,7 +234,8 @@ def test_mask_decoder_is_scored_without_truth_unless_oracle_prompts_are_asked(
 ) -> None:
     data = _dataset(tmp_path / "data", n=6)
     code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "mask-decoder",
-                          "--epochs", "1", "--option", "eval_grid=4", "--out", str(tmp_path / "md")], monkeypatch, capsys)
+                          "--epochs", "1", "--option", "eval_grid=4", "--out", str(tmp_path / "md")],
+                         monkeypatch, capsys)
     assert code == 0, text
     code, text = run_cli(["evaluate", str(tmp_path / "md"), str(data), "--json"], monkeypatch, capsys)
     assert code == 0, text
@@ -251,7 +255,8 @@ def test_mask_decoder_on_multi_class_data_trains_one_adapter_per_class(
 ) -> None:
     data = _two_class_dataset(tmp_path / "data", n=6)
     code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--method", "mask-decoder",
-                          "--epochs", "1", "--option", "eval_grid=2", "--out", str(tmp_path / "md")], monkeypatch, capsys)
+                          "--epochs", "1", "--option", "eval_grid=2", "--out", str(tmp_path / "md")],
+                         monkeypatch, capsys)
     assert code == 0, text
     for class_id, name in ((1, "disc"), (2, "square")):
         config = json.loads((tmp_path / "md" / name / "config.json").read_text())

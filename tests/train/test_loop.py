@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_samples
+from helpers.cli import run_cli
+from helpers.training import shapes_samples
 from samadapt.errors import CheckpointError, InputError, OutputExistsError
 from samadapt.methods import build_method
 from samadapt.models.loading import load_model
@@ -117,7 +118,7 @@ def test_label_budgets_are_nested_and_seeded() -> None:
 def _dataset(root: Path, n: int = 8) -> Path:
     from PIL import Image
 
-    from samadapt.data.dataset import write_splits
+    from samadapt.data.splits import write_splits
     from samadapt.mapping.outputs import write_mask_png
 
     (root / "images").mkdir(parents=True)
@@ -132,8 +133,6 @@ def _dataset(root: Path, n: int = 8) -> Path:
 
 def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import run_cli
-
     data = _dataset(tmp_path / "data")
 
     def cli(*args: str) -> tuple[int, str]:
@@ -159,7 +158,8 @@ def test_learning_curve_and_cli(tiny_models: dict[str, Path], tmp_path: Path, mo
     assert code == 0, text
     code, text = cli("evaluate", str(tmp_path / "ea"), str(data))
     assert code == 0 and "U-Net alone" in text and "SAM alone" in text and "adapted SAM" in text
-    code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--rank", "4", "--out", str(tmp_path / "y"))
+    code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--rank", "4",
+                     "--out", str(tmp_path / "y"))
     assert code == 2 and "--rank applies to the lora method" in text
     code, text = cli("train", str(data), "--model", str(tiny_models["sam"]), "--method", "magic", "--out",
                      str(tmp_path / "x"))
@@ -208,8 +208,6 @@ def test_no_code_loads_pickles_from_a_users_folder() -> None:
 def test_train_never_replaces_a_folder_holding_the_users_files(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import run_cli
-
     data = _dataset(tmp_path / "data", n=6)
     out = tmp_path / "out"
     out.mkdir()
@@ -236,8 +234,6 @@ def test_train_never_replaces_a_folder_holding_the_users_files(
 def test_finished_runs_leave_no_checkpoints_unless_kept(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import run_cli
-
     data = _dataset(tmp_path / "data", n=8)
     base = ["--model", str(tiny_models["sam"]), "--epochs", "1", "--option", "width=16"]
     code, text = run_cli(["train", str(data), *base, "--out", str(tmp_path / "a")], monkeypatch, capsys)
@@ -258,8 +254,6 @@ def test_an_adapter_finds_its_base_model_from_another_working_folder(
 ) -> None:
     import shutil
 
-    from conftest import run_cli
-
     data = _dataset(tmp_path / "data", n=8)
     work = tmp_path / "work"
     shutil.copytree(tiny_models["sam"], work / "tiny")
@@ -275,8 +269,6 @@ def test_an_adapter_finds_its_base_model_from_another_working_folder(
 def test_fp16_on_a_cpu_is_refused_with_what_to_use_instead(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import run_cli
-
     data = _dataset(tmp_path / "data", n=6)
     code, text = run_cli(["train", str(data), "--model", str(tiny_models["sam"]), "--epochs", "1", "--option",
                           "width=16", "--mixed-precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "ad")],

@@ -17,18 +17,16 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from samadapt.errors import InputError
+from samadapt.train.confusion import binary_iou, confusion_matrix
 from samadapt.train.metrics import (
     COUNT_FIELDS,
     SCALAR_FIELDS,
     MetricAccumulator,
     Metrics,
-    ObjectCounts,
-    binary_iou,
-    confusion_matrix,
     evaluate,
     metrics_from_confusion,
-    object_counts,
 )
+from samadapt.train.object_metrics import ObjectCounts, object_counts
 
 torch = pytest.importorskip("torch")
 tmf = pytest.importorskip("torchmetrics.functional.classification")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from samadapt.sample import make_mars_dataset
 
 # Small settings that still draw from every random source a method has: LoRA dropout and

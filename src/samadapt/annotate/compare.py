@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from samadapt._io import save_figure
+from samadapt._io import atomic_file, save_figure
 from samadapt.annotate.core import MODES, Mode, annotate_image, regions_from_mask, require_ground_truth
 from samadapt.errors import InputError
 from samadapt.predict.automatic import AutomaticOptions
@@ -69,7 +68,8 @@ def compare_modes(
     """
     from samadapt.data.dataset import SegDataset
     from samadapt.data.manifest import MODE_COMPARISON, output_folder
-    from samadapt.train.metrics import MetricAccumulator, binary_iou
+    from samadapt.train.confusion import binary_iou
+    from samadapt.train.metrics import MetricAccumulator
 
     dataset = SegDataset.open(dataset_dir)
     stems = [s for s in dataset.stems(split) if dataset.mask_path(s) is not None]
@@ -116,8 +116,7 @@ def compare_modes(
 
 
 def _write_csv(path: Path, report: ModeComparison, modes: tuple[str, ...]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", *(f"iou_{m}" for m in modes)])
         empty = dict(report.without_objects)
@@ -129,7 +128,6 @@ def _write_csv(path: Path, report: ModeComparison, modes: tuple[str, ...]) -> Pa
         n = len(report.per_image) - len(empty)
         w.writerow([f"mean over {n} images with objects", *(f"{report.mean_iou(m):.4f}" for m in modes)])
         w.writerow(["dataset_miou", *(f"{report.miou[m]:.4f}" for m in modes)])
-    os.replace(tmp, path)
     return path
 
 

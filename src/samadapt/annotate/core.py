@@ -12,7 +12,6 @@ recording which prompt produced each object.
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,21 +20,22 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from samadapt._io import write_json
+from samadapt._io import atomic_file, write_json
 from samadapt.annotate.experts import ExpertLabels, ExpertObject
 from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage
 from samadapt.predict.automatic import AutomaticOptions
 from samadapt.predict.result import SegmentationResult
 from samadapt.predict.segmenter import Segmenter
-from samadapt.prompts.types import ObjectPrompt
+from samadapt.prompts.types import IGNORE, ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.data.dataset import SegDataset
 
+#: How an image is annotated: the automatic point grid, or one prompt per region of the
+#: :data:`~samadapt.prompts.types.PromptMode` of that name.
 Mode = Literal["box", "point", "auto"]
 MODES: tuple[Mode, ...] = ("auto", "point", "box")
-IGNORE = 255
 
 
 @dataclass
@@ -194,13 +194,11 @@ def write_label_mask(folder: Path, stem: str, labels: np.ndarray, image: GeoImag
 
 
 def _write_records(path: Path, records: list[ObjectRecord]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "object", "class", "mode", "source", "score", "pixels"])
         for r in records:
             w.writerow([r.stem, r.object, r.class_id, r.mode, r.source, f"{r.score:.4f}", r.pixels])
-    os.replace(tmp, path)
 
 
 @dataclass

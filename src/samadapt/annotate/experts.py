@@ -9,11 +9,19 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from samadapt.errors import InputError, InputFileError
 from samadapt.prompts.types import ObjectPrompt
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+#: An image's (crs, transform, (rows, cols)); crs and transform are None when it is not georeferenced.
+Georef = tuple["CRS | None", "Affine | None", tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ def read_csv_labels(path: Path) -> ExpertLabels:
     return ExpertLabels(objects, kind="csv")
 
 
-def read_vector_labels(path: Path, georef: dict[str, tuple[object, object, tuple[int, int]]]) -> ExpertLabels:
+def read_vector_labels(path: Path, georef: dict[str, Georef]) -> ExpertLabels:
     """Read expert boxes (polygons) or points from a vector file in map coordinates.
 
     Args:
@@ -166,8 +174,51 @@ def read_vector_labels(path: Path, georef: dict[str, tuple[object, object, tuple
                 if b[2] > b[0] and b[3] > b[1]:
                     items.append(ExpertObject(ObjectPrompt(box=b), cls))
             elif geom.geom_type == "Point":
-                xy = map_to_prompt_point(np.array([[geom.x, geom.y]]), transform=transform, src_crs=None, raster_crs=None)
+                point = np.array([[geom.x, geom.y]])
+                xy = map_to_prompt_point(point, transform=transform, src_crs=None, raster_crs=None)
                 items.append(ExpertObject(ObjectPrompt(points=xy, labels=np.array([1])), cls))
         if items:
             objects[stem] = items
     return ExpertLabels(objects, kind="vector")
+
+
+def read_expert_labels(dataset_dir: Path, labels: Path | None) -> ExpertLabels | None:
+    """The expert prompts of a dataset: from ``labels``, or from a YOLO ``labels/`` beside its images.
+
+    Args:
+        dataset_dir: dataset folder (``images/``, optional ``masks/``).
+        labels: a YOLO label folder, a CSV file in pixels or a vector file in map coordinates
+            (GeoPackage, GeoJSON). None: the dataset's own ``labels/`` folder when it holds
+            ``.txt`` files and the dataset has no ``masks/``.
+
+    Returns:
+        The expert objects, or None when there are none to use (the masks or SAM's automatic
+        mode give the prompts then).
+
+    Raises:
+        InputError: if ``labels`` does not exist.
+    """
+    from samadapt.data.dataset import SegDataset
+
+    if labels is None:
+        default = dataset_dir / "labels"
+        if default.is_dir() and any(default.glob("*.txt")) and not (dataset_dir / "masks").is_dir():
+            labels = default
+        else:
+            return None
+    if not labels.exists():
+        raise InputError(f"--labels {labels} does not exist")
+    ds = SegDataset.open(dataset_dir)
+    if labels.is_dir():
+        sizes: dict[str, tuple[int, int]] = {}
+        for stem in ds.stems():
+            img = ds.read_image(stem)
+            sizes[stem] = (img.height, img.width)
+        return read_yolo_folder(labels, sizes)
+    if labels.suffix.lower() == ".csv":
+        return read_csv_labels(labels)
+    georef: dict[str, Georef] = {}
+    for stem in ds.stems():
+        img = ds.read_image(stem)
+        georef[stem] = (img.crs, img.transform, (img.height, img.width))
+    return read_vector_labels(labels, georef)

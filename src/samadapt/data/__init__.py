@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from samadapt.data.build import build_from_vectors
 from samadapt.data.check import DatasetReport, Problem, check_dataset, format_report
-from samadapt.data.dataset import (
-    IGNORE_INDEX,
-    SegDataset,
-    make_splits,
-    write_classes,
-    write_sample,
-    write_splits,
-)
+from samadapt.data.dataset import IGNORE_INDEX, SegDataset
 from samadapt.data.hf import from_hf_dataset
+from samadapt.data.splits import make_splits, write_splits
+from samadapt.data.write import write_classes, write_sample
 
 __all__ = [
     "IGNORE_INDEX",

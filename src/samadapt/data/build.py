@@ -29,29 +29,16 @@ from samadapt.data.dataset import (
     IGNORE_INDEX,
     IMAGES_DIR,
     MASKS_DIR,
-    _check_stem,
-    write_classes,
 )
 from samadapt.data.manifest import DATASET, output_folder
+from samadapt.data.write import check_stem, write_classes
 from samadapt.errors import InputError, InputFileError
+from samadapt.imagery.tiling import tile_offsets
 from samadapt.mapping.outputs import write_mask_geotiff
 from samadapt.prompts.io import to_pyproj_crs
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _BLOCK = 256
-
-
-def tile_offsets(length: int, tile_size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles along one axis: a step of ``tile_size - overlap``, last tile at the edge.
-
-    The last tile starts where the previous step lands and is cut short by the edge (it is
-    not shifted back to be full size), so no pixel is read twice unless ``overlap`` asks.
-    """
-    step = tile_size - overlap
-    starts = [0]
-    while starts[-1] + tile_size < length:
-        starts.append(starts[-1] + step)
-    return starts
 
 
 def _read_vectors(path: Path) -> Any:
@@ -262,7 +249,8 @@ def build_from_vectors(
             for col in tile_offsets(src.width, tile_size, overlap):
                 window = Window(col, row, min(tile_size, src.width - col), min(tile_size, src.height - row))
                 stem = f"{raster.stem}_r{row:0{digits}d}_c{col:0{digits}d}"
-                written += _write_tile(src, window, band_list, stem, stage, tree, geoms, values, all_touched, keep_empty)
+                written += _write_tile(src, window, band_list, stem, stage, tree, geoms, values, all_touched,
+                                       keep_empty)
         if written == 0:
             raise InputError(
                 f"no tile of {raster.name} has a polygon pixel; pass all_touched=True for polygons smaller "
@@ -285,7 +273,7 @@ def _write_tile(
     keep_empty: bool,
 ) -> int:
     """Write one tile's image and mask; 1 if written, 0 if skipped (all nodata, or empty)."""
-    _check_stem(stem)
+    check_stem(stem)
     height, width = int(window.height), int(window.width)
     transform = src.transform @ Affine.translation(window.col_off, window.row_off)
     data = src.read(band_list, window=window)

@@ -20,7 +20,8 @@ mask on open, and a typo'd id would silently become a class); :func:`check_datas
 Files whose names start with ``.`` (temporary files of interrupted writes) are ignored.
 A dataset samadapt writes whole (``data build``, ``data from-hf``, ``annotate``) also holds
 ``samadapt.json``, the list of its files that lets ``--overwrite`` replace it and nothing else
-(see :mod:`samadapt.data.manifest`).
+(see :mod:`samadapt.data.manifest`). Samples and ``classes.json`` are written by
+:mod:`samadapt.data.write`, splits made and written by :mod:`samadapt.data.splits`.
 """
 
 from __future__ import annotations
@@ -29,25 +30,22 @@ import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from samadapt._io import write_json
-from samadapt.errors import InputError, InputFileError, OutputExistsError
-from samadapt.imagery.read import GeoImage, Stretch
+from samadapt.errors import InputError, InputFileError
+from samadapt.imagery.read import GeoImage
 from samadapt.imagery.read import read_image as _read_image
-from samadapt.mapping.outputs import _atomic_target, write_mask_geotiff, write_mask_png
+from samadapt.imagery.stretch import Stretch
+from samadapt.prompts.types import IGNORE as IGNORE_INDEX
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
 SPLITS_FILE = "splits.json"
 CLASSES_FILE = "classes.json"
-IGNORE_INDEX = 255
-"""Mask value of pixels that carry no label; never a class id."""
 DEFAULT_CLASSES: dict[int, str] = {0: "background", 1: "object"}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -106,7 +104,7 @@ class SegDataset:
         masks = _unique(scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / MASKS_DIR)
         classes = load_classes(root)
         splits = load_splits(root)
-        _check_split_members(splits, images.keys(), root, root / SPLITS_FILE)
+        check_split_members(splits, images.keys(), root, root / SPLITS_FILE)
         return cls(root, images=images, masks=masks, classes=classes or DEFAULT_CLASSES, splits=splits)
 
     def __len__(self) -> int:
@@ -257,7 +255,7 @@ def _unique(found: dict[str, list[Path]], folder: Path) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in found.items()}
 
 
-def _preview(items: Sequence[str], limit: int = 5) -> str:
+def preview(items: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(repr(s) for s in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -286,7 +284,7 @@ def load_classes(root: Path) -> dict[int, str] | None:
     doc = _load_json(path)
     if not isinstance(doc, dict):
         raise InputError(f'{path} must be a JSON object such as {{"0": "background", "1": "building"}}')
-    return _check_classes({_class_id(key, path): name for key, name in doc.items()}, str(path))
+    return check_classes({_class_id(key, path): name for key, name in doc.items()}, str(path))
 
 
 def _class_id(key: Any, where: Path) -> int:
@@ -296,7 +294,7 @@ def _class_id(key: Any, where: Path) -> int:
         raise InputError(f"{where}: key {key!r} is not a class id; keys must be whole numbers from 0 to 254") from None
 
 
-def _check_classes(classes: Mapping[Any, Any], where: str) -> dict[int, str]:
+def check_classes(classes: Mapping[Any, Any], where: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for key, name in classes.items():
         if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < IGNORE_INDEX:
@@ -322,10 +320,10 @@ def load_splits(root: Path) -> dict[str, list[str]]:
     if not path.exists():
         return {}
     doc = _load_json(path)
-    return _check_split_structure(doc, str(path))
+    return check_split_structure(doc, str(path))
 
 
-def _check_split_structure(doc: Any, where: str) -> dict[str, list[str]]:
+def check_split_structure(doc: Any, where: str) -> dict[str, list[str]]:
     if not isinstance(doc, Mapping):
         raise InputError(f'{where} must be a JSON object such as {{"train": ["a", "b"], "val": ["c"]}}')
     out: dict[str, list[str]] = {}
@@ -336,61 +334,12 @@ def _check_split_structure(doc: Any, where: str) -> dict[str, list[str]]:
             raise InputError(f"{where}: split {name!r} must be a list of stems (strings), got {stems!r:.60}")
         if len(set(stems)) != len(stems):
             dupes = sorted({s for s in stems if list(stems).count(s) > 1})
-            raise InputError(f"{where}: split {name!r} lists {_preview(dupes)} more than once; list each stem once")
+            raise InputError(f"{where}: split {name!r} lists {preview(dupes)} more than once; list each stem once")
         out[name] = list(stems)
     return out
 
 
-def make_splits(
-    stems: Sequence[str], *, val: float = 0.2, test: float = 0.2, seed: int = 0
-) -> dict[str, list[str]]:
-    """Split stems at random into train, val and test; every stem lands in exactly one.
-
-    The stems are sorted before a seeded shuffle, so the result depends only on the set of
-    stems, the fractions and the seed. Split sizes are ``round(val * n)`` and
-    ``round(test * n)``, reduced if needed so that train keeps at least one stem.
-
-    Args:
-        stems: the sample stems (e.g. ``SegDataset.stems()``); no duplicates.
-        val: fraction for validation, in [0, 1).
-        test: fraction for test, in [0, 1); ``val + test`` must be below 1.
-        seed: seed of the shuffle.
-
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}``, each list sorted.
-
-    Raises:
-        InputError: bad fractions or duplicate stems.
-    """
-    for name, frac in (("val", val), ("test", test)):
-        if not 0.0 <= frac < 1.0:
-            raise InputError(f"{name}={frac!r} is not allowed; give a fraction in [0, 1)")
-    if val + test >= 1.0:
-        raise InputError(f"val + test = {val + test:g} leaves nothing to train on; keep their sum below 1")
-    ordered = sorted(stems)
-    if len(set(ordered)) != len(ordered):
-        dupes = sorted({s for s in ordered if ordered.count(s) > 1})
-        raise InputError(f"stems {_preview(dupes)} are given more than once; give each stem once")
-    n = len(ordered)
-    n_test = round(test * n)
-    n_val = round(val * n)
-    excess = n_test + n_val - (n - 1)
-    if n and excess > 0:  # keep one training sample; take the excess from the larger split first
-        for _ in range(excess):
-            if n_val >= n_test:
-                n_val -= 1
-            else:
-                n_test -= 1
-    order = np.random.default_rng(seed).permutation(n)
-    shuffled = [ordered[i] for i in order]
-    return {
-        "train": sorted(shuffled[n_val + n_test :]),
-        "val": sorted(shuffled[:n_val]),
-        "test": sorted(shuffled[n_val : n_val + n_test]),
-    }
-
-
-def _check_split_members(splits: Mapping[str, Sequence[str]], images: Iterable[str], root: Path,
+def check_split_members(splits: Mapping[str, Sequence[str]], images: Iterable[str], root: Path,
                          source: Path | None) -> None:
     """Every stem of ``splits`` has an image and is in one split only.
 
@@ -409,197 +358,10 @@ def _check_split_members(splits: Mapping[str, Sequence[str]], images: Iterable[s
         if missing:
             raise InputError(
                 f"split {name!r}{in_file} names {len(missing)} stem(s) with no image in "
-                f"{root / IMAGES_DIR}: {_preview(missing)}; remove them or add the images"
+                f"{root / IMAGES_DIR}: {preview(missing)}; remove them or add the images"
             )
         for stem in stems:
             if stem in owner and owner[stem] != name:
                 raise InputError(f"stem {stem!r} is in both split {owner[stem]!r} and split {name!r}{of_file}; "
                                  "a sample must be in exactly one split")
             owner[stem] = name
-
-
-def write_splits(root: str | Path, splits: Mapping[str, Sequence[str]], *, overwrite: bool = False) -> Path:
-    """Write ``root/splits.json`` after checking every stem has an image and is in one split only.
-
-    Args:
-        root: the dataset folder (with its ``images/``).
-        splits: split name -> stems, e.g. from :func:`make_splits`.
-        overwrite: replace an existing ``splits.json``.
-
-    Returns:
-        The path written.
-
-    Raises:
-        InputError: malformed splits, stems without an image, or a stem in two splits.
-        OutputExistsError: the file exists and ``overwrite`` is False.
-    """
-    root = Path(root)
-    checked = _check_split_structure(splits, "splits")
-    _check_split_members(checked, scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES).keys(), root, None)
-    return write_json(root / SPLITS_FILE, {k: sorted(v) for k, v in checked.items()}, overwrite=overwrite)
-
-
-def write_classes(root: str | Path, classes: Mapping[int, str], *, overwrite: bool = False) -> Path:
-    """Write ``root/classes.json`` (``{"0": "background", "1": ...}``).
-
-    Args:
-        root: the dataset folder.
-        classes: class id (0-254) -> name; 0 is added as "background" when missing.
-        overwrite: replace an existing ``classes.json``.
-
-    Returns:
-        The path written.
-
-    Raises:
-        InputError: an id outside 0-254 or an empty name.
-        OutputExistsError: the file exists and ``overwrite`` is False.
-    """
-    root = Path(root)
-    checked = _check_classes(classes, "classes")
-    return write_json(root / CLASSES_FILE, {str(k): v for k, v in checked.items()}, overwrite=overwrite)
-
-
-def _check_stem(stem: str) -> None:
-    if not isinstance(stem, str) or not stem or stem.startswith(".") or any(c in stem for c in '/\\:*?"<>|\0'):
-        raise InputError(
-            f"stem {stem!r} cannot name a file; use letters, digits, '_', '-' and '.' (not at the start)"
-        )
-
-
-def as_label_mask(mask: np.ndarray) -> np.ndarray:
-    """Check a mask and return it as (H, W) uint8 class ids (bool True becomes class 1).
-
-    Raises:
-        InputError: not 2-D, not integer or bool, or values outside 0..255.
-    """
-    arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise InputError(f"a mask must be an (H, W) array of class ids; got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8)
-    if arr.dtype.kind not in "iu":
-        raise InputError(f"a mask must hold integer class ids (0-254, 255 = ignore); got dtype {arr.dtype}")
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > IGNORE_INDEX):
-        raise InputError(
-            f"mask values {int(arr.min())}..{int(arr.max())} are out of range; class ids are 0-254, 255 = ignore"
-        )
-    return arr.astype(np.uint8)
-
-
-def _raster_header(path: Path) -> tuple[int, int, Any, Affine | None]:
-    """(height, width, crs, transform or None) of an existing image."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            transform = None if src.transform == Affine.identity() else src.transform
-            return src.height, src.width, (src.crs if src.crs else None), transform
-
-
-def _write_image(path: Path, image: GeoImage, overwrite: bool) -> None:
-    valid = image.valid
-    if path.suffix == ".png":
-        from PIL import Image
-
-        # PNG keeps no georeferencing; invalid pixels become transparent so read_image sees them.
-        pixels = image.pixels if valid.all() else np.dstack([image.pixels, valid.astype(np.uint8) * 255])
-        with _atomic_target(path, overwrite=overwrite) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
-        return
-    profile: dict[str, Any] = {
-        "driver": "GTiff", "height": image.height, "width": image.width, "count": 3, "dtype": "uint8",
-        "photometric": "RGB", "compress": "deflate",
-    }
-    if image.georeferenced:
-        profile.update(crs=image.crs, transform=image.transform)
-    if image.height >= 256 and image.width >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with _atomic_target(path, overwrite=overwrite) as tmp:
-        with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(np.moveaxis(image.pixels, 2, 0))
-                if not valid.all():  # an internal mask, not nodata: black pixels stay valid
-                    dst.write_mask(valid.astype(np.uint8) * 255)
-
-
-def _others(folder: Path, stem: str, suffixes: Sequence[str], keep: Path) -> list[Path]:
-    return [p for p in scan_files(folder, suffixes).get(stem, []) if p.name != keep.name]
-
-
-def write_sample(
-    root: str | Path,
-    stem: str,
-    image: GeoImage | None,
-    mask: np.ndarray | None,
-    *,
-    image_format: Literal["tif", "png"] = "tif",
-    overwrite: bool = False,
-) -> tuple[Path | None, Path | None]:
-    """Write one sample (image, mask or both) into a dataset folder.
-
-    ``"tif"`` writes the image as a 3-band uint8 GeoTIFF keeping its CRS and transform (invalid
-    pixels in an internal mask) and the mask as a GeoTIFF on the same grid (255 = ignore =
-    nodata). ``"png"`` writes a PNG image (RGBA when some pixels are invalid; georeferencing
-    is dropped) and a PNG mask. A mask written alone for an existing image takes that image's
-    CRS and transform. A bool mask is written as 0 / 1 (class 1), not 0 / 255.
-
-    Args:
-        root: the dataset folder (created if missing).
-        stem: the sample's file name without suffix.
-        image: the image, or None to write only the mask.
-        mask: (H, W) class ids (0-254, 255 = ignore) or bool, or None for an unlabelled image.
-        image_format: ``"tif"`` or ``"png"``; the mask uses the same format.
-        overwrite: replace this stem's existing files (of any suffix).
-
-    Returns:
-        (image path or None, mask path or None) of the files written.
-
-    Raises:
-        InputError: bad stem, format or mask, or a mask whose shape is not the image's.
-        OutputExistsError: a file of this stem exists and ``overwrite`` is False.
-    """
-    root = Path(root)
-    _check_stem(stem)
-    if image_format not in ("tif", "png"):
-        raise InputError(f"image_format {image_format!r} is not allowed; use 'tif' or 'png'")
-    if image is None and mask is None:
-        raise InputError(f"nothing to write for {stem!r}; give an image, a mask or both")
-    image_path = root / IMAGES_DIR / f"{stem}.{image_format}"
-    mask_path = root / MASKS_DIR / f"{stem}.{image_format}"
-    labels = None if mask is None else as_label_mask(mask)
-    crs, transform, size = None, None, None
-    if image is not None:
-        crs, transform, size = image.crs, image.transform, (image.height, image.width)
-    else:
-        existing = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES).get(stem, [])
-        if existing:
-            height, width, crs, transform = _raster_header(existing[0])
-            size = (height, width)
-    if transform is None:
-        crs = None
-    if labels is not None and size is not None and labels.shape != size:
-        raise InputError(f"mask of {stem!r} is {labels.shape} (rows, cols) but its image is {size}; they must match")
-    stale: list[Path] = []
-    for written, data, suffixes in ((image_path, image, IMAGE_SUFFIXES), (mask_path, labels, MASK_SUFFIXES)):
-        if data is None:
-            continue
-        others = _others(written.parent, stem, suffixes, written)
-        if others and not overwrite:
-            raise OutputExistsError(f"{others[0]} exists for stem {stem!r}; pass overwrite=True to replace it")
-        if written.exists() and not overwrite:
-            raise OutputExistsError(f"{written} exists; pass overwrite=True to replace it")
-        stale += others
-    if image is not None:
-        _write_image(image_path, image, overwrite)
-    if labels is not None:
-        if image_format == "png":
-            write_mask_png(mask_path, labels, overwrite=overwrite)
-        else:
-            ignore = labels == IGNORE_INDEX
-            write_mask_geotiff(
-                mask_path, np.where(ignore, 0, labels).astype(np.uint8), crs=crs, transform=transform,
-                valid=~ignore if ignore.any() else None, overwrite=overwrite,
-            )
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return (image_path if image is not None else None, mask_path if labels is not None else None)

@@ -14,14 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from samadapt.data.dataset import (
-    IGNORE_INDEX,
-    as_label_mask,
-    write_classes,
-    write_sample,
-    write_splits,
-)
+from samadapt.data.dataset import IGNORE_INDEX
 from samadapt.data.manifest import DATASET, output_folder
+from samadapt.data.splits import write_splits
+from samadapt.data.write import as_label_mask, write_classes, write_sample
 from samadapt.errors import InputError, InputFileError, MissingDependencyError
 from samadapt.imagery.read import GeoImage, from_array
 

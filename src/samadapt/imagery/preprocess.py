@@ -109,7 +109,7 @@ def resize_to_model(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tens
     height, width, channels = pixels.shape
     new_h, new_w = resized_shape(height, width, spec)
     if (new_h, new_w) != (height, width):
-        planes = [np.asarray(Image.fromarray(pixels[:, :, i]).resize((new_w, new_h), Image.BILINEAR))
+        planes = [np.asarray(Image.fromarray(pixels[:, :, i]).resize((new_w, new_h), Image.Resampling.BILINEAR))
                   for i in range(channels)]
         resized = np.stack(planes)
     else:

@@ -2,7 +2,7 @@
 
 Every format (PNG, JPEG, TIFF, GeoTIFF, anything GDAL opens) goes through one code path,
 :func:`read_image`, built on rasterio. Numpy arrays from Python callers go through
-:func:`from_array`, which shares the band choice and the stretch.
+:func:`from_array`, which shares the band choice and the stretch (:mod:`samadapt.imagery.stretch`).
 
 Conventions used throughout:
 
@@ -23,7 +23,6 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,15 +39,17 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
-
-Stretch = tuple[float, float] | None | Literal["auto"]
-"""``"auto"``: uint8 untouched, other dtypes stretched (2, 98); a (low, high) percentile
-pair: that stretch for any dtype; ``None``: no stretch, values clipped to 0-255."""
-
-AUTO_PERCENTILES: tuple[float, float] = (2.0, 98.0)
-"""Percentiles used by ``stretch="auto"`` (QGIS's default cumulative count cut)."""
-
-_BANDS_HINT = "pass 1 or 3 bands, e.g. --bands 4,3,2 on the command line or bands=(4, 3, 2) in Python"
+from samadapt.imagery.stretch import (
+    AUTO_PERCENTILES,
+    Stretch,
+    check_stretch,
+    choose_bands,
+    finite_pixels,
+    looks_like_alpha,
+    scale_to_uint8,
+    stretch_limits,
+    to_rgb8,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,209 +103,10 @@ class GeoImage:
         return self.crs is not None and self.transform is not None
 
 
-def parse_bands(text: str) -> tuple[int, ...]:
-    """Parse a command-line band list such as ``"4,3,2"`` into 1-based band indexes.
-
-    Repeats are allowed (``"1,1,1"``). Whether the count suits the image (1 or 3) and whether
-    the bands exist is checked by :func:`read_image`.
-
-    Args:
-        text: comma-separated positive integers; spaces around them are ignored.
-
-    Returns:
-        The band indexes in the given order, e.g. ``(4, 3, 2)``.
-
-    Raises:
-        InputError: if the text is empty or an item is not an integer of at least 1.
-    """
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip():
-        raise InputError("the band list is empty; give 1-based band numbers separated by commas, e.g. 4,3,2")
-    bands = []
-    for item in items:
-        try:
-            band = int(item)
-        except ValueError:
-            raise InputError(
-                f"band {item!r} in {text!r} is not a whole number; "
-                "give 1-based band numbers separated by commas, e.g. 4,3,2"
-            ) from None
-        if band < 1:
-            raise InputError(f"band {band} in {text!r} is not allowed; bands are numbered from 1")
-        bands.append(band)
-    return tuple(bands)
-
-
-def _check_stretch(stretch: Stretch) -> tuple[float, float] | None | Literal["auto"]:
-    if stretch is None or (isinstance(stretch, str) and stretch == "auto"):
-        return stretch
-    if isinstance(stretch, str) or not isinstance(stretch, Sequence) or len(stretch) != 2:
-        raise InputError(f"stretch must be 'auto', None or a (low, high) percentile pair, got {stretch!r}")
-    low, high = float(stretch[0]), float(stretch[1])
-    if not (0.0 <= low < high <= 100.0):
-        raise InputError(f"stretch percentiles must satisfy 0 <= low < high <= 100, got ({low:g}, {high:g})")
-    return (low, high)
-
-
-def stretch_limits(
-    array: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float] = AUTO_PERCENTILES
-) -> np.ndarray:
-    """Per-band values at the given percentiles, over valid and finite pixels only.
-
-    Compute these once (e.g. on a whole raster or an overview) and pass them to
-    :func:`scale_to_uint8` to stretch every window of a raster the same way.
-
-    Args:
-        array: (C, H, W) numeric array.
-        valid: (H, W) bool, True where a pixel counts.
-        percentiles: (low, high) percentiles in [0, 100].
-
-    Returns:
-        (C, 2) float64 array of (low value, high value) per band; NaN for a band with no
-        valid finite pixel.
-    """
-    limits = np.full((array.shape[0], 2), np.nan)
-    for c, band in enumerate(array):
-        values = band[valid]
-        if values.dtype.kind == "f":
-            values = values[np.isfinite(values)]
-        if values.size:
-            limits[c] = np.percentile(values.astype(np.float64), percentiles)
-    return limits
-
-
-def scale_to_uint8(array: np.ndarray, limits: np.ndarray) -> np.ndarray:
-    """Map each band linearly so its low limit becomes 0 and its high limit 255.
-
-    Values outside the limits are clipped. A band whose limits are equal (a constant band)
-    gets 0 at or below the limit and 255 above, so nothing divides by zero; a band with NaN
-    limits (no valid pixel) becomes 0.
-
-    Args:
-        array: (C, H, W) numeric array.
-        limits: (C, 2) float array from :func:`stretch_limits`.
-
-    Returns:
-        (C, H, W) uint8 array; non-finite inputs become 0.
-    """
-    out = np.zeros(array.shape, dtype=np.uint8)
-    for c, band in enumerate(array):
-        low, high = limits[c]
-        if not (np.isfinite(low) and np.isfinite(high)):
-            continue
-        values = band.astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            if high > low:
-                scaled = (values - low) * (255.0 / (high - low))
-            else:
-                scaled = np.where(values > high, 255.0, 0.0)
-            scaled = np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 255.0)
-        out[c] = np.rint(scaled).astype(np.uint8)
-    return out
-
-
-def to_rgb8(array: np.ndarray, valid: np.ndarray, *, stretch: Stretch = "auto") -> np.ndarray:
-    """Turn one or three bands of any numeric dtype into the (H, W, 3) uint8 RGB SAM sees.
-
-    Args:
-        array: (C, H, W) array, band-first, C in {1, 3}; one band is repeated to grey RGB.
-        valid: (H, W) bool, True where a pixel is data. Pixels that are False, or NaN or
-            infinite in any band, are excluded from the statistics and set to 0.
-        stretch: ``"auto"`` leaves uint8 untouched and stretches any other dtype between
-            its (2, 98) percentiles; a (low, high) percentile pair forces that stretch for
-            any dtype; None clips values to 0-255 (rounding floats) without stretching.
-
-    Returns:
-        (H, W, 3) uint8 array.
-
-    Raises:
-        InputError: on a wrong shape, band count, dtype or stretch.
-    """
-    array = np.asarray(array)
-    valid = np.asarray(valid)
-    if array.ndim != 3 or array.shape[0] not in (1, 3):
-        raise InputError(
-            f"to_rgb8 needs a (C, H, W) array with C = 1 or 3 bands, got shape {array.shape}; {_BANDS_HINT}"
-        )
-    if valid.shape != array.shape[1:]:
-        raise InputError(f"valid has shape {valid.shape} but the image is {array.shape[1:]} (rows, cols)")
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"image values must be boolean, integer or real numbers, got dtype {array.dtype}")
-    stretch = _check_stretch(stretch)
-    valid = valid.astype(bool) & _finite(array)
-    if stretch == "auto":
-        stretch = None if array.dtype == np.uint8 else AUTO_PERCENTILES
-    if stretch is None:
-        if array.dtype == np.uint8:
-            bytes_ = array.copy()
-        else:
-            values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-            bytes_ = np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
-    else:
-        bytes_ = scale_to_uint8(array, stretch_limits(array, valid, stretch))
-    bytes_[:, ~valid] = 0
-    if bytes_.shape[0] == 1:
-        bytes_ = np.repeat(bytes_, 3, axis=0)
-    return np.ascontiguousarray(bytes_.transpose(1, 2, 0))
-
-
-def _finite(array: np.ndarray) -> np.ndarray:
-    """(H, W) bool, True where every band of a (C, H, W) array is finite."""
-    if array.dtype.kind != "f":
-        return np.ones(array.shape[1:], dtype=bool)
-    return np.isfinite(array).all(axis=0)
-
-
-def _choose_bands(
-    bands: Sequence[int] | None, count: int, alpha_last: bool, name: str
-) -> tuple[tuple[int, ...], int | None]:
-    """Pick the 1-based bands to show and the alpha band (or None) for a ``count``-band source.
-
-    ``alpha_last`` says whether the source marks its last band as alpha (colour
-    interpretation); only the defaults use it.
-    """
-    if bands is None:
-        if count == 1:
-            return (1,), None
-        if count == 2:
-            return (1,), 2  # grey + alpha
-        if count == 4 and alpha_last:
-            return (1, 2, 3), 4
-        return (1, 2, 3), None
-    if isinstance(bands, (str, bytes)):
-        raise InputError(
-            f"bands must be a sequence of integers, got the string {bands!r}; "
-            "use parse_bands() to read text like '4,3,2'"
-        )
-    chosen = []
-    for band in bands:
-        try:
-            index = operator.index(band)
-        except TypeError:
-            raise InputError(f"band {band!r} is not an integer; bands are 1-based integers from 1 to {count}") from None
-        if isinstance(band, bool) or not 1 <= index <= count:
-            raise InputError(f"band {band!r} does not exist: {name} has {count} band(s), numbered 1 to {count}")
-        chosen.append(index)
-    if len(chosen) not in (1, 3):
-        raise InputError(f"got {len(chosen)} bands {tuple(chosen)} but SAM takes grey or RGB; {_BANDS_HINT}")
-    return tuple(chosen), None
-
-
-def looks_like_alpha(band: np.ndarray) -> bool:
-    """True when an unmarked second band can only be an alpha band: integers, all 0 or the type's maximum.
-
-    A second band of data (SAR VV / VH in dB, say) is not taken for validity: its values
-    would blank most of the image.
-    """
-    if not np.issubdtype(band.dtype, np.integer) or band.dtype == np.bool_:
-        return False
-    top = np.iinfo(band.dtype).max
-    return bool(((band == 0) | (band == top)).all())
-
-
 def _nodata_invalid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
     """(H, W) bool, True where every band of (C, H, W) ``data`` that has a nodata value equals it."""
-    pairs = [(band, value) for band, value in zip(data, nodatavals, strict=False) if value is not None and not math.isnan(value)]
+    pairs = [(band, value) for band, value in zip(data, nodatavals, strict=False)
+             if value is not None and not math.isnan(value)]
     if not pairs:
         return np.zeros(data.shape[1:], dtype=bool)
     invalid = np.ones(data.shape[1:], dtype=bool)
@@ -397,7 +199,7 @@ def read_image(
     Args:
         path: the file to read.
         bands: 1-based band indexes to show, 1 or 3 of them (e.g. ``(4, 3, 2)``).
-        stretch: see :func:`to_rgb8`; statistics come from the valid pixels read (of the
+        stretch: see :func:`samadapt.imagery.stretch.to_rgb8`; statistics come from the valid pixels read (of the
             window, for a window read).
         window: read only this window (col_off, row_off, width, height in pixels). It is
             snapped outward to whole pixels and clipped to the raster; the returned
@@ -417,7 +219,7 @@ def read_image(
         raise InputFileError(f"image file not found: {path}")
     if path.is_dir():
         raise InputFileError(f"{path} is a folder, not an image file; give the path of one image or raster")
-    stretch = _check_stretch(stretch)
+    stretch = check_stretch(stretch)
     # Plain images have no geotransform; rasterio warns and reports identity. We report None.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -436,12 +238,12 @@ def _read_dataset(
     window: Window | None,
 ) -> GeoImage:
     alpha_last = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
-    chosen, alpha = _choose_bands(bands, dataset.count, alpha_last, path.name)
+    chosen, alpha = choose_bands(bands, dataset.count, alpha_last, path.name)
     window = _read_window(window, dataset.height, dataset.width, path.name)
     with pixel_read_errors(path, window=window, bands=chosen):
         data = dataset.read(list(chosen), window=window)
     nodatavals = [dataset.nodatavals[b - 1] for b in chosen]
-    valid = ~_nodata_invalid(data, nodatavals) & _finite(data)
+    valid = ~_nodata_invalid(data, nodatavals) & finite_pixels(data)
     # Per-dataset masks (internal mask bands, alpha GDAL knows about) apply to every band.
     flags = dataset.mask_flag_enums
     masked = [b for b in chosen if MaskFlags.per_dataset in flags[b - 1]]
@@ -498,7 +300,7 @@ def from_array(
             ``CRS.from_user_input`` accepts, e.g. ``"EPSG:32616"`` or a PROJ/WKT string).
         transform: pixel (col, row) -> map (x, y) affine, origin at the top-left corner.
         nodata: value that marks invalid pixels when all chosen channels equal it.
-        stretch: see :func:`to_rgb8`.
+        stretch: see :func:`samadapt.imagery.stretch.to_rgb8`.
         bands: 1-based channel indexes to show (1 or 3); defaults as in
             :func:`read_image`, except that a 4th channel is never taken as alpha.
         valid: optional (H, W) bool, False where the caller knows pixels are invalid.
@@ -519,9 +321,9 @@ def from_array(
         raise InputError(f"an image array must be (H, W), (H, W, C) or (C, H, W), got shape {array.shape}")
     if array.shape[1] == 0 or array.shape[2] == 0:
         raise InputError(f"the image array is empty, shape {array.shape}")
-    chosen, alpha = _choose_bands(bands, array.shape[0], False, "the array")
+    chosen, alpha = choose_bands(bands, array.shape[0], False, "the array")
     data = array[[b - 1 for b in chosen]]
-    mask = ~_nodata_invalid(data, [nodata] * len(chosen)) & _finite(data)
+    mask = ~_nodata_invalid(data, [nodata] * len(chosen)) & finite_pixels(data)
     if alpha is not None and looks_like_alpha(array[alpha - 1]):
         mask &= array[alpha - 1] > 0
     if valid is not None:
@@ -599,14 +401,16 @@ def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "au
         with rasterio.open(path) as ds:
             for b in bands:
                 if not 1 <= b <= ds.count:
-                    raise InputError(f"band {b} does not exist: {path.name} has {ds.count} band(s), numbered 1 to {ds.count}")
+                    raise InputError(
+                        f"band {b} does not exist: {path.name} has {ds.count} band(s), numbered 1 to {ds.count}"
+                    )
             with pixel_read_errors(path, bands=bands):
                 data = ds.read(list(bands))
                 valid = ds.dataset_mask() > 0
     except rasterio.errors.RasterioIOError as e:
         raise InputFileError(f"{path} is not a readable image or raster ({e})") from None
     valid &= np.isfinite(data).all(axis=0) if np.issubdtype(data.dtype, np.floating) else True
-    mode = _check_stretch(stretch)
+    mode = check_stretch(stretch)
     if mode == "auto":
         mode = None if data.dtype == np.uint8 else AUTO_PERCENTILES
     if mode is None:

@@ -14,11 +14,8 @@ in pixel coordinates (x right, y down, pixel edges at integers).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +28,8 @@ import shapely.geometry
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
-from samadapt._io import writing
-from samadapt.errors import InputError, OutputExistsError
+from samadapt._io import atomic_file, check_target
+from samadapt.errors import InputError
 from samadapt.predict.result import MaskCrop, SegmentationResult
 from samadapt.prompts.io import to_pyproj_crs
 
@@ -48,29 +45,6 @@ GPKG_LAYER = "masks"
 # is 6,371 km; anything far outside this range is another body (Mars is 3,396 km).
 _EARTH_SEMI_MAJOR_M = (6_350_000.0, 6_400_000.0)
 _TILE = 256
-
-
-def _check_target(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if path.is_dir():
-        raise OutputExistsError(f"{path} is a folder; give a file name for the output")
-
-
-@contextmanager
-def _atomic_target(path: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success."""
-    _check_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        with writing(path):  # GDAL / OGR report a full disk in their own words: an OSError naming path
-            yield tmp
-            os.replace(tmp, path)
-    finally:
-        # SQLite (GeoPackage) may leave journal files beside a temp file that failed half way.
-        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
-            leftover.unlink(missing_ok=True)
 
 
 def _check_masks(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +202,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray, *, overwrite: bool = Fals
         out = arr.astype(np.uint8) * np.uint8(255)
     else:
         out = arr.astype(_label_dtype(arr, by_value=True, reserve_max=False))
-    with _atomic_target(path, overwrite=overwrite) as tmp:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
     return path
 
@@ -279,6 +253,7 @@ def write_mask_geotiff(
     if valid is not None:
         out[~np.asarray(valid)] = nodata
     height, width = out.shape
+    map_crs = to_pyproj_crs(crs)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "height": height,
@@ -287,12 +262,12 @@ def write_mask_geotiff(
         "dtype": dtype.name,
         "nodata": nodata,
         "compress": "deflate",
-        "crs": to_pyproj_crs(crs).to_wkt() if crs is not None else None,
+        "crs": map_crs.to_wkt() if map_crs is not None else None,
         "transform": transform,
     }
     if height >= _TILE and width >= _TILE:
         profile.update(tiled=True, blockxsize=_TILE, blockysize=_TILE)
-    with _atomic_target(path, overwrite=overwrite) as tmp:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain image has no transform
             with rasterio.open(tmp, "w", **profile) as dst:
@@ -362,7 +337,7 @@ def write_polygons(
         _check_earth(gdf)
         gdf = gdf.to_crs("EPSG:4326")
     is_gpkg = suffix == ".gpkg"
-    with _atomic_target(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+    with atomic_file(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
         # Polygons of a raster without a CRS are written without one, as vectorize documents;
         # the CLI says so once. pyogrio would warn, with a source line, for every file.
         warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
@@ -419,7 +394,7 @@ def write_segmentation(
     suffix = out.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"output {out} has suffix {suffix!r}; allowed are {', '.join(OUTPUT_SUFFIXES)}")
-    _check_target(out, overwrite)  # fail before the work of vectorising
+    check_target(out, overwrite=overwrite)  # fail before the work of vectorising
     if suffix in PNG_SUFFIXES:
         # one object: a visible 0/255 mask; several: the label image
         picture = result.mask(0) if len(result) == 1 else result.label_image()

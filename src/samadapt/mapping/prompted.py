@@ -9,28 +9,25 @@ in a memory-mapped scratch array and written as the same outputs as
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from samadapt._io import write_json
-from samadapt.errors import InputError, InputFileError
-from samadapt.mapping.tiled import (
-    DONE,
-    MapOptions,
-    MapResult,
-    Scratch,
-    _bands_for,
-    _write_outputs,
-    finished_result,
-    raster_limits,
-    read_tile,
-)
+from samadapt.errors import InputError, SamadaptError
+from samadapt.imagery.windows import bands_for, raster_limits, read_tile
+from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_raster
 from samadapt.prompts.types import ObjectPrompt
+
+if TYPE_CHECKING:
+    from samadapt.models.accel.speed import RuntimeOptions
+
+#: (h, w, 3) uint8 pixels of a window, their (h, w) validity and a prompt in the window's
+#: pixels -> the (h, w) probability of the object.
+Predict = Callable[[np.ndarray, np.ndarray, ObjectPrompt], np.ndarray]
 
 
 def rough_prompts(raster: Path, *, a: int, b: int, threshold: float = 0.0, min_area: int = 20,
@@ -40,13 +37,14 @@ def rough_prompts(raster: Path, *, a: int, b: int, threshold: float = 0.0, min_a
     The index is computed over the whole raster, so this suits rasters that fit in memory.
     """
     from samadapt.prompts.rough import index_from_bands, prompts_from_rough, rough_mask
+    from samadapt.prompts.sampling import SamplingOptions
 
     index = index_from_bands(raster, a, b)
     mask = rough_mask(index=index, threshold=threshold, min_area=min_area)
-    return prompts_from_rough(mask, mode=mode, min_area=min_area)  # type: ignore[arg-type]
+    return prompts_from_rough(mask, SamplingOptions(mode=mode, min_area=min_area))  # type: ignore[arg-type]
 
 
-def _predictor(model: Any) -> Any:
+def _predictor(model: Any) -> Predict:
     """A function (pixels (h, w, 3) uint8, valid, prompt in window pixels) -> (h, w) probability."""
     from samadapt.methods.base import Sample
 
@@ -82,62 +80,131 @@ def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: li
         prompts: one ObjectPrompt per object, pixels of the whole raster.
         options: output settings (tile overlap does not apply).
         tile: window side; default the model's input size.
+
+    Raises:
+        InputError: no prompts, a prompt outside the raster, or a model that takes no prompts.
+        InputFileError: the raster is missing or not readable.
     """
     options = options or MapOptions()
-    raster, out_dir = Path(raster), Path(out_dir)
-    if not raster.is_file():
-        raise InputFileError(f"raster not found: {raster}")
     if not prompts:
-        raise InputError(f"no prompts for {raster.name}: the prompt file or rough mask gave no objects")
-    stem = raster.stem
-    done = out_dir / f"{stem}{DONE}"
-    finished = finished_result(raster, done, options)
-    if finished is not None:
-        return finished
-    predict = _predictor(model)
-    spec = model.method.preprocessing if hasattr(model, "method") else model.loaded.preprocessing
-    tile = tile or options.tile or spec.size
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = out_dir / f".{stem}.scratch"
-    scratch.mkdir(exist_ok=True)
-    result = MapResult(raster)
-    try:
-        with rasterio.open(raster) as ds:
-            bands = _bands_for(ds, getattr(model, "bands", None))
-            limits = raster_limits(ds, bands)
-            h, w = ds.height, ds.width
-            acc = Scratch(scratch / "acc.npy", (3, h, w))
-            for prompt in prompts:
-                prompt.check_inside(h, w)
-                if prompt.box is not None:
-                    cx, cy = (prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2
-                    side = int(max(tile, prompt.box[2] - prompt.box[0] + 32, prompt.box[3] - prompt.box[1] + 32))
-                else:
-                    cx, cy = prompt.points[prompt.labels == 1].mean(axis=0) if (prompt.labels == 1).any() else prompt.points[0]
-                    side = tile
-                c0 = int(np.clip(round(cx - side / 2), 0, max(w - side, 0)))
-                r0 = int(np.clip(round(cy - side / 2), 0, max(h - side, 0)))
-                win = Window(c0, r0, min(side, w - c0), min(side, h - r0))
-                pixels, valid = read_tile(ds, win, bands, limits)
-                if not valid.any():
-                    result.skipped_tiles += 1
-                    continue
-                prob = predict(np.ascontiguousarray(pixels), valid, _shift(prompt, c0, r0)) * valid
-                sl = (slice(r0, r0 + int(win.height)), slice(c0, c0 + int(win.width)))
-                arr = acc.at(r0)
-                arr[(1, *sl)] = np.maximum(arr[(1, *sl)], prob)
-                result.tiles += 1
-            # background probability and a weight of 1 wherever the raster has data
-            for r in range(0, h, 1024):
-                sl = (slice(r, min(r + 1024, h)), slice(0, w))
-                valid = ds.dataset_mask(window=Window(0, r, w, sl[0].stop - r)) > 0
-                arr = acc.at(r)
-                arr[(0, *sl)] = 1.0 - arr[(1, *sl)]
-                arr[(2, *sl)] = valid.astype(np.float32)
-            acc.release()
-            result.outputs = _write_outputs(ds, acc, 2, out_dir, stem, options)
-        write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()},
-                          "tiles": result.tiles, "prompts": len(prompts)})
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
+        raise InputError(f"no prompts for {Path(raster).name}: the prompt file or rough mask gave no objects")
+
+    def prepare() -> Fill:
+        predict = _predictor(model)
+        spec = model.method.preprocessing if hasattr(model, "method") else model.loaded.preprocessing
+        side = tile or options.tile or spec.size
+        return lambda run: _fill_objects(run, predict, getattr(model, "bands", None), prompts, side)
+
+    return run_raster(raster, out_dir, options, classes=2, prepare=prepare)
+
+
+def _fill_objects(run: RasterRun, predict: Predict, model_bands: tuple[int, ...] | None,
+                  prompts: list[ObjectPrompt], tile: int) -> dict[str, int]:
+    """Combine the objects' probabilities by their maximum; class 0 is 1 - that, weight 1 on data."""
+    ds, result = run.ds, run.result
+    bands = bands_for(ds, model_bands)
+    limits = raster_limits(ds, bands)
+    h, w = ds.height, ds.width
+    acc = run.accumulator()
+    for prompt in prompts:
+        prompt.check_inside(h, w)
+        if prompt.box is not None:
+            cx, cy = (prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2
+            side = int(max(tile, prompt.box[2] - prompt.box[0] + 32, prompt.box[3] - prompt.box[1] + 32))
+        else:
+            positive = prompt.labels == 1
+            cx, cy = prompt.points[positive].mean(axis=0) if positive.any() else prompt.points[0]
+            side = tile
+        c0 = int(np.clip(round(cx - side / 2), 0, max(w - side, 0)))
+        r0 = int(np.clip(round(cy - side / 2), 0, max(h - side, 0)))
+        win = Window(c0, r0, min(side, w - c0), min(side, h - r0))
+        pixels, valid = read_tile(ds, win, bands, limits)
+        if not valid.any():
+            result.skipped_tiles += 1
+            continue
+        prob = predict(np.ascontiguousarray(pixels), valid, _shift(prompt, c0, r0)) * valid
+        sl = (slice(r0, r0 + int(win.height)), slice(c0, c0 + int(win.width)))
+        arr = acc.at(r0)
+        arr[(1, *sl)] = np.maximum(arr[(1, *sl)], prob)
+        result.tiles += 1
+    # background probability and a weight of 1 wherever the raster has data
+    for r in range(0, h, 1024):
+        sl = (slice(r, min(r + 1024, h)), slice(0, w))
+        valid = ds.dataset_mask(window=Window(0, r, w, sl[0].stop - r)) > 0
+        arr = acc.at(r)
+        arr[(0, *sl)] = 1.0 - arr[(1, *sl)]
+        arr[(2, *sl)] = valid.astype(np.float32)
+    return {"prompts": len(prompts)}
+
+
+def load_prompted_model(ref: str | Path, *, base: str | None = None, device: str = "cpu",
+                        runtime: RuntimeOptions | str = "auto") -> Any:
+    """The model behind ``ref`` for prompted mapping: a mask-decoder adapter when ``ref`` is an
+    adapter folder (a damaged one too, so loading says what is wrong with it), else a
+    ``Segmenter`` over the SAM model ``ref`` names (registry name, folder or ``.pth``).
+
+    Args:
+        ref: an adapter folder or a SAM model reference.
+        base: the adapter's base model, instead of the one its config names.
+        device: torch device.
+        runtime: encoder runtime (see :class:`samadapt.models.accel.speed.RuntimeOptions`).
+    """
+    from samadapt.train.adapter import is_adapter_ref, load_adapter
+
+    if is_adapter_ref(ref):
+        return load_adapter(ref, base=base, device=device, runtime=runtime)
+    from samadapt.predict.segmenter import Segmenter
+
+    return Segmenter(str(ref), device=device, runtime=runtime)
+
+
+def predict_prompted_rasters(model: Any, rasters: Sequence[Path], out_dir: Path, *, prompts: Path | None = None,
+                             rough: tuple[int, int, float] | None = None, options: MapOptions | None = None,
+                             base: str | None = None, device: str = "cpu",
+                             runtime: RuntimeOptions | str = "auto") -> list[MapResult]:
+    """Map many rasters with prompts from one file or from a rough index mask of each raster.
+
+    A failure on one raster is recorded in its result (status "failed", the error's message)
+    and the rest go on.
+
+    Args:
+        model: a mask-decoder adapter or a ``Segmenter``, or a reference loaded with
+            :func:`load_prompted_model` (``base``, ``device`` and ``runtime`` apply to it).
+        rasters: the rasters to map.
+        out_dir: folder for the outputs.
+        prompts: a file of boxes / points (GeoPackage, GeoJSON, CSV), read in each raster's CRS
+            and pixel grid.
+        rough: (band A, band B, threshold): prompts where (A - B) / (A + B) > threshold in each
+            raster (see :func:`rough_prompts`).
+        options: output settings.
+        base, device, runtime: see :func:`load_prompted_model`.
+
+    Raises:
+        InputError: both or neither of ``prompts`` and ``rough``, checked before the model loads.
+    """
+    from samadapt.prompts.io import read_prompt_file
+
+    if prompts is not None and rough is not None:
+        raise InputError("give --prompts or --rough, not both")
+    if rough is not None:
+        a, b, threshold = rough
+
+        def objects_of(raster: Path) -> list[ObjectPrompt]:
+            return rough_prompts(raster, a=a, b=b, threshold=threshold)
+    elif prompts is not None:
+        prompt_file = prompts
+
+        def objects_of(raster: Path) -> list[ObjectPrompt]:
+            with rasterio.open(raster) as ds:
+                return read_prompt_file(prompt_file, transform=ds.transform, raster_crs=ds.crs)
+    else:
+        raise InputError("prompted mapping needs --prompts (a file of boxes / points) or --rough A,B[,threshold]")
+    if isinstance(model, (str, Path)):
+        model = load_prompted_model(model, base=base, device=device, runtime=runtime)
+    results = []
+    for raster in rasters:
+        try:
+            results.append(predict_prompted_raster(model, raster, out_dir, objects_of(raster), options))
+        except (SamadaptError, rasterio.errors.RasterioError, OSError) as e:
+            results.append(MapResult(raster, status="failed", error=str(e)))
+    return results

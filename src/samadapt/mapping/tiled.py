@@ -12,140 +12,29 @@ skipped. No step assumes an Earth CRS: outputs keep the raster's own CRS (Mars t
 Outputs per raster, written under temporary names and renamed when complete:
 ``<stem>_classes.tif`` (class ids, 255 = nodata), optionally ``<stem>_probabilities.tif``
 (one band per class, 0-255), and ``<stem>_polygons.gpkg`` (or ``.geojson``) with class,
-area in map units and mean probability, polygons cut by tile edges merged.
+area in map units and mean probability, polygons cut by tile edges merged;
+resume, scratch and outputs are :mod:`samadapt.mapping.runner`'s.
 """
 
 from __future__ import annotations
 
 import errno
-import json
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from samadapt._io import describe_os_error, new_folder, write_json
-from samadapt.errors import DiskFullError, InputError, InputFileError, SamadaptError
+from samadapt._io import describe_os_error, new_folder
+from samadapt.errors import DiskFullError, InputError, SamadaptError
+from samadapt.imagery.tiling import covering_offsets
+from samadapt.imagery.windows import bands_for, raster_limits, read_tile
+from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_raster
 from samadapt.methods.base import Sample
-
-NODATA = 255
-DONE = ".done.json"
-
-
-@dataclass(frozen=True)
-class MapOptions:
-    """Settings of a mapping run.
-
-    Attributes:
-        tile: tile side in pixels; None = the model's input size.
-        overlap: pixels shared by neighbouring tiles; None = an eighth of the tile.
-        probabilities: also write a per-class probability GeoTIFF.
-        cog: write Cloud-Optimised GeoTIFFs.
-        polygons: "gpkg", "geojson" or None for no vector output.
-        min_area: drop polygons smaller than this, in map units squared.
-        simplify: polygon simplification tolerance in map units.
-        overwrite: redo rasters whose outputs are complete.
-        tile_gsd: ground sampling distance (map units per pixel, e.g. 0.5 for 0.5 m) the model
-            sees: tiles are resampled to it and predictions resampled back, so results do not
-            depend on the raster's own resolution or extent.
-        batch_size: tiles per pass of the model (in-process runs); results do not depend on it.
-    """
-
-    tile: int | None = None
-    overlap: int | None = None
-    probabilities: bool = False
-    cog: bool = False
-    polygons: Literal["gpkg", "geojson"] | None = "gpkg"
-    min_area: float = 0.0
-    simplify: float = 0.0
-    overwrite: bool = False
-    tile_gsd: float | None = None
-    batch_size: int = 1
-
-    def __post_init__(self) -> None:
-        if self.tile is not None and self.tile < 1:
-            raise InputError(f"--tile must be a tile side of at least 1 pixel, got {self.tile}; leave it out for "
-                             "the model's input size")
-
-
-@dataclass
-class MapResult:
-    """What mapping one raster produced."""
-
-    raster: Path
-    outputs: dict[str, Path] = field(default_factory=dict)
-    tiles: int = 0
-    skipped_tiles: int = 0
-    status: str = "done"
-    error: str = ""
-
-
-#: Free space kept beyond the scratch file, for the outputs written from it.
-SCRATCH_MARGIN_BYTES = 16 << 20
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-class Scratch:
-    """A (bands, H, W) float32 accumulator in a file, mapped into memory a band of rows at a time.
-
-    Pages of a memory map count towards the process's resident memory while it stays mapped;
-    re-mapping whenever the work moves to new rows releases them, so memory stays bounded by
-    one band of tiles however large the raster.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
-        self.path = path
-        need = 4 * int(np.prod(shape))
-        free = shutil.disk_usage(path.parent).free
-        if free < need + SCRATCH_MARGIN_BYTES:
-            raise DiskFullError(f"mapping needs {_gb(need + SCRATCH_MARGIN_BYTES)} of scratch space in "
-                                f"{path.parent.parent} and its disk has {_gb(free)} free; free some space or "
-                                "choose another --out")
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
-        # Reserve the blocks now: a memory map over a sparse file on a disk that fills up later
-        # dies of SIGBUS with no message; a reservation fails here, with an OSError.
-        with open(path, "r+b") as f:
-            try:
-                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: go on
-                    raise OSError(e.errno, e.strerror, str(path.parent)) from None
-        self._map: np.ndarray | None = None
-        self._row = -1
-
-    def at(self, row: int) -> np.ndarray:
-        """The mapped array, re-mapped when ``row`` differs from the last row asked for."""
-        if self._map is None or row != self._row:
-            self.release()
-            self._map = np.load(self.path, mmap_mode="r+")
-            self._row = row
-        return self._map
-
-    def release(self) -> None:
-        """Flush and unmap."""
-        if self._map is not None:
-            self._map.flush()
-            self._map = None
-
-
-def finished_result(raster: Path, done: Path, options: MapOptions) -> MapResult | None:
-    """The earlier result when a raster's outputs are complete (and not to be overwritten), else None."""
-    if not done.is_file() or options.overwrite:
-        return None
-    record = json.loads(done.read_text())
-    if not all(Path(p).is_file() for p in record["outputs"].values()):
-        return None
-    return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
 
 
 def blend_window(size: int, overlap: int) -> np.ndarray:
@@ -159,88 +48,6 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
         d = np.minimum(i + 0.5, size - i - 0.5) / overlap
         ramp = np.clip(0.5 - 0.5 * np.cos(np.pi * np.clip(d, 0, 1)), 1e-3, 1.0).astype(np.float32)
     return np.outer(ramp, ramp)
-
-
-def raster_limits(ds: Any, bands: Sequence[int], *, max_pixels: int = 4_000_000) -> np.ndarray | None:
-    """Per-band 2-98 % limits of the whole raster (from a decimated read when large); None for uint8."""
-    from samadapt.imagery.read import pixel_read_errors, stretch_limits
-
-    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
-        return None
-    factor = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max_pixels))))
-    shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
-    with pixel_read_errors(ds.name, bands=bands):
-        data = ds.read(list(bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-        valid = ds.dataset_mask(out_shape=shape[1:], resampling=rasterio.enums.Resampling.nearest) > 0
-        valid &= _unmarked_alpha(ds, bands, out_shape=shape[1:])
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
-    return stretch_limits(data, valid)
-
-
-def _unmarked_alpha(ds: Any, bands: Sequence[int], window: Window | None = None,
-                    out_shape: tuple[int, int] | None = None) -> np.ndarray | bool:
-    """Validity from band 2 of a 2-band raster shown as grey, when band 2 is an alpha band GDAL
-    does not know of (read_image's rule: only 0 and its type's maximum); True otherwise.
-
-    A marked alpha band is in GDAL's dataset mask already; a second band of data (SAR VV / VH)
-    is not alpha.
-    """
-    from rasterio.enums import ColorInterp
-
-    from samadapt.imagery.read import looks_like_alpha
-
-    if ds.count != 2 or set(bands) != {1} or ds.colorinterp[1] == ColorInterp.alpha:
-        return True
-    kwargs = {} if out_shape is None else {"out_shape": out_shape, "resampling": rasterio.enums.Resampling.nearest}
-    band = ds.read(2, window=window, **kwargs)
-    return band > 0 if looks_like_alpha(band) else True
-
-
-def read_tile(ds: Any, window: Window, bands: Sequence[int], limits: np.ndarray | None,
-              out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(h, w, C) uint8 pixels of a window scaled with the raster-wide limits, and its validity.
-
-    With ``out_shape`` the window is resampled (bilinear; validity nearest) to that (rows, cols).
-    """
-    from samadapt.imagery.read import pixel_read_errors, scale_to_uint8
-
-    with pixel_read_errors(ds.name, window=window, bands=bands):
-        if out_shape is None:
-            data = ds.read(list(bands), window=window)
-            valid = ds.dataset_mask(window=window) > 0
-        else:
-            bil, near = rasterio.enums.Resampling.bilinear, rasterio.enums.Resampling.nearest
-            data = ds.read(list(bands), window=window, out_shape=(len(bands), *out_shape), resampling=bil)
-            valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=near) > 0
-        valid &= _unmarked_alpha(ds, bands, window, out_shape)
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
-    if limits is None:
-        scaled = np.clip(np.nan_to_num(data.astype(np.float64)), 0, 255).astype(np.uint8)
-    else:
-        scaled = scale_to_uint8(data, limits)
-    scaled[:, ~valid] = 0
-    return np.moveaxis(scaled, 0, -1), valid
-
-
-def _bands_for(ds: Any, bands: tuple[int, ...] | None) -> tuple[int, ...]:
-    if bands:
-        for b in bands:
-            if not 1 <= b <= ds.count:
-                raise InputError(f"band {b} does not exist: the raster has {ds.count} band(s)")
-        return bands
-    return (1, 1, 1) if ds.count < 3 else (1, 2, 3)
-
-
-def _offsets(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts along one axis; the last tile is shifted back to end at the edge when it can."""
-    from samadapt.data.build import tile_offsets
-
-    starts = tile_offsets(length, tile, overlap)
-    if length >= tile:
-        starts[-1] = length - tile
-    return sorted(set(starts))
 
 
 #: GDAL's block cache (default: 5 % of the machine's memory) would otherwise grow with the raster.
@@ -277,71 +84,59 @@ def predict_raster(
 
 def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptions,
                     progress: Callable[[int, int], None] | None, client: Any) -> MapResult:
-    options = options or MapOptions()
-    raster, out_dir = Path(raster), Path(out_dir)
-    if not raster.is_file():
-        raise InputFileError(f"raster not found: {raster}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = raster.stem
-    done = out_dir / f"{stem}{DONE}"
-    finished = finished_result(raster, done, options)
-    if finished is not None:
-        return finished
     method = adapter.method
     num_classes = method.num_classes
-    tile = options.tile or method.preprocessing.size
-    overlap = options.overlap if options.overlap is not None else tile // 8
-    if not 0 <= overlap < tile:
-        raise InputError(f"overlap must be at least 0 and smaller than the tile ({tile}), got {overlap}")
-    if options.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.tile_gsd is not None and not options.tile_gsd > 0:
-        raise InputError(f"--tile-gsd must be a positive ground distance per pixel, got {options.tile_gsd}")
-    try:
-        ds = rasterio.open(raster)
-    except rasterio.errors.RasterioIOError as e:
-        raise InputFileError(f"{raster} is not a readable raster ({e})") from None
-    scratch = out_dir / f".{stem}.scratch"
-    scratch.mkdir(exist_ok=True)
-    result = MapResult(raster)
-    try:
-        with ds, tile_embeddings_in_memory(adapter, options.batch_size):
-            bands = _bands_for(ds, adapter.bands)
-            limits = raster_limits(ds, bands)
-            h, w = ds.height, ds.width
-            scale = 1.0
-            if options.tile_gsd is not None:
-                res = (abs(ds.transform.a) + abs(ds.transform.e)) / 2
-                scale = options.tile_gsd / res  # source pixels per model pixel
-                tile, overlap = max(1, round(tile * scale)), round(overlap * scale)
-            acc = Scratch(scratch / "acc.npy", (num_classes + 1, h, w))
-            weights = blend_window(tile, overlap)
-            rows, cols = _offsets(h, tile, overlap), _offsets(w, tile, overlap)
-            windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
-            for n, (win, out) in enumerate(
-                _tile_predictions(adapter, ds, raster, windows, bands, limits, client, scale, options.batch_size),
-                start=1,
-            ):
-                if out is None:
-                    result.skipped_tiles += 1
-                else:
-                    probs, valid = out
-                    th, tw = valid.shape
-                    wgt = weights[:th, :tw] * valid
-                    sl = (slice(win.row_off, win.row_off + th), slice(win.col_off, win.col_off + tw))
-                    band = acc.at(int(win.row_off))
-                    band[(slice(0, num_classes), *sl)] += probs * wgt
-                    band[(num_classes, *sl)] += wgt
-                    result.tiles += 1
-                if progress:
-                    progress(n, len(windows))
-            acc.release()
-            result.outputs = _write_outputs(ds, acc, num_classes, out_dir, stem, options)
-        write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()},
-                          "tiles": result.tiles, "skipped_tiles": result.skipped_tiles})
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
+
+    def prepare() -> Fill:
+        tile = options.tile or method.preprocessing.size
+        overlap = options.overlap if options.overlap is not None else tile // 8
+        if not 0 <= overlap < tile:
+            raise InputError(f"overlap must be at least 0 and smaller than the tile ({tile}), got {overlap}")
+        if options.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
+        if options.tile_gsd is not None and not options.tile_gsd > 0:
+            raise InputError(f"--tile-gsd must be a positive ground distance per pixel, got {options.tile_gsd}")
+        return lambda run: _fill_tiles(adapter, run, tile, overlap, options, progress, client)
+
+    return run_raster(raster, out_dir, options, classes=num_classes, prepare=prepare)
+
+
+def _fill_tiles(adapter: Any, run: RasterRun, tile: int, overlap: int, options: MapOptions,
+                progress: Callable[[int, int], None] | None, client: Any) -> dict[str, int]:
+    """Accumulate the blended class probabilities of every tile of the run's raster."""
+    ds, result, num_classes = run.ds, run.result, run.classes
+    with tile_embeddings_in_memory(adapter, options.batch_size):
+        bands = bands_for(ds, adapter.bands)
+        limits = raster_limits(ds, bands)
+        h, w = ds.height, ds.width
+        scale = 1.0
+        if options.tile_gsd is not None:
+            res = (abs(ds.transform.a) + abs(ds.transform.e)) / 2
+            scale = options.tile_gsd / res  # source pixels per model pixel
+            tile, overlap = max(1, round(tile * scale)), round(overlap * scale)
+        acc = run.accumulator()
+        weights = blend_window(tile, overlap)
+        rows, cols = covering_offsets(h, tile, overlap), covering_offsets(w, tile, overlap)
+        windows = [Window(c0, r0, min(tile, w - c0), min(tile, h - r0)) for r0 in rows for c0 in cols]
+        raster = result.raster
+        for n, (win, out) in enumerate(
+            _tile_predictions(adapter, ds, raster, windows, bands, limits, client, scale, options.batch_size),
+            start=1,
+        ):
+            if out is None:
+                result.skipped_tiles += 1
+            else:
+                probs, valid = out
+                th, tw = valid.shape
+                wgt = weights[:th, :tw] * valid
+                sl = (slice(win.row_off, win.row_off + th), slice(win.col_off, win.col_off + tw))
+                band = acc.at(int(win.row_off))
+                band[(slice(0, num_classes), *sl)] += probs * wgt
+                band[(num_classes, *sl)] += wgt
+                result.tiles += 1
+            if progress:
+                progress(n, len(windows))
+    return {"skipped_tiles": result.skipped_tiles}
 
 
 @contextmanager
@@ -353,28 +148,28 @@ def tile_embeddings_in_memory(adapter: Any, batch_size: int = 1) -> Iterator[Non
     back afterwards.
     """
     method = adapter.method
-    saved = getattr(method, "_segmenter", None)
+    saved = getattr(method, "_embedder", None)
     _use_memory_cache(method, batch_size)
     try:
         yield
     finally:
-        object.__setattr__(method, "_segmenter", saved)
+        object.__setattr__(method, "_embedder", saved)
 
 
 def _use_memory_cache(method: Any, batch_size: int) -> None:
     """Give a method's frozen encoder an in-memory embedding cache (see tile_embeddings_in_memory)."""
     from samadapt.predict.cache import EmbeddingCache
-    from samadapt.predict.segmenter import Segmenter
+    from samadapt.predict.embed import Embedder
 
     if getattr(method, "base", None) is None:  # a stand-in without a SAM encoder
         return
     memory = EmbeddingCache(persist=False, memory_items=max(4, batch_size))
-    object.__setattr__(method, "_segmenter", Segmenter(method.base, cache=memory))
+    object.__setattr__(method, "_embedder", Embedder(method.base, cache=memory))
 
 
-def _tile_predictions(adapter: Any, ds: Any, raster: Path, windows: list[Window], bands: tuple[int, ...],
+def _tile_predictions(adapter: Any, ds: DatasetReader, raster: Path, windows: list[Window], bands: tuple[int, ...],
                       limits: np.ndarray | None, client: Any, scale: float = 1.0,
-                      batch_size: int = 1):
+                      batch_size: int = 1) -> Iterator[tuple[Window, tuple[np.ndarray, np.ndarray] | None]]:
     """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
     if client is None:
         for start in range(0, len(windows), batch_size):
@@ -405,7 +200,7 @@ def _predict_samples(adapter: Any, samples: list[Sample]) -> list[Any]:
     return [adapter.predict_sample(s) for s in samples]
 
 
-def _read_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, stem: str,
+def _read_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, stem: str,
                  scale: float = 1.0) -> Sample | None:
     """The window as the model's sample (resampled by ``scale``), or None when it is all nodata."""
     shape = (int(win.height), int(win.width))
@@ -416,7 +211,7 @@ def _read_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarra
     return Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid)
 
 
-def _back_to_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, pred: Any,
+def _back_to_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, pred: Any,
                     valid: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, valid) of a prediction in the window's own pixels (``valid``: the sample's)."""
     probs = pred.probabilities
@@ -431,7 +226,7 @@ def _back_to_window(ds: Any, win: Window, bands: tuple[int, ...], limits: np.nda
     return probs, valid
 
 
-def _predict_window(adapter: Any, ds: Any, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
+def _predict_window(adapter: Any, ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
                     stem: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
     sample = _read_window(ds, win, bands, limits, stem, scale)
     if sample is None:
@@ -523,100 +318,6 @@ def dask_client(scheduler: str) -> Any:
             raise InputError(f"the Dask scheduler at {scheduler} did not answer ({e}); is `dask scheduler` "
                              "running there?") from None
     raise InputError(f"--scheduler must be local, processes:N or tcp://host:port, got {scheduler!r}")
-
-
-def _write_outputs(ds: Any, acc: Scratch, num_classes: int, out_dir: Path, stem: str,
-                   options: MapOptions) -> dict[str, Path]:
-    profile = {
-        "driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
-        "crs": ds.crs, "transform": ds.transform, "nodata": NODATA, "compress": "deflate",
-        "tiled": ds.width >= 256 and ds.height >= 256, "blockxsize": 256, "blockysize": 256,
-    }
-    outputs: dict[str, Path] = {}
-    classes_path = out_dir / f"{stem}_classes.tif"
-    probs_path = out_dir / f"{stem}_probabilities.tif"
-    # Written in the scratch folder, which goes whatever happens, then renamed into place.
-    tmp_c = acc.path.parent / f"{stem}_classes.tif"
-    tmp_p = acc.path.parent / f"{stem}_probabilities.tif"
-    prob_profile = {**profile, "count": num_classes, "nodata": None}
-    dst_p = rasterio.open(tmp_p, "w", **prob_profile) if options.probabilities else None
-    with rasterio.open(tmp_c, "w", **profile) as dst:
-        for _, win in dst.block_windows(1) if profile["tiled"] else [(None, Window(0, 0, ds.width, ds.height))]:
-            sl = (slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
-            arr = acc.at(int(win.row_off))
-            wsum = np.array(arr[(num_classes, *sl)])
-            probs = arr[(slice(0, num_classes), *sl)] / np.maximum(wsum, 1e-12)
-            labels = probs.argmax(0).astype(np.uint8)
-            labels[wsum <= 0] = NODATA
-            dst.write(labels, 1, window=win)
-            if dst_p is not None:
-                dst_p.write(np.clip(probs * 255 + 0.5, 0, 255).astype(np.uint8), window=win)
-    acc.release()
-    if dst_p is not None:
-        dst_p.close()
-    for tmp, final, key in ((tmp_c, classes_path, "classes"), (tmp_p, probs_path, "probabilities")):
-        if not tmp.exists():
-            continue
-        if options.cog:
-            cog_tmp = tmp.with_name(tmp.stem + ".cog.tif")
-            with rasterio.open(tmp) as src:
-                cog_profile = {**src.profile, "driver": "COG"}
-                for k in ("tiled", "blockxsize", "blockysize", "interleave"):
-                    cog_profile.pop(k, None)
-                with rasterio.open(cog_tmp, "w", **cog_profile) as cog:
-                    cog.write(src.read())
-            os.replace(cog_tmp, tmp)
-        os.replace(tmp, final)
-        outputs[key] = final
-    if options.polygons:
-        outputs["polygons"] = _write_polygons(classes_path, probs_path if options.probabilities else None,
-                                              out_dir / f"{stem}_polygons.{options.polygons}", options)
-    return outputs
-
-
-def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapOptions) -> Path:
-    """Vectorise the class raster by row bands, then merge pieces that touch across band edges."""
-    import geopandas as gpd
-    import shapely
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    from samadapt.mapping.outputs import write_polygons
-
-    pieces: dict[int, list[Any]] = {}
-    with rasterio.open(classes) as ds:
-        band = 1024
-        for r0 in range(0, ds.height, band):
-            win = Window(0, r0, ds.width, min(band, ds.height - r0))
-            data = ds.read(1, window=win)
-            tr = ds.window_transform(win)
-            for geom, value in shapes(data, mask=(data != 0) & (data != NODATA), transform=tr):
-                pieces.setdefault(int(value), []).append(shape(geom))
-        crs = ds.crs
-    rows = []
-    for cls, geoms in sorted(pieces.items()):
-        merged = shapely.union_all(geoms)
-        for poly in getattr(merged, "geoms", [merged]):
-            if options.simplify > 0:
-                poly = poly.simplify(options.simplify)
-            if poly.is_empty or poly.area < options.min_area:
-                continue
-            rows.append({"class": cls, "area": float(poly.area), "geometry": poly})
-    frame = gpd.GeoDataFrame(rows, columns=["class", "area", "geometry"], geometry="geometry", crs=crs)
-    if probs is not None and len(frame):
-        frame["mean_probability"] = _mean_probability(frame, probs)
-    return write_polygons(path, frame, overwrite=True)
-
-
-def _mean_probability(frame: Any, probs: Path) -> list[float]:
-    from rasterio.mask import mask as mask_raster
-
-    out = []
-    with rasterio.open(probs) as ds:
-        for cls, geom in zip(frame["class"], frame.geometry, strict=False):
-            data, _ = mask_raster(ds, [geom], crop=True, indexes=int(cls) + 1, filled=False)
-            out.append(float(data.mean()) / 255.0 if data.count() else float("nan"))
-    return out
 
 
 #: Failures that belong to the output folder, not to one raster: mapping stops at the first.

@@ -11,8 +11,9 @@ import importlib
 from typing import Any
 
 from samadapt.errors import InputError
-from samadapt.methods.base import AdaptationMethod, Option, Sample
-from samadapt.methods.base import option_rows as _rows_of
+from samadapt.methods.base import AdaptationMethod, Sample
+from samadapt.methods.options import Option
+from samadapt.methods.options import option_rows as _rows_of
 
 _METHODS = {
     "domain-decoder": ("samadapt.methods.domain_decoder", "DomainDecoder"),
@@ -59,7 +60,7 @@ def option_rows(name: str) -> list[tuple[str, str, str, str]]:
     Raises:
         InputError: on an unknown method.
     """
-    return _rows_of(method_class(name))
+    return _rows_of(method_class(name).OPTIONS)
 
 
 def describe_options(name: str) -> str:

@@ -18,7 +18,7 @@ one sigmoid channel; more use softmax over K + 1 channels. Outputs are mapped ba
 original image with the same geometry as SAM's own masks (``imagery.preprocess``).
 
 Options: each method declares the settings it accepts in its ``OPTIONS`` mapping (name ->
-:class:`Option`); the constructor checks them (:meth:`AdaptationMethod.validate_options`), so
+:class:`~samadapt.methods.options.Option`); the constructor checks them (:meth:`AdaptationMethod.validate_options`), so
 an unknown name, a wrong type or a value out of range is an ``InputError`` before anything is
 built, and ``config()["options"]`` holds every declared option's value. Training loops call
 :meth:`AdaptationMethod.begin_epoch` before each epoch, so a method can train in stages.
@@ -33,23 +33,22 @@ oracle prompts. Methods that take no prompts refuse it.
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, Preprocessing, masks_to_original, resized_shape
+from samadapt.imagery.read import from_array
+from samadapt.methods._common import segmentation_loss, target_in_frame, trainable_tensors
+from samadapt.methods.options import Option, check_flag, unknown_option
 from samadapt.models.loading import LoadedModel
+from samadapt.predict.embed import Embedder
 
-IGNORE = 255
 Batch = dict[str, torch.Tensor]
 
 
@@ -68,156 +67,6 @@ class Sample:
     pixels: np.ndarray
     valid: np.ndarray
     target: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting a method accepts, as a constructor keyword or the CLI's ``--option NAME=VALUE``.
-
-    Attributes:
-        type: ``bool``, ``int``, ``float``, ``str`` or ``list``.
-        default: the value when the option is not given; None means the method works it out
-            (``help`` says how), and then None may also be given explicitly.
-        help: one line saying what the option changes.
-        choices: the allowed values of a ``str`` option (empty: any string).
-        low: smallest allowed number (None: no bound); ``low_open`` excludes it.
-        high: largest allowed number (None: no bound); ``high_open`` excludes it.
-        low_open: the bound ``low`` itself is not allowed.
-        high_open: the bound ``high`` itself is not allowed.
-        item: the type of a list's items, ``int`` or ``str``; a single ``str`` stands for a
-            list of one.
-        length: the exact length of a list (None: any length of at least 1).
-        aliases: other names accepted for the option (e.g. the name a source document uses).
-    """
-
-    type: type
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    item: type | None = None
-    length: int | None = None
-    aliases: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.type not in (bool, int, float, str, list):
-            raise InputError(f"an option's type must be bool, int, float, str or list, got {self.type!r}")
-        if self.type is list and self.item not in (int, str):
-            raise InputError(f"a list option's item type must be int or str, got {self.item!r}")
-
-    @property
-    def nullable(self) -> bool:
-        """Whether None is allowed (options whose default is None)."""
-        return self.default is None
-
-    def _bounds(self) -> str:
-        """The numeric range in words, e.g. ``" >= 0"``, ``" in (0, 1]"``; empty without bounds."""
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f" in {left}{_num(self.low)}, {_num(self.high)}{right}"
-        if self.low is not None:
-            return f" {'>' if self.low_open else '>='} {_num(self.low)}"
-        if self.high is not None:
-            return f" {'<' if self.high_open else '<='} {_num(self.high)}"
-        return ""
-
-    def allowed(self) -> str:
-        """What values are allowed, in words (the end of an error message)."""
-        if self.choices:
-            text = "one of " + ", ".join(self.choices)
-        elif self.type is bool:
-            text = "true or false"
-        elif self.type is int:
-            if self.low is not None and self.high is None and not self.low_open:
-                text = f"an integer of at least {_num(self.low)}"
-            else:
-                text = "an integer" + self._bounds()
-        elif self.type is float:
-            text = "a finite number" + self._bounds()
-        elif self.type is str:
-            text = "a string"
-        else:
-            noun = "integers" if self.item is int else "names"
-            size = f"{self.length} " if self.length else ""
-            text = f"a list of {size}{noun}" + (" (or one name)" if self.item is str else "")
-        return text + (" or null" if self.nullable else "")
-
-    def type_label(self) -> str:
-        """A short type for a table of options, e.g. ``int >= 1``, ``box | point``, ``list[int] (3)``."""
-        if self.choices:
-            return " | ".join(self.choices)
-        if self.type is list:
-            item_name = self.item.__name__ if self.item else "str"
-            label = f"list[{item_name}]" + (f" ({self.length})" if self.length else "")
-        else:
-            label = self.type.__name__ + self._bounds()
-        return label + (" or null" if self.nullable else "")
-
-    def check(self, method: str, name: str, value: Any) -> Any:
-        """The value normalised to a plain JSON-able type.
-
-        Args:
-            method: the method's name, for the message.
-            name: the option's name, for the message.
-            value: the value given.
-
-        Raises:
-            InputError: if the value has the wrong type or lies outside the allowed values.
-        """
-        if value is None and self.nullable:
-            return None
-        out = self._normalise(value)
-        if out is None:
-            raise InputError(f"{method} option {name} must be {self.allowed()}, got {value!r}")
-        return out
-
-    def _normalise(self, value: Any) -> Any:
-        """The normalised value, or None when it is not allowed."""
-        if self.type is bool:
-            return bool(value) if isinstance(value, (bool, np.bool_)) else None
-        if self.type is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                return None
-            return value
-        if self.type is list:
-            items = [value] if isinstance(value, str) and self.item is str else value
-            if not isinstance(items, (list, tuple)) or not items or (self.length and len(items) != self.length):
-                return None
-            out = [self._item(v) for v in items]
-            return None if any(v is None for v in out) else out
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            return None
-        if self.type is int:
-            if not isinstance(value, (int, np.integer)):
-                return None
-            number: int | float = int(value)
-        else:
-            number = float(value)
-            if not math.isfinite(number):
-                return None
-        return number if self._in_range(number) else None
-
-    def _item(self, value: Any) -> Any:
-        if self.item is str:
-            return value if isinstance(value, str) and value else None
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            return None
-        return int(value) if self._in_range(int(value)) else None
-
-    def _in_range(self, number: float) -> bool:
-        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
-            return False
-        if self.high is not None and (number >= self.high if self.high_open else number > self.high):
-            return False
-        return True
-
-
-def _num(x: float) -> str:
-    """A bound as written in a message: 1 rather than 1.0."""
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 class AdaptationMethod(nn.Module):
@@ -247,6 +96,8 @@ class AdaptationMethod(nn.Module):
     uses_sam_weights: ClassVar[bool] = True
     #: The settings the method accepts, by name, in the order ``describe_options`` lists them.
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    #: The frozen encoder behind the embedding cache (see :attr:`embedder`); None until first used.
+    _embedder: Embedder | None = None
 
     def __init__(self, base: LoadedModel, *, num_classes: int = 2, in_channels: int = 3, **options: Any) -> None:
         super().__init__()
@@ -284,7 +135,7 @@ class AdaptationMethod(nn.Module):
             elif key in by_alias:
                 aliased[by_alias[key]] = (key, value)
             else:
-                raise InputError(_unknown_option(cls, key))
+                raise InputError(unknown_option(cls.name, cls.OPTIONS, key))
         for name, (alias, value) in aliased.items():
             declared = given.get(name, cls.OPTIONS[name].default)
             if declared != cls.OPTIONS[name].default and declared != value:
@@ -360,19 +211,19 @@ class AdaptationMethod(nn.Module):
                 f"{self.name} uses cached embeddings of 3-band images; {sample.stem} has {sample.pixels.shape[2]} "
                 "bands (choose 3 with --bands, or use the lora method, which trains a band adapter)"
             )
-        from samadapt.imagery.read import from_array
-
         # Sample.pixels is (H, W, C): said here, as a guess cannot tell a 1 x 5 strip from 1 band of 5 x 3 pixels.
-        return self.segmenter.embed(from_array(sample.pixels, channel_axis="last")).embedding
+        return self.embedder.embed(from_array(sample.pixels, channel_axis="last")).embedding
 
     @property
-    def segmenter(self) -> Any:
-        """The Segmenter, and so the embedding cache, the frozen encoder runs through; made on first use."""
-        if getattr(self, "_segmenter", None) is None:
-            from samadapt.predict.segmenter import Segmenter
+    def embedder(self) -> Embedder:
+        """The frozen encoder and the embedding cache it runs through; made on first use.
 
-            object.__setattr__(self, "_segmenter", Segmenter(self.base, cache=getattr(self, "cache", True)))
-        return self._segmenter  # type: ignore[attr-defined]
+        The cache is the method's ``cache`` attribute when set (an ``EmbeddingCache``, or False
+        for memory only), else the default store under ``$SAMADAPT_HOME``.
+        """
+        if self._embedder is None:
+            self._embedder = Embedder(self.base, cache=getattr(self, "cache", True))
+        return self._embedder
 
     @property
     def out_channels(self) -> int:
@@ -422,147 +273,13 @@ class AdaptationMethod(nn.Module):
         return masks_to_original(probs, geometry, self.preprocessing)
 
 
-def check_flag(value: Any, what: str) -> bool:
-    """``value`` as a plain bool, for switches such as :meth:`AdaptationMethod.use_oracle_prompts`.
-
-    Raises:
-        InputError: if ``value`` is not a bool (numpy bools are accepted).
-    """
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{what} takes True or False, got {value!r}")
-    return bool(value)
-
-
-def _unknown_option(cls: type[AdaptationMethod], key: str) -> str:
-    """The message for an option name the method does not declare."""
-    names = list(cls.OPTIONS)
-    close = difflib.get_close_matches(key, names + [a for o in cls.OPTIONS.values() for a in o.aliases], n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    accepted = ", ".join(names) if names else "none"
-    return f"{cls.name} has no option {key!r}{hint}; its options are: {accepted}"
-
-
-def option_rows(cls: type[AdaptationMethod]) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, help) of every option a method class declares, in declaration order.
-
-    The default is written as ``--option`` takes it: strings bare, everything else JSON
-    (``true``, ``null``, ``[0, 1, 2]``); aliases are named at the end of the help.
-    """
-    rows = []
-    for name, opt in cls.OPTIONS.items():
-        text = opt.help + (f"; also accepted as {', '.join(opt.aliases)}" if opt.aliases else "")
-        default = opt.default if isinstance(opt.default, str) else json.dumps(opt.default)
-        rows.append((name, opt.type_label(), default, text))
-    return rows
-
-
-def trainable_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the buffers of every module that owns one (batch-norm statistics).
-
-    Without the running means and variances a reloaded model would predict differently in
-    eval mode.
-    """
-    keep = {n for n, p in module.named_parameters() if p.requires_grad}
-    for prefix, sub in module.named_modules():
-        if any(p.requires_grad for p in sub.parameters(recurse=False)):
-            keep.update(f"{prefix}.{n}" if prefix else n for n, _ in sub.named_buffers(recurse=False))
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if k in keep}
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Set ``requires_grad = False`` on every parameter and return the module."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def target_in_frame(target: np.ndarray, geometry: Geometry, spec: Preprocessing, side: int) -> torch.Tensor:
-    """Map an (H, W) label mask into a square output frame of ``side`` pixels.
-
-    The mask is resized (nearest) as the image is, padded with 255 where the image is
-    padded, and brought to ``side`` x ``side`` (nearest), so target pixels line up with the
-    model's output.
-    """
-    t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.uint8)).float()[None, None]
-    new_h, new_w = geometry.resized_hw
-    t = F.interpolate(t, (new_h, new_w), mode="nearest")
-    t = F.pad(t, (0, spec.size - new_w, 0, spec.size - new_h), value=IGNORE)
-    t = F.interpolate(t, (side, side), mode="nearest")
-    return t[0, 0].long()
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice + cross-entropy over non-ignored pixels.
-
-    Args:
-        logits: (B, 1, h, w) for one foreground class, else (B, num_classes, h, w).
-        target: (B, h, w) long class ids, 255 = ignore.
-        num_classes: classes including background.
-    """
-    valid = target != IGNORE
-    if not valid.any():
-        return logits.sum() * 0.0
-    if logits.shape[1] == 1:
-        x = logits[:, 0][valid]
-        y = (target[valid] > 0).float()
-        bce = F.binary_cross_entropy_with_logits(x, y)
-        p = torch.sigmoid(x)
-        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
-        return bce + dice
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    ce = F.cross_entropy(logits, safe, reduction="none")[valid].mean()
-    probs = torch.softmax(logits, dim=1).permute(0, 2, 3, 1)[valid]  # (N, C)
-    onehot = F.one_hot(safe[valid], num_classes).float()
-    inter = (probs * onehot).sum(0)
-    dice = 1 - ((2 * inter + 1) / (probs.sum(0) + onehot.sum(0) + 1)).mean()
-    return ce + dice
-
-
-class BandAdapter(nn.Module):
-    """A trainable 1x1 convolution from any number of bands to the encoder's 3 channels.
-
-    Initialised to pass ``rgb`` (indices into the input bands) straight through, so before
-    training the model sees exactly the chosen RGB-like bands; the other bands start with
-    zero weight and training can bring them in.
-    """
-
-    def __init__(self, in_channels: int, rgb: tuple[int, int, int] = (0, 1, 2)) -> None:
-        super().__init__()
-        if any(not 0 <= i < in_channels for i in rgb):
-            raise InputError(f"rgb band indices {rgb} must lie in 0..{in_channels - 1}")
-        self.conv = nn.Conv2d(in_channels, 3, kernel_size=1, bias=True)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            for out, i in enumerate(rgb):
-                self.conv.weight[out, i, 0, 0] = 1.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) 0-255 values -> (B, 3, H, W) 0-255 values."""
-        return self.conv(x)
-
-
-def raw_input(pixels: np.ndarray, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
-    """Resize (H, W, C) uint8 pixels like SAM's preprocessing, without normalising.
-
-    Returns:
-        (C, size, size) float 0-255 values, zero-padded bottom-right, and the geometry.
-    """
-    from samadapt.imagery.preprocess import resize_to_model
-
-    x, geometry = resize_to_model(pixels, spec)
-    new_h, new_w = geometry.resized_hw
-    return F.pad(x, (0, spec.size - new_w, 0, spec.size - new_h)), geometry
-
-
-def normalise(raw: torch.Tensor, geometry_hw: torch.Tensor | None, spec: Preprocessing) -> torch.Tensor:
-    """ImageNet-normalise (B, 3, S, S) 0-255 values and zero the padding (as SAM's preprocessing)."""
-    mean = torch.tensor(spec.mean, device=raw.device, dtype=raw.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=raw.device, dtype=raw.dtype).view(1, 3, 1, 1)
-    x = (raw - mean) / std
-    if geometry_hw is not None:
-        rows = torch.arange(raw.shape[-2], device=raw.device)
-        cols = torch.arange(raw.shape[-1], device=raw.device)
-        inside = (rows[None, :, None] < geometry_hw[:, 0, None, None]) & (cols[None, None, :] < geometry_hw[:, 1, None, None])
-        x = x * inside[:, None].to(x.dtype)
-    return x
+__all__ = [
+    "AdaptationMethod",
+    "Batch",
+    "Option",
+    "Sample",
+    "check_flag",
+    "segmentation_loss",
+    "target_in_frame",
+    "trainable_tensors",
+]

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from samadapt.errors import InputError
-from samadapt.methods.base import AdaptationMethod, Batch, Option, Sample
+from samadapt.methods.base import AdaptationMethod, Batch, Sample
+from samadapt.methods.options import Option
 
 
 def _up(c_in: int, c_out: int) -> nn.Sequential:

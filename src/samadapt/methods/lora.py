@@ -27,24 +27,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from samadapt.errors import InputError
-from samadapt.methods.base import (
-    IGNORE,
-    AdaptationMethod,
-    BandAdapter,
-    Batch,
-    Option,
-    Sample,
-    freeze,
-    normalise,
-    raw_input,
-)
+from samadapt.methods._common import BandAdapter, freeze, normalise, raw_input
+from samadapt.methods.base import AdaptationMethod, Batch, Sample
+from samadapt.methods.options import Option
+from samadapt.prompts.types import IGNORE
 
 #: The attention projections that get adapters by default, per family.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {"sam": ("qkv",), "sam-hq": ("qkv",), "sam2": ("qkv",)}
@@ -74,38 +67,51 @@ class ClassMaskDecoder(nn.Module):
         out_channels: masks to output.
     """
 
+    # SAM-HQ only: its HQ feature layers, copied by name in ``__init__``.
+    compress_vit_conv1: nn.Module
+    compress_vit_norm: nn.Module
+    compress_vit_conv2: nn.Module
+    encoder_conv1: nn.Module
+    encoder_norm: nn.Module
+    encoder_conv2: nn.Module
+    mask_conv1: nn.Module
+    mask_norm: nn.Module
+    mask_conv2: nn.Module
+
     def __init__(self, source: nn.Module, family: str, out_channels: int) -> None:
         super().__init__()
         self.family = family
         self.out_channels = out_channels
         gen = torch.Generator().manual_seed(0)
-        pretrained = source.mask_tokens.weight.detach()  # (4, C)
+        pretrained = _token(source, "mask_tokens")  # (4, C)
         picks = [k % pretrained.shape[0] for k in range(out_channels)]
-        context = [source.iou_token.weight.detach(), pretrained[out_channels:]]
+        context = [_token(source, "iou_token"), pretrained[out_channels:]]
         if family == "sam2":
-            context.insert(0, source.obj_score_token.weight.detach())
+            context.insert(0, _token(source, "obj_score_token"))
         #: (n_ctx, C) tokens that only attend: the IoU token, the pretrained mask tokens no class
         #: uses (so the transformer starts on the token set it was trained with) and SAM 2's
         #: object-score token.
         self.context_tokens = nn.Parameter(torch.cat(context).clone())
         self.num_context = int(self.context_tokens.shape[0])
         self.class_tokens = nn.Parameter(_spread(pretrained[picks], pretrained.shape[0], gen))  # (K, C)
-        self.hypernetworks = nn.ModuleList(copy.deepcopy(source.output_hypernetworks_mlps[i]) for i in picks)
-        self.transformer = copy.deepcopy(source.transformer)
-        self.upscale_conv1 = copy.deepcopy(source.upscale_conv1)
-        self.upscale_layer_norm = copy.deepcopy(source.upscale_layer_norm)
-        self.upscale_conv2 = copy.deepcopy(source.upscale_conv2)
+        mlps = cast(nn.ModuleList, _part(source, "output_hypernetworks_mlps"))
+        self.hypernetworks = nn.ModuleList(copy.deepcopy(mlps[i]) for i in picks)
+        self.transformer = copy.deepcopy(_part(source, "transformer"))
+        self.upscale_conv1 = copy.deepcopy(_part(source, "upscale_conv1"))
+        self.upscale_layer_norm = copy.deepcopy(_part(source, "upscale_layer_norm"))
+        self.upscale_conv2 = copy.deepcopy(_part(source, "upscale_conv2"))
         self.activation = nn.GELU()
         if family == "sam2":
-            self.conv_s0 = copy.deepcopy(source.conv_s0)
-            self.conv_s1 = copy.deepcopy(source.conv_s1)
+            self.conv_s0 = copy.deepcopy(_part(source, "conv_s0"))
+            self.conv_s1 = copy.deepcopy(_part(source, "conv_s1"))
         if family == "sam-hq":
-            hq = source.hq_token.weight.detach().expand(out_channels, -1)
+            hq = _token(source, "hq_token").expand(out_channels, -1)
             self.hq_tokens = nn.Parameter(_spread(hq, 1, gen))  # (K, C)
-            self.hq_hypernetworks = nn.ModuleList(copy.deepcopy(source.hq_mask_mlp) for _ in range(out_channels))
+            hq_mlp = _part(source, "hq_mask_mlp")
+            self.hq_hypernetworks = nn.ModuleList(copy.deepcopy(hq_mlp) for _ in range(out_channels))
             for name in ("compress_vit_conv1", "compress_vit_norm", "compress_vit_conv2", "encoder_conv1",
                          "encoder_norm", "encoder_conv2", "mask_conv1", "mask_norm", "mask_conv2"):
-                setattr(self, name, copy.deepcopy(getattr(source, name)))
+                setattr(self, name, copy.deepcopy(_part(source, name)))
         for module in self.modules():  # hooks installed on the source (e.g. models.hq_fix) are not ours
             module._forward_hooks.clear()
             module._forward_pre_hooks.clear()
@@ -134,7 +140,7 @@ class ClassMaskDecoder(nn.Module):
         """
         b, c, h, w = image.shape
         k = self.out_channels
-        parts = [self.context_tokens, self.class_tokens]
+        parts: list[torch.Tensor] = [self.context_tokens, self.class_tokens]
         if self.family == "sam-hq":
             parts.append(self.hq_tokens)
         tokens = torch.cat(parts).to(image.dtype)[None, None].expand(b, 1, -1, -1)  # (B, 1, T, C)
@@ -172,6 +178,20 @@ class ClassMaskDecoder(nn.Module):
             hyper_hq = torch.stack([mlp(hq_out[:, i]) for i, mlp in enumerate(self.hq_hypernetworks)], dim=1)
             masks = masks + torch.einsum("bkc,bchw->bkhw", hyper_hq, up_hq)
         return masks
+
+
+def _part(source: nn.Module, name: str) -> nn.Module:
+    """The submodule ``source.<name>`` of a transformers mask decoder.
+
+    ``nn.Module.__getattr__`` is typed to return a tensor or a module; the parts read by name
+    here are modules.
+    """
+    return cast(nn.Module, getattr(source, name))
+
+
+def _token(source: nn.Module, name: str) -> torch.Tensor:
+    """The (n, C) detached weight of the token embedding ``source.<name>`` (an ``nn.Embedding``)."""
+    return cast(nn.Embedding, getattr(source, name)).weight.detach()
 
 
 def _spread(tokens: torch.Tensor, n_pretrained: int, gen: torch.Generator) -> torch.Tensor:
@@ -295,7 +315,9 @@ class LoraMethod(AdaptationMethod):
         # what the adapter's config records: the values in force, not the "work it out" nulls
         o["alpha"], o["target_modules"] = alpha, targets
         self.family = family
-        lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=o["dropout"], bias="none")
+        # peft types lora_alpha as int, but only divides it by the rank: a float alpha works
+        lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,  # type: ignore[arg-type]
+                          lora_dropout=o["dropout"], bias="none")
         # In place on our copy: the LoRA layers wrap the copied projections as ``base_layer``.
         self.encoder = inject_adapter_in_model(lora, encoder)
         self.prompt_encoder = copy_part(model.prompt_encoder)
@@ -351,7 +373,9 @@ class LoraMethod(AdaptationMethod):
                 target = np.where(valid, target, IGNORE).astype(np.uint8)
         if train and self.augment:
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-            pixels, target = (_dihedral(a, turns, flip) if a is not None else None for a in (pixels, target))
+            pixels = _dihedral(pixels, turns, flip)
+            if target is not None:
+                target = _dihedral(target, turns, flip)
         raw, geometry = raw_input(np.ascontiguousarray(pixels), self.preprocessing)
         out = {"image": raw, "resized_hw": torch.tensor(geometry.resized_hw, dtype=torch.long)}
         if target is not None:

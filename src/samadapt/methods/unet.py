@@ -24,7 +24,9 @@ from torch import nn
 
 from samadapt.errors import InputError
 from samadapt.imagery.preprocess import Geometry, Preprocessing
-from samadapt.methods.base import AdaptationMethod, Batch, Option, Sample, normalise, raw_input
+from samadapt.methods._common import normalise, raw_input
+from samadapt.methods.base import AdaptationMethod, Batch, Sample
+from samadapt.methods.options import Option
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -70,7 +72,8 @@ class UNet(nn.Module):
         #: Channels of each encoder level, full resolution first, bottleneck last.
         self.widths: tuple[int, ...] = tuple(base * 2**level for level in range(self.depth + 1))
         w = self.widths
-        self.down = nn.ModuleList([DoubleConv(c_in, c_out) for c_in, c_out in zip((in_channels, *w[:-1]), w, strict=False)])
+        pairs = zip((in_channels, *w[:-1]), w, strict=False)
+        self.down = nn.ModuleList([DoubleConv(c_in, c_out) for c_in, c_out in pairs])
         # up[i] and merge[i] bring level depth - i up to level depth - i - 1
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(w[lvl], w[lvl - 1], kernel_size=2, stride=2) for lvl in range(self.depth, 0, -1)]

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from samadapt.models.hub import published_sha256
+from samadapt.models.digest import file_sha256, published_sha256
 from samadapt.models.loading import (
     LoadedModel,
-    file_sha256,
     image_model_config,
     load_model,
     locate,

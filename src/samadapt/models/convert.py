@@ -27,11 +27,8 @@ after it, so its masks differ from the official SAM-HQ ones (the tests mark this
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -39,7 +36,9 @@ from typing import Literal
 import torch
 from transformers import Sam2Model, SamConfig, SamHQConfig, SamHQModel, SamModel
 
+from samadapt._io import atomic_dir
 from samadapt.errors import CheckpointError, ModelNotFoundError, OutputExistsError
+from samadapt.models.convert_common import PROMPT_AND_DECODER_RENAMES, check_keys
 
 __all__ = [
     "CheckpointFamily",
@@ -60,21 +59,6 @@ _HF_GAUSSIANS = (
 # The official two-way transformer uses nn.LayerNorm's default eps, not the 1e-6 of the rest.
 _DECODER_LAYER_NORM_EPS = 1e-5
 _DEFAULT_DECODER_HEADS = 8
-
-#: Renames SAM and SAM 2 share: their prompt encoders' mask downscaling and their mask decoders'
-#: two-way transformer and upscaling are laid out alike on both sides.
-PROMPT_AND_DECODER_RENAMES = (
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
-    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-)
 
 _RENAMES = tuple(
     (re.compile(pattern), replacement)
@@ -353,7 +337,8 @@ def load_meta_sam(path: Path, *, vision_num_heads: int | None = None) -> SamMode
         raise CheckpointError(_WRONG_FAMILY[family].format(path=path, keys=", ".join(list(state_dict)[:3])))
     config = infer_sam_config(state_dict, vision_num_heads=vision_num_heads)
     converted = convert_meta_sam_state_dict(state_dict)
-    model = SamHQModel(config) if family == "sam-hq" else SamModel(config)
+    # a SamHQConfig exactly when family is "sam-hq": both follow mask_decoder.hf_token
+    model = SamHQModel(config) if isinstance(config, SamHQConfig) else SamModel(config)
     check_keys(model, converted, path)
     model.load_state_dict(converted, strict=True)
     return model.eval()
@@ -410,28 +395,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def check_keys(model: torch.nn.Module, converted: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Raise CheckpointError listing missing, unexpected and misshapen keys (in transformers' names)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mismatched = sorted(
-        f"{k} {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in set(expected) & set(converted)
-        if converted[k].shape != expected[k].shape
-    )
-    problems = [
-        f"{len(names)} {label} ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("of wrong shape", mismatched))
-        if names
-    ]
-    if problems:
-        raise CheckpointError(
-            f"{path} does not match the {type(model).__name__} its shapes describe, keys given in transformers "
-            f"names: {'; '.join(problems)}."
-        )
-
-
 def convert_meta_checkpoint(
     path: Path,
     out_dir: Path,
@@ -462,22 +425,9 @@ def convert_meta_checkpoint(
     if out_dir.exists() and not overwrite:
         raise OutputExistsError(f"Output folder {out_dir} exists; remove it or pass overwrite=True.")
     model = load_meta_sam(Path(path), vision_num_heads=vision_num_heads)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A plain mkdir (not tempfile.mkdtemp, which makes it private) so the cache gets the umask's mode.
-    tmp_dir = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    tmp_dir.mkdir()
-    try:
-        model.save_pretrained(tmp_dir)
-        if overwrite and out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex}.old"
-            os.replace(out_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp_dir, out_dir)
-        except OSError:
-            if not out_dir.is_dir():
-                raise
-            # Another process renamed its identical conversion into place first.
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    # overwrite=True was asked for by name, so the folder is replaced whatever it holds; without
+    # it, a folder that another process converted meanwhile is kept.
+    with atomic_dir(out_dir, overwrite=True, kind="converted model", owned=lambda _: True,
+                    keep_if_present=not overwrite) as tmp:
+        model.save_pretrained(tmp)
     return out_dir

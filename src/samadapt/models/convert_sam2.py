@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from samadapt.errors import CheckpointError
-from samadapt.models.convert import PROMPT_AND_DECODER_RENAMES
+from samadapt.models.convert_common import PROMPT_AND_DECODER_RENAMES, check_keys
 
 __all__ = ["convert_meta_sam2_state_dict", "infer_sam2_config", "load_meta_sam2"]
 
@@ -97,7 +97,9 @@ def convert_meta_sam2_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
         converted[new_key] = tensor
     if points:
         if sorted(points) != list(range(len(points))):
-            raise CheckpointError(f"the checkpoint's point embeddings are numbered {sorted(points)}; expected 0, 1, 2, …")
+            raise CheckpointError(
+                f"the checkpoint's point embeddings are numbered {sorted(points)}; expected 0, 1, 2, …"
+            )
         converted["prompt_encoder.point_embed.weight"] = torch.cat([points[i] for i in range(len(points))], dim=0)
     return converted
 
@@ -150,8 +152,6 @@ def load_meta_sam2(path: Path, state_dict: Mapping[str, torch.Tensor]):  # noqa:
             of the wrong shape (listed in transformers' names).
     """
     from transformers import Sam2Model
-
-    from samadapt.models.convert import check_keys
 
     config = infer_sam2_config(state_dict)
     converted = convert_meta_sam2_state_dict(state_dict)

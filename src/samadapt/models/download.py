@@ -15,7 +15,6 @@ first digits of the file's md5). These functions are called explicitly, never fr
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from samadapt._io import move_into_place
 from samadapt.errors import DownloadError, InputError
 
 __all__ = ["download_file", "fetch_official"]
@@ -76,8 +76,8 @@ def download_file(
             ``dest`` checked with ``verify_existing`` is left in place).
     """
     dest = Path(dest)
-    expected = {name: d for name, d in (("sha256", _normalize(sha256, "sha256", 64)), ("md5", _normalize(md5, "md5", 32)))
-                if d is not None}
+    given = (("sha256", _normalize(sha256, "sha256", 64)), ("md5", _normalize(md5, "md5", 32)))
+    expected = {name: d for name, d in given if d is not None}
     if not url.startswith(("http://", "https://")):
         raise InputError(f"Download URL {url!r} is not http(s); give an http:// or https:// URL.")
     if not timeout > 0:
@@ -125,7 +125,7 @@ def download_file(
             f"Downloaded {dest.name} from {url} has {wrong}, so it was deleted; run the download again, "
             "and if it fails the same way the file on the server differs from the recorded checksum."
         )
-    os.replace(part, dest)
+    move_into_place(part, dest)
     return dest
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from samadapt.errors import DownloadError, InputError, ModelNotFoundError
+from samadapt.models.digest import file_sha256, published_sha256
 
 __all__ = ["cached_snapshot", "download_hf_files", "hf_endpoint", "hf_hub_cache", "hf_offline"]
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _TRUE = {"1", "true", "yes", "on"}
@@ -77,8 +77,9 @@ def cached_snapshot(repo_id: str, files: Sequence[str], revision: str = "main") 
     from huggingface_hub import try_to_load_from_cache
 
     found = [try_to_load_from_cache(repo_id, name, cache_dir=hf_hub_cache(), revision=revision) for name in files]
-    if all(isinstance(f, str) for f in found) and len({Path(f).parent for f in found}) == 1:
-        return Path(found[0]).parent
+    paths = [f for f in found if isinstance(f, str)]
+    if len(paths) == len(found) and len({Path(f).parent for f in paths}) == 1:
+        return Path(paths[0]).parent
     snapshots = repo_cache_dir(repo_id) / "snapshots"
     complete = [d for d in snapshots.glob("*") if d.is_dir() and all((d / name).is_file() for name in files)]
     return max(complete, key=lambda d: d.stat().st_mtime) if complete else None
@@ -157,7 +158,8 @@ def _unresolvable_endpoint() -> str:
     try:
         socket.getaddrinfo(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     except (OSError, UnicodeError) as exc:
-        return f"the name {parts.hostname} does not resolve ({exc}): no network? set HF_HUB_OFFLINE=1 to use only the cache"
+        return (f"the name {parts.hostname} does not resolve ({exc}): no network? "
+                "set HF_HUB_OFFLINE=1 to use only the cache")
     return ""
 
 
@@ -188,25 +190,12 @@ def _refusal(exc: Exception, repo_id: str, name: str, revision: str, files: Sequ
     raise exc
 
 
-def published_sha256(path: Path) -> str | None:
-    """The sha256 the hub published for a file of the Hugging Face cache, or None.
-
-    An LFS file's snapshot entry links to a blob named by its sha256 (what the hub sent as its
-    ``X-Linked-Etag``); a file outside that layout, or a small file (named by its git sha1),
-    has no such record.
-    """
-    name = Path(path).resolve().name
-    return name if Path(path).is_symlink() and _SHA256.fullmatch(name) else None
-
-
 def _verify(path: Path, pinned: str | None) -> None:
     """Check a cached file against the digest its blob is named by, and a pinned one; remove it if wrong.
 
     ``huggingface_hub`` checks only sizes. An LFS file's blob is named by its sha256, a small
     file's by its git blob sha1: both are what the hub published for the file.
     """
-    from samadapt.models.loading import file_sha256
-
     blob = path.resolve()
     published = published_sha256(path)
     if published or pinned:

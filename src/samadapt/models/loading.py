@@ -7,23 +7,32 @@ is converted to the transformers layout once and the conversion cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from samadapt._home import models_dir, samadapt_home
+from samadapt._home import models_dir
 from samadapt.errors import CheckpointError, InputError, ModelNotFoundError
 from samadapt.imagery.preprocess import Preprocessing
-from samadapt.models.hub import published_sha256
-from samadapt.models.registry import MODEL_TYPES, REGISTRY, Family, get_spec, preprocessing_for
+from samadapt.models.digest import file_sha256, published_sha256
+from samadapt.models.registry import (
+    MODEL_TYPES,
+    REGISTRY,
+    Family,
+    get_spec,
+    input_size_of_config,
+    preprocessing_for,
+)
 from samadapt.models.tiny import MARKER
 
 if TYPE_CHECKING:
+    from transformers import Sam2Model, SamHQModel, SamModel
+
     from samadapt.models.accel.speed import RuntimeOptions
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -67,37 +76,6 @@ class LoadedModel:
         runtime's precision when its embeddings differ from fp32 (e.g. ``:bf16``)."""
         tag = getattr(self.runtime, "cache_tag", "")
         return f"{self.family}:{self.weights_sha256}" + (f":{tag}" if tag else "")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered under ``$SAMADAPT_HOME/digests`` by its real path, size and mtime.
-
-    The record is kept in samadapt's own folder, never beside the file: model folders may be
-    read-only or belong to the Hugging Face cache, which other tools manage.
-    """
-    real = Path(path).resolve()
-    st = real.stat()
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    record = samadapt_home() / "digests" / hashlib.sha256(str(real).encode()).hexdigest()[:32]
-    try:
-        saved_stamp, digest = record.read_text().split()
-        if saved_stamp == stamp and len(digest) == 64:
-            return digest
-    except (OSError, ValueError):
-        pass
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{stamp} {digest}\n")
-        os.replace(tmp, record)
-    except OSError:
-        pass  # an unwritable home only costs hashing again next time
-    return digest
 
 
 def weights_file(folder: Path) -> Path:
@@ -146,12 +124,6 @@ def family_of_folder(folder: Path) -> Family:
     return family_of_config(read_config(folder), folder)
 
 
-def input_size_of_config(config: dict[str, Any]) -> int:
-    """The model input size (px) a parsed ``config.json`` states: its prompt encoder's image size."""
-    size = config.get("prompt_encoder_config", {}).get("image_size", 1024)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-
 def image_model_config(folder: Path, config: dict[str, Any]):  # noqa: ANN202 - a transformers config
     """The transformers config of the image model a folder's ``config.json`` describes.
 
@@ -175,15 +147,18 @@ def _load_weights_strictly(folder: Path, family: Family, config: dict[str, Any],
     from transformers import Sam2Model, SamHQModel, SamModel
     from transformers.utils import logging as hf_logging
 
-    cls = {"sam": SamModel, "sam-hq": SamHQModel, "sam2": Sam2Model}[family]
+    classes: dict[Family, type[SamModel | SamHQModel | Sam2Model]] = {
+        "sam": SamModel, "sam-hq": SamHQModel, "sam2": Sam2Model}
+    cls = classes[family]
     hf_logging.disable_progress_bar()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = cls.from_pretrained(
+        # transformers annotates from_pretrained as returning the model alone, even with output_loading_info
+        model, info = cast("tuple[SamModel | SamHQModel | Sam2Model, dict[str, Collection[Any]]]", cls.from_pretrained(
             folder, config=image_model_config(folder, config), output_loading_info=True,
             use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32,
-        )
+        ))
     except (OSError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"cannot load the checkpoint in {folder}: {err}") from None
     finally:
@@ -191,8 +166,10 @@ def _load_weights_strictly(folder: Path, family: Family, config: dict[str, Any],
     video = config.get("model_type") == "sam2_video"
     problems = {
         "missing": list(info.get("missing_keys") or ()),
-        "unexpected": [k for k in info.get("unexpected_keys") or () if not (video and k.startswith(VIDEO_ONLY_PREFIXES))],
-        "of the wrong shape": [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()],
+        "unexpected": [k for k in info.get("unexpected_keys") or ()
+                       if not (video and k.startswith(VIDEO_ONLY_PREFIXES))],
+        "of the wrong shape": [str(k[0]) if isinstance(k, tuple) else str(k)
+                               for k in info.get("mismatched_keys") or ()],
     }
     found = [f"{len(keys)} {label} ({', '.join(sorted(keys)[:4])}{', …' if len(keys) > 4 else ''})"
              for label, keys in problems.items() if keys]
@@ -384,3 +361,23 @@ def _load(ref: str | os.PathLike[str], device: torch.device, download: bool, exp
 def _missing(text: str) -> Path:
     get_spec(text)  # raises ModelNotFoundError listing the known names
     raise ModelNotFoundError(f"unknown model {text!r}")
+
+
+def family_and_size(model: str) -> tuple[Family, int]:
+    """The family and input size (px) of a model reference, read without loading its weights.
+
+    Args:
+        model: a registry name or a transformers model folder.
+
+    Raises:
+        InputError: if ``model`` is neither a registry name nor a folder with a ``config.json``.
+        CheckpointError: if the folder's ``config.json`` is unreadable or not of a SAM-family model.
+    """
+    if model in REGISTRY:
+        spec = REGISTRY[model]
+        return spec.family, spec.input_size
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"--model {model} is neither a registry name nor a model folder with a config.json")
+    config = read_config(folder)
+    return family_of_config(config, folder), input_size_of_config(config)

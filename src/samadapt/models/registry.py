@@ -86,13 +86,31 @@ class ModelSpec:
         return str(self.config["model_type"])
 
     @property
+    def input_size(self) -> int:
+        """The model input side in pixels, as the repository's ``config.json`` states it."""
+        return input_size_of_config(self.config)
+
+    @property
     def preprocessing(self) -> Preprocessing:
-        """The input preprocessing every checkpoint of this family expects."""
-        return preprocessing_for(self.family, 1024)
+        """The input preprocessing this checkpoint expects: its family's, at its input size."""
+        return preprocessing_for(self.family, self.input_size)
+
+
+#: transformers' default prompt-encoder ``image_size``, which a ``config.json`` that leaves it out gets.
+DEFAULT_INPUT_SIZE = 1024
+
+
+def input_size_of_config(config: dict[str, Any]) -> int:
+    """The model input size (px) a parsed ``config.json`` states: its prompt encoder's image size.
+
+    The one place the input size is read; registry entries and model folders both go through it.
+    """
+    size = config.get("prompt_encoder_config", {}).get("image_size", DEFAULT_INPUT_SIZE)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def preprocessing_for(family: Family, size: int) -> Preprocessing:
-    """Preprocessing for a family at a given input size (1024 for public checkpoints)."""
+    """Preprocessing for a family at a given input size (see :func:`input_size_of_config`)."""
     return Preprocessing(
         size=size,
         mean=IMAGENET_MEAN_255,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from samadapt.models.families import family_model, image_encoder_call
 from samadapt.models.loading import LoadedModel
 
 #: Tensors of one image's embedding, each with a leading batch dimension of 1. "image" is
@@ -39,7 +40,7 @@ def encode(loaded: LoadedModel, batch: torch.Tensor) -> list[Embedding]:
         from samadapt.models.accel.speed import apply_runtime
 
         apply_runtime(loaded, loaded.runtime.options)
-    run = loaded.runtime if loaded.runtime is not None else loaded.model.get_image_embeddings
+    run = loaded.runtime if loaded.runtime is not None else image_encoder_call(loaded.model)
     batch = batch.to(loaded.device)
     out: list[Embedding] = []
     if loaded.family == "sam":
@@ -92,7 +93,7 @@ class DecoderPrompts:
     def subset(self, idx: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Points (1, n, p, 2), labels (1, n, p) and boxes (1, n, 4) of objects sharing one shape, unpadded."""
         points = labels = boxes = None
-        if self.labels is not None:
+        if self.points is not None and self.labels is not None:  # both or neither, by construction
             real = self.labels[idx] != PAD_LABEL
             p = int(real[0].sum()) if len(idx) else 0
             if p:
@@ -137,7 +138,7 @@ def decode(
 
     dev = loaded.device
     if prompts.mask is None and sam_decoder.supported(loaded.model):
-        model, image = loaded.model, embedding["image"].to(dev)
+        model, image = family_model(loaded.model), embedding["image"].to(dev)
         high_res = vit = None
         if loaded.family == "sam2":
             high_res = (embedding["high_res_0"].to(dev), embedding["high_res_1"].to(dev))
@@ -174,7 +175,7 @@ def decode(
             idx = group[first : first + step]
             points, labels, boxes = prompts.subset(idx)
             kwargs: dict[str, object] = {"multimask_output": multimask}
-            if points is not None:
+            if points is not None and labels is not None:  # both or neither (subset)
                 kwargs["input_points"], kwargs["input_labels"] = points.to(dev), labels.to(dev)
             if boxes is not None:
                 kwargs["input_boxes"] = boxes.to(dev)
@@ -185,7 +186,8 @@ def decode(
     return out_masks, out_scores
 
 
-def _call_model(loaded: LoadedModel, embedding: Embedding, kwargs: dict[str, object]) -> tuple[torch.Tensor, torch.Tensor]:
+def _call_model(loaded: LoadedModel, embedding: Embedding,
+                kwargs: dict[str, object]) -> tuple[torch.Tensor, torch.Tensor]:
     """One transformers forward pass from a cached embedding; (low-res logits, IoUs) of its objects."""
     dev = loaded.device
     image = embedding["image"].to(dev)

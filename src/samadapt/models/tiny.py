@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
 from samadapt.errors import InputError
 from samadapt.models.registry import Family
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 TINY_IMAGE_SIZE = 256
 MARKER = "samadapt.json"
 
 
-def _sam_parts(hidden: int = 32) -> dict[str, dict]:
+class _Parts(TypedDict):
+    """The three sub-configs of a SAM-family config, as keyword arguments of its constructor."""
+
+    vision_config: dict[str, Any]
+    prompt_encoder_config: dict[str, Any]
+    mask_decoder_config: dict[str, Any]
+
+
+def _sam_parts(hidden: int = 32) -> _Parts:
     return {
         "vision_config": dict(
             hidden_size=hidden, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
@@ -63,7 +75,7 @@ def tiny_config(family: Family):  # noqa: ANN201 - returns a transformers config
     raise InputError(f"unknown model family {family!r}; use sam, sam2 or sam-hq")
 
 
-def build_tiny_model(family: Family, seed: int = 0) -> torch.nn.Module:
+def build_tiny_model(family: Family, seed: int = 0) -> PreTrainedModel:
     """A tiny model of the family with weights drawn from a seeded generator."""
     from transformers import AutoModel
 

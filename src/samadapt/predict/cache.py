@@ -14,17 +14,17 @@ import hashlib
 import os
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from samadapt._home import embeddings_dir
-from samadapt._io import writing
+from samadapt._io import atomic_file
 from samadapt.errors import InputError
 
 Embedding = dict[str, torch.Tensor]
@@ -107,8 +107,8 @@ class EmbeddingCache:
         self.max_bytes = max_bytes if max_bytes is not None else cache_max_bytes()
         self.memory_items = memory_items
         self.persist = persist
-        self._memory: OrderedDict[str, Embedding] = OrderedDict()
-        self._lock = threading.Lock()
+        self._memory: LRUCache[str, Embedding] = LRUCache(maxsize=max(0, memory_items))
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
         self.write_failures = 0  # entries the disk store could not take (one warning for all of them)
         self.hits = 0
         self.misses = 0
@@ -120,9 +120,9 @@ class EmbeddingCache:
     def get(self, key: str) -> Embedding | None:
         """Return a stored embedding, or None when absent or damaged (a damaged file is deleted)."""
         with self._lock:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key]
+            found = self._memory.get(key)  # a hit refreshes the entry
+        if found is not None:
+            return found
         path = self.path(key)
         if not self.persist or not path.is_file():
             return None
@@ -154,12 +154,9 @@ class EmbeddingCache:
             self._remember(key, tensors)
             return
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with writing(path):  # safetensors reports a full disk as its own error: make it an OSError
-                path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp:  # safetensors' own error for a full disk comes out as an OSError
                 save_file(tensors, str(tmp), metadata={"sha256": _tensors_digest(tensors, key), "key": key})
-                os.replace(tmp, path)
         except OSError as exc:  # full, read-only, or an entry replaced by a folder: the cache is only a speed-up
             if not self.write_failures:
                 warnings.warn(f"the embedding cache in {self.root} cannot be written ({exc.strerror or exc}); "
@@ -170,11 +167,6 @@ class EmbeddingCache:
                     folder.rmdir()
                 except OSError:
                     break
-        finally:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
         self._remember(key, tensors)
         try:
             self.evict()
@@ -196,16 +188,13 @@ class EmbeddingCache:
         if self.memory_items <= 0:
             return
         with self._lock:
-            self._memory[key] = tensors
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.memory_items:
-                self._memory.popitem(last=False)
+            self._memory[key] = tensors  # evicts the least recently used entry beyond memory_items
 
     def entries(self) -> list[Path]:
         """Entry files on disk, oldest use first."""
         if not self.root.is_dir():
             return []
-        files = [p for p in self.root.glob("*/*.safetensors") if p.is_file()]
+        files = [p for p in self.root.glob("*/*.safetensors") if p.is_file() and not p.name.startswith(".")]
         return sorted(files, key=lambda p: p.stat().st_mtime_ns)
 
     def size_bytes(self) -> int:

@@ -9,9 +9,7 @@ cropped to its object (see :mod:`samadapt.imagery.mask_windows`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,48 +17,31 @@ import torch
 
 from samadapt.errors import InputError
 from samadapt.imagery.mask_windows import logit_windows
-from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model, mask_prompt_to_model, prepare
-from samadapt.imagery.read import GeoImage, from_array, read_image
+from samadapt.imagery.preprocess import mask_prompt_to_model
 from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
-from samadapt.models.sam import PAD_LABEL, DecoderPrompts, Embedding, decode, encode
-from samadapt.predict.cache import EmbeddingCache, embedding_key
+from samadapt.models.sam import DecoderPrompts, decode
+from samadapt.predict.cache import EmbeddingCache
+from samadapt.predict.embed import Embedded, Embedder, ImageLike, as_geoimage
+from samadapt.predict.packing import pack_prompts
 from samadapt.predict.result import MaskCrop, SegmentationResult
 from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.predict.automatic import AutomaticOptions
 
-ImageLike = GeoImage | np.ndarray | str | os.PathLike[str]
+__all__ = ["DECODE_CHUNK", "Embedded", "ImageLike", "Segmenter", "as_geoimage"]
 
 #: Objects decoded per decoder call; bounds memory for thousands of prompts.
 DECODE_CHUNK = 64
 
 
-@dataclass
-class Embedded:
-    """An image with its embedding and the geometry linking it to the model input."""
-
-    image: GeoImage
-    embedding: Embedding
-    geometry: Geometry
-    from_cache: bool
-
-
-def as_geoimage(image: ImageLike) -> GeoImage:
-    """Accept a GeoImage, a numpy array or a path and return a GeoImage."""
-    if isinstance(image, GeoImage):
-        return image
-    if isinstance(image, np.ndarray):
-        return from_array(image)
-    return read_image(Path(image))
-
-
-class Segmenter:
+class Segmenter(Embedder):
     """Segment images with a SAM-family model and point, box or mask prompts.
 
-    The model is loaded on first use, not in the constructor.
+    The model is loaded on first use, not in the constructor. Embeddings come through the
+    embedding cache as for any :class:`~samadapt.predict.embed.Embedder`.
 
     Args:
         model: registry name, transformers folder, Meta ``.pth`` file, or a LoadedModel.
@@ -85,16 +66,11 @@ class Segmenter:
         download: bool = True,
         runtime: RuntimeOptions | str | None = None,
     ) -> None:
+        super().__init__(model if isinstance(model, LoadedModel) else None, cache=cache)
         self._ref = model
         self._runtime = RuntimeOptions.parse(runtime) if isinstance(runtime, str) else runtime
-        self._loaded = model if isinstance(model, LoadedModel) else None
         self.device = device
         self.download = download
-        if isinstance(cache, EmbeddingCache):
-            self.cache = cache
-        else:
-            self.cache = EmbeddingCache(persist=cache, memory_items=8 if cache else 4)
-        self.encoder_calls = 0
 
     @property
     def loaded(self) -> LoadedModel:
@@ -106,48 +82,6 @@ class Segmenter:
             apply_runtime(self._loaded, self._runtime)
         self._runtime = None
         return self._loaded
-
-    def embed(self, image: ImageLike) -> Embedded:
-        """Return the image's embedding, from the cache when it is there."""
-        key, geo, tensor, geometry = self._prepared(image)
-        misses = self.cache.misses
-        emb = self.cache.get_or_compute(key, lambda: self._encode([tensor])[0])
-        return Embedded(geo, emb, geometry, from_cache=self.cache.misses == misses)
-
-    def _prepared(self, image: ImageLike) -> tuple[str, GeoImage, torch.Tensor, Geometry]:
-        """Cache key, image, model input and geometry of an image."""
-        geo = as_geoimage(image)
-        spec = self.loaded.preprocessing
-        tensor, geometry = prepare(geo.pixels, spec)
-        return embedding_key(self.loaded.model_id, spec.key(), geo.pixels), geo, tensor, geometry
-
-    def _encode(self, tensors: list[torch.Tensor]) -> list[Embedding]:
-        self.encoder_calls += len(tensors)
-        return encode(self.loaded, torch.stack(tensors))
-
-    def embed_many(self, images: Iterable[ImageLike], *, batch_size: int = 1) -> Iterable[Embedded]:
-        """Embed several images, running the encoder on batches of cache misses."""
-        pending: list[tuple[str, GeoImage, torch.Tensor, Geometry]] = []
-        for image in images:
-            key, geo, tensor, geometry = self._prepared(image)
-            found = self.cache.get(key)
-            if found is not None:
-                self.cache.hits += 1
-                yield Embedded(geo, found, geometry, from_cache=True)
-                continue
-            pending.append((key, geo, tensor, geometry))
-            if len(pending) >= batch_size:
-                yield from self._flush(pending)
-                pending = []
-        if pending:
-            yield from self._flush(pending)
-
-    def _flush(self, pending: list[tuple[str, GeoImage, torch.Tensor, Geometry]]) -> Iterable[Embedded]:
-        self.cache.misses += len(pending)
-        embs = self._encode([p[2] for p in pending])
-        for (key, geo, _, geometry), emb in zip(pending, embs, strict=False):
-            self.cache.put(key, emb)
-            yield Embedded(geo, emb, geometry, from_cache=False)
 
     def segment(
         self,
@@ -208,11 +142,11 @@ class Segmenter:
         time, since SAM takes one dense prompt per call.
         """
         loaded = self.loaded
-        singles = [i for i, p in enumerate(prompts) if p.mask is not None]
+        singles = {i: p.mask for i, p in enumerate(prompts) if p.mask is not None}  # index -> mask prompt
         if not singles:
             masks, scores = [], []
             for start in range(0, len(prompts), DECODE_CHUNK):
-                dp = self._decoder_prompts(prompts[start : start + DECODE_CHUNK], emb.geometry)
+                dp = pack_prompts(prompts[start : start + DECODE_CHUNK], emb.geometry)
                 lr, sc = decode(loaded, emb.embedding, dp, multimask=multimask)
                 masks.append(lr)
                 scores.append(sc)
@@ -223,33 +157,15 @@ class Segmenter:
         rest = [i for i in range(len(prompts)) if prompts[i].mask is None]
         if rest:
             out_masks[rest], out_scores[rest] = self.decode(emb, [prompts[i] for i in rest], multimask=multimask)
-        for i in singles:
-            p = prompts[i]
-            dp = self._decoder_prompts([p], emb.geometry)
-            dp = DecoderPrompts(dp.points, dp.labels, dp.boxes, mask_prompt_to_model(p.mask, emb.geometry, loaded.preprocessing))
+        for i, mask_prompt in singles.items():
+            dp = pack_prompts([prompts[i]], emb.geometry)
+            mask = mask_prompt_to_model(mask_prompt, emb.geometry, loaded.preprocessing)
+            dp = DecoderPrompts(dp.points, dp.labels, dp.boxes, mask)
             out_masks[i], out_scores[i] = (t[0] for t in decode(loaded, emb.embedding, dp, multimask=multimask))
         return out_masks, out_scores
 
-    @staticmethod
-    def _decoder_prompts(prompts: Sequence[ObjectPrompt], geometry: Geometry) -> DecoderPrompts:
-        """Every object's prompt in the model-input frame: points padded with label -10, NaN rows for no box."""
-        n = len(prompts)
-        points = labels = boxes = None
-        p_max = max(len(p.points) for p in prompts)
-        if p_max:
-            points = np.zeros((n, p_max, 2))
-            labels = np.full((n, p_max), PAD_LABEL, dtype=np.int64)
-            for j, p in enumerate(prompts):
-                points[j, : len(p.points)] = p.points
-                labels[j, : len(p.points)] = p.labels
-            points = coords_to_model(points, geometry)
-        if any(p.box is not None for p in prompts):
-            boxes = np.full((n, 4), np.nan)
-            for j, p in enumerate(prompts):
-                if p.box is not None:
-                    boxes[j] = p.box
-            boxes = boxes_to_model(boxes, geometry)
-        return DecoderPrompts(points=points, labels=labels, boxes=boxes)
+    #: Every object's prompt in the model-input frame: points padded with label -10, NaN rows for no box.
+    _decoder_prompts = staticmethod(pack_prompts)
 
     def segment_everything(self, image: ImageLike, options: AutomaticOptions | None = None) -> SegmentationResult:
         """Segment every object the model finds, prompting it with a grid of points."""

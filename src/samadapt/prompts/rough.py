@@ -24,7 +24,7 @@ from rasterio.errors import RasterioError
 from scipy import ndimage
 
 from samadapt.errors import InputError, InputFileError
-from samadapt.prompts.sampling import PromptMode, prompts_from_mask
+from samadapt.prompts.sampling import SamplingOptions, prompts_from_mask
 from samadapt.prompts.types import ObjectPrompt
 
 HSV = tuple[float, float, float]
@@ -289,39 +289,18 @@ def rough_mask(
     return clean_mask(mask, min_area=min_area, erode=erode, fill_holes=fill_holes)
 
 
-def prompts_from_rough(
-    mask: np.ndarray,
-    *,
-    mode: PromptMode = "box",
-    n_pos: int = 1,
-    n_neg: int = 0,
-    erode: int = 0,
-    min_spacing: float = 0.0,
-    neg_margin: int = 10,
-    box_noise: float = 0.0,
-    min_area: int = 1,
-    connectivity: int = 8,
-    seed: int = 0,
-) -> list[ObjectPrompt]:
-    """One prompt per blob of a rough mask; the options are those of ``prompts_from_mask``.
+def prompts_from_rough(mask: np.ndarray, options: SamplingOptions | None = None) -> list[ObjectPrompt]:
+    """One prompt per blob of a rough mask, drawn as :func:`~samadapt.prompts.sampling.prompts_from_mask` draws them.
 
-    The default mode is ``"box"``: a box only needs the blob's extent to be about right,
-    while points need its outline to be right too (the river fine-tuning tutorial).
+    The default options prompt with a box (``SamplingOptions()``, mode ``"box"``): a box only
+    needs the blob's extent to be about right, while points need its outline to be right too
+    (the river fine-tuning tutorial). An ``erode`` in the options acts on top of any erosion
+    already done by :func:`rough_mask`.
 
     Args:
         mask: (H, W) bool or numbers (non-zero = object), e.g. from :func:`rough_mask`. Unlike
             a ground-truth mask, 255 here is object, not ignore.
-        mode: ``"box"``, ``"point"``, ``"points"`` or ``"box+point"``.
-        n_pos: positive points per blob.
-        n_neg: negative points per blob.
-        erode: erosion radius in pixels for positives after the first (on top of any
-            erosion already done by :func:`rough_mask`).
-        min_spacing: minimum distance between positives, in pixels.
-        neg_margin: how far outside a blob negatives may lie, in pixels.
-        box_noise: largest random shift of each box coordinate, in pixels.
-        min_area: blobs with fewer pixels get no prompt.
-        connectivity: 8 or 4.
-        seed: random seed.
+        options: the prompt mode and how points and boxes are drawn; None for a tight box per blob.
 
     Returns:
         The prompts, largest blob first.
@@ -329,16 +308,4 @@ def prompts_from_rough(
     Raises:
         InputError: on a bad mask or options (see ``prompts_from_mask``).
     """
-    return prompts_from_mask(
-        _as_bool(mask, "mask"),
-        mode=mode,
-        n_pos=n_pos,
-        n_neg=n_neg,
-        erode=erode,
-        min_spacing=min_spacing,
-        neg_margin=neg_margin,
-        box_noise=box_noise,
-        min_area=min_area,
-        connectivity=connectivity,
-        seed=seed,
-    )
+    return prompts_from_mask(_as_bool(mask, "mask"), options or SamplingOptions())

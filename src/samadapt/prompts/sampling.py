@@ -17,21 +17,14 @@ the same seed gives the same prompts.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 from scipy import ndimage
 
 from samadapt.errors import InputError
-from samadapt.prompts.types import ObjectPrompt
-
-PromptMode = Literal["box", "point", "points", "box+point"]
-"""``box``: the tight box; ``point``: the interior point (plus ``n_neg`` negatives); ``points``:
-``n_pos`` positives (the first is the interior point) plus ``n_neg`` negatives; ``box+point``:
-the box together with the points of ``points``."""
-
-IGNORE = 255
-"""Label-mask value for "unlabelled / ignore"; never part of a region."""
+from samadapt.prompts.types import IGNORE, ObjectPrompt, PromptMode
 
 
 def _check_2d(array: np.ndarray, name: str) -> np.ndarray:
@@ -281,7 +274,8 @@ def sample_points(
         if avoid is not None:
             ring &= ~np.asarray(avoid, dtype=bool)[r0 : r0 + ring.shape[0], c0 : c0 + ring.shape[1]]
         rows, cols = np.nonzero(ring)
-        picks = rng.choice(rows.size, size=min(n_neg, rows.size), replace=False) if rows.size else []
+        picks: np.ndarray | list[int] = (rng.choice(rows.size, size=min(n_neg, rows.size), replace=False)
+                                         if rows.size else [])
         points += [(int(rows[i]) + r0, int(cols[i]) + c0) for i in picks]
     xy = np.array([(c, r) for r, c in points], dtype=np.float64).reshape(-1, 2)
     labels = np.zeros(len(points), dtype=np.int64)
@@ -353,20 +347,63 @@ def perturb_box(box: np.ndarray, max_shift: float, *, rng: np.random.Generator, 
     return out
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How each region of a mask is turned into a prompt, for :func:`prompts_from_mask` and
+    :func:`samadapt.prompts.rough.prompts_from_rough`.
+
+    The options that depend on the mode are checked here; the others are checked where they
+    are used (:func:`regions`, :func:`sample_points`).
+
+    Attributes:
+        mode: ``"box"``, ``"point"`` (the interior point), ``"points"`` or ``"box+point"``
+            (see :data:`samadapt.prompts.types.PromptMode`).
+        n_pos: positive points per region for ``points`` and ``box+point`` (must be 1 for
+            ``point``); see :func:`sample_points`.
+        n_neg: negative points per region (not with ``box``); never placed on ignore pixels.
+        erode: erosion radius in pixels for positives after the first.
+        min_spacing: minimum distance between positives, in pixels.
+        neg_margin: how far outside the region negatives may lie, in pixels.
+        box_noise: largest shift of each box coordinate in pixels (:func:`perturb_box`); 0 = tight box.
+        min_area: regions with fewer pixels get no prompt.
+        connectivity: 8 or 4, how pixels connect into regions.
+        seed: random seed; region ``i`` uses the ``i``-th child of ``SeedSequence(seed)``, so a
+            region's prompt depends only on the seed and its rank.
+
+    Raises:
+        InputError: on an unknown mode, options that do not fit the mode, a negative
+            ``box_noise`` or a negative ``seed``.
+    """
+
+    mode: PromptMode = "box"
+    n_pos: int = 1
+    n_neg: int = 0
+    erode: int = 0
+    min_spacing: float = 0.0
+    neg_margin: int = 10
+    box_noise: float = 0.0
+    min_area: int = 1
+    connectivity: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        mode, n_pos, n_neg = self.mode, self.n_pos, self.n_neg
+        if mode not in get_args(PromptMode):
+            raise InputError(f"mode must be one of {', '.join(get_args(PromptMode))}, got {mode!r}")
+        if mode == "point" and n_pos != 1:
+            raise InputError(f"mode 'point' prompts with the one interior point, got n_pos={n_pos}; use mode 'points'")
+        if mode == "points" and (isinstance(n_pos, bool) or not isinstance(n_pos, (int, np.integer)) or n_pos < 1):
+            raise InputError(f"mode 'points' needs n_pos of at least 1, got {n_pos!r}")
+        if mode == "box" and n_neg:
+            raise InputError(
+                f"mode 'box' takes no points, got n_neg={n_neg}; use mode 'box+point' for points with the box"
+            )
+        object.__setattr__(self, "box_noise", _check_distance(self.box_noise, "box_noise"))
+        object.__setattr__(self, "seed", _check_count(self.seed, "seed"))
+
+
 def prompts_from_mask(
-    mask: np.ndarray,
-    *,
-    mode: PromptMode,
-    class_id: int | None = None,
-    n_pos: int = 1,
-    n_neg: int = 0,
-    erode: int = 0,
-    min_spacing: float = 0.0,
-    neg_margin: int = 10,
-    box_noise: float = 0.0,
-    min_area: int = 1,
-    connectivity: int = 8,
-    seed: int = 0,
+    mask: np.ndarray, options: SamplingOptions, *, class_id: int | None = None
 ) -> list[ObjectPrompt]:
     """One prompt per connected region of a mask, e.g. to train a mask decoder on ground truth.
 
@@ -375,54 +412,30 @@ def prompts_from_mask(
 
     Args:
         mask: (H, W) binary or label mask; see :func:`foreground` (255 = ignore).
-        mode: ``"box"``, ``"point"`` (the interior point), ``"points"`` or ``"box+point"``
-            (see :data:`PromptMode`).
+        options: the prompt mode and how points and boxes are drawn (:class:`SamplingOptions`).
         class_id: the class to prompt in a label mask; None for a binary mask.
-        n_pos: positive points per region for ``points`` and ``box+point`` (must be 1 for
-            ``point``); see :func:`sample_points`.
-        n_neg: negative points per region (not with ``box``); never placed on ignore pixels.
-        erode: erosion radius for positives after the first.
-        min_spacing: minimum distance between positives, in pixels.
-        neg_margin: how far outside the region negatives may lie, in pixels.
-        box_noise: largest shift of each box coordinate (:func:`perturb_box`); 0 = tight box.
-        min_area: regions with fewer pixels get no prompt.
-        connectivity: 8 or 4, how pixels connect into regions.
-        seed: random seed; region ``i`` uses the ``i``-th child of ``SeedSequence(seed)``, so a
-            region's prompt depends only on the seed and its rank.
 
     Returns:
         The prompts, largest region first; empty when the mask has no region.
 
     Raises:
-        InputError: on an unknown mode, options that do not fit the mode, or a bad mask.
+        InputError: on a bad mask, class id or option (see :func:`regions`, :func:`sample_points`).
     """
-    if mode not in get_args(PromptMode):
-        raise InputError(f"mode must be one of {', '.join(get_args(PromptMode))}, got {mode!r}")
-    if mode == "point" and n_pos != 1:
-        raise InputError(f"mode 'point' prompts with the one interior point, got n_pos={n_pos}; use mode 'points'")
-    if mode == "points" and (isinstance(n_pos, bool) or not isinstance(n_pos, (int, np.integer)) or n_pos < 1):
-        raise InputError(f"mode 'points' needs n_pos of at least 1, got {n_pos!r}")
-    if mode == "box" and n_neg:
-        raise InputError(f"mode 'box' takes no points, got n_neg={n_neg}; use mode 'box+point' for points with the box")
-    box_noise = _check_distance(box_noise, "box_noise")
-    seed = _check_count(seed, "seed")
-    found = regions(mask, class_id=class_id, min_area=min_area, connectivity=connectivity)
+    o = options
+    found = regions(mask, class_id=class_id, min_area=o.min_area, connectivity=o.connectivity)
     ignore = None if np.asarray(mask).dtype == np.bool_ else np.asarray(mask) == IGNORE
     prompts = []
-    for region, child in zip(found, np.random.SeedSequence(seed).spawn(len(found)), strict=False):
+    for region, child in zip(found, np.random.SeedSequence(o.seed).spawn(len(found)), strict=False):
         rng = np.random.default_rng(child)
         box = None
-        if mode in ("box", "box+point"):
+        if o.mode in ("box", "box+point"):
             box = tight_box(region)
-            if box_noise:
-                box = perturb_box(box, box_noise, rng=rng, shape=region.shape)
-        points = labels = None
-        if mode != "box":
-            points, labels = sample_points(
-                region, n_pos, n_neg, erode=erode, min_spacing=min_spacing, neg_margin=neg_margin, rng=rng, avoid=ignore
-            )
-        if points is None:
+            if o.box_noise:
+                box = perturb_box(box, o.box_noise, rng=rng, shape=region.shape)
+        if o.mode == "box":
             prompts.append(ObjectPrompt(box=box))
-        else:
-            prompts.append(ObjectPrompt(points=points, labels=labels, box=box))
+            continue
+        points, labels = sample_points(region, o.n_pos, o.n_neg, erode=o.erode, min_spacing=o.min_spacing,
+                                       neg_margin=o.neg_margin, rng=rng, avoid=ignore)
+        prompts.append(ObjectPrompt(points=points, labels=labels, box=box))
     return prompts

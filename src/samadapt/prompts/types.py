@@ -5,15 +5,27 @@ down, as segment-anything's ``SamPredictor`` takes them: the point for the pixel
 and column c is (c, r) (SAM's prompt encoder adds the half pixel to reach its centre).
 Boxes are XYXY on pixel edges: (x0, y0, x1, y1) with x0 < x1 and y0 < y1; a box covering
 columns c0..c1 and rows r0..r1 is (c0, r0, c1 + 1, r1 + 1).
+
+Label masks (ground truth, pseudo-labels, training targets) hold class ids with
+:data:`IGNORE` (255) for pixels that carry no label.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from samadapt.errors import InputError
+
+IGNORE = 255
+"""Label-mask value of pixels that carry no label ("ignore"): never a class id nor part of a region."""
+
+PromptMode = Literal["box", "point", "points", "box+point"]
+"""How an object is prompted from its region: ``box``, the tight box; ``point``, the interior point
+(plus any negatives); ``points``, several positives (the first is the interior point) plus any
+negatives; ``box+point``, the box together with the points of ``points``."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,8 @@ class ObjectPrompt:
         if len(points) != len(labels):
             raise InputError(f"got {len(points)} points but {len(labels)} labels; give one label (1 or 0) per point")
         if not np.isin(labels, (0, 1)).all():
-            raise InputError(f"point labels must be 1 (foreground) or 0 (background), got {sorted(set(labels.tolist()))}")
+            found = sorted(set(labels.tolist()))
+            raise InputError(f"point labels must be 1 (foreground) or 0 (background), got {found}")
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "labels", labels)
         if self.box is not None:
@@ -63,7 +76,9 @@ class ObjectPrompt:
                     f"box {self.box.tolist()} lies outside the image, which is {width} x {height} pixels (x, y)"
                 )
         if self.mask is not None and np.shape(self.mask) != (height, width):
-            raise InputError(f"mask prompt has shape {np.shape(self.mask)}, the image is {(height, width)} (rows, cols)")
+            raise InputError(
+                f"mask prompt has shape {np.shape(self.mask)}, the image is {(height, width)} (rows, cols)"
+            )
 
 
 def point(x: float, y: float, label: int = 1) -> ObjectPrompt:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from samadapt.errors import InputError
-from samadapt.mapping.tiled import NODATA, blend_window
+from samadapt.mapping.runner import NODATA
+from samadapt.mapping.tiled import blend_window
 from samadapt.methods.base import Sample
 from samadapt.service.engine import SegmentEngine
 from samadapt.service.geometry import bbox_extent, view_window

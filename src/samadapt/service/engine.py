@@ -29,14 +29,15 @@ is passed as (continuous - 0.5); boxes are on pixel edges and are not shifted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections import OrderedDict
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from samadapt.imagery.read import GeoImage, from_array
 from samadapt.service.geometry import (
@@ -118,7 +119,8 @@ class SegmentEngine:
         self.sources = sources
         self.settings = settings
         self.client = client
-        self._memory: OrderedDict[Hashable, Embedded] = OrderedDict()
+        # Read and written on the event loop's thread only, so it needs no lock.
+        self._memory: LRUCache[Hashable, Embedded] = LRUCache(maxsize=max(1, int(settings.memory_embeddings)))
         self._inflight: dict[Hashable, asyncio.Task[tuple[Embedded, float, float]]] = {}
         self._encode_pool = ThreadPoolExecutor(max(1, int(settings.encoder_workers)),
                                                thread_name_prefix="samadapt-encode")
@@ -142,15 +144,14 @@ class SegmentEngine:
     async def embedding(self, source: Source, frame: Frame, window: Window, stats: Stats) -> Embedded:
         """The embedding of one window: memory first, then a running computation, then fetch + encode."""
         key = (source.name, frame.zoom, window, self.loaded.model_id)
-        found = self._memory.get(key)
+        found = self._memory.get(key)  # a hit refreshes the entry
         if found is not None:
-            self._memory.move_to_end(key)
             return found
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._compute(key, source, frame, window))
             self._inflight[key] = task
-            task.add_done_callback(lambda t, k=key: self._finished(k, t))
+            task.add_done_callback(functools.partial(self._finished, key))
         emb, fetch_ms, encode_ms = await asyncio.shield(task)
         stats.fetch += fetch_ms
         stats.encode += encode_ms
@@ -181,9 +182,7 @@ class SegmentEngine:
         emb = await loop.run_in_executor(self._encode_pool, self.segmenter.embed, image)
         t2 = time.perf_counter()
         emb = self._light(emb)
-        self._memory[key] = emb
-        while len(self._memory) > max(1, int(self.settings.memory_embeddings)):
-            self._memory.popitem(last=False)
+        self._memory[key] = emb  # evicts the least recently used beyond settings.memory_embeddings
         return emb, (t1 - t0) * 1000, (t2 - t1) * 1000
 
     @staticmethod
@@ -232,9 +231,9 @@ class SegmentEngine:
         """Decode jobs in one window, trace the masks that are final; returns which jobs must move on."""
         masks, decode_ms = self._decode(emb, window, [j.obj for j in jobs], frame)
         t0 = time.perf_counter()
-        move = []
+        move: list[bool] = []
         for job, (mask, score) in zip(jobs, masks, strict=False):
-            again = (not final and job.kind != "view" and mask.any()
+            again = (not final and job.kind != "view" and bool(mask.any())
                      and inner_edges_touched(mask, window, frame.bounds))
             if again:
                 self._next_window(job, mask)

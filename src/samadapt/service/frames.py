@@ -103,6 +103,7 @@ class RasterFrame(Frame):
     def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         from affine import Affine
 
-        mx, my = Affine(*self.transform) * (np.asarray(x, float), np.asarray(y, float))
+        # affine types ``*`` for one (x, y) of floats; it applies as well to arrays, element-wise
+        mx, my = Affine(*self.transform) * (np.asarray(x, float), np.asarray(y, float))  # type: ignore[operator]
         lng, lat = _transformer(self.raster_crs, self.crs).transform(np.asarray(mx), np.asarray(my))
         return np.asarray(lng, dtype=np.float64), np.asarray(lat, dtype=np.float64)

@@ -11,9 +11,12 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from samadapt.errors import InputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from samadapt.service.settings import EmbeddingMode
 
 #: Servers started by :func:`run` and still running, so embedding code (and tests) can stop them.
 RUNNING: list[Any] = []
@@ -58,7 +61,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
     if mode is not None:
         if mode not in ("grid", "view"):
             raise InputError(f"--mode must be grid or view, got {mode!r}")
-        settings = dataclasses.replace(settings, embedding_mode=mode)
+        settings = dataclasses.replace(settings, embedding_mode=cast("EmbeddingMode", mode))  # checked above
     segmenter = Segmenter(model, device=device, runtime=runtime)
     loaded = segmenter.loaded
     ad = None

@@ -27,12 +27,16 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from samadapt.errors import InputError, InputFileError
+
+#: How embeddings are reused: per fixed grid cell of the model input, or per view.
+EmbeddingMode = Literal["grid", "view"]
 
 #: Public XYZ tile templates available without any configuration.
 DEFAULT_SOURCES: dict[str, dict[str, Any]] = {
@@ -97,7 +101,7 @@ class ServiceSettings:
     max_body_bytes: int = 64 * 1024
     max_prompts: int = 32
     max_view_pixels: int = 4096
-    embedding_mode: Literal["grid", "view"] = "grid"
+    embedding_mode: EmbeddingMode = "grid"
     memory_embeddings: int = 64
     encoder_workers: int = 1
     fetch_timeout_s: float = 10.0
@@ -116,20 +120,23 @@ class ServiceSettings:
             raise InputError(f"setting tile_cache_tiles must be a whole number >= 0, got {self.tile_cache_tiles!r}")
         if isinstance(self.fetch_timeout_s, bool) or not isinstance(self.fetch_timeout_s, (int, float)) \
                 or not 0 < self.fetch_timeout_s <= 300:
-            raise InputError(f"setting fetch_timeout_s must be a number of seconds in (0, 300], got {self.fetch_timeout_s!r}")
+            raise InputError("setting fetch_timeout_s must be a number of seconds in (0, 300], "
+                             f"got {self.fetch_timeout_s!r}")
         self.fetch_timeout_s = float(self.fetch_timeout_s)
         if self.embedding_mode not in ("grid", "view"):
             raise InputError(f"setting embedding_mode must be 'grid' or 'view', got {self.embedding_mode!r}")
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
             raise InputError("setting token must be a non-empty string, or absent to leave the API open")
         if not isinstance(self.cors_origins, list) or not all(isinstance(o, str) and o for o in self.cors_origins):
-            raise InputError(f"setting cors_origins must be a list of origins like 'https://example.org', got {self.cors_origins!r}")
+            raise InputError("setting cors_origins must be a list of origins like 'https://example.org', "
+                             f"got {self.cors_origins!r}")
         if not isinstance(self.sources, dict) or not self.sources:
             raise InputError("setting sources must name at least one imagery source")
         self.sources = {name: check_source(name, spec) for name, spec in self.sources.items()}
         if self.default_source not in self.sources:
             raise InputError(
-                f"default_source {self.default_source!r} is not a configured source; choose one of {sorted(self.sources)}"
+                f"default_source {self.default_source!r} is not a configured source; "
+                f"choose one of {sorted(self.sources)}"
             )
 
 
@@ -141,7 +148,8 @@ def check_source(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise InputError(
-            f"source name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"source name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     if not isinstance(spec, Mapping):
         raise InputError(f"source {name!r} must be a table of settings, got {type(spec).__name__}")
@@ -170,7 +178,8 @@ def check_source(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
             raise InputError(f"source {name!r}: body must be a name like 'Earth' or 'Mars'")
         crs = out.setdefault("crs", "EPSG:4326" if body == "Earth" else None)
         if not isinstance(crs, str) or not crs:
-            raise InputError(f"source {name!r} is on {body}: give its lat/lng crs, e.g. crs = 'IAU_2015:49900' for Mars")
+            raise InputError(f"source {name!r} is on {body}: give its lat/lng crs, "
+                             "e.g. crs = 'IAU_2015:49900' for Mars")
     else:
         path = out.get("path")
         if not isinstance(path, (str, Path)) or not str(path):
@@ -180,20 +189,23 @@ def check_source(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         out.setdefault("max_zoom", 24)
     lo, hi = out["min_zoom"], out["max_zoom"]
     if not all(isinstance(z, int) and not isinstance(z, bool) for z in (lo, hi)) or not 0 <= lo <= hi <= 30:
-        raise InputError(f"source {name!r}: need whole-number zooms 0 <= min_zoom <= max_zoom <= 30, got {lo!r}, {hi!r}")
+        raise InputError(f"source {name!r}: need whole-number zooms 0 <= min_zoom <= max_zoom <= 30, "
+                         f"got {lo!r}, {hi!r}")
     return out
 
 
 def check_template(name: str, url: Any) -> str:
     """Check an XYZ URL template: http(s), with ``{z}``, ``{x}``, ``{y}`` and no other variable."""
     if not isinstance(url, str) or not re.match(r"^https?://([A-Za-z0-9.-]|\{s\})+(:\d+)?/", url):
-        raise InputError(f"source {name!r}: url must be an http(s) template like 'https://host/{{z}}/{{x}}/{{y}}.png', got {url!r}")
+        raise InputError(f"source {name!r}: url must be an http(s) template like "
+                         f"'https://host/{{z}}/{{x}}/{{y}}.png', got {url!r}")
     missing = [v for v in ("{z}", "{x}", "{y}") if v not in url]
     if missing:
         raise InputError(f"source {name!r}: url template {url!r} lacks {', '.join(missing)}")
     unknown = sorted(set(re.findall(r"\{[^{}]*\}", url)) - _TEMPLATE_VARS)
     if unknown:
-        raise InputError(f"source {name!r}: url template {url!r} has unknown variable(s) {unknown}; use {{z}} {{x}} {{y}} {{s}}")
+        raise InputError(f"source {name!r}: url template {url!r} has unknown variable(s) {unknown}; "
+                         "use {z} {x} {y} {s}")
     return url
 
 
@@ -233,10 +245,10 @@ def _read_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):  # noqa: UP036 - requires-python allows 3.10, which has no tomllib
                 import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:
+                import tomli as tomllib
             with path.open("rb") as f:
                 data = tomllib.load(f)
         elif suffix == ".json":
@@ -263,7 +275,9 @@ def _env_value(name: str, text: str, kind: Any) -> Any:
     return text
 
 
-def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> ServiceSettings:
     """Build the service settings from defaults, an optional file and the environment.
 
     Args:
@@ -291,7 +305,8 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
             sources = {}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise InputError(f"{path.name}: unknown setting(s) {unknown}; known settings are {sorted(fields)} and default_sources")
+            raise InputError(f"{path.name}: unknown setting(s) {unknown}; known settings are {sorted(fields)} "
+                             "and default_sources")
         file_sources = data.pop("sources", {})
         if not isinstance(file_sources, dict):
             raise InputError(f"{path.name}: sources must be a table of name -> source settings")

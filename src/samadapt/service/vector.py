@@ -5,7 +5,7 @@ window, offset to frame pixels, and every vertex is converted with ``Frame.to_ln
 web mercator is not linear in latitude and a local raster's CRS may be anything, so no
 affine shortcut is taken. Coordinates are rounded to 1e-8 degrees (about a millimetre on
 Earth), far below a pixel at any zoom the service accepts, and returned as numpy arrays for
-:func:`samadapt.service.app.json_bytes` to encode.
+:func:`samadapt.service.wire.json_bytes` to encode.
 """
 
 from __future__ import annotations

@@ -176,9 +176,9 @@ class Adapter:
             return [self.predict_sample(s) for s in samples]
         if m.name in EMBEDDING_METHODS and all(s.pixels.shape[2] == 3 for s in samples):
             # These methods read the embedding through the cache in make_inputs: fill it with
-            # one encoder call first (through the segmenter AdaptationMethod.embedding uses).
+            # one encoder call first (through the embedder AdaptationMethod.embedding uses).
             images = [from_array(s.pixels, channel_axis="last") for s in samples]  # (H, W, 3), as embedding() says
-            for _ in m.segmenter.embed_many(images, batch_size=len(samples)):
+            for _ in m.embedder.embed_many(images, batch_size=len(samples)):
                 pass
         inputs = [m.make_inputs(Sample(s.stem, s.pixels, s.valid, None), train=False, rng=np.random.default_rng(0))
                   for s in samples]

@@ -90,10 +90,12 @@ def learning_curve(
     csv_path = _write_csv(out_dir / "learning_curve.csv", rows)
     plot_curve(rows, out_dir / "learning_curve.png")
     write_report(out_dir / "report.md", rows, splits, protocol={
-        "dataset": str(Path(dataset_dir).resolve()), "eval_dataset": str(Path(eval_dataset).resolve()) if eval_dataset else None,
+        "dataset": str(Path(dataset_dir).resolve()),
+        "eval_dataset": str(Path(eval_dataset).resolve()) if eval_dataset else None,
         "methods": list(methods), "sizes": sorted(set(sizes)), "seeds": seeds, "epochs": epochs, "lr": lr,
         "batch_size": batch_size, "select": select, "bands": list(bands) if bands else None,
-        "method_options": method_options or {}, "oracle_prompts": oracle_prompts, "base_model": base.name, "base_weights_sha256": base.weights_sha256,
+        "method_options": method_options or {}, "oracle_prompts": oracle_prompts,
+        "base_model": base.name, "base_weights_sha256": base.weights_sha256,
     })
     return csv_path
 
@@ -203,9 +205,11 @@ def write_report(path: Path, rows: list[dict[str, Any]], splits: list[dict[str, 
                               "any image id used for training or validation" if protocol.get("eval_dataset")
                               else "the training dataset's test split") + ".",
         f"- Split ids: sha256 `{digest}` over every run's train / val / test ids (`run_splits.json` beside this file).",
-        f"- Methods: {', '.join(protocol['methods'])}; label budgets {protocol['sizes']}; seeds 0..{protocol['seeds'] - 1} "
+        f"- Methods: {', '.join(protocol['methods'])}; label budgets {protocol['sizes']}; "
+        f"seeds 0..{protocol['seeds'] - 1} "
         "(each seed draws its own nested budgets and initialisation).",
-        f"- Training: {protocol['epochs']} epochs, peak learning rate {protocol['lr']}, batch size {protocol['batch_size']}; "
+        f"- Training: {protocol['epochs']} epochs, peak learning rate {protocol['lr']}, "
+        f"batch size {protocol['batch_size']}; "
         + ("the last epoch's weights are kept." if protocol["select"] == "last"
            else "the epoch with the best validation mIoU is kept."),
         f"- Method options (prompts included): `{json.dumps(protocol['method_options'], sort_keys=True)}`.",

@@ -72,7 +72,8 @@ def adapter_split(config: dict[str, Any], dataset: Any, split: str | None) -> tu
         missing = [s for s in stems if dataset.mask_path(s) is None]
         if missing:
             raise InputError(
-                f"{len(missing)} of the adapter's test images ({', '.join(missing[:3])}) have no mask in {dataset.root}; "
+                f"{len(missing)} of the adapter's test images ({', '.join(missing[:3])}) have no mask in "
+                f"{dataset.root}; "
                 "give the dataset the adapter was scored on, or --split to choose images of this one"
             )
         return stems, "test (the adapter's own)", notes
@@ -80,7 +81,8 @@ def adapter_split(config: dict[str, Any], dataset: Any, split: str | None) -> tu
         raise InputError(f"unknown split {split!r}; use {', '.join(SPLITS)}")
     seed = int((config.get("train") or {}).get("seed", 0))
     if split is None:
-        notes.append(f"this adapter records no split; scored the dataset's test split drawn with its training seed {seed}")
+        notes.append("this adapter records no split; scored the dataset's test split drawn with its training "
+                     f"seed {seed}")
         split = "test"
     if split == "all":
         return [s for s in dataset.stems() if dataset.mask_path(s) is not None], "all", notes

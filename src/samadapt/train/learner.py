@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from samadapt.methods.base import Sample
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.train.adapter import read_sample, save_adapter
 from samadapt.train.loop import TrainConfig, TrainResult, evaluate_method, train
+
+if TYPE_CHECKING:
+    from samadapt.data.dataset import SegDataset
 
 
 def label_budget(stems: list[str], n: int | None, seed: int) -> list[str]:
@@ -58,7 +61,7 @@ def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None =
 
 def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
     """train / val / test stems: from splits.json, else a seeded 60/20/20 split of labelled images."""
-    from samadapt.data.dataset import make_splits
+    from samadapt.data.splits import make_splits
 
     labelled = [s for s in dataset.stems() if dataset.mask_path(s) is not None]
     if not labelled:
@@ -217,7 +220,8 @@ class Learner:
         """Write the adapter folder (weights, config, training log and plot)."""
         metrics = {}
         if self.result and self.result.history:
-            row = next((r for r in self.result.history if r["epoch"] == self.result.best_epoch), self.result.history[-1])
+            history = self.result.history
+            row = next((r for r in history if r["epoch"] == self.result.best_epoch), history[-1])
             metrics = {k: v for k, v in row.items() if k.startswith("val_") or k == "epoch"}
         extra = (self.run_dir / "training_log.jsonl", self.run_dir / "training.png") if self.run_dir else ()
         return save_adapter(
@@ -229,3 +233,45 @@ class Learner:
     def with_config(self, **changes: Any) -> TrainConfig:
         """The last training settings with some changed (for a second ``fit``)."""
         return replace(self.train_config or TrainConfig(), **changes)
+
+
+def foreground_class_id(dataset: SegDataset, name: str) -> int:
+    """A foreground class of a dataset, given by its id or its name.
+
+    Raises:
+        InputError: if ``name`` is neither the name nor the id of a foreground class (0 is background).
+    """
+    by_name = {v: k for k, v in dataset.classes.items()}
+    if name in by_name and by_name[name]:
+        return by_name[name]
+    if name.isdigit() and int(name) in dataset.classes and int(name):
+        return int(name)
+    known = ", ".join(f"{k} ({v})" for k, v in sorted(dataset.classes.items()) if k)
+    raise InputError(f"--class {name!r} is not a foreground class of {dataset.root}; use one of {known}")
+
+
+def class_folder_name(name: str) -> str:
+    """A class name as a folder name: characters other than letters, digits, ``.``, ``_``, ``-`` become ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+
+
+def training_targets(dataset: SegDataset, method: str, out: Path,
+                     class_name: str | None = None) -> list[tuple[int | None, Path]]:
+    """The adapters one training writes: (foreground class id or None for every class, adapter folder).
+
+    With ``class_name``, one adapter for that class against the rest. A method that predicts
+    one class (``binary_only``) on a dataset of several foreground classes trains one adapter
+    per class, in ``out/<class name>/``. Otherwise one adapter for every class, in ``out``.
+
+    Raises:
+        InputError: if ``class_name`` is not a foreground class or ``method`` is unknown.
+    """
+    from samadapt.methods import method_class
+
+    if class_name is not None:
+        return [(foreground_class_id(dataset, class_name), out)]
+    if method_class(method).binary_only and dataset.num_classes > 2:
+        return [(c, out / class_folder_name(name)) for c, name in sorted(dataset.classes.items()) if c]
+    return [(None, out)]

@@ -138,7 +138,8 @@ def _accelerator(config: TrainConfig):  # noqa: ANN202
 def _metric_value(row: dict[str, Any], monitor: str) -> float:
     key = "val_loss" if monitor == "loss" else f"val_{monitor}"
     if key not in row:
-        raise InputError(f"cannot monitor {monitor!r}; the validation log has {sorted(k[4:] for k in row if k.startswith('val_'))}")
+        logged = sorted(k[4:] for k in row if k.startswith("val_"))
+        raise InputError(f"cannot monitor {monitor!r}; the validation log has {logged}")
     v = row[key]
     return float("nan") if v is None else float(v)
 
@@ -225,6 +226,8 @@ def evaluate_method(method: AdaptationMethod, samples: Sequence[Sample], *, batc
         probs = method.probabilities(logits).float().cpu()
         for j, i in enumerate(idx):
             s = samples[int(i)]
+            if s.target is None:
+                raise InputError(f"{s.stem} has no target; evaluation needs labelled samples")
             geometry = method.geometry_of(*s.target.shape)
             pred = method.to_original(probs[j], geometry).argmax(0).numpy().astype(np.uint8)
             target = s.target.copy()

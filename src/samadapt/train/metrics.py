@@ -7,7 +7,7 @@ are classes and ``ignore_index`` (default 255) marks pixels that are not counted
 (a prediction that abstains where the target is labelled is an error, not a free pass).
 
 Pixel scores come from the (C, C) confusion matrix ``cm`` (rows = target, columns =
-prediction), built by :func:`confusion_matrix`, the only place pixels are counted.
+prediction), built by :func:`samadapt.train.confusion.confusion_matrix`, the only place pixels are counted.
 For each class c:
 
 - ``TP_c = cm[c, c]``, ``FP_c = sum(cm[:, c]) - TP_c``, ``FN_c = sum(cm[c, :]) - TP_c``,
@@ -46,7 +46,7 @@ macro score is the plain mean of the non-NaN per-class values and can be recompu
 A dataset-level value with no defined term (e.g. every pixel ignored) is NaN.
 
 Object scores (the unit of an instance baseline such as Mask R-CNN) come from
-:func:`object_counts`. For each class c >= 1 the objects are the connected components of
+:func:`samadapt.train.object_metrics.object_counts`. For each class c >= 1 the objects are the connected components of
 ``pred == c`` and of ``target == c`` under 8-connectivity (pixels sharing an edge or a corner;
 the full 3x3x... neighbourhood for other dimensions), found by :func:`scipy.ndimage.label`
 after taking the ignored pixels (target == ``ignore_index``) out of both masks: ignored pixels
@@ -85,6 +85,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samadapt.errors import InputError
+from samadapt.train.confusion import check_ignore_index, check_num_classes, confusion_matrix
 from samadapt.train.object_metrics import ObjectCounts, _frozen, count_objects
 
 __all__ = [
@@ -92,13 +93,10 @@ __all__ = [
     "SCALAR_FIELDS",
     "MetricAccumulator",
     "Metrics",
-    "ObjectCounts",
-    "binary_iou",
-    "confusion_matrix",
     "evaluate",
     "metrics_from_confusion",
-    "object_counts",
 ]
+
 
 @dataclass(frozen=True, eq=False)
 class Metrics:
@@ -241,64 +239,6 @@ COUNT_FIELDS = ("num_pixels", "num_objects_pred", "num_objects_target", "num_obj
 """Integer counts of :meth:`Metrics.as_dict`, in order (None when objects were not counted)."""
 
 
-def confusion_matrix(
-    pred: np.ndarray,
-    target: np.ndarray,
-    num_classes: int,
-    *,
-    ignore_index: int | None = 255,
-) -> np.ndarray:
-    """Count (target, prediction) class pairs over the pixels whose target is not ignored.
-
-    Args:
-        pred: Integer array of predicted classes in ``[0, num_classes)``, usually (H, W);
-            it may hold ``ignore_index`` only where ``target`` does.
-        target: Integer array of the same shape, classes in ``[0, num_classes)`` or
-            ``ignore_index``.
-        num_classes: C, the number of classes including background (at least 2).
-        ignore_index: Target value excluded from every count, or None to count every
-            pixel. Must lie outside ``[0, num_classes)``.
-
-    Returns:
-        (C, C) int64 array; entry ``[t, p]`` is the number of pixels of target class t
-        predicted as class p.
-
-    Raises:
-        InputError: If shapes differ, an array is not integer, a value is out of range,
-            ``num_classes < 2`` or ``ignore_index`` is a class id.
-    """
-    pred, target = _kept_pixels(pred, target, num_classes, ignore_index)
-    # One bincount over flat (target, pred) pair ids is the single counting code path.
-    pairs = target.astype(np.int64) * num_classes + pred.astype(np.int64)
-    counts = np.bincount(pairs, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).astype(np.int64, copy=False)
-
-
-def object_counts(
-    pred: np.ndarray,
-    target: np.ndarray,
-    num_classes: int,
-    *,
-    ignore_index: int | None = 255,
-) -> ObjectCounts:
-    """Count predicted, target and matched objects per class (definitions in the module docstring).
-
-    Args:
-        pred: Integer array of predicted classes, usually (H, W), as for :func:`confusion_matrix`.
-        target: Integer array of the same shape, classes or ``ignore_index``.
-        num_classes: C, the number of classes including background (at least 2).
-        ignore_index: Target value whose pixels belong to no object, or None.
-
-    Returns:
-        The :class:`ObjectCounts` of this image, arrays of shape (C,).
-
-    Raises:
-        InputError: As :func:`confusion_matrix`.
-    """
-    _kept_pixels(pred, target, num_classes, ignore_index)
-    return count_objects(np.asarray(pred), np.asarray(target), num_classes, ignore_index)
-
-
 def metrics_from_confusion(cm: np.ndarray, objects: ObjectCounts | None = None) -> Metrics:
     """Derive every score from a confusion matrix (definitions in the module docstring).
 
@@ -317,7 +257,7 @@ def metrics_from_confusion(cm: np.ndarray, objects: ObjectCounts | None = None) 
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise InputError(f"confusion matrix must be square (C, C), got shape {cm.shape}")
-    _check_num_classes(cm.shape[0])
+    check_num_classes(cm.shape[0])
     if not (np.issubdtype(cm.dtype, np.integer) or cm.dtype == np.bool_):
         raise InputError(f"confusion matrix must hold integer counts, got dtype {cm.dtype}")
     if cm.size and cm.min() < 0:
@@ -389,8 +329,8 @@ class MetricAccumulator:
         Raises:
             InputError: If ``num_classes < 2`` or ``ignore_index`` is a class id.
         """
-        _check_num_classes(num_classes)
-        _check_ignore_index(ignore_index, num_classes)
+        check_num_classes(num_classes)
+        check_ignore_index(ignore_index, num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.keep_per_image = per_image
@@ -412,7 +352,7 @@ class MetricAccumulator:
             This image's :class:`Metrics`.
 
         Raises:
-            InputError: As :func:`confusion_matrix`; the accumulator is left unchanged.
+            InputError: As :func:`samadapt.train.confusion.confusion_matrix`; the accumulator is left unchanged.
         """
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index)
         objects = count_objects(np.asarray(pred), np.asarray(target), self.num_classes, self.ignore_index)
@@ -469,7 +409,7 @@ def evaluate(
         The pooled :class:`Metrics`.
 
     Raises:
-        InputError: If the two iterables differ in length, or as :func:`confusion_matrix`.
+        InputError: If the two iterables differ in length, or as :func:`samadapt.train.confusion.confusion_matrix`.
     """
     acc = MetricAccumulator(num_classes, ignore_index=ignore_index, per_image=False)
     missing = object()
@@ -479,26 +419,6 @@ def evaluate(
             raise InputError(f"ran out of {side} at image {index}; give one prediction per target")
         acc.add(pred, target)  # type: ignore[arg-type]
     return acc.compute()
-
-
-def binary_iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """IoU of two boolean masks: |pred AND target| / |pred OR target|.
-
-    Args:
-        pred: Boolean (or 0/1 integer) mask of any shape.
-        target: Boolean (or 0/1 integer) mask of the same shape.
-
-    Returns:
-        The foreground IoU; 1.0 when both masks are empty (nothing to find, nothing found).
-
-    Raises:
-        InputError: If shapes differ or a mask holds values other than 0/1.
-    """
-    pred = _as_binary(pred, "prediction")
-    target = _as_binary(target, "target")
-    cm = confusion_matrix(pred, target, 2, ignore_index=None)
-    tp, union = int(cm[1, 1]), int(cm[1, 1] + cm[0, 1] + cm[1, 0])
-    return 1.0 if union == 0 else tp / union
 
 
 def _score(num: np.ndarray, den: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -524,81 +444,3 @@ def _mean_defined(values: np.ndarray) -> float:
 def _json_float(value: float) -> float | None:
     value = float(value)
     return None if math.isnan(value) else value
-
-
-def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise InputError(f"num_classes must be an integer >= 2 (background included), got {num_classes!r}")
-
-
-def _check_ignore_index(ignore_index: int | None, num_classes: int) -> None:
-    if ignore_index is None:
-        return
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise InputError(f"ignore_index must be an integer or None, got {ignore_index!r}")
-    if 0 <= ignore_index < num_classes:
-        raise InputError(
-            f"ignore_index {ignore_index} is a class id for num_classes={num_classes}; "
-            f"use a value outside [0, {num_classes}), such as 255"
-        )
-
-
-def _kept_pixels(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Check a (prediction, target) pair; return the flat predicted and target classes kept."""
-    _check_num_classes(num_classes)
-    _check_ignore_index(ignore_index, num_classes)
-    pred = _as_label_array(pred, "prediction")
-    target = _as_label_array(target, "target")
-    if pred.shape != target.shape:
-        raise InputError(
-            f"prediction shape {pred.shape} differs from target shape {target.shape}; "
-            "give one predicted class per target pixel"
-        )
-    if ignore_index is not None:
-        keep = target != ignore_index
-        pred, target = pred[keep], target[keep]
-    else:
-        pred, target = pred.reshape(-1), target.reshape(-1)
-    _check_range(target, num_classes, "target", ignore_index)
-    if ignore_index is not None and pred.size and (pred == ignore_index).any():
-        count = int((pred == ignore_index).sum())
-        raise InputError(
-            f"prediction holds the ignore value {ignore_index} at {count} pixels whose target "
-            "is labelled; predict a class there or set the target to the ignore value too"
-        )
-    _check_range(pred, num_classes, "prediction", None)
-    return pred, target
-
-
-def _as_label_array(array: np.ndarray, what: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise InputError(
-            f"{what} must be an integer class array, got dtype {array.dtype}; convert it with .astype(np.int64)"
-        )
-    return array
-
-
-def _check_range(values: np.ndarray, num_classes: int, what: str, ignore_index: int | None) -> None:
-    """Raise naming the offending values if any lie outside [0, num_classes)."""
-    if values.size == 0:
-        return
-    if values.min() >= 0 and values.max() < num_classes:
-        return
-    bad = np.unique(values[(values < 0) | (values >= num_classes)])
-    shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
-    allowed = f"[0, {num_classes - 1}]" + (f" or the ignore value {ignore_index}" if ignore_index is not None else "")
-    raise InputError(f"{what} holds class value(s) {shown} outside {allowed} for num_classes={num_classes}")
-
-
-def _as_binary(mask: np.ndarray, what: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype == np.bool_:
-        return mask
-    if not np.issubdtype(mask.dtype, np.integer) or (mask.size and not np.isin(mask, (0, 1)).all()):
-        raise InputError(f"{what} mask must be boolean or hold only 0 and 1, got dtype {mask.dtype}")
-    return mask.astype(bool)

@@ -18,8 +18,9 @@ import numpy as np
 from scipy import ndimage
 
 from samadapt.errors import InputError
+from samadapt.train.confusion import checked_pixels
 
-__all__ = ["MATCH_IOU", "ObjectCounts", "count_objects"]
+__all__ = ["MATCH_IOU", "ObjectCounts", "count_objects", "object_counts"]
 
 MATCH_IOU = 0.5  # a predicted and a target object match when their IoU is at least this
 
@@ -67,7 +68,7 @@ class ObjectCounts:
 
 def count_objects(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None) -> ObjectCounts:
     """Per-class object counts of a prediction and a target already checked (as by
-    :func:`samadapt.train.metrics.confusion_matrix`); see the module docstring."""
+    :func:`samadapt.train.confusion.confusion_matrix`); see the module docstring."""
     pred, target = np.atleast_1d(pred), np.atleast_1d(target)
     structure = np.ones((3,) * target.ndim, dtype=bool)  # 8-connectivity in 2-D
     labelled = target != ignore_index if ignore_index is not None else np.ones(target.shape, dtype=bool)
@@ -78,6 +79,32 @@ def count_objects(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore
         matched = _match_objects(target_labels, num_target, pred_labels, num_pred) if num_target and num_pred else 0
         rows[:, c] = (num_pred, num_target, matched, abs(num_pred - num_target))
     return ObjectCounts._from_rows(rows)
+
+
+def object_counts(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    *,
+    ignore_index: int | None = 255,
+) -> ObjectCounts:
+    """Count predicted, target and matched objects per class (definitions in the module docstring).
+
+    Args:
+        pred: Integer array of predicted classes, usually (H, W), as for
+            :func:`samadapt.train.confusion.confusion_matrix`.
+        target: Integer array of the same shape, classes or ``ignore_index``.
+        num_classes: C, the number of classes including background (at least 2).
+        ignore_index: Target value whose pixels belong to no object, or None.
+
+    Returns:
+        The :class:`ObjectCounts` of this image, arrays of shape (C,).
+
+    Raises:
+        InputError: As :func:`samadapt.train.confusion.confusion_matrix`.
+    """
+    checked_pixels(pred, target, num_classes, ignore_index)
+    return count_objects(np.asarray(pred), np.asarray(target), num_classes, ignore_index)
 
 
 def _components(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
@@ -100,6 +127,7 @@ def _match_objects(target_labels: np.ndarray, num_target: int, pred_labels: np.n
     both = (target_labels > 0) & (pred_labels > 0)
     ids = target_labels[both].astype(np.int64) * (num_pred + 1) + pred_labels[both]
     space = (num_target + 1) * (num_pred + 1)
+    # 1024 is a count of pair ids, not the model input size: a bincount that small is always cheap.
     if space <= max(target_labels.size, 1024):
         per_id = np.bincount(ids, minlength=space)
         ids = np.flatnonzero(per_id)

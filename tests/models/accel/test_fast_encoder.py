@@ -60,7 +60,8 @@ def padded_model(family: str) -> torch.nn.Module:
     s = 256
     parts["vision_config"] = {
         "backbone_config": {
-            "model_type": "sam2_hiera_det_model", "hidden_size": 8, "image_size": [s, s], "blocks_per_stage": [1, 1, 2, 1],
+            "model_type": "sam2_hiera_det_model", "hidden_size": 8, "image_size": [s, s],
+            "blocks_per_stage": [1, 1, 2, 1],
             "embed_dim_per_stage": [8, 16, 32, 64], "num_attention_heads_per_stage": [1, 2, 2, 2],
             "window_size_per_stage": [4, 6, 6, 6], "global_attention_blocks": [3],
             "window_positional_embedding_background_size": [4, 4],
@@ -78,7 +79,8 @@ def embeddings(model: torch.nn.Module, x: torch.Tensor, fused: bool, bf16: bool)
         fast_encoder.install_fast_encoder(model)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model.get_image_embeddings(x)
-    flat = [out] if isinstance(out, torch.Tensor) else [t for part in out for t in (part if isinstance(part, (list, tuple)) else [part])]
+    flat = [out] if isinstance(out, torch.Tensor) else [
+        t for part in out for t in (part if isinstance(part, (list, tuple)) else [part])]
     return [t.float() for t in flat]
 
 

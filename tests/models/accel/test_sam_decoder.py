@@ -324,8 +324,9 @@ def test_padding_points_change_nothing(tiny_models: dict[str, Path]) -> None:
     loaded = _livelier(load_model(tiny_models["sam"]))
     emb = _embedded(loaded, loaded.preprocessing.size, (256, 256)).embedding
     alone = DecoderPrompts(points=np.array([[[40.0, 60.0]]]), labels=np.array([[1]]))
-    padded = DecoderPrompts(points=np.array([[[40.0, 60.0], [0.0, 0.0], [9.0, 9.0]], [[10.0, 20.0], [30.0, 30.0], [5.0, 5.0]]]),
-                            labels=np.array([[1, -10, -10], [1, 0, 1]]))
+    padded = DecoderPrompts(
+        points=np.array([[[40.0, 60.0], [0.0, 0.0], [9.0, 9.0]], [[10.0, 20.0], [30.0, 30.0], [5.0, 5.0]]]),
+        labels=np.array([[1, -10, -10], [1, 0, 1]]))
     a, b = decode(loaded, emb, alone), decode(loaded, emb, padded)
     torch.testing.assert_close(b[0][:1], a[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b[1][:1], a[1], atol=1e-6, rtol=1e-5)

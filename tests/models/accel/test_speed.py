@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from samadapt.errors import InputError
 from samadapt.models.accel import fast_attention, speed
 from samadapt.models.accel.speed import (
@@ -120,7 +120,8 @@ FOLDED = fast_attention.folded_attention  # the real one, for the counting stand
 def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypatch, spec: str, fold: bool) -> None:
     # Tiny models' layers are small enough for the whole-bias branch; force the global-layer ones.
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
-    monkeypatch.setattr(fast_attention, "CHUNK_BYTES", 4 * 2 * 3 * 16 * 256)  # 3 rows of 16 per chunk in fp32, 6 in bf16
+    # 3 rows of 16 per chunk in fp32, 6 in bf16
+    monkeypatch.setattr(fast_attention, "CHUNK_BYTES", 4 * 2 * 3 * 16 * 256)
     monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32, torch.bfloat16) if fold else ())
     calls = []
     monkeypatch.setattr(fast_attention, "folded_attention",
@@ -256,7 +257,8 @@ def test_onnx_export_is_cached_and_reused(tiny_models, monkeypatch) -> None:
     again = load_model(tiny_models["sam2"])
     apply_runtime(again, "onnx")
     x = torch.randn(2, 3, 256, 256)
-    assert torch.allclose(encode(again, x)[1]["image"], encode(load_model(tiny_models["sam2"]), x)[1]["image"], atol=1e-5)
+    first = encode(again, x)[1]["image"]
+    assert torch.allclose(first, encode(load_model(tiny_models["sam2"]), x)[1]["image"], atol=1e-5)
 
 
 def test_cache_keys_separate_bf16_from_fp32(tiny_models, tmp_path: Path, textured_image: np.ndarray) -> None:

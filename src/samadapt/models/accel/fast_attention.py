@@ -33,10 +33,14 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers.models.sam.modeling_sam import SamVisionAttention
+    from transformers.models.sam_hq.modeling_sam_hq import SamHQVisionAttention
 
 #: Layers with at most this many tokens build their whole bias at once; larger ones go by rows.
 WHOLE_BIAS_TOKENS = 1024
@@ -64,7 +68,8 @@ def _bias_buffer(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return buf[:numel].view(shape)
 
 
-def _rel_terms(module: torch.nn.Module, query: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rel_terms(module: SamVisionAttention | SamHQVisionAttention, query: torch.Tensor, height: int,
+               width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column position terms of each query: (B, nh, H, W, H) and (B, nh, H, W, W)."""
     b, nh = query.shape[:2]
     rel_h = module.get_rel_pos(height, height, module.rel_pos_h).to(query.dtype)  # (H, H, C)
@@ -80,8 +85,8 @@ def _onehot_keys(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, cols], dim=0)
 
 
-def relpos_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     height: int, width: int) -> torch.Tensor:
+def relpos_attention(module: SamVisionAttention | SamHQVisionAttention, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Softmax attention with SAM's decomposed relative-position bias, without the full bias.
 
     Args:
@@ -160,21 +165,22 @@ def _folded_buffers(query: torch.Tensor, height: int, width: int) -> tuple[torch
 
 
 def _fused_forward(self: torch.nn.Module, hidden_states: torch.Tensor, output_attentions: object = None,
-                   **_: object) -> tuple[torch.Tensor, None]:
+                   **_ignored: object) -> tuple[torch.Tensor, None]:
+    attn = cast("SamVisionAttention | SamHQVisionAttention", self)  # installed on these classes only
     exporting = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
     if exporting or output_attentions or torch.is_grad_enabled() and hidden_states.requires_grad:
         return type(self).forward(self, hidden_states, output_attentions)
     b, height, width, _ = hidden_states.shape
-    nh = self.num_attention_heads
-    qkv = self.qkv(hidden_states).reshape(b, height * width, 3, nh, -1).permute(2, 0, 3, 1, 4)
+    nh = attn.num_attention_heads
+    qkv = attn.qkv(hidden_states).reshape(b, height * width, 3, nh, -1).permute(2, 0, 3, 1, 4)
     query, key, value = qkv.unbind(0)  # (B, nh, H * W, C) each
     with torch.autocast(query.device.type, enabled=False):  # the core runs in qkv's dtype
-        if self.use_rel_pos:
-            out = relpos_attention(self, query, key, value, height, width)
+        if attn.use_rel_pos:
+            out = relpos_attention(attn, query, key, value, height, width)
         else:
             out = F.scaled_dot_product_attention(query, key, value)
     out = out.transpose(1, 2).reshape(b, height, width, -1)
-    return self.proj(out), None
+    return attn.proj(out), None
 
 
 def _is_vit_attention(module: torch.nn.Module) -> bool:

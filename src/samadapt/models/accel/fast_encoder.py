@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.fast_attention import install_forwards, relpos_attention
+
+if TYPE_CHECKING:
+    from transformers.models.sam.modeling_sam import SamVisionLayer
+    from transformers.models.sam2.modeling_sam2 import Sam2HieraDetModel, Sam2MultiScaleBlock, Sam2VisionNeck
+    from transformers.models.sam_hq.modeling_sam_hq import SamHQVisionLayer
 
 # Per-module caches, held beside the modules rather than on them: a packed oneDNN weight
 # cannot be pickled (Dask workers get the model by pickle) and must not follow a deepcopy.
@@ -71,7 +77,7 @@ def tensor_identity(t: torch.Tensor) -> tuple[int, int]:
         return t.data_ptr(), -1
 
 
-def _packed(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+def _packed(module: nn.Linear | nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """The (out, in) weight and bias of a linear or 1x1-conv ``module`` in ``dtype``, oneDNN-packed when it can.
 
     The cache is keyed by the tensors' identity and version counters, so an optimiser step or
@@ -93,7 +99,7 @@ def _packed(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     return value
 
 
-def linear(module: nn.Module, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+def linear(module: nn.Linear | nn.Conv2d, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """``module(x)`` (then exact GELU when asked) in ``x``'s dtype, over the last dimension of ``x``.
 
     ``module`` is an ``nn.Linear``, or a 1x1 ``nn.Conv2d`` applied to channels-last ``x``.
@@ -123,7 +129,7 @@ def _stream(hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states.float().contiguous()
 
 
-def _pointwise_conv(conv: nn.Module) -> bool:
+def _pointwise_conv(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
             and conv.padding in ((0, 0), "valid") and conv.groups == 1 and conv.dilation == (1, 1))
 
@@ -135,17 +141,18 @@ def _norm(module: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 def _vit_layer_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    layer = cast("SamVisionLayer | SamHQVisionLayer", self)  # installed on these classes only (_FORWARDS)
     dtype = _compute_dtype(hidden_states)
-    attn, mlp = self.attn, self.mlp
+    attn, mlp = layer.attn, layer.mlp
     if dtype is None or args or kwargs or not _plain_linears(attn.qkv, attn.proj, mlp.lin1, mlp.lin2) \
             or not _is_exact_gelu(mlp.act):
         return type(self).forward(self, hidden_states, *args, **kwargs)
     with torch.autocast("cpu", enabled=False):
         x = _stream(hidden_states)
         _b, height, width, channels = x.shape
-        h = _norm(self.layer_norm1, x, dtype)
-        if self.window_size > 0:
-            h, padded = self.window_partition(h, self.window_size)
+        h = _norm(layer.layer_norm1, x, dtype)
+        if layer.window_size > 0:
+            h, padded = layer.window_partition(h, layer.window_size)
         nb, hh, ww, _ = h.shape
         nh = attn.num_attention_heads
         qkv = linear(attn.qkv, h).reshape(nb, hh * ww, 3, nh, -1).permute(2, 0, 3, 1, 4)
@@ -155,10 +162,10 @@ def _vit_layer_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any,
         else:
             h = F.scaled_dot_product_attention(query, key, value)
         h = linear(attn.proj, h.transpose(1, 2).reshape(nb, hh, ww, channels))
-        if self.window_size > 0:
-            h = self.window_unpartition(h, self.window_size, padded, (height, width))
+        if layer.window_size > 0:
+            h = layer.window_unpartition(h, layer.window_size, padded, (height, width))
         x = x + h
-        h = linear(mlp.lin2, linear(mlp.lin1, _norm(self.layer_norm2, x, dtype), gelu=True))
+        h = linear(mlp.lin2, linear(mlp.lin1, _norm(layer.layer_norm2, x, dtype), gelu=True))
         return x.add_(h)
 
 
@@ -182,18 +189,21 @@ def _hiera_block_forward(self: nn.Module, hidden_states: torch.Tensor, *args: An
         window_unpartition,
     )
 
+    block = cast("Sam2MultiScaleBlock", self)  # installed on this class only (_FORWARDS)
     dtype = _compute_dtype(hidden_states)
-    attn, mlp = self.attn, self.mlp
-    projected = self.dim != self.dim_out
-    linears = [attn.qkv, attn.proj, mlp.proj_in, mlp.proj_out, *([self.proj] if projected else [])]
+    attn, mlp = block.attn, block.mlp
+    # the block's query stride, as its attention holds it: the same object, typed as the pair it is
+    query_stride = attn.query_stride
+    projected = block.dim != block.dim_out
+    linears = [attn.qkv, attn.proj, mlp.proj_in, mlp.proj_out, *([block.proj] if projected else [])]
     if dtype is None or args or kwargs or len(mlp.layers) or mlp.sigmoid_output or not _plain_linears(*linears) \
             or not _is_exact_gelu(mlp.activation):
         return type(self).forward(self, hidden_states, *args, **kwargs)
     with torch.autocast("cpu", enabled=False):
         x = _stream(hidden_states)
-        h = _norm(self.layer_norm1, x, dtype)
-        residual = _pool(linear(self.proj, h), self.query_stride).float() if projected else x
-        window = self.window_size
+        h = _norm(block.layer_norm1, x, dtype)
+        residual = _pool(linear(block.proj, h), query_stride).float() if projected else x
+        window = block.window_size
         height, width = h.shape[1:3]
         if window > 0:
             h, padded = window_partition(h, window)
@@ -201,59 +211,64 @@ def _hiera_block_forward(self: nn.Module, hidden_states: torch.Tensor, *args: An
         nh = attn.num_attention_heads
         qkv = linear(attn.qkv, h).reshape(nb, hh * ww, 3, nh, -1)
         query, key, value = qkv.unbind(2)
-        if attn.query_stride:
-            query = _pool(query.reshape(nb, hh, ww, -1), attn.query_stride)
+        if query_stride:
+            query = _pool(query.reshape(nb, hh, ww, -1), query_stride)
             hh, ww = query.shape[1:3]
             query = query.reshape(nb, hh * ww, nh, -1)
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
         h = linear(attn.proj, out.transpose(1, 2).reshape(nb, hh, ww, -1))
         if window > 0:
-            if self.query_stride:
-                window //= self.query_stride[0]
+            if query_stride:
+                window //= query_stride[0]
                 height, width = residual.shape[1:3]
                 padded = (height + (-height) % window, width + (-width) % window)
             h = window_unpartition(h, window, padded, (height, width))
         x = residual + h
-        h = linear(mlp.proj_out, linear(mlp.proj_in, _norm(self.layer_norm2, x, dtype), gelu=True))
+        h = linear(mlp.proj_out, linear(mlp.proj_in, _norm(block.layer_norm2, x, dtype), gelu=True))
         return x.add_(h)
 
 
-def _sam2_neck_forward(self: nn.Module, hidden_states: tuple[torch.Tensor, ...]) -> tuple[tuple, tuple]:
+def _sam2_neck_forward(self: nn.Module, hidden_states: tuple[torch.Tensor, ...]
+                       ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """SAM 2's feature pyramid with its 1x1 convolutions as linear layers on channels-last features.
 
     transformers permutes each (B, H, W, C) stage output to (B, C, H, W) and convolves; oneDNN then
     copies the channels-last result into NCHW (about 50 ms for the 256 x 256 level alone). Here
     the features stay channels-last and the returned maps are (B, C, H, W) views of them.
     """
+    neck = cast("Sam2VisionNeck", self)  # installed on this class only (_FORWARDS)
     dtype = _compute_dtype(hidden_states[0])
-    if dtype is None or not all(_pointwise_conv(c) for c in self.convs):
+    convs = [c for c in neck.convs if _pointwise_conv(c)]
+    top_down = neck.fpn_top_down_levels  # a list once the config is built
+    if dtype is None or len(convs) < len(neck.convs) or top_down is None:
         return type(self).forward(self, hidden_states)
     fpn_hidden_states: tuple[torch.Tensor, ...] = ()
     fpn_position_encoding: tuple[torch.Tensor, ...] = ()
-    n = len(self.convs) - 1
+    n = len(convs) - 1
     with torch.autocast("cpu", enabled=False):
         for i in range(n, -1, -1):
-            lateral = linear(self.convs[n - i], hidden_states[i].to(dtype))  # (B, H, W, C) as transformers pairs them
-            if i not in self.fpn_top_down_levels or i == n:
+            lateral = linear(convs[n - i], hidden_states[i].to(dtype))  # (B, H, W, C) as transformers pairs them
+            if i not in top_down or i == n:
                 prev = lateral
             else:  # nearest-neighbour x2, as F.interpolate(scale_factor=2.0, mode="nearest")
                 prev = lateral + prev.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
             features = prev.permute(0, 3, 1, 2)
             fpn_hidden_states += (features,)
-            fpn_position_encoding += (self.position_encoding(features.shape, features.device, features.dtype),)
+            fpn_position_encoding += (neck.position_encoding(features.shape, features.device, features.dtype),)
     return fpn_hidden_states, fpn_position_encoding
 
 
 def _hiera_pos_embed(self: nn.Module, hw: tuple[int, int]) -> torch.Tensor:
     """Hiera's interpolated position embedding, kept per size while its parameters are unchanged."""
+    hiera = cast("Sam2HieraDetModel", self)  # installed on this class only (_FORWARDS)
     if torch.is_grad_enabled() or _tracing():
-        return type(self)._get_pos_embed(self, hw)
-    key = (tuple(hw), *tensor_identity(self.pos_embed), *tensor_identity(self.pos_embed_window))
+        return type(hiera)._get_pos_embed(hiera, hw)
+    key = (tuple(hw), *tensor_identity(hiera.pos_embed), *tensor_identity(hiera.pos_embed_window))
     cache = _POS.setdefault(self, {})
     if key not in cache:
         cache.clear()
-        with torch.autocast(self.pos_embed.device.type, enabled=False):
-            cache[key] = type(self)._get_pos_embed(self, hw)
+        with torch.autocast(hiera.pos_embed.device.type, enabled=False):
+            cache[key] = type(hiera)._get_pos_embed(hiera, hw)
     return cache[key]
 
 
@@ -273,7 +288,8 @@ def _sine_encoding(self: nn.Module, shape: torch.Size, device: torch.device | st
     return cache[key]
 
 
-_FORWARDS = {
+#: transformers class name -> (method to replace, its replacement).
+_FORWARDS: dict[str, tuple[str, Callable[..., Any]]] = {
     "SamVisionLayer": ("forward", _vit_layer_forward),
     "SamHQVisionLayer": ("forward", _vit_layer_forward),
     "Sam2MultiScaleBlock": ("forward", _hiera_block_forward),

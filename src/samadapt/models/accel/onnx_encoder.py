@@ -19,6 +19,7 @@ import torch
 from samadapt._home import samadapt_home
 from samadapt._io import atomic_dir
 from samadapt.errors import MissingDependencyError
+from samadapt.models.families import image_encoder_call
 
 if TYPE_CHECKING:
     from samadapt.models.loading import LoadedModel
@@ -42,7 +43,7 @@ class _Encoder(torch.nn.Module):
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model.get_image_embeddings(pixels)
+        out = image_encoder_call(self.model)(pixels)
         if isinstance(out, torch.Tensor):
             return (out,)
         flat: list[torch.Tensor] = []
@@ -59,7 +60,8 @@ def export_encoder(loaded: LoadedModel) -> Path:
         return path
     size = loaded.preprocessing.size
     example = torch.zeros(1, 3, size, size, device=loaded.device)
-    with atomic_dir(folder, overwrite=True, kind="ONNX export", owned=lambda _: True) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with (atomic_dir(folder, overwrite=True, kind="ONNX export", owned=lambda _: True) as tmp, torch.no_grad(),
+          warnings.catch_warnings()):
         warnings.simplefilter("ignore")  # tracer warnings about Python scalars in transformers' code
         torch.onnx.export(_Encoder(loaded.model).eval(), (example,), str(tmp / MODEL_FILE), dynamo=False,
                           opset_version=OPSET, input_names=["pixels"], do_constant_folding=True)

@@ -41,17 +41,44 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import Literal
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
+from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
 
-#: Precision of the per-prompt image tokens and the upscaling (see the module's docstring).
-Precision = Literal["fp32", "bf16"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import TypeAlias
+
+    from transformers.models.sam.modeling_sam import (
+        SamAttention,
+        SamMaskDecoder,
+        SamModel,
+        SamTwoWayAttentionBlock,
+    )
+    from transformers.models.sam2.modeling_sam2 import (
+        Sam2Attention,
+        Sam2MaskDecoder,
+        Sam2Model,
+        Sam2TwoWayAttentionBlock,
+    )
+    from transformers.models.sam_hq.modeling_sam_hq import (
+        SamHQAttention,
+        SamHQMaskDecoder,
+        SamHQModel,
+        SamHQTwoWayAttentionBlock,
+    )
+
+    # The transformers classes this pass reads, the ones :func:`supported` accepts.
+    Model: TypeAlias = SamModel | SamHQModel | Sam2Model
+    Decoder: TypeAlias = SamMaskDecoder | SamHQMaskDecoder | Sam2MaskDecoder
+    Block: TypeAlias = SamTwoWayAttentionBlock | SamHQTwoWayAttentionBlock | Sam2TwoWayAttentionBlock
+    Attention: TypeAlias = SamAttention | SamHQAttention | Sam2Attention
 
 #: Bytes of per-prompt image tokens decoded together (8 prompts of sam-vit-base in bf16, 4 in
 #: fp32). Larger tensors are fresh memory maps from the allocator on every operation, and
@@ -90,20 +117,43 @@ def precision_for(loaded: object) -> Precision:
     return "bf16" if getattr(getattr(loaded, "runtime", None), "precision", "fp32") == "bf16" else "fp32"
 
 
+def _sam(model: nn.Module) -> Model:
+    """``model`` as the transformers model it is when :func:`supported` accepts it."""
+    return cast("Model", model)
+
+
+def _blocks(dec: Decoder) -> Iterable[Block]:
+    """The blocks of the decoder's two-way transformer (a ``ModuleList``, whose items torch types as any Module)."""
+    return cast("Iterable[Block]", dec.transformer.layers)
+
+
+def _sam2_decoder(dec: Decoder) -> Sam2MaskDecoder | None:
+    """``dec`` if it is SAM 2's decoder (the one with an object-score token), else None."""
+    return cast("Sam2MaskDecoder", dec) if hasattr(dec, "obj_score_token") else None
+
+
+def _hq_decoder(dec: Decoder) -> SamHQMaskDecoder | None:
+    """``dec`` if it is SAM-HQ's decoder (the one with an HQ token), else None."""
+    return cast("SamHQMaskDecoder", dec) if hasattr(dec, "hq_token") else None
+
+
 def image_positional_embedding(model: nn.Module) -> torch.Tensor:
     """(HW, C) positional embedding of the image grid, computed once per model and its weights' version."""
-    param = model.shared_image_embedding.positional_embedding
+    sam = _sam(model)
+    param = sam.shared_image_embedding.positional_embedding
     found = _POSITIONAL.get(model)
     if found is None or found[0] != param._version or found[1].device != param.device:
-        pe = model.get_image_wide_positional_embeddings()[0]  # (C, h, w)
+        pe = sam.get_image_wide_positional_embeddings()[0]  # (C, h, w)
         found = (param._version, pe.flatten(1).transpose(0, 1).contiguous())
         _POSITIONAL[model] = found
     return found[1]
 
 
-def _out_proj(att: nn.Module) -> nn.Module:
+def _out_proj(att: Attention) -> nn.Linear:
     """The attention's output projection (``out_proj`` in SAM, ``o_proj`` in SAM 2)."""
-    return att.out_proj if hasattr(att, "out_proj") else att.o_proj
+    if hasattr(att, "out_proj"):
+        return cast("SamAttention | SamHQAttention", att).out_proj
+    return cast("Sam2Attention", att).o_proj
 
 
 def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -112,7 +162,7 @@ def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, d // heads).transpose(1, 2)
 
 
-def _token_self_attention(att: nn.Module, q: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _token_self_attention(att: Attention, q: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Attention among prompt tokens (N, T, C); padding tokens are never attended to."""
     h = att.num_attention_heads
     out = F.scaled_dot_product_attention(_split(att.q_proj(q), h), _split(att.k_proj(q), h),
@@ -131,7 +181,7 @@ def _scores(rows: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.T
     return (rows.reshape(-1, c) @ pe.T).view(n, r, -1).baddbmm_(rows, keys.transpose(1, 2))
 
 
-def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
+def _tokens_to_image(att: Attention, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
                      shared: dict[object, torch.Tensor] | None) -> torch.Tensor:
     """Prompt tokens (N, T, C) attend to image tokens ``keys``: (1, HW, C) shared, or (N, HW, C).
 
@@ -162,7 +212,7 @@ def _tokens_to_image(att: nn.Module, q: torch.Tensor, keys: torch.Tensor, pe: to
     return _out_proj(att)(out.reshape(n, t, h * d))
 
 
-def _image_to_tokens(att: nn.Module, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
+def _image_to_tokens(att: Attention, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
                      padding: torch.Tensor, dtype: torch.dtype,
                      shared: dict[object, torch.Tensor] | None, out: torch.Tensor) -> torch.Tensor:
     """Image tokens (1 shared or N, HW, C) (query input ``keys + pe``) attend to prompt tokens (N, T, C).
@@ -214,7 +264,7 @@ _UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[t
     weakref.WeakKeyDictionary())
 
 
-def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
 
     A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
@@ -225,13 +275,15 @@ def _upscale_weights(dec: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, 
         conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
     """
     conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
-    params = (conv1.weight, conv1.bias, conv2.weight, conv2.bias, norm.weight, norm.bias)
+    bias1, bias2 = conv1.bias, conv2.bias
+    assert bias1 is not None and bias2 is not None  # transformers builds both convolutions with a bias
+    params = (conv1.weight, bias1, conv2.weight, bias2, norm.weight, norm.bias)
     key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
     found = _UPSCALE.get(dec)
     if found is None or found[0] != key:
         w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
         w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
-        mats = (w1[0], w1[1], conv1.bias.repeat(2), norm.weight, norm.bias, w2[0], w2[1], conv2.bias.repeat(2))
+        mats = (w1[0], w1[1], bias1.repeat(2), norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
         found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
         _UPSCALE[dec] = found
     return found[1]
@@ -252,7 +304,7 @@ def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
     return s0, s1
 
 
-def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side: int,
+def _upscale_masks(dec: Decoder, keys: torch.Tensor, hyper: torch.Tensor, side: int,
                    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                    features: torch.Tensor | None = None) -> torch.Tensor:
     """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
@@ -284,12 +336,13 @@ def _upscale_masks(dec: nn.Module, keys: torch.Tensor, hyper: torch.Tensor, side
             up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (n, r, col, b1): pixel (2 r + a1, 2 col + b1)
             if s1 is not None:
                 up = up.view(n, -1, c1).add_(s1[a1, r:e].reshape(1, -1, c1)).view(-1, c1)
-            up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))
+            # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
+            up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
             for a2, w2 in enumerate((w2a, w2b)):
                 pixels = torch.addmm(b2, up, w2).view(n, -1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
                 if s0 is not None:
                     pixels.add_(s0[2 * a1 + a2, r:e].reshape(1, -1, c2))
-                pixels = torch._C._nn.gelu_(pixels)
+                pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
                 if features is not None:
                     features[:, r:e, a1, a2].copy_(pixels.view(n, e - r, 4 * side, c2))
                 out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
@@ -313,7 +366,7 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
     return found
 
 
-def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` written into ``out``."""
     stats = x.shape[:-1] + (1,)
     mean, rstd = (torch.empty(stats, dtype=torch.float32, device=x.device) for _ in range(2))
@@ -335,7 +388,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
         valid: (N, T) bool, False for padding tokens.
         multimask: return the 3 candidate masks (else the single-mask output).
         precision: "fp32", or "bf16" to keep each prompt's own image tokens and the upscaling
-            in bfloat16 (see :data:`Precision`).
+            in bfloat16 (see the module docstring).
         high_res: SAM 2 only: the embedding's two projected high-resolution features
             (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.sam.encode`).
         vit_features: SAM-HQ only: the first early ViT features, (1, h, w, C_vit) (``vit_0``).
@@ -343,8 +396,9 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     Returns:
         Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
     """
+    sam = _sam(model)
     c, side = image.shape[1], image.shape[-1]
-    dense = model.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
+    dense = sam.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
     keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # Groups of prompts whose own image tokens stay under GROUP_BYTES; the projections of
@@ -353,34 +407,36 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     shared: dict[object, torch.Tensor] = {}
     if high_res is not None:  # once for all groups
         high_res = _regroup_high_res(high_res, side, dtype)
-    hq = hq_features(model.mask_decoder, image, vit_features, dtype) if hasattr(model.mask_decoder, "hq_token") \
-        else None
-    masks, ious = zip(*(_decode_group(model, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
+    hq_dec = _hq_decoder(sam.mask_decoder)
+    hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
+    masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
                                       shared, high_res, hq) for s in range(0, sparse.shape[0], group)), strict=False)
     return torch.cat(masks), torch.cat(ious)
 
 
-def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
+def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
                   dtype: torch.dtype, shared: dict[object, torch.Tensor],
                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  hq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens,
-    ``hq`` SAM-HQ's image-side mask features from :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`."""
+    ``hq`` SAM-HQ's decoder and its image-side mask features from
+    :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`."""
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
     pe = image_positional_embedding(model)
     pe_low = pe.to(dtype)
     # SAM 2 puts an object-score token before SAM's IoU and mask tokens
-    first = [dec.obj_score_token.weight] if hasattr(dec, "obj_score_token") else []
+    sam2 = _sam2_decoder(dec)
+    first = [sam2.obj_score_token.weight] if sam2 is not None else []
     iou_at = len(first)
-    last = [dec.hq_token.weight] if hq is not None else []  # SAM-HQ's token follows the mask tokens
+    last = [hq[0].hq_token.weight] if hq is not None else []  # SAM-HQ's token follows the mask tokens
     out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight, *last]).expand(n, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     queries = tokens
-    for i, layer in enumerate(tr.layers):
+    for i, layer in enumerate(_blocks(dec)):
         share = shared if i == 0 else None  # each prompt's own image tokens after the first layer
         if layer.skip_first_layer_pe:
             queries = layer.layer_norm1(_token_self_attention(layer.self_attn, queries, queries, valid))
@@ -397,7 +453,7 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
     att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe_low, None)
     queries = tr.layer_norm_final_attn(queries + att)
     # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
-    dynamic = not multimask and getattr(dec, "dynamic_multimask_via_stability", False)
+    dynamic = not multimask and sam2 is not None and sam2.dynamic_multimask_via_stability
     tokens_sam = len(dec.output_hypernetworks_mlps)  # SAM's mask tokens (SAM-HQ counts its own in num_mask_tokens)
     chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
@@ -405,11 +461,13 @@ def _decode_group(model: nn.Module, keys: torch.Tensor, sparse: torch.Tensor, va
     if hq is None:
         masks = _upscale_masks(dec, keys, hyper, side, high_res)
     else:
+        hq_dec, hq_image = hq
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), keys.dtype, keys.device)
         masks = _upscale_masks(dec, keys, hyper, side, high_res, features)
-        hq_rows = dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
-        return add_hq_masks(dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq, hq_rows, multimask)
-    if dynamic:
-        masks, iou = dec._dynamic_multimask_via_stability(masks[None], iou[None])
+        hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
+        return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
+                            multimask)
+    if sam2 is not None and dynamic:
+        masks, iou = sam2._dynamic_multimask_via_stability(masks[None], iou[None])
         masks, iou = masks[0], iou[0]
     return masks, iou

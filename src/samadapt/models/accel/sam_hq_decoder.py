@@ -19,7 +19,7 @@ layout copies.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +27,21 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 
+if TYPE_CHECKING:
+    from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
+
 #: Objects whose SAM-HQ mask convolutions run together (each: 8 MB of bf16 intermediates at 1024 px);
 #: one at a time measured fastest (their intermediates stay in reused memory).
 HQ_OBJECTS = 1
 
 
-def _channels_first_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _channels_first_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """SAM-HQ's channels-first LayerNorm of (N, C, H, W) ``x`` that is channels-last in memory."""
     out = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     return out.permute(0, 3, 1, 2)
 
 
-def _conv(conv: nn.Module, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+def _conv(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     """``conv(x)`` with the weights in ``x``'s dtype, channels-last."""
     w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -51,7 +54,8 @@ _IMAGE_MODULES = ("encoder_conv1", "encoder_norm", "encoder_conv2", "compress_vi
                   "compress_vit_conv2")
 
 
-def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+def hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
     """SAM-HQ's image-side mask features, (1, C/8, 4h, 4w) in ``dtype`` (channels-last in memory).
 
     They depend on the image alone (its embedding (1, C, h, w) and the first early ViT
@@ -64,7 +68,8 @@ def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, d
     key = (dtype, *tensor_identity(image), *(tensor_identity(vit) if vit is not None else ()),
            *(v for p in params for v in tensor_identity(p)))
     found = _FEATURES.get(id(image))
-    if found is not None and found[0] == key and all(ref() is obj for ref, obj in zip(found[1], (image, vit, dec), strict=False)):
+    if found is not None and found[0] == key and all(
+            ref() is obj for ref, obj in zip(found[1], (image, vit, dec), strict=False)):
         return found[2]
     features = _compute_hq_features(dec, image, vit, dtype)
     if found is None:  # the first entry for this tensor: forget it when the tensor goes
@@ -79,7 +84,7 @@ def hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None, d
 _FEATURES: dict[int, tuple[tuple[object, ...], tuple[Any, ...], torch.Tensor]] = {}
 
 
-def _compute_hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor | None,
+def _compute_hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.Tensor | None,
                          dtype: torch.dtype) -> torch.Tensor:
     x = _conv(dec.encoder_conv1, image.to(dtype), transposed=True)
     x = _conv(dec.encoder_conv2, F.gelu(_channels_first_norm(dec.encoder_norm, x)).to(dtype), transposed=True)
@@ -91,7 +96,7 @@ def _compute_hq_features(dec: nn.Module, image: torch.Tensor, vit: torch.Tensor 
     return x
 
 
-def add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscaled: torch.Tensor,
+def add_hq_masks(dec: SamHQMaskDecoder, masks: torch.Tensor, iou: torch.Tensor, upscaled: torch.Tensor,
                  hq: torch.Tensor, hq_rows: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM-HQ's masks as transformers returns them (``hq_token_only=False``).
 
@@ -107,6 +112,8 @@ def add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscale
     n, h, w, c2 = upscaled.shape
     dtype = upscaled.dtype
     conv2 = dec.mask_conv2
+    bias, padding = conv2.bias, conv2.padding
+    assert bias is not None and not isinstance(padding, str)  # transformers builds it with a bias and padding=1
     k2 = conv2.kernel_size[0] * conv2.kernel_size[1]
     # The HQ mask is rows . (conv2(g) + b2 + hq), and conv2 is linear: each object's row folds
     # into conv2's weights, a (C1 -> 1) 3x3 convolution computed as one (C1 x 9) product plus
@@ -114,13 +121,14 @@ def add_hq_masks(dec: nn.Module, masks: torch.Tensor, iou: torch.Tensor, upscale
     rows = hq_rows.float()
     folded = torch.einsum("nc,cdk->nkd", rows, conv2.weight.flatten(2).float()).to(dtype)  # (N, 9, C1)
     hq_flat = hq.to(dtype).permute(0, 2, 3, 1).reshape(h * w, c2)  # channels-last: a view
-    hq_mask = torch.mm(rows.to(dtype), hq_flat.t()).float().add_((rows @ conv2.bias.float())[:, None])
+    hq_mask = torch.mm(rows.to(dtype), hq_flat.t()).float().add_((rows @ bias.float())[:, None])
     hq_mask = hq_mask.view(n, 1, h, w)
-    pad_y, pad_x = conv2.padding
+    pad_y, pad_x = padding
     for i in range(0, n, HQ_OBJECTS):  # a few objects at a time: their intermediates are reused memory
         j = min(n, i + HQ_OBJECTS)
         x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
-        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(dtype))  # (n, C1, h, w) channels-last
+        # (n, C1, h, w) channels-last; torch's stub of torch._C._nn lacks the in-place gelu_
+        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(dtype))  # type: ignore[attr-defined]
         z = torch.bmm(folded[i:j], x.permute(0, 2, 3, 1).reshape(j - i, h * w, -1).transpose(1, 2))  # (n, 9, hw)
         z = F.pad(z.view(j - i, k2, h, w).float(), (pad_x, pad_x, pad_y, pad_y))
         acc = hq_mask[i:j, 0]

@@ -37,11 +37,13 @@ import torch
 
 from samadapt._home import samadapt_home
 from samadapt.errors import InputError
+from samadapt.models.families import image_encoder_call
 
 if TYPE_CHECKING:
     from samadapt.models.loading import LoadedModel
 
-Precision = Literal["auto", "fp32", "bf16"]
+#: The precision an encoder (and, following it, the prompt decoder) runs at.
+Precision = Literal["fp32", "bf16"]
 Backend = Literal["torch", "onnx"]
 
 #: Smallest model input side for which "auto" picks bf16.
@@ -64,7 +66,7 @@ class RuntimeOptions:
         threads: torch intra-op threads; None leaves torch's count (OMP_NUM_THREADS, else the cores).
     """
 
-    precision: Precision = "auto"
+    precision: Precision | Literal["auto"] = "auto"
     fused_attention: bool | None = None
     compile: bool = False
     backend: Backend = "torch"
@@ -205,7 +207,7 @@ class EncoderRuntime:
     on first use after unpickling (e.g. in a Dask worker).
     """
 
-    precision: Literal["fp32", "bf16"]
+    precision: Precision
     fused_attention: bool
     compile: bool
     backend: Backend
@@ -275,7 +277,7 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
         reasons.append("onnx runs fp32: ONNX Runtime's CPU kernels have no fast bf16 path")
         precision = "fp32"
     threads = options.threads or torch.get_num_threads()
-    return EncoderRuntime(precision=precision, fused_attention=fused, compile=options.compile,  # type: ignore[arg-type]
+    return EncoderRuntime(precision=precision, fused_attention=fused, compile=options.compile,
                           backend=options.backend, threads=threads, reasons=reasons, options=options)
 
 
@@ -302,7 +304,7 @@ def apply_runtime(loaded: LoadedModel, options: RuntimeOptions | str | None = No
 
         install_fused_attention(model)
         install_fast_encoder(model)
-    call: Callable[[torch.Tensor], Any] = model.get_image_embeddings
+    call = image_encoder_call(model)
     if rt.backend == "onnx":
         from samadapt.models.accel.onnx_encoder import onnx_encoder_call
 

@@ -1,10 +1,6 @@
-"""Imagery sources of the HTTP service: XYZ tile servers and local GeoTIFF / COG files.
+"""XYZ tile servers as imagery sources: tiles fetched (same-origin redirects only), cached and stitched.
 
-A source is chosen by name from the settings, never by a URL in a request, so the service can
-only reach the tile servers it was configured with. Each source reads imagery in a *frame*
-(:mod:`samadapt.service.frames`): the pixel grid of one zoom level, the global
-spherical-mercator grid for an XYZ server, the raster's own grid (read by window without
-resampling) for a local raster.
+An XYZ source's frame is the global spherical-mercator pixel grid of one zoom level.
 """
 
 from __future__ import annotations
@@ -13,54 +9,20 @@ import asyncio
 import io
 import threading
 import weakref
-from abc import ABC, abstractmethod
-from collections import OrderedDict
 from typing import Any
 
 import httpx
 import numpy as np
+from cachetools import LRUCache
 from PIL import Image
 
-from samadapt.errors import InputError, SamadaptError
-from samadapt.service.frames import (  # noqa: F401 - part of this module's interface
-    MAX_LAT,
-    TILE_SIZE,
-    Frame,
-    MercatorFrame,
-    RasterFrame,
-    lnglat_to_world,
-    world_to_lnglat,
-)
-from samadapt.service.settings import ServiceSettings
+from samadapt.service.frames import TILE_SIZE, Frame, MercatorFrame
+from samadapt.service.sources.base import FetchError, Source, check_window, encode_png
 
-#: A tile larger than this is refused rather than read into memory.
 #: Same-origin redirects a tile request follows.
 MAX_REDIRECTS = 3
+#: A tile larger than this is refused rather than read into memory.
 MAX_TILE_BYTES = 8 * 1024 * 1024
-#: Largest window one read returns (a backstop; the service limits views far below this).
-MAX_READ_PIXELS = 8192 * 8192
-
-
-class FetchError(SamadaptError):
-    """Imagery could not be had: a tile not fetched or decoded (HTTP status, timeout, bad bytes),
-    or a local raster damaged."""
-
-
-class SourceError(InputError):
-    """A request names an unknown source, a zoom outside its range or a place it does not cover."""
-
-
-def check_window(window: Any) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) as ints with x1 > x0 and y1 > y0, or SourceError."""
-    try:
-        x0, y0, x1, y1 = (int(v) for v in window)
-    except (TypeError, ValueError):
-        raise SourceError(f"a window is four integers (x0, y0, x1, y1), got {window!r}") from None
-    if x1 <= x0 or y1 <= y0:
-        raise SourceError(f"window {window!r} is empty: need x1 > x0 and y1 > y0")
-    if (x1 - x0) * (y1 - y0) > MAX_READ_PIXELS:
-        raise SourceError(f"window {window!r} is too large: at most {MAX_READ_PIXELS} pixels can be read at once")
-    return x0, y0, x1, y1
 
 
 def decode_tile(data: bytes, url: str) -> np.ndarray:
@@ -82,38 +44,29 @@ def decode_tile(data: bytes, url: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def encode_png(rgba: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3 or 4) uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 class TileCache:
     """A small thread-safe LRU of tile bytes keyed by URL, so panning re-uses fetched tiles."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: LRUCache[str, bytes] = LRUCache(maxsize=max(0, size))
+        # A source may serve event loops on several threads, and cachetools caches are not thread-safe.
         self._lock = threading.Lock()
 
     def get(self, key: str) -> bytes | None:
+        """The tile's bytes (refreshing the entry), or None."""
         with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
+            return self._items.get(key)
 
     def put(self, key: str, data: bytes) -> None:
+        """Keep a tile, evicting the least recently used beyond ``size`` (0 keeps nothing)."""
         if self.size <= 0:
             return
         with self._lock:
             self._items[key] = data
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
     def pop(self, key: str) -> None:
+        """Forget a tile (bad bytes are never served twice)."""
         with self._lock:
             self._items.pop(key, None)
 
@@ -131,67 +84,6 @@ async def gather_or_cancel(coros: list[Any]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-class Source(ABC):
-    """A named imagery source: frames per zoom, windowed reads and base-map tiles."""
-
-    name: str
-    kind: str
-    body: str
-    crs: str
-    min_zoom: int
-    max_zoom: int
-    attribution: str
-
-    def frame(self, zoom: int) -> Frame:
-        """The pixel grid of this source at ``zoom``.
-
-        Raises:
-            SourceError: when ``zoom`` is outside [min_zoom, max_zoom].
-        """
-        if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) \
-                or not self.min_zoom <= zoom <= self.max_zoom:
-            raise SourceError(f"zoom {zoom!r} is outside source {self.name!r}'s range {self.min_zoom}-{self.max_zoom}")
-        return self._frame(int(zoom))
-
-    @abstractmethod
-    def _frame(self, zoom: int) -> Frame: ...
-
-    @abstractmethod
-    async def read(self, frame: Frame, window: tuple[int, int, int, int], client: httpx.AsyncClient) -> np.ndarray:
-        """(y1-y0, x1-x0, 3) uint8 pixels of window (x0, y0, x1, y1) of ``frame``; 0 outside ``frame.bounds``.
-
-        Raises:
-            FetchError: an upstream tile failed (status, timeout, connection, bad image).
-            SourceError: the frame is not this source's or the window is empty.
-        """
-
-    @abstractmethod
-    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> bytes:
-        """One 256 px PNG of the body's spherical-mercator XYZ grid, for the page's base layer."""
-
-    def bounds_lnglat(self) -> list[list[float]] | None:
-        """[[south, west], [north, east]] covered, or None for the whole body."""
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /sources`` tells the page about this source."""
-        return {
-            "name": self.name, "kind": self.kind, "body": self.body, "crs": self.crs,
-            "min_zoom": self.min_zoom, "max_zoom": self.max_zoom, "attribution": self.attribution,
-            "tiles": f"/tiles/{self.name}/{{z}}/{{x}}/{{y}}.png", "bounds": self.bounds_lnglat(),
-        }
-
-    def _check_frame(self, frame: Frame) -> None:
-        if frame.source != self.name:
-            raise SourceError(f"frame of source {frame.source!r} was given to source {self.name!r}")
-
-    def _check_tile(self, z: int, x: int, y: int) -> None:
-        self.frame(z)
-        n = 2**z
-        if not (0 <= x < n and 0 <= y < n):
-            raise SourceError(f"tile {z}/{x}/{y} does not exist: at zoom {z}, x and y run from 0 to {n - 1}")
 
 
 class XYZSource(Source):
@@ -242,7 +134,7 @@ class XYZSource(Source):
                 sem = self._semaphores[loop] = asyncio.Semaphore(self.concurrency)
             return sem
 
-    async def fetch_tile(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> tuple[str, bytes]:
+    async def fetch_tile(self, z: int, x: int, y: int, client: httpx.AsyncClient | None) -> tuple[str, bytes]:
         """(url, bytes) of one tile, from the cache or the server.
 
         Raises:
@@ -264,10 +156,12 @@ class XYZSource(Source):
                 self.cache.put(url, data)
         return url, data
 
-    async def _get(self, url: str, client: httpx.AsyncClient) -> bytes:
+    async def _get(self, url: str, client: httpx.AsyncClient | None) -> bytes:
         """The tile's bytes. Redirects are followed only within the configured server's origin
         (scheme, host and port), at most :data:`MAX_REDIRECTS` times: the service fetches from the
         sources it was configured with and from nowhere else."""
+        if client is None:  # a service built without one (local sources only) cannot reach a tile server
+            raise FetchError(f"source {self.name!r} is a tile server and this service has no HTTP client to reach it")
         headers = {"User-Agent": self.user_agent, "Accept": "image/png,image/jpeg,image/*"}
         current = httpx.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -300,7 +194,8 @@ class XYZSource(Source):
             self.cache.pop(url)  # never serve the same bad bytes again
             raise
 
-    async def read(self, frame: Frame, window: tuple[int, int, int, int], client: httpx.AsyncClient) -> np.ndarray:
+    async def read(self, frame: Frame, window: tuple[int, int, int, int],
+                   client: httpx.AsyncClient | None) -> np.ndarray:
         self._check_frame(frame)
         x0, y0, x1, y1 = check_window(window)
         z, n = frame.zoom, 2**frame.zoom
@@ -322,67 +217,8 @@ class XYZSource(Source):
             out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = tile[ay0 - top:ay1 - top, ax0 - left:ax1 - left]
         return out
 
-    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> bytes:
+    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient | None) -> bytes:
         self._check_tile(z, x, y)
         url, data = await self.fetch_tile(z, x, y, client)
         tile = self._decode(url, data)
         return data if data.startswith(b"\x89PNG\r\n\x1a\n") else encode_png(tile)
-
-
-def lookup_source(sources: dict[str, Source], name: str) -> Source:
-    """The configured source called ``name``; SourceError naming the available ones otherwise."""
-    source = sources.get(name) if isinstance(name, str) else None
-    if source is None:
-        shown = name[:64] if isinstance(name, str) else name
-        raise SourceError(f"unknown source {shown!r}; configured sources are {sorted(sources)}")
-    return source
-
-
-def build_sources(settings: ServiceSettings) -> dict[str, Source]:
-    """The sources named in ``settings``, built once at start-up (local files are opened to check them).
-
-    Raises:
-        InputFileError: a local source's file is missing or not a georeferenced raster.
-    """
-    from samadapt.service.local_source import LocalSource
-
-    sources: dict[str, Source] = {}
-    for name, spec in settings.sources.items():
-        if spec["type"] == "xyz":
-            sources[name] = XYZSource(
-                name, spec["url"], attribution=spec["attribution"], min_zoom=spec["min_zoom"],
-                max_zoom=spec["max_zoom"], subdomains=spec["subdomains"], body=spec["body"], crs=spec["crs"],
-                timeout_s=settings.fetch_timeout_s, concurrency=settings.tile_concurrency,
-                cache_tiles=settings.tile_cache_tiles, user_agent=settings.user_agent,
-            )
-        else:
-            sources[name] = LocalSource(name, spec["path"], attribution=spec["attribution"],
-                                        min_zoom=spec["min_zoom"], max_zoom=spec["max_zoom"])
-    return sources
-
-
-__all__ = [
-    "TILE_SIZE",
-    "FetchError",
-    "Frame",
-    "LocalSource",  # noqa: F822 (provided by __getattr__ below)
-    "MercatorFrame",
-    "RasterFrame",
-    "Source",
-    "SourceError",
-    "XYZSource",
-    "build_sources",
-    "lnglat_to_world",
-    "lookup_source",
-    "world_to_lnglat",
-]
-
-
-def __getattr__(name: str) -> Any:
-    # LocalSource (rasterio, pyproj) lives in local_source.py, which imports this module; importing it
-    # lazily here keeps ``from samadapt.service.sources import LocalSource`` working without a cycle.
-    if name == "LocalSource":
-        from samadapt.service.local_source import LocalSource
-
-        return LocalSource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

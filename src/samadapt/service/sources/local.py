@@ -23,15 +23,8 @@ import httpx
 import numpy as np
 
 from samadapt.errors import InputFileError
-from samadapt.service.sources import (
-    TILE_SIZE,
-    FetchError,
-    Frame,
-    RasterFrame,
-    Source,
-    check_window,
-    encode_png,
-)
+from samadapt.service.frames import TILE_SIZE, Frame, RasterFrame
+from samadapt.service.sources.base import FetchError, Source, check_window, encode_png
 
 log = logging.getLogger("samadapt.service")
 
@@ -111,6 +104,8 @@ class LocalSource(Source):
         import rasterio
         from pyproj import CRS
 
+        from samadapt.imagery.windows import bands_for
+
         self.name, self.path, self.attribution = name, Path(path), attribution
         self.min_zoom, self.max_zoom = min_zoom, max_zoom
         try:
@@ -118,6 +113,7 @@ class LocalSource(Source):
                 if ds.crs is None:
                     raise InputFileError(f"source {name!r}: {self.path} has no CRS; serve georeferenced rasters only")
                 self.width, self.height, self.count = ds.width, ds.height, ds.count
+                self.bands = bands_for(ds, None)
                 self.transform = ds.transform
                 self.raster_crs = ds.crs.to_wkt()
                 native_bounds = tuple(ds.bounds)
@@ -126,7 +122,6 @@ class LocalSource(Source):
         crs = CRS.from_wkt(self.raster_crs)
         self.body = body_name(crs)
         self.crs = _lnglat_crs(crs, self.body)
-        self.bands = (1, 2, 3) if self.count >= 3 else (1, 1, 1)
         self._merc_wkt, self._radius = _mercator_crs(crs, self.body)
         self._native_bounds = native_bounds
         self._limits: np.ndarray | None = None
@@ -138,7 +133,7 @@ class LocalSource(Source):
     def _bounds_in(self, dst: str) -> tuple[float, float, float, float]:
         from rasterio.warp import transform_bounds
 
-        return tuple(transform_bounds(self.raster_crs, dst, *self._native_bounds, densify_pts=21))  # type: ignore[return-value]
+        return tuple(transform_bounds(self.raster_crs, dst, *self._native_bounds, densify_pts=21))
 
     def _lnglat_bounds(self) -> list[list[float]]:
         west, south, east, north = self._bounds_in(self.crs)
@@ -149,11 +144,11 @@ class LocalSource(Source):
 
     def _frame(self, zoom: int) -> Frame:
         return RasterFrame(self.name, zoom, self.body, self.crs, (0, 0, self.width, self.height),
-                           raster_crs=self.raster_crs, transform=tuple(self.transform)[:6])  # type: ignore[arg-type]
+                           raster_crs=self.raster_crs, transform=tuple(self.transform)[:6])
 
     def limits(self, ds: Any) -> np.ndarray | None:
         """Raster-wide (C, 2) stretch limits, computed on first use; None for uint8 data."""
-        from samadapt.mapping.tiled import raster_limits
+        from samadapt.imagery.windows import raster_limits
 
         with self._lock:
             if not self._limits_ready:
@@ -178,7 +173,7 @@ class LocalSource(Source):
         import rasterio
         from rasterio.windows import Window
 
-        from samadapt.mapping.tiled import read_tile
+        from samadapt.imagery.windows import read_tile
 
         x0, y0, x1, y1 = check_window(window)
         out = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
@@ -190,11 +185,12 @@ class LocalSource(Source):
         out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = pixels
         return out
 
-    async def read(self, frame: Frame, window: tuple[int, int, int, int], client: httpx.AsyncClient) -> np.ndarray:
+    async def read(self, frame: Frame, window: tuple[int, int, int, int],
+                   client: httpx.AsyncClient | None) -> np.ndarray:
         self._check_frame(frame)
         return await asyncio.to_thread(self.read_window, window)
 
-    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient) -> bytes:
+    async def tile_png(self, z: int, x: int, y: int, client: httpx.AsyncClient | None) -> bytes:
         self._check_tile(z, x, y)
         return await asyncio.to_thread(self.render_tile, z, x, y)
 
@@ -207,7 +203,7 @@ class LocalSource(Source):
         from rasterio.warp import reproject, transform_bounds
         from rasterio.windows import Window
 
-        from samadapt.mapping.tiled import read_tile
+        from samadapt.imagery.windows import read_tile
 
         self._check_tile(z, x, y)
         half = math.pi * self._radius

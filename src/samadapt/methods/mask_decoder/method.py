@@ -1,116 +1,52 @@
-"""``mask-decoder`` (the river fine-tuning tutorial): fine-tune SAM's mask decoder with prompts made from ground truth.
-
-The image encoder and the prompt encoder stay frozen; only a copy of the mask decoder trains
-(the base model is never modified, so the untrained decoder stays available beside the
-trained one). Each image is encoded once, through the embedding cache.
-
-Training prompts come from the ground-truth mask: one prompt per connected region (largest
-first, at most ``max_objects``), a box, the interior point or several points, drawn with
-:func:`samadapt.prompts.sampling.prompts_from_mask` from a seed taken from the sample's ``rng``, so
-the same generator state gives the same prompts. As in the river fine-tuning tutorial,
-training boxes can be jittered (``box_noise``, which the tutorial calls ``perturbation``) and
-sampled points kept away from the object's edge by an erosion (``erode``). Each prompted
-region is its own target.
-At prediction time prompts come from the user (:class:`~samadapt.prompts.types.ObjectPrompt`) or
-from a rough mask (:func:`samadapt.prompts.rough.prompts_from_rough`), or, with neither, from the
-automatic grid below, see :meth:`predict`.
-
-Evaluation (``make_inputs(..., train=False)``) reads no ground truth to prompt, unless asked:
-by default each image is prompted with an automatic grid of ``eval_grid`` x ``eval_grid``
-single positive points (cell centres over the image, as in :mod:`samadapt.predict.automatic`; points
-on no-data pixels are switched off), each point is decoded by the adapted decoder into one
-mask (chosen by the ``multimask`` rule, as for every prompt), the masks whose predicted IoU
-is at least ``eval_iou_threshold`` (0.88 by default, the automatic mode's ``pred_iou_thresh``)
-are kept, and a pixel's object probability is the largest over the kept masks (0 where none
-is kept). The whole ground truth (0, 1, 255) is the target.
-:meth:`MaskDecoderMethod.use_oracle_prompts` (True) switches evaluation to prompts made from
-the ground truth, as in training but without ``box_noise``; :attr:`MaskDecoderMethod.oracle`
-then says so. The river fine-tuning tutorial's dataset class makes every prompt from the label
-mask, for its validation loader too; at inference, where there is no label, it estimates a
-rough mask instead (``predict(pixels, rough=...)`` here).
-
-Binary only: the method segments prompted objects of one class (``num_classes=2``); train
-one model per class, or use ``domain-decoder`` / ``lora`` for several classes at once.
-
-Batch keys made by :meth:`MaskDecoderMethod.make_inputs` in training and with oracle prompts
-(B images, N = ``max_objects``):
-
-* ``embedding`` (B, C, e, e) and the family's extra embedding tensors (``high_res_*``, ``vit_*``);
-* ``boxes`` (B, N, 4) XYXY, or ``points`` (B, N, P, 2) (x, y) and ``labels`` (B, N, P) with
-  -10 for padding points, all in the model-input frame;
-* ``object_valid`` (B, N) bool, False for padding objects;
-* ``object_target`` (B, N, h, w) long: 1 on the object's region, 0 elsewhere, 255 ignore;
-* ``target`` (B, h, w) long: the union of the prompted regions (unprompted regions beyond
-  ``max_objects`` are 255, since no prompt asked for them).
-
-Batch keys at evaluation without oracle prompts (G = ``eval_grid`` ** 2, the same for every
-image, so batches stack):
-
-* the embedding tensors, as above;
-* ``grid_points`` (B, G, 2) (x, y) in the model-input frame, row by row over the image;
-* ``grid_valid`` (B, G) bool, False for points on no-data pixels;
-* ``target`` (B, h, w) long: the whole ground truth (when labelled).
-
-What ``forward`` returns: (B, N, M + 1, h, w), where ``[:, :, :M]`` are the M candidate mask
-logits of each object (M = 3, or 1 with ``multimask="single"``; padding objects hold
--1e4) and plane ``M`` carries the decoder's predicted IoU of each candidate at
-``[:, :, M, 0, :M]`` (zeros elsewhere). For a grid batch, N = M = 1: the one "object" is the
-merged mask (per pixel, the largest logit of the kept masks; -1e4 where none is kept) and its
-IoU is the highest predicted IoU among the kept masks (0 when none). :func:`split_output`
-unpacks it; :meth:`loss` and :meth:`probabilities` both take it as it is. Keeping the IoUs
-inside one plain tensor keeps the method stateless and the output usable by a loop that only
-knows tensors.
-"""
+"""The ``mask-decoder`` method: its options, inputs, loss and prediction (see :mod:`samadapt.methods.mask_decoder`)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, cast, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from samadapt.errors import InputError
-from samadapt.imagery.preprocess import Geometry, boxes_to_model, coords_to_model
-from samadapt.methods.base import (
-    IGNORE,
-    AdaptationMethod,
-    Batch,
-    Option,
-    Sample,
-    check_flag,
+from samadapt.imagery.preprocess import Geometry, coords_to_model
+from samadapt.methods._common import (
+    candidate_ious,
+    candidate_losses,
     freeze,
     segmentation_loss,
     target_in_frame,
+    transformers_model,
 )
+from samadapt.methods.base import Batch, Sample
+from samadapt.methods.mask_decoder.decoding import AdaptedDecoder, prompt_groups
+from samadapt.methods.mask_decoder.outputs import (
+    GRID_LOSS_FLOOR,
+    GRID_POINTS,
+    GRID_VALID,
+    OFF_LOGIT,
+    MultimaskMode,
+    pack_output,
+    split_output,
+)
+from samadapt.methods.options import Option, check_flag
 from samadapt.models.loading import LoadedModel
 from samadapt.predict.automatic import point_grid
-from samadapt.prompts.sampling import prompts_from_mask, regions
-from samadapt.prompts.types import ObjectPrompt
+from samadapt.predict.packing import pack_prompts
+from samadapt.prompts.sampling import SamplingOptions, prompts_from_mask, regions
+from samadapt.prompts.types import IGNORE, ObjectPrompt, PromptMode
 
-PromptKind = Literal["box", "point", "points"]
-MultimaskMode = Literal["best", "mean", "single"]
+if TYPE_CHECKING:
+    from transformers.models.sam2.modeling_sam2 import Sam2MaskDecoder
 
-#: Label of a padding point: transformers' prompt encoder gives it a zero embedding.
-PAD_LABEL = -10
-#: Logit given to padding objects, so that their probability is exactly 0.
-OFF_LOGIT = -1.0e4
-#: Objects (prompts x images) decoded per decoder call in :meth:`MaskDecoderMethod.predict` and
-#: in the evaluation grid; bounds memory.
-PREDICT_CHUNK = 64
-#: Batch key of the evaluation grid's points; its presence marks a grid batch.
-GRID_POINTS = "grid_points"
-#: Batch key of the grid points' on/off flags.
-GRID_VALID = "grid_valid"
-#: Smallest logit a grid batch's loss sees: a pixel no kept mask covers (-1e4) counts as -20.
-GRID_LOSS_FLOOR = -20.0
+#: The prompt modes mask-decoder trains with (of :data:`~samadapt.prompts.types.PromptMode`).
+PROMPT_MODES: tuple[PromptMode, ...] = ("box", "point", "points")
 #: Mask-decoder parts that never train: SAM 2's conv_s0 / conv_s1 belong to the encoder
 #: path (their output is in the cached embedding) and its object-score head gets no loss.
 _FROZEN_PARTS = {"sam2": ("conv_s0", "conv_s1", "pred_obj_score_head")}
 
 
-class MaskDecoderMethod(AdaptationMethod):
+class MaskDecoderMethod(AdaptedDecoder):
     """SAM's mask decoder fine-tuned on prompts generated from ground-truth masks.
 
     Evaluation prompts with an automatic point grid unless :meth:`use_oracle_prompts` says
@@ -151,7 +87,7 @@ class MaskDecoderMethod(AdaptationMethod):
     output_scale = 0.25
     OPTIONS: ClassVar[dict[str, Option]] = {
         "prompt": Option(str, "box", "prompt made from each ground-truth region: its tight box, its interior "
-                                     "point, or n_pos positive points", choices=get_args(PromptKind)),
+                                     "point, or n_pos positive points", choices=PROMPT_MODES),
         "n_pos": Option(int, 1, "positive points per object (prompt points only)", low=1),
         "n_neg": Option(int, 0, "negative points per object, near it and outside it (prompt point or points)",
                         low=0),
@@ -175,7 +111,7 @@ class MaskDecoderMethod(AdaptationMethod):
         *,
         num_classes: int = 2,
         in_channels: int = 3,
-        prompt: PromptKind = "box",
+        prompt: PromptMode = "box",
         n_pos: int = 1,
         n_neg: int = 0,
         erode: int = 0,
@@ -196,7 +132,7 @@ class MaskDecoderMethod(AdaptationMethod):
         _check_prompt_options(o)
         if base.family not in ("sam", "sam2", "sam-hq"):
             raise InputError(f"mask-decoder supports the sam, sam2 and sam-hq families, got {base.family!r}")
-        self.prompt: PromptKind = o["prompt"]
+        self.prompt: PromptMode = o["prompt"]
         self.n_pos = o["n_pos"]
         self.n_neg = o["n_neg"]
         self.erode = o["erode"]
@@ -207,7 +143,7 @@ class MaskDecoderMethod(AdaptationMethod):
         self.eval_grid = o["eval_grid"]
         self.eval_iou_threshold = o["eval_iou_threshold"]
         self._oracle = False
-        self.mask_decoder = copy.deepcopy(base.model.mask_decoder)
+        self.mask_decoder = copy.deepcopy(transformers_model(base).mask_decoder)
         for p in self.mask_decoder.parameters():
             p.requires_grad_(True)
         for part in _FROZEN_PARTS.get(base.family, ()):
@@ -215,8 +151,13 @@ class MaskDecoderMethod(AdaptationMethod):
         if base.family == "sam2":
             # In eval mode SAM 2 swaps the single mask for a "stable" multimask candidate;
             # training and prediction must see the same output.
-            self.mask_decoder.dynamic_multimask_via_stability = False
+            cast("Sam2MaskDecoder", self.mask_decoder).dynamic_multimask_via_stability = False
         self.mask_decoder.train(self.training)
+
+    def sampling_options(self, *, box_noise: float = 0.0, seed: int = 0) -> SamplingOptions:
+        """How this method draws a prompt from each region (of the ground truth, or of a rough mask)."""
+        return SamplingOptions(mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg, erode=self.erode,
+                               box_noise=box_noise, seed=seed)
 
     @property
     def points_per_object(self) -> int:
@@ -260,8 +201,8 @@ class MaskDecoderMethod(AdaptationMethod):
             largest region first.
         """
         seed = int(rng.integers(0, 2**31 - 1))
-        prompts = prompts_from_mask(target, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg, erode=self.erode,
-                                    box_noise=self.box_noise if train else 0.0, seed=seed)
+        options = self.sampling_options(box_noise=self.box_noise if train else 0.0, seed=seed)
+        prompts = prompts_from_mask(target, options)
         found = regions(target)
         return prompts[: self.max_objects], found[: self.max_objects]
 
@@ -344,18 +285,10 @@ class MaskDecoderMethod(AdaptationMethod):
     def _prompt_tensors(self, prompts: list[ObjectPrompt], geometry: Geometry, n: int) -> dict[str, torch.Tensor]:
         """Boxes (n, 4) or points (n, P, 2) + labels (n, P) in the model-input frame, padded to n."""
         if self.prompt == "box":
-            boxes = np.zeros((n, 4))
-            for i, p in enumerate(prompts):
-                boxes[i] = boxes_to_model(p.box, geometry)  # type: ignore[arg-type]
-            return {"boxes": torch.from_numpy(boxes).float()}
-        slots = self.points_per_object
-        points = np.zeros((n, slots, 2))
-        labels = np.full((n, slots), PAD_LABEL, dtype=np.int64)
-        for i, p in enumerate(prompts):
-            k = min(len(p.points), slots)
-            points[i, :k] = coords_to_model(p.points[:k], geometry)
-            labels[i, :k] = p.labels[:k]
-        return {"points": torch.from_numpy(points).float(), "labels": torch.from_numpy(labels)}
+            packed = pack_prompts(prompts, geometry, objects=n, points=0, boxes=True, missing_box=0.0)
+            return {"boxes": torch.from_numpy(packed.boxes).float()}
+        packed = pack_prompts(prompts, geometry, objects=n, points=self.points_per_object, boxes=False)
+        return {"points": torch.from_numpy(packed.points).float(), "labels": torch.from_numpy(packed.labels)}
 
     # --- decoding -----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -377,125 +310,6 @@ class MaskDecoderMethod(AdaptationMethod):
         valid = batch["object_valid"].to(masks.device)[:, :, None, None, None]
         masks = torch.where(valid, masks, torch.full_like(masks, OFF_LOGIT))
         return pack_output(masks, iou)
-
-    def _decode(
-        self,
-        embeddings: Batch,
-        points: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen prompt encoder, then the trainable decoder: (B, N, M, h, w) logits, (B, N, M) IoUs."""
-        model, bdev = self.base.model, self.base.device
-        with torch.no_grad():
-            sparse, dense = model.prompt_encoder(
-                input_points=None if points is None else points.to(bdev, torch.float32),
-                input_labels=None if labels is None else labels.to(bdev, torch.long),
-                input_boxes=None if boxes is None else boxes.to(bdev, torch.float32),
-                input_masks=None,
-            )
-            position = model.get_image_wide_positional_embeddings()
-        first = next(self.mask_decoder.parameters())
-        dev, dtype = first.device, first.dtype
-        image = embeddings["embedding"].to(dev, dtype)
-        kwargs: dict[str, Any] = {
-            "image_embeddings": image,
-            "image_positional_embeddings": position.to(dev, dtype).expand(image.shape[0], -1, -1, -1),
-            "sparse_prompt_embeddings": sparse.to(dev, dtype),
-            "dense_prompt_embeddings": dense.to(dev, dtype),
-            "multimask_output": self.multimask != "single",
-        }
-        family = self.base.family
-        if family == "sam2":
-            highres = _numbered(embeddings, "high_res_")
-            kwargs["high_resolution_features"] = [embeddings[k].to(dev, dtype) for k in highres]
-        elif family == "sam-hq":
-            kwargs["hq_token_only"] = False
-            kwargs["intermediate_embeddings"] = [embeddings[k].to(dev, dtype) for k in _numbered(embeddings, "vit_")]
-        out = self.mask_decoder(**kwargs)
-        return out[0], out[1]
-
-    @torch.no_grad()
-    def _grid_logits(
-        self, embeddings: Batch, points: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode every grid point alone and merge the masks whose predicted IoU passes the threshold.
-
-        At most :data:`PREDICT_CHUNK` prompts (points x images) go through the decoder per
-        call, and the merge is a running maximum, so memory does not grow with the grid.
-
-        Args:
-            embeddings: ``embedding`` (B, C, e, e) and the family's extra tensors.
-            points: (B, G, 2) (x, y) in the model-input frame.
-            valid: (B, G) bool; switched-off points are never kept.
-
-        Returns:
-            (B, h, w) logits, per pixel the largest of the kept masks' (``OFF_LOGIT`` where no
-            mask is kept), and (B,) the highest predicted IoU among the kept masks (0 when none).
-        """
-        b, g = points.shape[:2]
-        step = max(1, PREDICT_CHUNK // b)
-        merged: torch.Tensor | None = None
-        best: torch.Tensor | None = None
-        for start in range(0, g, step):
-            chunk = points[:, start : start + step]
-            n = chunk.shape[1]
-            masks, iou = self._decode_points(embeddings, chunk)
-            logits, score = self._choose(masks, iou)  # (B, n, h, w), (B, n)
-            keep = (score >= self.eval_iou_threshold) & valid[:, start : start + n].to(score.device)
-            here = torch.where(keep[:, :, None, None], logits, torch.full_like(logits, OFF_LOGIT)).amax(dim=1)
-            top = torch.where(keep, score, torch.zeros_like(score)).amax(dim=1)
-            merged = here if merged is None else torch.maximum(merged, here)
-            best = top if best is None else torch.maximum(best, top)
-        return merged, best  # type: ignore[return-value]
-
-    def _decode_points(self, embeddings: Batch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Single positive points, each decoded alone without gradients: (B, n, M, h, w) logits, (B, n, M) IoUs.
-
-        With a plain SAM, SAM-HQ or SAM 2 base model on the decoder's device, the points go
-        through the fast inference pass of :mod:`samadapt.models.accel.sam_decoder` with the
-        adapted decoder (the same arithmetic up to float rounding, and several times faster
-        on a CPU than transformers' batched call, which copies the image embedding per
-        prompt); otherwise through :meth:`_decode`.
-
-        Args:
-            embeddings: ``embedding`` (B, C, e, e) and the family's extra tensors.
-            points: (B, n, 2) (x, y) in the model-input frame.
-        """
-        b, n = points.shape[:2]
-        labels = torch.ones((b, n, 1), dtype=torch.long)
-        view = self._fast_view()
-        if view is None:
-            return self._decode(embeddings, points[:, :, None], labels, None)
-        from samadapt.models.accel import sam_decoder
-
-        dev = self.base.device
-        sparse, _ = self.base.model.prompt_encoder(points[:, :, None].to(dev, torch.float32), labels.to(dev),
-                                                   None, None)  # (B, n, T, C)
-        valid = torch.ones(sparse.shape[1:3], dtype=torch.bool, device=dev)
-        precision = sam_decoder.precision_for(self.base)
-        masks, ious = [], []
-        for i in range(b):  # the fast pass decodes the prompts of one image per call
-            high = tuple(embeddings[k][i : i + 1].to(dev) for k in _numbered(embeddings, "high_res_"))
-            vit = embeddings["vit_0"][i : i + 1].to(dev) if "vit_0" in embeddings else None
-            m, iou = sam_decoder.decode_sam(view, embeddings["embedding"][i : i + 1].to(dev), sparse[i], valid,
-                                            self.multimask != "single", precision,
-                                            high or None, vit)  # type: ignore[arg-type]
-            masks.append(m.float())
-            ious.append(iou.float())
-        return torch.stack(masks), torch.stack(ious)
-
-    def _fast_view(self) -> _AdaptedModel | None:
-        """The base model seen with the adapted decoder, for the fast pass; None where it cannot be used."""
-        from samadapt.models.accel import sam_decoder
-
-        here = next(self.mask_decoder.parameters()).device
-        if here != next(self.base.model.parameters()).device or not sam_decoder.supported(self.base.model):
-            return None
-        if getattr(self, "_fast", None) is None:
-            # not a submodule: the base model's parts must stay out of this method's state dict
-            object.__setattr__(self, "_fast", _AdaptedModel(self.base.model, self.mask_decoder))
-        return self._fast  # type: ignore[no-any-return]
 
     # --- loss and probabilities ---------------------------------------------------------------
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -526,48 +340,13 @@ class MaskDecoderMethod(AdaptationMethod):
         if not valid.any():
             return logits.sum() * 0.0
         cand, pred = masks[valid], iou_pred[valid]  # (K, M, h, w), (K, M)
-        target = batch["object_target"].to(masks.device)[valid][:, None]  # (K, 1, h, w)
-        counted = (target != IGNORE).float()
-        y = (target == 1).float()
+        target = batch["object_target"].to(masks.device)[valid]  # (K, h, w)
         trained = cand.mean(dim=1, keepdim=True) if self.multimask == "mean" else cand
-        per = _dice_bce(trained, y, counted)  # (K, M')
+        per = candidate_losses(trained, target)  # (K, M')
         mask_loss = per.min(dim=1).values if self.multimask == "best" else per[:, 0]
-        actual = _iou(cand.detach() > 0, y > 0, counted > 0)
+        actual = candidate_ious(cand.detach(), target)
         iou_loss = ((pred - actual) ** 2).mean(dim=1)
         return (mask_loss + self.iou_weight * iou_loss).mean()
-
-    def object_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each object's chosen mask logits, (B, N, h, w), from :meth:`forward`'s output.
-
-        ``"best"`` takes the candidate of highest predicted IoU, ``"mean"`` the mean of the
-        candidates, ``"single"`` the one mask.
-        """
-        return self._choose(*split_output(logits))[0]
-
-    def _choose(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each object's one mask and its predicted IoU by the ``multimask`` rule.
-
-        Args:
-            masks: (B, N, M, h, w) candidate logits.
-            iou: (B, N, M) predicted IoUs.
-
-        Returns:
-            (B, N, h, w) logits and (B, N) IoUs: the candidate of highest predicted IoU
-            (``"best"``), the mean of the candidates' logits and of their IoUs (``"mean"``), or
-            the one mask (``"single"``).
-        """
-        if self.multimask == "mean":
-            return masks.mean(dim=2), iou.mean(dim=2)
-        if self.multimask == "single":
-            return masks[:, :, 0], iou[:, :, 0]
-        top = iou.argmax(dim=2)
-        index = top[:, :, None, None, None].expand(-1, -1, 1, *masks.shape[-2:])
-        return masks.gather(2, index)[:, :, 0], iou.gather(2, top[:, :, None])[:, :, 0]
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, 2, h, w): the union (max of sigmoids) of every object's chosen mask, and its complement."""
-        p = torch.sigmoid(self.object_logits(logits)).amax(dim=1, keepdim=True)
-        return torch.cat([1 - p, p], dim=1)
 
     # --- prediction ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -621,7 +400,7 @@ class MaskDecoderMethod(AdaptationMethod):
 
             if np.shape(rough) != (h, w):
                 raise InputError(f"the rough mask has shape {np.shape(rough)}, the image is {(h, w)} (rows, cols)")
-            prompts = prompts_from_rough(rough, mode=self.prompt, n_pos=self.n_pos, n_neg=self.n_neg, erode=self.erode)
+            prompts = prompts_from_rough(rough, self.sampling_options())
         prompts = list(prompts or [])
         if not prompts:
             return np.zeros((h, w), dtype=np.float32)
@@ -632,94 +411,19 @@ class MaskDecoderMethod(AdaptationMethod):
         geometry = self.geometry_of(h, w)
         emb = self._embedding_tensors(self.embedding(Sample("predict", pixels, np.ones((h, w), bool))), squeeze=False)
         chosen = []
-        for group in _groups(prompts):
-            chunk = [prompts[i] for i in group]
+        for group in prompt_groups(prompts):
+            packed = pack_prompts([prompts[i] for i in group], geometry)  # one shape per group: no padding
             points = labels = boxes = None
-            if len(chunk[0].points):
-                points = torch.tensor(np.stack([coords_to_model(p.points, geometry) for p in chunk]))[None].float()
-                labels = torch.tensor(np.stack([p.labels for p in chunk]))[None]
-            if chunk[0].box is not None:
-                boxes = torch.tensor(np.stack([boxes_to_model(p.box, geometry) for p in chunk]))[None].float()
+            if packed.points is not None:
+                points = torch.tensor(packed.points)[None].float()
+                labels = torch.tensor(packed.labels)[None]
+            if packed.boxes is not None:
+                boxes = torch.tensor(packed.boxes)[None].float()
             masks, iou = self._decode(emb, points, labels, boxes)
             chosen.append(self.object_logits(pack_output(masks, iou)))
         # the same union as probabilities(): max over objects of the chosen masks' sigmoids
         union = torch.sigmoid(torch.cat(chosen, dim=1)).amax(dim=1)  # (1, h, w)
         return self.to_original(union.float().cpu(), geometry)[0].clamp(0, 1).numpy().astype(np.float32)
-
-
-class _AdaptedModel:
-    """What :func:`samadapt.models.accel.sam_decoder.decode_sam` reads of a model, with the adapted mask decoder.
-
-    The prompt encoder and the image-grid positional embedding are the frozen base model's;
-    the mask decoder is the method's trained copy.
-    """
-
-    def __init__(self, model: Any, decoder: torch.nn.Module) -> None:
-        self.prompt_encoder = model.prompt_encoder
-        self.shared_image_embedding = model.shared_image_embedding
-        self.get_image_wide_positional_embeddings = model.get_image_wide_positional_embeddings
-        self.mask_decoder = decoder
-
-
-def pack_output(masks: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
-    """Pack (B, N, M, h, w) logits and (B, N, M) predicted IoUs into (B, N, M + 1, h, w).
-
-    Raises:
-        InputError: if the mask is narrower than M pixels (no room for the IoUs).
-    """
-    b, n, m, h, w = masks.shape
-    if w < m:
-        raise InputError(f"cannot pack {m} IoUs into masks {w} pixels wide")
-    plane = F.pad(iou.to(masks.dtype), (0, w - m))[:, :, None, None, :]  # (B, N, 1, 1, w)
-    plane = F.pad(plane, (0, 0, 0, h - 1))  # (B, N, 1, h, w)
-    return torch.cat([masks, plane], dim=2)
-
-
-def split_output(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpack :func:`pack_output`: (B, N, M, h, w) logits and (B, N, M) predicted IoUs.
-
-    Raises:
-        InputError: if the tensor is not 5-D with at least 2 planes per object.
-    """
-    if output.ndim != 5 or output.shape[2] < 2:
-        raise InputError(f"expected mask-decoder output (B, N, M + 1, h, w), got shape {tuple(output.shape)}")
-    m = output.shape[2] - 1
-    return output[:, :, :m], output[:, :, m, 0, :m]
-
-
-def _dice_bce(logits: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """Per-mask dice + BCE over counted pixels: logits (K, M, h, w), y and counted (K, 1, h, w) -> (K, M)."""
-    y = y.expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    n = counted.sum(dim=(-2, -1)).clamp(min=1.0)
-    bce = (bce * counted).sum(dim=(-2, -1)) / n
-    p = torch.sigmoid(logits) * counted
-    yc = y * counted
-    dice = 1 - (2 * (p * yc).sum(dim=(-2, -1)) + 1) / (p.sum(dim=(-2, -1)) + yc.sum(dim=(-2, -1)) + 1)
-    return bce + dice
-
-
-def _iou(pred: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """IoU of boolean masks (K, M, h, w) against (K, 1, h, w) over counted pixels; 1 when both are empty."""
-    inter = (pred & y & counted).sum(dim=(-2, -1)).float()
-    union = ((pred | y) & counted).sum(dim=(-2, -1)).float()
-    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
-
-
-def _numbered(batch: Batch, prefix: str) -> list[str]:
-    """Keys ``prefix0``, ``prefix1``, ... of a batch in numeric order."""
-    return sorted((k for k in batch if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
-
-
-def _groups(prompts: list[ObjectPrompt]) -> list[list[int]]:
-    """Indices of prompts with the same shape (point count, box or not), in chunks of PREDICT_CHUNK.
-
-    Each group is decoded in one call without padding points, which would change the result.
-    """
-    by_shape: dict[tuple[int, bool], list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_shape.setdefault((len(p.points), p.box is not None), []).append(i)
-    return [g[s : s + PREDICT_CHUNK] for g in by_shape.values() for s in range(0, len(g), PREDICT_CHUNK)]
 
 
 def _check_frame(num_classes: int, in_channels: int) -> None:

@@ -1,6 +1,6 @@
 """Test helpers for the service: a local XYZ tile server and GeoTIFFs with a bright disc.
 
-Import with ``from service.tileserver import serve_tiles, write_disc_geotiff`` (``tests`` is on
+Import with ``from helpers.tileserver import serve_tiles, write_disc_geotiff`` (``tests`` is on
 the pytest path). Every tile and raster shows a bright disc (value 230) centred on a known
 lng/lat over a darker, position-dependent background, so a test can check that imagery is
 stitched and placed right and that a polygon lies where it should.
@@ -29,6 +29,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+
+from helpers.rasters import write_geotiff
 
 TILE = 256
 DISC_VALUE = 230
@@ -253,7 +255,6 @@ def write_disc_geotiff(path: str | Path, body: Literal["Earth", "Mars"] = "Earth
         count: 1 or 3 bands.
         nodata: nodata value to declare and write on the left strip.
     """
-    import rasterio
     from pyproj import CRS, Transformer
     from rasterio.transform import from_origin
 
@@ -283,8 +284,5 @@ def write_disc_geotiff(path: str | Path, body: Literal["Earth", "Mars"] = "Earth
     data = data.astype(dtype)
     if nodata is not None:
         data[:, :, :10] = nodata
-    profile = {"driver": "GTiff", "width": cols, "height": rows, "count": count, "dtype": dtype,
-               "crs": rasterio.crs.CRS.from_user_input(crs), "transform": transform, "nodata": nodata}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    write_geotiff(path, data, crs=crs, transform=transform, nodata=nodata)
     return DiscRaster(path, float(lng), float(lat), col, row, radius_px, crs, body)

@@ -1,50 +1,12 @@
-"""``encoder-adapter`` (the encoder-adaptation abstract): a U-Net's encoder mapped into SAM's embedding space.
-
-A :class:`~samadapt.methods.unet.UNet` is trained on the data with its own segmentation
-loss. It sees the image in SAM's frame (resized, normalised, padded) reduced to
-``unet_scale`` of the model input S (half by default, a quarter of the compute), so with
-the default depth of 3 its bottleneck lies on SAM's S/16 embedding grid. One encoder level
-(the bottleneck by default) goes through a trainable 1x1 convolution, and a bilinear resize
-where the grids differ, into the tensors SAM's mask decoder reads in place of its image
-encoder's output:
-
-* SAM: ``image`` (C, S/16, S/16);
-* SAM-HQ: ``image`` and the early ViT features ``vit_0`` (S/16, S/16, C_vit), each from
-  its own 1x1 convolution of the same level;
-* SAM 2: ``image`` and the two high-resolution maps at S/4 and S/8, each from the U-Net
-  level nearest that resolution.
-
-SAM's prompt encoder and mask decoder stay frozen. Training runs in two stages by default,
-as in the abstract: first the U-Net alone on its own loss, then only the 1x1 convolutions,
-through SAM's frozen decoder, with the U-Net frozen too (its batch-norm statistics
-included). The training loop says which epoch it is in through
-:meth:`EncoderAdapterMethod.begin_epoch`. ``schedule="joint"`` instead trains everything at
-once, with SAM's loss flowing through the 1x1 convolutions into the U-Net as well.
-
-Each object is prompted with one point, the interior point
-(:func:`samadapt.prompts.sampling.interior_point`) of its region: ground-truth regions in
-training, the U-Net's own predicted regions at prediction. In training each object's mask
-is the one of SAM's three candidates with the lowest loss; at prediction, the one with the
-highest predicted IoU. The output is the union of the objects' masks (per class, with a
-fixed background logit of 0 for several classes); an image without any object gets the
-U-Net's prediction. The loss of a training step sums the terms of what trains in it:
-``unet_weight`` x the U-Net's loss (stage one, and joint training), and ``sam_weight`` x the
-mean loss of the chosen masks against their objects plus ``iou_weight`` x the squared error
-of SAM's IoU predictions (stage two, and joint training). The IoU term is off by default: a
-frozen decoder whose IoU head misranks the adapted masks can be taught to rank them, at some
-cost to the masks.
-
-The method's logits carry their parts (U-Net logits, prompts, per-object losses) as the
-attribute ``encoder_adapter_parts``, so :meth:`EncoderAdapterMethod.loss` does not run the
-model twice; without it the loss runs :meth:`forward` again.
+"""The ``encoder-adapter`` method: a U-Net's encoder feeding SAM's frozen decoder (see
+:mod:`samadapt.methods.encoder_adapter`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, get_args
 
 import numpy as np
 import torch
@@ -52,55 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt.errors import InputError
-from samadapt.imagery.preprocess import Geometry, coords_to_model
-from samadapt.methods.base import IGNORE, AdaptationMethod, Batch, Option, Sample, check_flag, freeze, segmentation_loss
+from samadapt.imagery.preprocess import coords_to_model
+from samadapt.methods._common import candidate_ious, candidate_losses, freeze, segmentation_loss
+from samadapt.methods.base import AdaptationMethod, Batch, Sample
+from samadapt.methods.encoder_adapter.parts import (
+    NO_OBJECT,
+    PARTS,
+    UNET_FRACTION,
+    PromptSource,
+    Schedule,
+    Stage,
+    check_options,
+    class_regions,
+    embedding_slots,
+)
+from samadapt.methods.options import Option, check_flag
 from samadapt.methods.unet import UNet, unet_input
-from samadapt.prompts.sampling import interior_point, regions
-from samadapt.train.metrics import MetricAccumulator
-
-PromptSource = Literal["unet", "truth"]
-#: How training proceeds: the abstract's two stages (U-Net, then the 1x1 convolutions) or all at once.
-Schedule = Literal["two-stage", "joint"]
-#: What one training epoch trains: the U-Net alone, the 1x1 convolutions alone, or both.
-Stage = Literal["unet", "adapter", "joint"]
-#: Logit of "no object here" in the union of object masks.
-NO_OBJECT = -20.0
-PARTS = "encoder_adapter_parts"
-
-
-@dataclass(frozen=True)
-class EmbeddingSlot:
-    """One tensor SAM's mask decoder reads from its image encoder.
-
-    Attributes:
-        key: name as in :data:`samadapt.models.sam.Embedding` ("image", "high_res_0", ...).
-        channels: channels the decoder expects.
-        side: side of the square grid in pixels.
-        channels_last: True for SAM-HQ's ViT features, which are (B, h, w, C).
-    """
-
-    key: str
-    channels: int
-    side: int
-    channels_last: bool = False
-
-
-def embedding_slots(base: Any) -> list[EmbeddingSlot]:
-    """The tensors the base model's mask decoder needs, read from its config."""
-    cfg = base.model.config
-    if base.family == "sam2":
-        hidden = int(cfg.mask_decoder_config.hidden_size)
-        sizes = cfg.vision_config.backbone_feature_sizes
-        return [
-            EmbeddingSlot("high_res_0", hidden // 8, int(sizes[0][0])),
-            EmbeddingSlot("high_res_1", hidden // 4, int(sizes[1][0])),
-            EmbeddingSlot("image", int(cfg.vision_config.fpn_hidden_size), int(sizes[2][0])),
-        ]
-    grid = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
-    slots = [EmbeddingSlot("image", int(cfg.vision_config.output_channels), grid)]
-    if base.family == "sam-hq":
-        slots.append(EmbeddingSlot("vit_0", int(cfg.mask_decoder_config.vit_dim), grid, channels_last=True))
-    return slots
+from samadapt.prompts.sampling import interior_point
+from samadapt.prompts.types import IGNORE
 
 
 class EncoderAdapterMethod(AdaptationMethod):
@@ -175,8 +106,8 @@ class EncoderAdapterMethod(AdaptationMethod):
                                             "ground truth's", choices=get_args(PromptSource)),
         "schedule": Option(str, "two-stage", "train the U-Net, then the 1x1 convolutions (the encoder-adaptation "
                                              "abstract), or both at once", choices=get_args(Schedule)),
-        "unet_fraction": Option(float, 0.5, "two-stage schedule only: share of the epochs that train the U-Net "
-                                            "alone", low=0, high=1, low_open=True, high_open=True),
+        "unet_fraction": Option(float, UNET_FRACTION, "two-stage schedule only: share of the epochs that train the "
+                                                      "U-Net alone", low=0, high=1, low_open=True, high_open=True),
     }
 
     def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 3,
@@ -192,7 +123,7 @@ class EncoderAdapterMethod(AdaptationMethod):
         o = self.options
         depth = o["depth"]
         self.unet = UNet(in_channels, self.out_channels, base=o["width"], depth=depth)
-        _check_options(self.unet, self.preprocessing.size, o)
+        check_options(self.unet, self.preprocessing.size, o)
         #: Side of the U-Net's square input in pixels.
         self.unet_side = round(self.preprocessing.size * o["unet_scale"])
         self.max_objects, self.min_area = o["max_objects"], o["min_area"]
@@ -546,140 +477,3 @@ class EncoderAdapterMethod(AdaptationMethod):
             chosen = F.interpolate(chosen[:, None], (side, side), mode="bilinear", align_corners=False)[:, 0]
         valid = torch.ones(1, len(points), dtype=torch.bool)
         return self._union(chosen[None], valid, classes[None].cpu(), background)[0]
-
-
-def class_regions(label: np.ndarray, num_classes: int, min_area: int) -> list[tuple[np.ndarray, int]]:
-    """Connected regions of every foreground class of an (H, W) label mask (255 = ignore).
-
-    Returns:
-        ``(region, class_id)`` pairs, regions as (H, W) bool, largest first (ties: lower
-        class first, then :func:`~samadapt.prompts.sampling.regions` order).
-    """
-    found = [(r, k) for k in range(1, num_classes) for r in regions(label, class_id=k, min_area=min_area)]
-    found.sort(key=lambda item: -int(item[0].sum()))
-    return found
-
-
-def _check_options(unet: UNet, size: int, o: dict[str, Any]) -> None:
-    """Refuse settings the U-Net cannot take, and settings the chosen schedule would ignore."""
-    side = round(size * o["unet_scale"])
-    if side % unet.multiple:
-        raise InputError(
-            f"the U-Net input side {side} (model input x unet_scale) must be a multiple of "
-            f"2**depth = {unet.multiple}; change unet_scale or depth"
-        )
-    if not -unet.depth - 1 <= o["level"] <= unet.depth:
-        raise InputError(
-            f"encoder-adapter option level must be an encoder level from 0 to depth={unet.depth} (or -1 for the "
-            f"bottleneck), got {o['level']!r}"
-        )
-    if o["schedule"] == "two-stage":
-        if o["detach_features"]:
-            raise InputError(
-                "encoder-adapter option detach_features applies to schedule joint; the two-stage schedule already "
-                "keeps SAM's loss out of the U-Net (stage two freezes it)"
-            )
-        if o["unet_weight"] == 0:
-            raise InputError("encoder-adapter option unet_weight=0 leaves stage one of the two-stage schedule "
-                             "nothing to train; give it a weight above 0")
-        if o["sam_weight"] == 0 and o["iou_weight"] == 0:
-            raise InputError("encoder-adapter options sam_weight=0 and iou_weight=0 leave stage two of the two-stage "
-                             "schedule nothing to train; give sam_weight a weight above 0")
-    elif o["unet_fraction"] != EncoderAdapterMethod.OPTIONS["unet_fraction"].default:
-        raise InputError(
-            f"encoder-adapter option unet_fraction={o['unet_fraction']} splits the epochs of the two-stage "
-            "schedule, but schedule is joint; drop unet_fraction or use schedule=two-stage"
-        )
-
-
-def candidate_losses(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy + Dice of every candidate mask against its object, ignoring 255.
-
-    Args:
-        masks: (B, N, K, h, w) logits, K candidates per object.
-        targets: (B, N, h, w) long, 1 = object, 0 = not, 255 = ignore.
-
-    Returns:
-        (B, N, K) losses (the per-object form of ``segmentation_loss`` for one class).
-    """
-    keep = (targets != IGNORE)[:, :, None].float()
-    y = (targets == 1)[:, :, None].float()
-    bce = F.binary_cross_entropy_with_logits(masks, y.expand_as(masks), reduction="none")
-    bce = (bce * keep).sum((-2, -1)) / keep.sum((-2, -1)).clamp(min=1.0)
-    p = torch.sigmoid(masks) * keep
-    dice = 1 - (2 * (p * y).sum((-2, -1)) + 1) / (p.sum((-2, -1)) + (y * keep).sum((-2, -1)) + 1)
-    return bce + dice
-
-
-def candidate_ious(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """IoU of every thresholded candidate mask (logit > 0) with its object, ignoring 255.
-
-    Args:
-        masks: (B, N, K, h, w) logits.
-        targets: (B, N, h, w) long, 1 = object, 0 = not, 255 = ignore.
-
-    Returns:
-        (B, N, K) IoUs in [0, 1]; 1 where both the mask and the object are empty.
-    """
-    keep = targets != IGNORE
-    pred = (masks > 0) & keep[:, :, None]
-    y = ((targets == 1) & keep)[:, :, None]
-    inter = (pred & y).sum((-2, -1)).float()
-    union = (pred | y).sum((-2, -1)).float()
-    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
-
-
-def compare_baselines(method: EncoderAdapterMethod, samples: list[Sample], *,
-                      prompts: PromptSource = "truth") -> dict[str, float]:
-    """Foreground IoU of the U-Net alone, SAM alone and the adapted model, as the encoder-adaptation abstract reports.
-
-    All three are scored at the original image size on the same labelled samples, pooled
-    over every pixel (mean over foreground classes when there are several). SAM alone and the
-    adapted model get the same prompts: each ground-truth region's interior point with
-    ``prompts="truth"`` (as in the abstract), or the U-Net's predicted regions' with ``"unet"``.
-    Both pick the mask with the highest predicted IoU.
-
-    Args:
-        method: a (trained) encoder-adapter; it is put in eval mode and left as it was.
-        samples: labelled samples.
-        prompts: the prompt source.
-
-    Returns:
-        ``{"unet": iou, "sam": iou, "adapted": iou}``; ``sam`` is NaN for images without 3 bands.
-
-    Raises:
-        InputError: if a sample has no target, or ``prompts`` is unknown.
-    """
-    if prompts not in get_args(PromptSource):
-        raise InputError(f"prompts must be 'unet' or 'truth', got {prompts!r}")
-    scores = {name: MetricAccumulator(method.num_classes, per_image=False) for name in ("unet", "sam", "adapted")}
-    was_training = method.training
-    method.eval()
-    try:
-        with torch.no_grad():
-            for sample in samples:
-                if sample.target is None:
-                    raise InputError(f"{sample.stem} has no target; compare_baselines needs labelled samples")
-                batch = {k: v[None] for k, v in method.inputs(sample, prompts=prompts).items()}
-                logits = method(batch)
-                parts = getattr(logits, PARTS)
-                geometry = method.geometry_of(*sample.target.shape)
-                outputs = {"unet": parts["unet"][0], "adapted": logits[0]}
-                if method.in_channels == 3:
-                    keep = parts["valid"][0]
-                    outputs["sam"] = method.sam_alone(sample, parts["points"][0][keep], parts["classes"][0][keep])
-                for name, out in outputs.items():
-                    scores[name].add(_labels(method, out, geometry), sample.target)
-    finally:
-        method.train(was_training)
-    result = {}
-    for name, acc in scores.items():
-        iou = acc.compute().iou[1:]
-        result[name] = float(np.nanmean(iou)) if acc.num_images and not np.isnan(iou).all() else float("nan")
-    return result
-
-
-def _labels(method: AdaptationMethod, logits: torch.Tensor, geometry: Geometry) -> np.ndarray:
-    """(C, side, side) logits -> (H, W) uint8 class ids at the original size."""
-    probs = method.probabilities(logits[None])[0]
-    return method.to_original(probs, geometry).argmax(0).numpy().astype(np.uint8)

@@ -1,0 +1,122 @@
+"""``samadapt predict``: map whole rasters with an adapter, or with SAM from prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, cast
+
+import typer
+from rich.table import Table
+
+from samadapt.cli.console import stderr, stdout
+from samadapt.cli.options import (
+    DeviceOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    batch_size_option,
+    choice,
+    encoder_runtime,
+)
+from samadapt.errors import InputError
+
+if TYPE_CHECKING:
+    from samadapt.mapping.tiled import MapOptions, MapResult
+    from samadapt.models.accel.speed import RuntimeOptions
+
+
+def predict_cmd(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train` (or, with --prompts / "
+                                            "--rough, a SAM model: registry name, folder or .pth).")],
+    rasters: Annotated[list[str], typer.Argument(help="Rasters, globs ('tiles/*.tif') or .txt files of paths.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
+    tile: Annotated[int | None, typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Overlap of neighbouring tiles in pixels.")] = None,
+    tile_gsd: Annotated[str | None, typer.Option(help="Resolution the model sees, e.g. 0.5m or 0.5 "
+                                                 "(map units).")] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
+    cog: Annotated[bool, typer.Option("--cog", help="Write Cloud-Optimised GeoTIFFs.")] = False,
+    vector: Annotated[str, typer.Option("--vector", help="gpkg, geojson or none.",
+                                        callback=choice("--vector", ("gpkg", "geojson", "none")))] = "gpkg",
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (map units squared).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Simplification tolerance in map units.")] = 0.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo rasters whose outputs are complete.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the adapter's).")] = None,
+    scheduler: Annotated[str, typer.Option(help="local, processes:N (a Dask LocalCluster) or "
+                                           "tcp://host:port.")] = "local",
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Boxes / points (GeoPackage, GeoJSON, CSV) "
+                                                 "for a prompt-based model.")] = None,
+    rough: Annotated[str | None, typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
+                                              "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, batch_size_option("Tiles per pass of the model (in-process mapping).")] = 1,
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
+) -> None:
+    """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
+    from rich.progress import Progress
+
+    from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
+    from samadapt.train.adapter import load_adapter
+
+    opts = encoder_runtime(runtime, precision)
+    polygons = None if vector == "none" else cast(Literal["gpkg", "geojson"], vector)  # checked by its callback
+    paths = expand_inputs(rasters)
+    if prompts is not None or rough is not None:
+        _predict_prompted(adapter, paths, out_dir, prompts, rough, MapOptions(
+            tile=tile, probabilities=probabilities, cog=cog, polygons=polygons, min_area=min_area,
+            simplify=simplify, overwrite=overwrite), model, device, runtime=opts)
+        return
+    ad = load_adapter(adapter, base=model, device=device, runtime=opts)
+    if ad.needs_prompts:
+        raise InputError("a mask-decoder adapter needs prompts; map with a domain-decoder, lora or encoder-adapter "
+                         "adapter")
+    gsd = None
+    if tile_gsd is not None:
+        try:
+            gsd = float(tile_gsd.lower().removesuffix("m"))
+        except ValueError:
+            raise InputError(f"--tile-gsd takes a distance per pixel like 0.5m, got {tile_gsd!r}") from None
+    options = MapOptions(tile=tile, overlap=overlap, probabilities=probabilities, cog=cog, tile_gsd=gsd,
+                         polygons=polygons, min_area=min_area, simplify=simplify, overwrite=overwrite,
+                         batch_size=batch_size)
+    client = dask_client(scheduler)
+    try:
+        with Progress(console=stderr) as bar:
+            task = bar.add_task("tiles", total=None)
+            results = predict_rasters(ad, paths, out_dir, options, client=client,
+                                      progress=lambda name, n, t: bar.update(task, completed=n, total=t,
+                                                                             description=name))
+    finally:
+        if client is not None:
+            client.close()
+    _report_maps(results, "tiles")
+
+
+def _report_maps(results: list[MapResult], count: str) -> None:
+    """Summary table of a mapping run; exit code 1 when any raster failed."""
+    table = Table("raster", "status", count, "outputs / error", title=f"{len(results)} rasters")
+    for r in results:
+        detail = r.error if r.status == "failed" else ", ".join(p.name for p in r.outputs.values())
+        table.add_row(r.raster.name, r.status, str(r.tiles), detail)
+    stdout.print(table)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path | None, rough: str | None,
+                      options: MapOptions, model: str | None, device: str,
+                      runtime: RuntimeOptions | None = None) -> None:
+    from samadapt.mapping.prompted import predict_prompted_rasters
+
+    bands = None
+    if rough is not None:
+        try:
+            parts = [float(v) for v in rough.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (2, 3):
+            raise InputError(f"--rough takes A,B[,threshold] band numbers, got {rough!r}")
+        bands = (int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else 0.0)
+    results = predict_prompted_rasters(ref, paths, out_dir, prompts=prompts, rough=bands, options=options,
+                                       base=model, device=device, runtime=runtime or "auto")
+    _report_maps(results, "objects")

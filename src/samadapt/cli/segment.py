@@ -1,0 +1,162 @@
+"""``samadapt segment`` and ``samadapt embed``: prompted segmentation of one image, and its embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from samadapt.cli.console import stderr, stdout, warn_untrusted
+from samadapt.cli.options import (
+    BandsOpt,
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    batch_size_option,
+    encoder_runtime,
+    read,
+)
+from samadapt.errors import InputError
+
+#: How many times larger than the model input an image may be before segment says so.
+DOWNSAMPLING_NOTE = 4
+
+#: What ``segment --out`` writes, by suffix: masks (.png, .tif) and polygons (.gpkg, .geojson).
+OUTPUT_SUFFIXES = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json")
+
+
+def _note_downsampling(path: Path, hw: tuple[int, int], size: int, model: str) -> None:
+    """A note when SAM will see a large image shrunk many times (a HiRISE strip, say)."""
+    factor = max(hw) / size
+    if factor > DOWNSAMPLING_NOTE:
+        stderr.print(
+            f"[bold yellow]note:[/] {path.name} is {hw[1]} x {hw[0]} px: SAM sees it whole at {size} px, "
+            f"{factor:.0f}x smaller. For objects in a large raster, `samadapt predict {model} {path} "
+            "--prompts FILE --out DIR` segments each in a window centred on it, at full resolution.",
+            highlight=False, soft_wrap=True,
+        )
+
+
+def segment(
+    image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or GeoTIFF.")],
+    out_paths: Annotated[list[Path], typer.Option("--out", "-o",
+                                                  help="Output .png, .tif, .gpkg or .geojson (repeatable).")],
+    model: ModelOpt = "sam-vit-base",
+    box: Annotated[list[str] | None, typer.Option("--box", help="x0,y0,x1,y1; each box is one object.")] = None,
+    point: Annotated[list[str] | None, typer.Option("--point",
+                                                    help="x,y[,label]; label 1 = object, 0 = background.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts",
+                                                 help="GeoJSON/GeoPackage/CSV of boxes or points.")] = None,
+    crs: Annotated[str | None, typer.Option("--crs",
+                                            help="Prompts are map coordinates in this CRS, e.g. EPSG:4326.")] = None,
+    everything: Annotated[bool, typer.Option("--everything",
+                                             help="Segment every object (point grid); no prompts.")] = False,
+    points_per_side: Annotated[int, typer.Option(help="Grid size of --everything.")] = 32,
+    bands: BandsOpt = None,
+    multimask: Annotated[bool, typer.Option("--multimask/--single-mask",
+                                            help="Pick the best of 3 masks per object.")] = True,
+    wgs84: Annotated[bool, typer.Option("--wgs84", help="Write GeoJSON polygons in EPSG:4326.")] = False,
+    min_area: Annotated[int, typer.Option("--min-area", help="Drop polygons smaller than this many pixels.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
+) -> None:
+    """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
+    from samadapt._io import check_writable
+    from samadapt.mapping.outputs import write_segmentation
+    from samadapt.predict.segmenter import Segmenter
+    from samadapt.prompts.io import prompts_from_cli, read_prompt_file
+
+    for p in out_paths:
+        if p.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise InputError(f"--out {p} has an unknown suffix; use one of {', '.join(sorted(OUTPUT_SUFFIXES))}")
+        if p.exists() and not overwrite:
+            raise InputError(f"--out {p} exists; pass --overwrite to replace it")
+    check_writable(out_paths)
+    geo = read(image, bands)
+    if geo.crs is None and any(p.suffix.lower() in VECTOR_SUFFIXES for p in out_paths):
+        units = "pixel coordinates (x = column, y = row)" if geo.transform is None else "the raster's map units"
+        stderr.print(f"[bold yellow]note:[/] {image.name} has no CRS, so the polygons are written without one, "
+                     f"in {units}", highlight=False, soft_wrap=True)
+    objects = []
+    if box or point:
+        objects += prompts_from_cli(point or [], box or [], crs=crs, transform=geo.transform, raster_crs=geo.crs)
+    if prompts is not None:
+        objects += read_prompt_file(prompts, transform=geo.transform, raster_crs=geo.crs, crs=crs)
+    if everything and objects:
+        raise InputError("--everything takes no prompts; drop --box/--point/--prompts or --everything")
+    if not everything and not objects:
+        raise InputError("give at least one --box, --point or --prompts file, or --everything")
+    segmenter = Segmenter(model, device=device, runtime=encoder_runtime(runtime, precision))
+    if everything:
+        from samadapt.predict.automatic import AutomaticOptions
+
+        result = segmenter.segment_everything(geo, AutomaticOptions(points_per_side=points_per_side))
+    else:
+        _note_downsampling(image, geo.pixels.shape[:2], segmenter.loaded.preprocessing.size, model)
+        result = segmenter.segment(geo, objects, multimask=multimask)
+    warn_untrusted(result.trusted)
+    written: list[Path] = []
+    try:
+        for p in out_paths:
+            write_segmentation(
+                p, result, crs=geo.crs, transform=geo.transform, valid=geo.valid,
+                overwrite=overwrite, to_wgs84=wgs84, min_area_pixels=min_area,
+            )
+            written.append(p)
+    except BaseException:
+        for p in written:  # all outputs or none: a half set would pass for a finished run
+            p.unlink(missing_ok=True)
+        raise
+    for p in written:
+        stdout.print(f"wrote {p}")
+    table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
+    for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores, strict=False)):
+        if i < 20:
+            table.add_row(str(i), str(pixels), f"{s:.3f}")
+    stdout.print(table)
+
+
+def embed(
+    images: Annotated[list[Path], typer.Argument(help="Images to embed.")],
+    model: ModelOpt = "sam-vit-base",
+    bands: BandsOpt = None,
+    batch_size: Annotated[int, batch_size_option("Images per encoder call.")] = 1,
+    device: DeviceOpt = "cpu",
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
+) -> None:
+    """Precompute and cache image embeddings, so later prompts cost only the decoder."""
+    from rich.progress import Progress
+
+    from samadapt._io import check_writable
+    from samadapt.predict.segmenter import Segmenter
+
+    for p in images:
+        if not p.exists():
+            raise InputError(f"image file not found: {p}")
+    segmenter = Segmenter(model, device=device, runtime=encoder_runtime(runtime, precision))
+    root = segmenter.cache.root
+    try:
+        check_writable([root / "entry"])
+    except InputError:
+        raise InputError(f"embed stores embeddings in {root}, which this user cannot write; set SAMADAPT_HOME "
+                         "to a folder on a writable disk") from None
+    _ = segmenter.loaded
+    hits = 0
+    with Progress(console=stderr) as progress:
+        task = progress.add_task("embedding", total=len(images))
+        for e in segmenter.embed_many((read(p, bands) for p in images), batch_size=batch_size):
+            hits += e.from_cache
+            progress.advance(task)
+    if segmenter.cache.write_failures:
+        raise InputError(f"{segmenter.cache.write_failures} of {len(images)} embeddings could not be stored in "
+                         f"{root} (see the warning above); free some space there or set SAMADAPT_HOME elsewhere")
+    stdout.print(
+        f"{len(images)} images: {len(images) - hits} encoded, {hits} already cached in {segmenter.cache.root}"
+    )
