@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -37,11 +37,17 @@ from samadapt.imagery.tiling import tile_offsets
 from samadapt.mapping.outputs import write_mask_geotiff
 from samadapt.prompts.io import to_pyproj_crs
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import rasterio.io
+
+    from samadapt.prompts.io import CRSLike
+
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _BLOCK = 256
 
 
-def _read_vectors(path: Path) -> Any:
+def _read_vectors(path: Path) -> gpd.GeoDataFrame:
     import geopandas as gpd
 
     if not path.exists():
@@ -64,7 +70,8 @@ def _read_vectors(path: Path) -> Any:
     return frame[polygonal]
 
 
-def _to_raster_crs(frame: Any, raster_crs: Any, vector_crs: Any, path: Path) -> Any:
+def _to_raster_crs(frame: gpd.GeoDataFrame, raster_crs: CRSLike | None, vector_crs: CRSLike | None,
+                   path: Path) -> gpd.GeoDataFrame:
     """Reproject ``frame`` to the raster's CRS, settling a missing or impossible vector CRS first."""
     if vector_crs is not None:
         frame = frame.set_crs(to_pyproj_crs(vector_crs), allow_override=True)
@@ -91,7 +98,7 @@ def _to_raster_crs(frame: Any, raster_crs: Any, vector_crs: Any, path: Path) -> 
 
 
 def _class_values(
-    frame: Any, class_field: str | None, classes: Mapping[str, int] | None, path: Path
+    frame: gpd.GeoDataFrame, class_field: str | None, classes: Mapping[str, int] | None, path: Path
 ) -> tuple[np.ndarray, dict[int, str]]:
     """(burn value per feature, class id -> name for classes.json)."""
     if class_field is None:
@@ -175,7 +182,7 @@ def build_from_vectors(
     keep_empty: bool = False,
     all_touched: bool = False,
     overwrite: bool = False,
-    vector_crs: Any = None,
+    vector_crs: CRSLike | None = None,
 ) -> Path:
     """Tile a raster and burn polygons into masks, writing a dataset (see :mod:`samadapt.data.dataset`).
 
@@ -261,7 +268,7 @@ def build_from_vectors(
 
 
 def _write_tile(
-    src: Any,
+    src: rasterio.io.DatasetReader,
     window: Window,
     band_list: list[int],
     stem: str,

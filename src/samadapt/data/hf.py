@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ _SPLIT_NAMES = {"validation": "val", "valid": "val"}
 _INSTALL_HINT = "reading Hugging Face datasets needs the 'datasets' package; install it with: pip install samadapt[hf]"
 
 
-def _import_datasets() -> Any:
+def _import_datasets() -> ModuleType:
     try:
         import datasets
     except ImportError as exc:

@@ -34,7 +34,14 @@ from samadapt.predict.result import MaskCrop, SegmentationResult
 from samadapt.prompts.io import to_pyproj_crs
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import geopandas as gpd
+    import pyproj
+    from rasterio.crs import CRS
+
+    #: A CRS as rasterio or pyproj gives it, or as text or a code pyproj reads ("EPSG:32616", WKT, PROJ, 32616).
+    CrsLike: TypeAlias = CRS | pyproj.CRS | str | int
 
 PNG_SUFFIXES = (".png",)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
@@ -84,7 +91,7 @@ def vectorize(
     scores: np.ndarray,
     *,
     transform: Affine | None,
-    crs: Any,
+    crs: CrsLike | None,
     min_area_pixels: int = 0,
     simplify: float = 0.0,
 ) -> gpd.GeoDataFrame:
@@ -119,7 +126,7 @@ def _vectorize_crops(
     scores: np.ndarray,
     *,
     transform: Affine | None,
-    crs: Any,
+    crs: CrsLike | None,
     min_area_pixels: int,
     simplify: float,
 ) -> gpd.GeoDataFrame:
@@ -211,7 +218,7 @@ def write_mask_geotiff(
     path: str | Path,
     labels: np.ndarray,
     *,
-    crs: Any,
+    crs: CrsLike | None,
     transform: Affine | None,
     valid: np.ndarray | None = None,
     overwrite: bool = False,
@@ -358,7 +365,7 @@ def write_segmentation(
     out: str | Path,
     result: SegmentationResult,
     *,
-    crs: Any,
+    crs: CrsLike | None,
     transform: Affine | None,
     valid: np.ndarray | None,
     overwrite: bool = False,

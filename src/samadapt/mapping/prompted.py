@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import rasterio
@@ -24,6 +24,8 @@ from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
     from samadapt.models.accel.speed import RuntimeOptions
+    from samadapt.predict.segmenter import Segmenter
+    from samadapt.train.adapter import Adapter
 
 #: (h, w, 3) uint8 pixels of a window, their (h, w) validity and a prompt in the window's
 #: pixels -> the (h, w) probability of the object.
@@ -44,16 +46,17 @@ def rough_prompts(raster: Path, *, a: int, b: int, threshold: float = 0.0, min_a
     return prompts_from_rough(mask, SamplingOptions(mode=mode, min_area=min_area))  # type: ignore[arg-type]
 
 
-def _predictor(model: Any) -> Predict:
+def _predictor(model: Adapter | Segmenter) -> Predict:
     """A function (pixels (h, w, 3) uint8, valid, prompt in window pixels) -> (h, w) probability."""
     from samadapt.methods.base import Sample
 
-    if hasattr(model, "needs_prompts"):
-        if not model.needs_prompts:
+    if hasattr(model, "needs_prompts"):  # duck-typed, so stand-ins work too
+        adapter = cast("Adapter", model)  # for mypy, hasattr leaves a Segmenter subclass possible
+        if not adapter.needs_prompts:
             raise InputError("prompts apply to mask-decoder adapters and plain SAM models, not to this adapter")
 
         def with_adapter(pixels: np.ndarray, valid: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
-            return model.predict_sample(Sample("tile", pixels, valid), prompts=[prompt]).probabilities[1]
+            return adapter.predict_sample(Sample("tile", pixels, valid), prompts=[prompt]).probabilities[1]
 
         return with_adapter
 
@@ -69,7 +72,7 @@ def _shift(prompt: ObjectPrompt, dx: float, dy: float) -> ObjectPrompt:
     return ObjectPrompt(points=prompt.points - np.array([dx, dy]), labels=prompt.labels, box=box)
 
 
-def predict_prompted_raster(model: Any, raster: Path, out_dir: Path, prompts: list[ObjectPrompt],
+def predict_prompted_raster(model: Adapter | Segmenter, raster: Path, out_dir: Path, prompts: list[ObjectPrompt],
                             options: MapOptions | None = None, *, tile: int | None = None) -> MapResult:
     """Segment every prompted object of a raster (prompts in the raster's pixel coordinates).
 
@@ -138,7 +141,7 @@ def _fill_objects(run: RasterRun, predict: Predict, model_bands: tuple[int, ...]
 
 
 def load_prompted_model(ref: str | Path, *, base: str | None = None, device: str = "cpu",
-                        runtime: RuntimeOptions | str = "auto") -> Any:
+                        runtime: RuntimeOptions | str = "auto") -> Adapter | Segmenter:
     """The model behind ``ref`` for prompted mapping: a mask-decoder adapter when ``ref`` is an
     adapter folder (a damaged one too, so loading says what is wrong with it), else a
     ``Segmenter`` over the SAM model ``ref`` names (registry name, folder or ``.pth``).
@@ -158,9 +161,9 @@ def load_prompted_model(ref: str | Path, *, base: str | None = None, device: str
     return Segmenter(str(ref), device=device, runtime=runtime)
 
 
-def predict_prompted_rasters(model: Any, rasters: Sequence[Path], out_dir: Path, *, prompts: Path | None = None,
-                             rough: tuple[int, int, float] | None = None, options: MapOptions | None = None,
-                             base: str | None = None, device: str = "cpu",
+def predict_prompted_rasters(model: Adapter | Segmenter | str | Path, rasters: Sequence[Path], out_dir: Path, *,
+                             prompts: Path | None = None, rough: tuple[int, int, float] | None = None,
+                             options: MapOptions | None = None, base: str | None = None, device: str = "cpu",
                              runtime: RuntimeOptions | str = "auto") -> list[MapResult]:
     """Map many rasters with prompts from one file or from a rough index mask of each raster.
 

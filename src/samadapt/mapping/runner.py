@@ -304,7 +304,7 @@ def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapO
 
     from samadapt.mapping.outputs import write_polygons
 
-    pieces: dict[int, list[Any]] = {}
+    pieces: dict[int, list[shapely.Geometry]] = {}
     with rasterio.open(classes) as ds:
         band = 1024
         for r0 in range(0, ds.height, band):

@@ -19,10 +19,11 @@ resume, scratch and outputs are :mod:`samadapt.mapping.runner`'s.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -35,6 +36,12 @@ from samadapt.imagery.tiling import covering_offsets
 from samadapt.imagery.windows import bands_for, raster_limits, read_tile
 from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_raster
 from samadapt.methods.base import Sample
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from samadapt.methods.base import AdaptationMethod
+    from samadapt.train.adapter import Adapter, Prediction
 
 
 def blend_window(size: int, overlap: int) -> np.ndarray:
@@ -55,13 +62,13 @@ GDAL_CACHE_MB = 64
 
 
 def predict_raster(
-    adapter: Any,
+    adapter: Adapter | str | os.PathLike[str],
     raster: Path,
     out_dir: Path,
     options: MapOptions | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
-    client: Any = None,
+    client: Client | None = None,
 ) -> MapResult:
     """Map one raster with an adapter (see the module docstring); returns the output paths.
 
@@ -74,7 +81,7 @@ def predict_raster(
         client: a ``dask.distributed.Client``: tiles are predicted on its workers (each loads
             the adapter once) and blended here; results equal the in-process run.
     """
-    if not hasattr(adapter, "predict_sample"):
+    if isinstance(adapter, (str, os.PathLike)):
         from samadapt.train.adapter import load_adapter
 
         adapter = load_adapter(adapter)
@@ -82,8 +89,8 @@ def predict_raster(
         return _predict_raster(adapter, raster, out_dir, options or MapOptions(), progress, client)
 
 
-def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptions,
-                    progress: Callable[[int, int], None] | None, client: Any) -> MapResult:
+def _predict_raster(adapter: Adapter, raster: Path, out_dir: Path, options: MapOptions,
+                    progress: Callable[[int, int], None] | None, client: Client | None) -> MapResult:
     method = adapter.method
     num_classes = method.num_classes
 
@@ -101,8 +108,8 @@ def _predict_raster(adapter: Any, raster: Path, out_dir: Path, options: MapOptio
     return run_raster(raster, out_dir, options, classes=num_classes, prepare=prepare)
 
 
-def _fill_tiles(adapter: Any, run: RasterRun, tile: int, overlap: int, options: MapOptions,
-                progress: Callable[[int, int], None] | None, client: Any) -> dict[str, int]:
+def _fill_tiles(adapter: Adapter, run: RasterRun, tile: int, overlap: int, options: MapOptions,
+                progress: Callable[[int, int], None] | None, client: Client | None) -> dict[str, int]:
     """Accumulate the blended class probabilities of every tile of the run's raster."""
     ds, result, num_classes = run.ds, run.result, run.classes
     with tile_embeddings_in_memory(adapter, options.batch_size):
@@ -140,7 +147,7 @@ def _fill_tiles(adapter: Any, run: RasterRun, tile: int, overlap: int, options: 
 
 
 @contextmanager
-def tile_embeddings_in_memory(adapter: Any, batch_size: int = 1) -> Iterator[None]:
+def tile_embeddings_in_memory(adapter: Adapter, batch_size: int = 1) -> Iterator[None]:
     """Keep the tiles' embeddings in memory while mapping, instead of the disk cache.
 
     Each tile is seen once, and a ViT-B embedding is about 4 MB: a 16384² raster would write
@@ -156,7 +163,7 @@ def tile_embeddings_in_memory(adapter: Any, batch_size: int = 1) -> Iterator[Non
         object.__setattr__(method, "_embedder", saved)
 
 
-def _use_memory_cache(method: Any, batch_size: int) -> None:
+def _use_memory_cache(method: AdaptationMethod, batch_size: int) -> None:
     """Give a method's frozen encoder an in-memory embedding cache (see tile_embeddings_in_memory)."""
     from samadapt.predict.cache import EmbeddingCache
     from samadapt.predict.embed import Embedder
@@ -167,8 +174,8 @@ def _use_memory_cache(method: Any, batch_size: int) -> None:
     object.__setattr__(method, "_embedder", Embedder(method.base, cache=memory))
 
 
-def _tile_predictions(adapter: Any, ds: DatasetReader, raster: Path, windows: list[Window], bands: tuple[int, ...],
-                      limits: np.ndarray | None, client: Any, scale: float = 1.0,
+def _tile_predictions(adapter: Adapter, ds: DatasetReader, raster: Path, windows: list[Window],
+                      bands: tuple[int, ...], limits: np.ndarray | None, client: Client | None, scale: float = 1.0,
                       batch_size: int = 1) -> Iterator[tuple[Window, tuple[np.ndarray, np.ndarray] | None]]:
     """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
     if client is None:
@@ -193,7 +200,7 @@ def _tile_predictions(adapter: Any, ds: DatasetReader, raster: Path, windows: li
         fut.release()
 
 
-def _predict_samples(adapter: Any, samples: list[Sample]) -> list[Any]:
+def _predict_samples(adapter: Adapter, samples: list[Sample]) -> list[Prediction]:
     """Predictions of several tiles, in one pass when the adapter can batch them."""
     if len(samples) > 1 and hasattr(adapter, "predict_samples"):
         return adapter.predict_samples(samples)
@@ -211,8 +218,8 @@ def _read_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limits:
     return Sample(f"{stem}_{win.row_off}_{win.col_off}", np.ascontiguousarray(pixels), valid)
 
 
-def _back_to_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None, pred: Any,
-                    valid: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _back_to_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
+                    pred: Prediction, valid: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, valid) of a prediction in the window's own pixels (``valid``: the sample's)."""
     probs = pred.probabilities
     shape = (int(win.height), int(win.width))
@@ -226,7 +233,7 @@ def _back_to_window(ds: DatasetReader, win: Window, bands: tuple[int, ...], limi
     return probs, valid
 
 
-def _predict_window(adapter: Any, ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
+def _predict_window(adapter: Adapter, ds: DatasetReader, win: Window, bands: tuple[int, ...], limits: np.ndarray | None,
                     stem: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
     sample = _read_window(ds, win, bands, limits, stem, scale)
     if sample is None:
@@ -234,7 +241,7 @@ def _predict_window(adapter: Any, ds: DatasetReader, win: Window, bands: tuple[i
     return _back_to_window(ds, win, bands, limits, adapter.predict_sample(sample), sample.valid, scale)
 
 
-_WORKER_ADAPTERS: dict[tuple[str, str | None, str], Any] = {}
+_WORKER_ADAPTERS: dict[tuple[str, str | None, str], Adapter] = {}
 
 
 def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -283,7 +290,7 @@ def _reach_scheduler(address: str) -> None:
                          "`dask scheduler` or map in this process with --scheduler local") from None
 
 
-def dask_client(scheduler: str) -> Any:
+def dask_client(scheduler: str) -> Client | None:
     """A Dask client for ``processes:N`` (a LocalCluster of N single-threaded workers) or ``tcp://host:port``.
 
     Returns None for ``local`` (in-process). Torch threads are shared out so N workers do not
@@ -325,8 +332,9 @@ OUTPUT_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def predict_rasters(
-    adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None = None,
-    *, progress: Callable[[str, int, int], None] | None = None, client: Any = None,
+    adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path], out_dir: Path,
+    options: MapOptions | None = None, *, progress: Callable[[str, int, int], None] | None = None,
+    client: Client | None = None,
 ) -> list[MapResult]:
     """Map many rasters; a failure on one is recorded and the rest go on, unless the output folder
     is full or read-only (then the error is raised: no later raster could be written either)."""
@@ -334,8 +342,9 @@ def predict_rasters(
         return _predict_each(adapter, rasters, out_dir, options, progress, client)
 
 
-def _predict_each(adapter: Any, rasters: Sequence[Path], out_dir: Path, options: MapOptions | None,
-                  progress: Callable[[str, int, int], None] | None, client: Any) -> list[MapResult]:
+def _predict_each(adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path], out_dir: Path,
+                  options: MapOptions | None, progress: Callable[[str, int, int], None] | None,
+                  client: Client | None) -> list[MapResult]:
     results = []
     for raster in rasters:
         try:

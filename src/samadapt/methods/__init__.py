@@ -8,12 +8,15 @@ settings it declares (what ``samadapt train --method M --help-options`` prints).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from samadapt.errors import InputError
 from samadapt.methods.base import AdaptationMethod, Sample
 from samadapt.methods.options import Option
 from samadapt.methods.options import option_rows as _rows_of
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 _METHODS = {
     "domain-decoder": ("samadapt.methods.domain_decoder", "DomainDecoder"),
@@ -33,7 +36,7 @@ def method_class(name: str) -> type[AdaptationMethod]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_method(name: str, base: Any, **kwargs: Any) -> AdaptationMethod:
+def build_method(name: str, base: LoadedModel, **kwargs: Any) -> AdaptationMethod:
     """Build a method around a loaded base model."""
     return method_class(name)(base, **kwargs)
 

@@ -6,7 +6,7 @@ carry no label (padding included); every loss here leaves those pixels out.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,16 @@ def transformers_model(base: LoadedModel) -> SamModel | SamHQModel | Sam2Model:
     encoder, mask decoder) would type as tensors too.
     """
     return cast("SamModel | SamHQModel | Sam2Model", base.model)
+
+
+def model_config(base: LoadedModel) -> Any:
+    """The base model's transformers config (``SamConfig``, ``SamHQConfig`` or ``Sam2Config``).
+
+    Typed ``Any`` because transformers types the sub-configs read here (``vision_config``,
+    ``mask_decoder_config``) as ``dict | PreTrainedConfig | None``, though a loaded model's are
+    always config objects, read by attribute.
+    """
+    return transformers_model(base).config
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -10,15 +10,19 @@ high-resolution feature maps (1/4 and 1/8 of the input) as skip connections.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from samadapt.errors import InputError
+from samadapt.methods._common import model_config
 from samadapt.methods.base import AdaptationMethod, Batch, Sample
 from samadapt.methods.options import Option
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 
 def _up(c_in: int, c_out: int) -> nn.Sequential:
@@ -56,7 +60,7 @@ class DomainDecoder(AdaptationMethod):
                                             "skip connections"),
     }
 
-    def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 128,
+    def __init__(self, base: LoadedModel, *, num_classes: int = 2, in_channels: int = 3, width: int = 128,
                  use_high_res: bool = False, **options: Any) -> None:
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width,
                          use_high_res=use_high_res, **options)
@@ -96,14 +100,14 @@ class DomainDecoder(AdaptationMethod):
         return self.head(self.up3(x))
 
 
-def _embedding_channels(base: Any) -> int:
-    cfg = base.model.config
+def _embedding_channels(base: LoadedModel) -> int:
+    cfg = model_config(base)
     if base.family == "sam2":
         return int(cfg.vision_config.fpn_hidden_size)
     return int(cfg.vision_config.output_channels)
 
 
-def _high_res_channels(base: Any) -> tuple[int, int]:
+def _high_res_channels(base: LoadedModel) -> tuple[int, int]:
     # SAM 2's mask decoder projects the FPN's two finest levels to C/8 and C/4 channels
-    c = int(base.model.config.mask_decoder_config.hidden_size)
+    c = int(model_config(base).mask_decoder_config.hidden_size)
     return c // 8, c // 4

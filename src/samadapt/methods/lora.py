@@ -27,17 +27,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from samadapt.errors import InputError
-from samadapt.methods._common import BandAdapter, freeze, normalise, raw_input
+from samadapt.methods._common import BandAdapter, freeze, normalise, raw_input, transformers_model
 from samadapt.methods.base import AdaptationMethod, Batch, Sample
 from samadapt.methods.options import Option
 from samadapt.prompts.types import IGNORE
+
+if TYPE_CHECKING:
+    from transformers import Sam2Model
+
+    from samadapt.models.loading import LoadedModel
 
 #: The attention projections that get adapters by default, per family.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {"sam": ("qkv",), "sam-hq": ("qkv",), "sam2": ("qkv",)}
@@ -210,7 +215,7 @@ def _share_copy(module: nn.Module) -> nn.Module:
     The copy's parameters are new, frozen ``Parameter`` objects, so changing their flags or
     wrapping their layers (peft) leaves the original module as it was; tied parameters stay tied.
     """
-    memo: dict[int, Any] = {}
+    memo: dict[int, torch.Tensor] = {}
     for t in list(module.parameters()) + list(module.buffers()):
         if id(t) not in memo:
             memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False) if isinstance(t, nn.Parameter) else t
@@ -275,7 +280,7 @@ class LoraMethod(AdaptationMethod):
 
     def __init__(
         self,
-        base: Any,
+        base: LoadedModel,
         *,
         num_classes: int = 2,
         in_channels: int = 3,
@@ -308,7 +313,7 @@ class LoraMethod(AdaptationMethod):
                 "bands there is no band adapter; choose the bands with --bands instead"
             )
         self.unfreeze, self.augment = o["unfreeze"], o["augment"]
-        model = base.model
+        model = transformers_model(base)
         copy_part = copy.deepcopy if self.unfreeze else _share_copy
         encoder = copy_part(model.vision_encoder)
         targets = _check_targets(encoder, o["target_modules"] or DEFAULT_TARGETS[family], family)
@@ -322,7 +327,8 @@ class LoraMethod(AdaptationMethod):
         self.encoder = inject_adapter_in_model(lora, encoder)
         self.prompt_encoder = copy_part(model.prompt_encoder)
         if family == "sam2":
-            nm = model.no_memory_embedding.detach().reshape(1, -1, 1, 1)  # added to the coarsest FPN level
+            # added to the coarsest FPN level
+            nm = cast("Sam2Model", model).no_memory_embedding.detach().reshape(1, -1, 1, 1)
             self.no_memory_embedding = nn.Parameter(nm.clone() if self.unfreeze else nm, requires_grad=False)
         self.decoder = ClassMaskDecoder(model.mask_decoder, family, self.out_channels)
         self.band_adapter = BandAdapter(self.in_channels, rgb).to(base.device) if self.in_channels != 3 else None

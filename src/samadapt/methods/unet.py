@@ -15,7 +15,7 @@ and gives logits directly in its output frame.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from samadapt.imagery.preprocess import Geometry, Preprocessing
 from samadapt.methods._common import normalise, raw_input
 from samadapt.methods.base import AdaptationMethod, Batch, Sample
 from samadapt.methods.options import Option
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -201,8 +204,8 @@ class UNetMethod(AdaptationMethod):
         "depth": Option(int, 4, "poolings of the U-Net (its bottleneck is at 1 / 2**depth of its input)", low=1),
     }
 
-    def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 4,
-                 **options: Any) -> None:
+    def __init__(self, base: LoadedModel, *, num_classes: int = 2, in_channels: int = 3, width: int = 16,
+                 depth: int = 4, **options: Any) -> None:
         super().__init__(base, num_classes=num_classes, in_channels=in_channels, width=width, depth=depth, **options)
         self.unet = UNet(in_channels, self.out_channels, base=self.options["width"], depth=self.options["depth"])
 

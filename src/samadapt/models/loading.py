@@ -33,7 +33,7 @@ from samadapt.models.tiny import MARKER
 if TYPE_CHECKING:
     from transformers import Sam2Model, SamHQModel, SamModel
 
-    from samadapt.models.accel.speed import RuntimeOptions
+    from samadapt.models.accel.speed import EncoderRuntime, RuntimeOptions
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -68,7 +68,7 @@ class LoadedModel:
     weights_sha256: str
     trusted: bool
     device: torch.device
-    runtime: Any = None
+    runtime: EncoderRuntime | None = None
 
     @property
     def model_id(self) -> str:

@@ -15,7 +15,7 @@ import csv
 import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pyproj
@@ -24,6 +24,13 @@ from pyproj.exceptions import CRSError
 
 from samadapt.errors import InputError, InputFileError
 from samadapt.prompts.types import ObjectPrompt
+
+if TYPE_CHECKING:
+    from rasterio.crs import CRS as RasterioCRS
+
+#: A CRS as callers hold it: a ``pyproj.CRS``, a ``rasterio.crs.CRS``, an authority string or
+#: WKT / PROJ text ("EPSG:32616"), or an EPSG code; :func:`to_pyproj_crs` takes each.
+CRSLike: TypeAlias = "pyproj.CRS | RasterioCRS | str | int"
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp")
 PROMPT_FILE_SUFFIXES = (".csv", *VECTOR_SUFFIXES)
@@ -120,7 +127,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def _reproject(xs: np.ndarray, ys: np.ndarray, src_crs: Any, raster_crs: Any) -> tuple[np.ndarray, np.ndarray]:
+def _reproject(
+    xs: np.ndarray, ys: np.ndarray, src_crs: CRSLike | None, raster_crs: CRSLike | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Move (x, y) map coordinates from ``src_crs`` into ``raster_crs`` (no-op when src is None)."""
     src = to_pyproj_crs(src_crs)
     if src is None:
@@ -147,7 +156,9 @@ def _inverse(transform: Affine | None) -> Affine:
         raise InputError(f"the raster transform {tuple(transform)[:6]} cannot be inverted") from err
 
 
-def map_to_pixel(xy: np.ndarray, *, transform: Affine | None, src_crs: Any, raster_crs: Any) -> np.ndarray:
+def map_to_pixel(
+    xy: np.ndarray, *, transform: Affine | None, src_crs: CRSLike | None, raster_crs: CRSLike | None
+) -> np.ndarray:
     """Convert map coordinates to continuous pixel coordinates of a raster.
 
     Args:
@@ -174,7 +185,9 @@ def map_to_pixel(xy: np.ndarray, *, transform: Affine | None, src_crs: Any, rast
     return np.column_stack([cols, rows])
 
 
-def map_to_prompt_point(xy: np.ndarray, *, transform: Affine | None, src_crs: Any, raster_crs: Any) -> np.ndarray:
+def map_to_prompt_point(
+    xy: np.ndarray, *, transform: Affine | None, src_crs: CRSLike | None, raster_crs: CRSLike | None
+) -> np.ndarray:
     """Convert map points to SAM point prompts: (x, y) = (column, row) of the pixel they fall in.
 
     SAM's prompt encoder adds half a pixel itself, so the point for the pixel in row r and
@@ -183,7 +196,9 @@ def map_to_prompt_point(xy: np.ndarray, *, transform: Affine | None, src_crs: An
     return map_to_pixel(xy, transform=transform, src_crs=src_crs, raster_crs=raster_crs) - 0.5
 
 
-def map_box_to_pixel(boxes: np.ndarray, *, transform: Affine | None, src_crs: Any, raster_crs: Any) -> np.ndarray:
+def map_box_to_pixel(
+    boxes: np.ndarray, *, transform: Affine | None, src_crs: CRSLike | None, raster_crs: CRSLike | None
+) -> np.ndarray:
     """Convert XYXY map boxes to the XYXY pixel boxes that enclose them.
 
     Each box's outline is reprojected (corners, plus points along the edges when the CRS
@@ -222,7 +237,8 @@ def map_box_to_pixel(boxes: np.ndarray, *, transform: Affine | None, src_crs: An
 
 
 def _to_pixels(
-    points: np.ndarray, boxes: np.ndarray, *, crs: Any, transform: Affine | None, raster_crs: Any, flag: str
+    points: np.ndarray, boxes: np.ndarray, *, crs: CRSLike | None, transform: Affine | None,
+    raster_crs: CRSLike | None, flag: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Convert (P, 2) points and (B, 4) boxes from ``crs`` map coordinates to pixels."""
     if crs is None:
@@ -237,7 +253,8 @@ def _to_pixels(
 
 
 def prompts_from_cli(
-    points: Sequence[str], boxes: Sequence[str], *, crs: str | None, transform: Affine | None, raster_crs: Any
+    points: Sequence[str], boxes: Sequence[str], *, crs: str | None, transform: Affine | None,
+    raster_crs: CRSLike | None,
 ) -> list[ObjectPrompt]:
     """Build object prompts from ``--point`` and ``--box`` options.
 
@@ -298,7 +315,9 @@ def _group(
     return prompts
 
 
-def _read_csv(path: Path, *, transform: Affine | None, raster_crs: Any, crs: str | None) -> list[ObjectPrompt]:
+def _read_csv(
+    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None
+) -> list[ObjectPrompt]:
     allowed = " or ".join(repr(c) for c in CSV_LAYOUTS)
     rows, line_numbers = [], []
     try:
@@ -348,7 +367,9 @@ def _read_csv(path: Path, *, transform: Affine | None, raster_crs: Any, crs: str
     return _group(keys, points, labels, boxes, path)
 
 
-def _read_vector(path: Path, *, transform: Affine | None, raster_crs: Any, crs: str | None) -> list[ObjectPrompt]:
+def _read_vector(
+    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None
+) -> list[ObjectPrompt]:
     import geopandas as gpd  # imported here: geopandas is slow to import and only files need it
 
     try:
@@ -404,7 +425,7 @@ def _read_vector(path: Path, *, transform: Affine | None, raster_crs: Any, crs: 
 
 
 def read_prompt_file(
-    path: str | Path, *, transform: Affine | None, raster_crs: Any, crs: str | None = None
+    path: str | Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None = None
 ) -> list[ObjectPrompt]:
     """Read object prompts from a CSV, GeoJSON, GeoPackage or Shapefile.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -32,6 +32,9 @@ from samadapt.service.routes import Served, router
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import Source, build_sources
 from samadapt.service.wire import BodyLimit, JSONRoute
+
+if TYPE_CHECKING:
+    from samadapt.train.adapter import Adapter
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -75,7 +78,7 @@ def _add_cors(app: FastAPI, origins: list[str]) -> None:
                        allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
 
 
-def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Any = None, *,
+def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Adapter | None = None, *,
                sources: dict[str, Source] | None = None, adapter_name: str | None = None) -> FastAPI:
     """Build the service.
 

@@ -9,7 +9,7 @@ non-background class becomes a polygon in lng/lat with its class, name and mean 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from samadapt.service.geometry import bbox_extent, view_window
 from samadapt.service.schemas import MapRequest
 from samadapt.service.vector import label_features
 
+if TYPE_CHECKING:
+    from samadapt.train.adapter import Adapter
+
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
     """Tile origins along one axis: a step of tile - overlap, the last tile ending at the edge."""
@@ -32,7 +35,7 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-def predict_view(adapter: Any, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_view(adapter: Adapter, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (h, w) uint8 (255 = no imagery) and probabilities (C, h, w) of an RGB view.
 
     Args:
@@ -68,7 +71,8 @@ def predict_view(adapter: Any, pixels: np.ndarray, valid: np.ndarray) -> tuple[n
     return labels, probs
 
 
-async def map_classes(engine: SegmentEngine, adapter: Any, adapter_name: str, request: MapRequest) -> dict[str, Any]:
+async def map_classes(engine: SegmentEngine, adapter: Adapter, adapter_name: str,
+                      request: MapRequest) -> dict[str, Any]:
     """Answer one ``/map`` request with a FeatureCollection of class polygons."""
     t0 = time.perf_counter()
     if getattr(adapter, "needs_prompts", False):

@@ -31,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from cachetools import LRUCache
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     import httpx
 
     from samadapt.predict.segmenter import Embedded, Segmenter
+    from samadapt.service.settings import ServiceSettings
+
+_T = TypeVar("_T")
 
 #: Decode rounds per object in grid mode: cell, re-centred window, view window.
 MAX_ROUNDS = 3
@@ -110,7 +113,7 @@ class SegmentEngine:
         client: the HTTP client sources fetch with (one per app lifetime).
     """
 
-    def __init__(self, segmenter: Segmenter, sources: dict[str, Source], settings: Any,
+    def __init__(self, segmenter: Segmenter, sources: dict[str, Source], settings: ServiceSettings,
                  client: httpx.AsyncClient | None = None) -> None:
         self.segmenter = segmenter
         self.loaded = segmenter.loaded
@@ -135,7 +138,7 @@ class SegmentEngine:
         """The configured source of that name, or a 400 error listing the configured ones."""
         return lookup_source(self.sources, name)
 
-    async def run_in_pool(self, fn: Any, *args: Any) -> Any:
+    async def run_in_pool(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run CPU work (decoding, vectorising, adapters) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn, *args)
 

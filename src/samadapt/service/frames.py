@@ -10,32 +10,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyproj
+    from numpy.typing import ArrayLike
 
 TILE_SIZE = 256
 #: Latitude where the spherical-mercator square ends (y = 0 and y = 256 * 2**z).
 MAX_LAT = 85.05112877980659
 
 
-def lnglat_to_world(lng: Any, lat: Any, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+def lnglat_to_world(lng: ArrayLike, lat: ArrayLike, zoom: int) -> tuple[np.ndarray, np.ndarray]:
     """Spherical-mercator global pixel coordinates (x right, y down) of lng/lat in degrees at ``zoom``.
 
     Latitudes are clipped to +-MAX_LAT, where the square map ends.
     """
     scale = TILE_SIZE * 2.0**zoom
-    lng = np.asarray(lng, dtype=np.float64)
-    lat = np.radians(np.clip(np.asarray(lat, dtype=np.float64), -MAX_LAT, MAX_LAT))
-    return (lng + 180.0) / 360.0 * scale, (1.0 - np.arcsinh(np.tan(lat)) / np.pi) / 2.0 * scale
+    lng_deg = np.asarray(lng, dtype=np.float64)
+    lat_rad = np.radians(np.clip(np.asarray(lat, dtype=np.float64), -MAX_LAT, MAX_LAT))
+    return (lng_deg + 180.0) / 360.0 * scale, (1.0 - np.arcsinh(np.tan(lat_rad)) / np.pi) / 2.0 * scale
 
 
-def world_to_lnglat(x: Any, y: Any, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+def world_to_lnglat(x: ArrayLike, y: ArrayLike, zoom: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`lnglat_to_world`: lng/lat in degrees of global pixel coordinates."""
     scale = TILE_SIZE * 2.0**zoom
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    return x / scale * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * y / scale))))
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    return xs / scale * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * ys / scale))))
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,11 @@ class Frame:
     crs: str
     bounds: tuple[int, int, int, int]
 
-    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_pixel(self, lng: ArrayLike, lat: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Float frame pixel coordinates (x, y) of lng/lat in degrees."""
         raise NotImplementedError
 
-    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_lnglat(self, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """(lng, lat) in degrees of float frame pixel coordinates."""
         raise NotImplementedError
 
@@ -72,15 +76,15 @@ class Frame:
 class MercatorFrame(Frame):
     """The global spherical-mercator pixel grid of an XYZ tile scheme at ``zoom``."""
 
-    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_pixel(self, lng: ArrayLike, lat: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         return lnglat_to_world(lng, lat, self.zoom)
 
-    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_lnglat(self, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         return world_to_lnglat(x, y, self.zoom)
 
 
 @lru_cache(maxsize=64)
-def _transformer(src: str, dst: str) -> Any:
+def _transformer(src: str, dst: str) -> pyproj.Transformer:
     from pyproj import CRS, Transformer
 
     return Transformer.from_crs(CRS.from_user_input(src), CRS.from_user_input(dst), always_xy=True)
@@ -93,14 +97,14 @@ class RasterFrame(Frame):
     raster_crs: str = ""
     transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
-    def to_pixel(self, lng: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_pixel(self, lng: ArrayLike, lat: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         from affine import Affine
 
         mx, my = _transformer(self.crs, self.raster_crs).transform(np.asarray(lng, float), np.asarray(lat, float))
         col, row = ~Affine(*self.transform) * (np.asarray(mx), np.asarray(my))
         return np.asarray(col, dtype=np.float64), np.asarray(row, dtype=np.float64)
 
-    def to_lnglat(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def to_lnglat(self, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         from affine import Affine
 
         # affine types ``*`` for one (x, y) of floats; it applies as well to arrays, element-wise

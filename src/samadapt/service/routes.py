@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +20,9 @@ from samadapt.service.schemas import ErrorResponse, MapRequest, MapResponse, Seg
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import Source
 from samadapt.service.wire import GeoJSONResponse, JSONRoute
+
+if TYPE_CHECKING:
+    from samadapt.train.adapter import Adapter
 
 #: Browsers may keep base-map tiles this long (seconds).
 TILE_MAX_AGE = 3600
@@ -42,7 +45,7 @@ class Served:
     loaded: LoadedModel
     model_name: str
     sources: dict[str, Source]
-    adapter: Any = None
+    adapter: Adapter | None = None
     adapter_name: str | None = None
 
 

@@ -11,20 +11,25 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from samadapt.errors import InputError, MissingDependencyError
 
 if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from samadapt.models.accel.speed import RuntimeOptions
     from samadapt.service.settings import EmbeddingMode
 
 #: Servers started by :func:`run` and still running, so embedding code (and tests) can stop them.
-RUNNING: list[Any] = []
+RUNNING: list[uvicorn.Server] = []
 
 
 def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
                   config: str | os.PathLike[str] | None = None, sources: Sequence[str] = (),
-                  mode: str | None = None, device: str = "cpu", runtime: Any = None) -> Any:
+                  mode: str | None = None, device: str = "cpu",
+                  runtime: RuntimeOptions | str | None = None) -> FastAPI:
     """Load the settings, the model (once) and the adapter, and build the app.
 
     Args:
@@ -72,13 +77,13 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
     return create_app(settings, segmenter, ad)
 
 
-def _bound_url(server: Any, host: str) -> str:
+def _bound_url(server: uvicorn.Server, host: str) -> str:
     port = server.servers[0].sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
 
 
-def run(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
+def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
         on_ready: Callable[[str], None] | None = None) -> None:
     """Serve ``app`` with uvicorn until interrupted; ``on_ready`` gets the bound URL once listening."""
     import uvicorn

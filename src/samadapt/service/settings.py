@@ -264,7 +264,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _env_value(name: str, text: str, kind: Any) -> Any:
+def _env_value(name: str, text: str, kind: object) -> int | float | str:
     try:
         if kind is int or kind == "int":
             return int(text)

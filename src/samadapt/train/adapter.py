@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from samadapt.imagery.read import from_array
 from samadapt.methods import build_method
 from samadapt.methods.base import AdaptationMethod, Sample
 from samadapt.models.loading import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from samadapt.models.accel.speed import RuntimeOptions
+    from samadapt.prompts.types import ObjectPrompt
 
 WEIGHTS = "adapter.safetensors"
 #: Methods whose inputs are cached embeddings (their encoder runs in make_inputs, not forward).
@@ -133,7 +137,7 @@ class Adapter:
         """True for methods that segment prompted objects (mask-decoder)."""
         return self.method.name == "mask-decoder"
 
-    def _prompted(self, sample: Sample, prompts: Any, rough: np.ndarray | None) -> Prediction:
+    def _prompted(self, sample: Sample, prompts: list[ObjectPrompt] | None, rough: np.ndarray | None) -> Prediction:
         if prompts is None and rough is None:
             raise InputError(
                 "a mask-decoder adapter segments prompted objects: pass prompts (boxes / points) or a rough mask"
@@ -145,7 +149,8 @@ class Adapter:
         return Prediction(labels=labels, probabilities=probs)
 
     @torch.no_grad()
-    def predict_sample(self, sample: Sample, *, prompts: Any = None, rough: np.ndarray | None = None) -> Prediction:
+    def predict_sample(self, sample: Sample, *, prompts: list[ObjectPrompt] | None = None,
+                       rough: np.ndarray | None = None) -> Prediction:
         """Predict one prepared sample (pixels as the method expects them).
 
         ``prompts`` (ObjectPrompts in pixels) or ``rough`` (an (H, W) rough mask) are needed by
@@ -195,7 +200,8 @@ class Adapter:
             out.append(Prediction(labels=labels, probabilities=full.astype(np.float32)))
         return out
 
-    def predict(self, image: str | os.PathLike[str] | np.ndarray, *, prompts: Any = None,
+    def predict(self, image: str | os.PathLike[str] | np.ndarray, *,
+                prompts: list[ObjectPrompt] | None = None,
                 rough: np.ndarray | None = None) -> Prediction:
         """Predict an image file (bands as trained) or an (H, W, C) uint8 array.
 
@@ -360,7 +366,7 @@ def _check_weights(file: Path, weights: dict[str, torch.Tensor], method: Adaptat
 
 
 def load_adapter(path: str | os.PathLike[str], *, base: str | LoadedModel | None = None,
-                 device: str = "cpu", runtime: Any = "auto") -> Adapter:
+                 device: str = "cpu", runtime: RuntimeOptions | str | None = "auto") -> Adapter:
     """Load an adapter folder; the base model comes from its config unless given.
 
     The folder is checked before the base model loads: both files present, ``config.json``

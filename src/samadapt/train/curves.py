@@ -9,17 +9,21 @@ metric against N, mean and spread over seeds, one line per method).
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from samadapt._io import atomic_file, check_replaceable, save_figure
 from samadapt.data.dataset import require_dataset_dir
 from samadapt.errors import InputError
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 METRICS = ("miou", "accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_micro", "iou_fg", "f1_fg",
            "object_f1")
@@ -30,7 +34,7 @@ def learning_curve(
     out_dir: Path,
     *,
     methods: Sequence[str],
-    model: Any,
+    model: str | os.PathLike[str] | LoadedModel,
     sizes: Sequence[int],
     seeds: int = 3,
     epochs: int = 20,

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from samadapt.errors import InputError
+
+if TYPE_CHECKING:
+    from samadapt.data.dataset import SegDataset
+    from samadapt.train.adapter import Adapter
+    from samadapt.train.metrics import Metrics
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -38,12 +43,12 @@ class EvaluationReport:
     method: str
     split: str
     image_ids: list[str]
-    metrics: Any
+    metrics: Metrics
     train_images_scored: list[str] = field(default_factory=list)
     oracle: bool = False
     comparison: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
-    adapter: Any = None
+    adapter: Adapter = field(kw_only=True)
 
     def as_dict(self) -> dict[str, Any]:
         """One JSON-ready document."""
@@ -57,7 +62,7 @@ class EvaluationReport:
         return doc
 
 
-def adapter_split(config: dict[str, Any], dataset: Any, split: str | None) -> tuple[list[str], str, list[str]]:
+def adapter_split(config: dict[str, Any], dataset: SegDataset, split: str | None) -> tuple[list[str], str, list[str]]:
     """The image ids to score, a label for them, and notes: the adapter's own test split by default.
 
     Raises:

@@ -25,6 +25,7 @@ from samadapt.train.loop import TrainConfig, TrainResult, evaluate_method, train
 
 if TYPE_CHECKING:
     from samadapt.data.dataset import SegDataset
+    from samadapt.train.metrics import Metrics
 
 
 def label_budget(stems: list[str], n: int | None, seed: int) -> list[str]:
@@ -43,7 +44,7 @@ def label_budget(stems: list[str], n: int | None, seed: int) -> list[str]:
     return [str(s) for s in order[:n]]
 
 
-def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None = None,
+def load_samples(dataset: SegDataset, stems: list[str], bands: tuple[int, ...] | None = None,
                  class_id: int | None = None) -> list[Sample]:
     """Read the images and masks of ``stems`` from a SegDataset as Samples.
 
@@ -59,7 +60,7 @@ def load_samples(dataset: Any, stems: list[str], bands: tuple[int, ...] | None =
     return samples
 
 
-def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
+def splits_of(dataset: SegDataset, seed: int = 0) -> dict[str, list[str]]:
     """train / val / test stems: from splits.json, else a seeded 60/20/20 split of labelled images."""
     from samadapt.data.splits import make_splits
 
@@ -71,7 +72,7 @@ def splits_of(dataset: Any, seed: int = 0) -> dict[str, list[str]]:
     return make_splits(labelled, val=0.2, test=0.2, seed=seed)
 
 
-def eval_stems(dataset: Any, exclude: set[str]) -> list[str]:
+def eval_stems(dataset: SegDataset, exclude: set[str]) -> list[str]:
     """The images of a separate evaluation dataset to score: its test split, or all its labelled
     images when it has none, without any image (matched by id) that training or validation used.
 
@@ -185,7 +186,7 @@ class Learner:
             raise InputError(f"cannot carry the trained weights over to the unfrozen model: {unexpected[:5]}")
         self.method = method.to(self.base.device)
 
-    def evaluate(self, split: str = "test") -> Any:
+    def evaluate(self, split: str = "test") -> Metrics:
         """Metrics on a split (``samadapt.train.metrics.Metrics``)."""
         stems = {"train": self.train_stems, "val": self.val_stems, "test": self.test_stems}.get(split)
         if stems is None:

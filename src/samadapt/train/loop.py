@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ import torch
 from samadapt._io import atomic_file, save_figure
 from samadapt.errors import InputError, MissingDependencyError
 from samadapt.methods.base import AdaptationMethod, Sample
+
+if TYPE_CHECKING:
+    from samadapt.train.metrics import Metrics
 
 CHECKPOINT = "last.pt"
 
@@ -144,7 +147,8 @@ def _metric_value(row: dict[str, Any], monitor: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _validate(method: AdaptationMethod, samples: Sequence[Sample], batch_size: int, device: Any) -> tuple[Any, float]:
+def _validate(method: AdaptationMethod, samples: Sequence[Sample], batch_size: int,
+              device: torch.device | str) -> tuple[Metrics, float]:
     """Score the validation split. A prompted method is prompted from the validation masks here:
     validation picks an epoch (it is part of training, never the test), and prompts a user would
     have at test time (an automatic grid) can leave an early model's scores flat, so that no
@@ -190,7 +194,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     with atomic_file(path) as tmp:  # a full disk is an OSError naming the checkpoint, and no temp file stays
         torch.save(obj, tmp)
 
@@ -206,7 +210,7 @@ def _batches(method: AdaptationMethod, samples: Sequence[Sample], order: np.ndar
 
 @torch.no_grad()
 def evaluate_method(method: AdaptationMethod, samples: Sequence[Sample], *, batch_size: int = 4,
-                    device: torch.device | str = "cpu") -> tuple[Any, float]:
+                    device: torch.device | str = "cpu") -> tuple[Metrics, float]:
     """Metrics (``samadapt.train.metrics.Metrics``) and mean loss of a method on labelled samples.
 
     Predictions are mapped back to each image's original size and compared with its full

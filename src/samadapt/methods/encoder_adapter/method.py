@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from samadapt.methods.options import Option, check_flag
 from samadapt.methods.unet import UNet, unet_input
 from samadapt.prompts.sampling import interior_point
 from samadapt.prompts.types import IGNORE
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 
 class EncoderAdapterMethod(AdaptationMethod):
@@ -110,8 +113,8 @@ class EncoderAdapterMethod(AdaptationMethod):
                                                       "U-Net alone", low=0, high=1, low_open=True, high_open=True),
     }
 
-    def __init__(self, base: Any, *, num_classes: int = 2, in_channels: int = 3, width: int = 16, depth: int = 3,
-                 unet_scale: float = 0.5, level: int = -1, max_objects: int = 8, min_area: int = 4,
+    def __init__(self, base: LoadedModel, *, num_classes: int = 2, in_channels: int = 3, width: int = 16,
+                 depth: int = 3, unet_scale: float = 0.5, level: int = -1, max_objects: int = 8, min_area: int = 4,
                  unet_weight: float = 1.0, sam_weight: float = 1.0, iou_weight: float = 0.0,
                  detach_features: bool = False, eval_prompts: PromptSource = "unet",
                  schedule: Schedule = "two-stage", unet_fraction: float = 0.5, **options: Any) -> None:
@@ -327,8 +330,10 @@ class EncoderAdapterMethod(AdaptationMethod):
             valid = torch.where(from_unet[:, None], v2, valid)
             classes = torch.where(from_unet[:, None], c2, classes)
         n = 0 if stage == "unet" else int(valid.sum(1).max())  # stage one does not run SAM
-        parts: dict[str, Any] = {"unet": unet_logits, "points": points[:, :n], "valid": valid[:, :n],
-                                 "classes": classes[:, :n], "object_loss": None, "iou_loss": None, "stage": stage}
+        parts: dict[str, torch.Tensor | str | None] = {
+            "unet": unet_logits, "points": points[:, :n], "valid": valid[:, :n], "classes": classes[:, :n],
+            "object_loss": None, "iou_loss": None, "stage": stage,
+        }
         if n == 0:
             out = unet_logits + 0.0  # a new tensor, so the parts attribute is not put on the U-Net's logits
         else:
@@ -364,7 +369,7 @@ class EncoderAdapterMethod(AdaptationMethod):
         """SAM's 3 candidate masks (B, N, 3, side, side) and predicted IoUs (B, N, 3), with autograd."""
         dev, model = self.base.device, self.base.model
         emb = {k: v.to(dev) for k, v in emb.items()}
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, torch.Tensor | bool] = {
             "input_points": points[:, :, None].to(dev),
             "input_labels": torch.ones(points.shape[:2] + (1,), dtype=torch.long, device=dev),
             "multimask_output": True,

@@ -5,13 +5,17 @@ decoder reads, the regions it prompts, and the checks of its settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from samadapt.errors import InputError
+from samadapt.methods._common import model_config
 from samadapt.methods.unet import UNet
 from samadapt.prompts.sampling import regions
+
+if TYPE_CHECKING:
+    from samadapt.models.loading import LoadedModel
 
 PromptSource = Literal["unet", "truth"]
 #: How training proceeds: the abstract's two stages (U-Net, then the 1x1 convolutions) or all at once.
@@ -42,9 +46,9 @@ class EmbeddingSlot:
     channels_last: bool = False
 
 
-def embedding_slots(base: Any) -> list[EmbeddingSlot]:
+def embedding_slots(base: LoadedModel) -> list[EmbeddingSlot]:
     """The tensors the base model's mask decoder needs, read from its config."""
-    cfg = base.model.config
+    cfg = model_config(base)
     if base.family == "sam2":
         hidden = int(cfg.mask_decoder_config.hidden_size)
         sizes = cfg.vision_config.backbone_feature_sizes

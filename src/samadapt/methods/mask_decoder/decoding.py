@@ -9,7 +9,7 @@ that picks each object's mask.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ class AdaptedDecoder(AdaptationMethod):
         first = next(self.mask_decoder.parameters())
         dev, dtype = first.device, first.dtype
         image = embeddings["embedding"].to(dev, dtype)
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, torch.Tensor | list[torch.Tensor] | bool] = {
             "image_embeddings": image,
             "image_positional_embeddings": position.to(dev, dtype).expand(image.shape[0], -1, -1, -1),
             "sparse_prompt_embeddings": sparse.to(dev, dtype),

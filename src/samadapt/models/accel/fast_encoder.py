@@ -119,7 +119,7 @@ def _plain_linears(*modules: nn.Module) -> bool:
     return all(type(m) is nn.Linear for m in modules)
 
 
-def _is_exact_gelu(act: Any) -> bool:
+def _is_exact_gelu(act: object) -> bool:
     return isinstance(act, nn.GELU) and act.approximate == "none" or type(act).__name__ == "GELUActivation"
 
 

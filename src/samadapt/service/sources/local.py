@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -25,6 +25,10 @@ import numpy as np
 from samadapt.errors import InputFileError
 from samadapt.service.frames import TILE_SIZE, Frame, RasterFrame
 from samadapt.service.sources.base import FetchError, Source, check_window, encode_png
+
+if TYPE_CHECKING:
+    import pyproj
+    import rasterio.io
 
 log = logging.getLogger("samadapt.service")
 
@@ -34,7 +38,7 @@ _RADII = {"Mars": 3_396_190.0, "Moon": 1_737_400.0, "Mercury": 2_440_530.0, "Ven
 _NO_NAME = {"unknown", "unnamed", "undefined", "not", "user", "custom", "sphere", "ellipse"}
 
 
-def body_name(crs: Any) -> str:
+def body_name(crs: pyproj.CRS) -> str:
     """Name of the body a pyproj CRS is on: "Earth", "Mars", "Moon", ... from its ellipsoid.
 
     Earth-sized ellipsoids (semi-major axis 6350-6400 km) are "Earth" whatever their name;
@@ -146,7 +150,7 @@ class LocalSource(Source):
         return RasterFrame(self.name, zoom, self.body, self.crs, (0, 0, self.width, self.height),
                            raster_crs=self.raster_crs, transform=tuple(self.transform)[:6])
 
-    def limits(self, ds: Any) -> np.ndarray | None:
+    def limits(self, ds: rasterio.io.DatasetReader) -> np.ndarray | None:
         """Raster-wide (C, 2) stretch limits, computed on first use; None for uint8 data."""
         from samadapt.imagery.windows import raster_limits
 

@@ -9,7 +9,8 @@ import asyncio
 import io
 import threading
 import weakref
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -23,6 +24,8 @@ from samadapt.service.sources.base import FetchError, Source, check_window, enco
 MAX_REDIRECTS = 3
 #: A tile larger than this is refused rather than read into memory.
 MAX_TILE_BYTES = 8 * 1024 * 1024
+
+_T = TypeVar("_T")
 
 
 def decode_tile(data: bytes, url: str) -> np.ndarray:
@@ -74,7 +77,7 @@ class TileCache:
         return len(self._items)
 
 
-async def gather_or_cancel(coros: list[Any]) -> list[Any]:
+async def gather_or_cancel(coros: list[Awaitable[_T]]) -> list[_T]:
     """Like ``asyncio.gather`` but the first failure cancels the others (no orphan fetches)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
