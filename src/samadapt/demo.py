@@ -95,6 +95,22 @@ def run_demo(out_dir: Path, *, model: str = "sam-vit-base", console: Console | N
         return _run_demo(out_dir, model, console)
 
 
+#: Folders a demo run writes from scratch; an earlier run's are removed first (the tiny model stays).
+DEMO_FOLDERS = ("mars_dataset", "prompt_modes", "train_run", "map")
+
+
+def _clear_previous_run(out_dir: Path) -> None:
+    """Remove the folders an earlier demo wrote in ``out_dir`` (known by its sample GeoTIFF), so a
+    rerun, also of an older samadapt whose folders carry no manifest, starts clean."""
+    import shutil
+
+    if not (out_dir / "mars_sample.tif").is_file():
+        return
+    for name in DEMO_FOLDERS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+
+
 def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
     from samadapt.imagery.overlay import overlay, save_png
     from samadapt.imagery.read import read_image
@@ -104,6 +120,7 @@ def _run_demo(out_dir: Path, model: str, console: Console) -> dict[str, Path]:
     from samadapt.sample import make_mars_sample
 
     loaded = choose_model(model, out_dir, console)  # first: a bad --model leaves nothing behind
+    _clear_previous_run(out_dir)
     sample = make_mars_sample(out_dir / "mars_sample.tif")
     console.print(f"[bold]1. sample[/]: {sample.path} ({len(sample.boxes)} pits, CRS IAU_2015:49910, Mars)")
     console.print(f"[bold]2. model[/]: {loaded.name} ({loaded.family}, input {loaded.preprocessing.size} px)")
