@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,3 +76,15 @@ def shapes_samples(n: int, *, size: int = 128, seed: int = 0, classes: int = 1) 
         pixels[:, :, 1] = np.clip(pixels[:, :, 1].astype(int) + 10, 0, 255)
         out.append(Sample(stem=f"s{i:03d}", pixels=pixels, valid=np.ones((size, size), bool), target=target))
     return out
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the block: tiny models train far faster so when other processes
+    share the two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

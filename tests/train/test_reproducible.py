@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from helpers.cli import run_cli
+from helpers.training import one_torch_thread
 from samadapt.sample import make_mars_dataset
 
 # Small settings that still draw from every random source a method has: LoRA dropout and
@@ -39,11 +40,8 @@ SEEDED_RUNS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
-    """Tiny models train far faster on one thread when other processes share the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
