@@ -144,6 +144,12 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
     write_geotiff(plain, np.zeros((1, 4, 4), np.uint8), crs=None, transform=None)
     with pytest.raises(InputFileError, match="has no CRS"):
         LocalSource("x", plain)
+    site = tmp_path / "site.tif"  # a local engineering grid: a CRS, but on no body
+    local = rasterio.crs.CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                                      'AXIS["Northing",NORTH]]')
+    write_geotiff(site, np.zeros((1, 8, 8), np.uint8), crs=local)
+    with pytest.raises(InputFileError, match="tied to no ellipsoid"):
+        LocalSource("x", site)
 
 
 def test_a_damaged_file_is_a_fetch_error_naming_the_source_not_the_path(tmp_path: Path) -> None:

@@ -124,6 +124,10 @@ class LocalSource(Source):
         except rasterio.errors.RasterioIOError as exc:
             raise InputFileError(f"source {name!r}: cannot read {self.path} as a raster ({exc})") from None
         crs = CRS.from_wkt(self.raster_crs)
+        if crs.geodetic_crs is None or crs.ellipsoid is None:  # an engineering or local CRS: no body to map on
+            raise InputFileError(f"source {name!r}: the CRS of {self.path} is tied to no ellipsoid (an engineering "
+                                 "or local CRS), so it cannot be placed on a web map; reproject it to a geographic "
+                                 "or projected CRS first")
         self.body = body_name(crs)
         self.crs = _lnglat_crs(crs, self.body)
         self._merc_wkt, self._radius = _mercator_crs(crs, self.body)
