@@ -33,15 +33,15 @@ from samadapt.data.dataset import (
 from samadapt.data.manifest import DATASET, output_folder
 from samadapt.data.write import check_stem, write_classes
 from samadapt.errors import InputError, InputFileError
+from samadapt.imagery.crs import to_pyproj_crs
 from samadapt.imagery.tiling import tile_offsets
 from samadapt.mapping.outputs import write_mask_geotiff
-from samadapt.prompts.io import to_pyproj_crs
 
 if TYPE_CHECKING:
     import geopandas as gpd
     import rasterio.io
 
-    from samadapt.prompts.io import CRSLike
+    from samadapt.imagery.crs import CRSLike
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _BLOCK = 256

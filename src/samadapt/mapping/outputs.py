@@ -30,8 +30,8 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from samadapt._io import atomic_file, check_target
 from samadapt.errors import InputError
+from samadapt.imagery.crs import to_pyproj_crs
 from samadapt.predict.result import MaskCrop, SegmentationResult
-from samadapt.prompts.io import to_pyproj_crs
 
 if TYPE_CHECKING:
     from typing import TypeAlias

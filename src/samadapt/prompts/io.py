@@ -15,51 +15,24 @@ import csv
 import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyproj
 from affine import Affine, TransformNotInvertibleError
-from pyproj.exceptions import CRSError
 
 from samadapt.errors import InputError, InputFileError
+from samadapt.imagery.crs import CRSLike, to_pyproj_crs
 from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
-    from rasterio.crs import CRS as RasterioCRS
-
-#: A CRS as callers hold it: a ``pyproj.CRS``, a ``rasterio.crs.CRS``, an authority string or
-#: WKT / PROJ text ("EPSG:32616"), or an EPSG code; :func:`to_pyproj_crs` takes each.
-CRSLike: TypeAlias = "pyproj.CRS | RasterioCRS | str | int"
+    pass
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp")
 PROMPT_FILE_SUFFIXES = (".csv", *VECTOR_SUFFIXES)
 CSV_LAYOUTS = ("x0,y0,x1,y1", "x,y", "x,y,label", "x,y,object", "x,y,label,object")
 # Points along each edge of a box when it is reprojected, so curved edges are not cut short.
 _BOX_EDGE_POINTS = 21
-
-
-def to_pyproj_crs(crs: Any) -> pyproj.CRS | None:
-    """Turn a CRS given in any usual form into a ``pyproj.CRS``.
-
-    Args:
-        crs: None, a ``pyproj.CRS``, a ``rasterio.crs.CRS``, or anything
-            ``pyproj.CRS.from_user_input`` accepts ("EPSG:32616", a WKT or PROJ string, an int).
-
-    Returns:
-        The CRS, or None when ``crs`` is None.
-
-    Raises:
-        InputError: ``crs`` is not a CRS pyproj understands.
-    """
-    if crs is None:
-        return None
-    try:
-        return pyproj.CRS.from_user_input(crs)
-    except CRSError as err:
-        raise InputError(
-            f"{str(crs)[:80]!r} is not a coordinate reference system; give e.g. 'EPSG:32616', a WKT or a PROJ string"
-        ) from err
 
 
 def _number(text: str, what: str, form: str) -> float:
