@@ -33,11 +33,17 @@ def check_writable(paths: list[Path], *, flag: str = "--out") -> None:
         if key in seen:
             raise OutputExistsError(f"{flag} {path} is given twice; give each output once")
         seen.add(key)
-        folder = key.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
+        folder = _nearest_existing(key.parent)
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise InputError(f"{flag} {path} cannot be written: {folder} is not a folder this user may write to")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` itself, or the nearest folder above it that exists (the one a write would create
+    the rest under)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def check_replaceable(out_dir: Path, *, overwrite: bool, kind: str, owned: Callable[[Path], bool]) -> None:
@@ -219,12 +225,10 @@ def write_json(path: Path, doc: Any, *, overwrite: bool = True) -> Path:
     """Write ``doc`` as indented JSON through a temporary file renamed over ``path``.
 
     Raises:
-        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        OutputExistsError: see :func:`check_target`.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    with atomic_file(path) as tmp:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
@@ -256,11 +260,8 @@ def errno_of(exc: BaseException, path: Path | None = None) -> int | None:
         if match:
             return code if code is not None else int(next(g for g in match.groups() if g))
     if path is not None:
-        folder = Path(os.path.abspath(path)).parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
         try:
-            if shutil.disk_usage(folder).free < NEARLY_FULL_BYTES:
+            if shutil.disk_usage(_nearest_existing(Path(os.path.abspath(path)).parent)).free < NEARLY_FULL_BYTES:
                 return errno.ENOSPC
         except OSError:
             pass

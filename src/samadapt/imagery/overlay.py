@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from samadapt._io import atomic_file, writing
+from samadapt._io import atomic_file
 
 PALETTE = np.array(
     [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -59,8 +59,6 @@ def _erode(m: np.ndarray) -> np.ndarray:
 def save_png(path: Path, picture: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 picture to a PNG atomically."""
     path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:  # creates missing parent folders
         Image.fromarray(picture).save(tmp)
     return path
