@@ -76,6 +76,9 @@ def _truncated(w: World, out: Path) -> Path:
     return path
 
 
+_boxes_csv = _file("x0,y0,x1,y1\n2,2,40,40\n", "boxes.csv")
+
+
 def _user_folder(out: Path) -> Path:
     """A folder holding a user's file: no command may delete it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,9 @@ CASES: list[Case] = [
          "damaged or truncated", code=1),  # one raster failing is reported in the table; the others go on
     Case("predict", "full disk", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")], "scratch space",
          folder="full"),
+    Case("predict", "prompts into a full disk",
+         lambda w, o: [str(w.model), str(w.image), "--prompts", str(_boxes_csv(w, o)), "-o", str(o / "m")],
+         "scratch space", folder="full"),
     Case("predict", "read-only output", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")],
          "read-only", folder="read-only"),
     # serve (options are checked before the server starts)

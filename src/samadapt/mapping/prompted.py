@@ -17,9 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from samadapt.errors import InputError, SamadaptError
+from samadapt.errors import InputError
 from samadapt.imagery.windows import bands_for, raster_limits, read_tile
-from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_raster
+from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_each, run_raster
 from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
@@ -204,10 +204,6 @@ def predict_prompted_rasters(model: Adapter | Segmenter | str | Path, rasters: S
         raise InputError("prompted mapping needs --prompts (a file of boxes / points) or --rough A,B[,threshold]")
     if isinstance(model, (str, Path)):
         model = load_prompted_model(model, base=base, device=device, runtime=runtime)
-    results = []
-    for raster in rasters:
-        try:
-            results.append(predict_prompted_raster(model, raster, out_dir, objects_of(raster), options))
-        except (SamadaptError, rasterio.errors.RasterioError, OSError) as e:
-            results.append(MapResult(raster, status="failed", error=str(e)))
-    return results
+    loaded = model
+    return run_each(rasters, out_dir,
+                    lambda raster: predict_prompted_raster(loaded, raster, out_dir, objects_of(raster), options))

@@ -20,7 +20,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,8 @@ import rasterio
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from samadapt._io import atomic_file, write_json
-from samadapt.errors import DiskFullError, InputError, InputFileError
+from samadapt._io import atomic_file, describe_os_error, new_folder, write_json
+from samadapt.errors import DiskFullError, InputError, InputFileError, SamadaptError
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -222,6 +222,29 @@ def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+#: Failures that belong to the output folder, not to one raster: mapping stops at the first.
+OUTPUT_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def run_each(rasters: Sequence[Path], out_dir: Path, map_one: Callable[[Path], MapResult]) -> list[MapResult]:
+    """Map each raster with ``map_one``: a failure on one is recorded in its result (status
+    "failed", one sentence) and the rest go on, unless the output folder is full or read-only;
+    then the error is raised, since no later raster could be written either. Folders created for
+    ``out_dir`` are removed again when nothing was written in them.
+    """
+    results = []
+    with new_folder(out_dir):
+        for raster in rasters:
+            try:
+                results.append(map_one(Path(raster)))
+            except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
+                if isinstance(e, DiskFullError) or isinstance(e, OSError) and e.errno in OUTPUT_FOLDER_ERRNOS:
+                    raise
+                reason = str(e) if isinstance(e, SamadaptError) or not isinstance(e, OSError) else describe_os_error(e)
+                results.append(MapResult(Path(raster), status="failed", error=reason))
+    return results
 
 
 def _blocks(ds: DatasetReader, tiled: bool) -> Iterator[Window]:

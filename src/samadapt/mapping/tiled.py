@@ -18,7 +18,6 @@ resume, scratch and outputs are :mod:`samadapt.mapping.runner`'s.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,11 +29,10 @@ import rasterio
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from samadapt._io import describe_os_error, new_folder
-from samadapt.errors import DiskFullError, InputError, SamadaptError
+from samadapt.errors import InputError
 from samadapt.imagery.tiling import covering_offsets
 from samadapt.imagery.windows import bands_for, raster_limits, read_tile
-from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_raster
+from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_each, run_raster
 from samadapt.methods.base import Sample
 
 if TYPE_CHECKING:
@@ -327,35 +325,19 @@ def dask_client(scheduler: str) -> Client | None:
     raise InputError(f"--scheduler must be local, processes:N or tcp://host:port, got {scheduler!r}")
 
 
-#: Failures that belong to the output folder, not to one raster: mapping stops at the first.
-OUTPUT_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
 def predict_rasters(
     adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path], out_dir: Path,
     options: MapOptions | None = None, *, progress: Callable[[str, int, int], None] | None = None,
     client: Client | None = None,
 ) -> list[MapResult]:
     """Map many rasters; a failure on one is recorded and the rest go on, unless the output folder
-    is full or read-only (then the error is raised: no later raster could be written either)."""
-    with new_folder(out_dir):
-        return _predict_each(adapter, rasters, out_dir, options, progress, client)
+    is full or read-only (see :func:`samadapt.mapping.runner.run_each`)."""
 
+    def map_one(raster: Path) -> MapResult:
+        cb = (lambda n, t: progress(raster.name, n, t)) if progress else None
+        return predict_raster(adapter, raster, out_dir, options, progress=cb, client=client)
 
-def _predict_each(adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path], out_dir: Path,
-                  options: MapOptions | None, progress: Callable[[str, int, int], None] | None,
-                  client: Client | None) -> list[MapResult]:
-    results = []
-    for raster in rasters:
-        try:
-            cb = (lambda n, t, _r=raster: progress(_r.name, n, t)) if progress else None
-            results.append(predict_raster(adapter, raster, out_dir, options, progress=cb, client=client))
-        except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
-            if isinstance(e, OSError) and e.errno in OUTPUT_FOLDER_ERRNOS or isinstance(e, DiskFullError):
-                raise  # the output folder cannot take more: every raster after this one would fail too
-            reason = describe_os_error(e) if isinstance(e, OSError) and not isinstance(e, SamadaptError) else str(e)
-            results.append(MapResult(Path(raster), status="failed", error=reason))
-    return results
+    return run_each(rasters, out_dir, map_one)
 
 
 def expand_inputs(items: Sequence[str]) -> list[Path]:
