@@ -165,8 +165,10 @@ def logits_before_final_resize(low_res: torch.Tensor, geometry: Geometry, spec: 
     return x
 
 
-def mask_prompt_to_model(mask: np.ndarray, geometry: Geometry, spec: Preprocessing) -> torch.Tensor:
-    """Turn an image-sized mask prompt into the decoder's (1, size/4, size/4) mask input.
+def mask_prompt_to_model(mask: np.ndarray, geometry: Geometry, spec: Preprocessing,
+                         low: int | None = None) -> torch.Tensor:
+    """Turn an image-sized mask prompt into the decoder's (1, low, low) mask input (``low``: the side of
+    its low-resolution logits, by default a quarter of the input).
 
     A 0/1 or bool mask becomes logits of +-20 (SAM's mask input is in logit space); float
     arrays with values outside [0, 1] are taken as logits already.
@@ -178,5 +180,5 @@ def mask_prompt_to_model(mask: np.ndarray, geometry: Geometry, spec: Preprocessi
     new_h, new_w = geometry.resized_hw
     t = F.interpolate(t, (new_h, new_w), mode="bilinear", align_corners=False)
     t = F.pad(t, (0, spec.size - new_w, 0, spec.size - new_h), value=-20.0)
-    low = spec.size // 4
+    low = low or spec.size // 4
     return F.interpolate(t, (low, low), mode="bilinear", align_corners=False)[0]

@@ -412,4 +412,20 @@ def write_segmentation(
         return write_mask_geotiff(out, labels, crs=crs, transform=transform, valid=valid, overwrite=overwrite)
     frame = _vectorize_crops(result.crops, result.scores, transform=transform, crs=crs,
                              min_area_pixels=min_area_pixels, simplify=0.0)
+    frame = with_phrases(frame, result)
     return write_polygons(out, frame, to_wgs84=to_wgs84, overwrite=overwrite)
+
+
+def with_phrases(frame: gpd.GeoDataFrame, result: SegmentationResult) -> gpd.GeoDataFrame:
+    """Polygons of a text search with two more columns: ``phrase`` and ``detector_score`` of each object.
+
+    ``frame`` is :func:`vectorize`'s output for ``result`` (its ``object`` column indexes the
+    result); a result of other prompts comes back unchanged.
+    """
+    if result.phrases is None or result.detector_scores is None:
+        return frame
+    objects = frame["object"].to_numpy()
+    frame = frame.copy()
+    frame.insert(1, "phrase", np.array([result.phrases[i] for i in objects], dtype=object))
+    frame.insert(2, "detector_score", result.detector_scores[objects].astype(np.float64))
+    return frame

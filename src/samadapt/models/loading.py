@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +27,7 @@ from samadapt.models.registry import (
     input_size_of_config,
     preprocessing_for,
 )
+from samadapt.models.strict import quiet_from_pretrained, report_loading
 from samadapt.models.tiny import MARKER
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class LoadedModel:
         device: torch device the model lives on.
         runtime: how the encoder runs (``samadapt.models.accel.speed.EncoderRuntime``); None for
             transformers' plain call. Set by ``samadapt.models.accel.speed.apply_runtime``.
+        folder: the transformers folder the weights were read from (SAM 3 reads its tokenizer there).
     """
 
     name: str
@@ -69,6 +70,7 @@ class LoadedModel:
     trusted: bool
     device: torch.device
     runtime: EncoderRuntime | None = None
+    folder: Path | None = None
 
     @property
     def model_id(self) -> str:
@@ -143,41 +145,26 @@ def _load_weights_strictly(folder: Path, family: Family, config: dict[str, Any],
 
     The video-only weights of a ``sam2_video`` checkpoint (memory attention and encoder, object
     pointers, temporal encodings) have no place in the image model and are left unread, on purpose.
+    A SAM 3 checkpoint loads whole and is taken apart (:mod:`samadapt.models.sam3`).
     """
+    if family == "sam3":
+        from samadapt.models.sam3 import load_sam3
+
+        return load_sam3(folder, config)
+    if family == "edgetam":  # built with samadapt's RepViT in place of timm's (samadapt.models.edgetam)
+        from samadapt.models.edgetam import load_edgetam
+
+        return load_edgetam(folder, config, weights)
     from transformers import Sam2Model, SamHQModel, SamModel
-    from transformers.utils import logging as hf_logging
 
     classes: dict[Family, type[SamModel | SamHQModel | Sam2Model]] = {
         "sam": SamModel, "sam-hq": SamHQModel, "sam2": Sam2Model}
     cls = classes[family]
-    hf_logging.disable_progress_bar()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        # transformers annotates from_pretrained as returning the model alone, even with output_loading_info
-        model, info = cast("tuple[SamModel | SamHQModel | Sam2Model, dict[str, Collection[Any]]]", cls.from_pretrained(
-            folder, config=image_model_config(folder, config), output_loading_info=True,
-            use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32,
-        ))
-    except (OSError, ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"cannot load the checkpoint in {folder}: {err}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model, info = quiet_from_pretrained(cls, folder, config=image_model_config(folder, config),
+                                        use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32)
     video = config.get("model_type") == "sam2_video"
-    problems = {
-        "missing": list(info.get("missing_keys") or ()),
-        "unexpected": [k for k in info.get("unexpected_keys") or ()
-                       if not (video and k.startswith(VIDEO_ONLY_PREFIXES))],
-        "of the wrong shape": [str(k[0]) if isinstance(k, tuple) else str(k)
-                               for k in info.get("mismatched_keys") or ()],
-    }
-    found = [f"{len(keys)} {label} ({', '.join(sorted(keys)[:4])}{', …' if len(keys) > 4 else ''})"
-             for label, keys in problems.items() if keys]
-    if found:
-        raise CheckpointError(
-            f"the weights in {folder} do not fit its config.json ({cls.__name__}): weights {'; '.join(found)}"
-        )
-    return model
+    report_loading(folder, cls.__name__, info, VIDEO_ONLY_PREFIXES if video else ())
+    return cast(torch.nn.Module, model)
 
 
 def _load_folder(folder: Path, name: str, device: torch.device, expected: Family | None) -> LoadedModel:
@@ -212,6 +199,7 @@ def _load_folder(folder: Path, name: str, device: torch.device, expected: Family
         weights_sha256=digest,
         trusted=trusted,
         device=device,
+        folder=folder,
     )
 
 

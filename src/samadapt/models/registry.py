@@ -18,11 +18,15 @@ from typing import Any, Literal
 from samadapt.errors import ModelNotFoundError
 from samadapt.imagery.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255, Preprocessing
 
-Family = Literal["sam", "sam2", "sam-hq"]
+Family = Literal["sam", "sam2", "sam-hq", "sam3", "edgetam"]
+
+#: Families of the open-vocabulary detectors that turn phrases into boxes for SAM, SAM-HQ and SAM 2.
+DetectorFamily = Literal["grounding-dino", "owlv2"]
 
 #: The family of each transformers ``model_type`` samadapt loads. The SAM 2.1 repositories are
 #: saved from ``Sam2VideoModel`` (``sam2_video``); samadapt loads their image model.
-MODEL_TYPES: dict[str, Family] = {"sam": "sam", "sam2": "sam2", "sam2_video": "sam2", "sam_hq": "sam-hq"}
+MODEL_TYPES: dict[str, Family] = {"sam": "sam", "sam2": "sam2", "sam2_video": "sam2", "sam_hq": "sam-hq",
+                                   "sam3_video": "sam3", "edgetam": "edgetam", "edgetam_video": "edgetam"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class ModelSpec:
 
     Attributes:
         name: the short name users type.
-        family: "sam", "sam2" or "sam-hq".
+        family: a segmenter's ("sam", "sam2", "sam-hq", "sam3", "edgetam") or a detector's
+            ("grounding-dino", "owlv2").
         repo_id: Hugging Face repository holding the transformers layout.
         size_mb: approximate size of the weights file in megabytes.
         license: licence of the weights.
@@ -68,7 +73,7 @@ class ModelSpec:
     """
 
     name: str
-    family: Family
+    family: Family | DetectorFamily
     repo_id: str
     size_mb: int
     license: str = "Apache-2.0"
@@ -99,23 +104,37 @@ class ModelSpec:
 #: transformers' default prompt-encoder ``image_size``, which a ``config.json`` that leaves it out gets.
 DEFAULT_INPUT_SIZE = 1024
 
+#: transformers' default SAM 3 ViT ``image_size`` (``Sam3ViTConfig``), which ``facebook/sam3`` keeps.
+SAM3_INPUT_SIZE = 1008
+
+#: SAM 3's input normalisation in 0-255 units: mean and std 0.5 of the 0-1 range (transformers'
+#: ``Sam3ImageProcessor``: IMAGENET_STANDARD_MEAN / _STD).
+SAM3_MEAN_STD_255 = (127.5, 127.5, 127.5)
+
 
 def input_size_of_config(config: dict[str, Any]) -> int:
     """The model input size (px) a parsed ``config.json`` states: its prompt encoder's image size.
 
     The one place the input size is read; registry entries and model folders both go through it.
+    SAM 3 (``sam3_video``) states it as its ViT's image size (1008 for ``facebook/sam3``).
     """
+    if config.get("model_type") == "sam3_video":
+        vit = (config.get("detector_config") or {}).get("vision_config", {}).get("backbone_config", {})
+        size = vit.get("image_size", SAM3_INPUT_SIZE)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
     size = config.get("prompt_encoder_config", {}).get("image_size", DEFAULT_INPUT_SIZE)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def preprocessing_for(family: Family, size: int) -> Preprocessing:
     """Preprocessing for a family at a given input size (see :func:`input_size_of_config`)."""
+    if family == "sam3":  # a square resize to 1008 px, no padding (Sam3ImageProcessor)
+        return Preprocessing(size=size, mean=SAM3_MEAN_STD_255, std=SAM3_MEAN_STD_255, resize="square")
     return Preprocessing(
         size=size,
         mean=IMAGENET_MEAN_255,
         std=IMAGENET_STD_255,
-        resize="square" if family == "sam2" else "longest",
+        resize="square" if family in ("sam2", "edgetam") else "longest",
     )
 
 
@@ -141,6 +160,9 @@ PUBLISHED_CLASSES = {
     "sam_hq": ("SamHQConfig", "SamHQModel", "SamHQModel"),
     "sam2": ("Sam2Config", "Sam2Model", "Sam2Model"),
     "sam2_video": ("Sam2VideoConfig", "Sam2VideoModel", "Sam2Model"),
+    # EdgeTAM's backbone is a timm wrapper; samadapt builds it with its own RepViT (samadapt.models.edgetam)
+    "edgetam": ("EdgeTamConfig", "EdgeTamModel", "EdgeTamModel"),
+    "edgetam_video": ("EdgeTamVideoConfig", "EdgeTamVideoModel", "EdgeTamModel"),
 }
 
 

@@ -8,12 +8,16 @@ embedding plus prompts into low-resolution mask logits and predicted IoUs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from samadapt.models.families import family_model, image_encoder_call
 from samadapt.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from samadapt.models.sam3 import Sam3Parts
 
 #: Tensors of one image's embedding, each with a leading batch dimension of 1. "image" is
 #: the main embedding; SAM 2 adds "high_res_0/1", SAM-HQ adds "vit_0", the early ViT features of its
@@ -46,6 +50,9 @@ def encode(loaded: LoadedModel, batch: torch.Tensor) -> list[Embedding]:
     if loaded.family == "sam":
         emb = run(batch)
         return [{"image": emb[i : i + 1].float().cpu()} for i in range(len(batch))]
+    if loaded.family == "sam3":  # the ViT output both SAM 3 heads read (samadapt.models.sam3)
+        vit = run(batch)
+        return [{"vit": vit[i : i + 1].float().cpu()} for i in range(len(batch))]
     if loaded.family == "sam-hq":
         emb, inter = run(batch)
         return [{"image": emb[i : i + 1].float().cpu(), "vit_0": inter[0][i : i + 1].float().cpu()}
@@ -111,7 +118,20 @@ PAD_LABEL = -10
 #: where the fast pass of :mod:`samadapt.models.accel.sam_decoder` cannot be used (mask prompts, an
 #: adapter in the decoder). transformers' SAM 2 decoder measured slower per object when batched
 #: on a 2-core CPU (77 ms alone, 85 ms in fours, 116 ms in sixteens), so it goes one at a time.
-FORWARD_BATCH = {"sam2": 1}
+FORWARD_BATCH = {"sam2": 1, "sam3": 1, "edgetam": 1}  # EdgeTAM's decoder is SAM 2's
+
+
+def low_res_side(loaded: LoadedModel) -> int:
+    """Side of the decoder's low-resolution logits: a quarter of the input for SAM, SAM-HQ and SAM 2,
+    four times SAM 3's 72 x 72 token grid (288 px for its 1008 px input)."""
+    if loaded.family == "sam3":
+        return 4 * sam3_parts(loaded).grid[0]
+    return loaded.preprocessing.size // 4
+
+
+def sam3_parts(loaded: LoadedModel) -> Sam3Parts:
+    """A SAM 3 model's :class:`~samadapt.models.sam3.Sam3Parts`."""
+    return cast("Sam3Parts", loaded.model)
 
 
 @torch.no_grad()
@@ -167,7 +187,10 @@ def decode(
             scores.append(sc)
         return torch.cat(masks).float().cpu(), torch.cat(scores).float().cpu()
     n, m = len(prompts), 3 if multimask else 1
-    side = loaded.preprocessing.size // 4
+    side = low_res_side(loaded)
+    if loaded.family == "sam3":  # the tracker's features, once for every object
+        levels = sam3_parts(loaded).tracker_embeddings(embedding["vit"].to(dev))
+        embedding = {"high_res_0": levels[0], "high_res_1": levels[1], "image": levels[2]}
     out_masks, out_scores = torch.empty(n, m, side, side), torch.empty(n, m)
     step = FORWARD_BATCH.get(loaded.family, max(n, 1))
     for group in prompts.groups().values():
@@ -198,5 +221,6 @@ def _call_model(loaded: LoadedModel, embedding: Embedding,
         out = loaded.model(image_embeddings=image, intermediate_embeddings=inter, **kwargs)
     else:
         feats = [embedding[k].to(dev) for k in sorted(k for k in embedding if k.startswith("high_res_"))]
-        out = loaded.model(image_embeddings=[*feats, image], **kwargs)
+        model = sam3_parts(loaded).tracker if loaded.family == "sam3" else loaded.model
+        out = model(image_embeddings=[*feats, image], **kwargs)
     return out.pred_masks[0].float().cpu(), out.iou_scores[0].float().cpu()

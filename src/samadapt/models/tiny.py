@@ -72,7 +72,34 @@ def tiny_config(family: Family):  # noqa: ANN201 - returns a transformers config
             fpn_hidden_size=32,
         )
         return Sam2Config(**parts)
-    raise InputError(f"unknown model family {family!r}; use sam, sam2 or sam-hq")
+    if family == "edgetam":
+        return _edgetam_config()
+    if family == "sam3":
+        from samadapt.models.sam3 import tiny_sam3_config
+        from samadapt.models.tiny_tokenizers import clip_vocab
+
+        return tiny_sam3_config(vocab_size=len(clip_vocab()))
+    raise InputError(f"unknown model family {family!r}; use sam, sam2, sam-hq or edgetam")
+
+
+def _edgetam_config():  # noqa: ANN202 - an EdgeTamConfig
+    """EdgeTAM at 256 px: timm's ``repvit_m1`` narrowed to stage widths 8-64 through the timm-wrapper
+    ``model_args`` (which timm itself would honour), with SAM 2's tiny neck, prompt encoder and decoder."""
+    from transformers import EdgeTamConfig, TimmWrapperConfig
+
+    parts = _sam_parts()
+    s = TINY_IMAGE_SIZE
+    parts["vision_config"] = dict(
+        backbone_config=TimmWrapperConfig(  # an object: from a dict, transformers would ask timm for labels
+            architecture="repvit_m1",
+            model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3],
+                            embed_dim=[8, 16, 32, 64], depth=[1, 1, 2, 1]),
+        ),
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+        fpn_hidden_size=32,
+    )
+    return EdgeTamConfig(**parts)
 
 
 def build_tiny_model(family: Family, seed: int = 0) -> PreTrainedModel:
@@ -80,7 +107,17 @@ def build_tiny_model(family: Family, seed: int = 0) -> PreTrainedModel:
     from transformers import AutoModel
 
     torch.manual_seed(seed)
-    model = AutoModel.from_config(tiny_config(family))
+    model: PreTrainedModel
+    if family == "edgetam":  # its timm backbone is built by samadapt (samadapt.models.edgetam)
+        from samadapt.models.edgetam import build_edgetam
+
+        model = build_edgetam(tiny_config(family))
+    elif family == "sam3":  # saved as facebook/sam3 is: the video model holding detector and tracker
+        from transformers import Sam3VideoModel
+
+        model = Sam3VideoModel(tiny_config(family))
+    else:
+        model = AutoModel.from_config(tiny_config(family))
     # transformers initialises some SAM parameters to exactly zero; random values everywhere
     # make tests that compare implementations meaningful.
     gen = torch.Generator().manual_seed(seed)
@@ -97,7 +134,10 @@ def is_tiny_model_folder(folder: Path) -> bool:
         marked = json.loads((folder / MARKER).read_text()).get("random_init") is True
     except (OSError, ValueError, AttributeError):
         return False
-    return marked and {p.name for p in folder.iterdir()} <= {"config.json", "model.safetensors", MARKER}
+    from samadapt.models.tiny_tokenizers import TOKENIZER_FILES
+
+    return marked and {p.name for p in folder.iterdir()} <= {"config.json", "model.safetensors", MARKER,
+                                                              *TOKENIZER_FILES}
 
 
 def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, overwrite: bool = False) -> Path:
@@ -115,5 +155,9 @@ def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, ove
     hf_logging.disable_progress_bar()
     with atomic_dir(Path(out_dir), overwrite=overwrite, kind="tiny model", owned=is_tiny_model_folder) as tmp:
         build_tiny_model(family, seed).save_pretrained(tmp)
+        if family == "sam3":
+            from samadapt.models.tiny_tokenizers import write_clip_tokenizer
+
+            write_clip_tokenizer(tmp, max_length=32, pad_token="<|endoftext|>")
         (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))
     return Path(out_dir)

@@ -64,6 +64,9 @@ class SegmentationResult:
             usable as a mask prompt for a refining call; None when not kept.
         trusted: False when the model is random-initialised (a tiny or smoke-test model),
             so the masks mean nothing and outputs say so.
+        phrases: for a text search, the phrase each object was found for; else None.
+        detector_scores: for a text search, (N,) float32 confidence of the detector (or of SAM 3's
+            concept model) that each object matches its phrase; else None.
 
     Raises:
         ValueError: masks not (N, H, W) or scores not (N,).
@@ -114,6 +117,20 @@ class SegmentationResult:
         self.scores = scores
         self.logits = logits
         self.trusted = trusted
+        self.phrases: tuple[str, ...] | None = None
+        self.detector_scores: np.ndarray | None = None
+
+    def with_phrases(self, phrases: Sequence[str], detector_scores: np.ndarray) -> SegmentationResult:
+        """This result with each object's phrase and detector score set (returns ``self``).
+
+        Raises:
+            ValueError: not one phrase and one score per object.
+        """
+        scores = np.asarray(detector_scores, dtype=np.float32)
+        if len(phrases) != len(self) or scores.shape != (len(self),):
+            raise ValueError(f"need {len(self)} phrases and scores, got {len(phrases)} and {scores.shape}")
+        self.phrases, self.detector_scores = tuple(phrases), scores
+        return self
 
     def __len__(self) -> int:
         return len(self.crops)

@@ -21,7 +21,7 @@ from samadapt.imagery.preprocess import mask_prompt_to_model
 from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
-from samadapt.models.sam import DecoderPrompts, decode
+from samadapt.models.sam import DecoderPrompts, decode, low_res_side
 from samadapt.predict.cache import EmbeddingCache
 from samadapt.predict.embed import Embedded, Embedder, ImageLike, as_geoimage
 from samadapt.predict.packing import pack_prompts
@@ -151,7 +151,7 @@ class Segmenter(Embedder):
                 masks.append(lr)
                 scores.append(sc)
             return torch.cat(masks), torch.cat(scores)
-        side = loaded.preprocessing.size // 4
+        side = low_res_side(loaded)
         out_masks = torch.empty(len(prompts), 3 if multimask else 1, side, side)
         out_scores = torch.empty(len(prompts), 3 if multimask else 1)
         rest = [i for i in range(len(prompts)) if prompts[i].mask is None]
@@ -159,7 +159,7 @@ class Segmenter(Embedder):
             out_masks[rest], out_scores[rest] = self.decode(emb, [prompts[i] for i in rest], multimask=multimask)
         for i, mask_prompt in singles.items():
             dp = pack_prompts([prompts[i]], emb.geometry)
-            mask = mask_prompt_to_model(mask_prompt, emb.geometry, loaded.preprocessing)
+            mask = mask_prompt_to_model(mask_prompt, emb.geometry, loaded.preprocessing, side)
             dp = DecoderPrompts(dp.points, dp.labels, dp.boxes, mask)
             out_masks[i], out_scores[i] = (t[0] for t in decode(loaded, emb.embedding, dp, multimask=multimask))
         return out_masks, out_scores
