@@ -100,15 +100,26 @@ def models_convert(
     stdout.print(f"wrote {convert_meta_checkpoint(checkpoint, out_dir)}")
 
 
+#: Detector families of ``models tiny --family`` (the issue's names) and the family each writes.
+DETECTOR_TINY = {"grounding-dino": "grounding-dino", "owlv2": "owlv2"}
+TINY_FAMILIES = ("sam", "sam2", "sam-hq", "sam3", "edgetam", *DETECTOR_TINY)
+
+
 @app.command("tiny")
 def models_tiny(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
-    family: Annotated[str, typer.Option("--family", help="sam, sam2 or sam-hq.",
-                                        callback=choice("--family", ("sam", "sam2", "sam-hq")))] = "sam",
+    family: Annotated[str, typer.Option("--family", help=f"{', '.join(TINY_FAMILIES)}.",
+                                        callback=choice("--family", TINY_FAMILIES))] = "sam",
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
-    """Write a tiny random-initialised model (for tests and offline smoke tests)."""
+    """Write a tiny random-initialised model or detector (for tests and offline smoke tests)."""
+    if family in DETECTOR_TINY:
+        from samadapt.text.tiny_detectors import save_tiny_detector
+
+        save_tiny_detector(out_dir, DETECTOR_TINY[family], seed=seed, overwrite=overwrite)
+        stdout.print(f"wrote a tiny random {family} detector to {out_dir} (its boxes mean nothing)")
+        return
     from samadapt.models.tiny import save_tiny_model
 
     save_tiny_model(out_dir, family, seed=seed, overwrite=overwrite)  # type: ignore[arg-type]

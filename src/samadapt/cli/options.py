@@ -125,3 +125,23 @@ def method_options(values: list[str] | None) -> dict[str, object]:
         except ValueError:
             options[key.replace("-", "_")] = raw
     return options
+
+
+def _check_threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise InputError(f"a threshold is a score between 0 and 1, got {value}")
+    return value
+
+
+TextOpt = Annotated[list[str] | None, typer.Option(
+    "--text", help="Find objects by name, e.g. --text crater (repeatable; each phrase is one class). "
+    "SAM 3 reads it; other models need --detector.")]
+DetectorOpt = Annotated[str | None, typer.Option(
+    "--detector", help="With --text: grounding-dino-tiny, grounding-dino-base, owlv2-base or a detector folder; "
+    "it finds boxes that the model turns into masks (not with SAM 3).")]
+BoxThresholdOpt = Annotated[float | None, typer.Option(
+    "--box-threshold", help="With --text: minimum object score (GroundingDINO 0.35, OWLv2 0.1, SAM 3 0.3).",
+    callback=_check_threshold)]
+TextThresholdOpt = Annotated[float | None, typer.Option(
+    "--text-threshold", help="With --text and GroundingDINO: minimum score of the phrase's words (0.25).",
+    callback=_check_threshold)]

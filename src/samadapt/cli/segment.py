@@ -11,10 +11,14 @@ from rich.table import Table
 from samadapt.cli.console import stderr, stdout, warn_untrusted
 from samadapt.cli.options import (
     BandsOpt,
+    BoxThresholdOpt,
+    DetectorOpt,
     DeviceOpt,
     ModelOpt,
     PrecisionOpt,
     RuntimeOpt,
+    TextOpt,
+    TextThresholdOpt,
     batch_size_option,
     encoder_runtime,
     read,
@@ -56,6 +60,10 @@ def segment(
     everything: Annotated[bool, typer.Option("--everything",
                                              help="Segment every object (point grid); no prompts.")] = False,
     points_per_side: Annotated[int, typer.Option(help="Grid size of --everything.")] = 32,
+    text: TextOpt = None,
+    detector: DetectorOpt = None,
+    box_threshold: BoxThresholdOpt = None,
+    text_threshold: TextThresholdOpt = None,
     bands: BandsOpt = None,
     multimask: Annotated[bool, typer.Option("--multimask/--single-mask",
                                             help="Pick the best of 3 masks per object.")] = True,
@@ -66,17 +74,24 @@ def segment(
     runtime: RuntimeOpt = "auto",
     precision: PrecisionOpt = None,
 ) -> None:
-    """Segment objects in IMAGE from box / point prompts (or everything) and write masks and polygons."""
+    """Segment objects in IMAGE from box / point prompts, phrases (--text) or everything; write masks and polygons."""
     from samadapt._io import check_writable
     from samadapt.mapping.outputs import write_segmentation
+    from samadapt.models.loading import family_and_size
     from samadapt.predict.segmenter import Segmenter
     from samadapt.prompts.io import prompts_from_cli, read_prompt_file
+    from samadapt.text.options import text_search
 
     for p in out_paths:
         if p.suffix.lower() not in OUTPUT_SUFFIXES:
             raise InputError(f"--out {p} has an unknown suffix; use one of {', '.join(sorted(OUTPUT_SUFFIXES))}")
         if p.exists() and not overwrite:
             raise InputError(f"--out {p} exists; pass --overwrite to replace it")
+    meta_file = Path(model).suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
+    search = text_search(text, detector, box_threshold, text_threshold,
+                         family_and_size(model)[0] if text and not meta_file else "sam")
+    if search is not None and (box or point or prompts is not None or everything):
+        raise InputError("--text finds its own objects; drop --box/--point/--prompts/--everything, or --text")
     check_writable(out_paths)
     geo = read(image, bands)
     if geo.crs is None and any(p.suffix.lower() in VECTOR_SUFFIXES for p in out_paths):
@@ -90,10 +105,14 @@ def segment(
         objects += read_prompt_file(prompts, transform=geo.transform, raster_crs=geo.crs, crs=crs)
     if everything and objects:
         raise InputError("--everything takes no prompts; drop --box/--point/--prompts or --everything")
-    if not everything and not objects:
-        raise InputError("give at least one --box, --point or --prompts file, or --everything")
+    if not everything and not objects and search is None:
+        raise InputError("give at least one --box, --point or --prompts file, --text, or --everything")
     segmenter = Segmenter(model, device=device, runtime=encoder_runtime(runtime, precision))
-    if everything:
+    if search is not None:
+        from samadapt.text.search import segment_text
+
+        result = segment_text(segmenter, geo, search.query, search.open_detector(device))
+    elif everything:
         from samadapt.predict.automatic import AutomaticOptions
 
         result = segmenter.segment_everything(geo, AutomaticOptions(points_per_side=points_per_side))
@@ -115,10 +134,14 @@ def segment(
         raise
     for p in written:
         stdout.print(f"wrote {p}")
-    table = Table("object", "pixels", "predicted IoU", title=f"{len(result)} objects")
+    phrases = result.phrases
+    table = Table("object", *(["phrase", "detector score"] if phrases else []), "pixels", "predicted IoU",
+                  title=f"{len(result)} objects")
     for i, (pixels, s) in enumerate(zip(result.pixel_counts(), result.scores, strict=False)):
         if i < 20:
-            table.add_row(str(i), str(pixels), f"{s:.3f}")
+            found = [phrases[i], f"{result.detector_scores[i]:.3f}"] if phrases and result.detector_scores is not None \
+                else []
+            table.add_row(str(i), *found, str(pixels), f"{s:.3f}")
     stdout.print(table)
 
 

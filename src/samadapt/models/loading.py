@@ -363,7 +363,9 @@ def family_and_size(model: str) -> tuple[Family, int]:
     """
     if model in REGISTRY:
         spec = REGISTRY[model]
-        return spec.family, spec.input_size
+        if spec.family not in MODEL_TYPES.values():
+            raise InputError(f"{model} is a {spec.family} detector, not a segmenter; give it as --detector {model}")
+        return cast("Family", spec.family), spec.input_size
     folder = Path(model)
     if not (folder / "config.json").is_file():
         raise InputError(f"--model {model} is neither a registry name nor a model folder with a config.json")

@@ -70,6 +70,7 @@ class ModelSpec:
         published_files: every file the repository publishes (for reference and errors).
         official: the original release samadapt can convert, if any.
         sources: where each of these facts was read.
+        gated: the repository asks each user to accept its terms; downloads need ``HF_TOKEN``.
     """
 
     name: str
@@ -84,6 +85,7 @@ class ModelSpec:
     published_files: tuple[str, ...] = ()
     official: OfficialRelease | None = None
     sources: tuple[str, ...] = ()
+    gated: bool = False
 
     @property
     def model_type(self) -> str:
@@ -163,7 +165,13 @@ PUBLISHED_CLASSES = {
     # EdgeTAM's backbone is a timm wrapper; samadapt builds it with its own RepViT (samadapt.models.edgetam)
     "edgetam": ("EdgeTamConfig", "EdgeTamModel", "EdgeTamModel"),
     "edgetam_video": ("EdgeTamVideoConfig", "EdgeTamVideoModel", "EdgeTamModel"),
+    "sam3_video": ("Sam3VideoConfig", "Sam3VideoModel", "Sam3VideoModel"),
+    "grounding-dino": ("GroundingDinoConfig", "GroundingDinoForObjectDetection", "GroundingDinoForObjectDetection"),
+    "owlv2": ("Owlv2Config", "Owlv2ForObjectDetection", "Owlv2ForObjectDetection"),
 }
+
+#: The families of the registry's segmenters, which read images and prompts (the rest are detectors).
+SEGMENTER_FAMILIES = frozenset(MODEL_TYPES.values())
 
 
 def published_config(spec: ModelSpec):  # noqa: ANN201 - a transformers config
