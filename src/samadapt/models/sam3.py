@@ -138,6 +138,22 @@ def load_sam3(folder: Path, config: dict[str, Any], dtype: torch.dtype = torch.f
     return assemble(video)
 
 
+def publish_layout(weights: Path) -> None:
+    """Rewrite a ``Sam3VideoModel`` weights file saved by transformers 5 in the layout ``facebook/sam3`` has.
+
+    transformers 5 saves the tracker's weights under ``tracker_model.tracker_model.`` (its rename of
+    ``tracker_model.*`` for a stand-alone ``Sam3TrackerModel``, applied in reverse on save) and reads either
+    form back; the published checkpoint, whose keys that rename exists for, has ``tracker_model.`` once.
+    """
+    from safetensors.torch import load_file, save_file
+
+    doubled = "tracker_model.tracker_model."
+    tensors = load_file(weights)
+    if any(k.startswith(doubled) for k in tensors):
+        tensors = {("tracker_model." + k[len(doubled):] if k.startswith(doubled) else k): v for k, v in tensors.items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
+
+
 def tiny_sam3_config(image_size: int = 112, hidden: int = 32, vocab_size: int = 600):  # noqa: ANN201
     """A tiny ``Sam3VideoConfig`` in the published layout (ViT of 2 blocks, 8 x 8 tokens at 112 px)."""
     from transformers import Sam3VideoConfig

@@ -156,8 +156,10 @@ def save_tiny_model(out_dir: Path, family: Family = "sam", *, seed: int = 0, ove
     with atomic_dir(Path(out_dir), overwrite=overwrite, kind="tiny model", owned=is_tiny_model_folder) as tmp:
         build_tiny_model(family, seed).save_pretrained(tmp)
         if family == "sam3":
+            from samadapt.models.sam3 import publish_layout
             from samadapt.models.tiny_tokenizers import write_clip_tokenizer
 
+            publish_layout(tmp / "model.safetensors")
             write_clip_tokenizer(tmp, max_length=32, pad_token="<|endoftext|>")
         (tmp / MARKER).write_text(json.dumps({"random_init": True, "family": family, "seed": seed}))
     return Path(out_dir)

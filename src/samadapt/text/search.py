@@ -15,7 +15,7 @@ import numpy as np
 
 from samadapt.errors import InputError
 from samadapt.predict.embed import ImageLike, as_geoimage
-from samadapt.predict.result import SegmentationResult
+from samadapt.predict.result import MaskCrop, SegmentationResult
 from samadapt.predict.segmenter import Segmenter
 from samadapt.prompts.types import ObjectPrompt
 from samadapt.text.types import Detection, Detector, Thresholds
@@ -126,9 +126,29 @@ def segment_detections(segmenter: Segmenter, image: ImageLike, detections: Seque
             continue
         prompts.append(ObjectPrompt(box=np.array([x0, y0, x1, y1])))
         kept.append(d)
-    if not prompts:
-        result = SegmentationResult.from_crops([], (h, w), np.zeros(0, np.float32), trusted=segmenter.loaded.trusted)
-    else:
-        result = segmenter.segment(geo, prompts, multimask=multimask)
-    result.trusted = result.trusted and trusted
+    crops: list[MaskCrop] = []
+    scores = np.zeros(0, np.float32)
+    if prompts:
+        found = segmenter.segment(geo, prompts, multimask=multimask)
+        crops = [inside_box(c, p.box) for c, p in zip(found.crops, prompts, strict=True) if p.box is not None]
+        scores = found.scores
+    result = SegmentationResult.from_crops(crops, (h, w), scores, trusted=segmenter.loaded.trusted and trusted)
     return result.with_phrases([d.phrase for d in kept], np.array([d.score for d in kept], dtype=np.float32))
+
+
+def inside_box(crop: MaskCrop, box: np.ndarray) -> MaskCrop:
+    """The part of a mask inside its detection's box, widened to whole pixels.
+
+    The detector found the object within that box; mask pixels a box prompt lets spill beyond it
+    belong to something else (grounded-SAM recipes leave them; samadapt cuts them, so an object's
+    polygon never reaches past the box that names it).
+    """
+    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    h, w = crop.mask.shape
+    keep = np.zeros_like(crop.mask)
+    r0, r1 = max(y0 - crop.row, 0), min(y1 - crop.row, h)
+    c0, c1 = max(x0 - crop.col, 0), min(x1 - crop.col, w)
+    if r0 < r1 and c0 < c1:
+        keep[r0:r1, c0:c1] = crop.mask[r0:r1, c0:c1]
+    return MaskCrop.tight(keep, crop.row, crop.col, copy=True)

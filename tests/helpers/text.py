@@ -1,0 +1,32 @@
+"""A detector whose answer the test chooses: known boxes for known phrases, so masks can be checked against them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from samadapt.text.types import Detection, Thresholds
+
+
+@dataclass
+class KnownBoxDetector:
+    """Finds, for each phrase asked that it knows, the boxes it was given (in the pixels of the image it sees).
+
+    Attributes:
+        boxes: phrase -> boxes (x0, y0, x1, y1) it "finds".
+        score: the score of every detection.
+        calls: the (image shape, phrases) of each call, to check what the detector was shown.
+    """
+
+    boxes: dict[str, list[tuple[float, float, float, float]]]
+    score: float = 0.9
+    name: str = "known-box"
+    trusted: bool = True
+    model_id: str = "known-box:0"
+    calls: list[tuple[tuple[int, ...], tuple[str, ...]]] = field(default_factory=list)
+
+    def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
+        self.calls.append((rgb.shape, tuple(phrases)))
+        return [Detection(tuple(map(float, b)), p, self.score) for p in phrases for b in self.boxes.get(p, [])]
