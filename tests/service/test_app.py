@@ -378,7 +378,8 @@ def test_cors_is_off_unless_configured(segmenter: Segmenter, tiles: Any) -> None
 
 
 def test_info_endpoints_page_and_openapi(client: TestClient, tiles: Any) -> None:
-    assert client.get("/health").json() == {"status": "ok", "model": "sam", "trusted": False, "adapter": None}
+    assert client.get("/health").json() == {"status": "ok", "model": "sam", "trusted": False, "adapter": None,
+                                            "text_prompts": False, "detector": None}
     models = client.get("/models").json()
     assert models["model"]["input_size"] == 256 and "sam-vit-base" in models["available"]
     sources = client.get("/sources").json()

@@ -102,7 +102,7 @@ def _serve(app: Any) -> Iterator[str]:
         sock.close()
 
 
-def _app(tiles: Any, segmenter: Any, token: str | None = None) -> Any:
+def _app(tiles: Any, segmenter: Any, token: str | None = None, **kw: Any) -> Any:
     from samadapt.service.app import create_app
     from samadapt.service.settings import ServiceSettings
 
@@ -111,7 +111,7 @@ def _app(tiles: Any, segmenter: Any, token: str | None = None) -> Any:
                           "min_zoom": 0, "max_zoom": 16}},
         default_source="disc", token=token,
     )
-    return create_app(settings, segmenter)
+    return create_app(settings, segmenter, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,66 @@ def test_a_server_with_a_token_asks_for_it(page: Any, browser: Any, tiles: Any, 
         page.mouse.click(cx, cy)
         expect(page.locator("#feature-count")).to_have_text("1")
         assert page.evaluate("sessionStorage.getItem('samadapt.token')") == TOKEN
+
+
+class DiscDetector:
+    """A stand-in detector: the bounding box, in the view's pixels, of the tile server's bright disc."""
+
+    name, trusted, model_id = "disc-finder", True, "fake:disc"
+
+    def detect(self, rgb: Any, phrases: Any, thresholds: Any) -> list[Any]:
+        import numpy as np
+
+        from helpers.tileserver import DISC_VALUE
+        from samadapt.text.types import Detection
+
+        rows, cols = np.nonzero((rgb == DISC_VALUE).all(axis=2))
+        if not len(rows):
+            return []
+        return [Detection((float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)),
+                          phrases[0], 0.87)]
+
+
+def test_a_typed_phrase_draws_the_polygons_found_with_their_phrase(page: Any, tiles: Any, segmenter: Any) -> None:
+    from playwright.sync_api import expect
+
+    from samadapt.service.text import TextPrompts
+
+    with _serve(_app(tiles, segmenter, text=TextPrompts("sam", DiscDetector()))) as url:
+        body = page.locator("body")
+        cx, cy = _open(page, url, *DISC)
+        expect(body).to_have_attribute("data-state", "idle")
+        expect(page.locator("#text-prompt")).to_be_enabled()
+
+        # Enter in the text box: one text prompt for the view, one polygon on the disc, labelled.
+        page.fill("#text-prompt", "  bright   disc ")
+        with page.expect_response(lambda r: r.url.endswith("/segment")) as answer:
+            page.press("#text-prompt", "Enter")
+        sent = json.loads(answer.value.request.post_data)
+        assert sent["prompt"] == [{"id": 0, "type": "text", "data": "bright disc"}]
+        assert answer.value.status == 200
+        expect(page.locator("#feature-count")).to_have_text("1")
+        expect(page.locator("path.seg-polygon")).to_have_count(1)
+        expect(page.locator(".text-label")).to_have_text("bright disc 0.87")
+        polygon = page.locator("path.seg-polygon").bounding_box()
+        assert _contains(polygon, cx, cy) and polygon["width"] < 200 and polygon["height"] < 200
+
+        # The Find button: another phrase is another object; a click afterwards is a point prompt of its own.
+        page.fill("#text-prompt", "pit")
+        page.click("#text-search")
+        expect(body).to_have_attribute("data-responses", "2")
+        expect(page.locator("path.seg-polygon")).to_have_count(2)
+        expect(page.locator(".text-label").nth(1)).to_have_text("pit 0.87")
+        with page.expect_response(lambda r: r.url.endswith("/segment")) as answer:
+            page.mouse.click(cx - 100, cy + 80)
+        assert [p["type"] for p in json.loads(answer.value.request.post_data)["prompt"]] == ["point"]
+        expect(page.locator("#feature-count")).to_have_text("3")
+        expect(body).to_have_attribute("data-state", "idle")
+
+
+def test_the_text_box_says_what_a_server_without_a_detector_needs(page: Any, service: str) -> None:
+    from playwright.sync_api import expect
+
+    _open(page, service, *DISC)
+    expect(page.locator("#text-prompt")).to_be_disabled()
+    assert "--detector" in page.locator("#text-prompt").get_attribute("placeholder")

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from samadapt.cli.console import stderr, stdout, warn_untrusted
-from samadapt.cli.options import DeviceOpt, ModelOpt, PrecisionOpt, RuntimeOpt, encoder_runtime
+from samadapt.cli.options import (
+    BoxThresholdOpt,
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    TextThresholdOpt,
+    encoder_runtime,
+)
 
 #: Addresses only this machine can reach; any other gets a note about the token.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -30,12 +38,18 @@ def serve(
     device: DeviceOpt = "cpu",
     runtime: RuntimeOpt = "auto",
     precision: PrecisionOpt = None,
+    detector: Annotated[str | None, typer.Option(
+        "--detector", help="Answer text prompts with this detector: grounding-dino-tiny, grounding-dino-base, "
+        "owlv2-base or a detector folder (SAM 3 reads text itself and needs none).")] = None,
+    box_threshold: BoxThresholdOpt = None,
+    text_threshold: TextThresholdOpt = None,
 ) -> None:
     """Serve prompted segmentation on a web map: SamGIS-compatible POST /segment and a browser page."""
     from samadapt.service.server import build_service, run
 
     service = build_service(model, adapter=adapter, config=config, sources=source or (), mode=mode, device=device,
-                            runtime=encoder_runtime(runtime, precision))
+                            runtime=encoder_runtime(runtime, precision), detector=detector,
+                            box_threshold=box_threshold, text_threshold=text_threshold)
     warn_untrusted(service.state.loaded.trusted)
     if host not in LOOPBACK:
         stderr.print(f"[bold yellow]NOTE: listening on {host}: other machines can reach this service; "

@@ -31,6 +31,7 @@ from samadapt.service.errors import install_error_handlers, status_table_markdow
 from samadapt.service.routes import Served, router
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import Source, build_sources
+from samadapt.service.text import TextPrompts
 from samadapt.service.wire import BodyLimit, JSONRoute
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ STATIC_DIR = Path(__file__).with_name("static")
 DESCRIPTION = "Segment Anything on a web map: SamGIS-compatible /segment, class maps with an adapter."
 
 
-def _lifespan(settings: ServiceSettings, segmenter: Segmenter,
-              sources: dict[str, Source]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(settings: ServiceSettings, segmenter: Segmenter, sources: dict[str, Source],
+              text: TextPrompts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: one HTTP client and one :class:`SegmentEngine` (``app.state.engine``) while it runs."""
 
     @asynccontextmanager
@@ -51,7 +52,7 @@ def _lifespan(settings: ServiceSettings, segmenter: Segmenter,
         limits = httpx.Limits(max_connections=max(16, 2 * settings.tile_concurrency))
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": settings.user_agent},
                                      trust_env=False) as client:
-            engine = SegmentEngine(segmenter, sources, settings, client)
+            engine = SegmentEngine(segmenter, sources, settings, client, text)
             app.state.engine = engine
             try:
                 yield
@@ -79,7 +80,8 @@ def _add_cors(app: FastAPI, origins: list[str]) -> None:
 
 
 def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Adapter | None = None, *,
-               sources: dict[str, Source] | None = None, adapter_name: str | None = None) -> FastAPI:
+               sources: dict[str, Source] | None = None, adapter_name: str | None = None,
+               text: TextPrompts | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -88,25 +90,28 @@ def create_app(settings: ServiceSettings, segmenter: Segmenter, adapter: Adapter
         adapter: a loaded adapter (``samadapt.load_adapter``) enabling ``POST /map``, or None.
         sources: sources by name; default ``build_sources(settings)``.
         adapter_name: how responses name the adapter (default: its folder name).
+        text: how text prompts are answered (``open_text_prompts`` loads the detector); default: only
+            a SAM 3 model answers them, any other model answers them with a 400.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``samadapt serve`` does).
     """
     sources = sources if sources is not None else build_sources(settings)
     loaded = segmenter.loaded
+    text = text if text is not None else TextPrompts(loaded.family)
     if adapter is not None and adapter_name is None:
         path = getattr(adapter, "path", None)
         adapter_name = Path(path).name if path else "adapter"
 
     app = FastAPI(title="samadapt map service", version=__version__,
-                  lifespan=_lifespan(settings, segmenter, sources),
+                  lifespan=_lifespan(settings, segmenter, sources, text),
                   description=f"{DESCRIPTION}\n\nErrors and their HTTP status:\n\n{status_table_markdown()}")
     app.router.route_class = JSONRoute  # before any route is added
     app.state.settings = settings
     app.state.loaded = loaded
     app.state.sources = sources
     app.state.served = Served(settings=settings, loaded=loaded, model_name=display_name(loaded.name),
-                              sources=sources, adapter=adapter, adapter_name=adapter_name)
+                              sources=sources, adapter=adapter, adapter_name=adapter_name, text=text)
     install_error_handlers(app)
 
     app.add_api_route("/", page, include_in_schema=False)

@@ -24,6 +24,10 @@ Window choice (``mode``):
 Pixel conventions: frame pixel (c, r) covers [c, c+1) x [r, r+1); a lng/lat maps to
 continuous frame coordinates; SAM's point prompts put pixel centres on integers, so a point
 is passed as (continuous - 0.5); boxes are on pixel edges and are not shifted.
+
+Text prompts (see :mod:`samadapt.service.text`) search the view window whatever the mode: its
+pixels are fetched and searched in the encoder pool (``timings_ms.encode`` then covers the
+detector, the encoder and the mask decoder), and the masks are vectorised as for other prompts.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from cachetools import LRUCache
 
+from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage, from_array
 from samadapt.service.geometry import (
     FrameObject,
@@ -52,6 +57,7 @@ from samadapt.service.geometry import (
 )
 from samadapt.service.schemas import SegmentRequest
 from samadapt.service.sources import FetchError, Frame, Source, lookup_source
+from samadapt.service.text import TextPrompts, text_features
 from samadapt.service.vector import Window, mask_geometry
 
 if TYPE_CHECKING:
@@ -111,10 +117,11 @@ class SegmentEngine:
         settings: the service settings (``max_view_pixels``, ``max_prompts``, ``embedding_mode``,
             ``memory_embeddings``, ``encoder_workers``, ``fetch_timeout_s``).
         client: the HTTP client sources fetch with (one per app lifetime).
+        text: how text prompts are answered (the detector, if any); default: only a SAM 3 model answers them.
     """
 
     def __init__(self, segmenter: Segmenter, sources: dict[str, Source], settings: ServiceSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, text: TextPrompts | None = None) -> None:
         self.segmenter = segmenter
         self.loaded = segmenter.loaded
         self.model_name = display_name(self.loaded.name)
@@ -122,6 +129,7 @@ class SegmentEngine:
         self.sources = sources
         self.settings = settings
         self.client = client
+        self.text = text if text is not None else TextPrompts(self.loaded.family)
         # Read and written on the event loop's thread only, so it needs no lock.
         self._memory: LRUCache[Hashable, Embedded] = LRUCache(maxsize=max(1, int(settings.memory_embeddings)))
         self._inflight: dict[Hashable, asyncio.Task[tuple[Embedded, float, float]]] = {}
@@ -265,6 +273,8 @@ class SegmentEngine:
         source = self.source(request.source_type)
         frame = source.frame(request.zoom)
         view = view_window(frame, bbox_extent(frame, request.bbox), request.zoom, int(self.settings.max_view_pixels))
+        if request.phrases:
+            return await self.segment_text(request, source, frame, view, t_start)
         check_prompts(request, int(self.settings.max_prompts))
         objects = build_objects(request, frame, view)
         mode = request.mode or self.settings.embedding_mode
@@ -305,4 +315,31 @@ class SegmentEngine:
             "type": "FeatureCollection", "features": features, "body": frame.body, "crs": frame.crs,
             "source": source.name, "zoom": request.zoom, "mode": mode, "model": self.model_name,
             "trusted": self.loaded.trusted, "cache_hit": not stats.computed, "timings_ms": stats.as_dict(total),
+        }
+
+    async def segment_text(self, request: SegmentRequest, source: Source, frame: Frame, view: Window,
+                           t_start: float) -> dict[str, Any]:
+        """Answer a request of text prompts: every match of its phrases in the view window."""
+        if len(request.prompt) > int(self.settings.max_prompts):
+            raise InputError(f"too many prompts: {len(request.prompt)}, at most {self.settings.max_prompts} "
+                             "per request")
+        self.text.check()  # before anything is fetched
+        stats = Stats(computed=True)
+        t0 = time.perf_counter()
+        pixels = await self.fetch(source, frame, view)
+        stats.fetch = (time.perf_counter() - t0) * 1000
+        # The same image an embedding of the view is made from: nodata outside the frame, channels last.
+        image = from_array(pixels, valid=self._valid(frame, view), channel_axis="last")
+        loop = asyncio.get_running_loop()
+        result, stats.encode = await loop.run_in_executor(self._encode_pool, self.text.search, self.segmenter,
+                                                          image, request.phrases)
+        t1 = time.perf_counter()
+        features = await self.run_in_pool(text_features, result, view, frame)
+        stats.vectorise = (time.perf_counter() - t1) * 1000
+        total = (time.perf_counter() - t_start) * 1000
+        return {
+            "type": "FeatureCollection", "features": features, "body": frame.body, "crs": frame.crs,
+            "source": source.name, "zoom": request.zoom, "mode": "view", "model": self.model_name,
+            "trusted": bool(result.trusted), "detector": self.text.detector_name, "cache_hit": False,
+            "timings_ms": stats.as_dict(total),
         }

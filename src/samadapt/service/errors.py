@@ -60,12 +60,12 @@ STATUS_TABLE: tuple[ErrorStatus, ...] = (
                                      "thousands of digits"),
     ErrorStatus(RequestValidationError, 422, "a body that is not a valid request: not JSON, a field missing or out "
                                              "of range, a coordinate that is NaN or infinite, no prompt, an unknown "
-                                             "prompt type"),
+                                             "prompt type, an empty phrase, text mixed with points or rectangles"),
     ErrorStatus(FetchError, 502, "the imagery cannot be had: a tile server failed or was too slow (never a hang), "
                                  "or a local raster is damaged"),
     ErrorStatus(InputError, 400, "a valid request the service will not serve as asked: a bbox too large for the "
                                  "zoom or under 8 pixels a side, too many prompts, a prompt outside the bbox, an "
-                                 "unknown source"),
+                                 "unknown source, a text prompt to a server without a detector or SAM 3"),
     ErrorStatus(InputFileError, 400, "an input file is missing or unreadable"),
     ErrorStatus(ModelNotFoundError, 404, "a model name or path that does not resolve to a checkpoint"),
     ErrorStatus(CheckpointError, 400, "a checkpoint of the wrong family, shape or format"),

@@ -15,7 +15,7 @@ import numpy as np
 from samadapt.errors import InputError
 from samadapt.prompts.types import ObjectPrompt
 from samadapt.service.frames import Frame
-from samadapt.service.schemas import BBox, PointPrompt, SegmentRequest
+from samadapt.service.schemas import BBox, PointPrompt, RectanglePrompt, SegmentRequest
 from samadapt.service.sources import SourceError
 from samadapt.service.vector import Window
 
@@ -102,9 +102,10 @@ def view_window(frame: Frame, extent: tuple[float, float, float, float], zoom: i
 
 
 def build_objects(request: SegmentRequest, frame: Frame, window: Window) -> list[FrameObject]:
-    """Turn the request's prompts into objects in frame pixels (see ``SegmentRequest`` for grouping)."""
+    """Turn the request's point and rectangle prompts into objects in frame pixels (see ``SegmentRequest`` for
+    grouping; text prompts have no place and are answered by :mod:`samadapt.service.text`)."""
     points = [p for p in request.prompt if isinstance(p, PointPrompt)]
-    rects = [p for p in request.prompt if not isinstance(p, PointPrompt)]
+    rects = [p for p in request.prompt if isinstance(p, RectanglePrompt)]
     if not request.separate and len(rects) > 1:
         raise InputError(f"got {len(rects)} rectangles for one object; send one rectangle per request, "
                          f"or set \"separate\": true to segment each rectangle as its own object")
@@ -133,12 +134,17 @@ def build_objects(request: SegmentRequest, frame: Frame, window: Window) -> list
 
 
 def check_prompts(request: SegmentRequest, max_prompts: int) -> None:
-    """400 errors for too many prompts and prompts outside the bbox."""
+    """400 errors for too many prompts and point or rectangle prompts outside the bbox."""
     if len(request.prompt) > max_prompts:
         raise InputError(f"too many prompts: {len(request.prompt)}, at most {max_prompts} per request")
     bbox = request.bbox
     for i, p in enumerate(request.prompt):
-        corners = [p.data] if isinstance(p, PointPrompt) else [p.data.sw, p.data.ne]
+        if isinstance(p, PointPrompt):
+            corners = [p.data]
+        elif isinstance(p, RectanglePrompt):
+            corners = [p.data.sw, p.data.ne]
+        else:  # a text prompt: the whole view
+            continue
         for c in corners:
             if not bbox.contains(c.lat, c.lng):
                 raise InputError(f"prompt {i} ({p.type} at lat {c.lat:g}, lng {c.lng:g}) lies outside the bbox")

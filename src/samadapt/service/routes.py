@@ -19,6 +19,7 @@ from samadapt.service.errors import ERROR_RESPONSES, error_response
 from samadapt.service.schemas import ErrorResponse, MapRequest, MapResponse, SegmentRequest, SegmentResponse
 from samadapt.service.settings import ServiceSettings
 from samadapt.service.sources import Source
+from samadapt.service.text import TextPrompts
 from samadapt.service.wire import GeoJSONResponse, JSONRoute
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Served:
         sources: the configured imagery sources by name.
         adapter: a loaded adapter (``samadapt.load_adapter``) enabling ``POST /map``, or None.
         adapter_name: how responses name the adapter; None without one.
+        text: how text prompts are answered; None answers them only with a SAM 3 model.
     """
 
     settings: ServiceSettings
@@ -47,6 +49,17 @@ class Served:
     sources: dict[str, Source]
     adapter: Adapter | None = None
     adapter_name: str | None = None
+    text: TextPrompts | None = None
+
+    @property
+    def text_prompts(self) -> bool:
+        """True when this server answers text prompts (a SAM 3 model, or a detector)."""
+        return (self.text or TextPrompts(self.loaded.family)).available
+
+    @property
+    def detector_name(self) -> str | None:
+        """How responses name the detector; None without one."""
+        return self.text.detector_name if self.text is not None else None
 
 
 def served(request: Request) -> Served:
@@ -75,9 +88,11 @@ auth = [Depends(check_token)]
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
-    """Liveness: the model and adapter in use (open even when a token is set)."""
+    """Liveness: the model, adapter and detector in use, and whether text prompts are answered (open even when a
+    token is set)."""
     s = served(request)
-    return {"status": "ok", "model": s.model_name, "trusted": s.loaded.trusted, "adapter": s.adapter_name}
+    return {"status": "ok", "model": s.model_name, "trusted": s.loaded.trusted, "adapter": s.adapter_name,
+            "text_prompts": s.text_prompts, "detector": s.detector_name}
 
 
 @router.get("/models", dependencies=auth)
@@ -93,7 +108,7 @@ async def models(request: Request) -> dict[str, Any]:
     return {
         "model": {"name": s.model_name, "family": s.loaded.family, "input_size": s.loaded.preprocessing.size,
                   "trusted": s.loaded.trusted},
-        "adapter": info, "available": sorted(REGISTRY),
+        "adapter": info, "text_prompts": s.text_prompts, "detector": s.detector_name, "available": sorted(REGISTRY),
     }
 
 
@@ -118,7 +133,8 @@ async def tile(source: str, z: int, x: int, y: int, request: Request) -> Respons
 @router.post("/segment", dependencies=auth, response_class=GeoJSONResponse,
              responses={200: {"model": SegmentResponse}, **ERROR_RESPONSES})
 async def segment(body: SegmentRequest, request: Request) -> GeoJSONResponse:
-    """Segment the object(s) the prompts point at; GeoJSON in lng/lat of the source's body."""
+    """Segment the object(s) the prompts point at, or every match of text prompts in the view; GeoJSON in lng/lat
+    of the source's body."""
     return GeoJSONResponse(await request.app.state.engine.segment(body))
 
 

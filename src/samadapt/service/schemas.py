@@ -7,13 +7,17 @@ way out, which keeps the cached path (prompt in, GeoJSON out) lean.
 
 Coordinates are degrees of longitude and latitude on the source's body (Earth unless the
 source is, say, a Mars GeoTIFF); ``ne`` is the north-east corner, ``sw`` the south-west one.
+
+A request's prompts are either points and rectangles (objects the user points at) or text
+prompts (phrases searched for over the whole view); mixing the two kinds is a 422.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # allow_inf_nan=False: Python's JSON reader accepts NaN and Infinity, and NaN passes no bound
 # check with a useful message ("should be less than or equal to 90").
@@ -75,15 +79,44 @@ class RectanglePrompt(BaseModel):
     label: Literal[1] = 1
 
 
-Prompt = Annotated[PointPrompt | RectanglePrompt, Field(discriminator="type")]
+#: Longest phrase of a text prompt, in characters (``samadapt.text.search.MAX_PHRASE``: a class name, not a sentence).
+MAX_PHRASE = 200
+
+
+class TextPrompt(BaseModel):
+    """A phrase naming what to find, e.g. "pit": every match in the whole view is an object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int | None = None
+    type: Literal["text"]
+    data: str = Field(description=f"A word or short phrase, 1-{MAX_PHRASE} characters (spaces collapsed).")
+
+    @field_validator("data")
+    @classmethod
+    def _phrase(cls, value: str) -> str:
+        phrase = " ".join(value.split())
+        if not phrase:
+            raise PydanticCustomError("phrase_empty", "the phrase is empty; give a word or short phrase such as 'pit'")
+        if len(phrase) > MAX_PHRASE:
+            raise PydanticCustomError("phrase_too_long", "the phrase has {length} characters; keep it to {most} "
+                                      "(a class name, not a sentence)", {"length": len(phrase), "most": MAX_PHRASE})
+        return phrase
+
+
+Prompt = Annotated[PointPrompt | RectanglePrompt | TextPrompt, Field(discriminator="type")]
 
 
 class SegmentRequest(BaseModel):
-    """The SamGIS ``/segment`` payload, plus the optional ``mode`` and ``separate`` fields.
+    """The SamGIS ``/segment`` payload, plus the optional ``mode`` and ``separate`` fields and text prompts.
 
     By default all prompts together describe one object (foreground and background points
     and at most one rectangle), as in SamGIS; with ``separate`` each foreground point and
     each rectangle is its own object and background points apply to every object.
+
+    Text prompts (``{"type": "text", "data": "pit"}``) search the whole view, one phrase per
+    prompt, and every match is its own object; ``mode`` and ``separate`` do not apply to them.
+    A request holds either text prompts or point and rectangle prompts, never both.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -94,6 +127,19 @@ class SegmentRequest(BaseModel):
     source_type: str = Field(min_length=1, max_length=200)
     mode: Literal["grid", "view"] | None = None
     separate: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SegmentRequest:
+        kinds = {p.type == "text" for p in self.prompt}
+        if len(kinds) > 1:
+            raise PydanticCustomError("prompt_mix", "text prompts search the whole view and cannot be mixed with "
+                                      "point or rectangle prompts; send them in separate requests")
+        return self
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """The phrases of the text prompts, each once, in order; empty for a point / rectangle request."""
+        return tuple(dict.fromkeys(p.data for p in self.prompt if isinstance(p, TextPrompt)))
 
 
 class MapRequest(BaseModel):
@@ -122,7 +168,8 @@ class Feature(BaseModel):
     type: Literal["Feature"] = "Feature"
     geometry: dict[str, Any]
     properties: dict[str, Any] = Field(
-        description="/segment: {score, object}; /map: {class, name, probability}."
+        description="/segment: {score, object}, plus {phrase, detector_score} for text prompts; "
+                    "/map: {class, name, probability}."
     )
 
 
@@ -137,7 +184,10 @@ class SegmentResponse(BaseModel):
     zoom: int
     mode: Literal["grid", "view"]
     model: str
-    trusted: bool = Field(description="False for random-initialised test models: their masks mean nothing.")
+    trusted: bool = Field(description="False for random-initialised test models (or detectors): their masks "
+                          "mean nothing.")
+    detector: str | None = Field(None, description="Text prompts: the detector that found the boxes; None for "
+                                 "SAM 3, which reads text itself, and for point / rectangle prompts.")
     cache_hit: bool = Field(description="True when no imagery was fetched and no embedding computed.")
     timings_ms: Timings
 

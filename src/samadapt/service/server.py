@@ -29,8 +29,9 @@ RUNNING: list[uvicorn.Server] = []
 def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
                   config: str | os.PathLike[str] | None = None, sources: Sequence[str] = (),
                   mode: str | None = None, device: str = "cpu",
-                  runtime: RuntimeOptions | str | None = None) -> FastAPI:
-    """Load the settings, the model (once) and the adapter, and build the app.
+                  runtime: RuntimeOptions | str | None = None, detector: str | None = None,
+                  box_threshold: float | None = None, text_threshold: float | None = None) -> FastAPI:
+    """Load the settings, the model (once), the adapter and the detector, and build the app.
 
     Args:
         model: registry name, model folder or Meta ``.pth`` file.
@@ -41,6 +42,10 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
         mode: ``grid`` or ``view``, overriding the settings' ``embedding_mode``.
         device: torch device.
         runtime: encoder runtime (``RuntimeOptions`` or a spec like "bf16"); None picks "auto".
+        detector: detector name or folder answering text prompts on a model that cannot read
+            text, overriding the settings' ``detector`` (SAM 3 needs none).
+        box_threshold: text prompts' minimum object score, overriding the settings.
+        text_threshold: text prompts' minimum phrase score (GroundingDINO), overriding the settings.
 
     Returns:
         The FastAPI app.
@@ -48,6 +53,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
     Raises:
         MissingDependencyError: FastAPI or uvicorn is not installed.
         InputError: a bad option or setting.
+        ModelNotFoundError: the model or detector does not resolve.
     """
     try:
         import fastapi  # noqa: F401
@@ -57,6 +63,7 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
     from samadapt.predict.segmenter import Segmenter
     from samadapt.service.app import create_app
     from samadapt.service.settings import add_sources, load_settings
+    from samadapt.service.text import open_text_prompts
 
     settings = load_settings(config)
     if sources:
@@ -67,6 +74,12 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
         if mode not in ("grid", "view"):
             raise InputError(f"--mode must be grid or view, got {mode!r}")
         settings = dataclasses.replace(settings, embedding_mode=cast("EmbeddingMode", mode))  # checked above
+    if detector is not None:
+        settings = dataclasses.replace(settings, detector=detector)
+    if box_threshold is not None:
+        settings = dataclasses.replace(settings, box_threshold=box_threshold)
+    if text_threshold is not None:
+        settings = dataclasses.replace(settings, text_threshold=text_threshold)
     segmenter = Segmenter(model, device=device, runtime=runtime)
     loaded = segmenter.loaded
     ad = None
@@ -74,7 +87,8 @@ def build_service(model: str, *, adapter: str | os.PathLike[str] | None = None,
         from samadapt.train.adapter import load_adapter
 
         ad = load_adapter(adapter, base=loaded, device=device)
-    return create_app(settings, segmenter, ad)
+    text = open_text_prompts(settings, loaded.family, device)
+    return create_app(settings, segmenter, ad, text=text)
 
 
 def _bound_url(server: uvicorn.Server, host: str) -> str:

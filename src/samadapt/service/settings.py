@@ -92,6 +92,11 @@ class ServiceSettings:
         tile_concurrency: tiles fetched at once per source.
         tile_cache_tiles: fetched tiles kept in memory per source (LRU).
         user_agent: User-Agent sent to tile servers (public servers require one).
+        detector: text prompts on a model that cannot read text (all but SAM 3): a detector
+            registry name (``grounding-dino-tiny``, ``owlv2-base``) or folder; None answers text
+            prompts with a 400 unless the model is SAM 3.
+        box_threshold: text prompts: minimum object score; None takes the detector's (or SAM 3's) default.
+        text_threshold: text prompts with GroundingDINO: minimum score of the phrase's words; None for its default.
     """
 
     sources: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SOURCES.items()})
@@ -108,8 +113,12 @@ class ServiceSettings:
     tile_concurrency: int = 8
     tile_cache_tiles: int = 512
     user_agent: str = "samadapt/0.1 (segment-anything map service)"
+    detector: str | None = None
+    box_threshold: float | None = None
+    text_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_text()
         for name in ("max_body_bytes", "max_prompts", "max_view_pixels", "memory_embeddings",
                      "encoder_workers", "tile_concurrency"):
             value = getattr(self, name)
@@ -138,6 +147,24 @@ class ServiceSettings:
                 f"default_source {self.default_source!r} is not a configured source; "
                 f"choose one of {sorted(self.sources)}"
             )
+
+    def _check_text(self) -> None:
+        """The text-prompt settings: a detector name or folder, thresholds between 0 and 1 (text from the
+        environment is read as a number)."""
+        if self.detector is not None and (not isinstance(self.detector, str) or not self.detector.strip()):
+            raise InputError("setting detector must be a detector name such as 'grounding-dino-tiny' or a folder, "
+                             "or absent")
+        for name in ("box_threshold", "text_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise InputError(f"setting {name} must be a number between 0 and 1, got {value!r}") from None
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise InputError(f"setting {name} must be a number between 0 and 1, got {value!r}")
+            setattr(self, name, None if value is None else float(value))
 
 
 def check_source(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,6 +341,9 @@ def load_settings(
             if isinstance(spec, dict) and isinstance(spec.get("path"), str):
                 spec = dict(spec, path=str((path.parent / Path(spec["path"]).expanduser()).resolve()))
             sources[name] = spec
+        detector = data.get("detector")
+        if isinstance(detector, str) and (path.parent / Path(detector).expanduser()).is_dir():
+            data["detector"] = str((path.parent / Path(detector).expanduser()).resolve())  # a folder next to the file
         values.update(data)
     if env.get("SAMADAPT_SOURCES"):
         try:

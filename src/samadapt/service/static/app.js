@@ -1,4 +1,4 @@
-// samadapt page: a Leaflet map that sends point and box prompts to POST /segment and draws the
+// samadapt page: a Leaflet map that sends point, box and text prompts to POST /segment and draws the
 // returned polygons. Plain script, no build step; Leaflet is vendored under /static/vendor/leaflet/.
 //
 // Hooks for tests and scripts:
@@ -7,6 +7,7 @@
 //   document.body.dataset.tiles      "loading" | "loaded": the base layer's visible tiles (failed ones count as done)
 //   #feature-count                   number of polygons drawn (all objects)
 //   SVG paths: .seg-polygon (results), .prompt-point.fg / .prompt-point.bg, .prompt-box
+//   .text-label                      the phrase (and detector score) of each polygon a text prompt found
 (function () {
   "use strict";
 
@@ -192,8 +193,14 @@
     return COLOURS[obj.index % COLOURS.length];
   }
 
-  function addPoint(latlng, label) {
+  /** The object new point and box prompts go to: a text search is an object of its own. */
+  function promptObject() {
     const obj = currentObject();
+    return obj.prompts.some((p) => p.kind === "text") ? finishObject() : obj;
+  }
+
+  function addPoint(latlng, label) {
+    const obj = promptObject();
     const layer = L.circleMarker(latlng, {
       radius: 6, weight: 2, color: "#fff", fillOpacity: 1, interactive: false,
       fillColor: label ? "#1a9c35" : "#d11a1a", className: "prompt-point " + (label ? "fg" : "bg"),
@@ -203,13 +210,21 @@
   }
 
   function addBox(bounds) {
-    let obj = currentObject();
+    let obj = promptObject();
     // One box per object (SamGIS semantics): a second box starts the next object.
     if (obj.prompts.some((p) => p.kind === "box")) obj = finishObject();
     const layer = L.rectangle(bounds, {
       color: "#1f5fa8", weight: 2, fill: false, dashArray: "6 4", interactive: false, className: "prompt-box",
     }).addTo(state.map);
     obj.prompts.push({ kind: "box", bounds, layer });
+    segment(obj);
+  }
+
+  /** Every match of a phrase in the current view, as a new object (the server searches the whole view). */
+  function addText(phrase) {
+    const obj = finishObject();
+    // No marker on the map: the view is the prompt. An empty layer group keeps undo and clear uniform.
+    obj.prompts.push({ kind: "text", phrase, view: state.map.getBounds(), layer: L.layerGroup() });
     segment(obj);
   }
 
@@ -262,12 +277,18 @@
       interactive: false,
       style: { color: colour(obj), weight: 2, fillOpacity: 0.3, className: "seg-polygon" },
       onEachFeature: (feature, layer) => {
-        // The score sits just above the polygon so it never hides a small one.
-        const score = Number(feature.properties.score);
+        // The label sits just above the polygon so it never hides a small one: the score, or what a
+        // text prompt found there with the detector's confidence.
+        const props = feature.properties;
+        const phrase = typeof props.phrase === "string" ? props.phrase : null;
+        const score = Number(phrase === null ? props.score : props.detector_score);
+        const value = Number.isFinite(score) ? score.toFixed(2) : "?";
         const b = layer.getBounds();
-        labels.push(L.tooltip({ permanent: true, direction: "top", className: "score-label", interactive: false })
-          .setLatLng([b.getNorth(), b.getCenter().lng])
-          .setContent(Number.isFinite(score) ? "score " + score.toFixed(2) : "score ?"));
+        labels.push(L.tooltip({
+          permanent: true, direction: "top", interactive: false,
+          className: phrase === null ? "score-label" : "score-label text-label",
+        }).setLatLng([b.getNorth(), b.getCenter().lng])
+          .setContent(phrase === null ? "score " + value : phrase + " " + value));
       },
     });
     obj.layer = L.layerGroup([polygons, ...labels]).addTo(state.map);
@@ -278,6 +299,17 @@
   const plain = (ll) => ({ lat: ll.lat, lng: ll.lng });
 
   function payload(obj) {
+    const text = obj.prompts.filter((p) => p.kind === "text");
+    if (text.length) {
+      // A text prompt searches the view it was typed in (kept, so Undo and retries ask the same).
+      const v = text[0].view;
+      return {
+        bbox: { ne: plain(v.getNorthEast()), sw: plain(v.getSouthWest()) },
+        prompt: text.map((p, i) => ({ id: i, type: "text", data: p.phrase })),
+        zoom: Math.round(state.map.getZoom()),
+        source_type: state.source.name,
+      };
+    }
     // The current view, grown to hold every prompt of the object if the user panned since.
     const view = L.latLngBounds(state.map.getBounds().getSouthWest(), state.map.getBounds().getNorthEast());
     obj.prompts.forEach((p) => view.extend(p.kind === "point" ? p.latlng : p.bounds));
@@ -372,6 +404,13 @@
     try {
       const health = await getJSON("/health");
       showModel(health.model, health.trusted);
+      if (health.text_prompts === false) {
+        // The server cannot read text: say how to change that instead of offering a search that fails.
+        for (const id of ["text-prompt", "text-search"]) $(id).disabled = true;
+        $("text-prompt").placeholder = "Text needs --detector or SAM 3";
+        $("text-form").title = "Restart the server with --detector (e.g. grounding-dino-tiny) or a sam3 model "
+          + "to find objects by name.";
+      }
       const listing = await getJSON("/sources");
       state.sources = listing.sources || [];
       if (!state.sources.length) throw new ApiError("The server has no imagery sources configured.", 0);
@@ -448,6 +487,13 @@
     }
   }
 
+  function onTextSubmit(e) {
+    e.preventDefault();
+    const phrase = $("text-prompt").value.split(/\s+/).filter(Boolean).join(" ");
+    if (!phrase || !state.source) return;
+    addText(phrase);
+  }
+
   function download() {
     const objects = state.objects.filter((o) => o.features.length);
     if (!objects.length) return;
@@ -491,6 +537,7 @@
     container.addEventListener("keydown", onMapKey);
 
     $("box-tool").addEventListener("click", () => setBoxMode(!state.boxMode));
+    $("text-form").addEventListener("submit", onTextSubmit);
     $("new-object").addEventListener("click", () => finishObject());
     $("undo").addEventListener("click", undo);
     $("clear").addEventListener("click", clearAll);
