@@ -1,12 +1,12 @@
 """Seconds per 1024x1024 image through each encoder runtime, against transformers' plain fp32 call.
 
-Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny), drawn with a
+Random weights with the real architectures (sam-vit-base, sam2.1-hiera-tiny, edgetam), drawn with a
 1/sqrt(fan-in) scale so activations (and the fidelity column) look like a trained model's;
 timing does not depend on the values. Every path is timed in the same run as the baseline,
 in interleaved rounds (baseline, path A, path B, ... then again), so a busy machine slows
 all of them alike; the first round is a warm-up and each figure is the best later round.
 
-    .venv/bin/python benchmarks/encoder.py [--repeats 3] [--models sam-vit-base,sam2.1-hiera-tiny]
+    .venv/bin/python benchmarks/encoder.py [--repeats 3] [--models sam-vit-base,sam2.1-hiera-tiny,edgetam]
                                            [--compile] [--onnx]
 
 Columns: seconds per image, ratio to the plain call (higher is faster), achieved GFLOP/s
@@ -33,23 +33,39 @@ from torch.utils.flop_counter import FlopCounterMode
 from samadapt.models.accel.speed import apply_runtime, cpu_info, threads_for
 from samadapt.models.loading import load_model
 
-#: transformers' default configs are these architectures
-CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config"}
+#: transformers' default configs are these architectures; EdgeTAM's is the published one (its
+#: RepViT backbone built by samadapt, as transformers' would need timm).
+CONFIGS = {"sam-vit-base": "SamConfig", "sam-hq-vit-base": "SamHQConfig", "sam2.1-hiera-tiny": "Sam2Config",
+           "edgetam": "EdgeTamConfig"}
 
 
 def config(name: str):
     import transformers
 
+    if name == "edgetam":
+        from samadapt.models.edgetam import published_config
+
+        return published_config()
     return getattr(transformers, CONFIGS[name])()
 
 
-def build(name: str, root: Path) -> Path:
+def from_config(name: str, **kwargs: object) -> torch.nn.Module:
+    """A random model of the named architecture."""
     from transformers import AutoModel
+
+    if name == "edgetam":
+        from samadapt.models.edgetam import build_edgetam
+
+        return build_edgetam(config(name))
+    return AutoModel.from_config(config(name), **kwargs)
+
+
+def build(name: str, root: Path) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
-    model = AutoModel.from_config(config(name)).eval()
+    model = from_config(name).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -61,10 +77,8 @@ def build(name: str, root: Path) -> Path:
 
 def encoder_flops(name: str) -> int:
     """FLOPs of one 1024 px image through ``get_image_embeddings``, counted on the meta device."""
-    from transformers import AutoModel
-
     with torch.device("meta"):
-        model = AutoModel.from_config(config(name), attn_implementation="eager").eval()
+        model = from_config(name, attn_implementation="eager").eval()
         x = torch.empty(1, 3, 1024, 1024)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.get_image_embeddings(x)
@@ -148,7 +162,7 @@ def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up round")
-    parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny")
+    parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny,edgetam")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow first call)")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
     args = parser.parse_args()

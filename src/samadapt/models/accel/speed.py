@@ -247,7 +247,7 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
 
     Args:
         options: what was asked.
-        family: the model family, "sam", "sam2" or "sam-hq".
+        family: the model family, "sam", "sam2", "sam-hq" or "edgetam".
         size: the model input side in pixels (1024 for public checkpoints).
         device: where the model runs.
         cpu: the CPU to decide for (default: this one).
@@ -262,6 +262,9 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
             precision, why = "fp32", f"fp32: the model is on {device}, not the CPU"
         elif not cpu.native_bf16:
             precision, why = "fp32", "fp32: this CPU has no native bf16 (avx512_bf16 / amx_bf16)"
+        elif family == "edgetam":  # benchmarks/encoder.py: bf16 1.4-1.8x faster, relative error 2.5e-2
+            precision, why = "fp32", ("fp32: EdgeTAM's convolutional encoder drifts further from fp32 in bf16 "
+                                      "than the ViTs do; ask for bf16 to trade that for speed")
         elif size < AUTO_BF16_MIN_SIZE:
             precision, why = "fp32", f"fp32: input {size} px is too small for bf16 to pay"
         else:
@@ -270,6 +273,9 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
     elif precision == "bf16" and on_cpu and not cpu.native_bf16:
         reasons.append("bf16 as asked, though this CPU emulates bf16 (slower than fp32)")
     fused = options.backend == "torch" and options.fused_attention is not False
+    if fused and family == "edgetam":
+        fused = False
+        reasons.append("no fused encoder blocks: EdgeTAM's RepViT encoder has no attention to fuse")
     if fused and options.fused_attention is None:
         reasons.append("fused encoder blocks: pre-packed linear layers, no materialised position bias, "
                        "no needless casts (same numbers in fp32)")
