@@ -172,7 +172,7 @@ def test_cli_compare_and_annotate(
     assert code == 2 and "pass --overwrite" in text
     code, text = _cli(["annotate", str(mars_dataset), "--mode", "lasso", "--out", str(tmp_path / "x")],
                       monkeypatch, capsys)
-    assert code == 2 and "--mode must be box, point or auto" in text
+    assert code == 2 and "--mode must be box, point, auto or text" in text
 
 
 @pytest.mark.realdata

@@ -79,6 +79,13 @@ def _truncated(w: World, out: Path) -> Path:
 _boxes_csv = _file("x0,y0,x1,y1\n2,2,40,40\n", "boxes.csv")
 
 
+def _tiny_detector(w: World, out: Path) -> Path:
+    """A tiny random GroundingDINO folder beside the output folder (made before the case runs)."""
+    from samadapt.text.tiny_detectors import save_tiny_detector
+
+    return save_tiny_detector(out.parent / "detector", "grounding-dino")
+
+
 def _user_folder(out: Path) -> Path:
     """A folder holding a user's file: no command may delete it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +127,15 @@ CASES: list[Case] = [
                                                    "--out", str(o / "pl")], "guess"),
     Case("annotate", "read-only output", lambda w, o: [str(w.dataset), "-m", str(w.model), "--out",
                                                        str(o / "pl")], "read-only", folder="read-only"),
+    Case("annotate", "detector without text", lambda w, o: [str(w.dataset), "-m", str(w.model), "--detector",
+                                                            "grounding-dino-tiny", "--out", str(o / "pl")],
+         "add --text"),
+    Case("annotate", "text with sam and no detector", lambda w, o: [str(w.dataset), "-m", str(w.model), "--mode",
+                                                                    "text", "--text", "pit", "--out", str(o / "pl")],
+         "add --detector"),
+    Case("annotate", "text threshold with sam3", lambda w, o: [str(w.dataset), "-m", "sam3", "--mode", "text",
+                                                               "--text", "pit", "--text-threshold", "0.3", "--out",
+                                                               str(o / "pl")], "--text-threshold"),
     # train
     Case("train", "folder holding a user's file", lambda w, o: [str(w.dataset), "-m", str(w.model), "--epochs", "1",
                                                                 "-o", str(_user_folder(o / "ad"))], "thesis.txt"),
@@ -168,6 +184,28 @@ CASES: list[Case] = [
          "scratch space", folder="full"),
     Case("predict", "read-only output", lambda w, o: [str(w.adapter), str(w.image), "-o", str(o / "m")],
          "read-only", folder="read-only"),
+    Case("predict", "detector without text", lambda w, o: [str(w.model), str(w.image), "--detector",
+                                                           "grounding-dino-tiny", "-o", str(o / "m")], "add --text"),
+    Case("predict", "text with sam and no detector", lambda w, o: [str(w.model), str(w.image), "--text", "pit",
+                                                                   "-o", str(o / "m")], "add --detector"),
+    Case("predict", "text threshold with sam3", lambda w, o: ["sam3", str(w.image), "--text", "pit",
+                                                              "--text-threshold", "0.3", "-o", str(o / "m")],
+         "--text-threshold"),
+    Case("predict", "text with prompts", lambda w, o: [str(w.model), str(w.image), "--text", "pit", "--detector",
+                                                       "grounding-dino-tiny", "--prompts", str(_boxes_csv(w, o)),
+                                                       "-o", str(o / "m")], "drop --prompts"),
+    Case("predict", "text with an adapter", lambda w, o: [str(w.adapter), str(w.image), "--text", "pit",
+                                                          "--detector", "grounding-dino-tiny", "-o", str(o / "m")],
+         "is an adapter"),
+    Case("predict", "text into a read-only output",
+         lambda w, o: [str(w.model), str(w.image), "--text", "pit", "--detector", str(_tiny_detector(w, o)),
+                       "-o", str(o / "m")], "read-only", folder="read-only"),
+    Case("predict", "text with a batch size", lambda w, o: [str(w.model), str(w.image), "--text", "pit", "--detector",
+                                                            "grounding-dino-tiny", "--batch-size", "4",
+                                                            "-o", str(o / "m")], "--batch-size applies to adapters"),
+    Case("predict", "detector folder that does not exist",
+         lambda w, o: [str(w.model), str(w.image), "--text", "pit", "--detector", str(o.parent / "no-detector"),
+                       "-o", str(o / "m")], "no-detector"),
     # serve (options are checked before the server starts)
     Case("serve", "missing config", lambda w, o: ["-m", str(w.model), "--config", str(o / "nope.toml")],
          "nope.toml"),
@@ -175,6 +213,11 @@ CASES: list[Case] = [
                                                   str(_file("[server\nport = ", "bad.toml")(w, o))], "bad.toml"),
     Case("serve", "missing source raster", lambda w, o: ["-m", str(w.model), "--source", str(o / "nope.tif")],
          "nope.tif"),
+    Case("serve", "detector that does not exist", lambda w, o: ["-m", str(w.model), "--detector",
+                                                                str(o / "nope-detector")], "nope-detector"),
+    Case("serve", "box threshold above 1", lambda w, o: ["-m", str(w.model), "--box-threshold", "1.5"], "threshold"),
+    Case("serve", "text threshold without a detector", lambda w, o: ["-m", str(w.model), "--text-threshold", "0.3"],
+         "--detector"),
     # info
     Case("info", "unknown model", lambda w, o: ["-m", "sam-vit-gigantic"], "sam-vit-gigantic"),
     Case("info", "unknown runtime", lambda w, o: ["-m", str(w.model), "--runtime", "fp8"], "fp8"),

@@ -7,7 +7,8 @@ port, the "CDN", which serves the bytes and honours ``Range``. No ``X-Xet-*`` he
 sent, so the plain HTTP path is used. Errors carry ``X-Error-Code`` / ``X-Error-Message``, the
 only thing a client reads of a HEAD's error.
 
-Tests steer it through attributes: ``token`` (a gated repository: without ``Bearer <token>``
+Tests steer it through attributes: ``branches`` (the revisions it has, by default main),
+``token`` (a gated repository: without ``Bearer <token>``
 the answer is 401 GatedRepo), ``plain_401``, ``drop_at`` (close the connection once after that
 many bytes of an LFS body), ``corrupt`` (serve same-size wrong bytes); ``log`` records
 ``(server, method, path, range, authorization)`` of every request.
@@ -46,6 +47,7 @@ class FakeHub:
         self.repos = {repo: dict(files) for repo, files in repos.items()}
         self.token: str | None = None
         self.plain_401 = False
+        self.branches: set[str] = {"main"}
         self.drop_at: int | None = None
         self.corrupt = False
         self.log: list[tuple[str, str, str, str | None, str | None]] = []
@@ -94,16 +96,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {}, head)
         if path == "/api/agent-harnesses":
             return self._send(200, {"Content-Type": "application/json"}, head, b'{"standardEnvVars":[],"harnesses":{}}')
-        repo_id, _, rest = path.lstrip("/").partition("/resolve/")
-        repo_id = repo_id.strip("/")
-        revision, _, name = rest.partition("/")
+        # the revision is one quoted segment (refs/pr/1 arrives as refs%2Fpr%2F1)
+        raw_repo, _, raw_rest = urlsplit(self.path).path.lstrip("/").partition("/resolve/")
+        repo_id = unquote(raw_repo).strip("/")
+        raw_revision, _, raw_name = raw_rest.partition("/")
+        revision, name = unquote(raw_revision), unquote(raw_name)
         if repo_id not in hub.repos:
             return self._error(404, "RepoNotFound", "Repository not found", head)
         if hub.plain_401:
             return self._send(401, {}, head)
         if hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
             return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.", head)
-        if revision not in ("main", COMMIT):
+        if revision not in (*hub.branches, COMMIT):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
         data = hub.repos[repo_id].get(name)
         if data is None:

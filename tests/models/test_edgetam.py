@@ -179,3 +179,25 @@ def test_auto_runtime_is_plain_fp32_for_edgetam(tiny_edgetam: Path) -> None:
     assert (rt.precision, rt.fused_attention) == ("fp32", False) and "EdgeTAM" in " ".join(rt.reasons)
     assert resolve(RuntimeOptions.parse("bf16"), "edgetam", 1024, cpu=bf16_cpu).precision == "bf16"
     assert load_model(tiny_edgetam).runtime.tag == "torch-fp32"
+
+
+def test_registry_name_fetches_the_branch_that_holds_the_transformers_files(
+    tiny_edgetam: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """facebook/EdgeTAM keeps its transformers weights on refs/pr/1 (main has the original .pt): that
+    branch is asked for, and the registry's facts are the conversion script's model."""
+    from helpers.fake_hub import FakeHub
+    from samadapt.models.registry import get_spec
+
+    spec = get_spec("edgetam")
+    config = json.loads((tiny_edgetam / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == (spec.model_type, spec.config["architectures"])
+    files = {name: (tiny_edgetam / name).read_bytes() for name in spec.files}
+    with FakeHub({spec.repo_id: files}) as hub:
+        hub.branches = {"refs/pr/1"}  # main would answer "no such revision"
+        monkeypatch.delenv("SAMADAPT_HF_ENDPOINT", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        loaded = load_model("edgetam", progress=False)
+        paths = [p for p, _ in hub.requests("hub")]
+    assert loaded.family == "edgetam" and loaded.preprocessing.resize == "square"
+    assert paths and all(p.startswith("/facebook/EdgeTAM/resolve/refs/pr/1/") for p in paths), paths

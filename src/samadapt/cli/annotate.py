@@ -9,18 +9,30 @@ import typer
 from rich.table import Table
 
 from samadapt.cli.console import stderr, stdout, warn_untrusted
-from samadapt.cli.options import DeviceOpt, ModelOpt, choice
+from samadapt.cli.options import (
+    BoxThresholdOpt,
+    DetectorOpt,
+    DeviceOpt,
+    ModelOpt,
+    TextOpt,
+    TextThresholdOpt,
+    choice,
+)
+from samadapt.errors import InputError
 
 if TYPE_CHECKING:
     from samadapt.annotate.compare import ModeComparison
+    from samadapt.predict.segmenter import Segmenter
+    from samadapt.text.options import TextSearch
 
 
 def annotate(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder with images/ (and masks/ or labels).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the annotated dataset or comparison.")],
     model: ModelOpt = "sam-vit-base",
-    mode: Annotated[str, typer.Option("--mode", help="box, point or auto.",
-                                      callback=choice("--mode", ("box", "point", "auto")))] = "box",
+    mode: Annotated[str, typer.Option("--mode", help="box, point, auto, or text (objects found by --text "
+                                      "phrases; no labels needed).",
+                                      callback=choice("--mode", ("box", "point", "auto", "text")))] = "box",
     labels: Annotated[Path | None, typer.Option("--labels", help="Expert prompts: YOLO folder, CSV (pixels) or "
                                                 "GeoPackage/GeoJSON (map coordinates).")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Run all three modes against ground-truth masks.")] = False,
@@ -28,9 +40,13 @@ def annotate(
     seed: Annotated[int, typer.Option(help="Seed of random choices.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous annotation or comparison "
                                             "samadapt wrote in --out.")] = False,
+    text: TextOpt = None,
+    detector: DetectorOpt = None,
+    box_threshold: BoxThresholdOpt = None,
+    text_threshold: TextThresholdOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Annotate a dataset with SAM pseudo-labels from boxes, points or the automatic mode."""
+    """Annotate a dataset with SAM pseudo-labels from boxes, points, the automatic mode or phrases (--mode text)."""
     from rich.progress import Progress
 
     from samadapt.annotate import annotate_dataset, compare_modes
@@ -39,9 +55,13 @@ def annotate(
     from samadapt.data.dataset import require_dataset_dir
     from samadapt.predict.segmenter import Segmenter
 
+    search = _text_search(mode, text, detector, box_threshold, text_threshold, model, labels=labels, compare=compare)
     require_dataset_dir(dataset_dir)
     check_out_dir(out_dir, overwrite=overwrite, compare=compare)  # before the model loads
     segmenter = Segmenter(model, device=device)
+    if search is not None:
+        _annotate_text(dataset_dir, out_dir, segmenter, search, split=split, overwrite=overwrite, device=device)
+        return
     if compare:
         report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed, overwrite=overwrite)
         warn_untrusted(segmenter.loaded.trusted)
@@ -79,3 +99,45 @@ def _print_comparison(report: ModeComparison) -> None:
         stdout.print(f"{len(empty)} images have no objects in the ground truth: not in the mean; pixels wrongly "
                      f"labelled there: {spurious}", highlight=False)
     stdout.print(f"wrote {report.csv_path} and {report.figure_path}")
+
+
+def _text_search(mode: str, text: list[str] | None, detector: str | None, box_threshold: float | None,
+                 text_threshold: float | None, model: str, *, labels: Path | None, compare: bool) -> TextSearch | None:
+    """The text search of ``--mode text``, checked with the other options before any model loads; None otherwise."""
+    from samadapt.models.loading import family_and_size
+    from samadapt.text.options import text_search
+
+    if not text:
+        text_search(text, detector, box_threshold, text_threshold, "sam")  # a text option without --text
+        if mode == "text":
+            raise InputError("--mode text finds objects by name; add --text PHRASE (e.g. --text pit)")
+        return None
+    if mode != "text":
+        raise InputError(f"--text goes with --mode text, not --mode {mode}; add --mode text")
+    if labels is not None or compare:
+        raise InputError("--mode text needs no labels; drop --labels/--compare")
+    meta_file = Path(model).suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
+    return text_search(text, detector, box_threshold, text_threshold,
+                       "sam" if meta_file else family_and_size(model)[0])
+
+
+def _annotate_text(dataset_dir: Path, out_dir: Path, segmenter: Segmenter, search: TextSearch, *, split: str | None,
+                   overwrite: bool, device: str) -> None:
+    """``annotate --mode text``: pseudo-labels of the phrases, with no expert labels."""
+    from rich.progress import Progress
+
+    from samadapt.annotate.text import annotate_text_dataset
+
+    detector = search.open_detector(device)
+    with Progress(console=stderr) as progress:
+        task = progress.add_task("annotating (text)", total=None)
+        summary = annotate_text_dataset(
+            dataset_dir, out_dir, segmenter=segmenter, query=search.query, detector=detector, split=split,
+            overwrite=overwrite, progress=lambda n, total: progress.update(task, completed=n, total=total),
+        )
+    warn_untrusted(segmenter.loaded.trusted and (detector is None or detector.trusted))
+    stdout.print(
+        f"annotated {summary.images} images, {summary.objects} objects from {summary.source} "
+        f"({summary.empty_objects} came out empty) into {summary.out_dir}; classes in "
+        f"{summary.out_dir / 'classes.json'}, how they were made in {summary.out_dir / 'annotation.json'}"
+    )

@@ -11,6 +11,18 @@ from rich.table import Table
 from samadapt.cli.console import stdout
 from samadapt.cli.options import ModelOpt, PrecisionOpt, RuntimeOpt, encoder_runtime
 
+#: How prompts are decoded, for the families samadapt's batched decoder pass does not take.
+PROMPT_DECODER = {
+    "sam3": "transformers' Sam3TrackerModel call, one object at a time, on the tracker's features of the cached "
+            "embedding (samadapt's batched pass is written for SAM, SAM-HQ and SAM 2)",
+    "edgetam": "transformers' EdgeTamModel call, one object at a time (samadapt's batched pass is written for "
+               "SAM, SAM-HQ and SAM 2)",
+}
+
+#: How a family answers ``--text``, where it reads text itself.
+TEXT_PROMPTS = {"sam3": "SAM 3's concept model on the cached embedding (one embedding serves points, boxes and "
+                        "phrases; no detector)"}
+
 
 def info(
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose encoder runtime to show "
@@ -42,8 +54,10 @@ def info(
     table.add_row("encoder runtime", f"{rt.tag} for {model} ({size} px)")
     table.add_row("why", "; ".join(rt.reasons) or "as asked")
     decoder_precision = sam_decoder.precision_for(SimpleNamespace(runtime=rt))  # follows the encoder's precision
-    table.add_row("prompt decoder", f"samadapt's batched pass in {decoder_precision} (transformers' own call "
-                                    "for mask prompts and decoders with adapter layers)")
+    table.add_row("prompt decoder", PROMPT_DECODER.get(family, f"samadapt's batched pass in {decoder_precision} "
+                                    "(transformers' own call for mask prompts and decoders with adapter layers)"))
+    table.add_row("text prompts", TEXT_PROMPTS.get(family, "through a detector (--detector grounding-dino-tiny, "
+                                                           "owlv2-base ...) whose boxes the prompt decoder segments"))
     table.add_row("threads", f"{rt.threads} for the encoder (torch now: {torch.get_num_threads()})")
     table.add_row("CUDA", "yes" if torch.cuda.is_available() else "no")
     table.add_row("home", str(samadapt_home()))

@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import typer
 from rich.table import Table
 
-from samadapt.cli.console import stderr, stdout
+from samadapt.cli.console import stderr, stdout, warn_untrusted
 from samadapt.cli.options import (
+    BoxThresholdOpt,
+    DetectorOpt,
     DeviceOpt,
     PrecisionOpt,
     RuntimeOpt,
+    TextOpt,
+    TextThresholdOpt,
     batch_size_option,
     choice,
     encoder_runtime,
@@ -22,11 +26,12 @@ from samadapt.errors import InputError
 if TYPE_CHECKING:
     from samadapt.mapping.tiled import MapOptions, MapResult
     from samadapt.models.accel.speed import RuntimeOptions
+    from samadapt.text.options import TextSearch
 
 
 def predict_cmd(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder from `samadapt train` (or, with --prompts / "
-                                            "--rough, a SAM model: registry name, folder or .pth).")],
+                                            "--rough / --text, a SAM model: registry name, folder or .pth).")],
     rasters: Annotated[list[str], typer.Argument(help="Rasters, globs ('tiles/*.tif') or .txt files of paths.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")],
     tile: Annotated[int | None, typer.Option(help="Tile side in pixels (default: the model's input size).")] = None,
@@ -47,19 +52,39 @@ def predict_cmd(
                                                  "for a prompt-based model.")] = None,
     rough: Annotated[str | None, typer.Option("--rough", help="Prompts from a rough mask: A,B[,threshold] = "
                                               "(band A - band B)/(A + B) > threshold, e.g. NDWI 2,4,0.")] = None,
+    text: TextOpt = None,
+    detector: DetectorOpt = None,
+    box_threshold: BoxThresholdOpt = None,
+    text_threshold: TextThresholdOpt = None,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, batch_size_option("Tiles per pass of the model (in-process mapping).")] = 1,
     runtime: RuntimeOpt = "auto",
     precision: PrecisionOpt = None,
 ) -> None:
-    """Map whole rasters with an adapter: class GeoTIFF, probabilities and polygons in the raster's CRS."""
+    """Map whole rasters with an adapter, or with SAM from prompts or phrases (--text): class GeoTIFF,
+    probabilities and polygons in the raster's CRS."""
     from rich.progress import Progress
 
     from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
+    from samadapt.text.options import text_search
     from samadapt.train.adapter import load_adapter
 
     opts = encoder_runtime(runtime, precision)
     polygons = None if vector == "none" else cast(Literal["gpkg", "geojson"], vector)  # checked by its callback
+    if not text:
+        text_search(text, detector, box_threshold, text_threshold, "sam")  # a text option without --text
+    else:
+        _refuse_with_text(adapter, prompts=prompts, rough=rough, model=model, tile_gsd=tile_gsd,
+                          scheduler=scheduler, batch_size=batch_size)
+        meta_file = adapter.suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
+        search = text_search(text, detector, box_threshold, text_threshold,
+                             "sam" if meta_file else _family(str(adapter)))
+        assert search is not None  # there is --text
+        paths = expand_inputs(rasters)
+        _predict_text(str(adapter), paths, out_dir, search, MapOptions(
+            tile=tile, overlap=overlap, probabilities=probabilities, cog=cog, polygons=polygons, min_area=min_area,
+            simplify=simplify, overwrite=overwrite), device, opts)
+        return
     paths = expand_inputs(rasters)
     if prompts is not None or rough is not None:
         _predict_prompted(adapter, paths, out_dir, prompts, rough, MapOptions(
@@ -120,3 +145,50 @@ def _predict_prompted(ref: Path, paths: list[Path], out_dir: Path, prompts: Path
     results = predict_prompted_rasters(ref, paths, out_dir, prompts=prompts, rough=bands, options=options,
                                        base=model, device=device, runtime=runtime or "auto")
     _report_maps(results, "objects")
+
+
+def _family(model: str) -> str:
+    """The family of the model ``--text`` segments with, read without loading it."""
+    from samadapt.models.loading import family_and_size
+
+    return family_and_size(model)[0]
+
+
+def _refuse_with_text(ref: Path, *, prompts: Path | None, rough: str | None, model: str | None,
+                      tile_gsd: str | None, scheduler: str, batch_size: int) -> None:
+    """Refuse, before any model loads, what does not go with ``--text``."""
+    from samadapt.train.adapter import is_adapter_ref
+
+    if prompts is not None or rough is not None:
+        raise InputError("--text finds its own objects; drop --prompts/--rough, or --text")
+    if is_adapter_ref(ref):
+        raise InputError(f"{ref} is an adapter; --text maps with a SAM model: give a registry name or model folder "
+                         "(e.g. sam3) as the first argument")
+    if model is not None:
+        raise InputError("--model names an adapter's base model; with --text the first argument is the model")
+    if tile_gsd is not None:
+        raise InputError("--tile-gsd applies to adapters; with --text tiles are read at the raster's resolution")
+    if scheduler != "local":
+        raise InputError("--scheduler applies to adapters; --text maps in this process")
+    if batch_size != 1:
+        raise InputError("--batch-size applies to adapters; --text searches one tile at a time")
+
+
+def _predict_text(model: str, paths: list[Path], out_dir: Path, search: TextSearch, options: MapOptions,
+                  device: str, runtime: RuntimeOptions | str) -> None:
+    """``predict --text``: each raster searched tile by tile, one polygon per object."""
+    from rich.progress import Progress
+
+    from samadapt.mapping.text import predict_text_rasters
+    from samadapt.predict.segmenter import Segmenter
+
+    segmenter = Segmenter(model, device=device, cache=False, runtime=runtime)  # each tile is seen once
+    detector = search.open_detector(device)
+    with Progress(console=stderr) as bar:
+        task = bar.add_task("tiles", total=None)
+        results = predict_text_rasters(segmenter, paths, out_dir, search.query, detector, options,
+                                       progress=lambda name, n, t: bar.update(task, completed=n, total=t,
+                                                                              description=name))
+    if any(r.status == "done" for r in results):
+        warn_untrusted(segmenter.loaded.trusted and (detector is None or detector.trusted))
+    _report_maps(results, "tiles")

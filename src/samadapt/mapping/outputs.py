@@ -121,6 +121,22 @@ def vectorize(
                             min_area_pixels=min_area_pixels, simplify=simplify)
 
 
+def vectorize_crops(
+    crops: Iterable[MaskCrop],
+    scores: np.ndarray,
+    *,
+    transform: Affine | None,
+    crs: CrsLike | None,
+    min_area_pixels: int = 0,
+    simplify: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """:func:`vectorize` of masks given as crops (``MaskCrop``: row and column of the mask's
+    top-left pixel in the raster, and the mask), so N small objects of a large raster cost
+    their own extents, not N rasters."""
+    return _vectorize_crops(crops, scores, transform=transform, crs=crs, min_area_pixels=min_area_pixels,
+                            simplify=simplify)
+
+
 def _vectorize_crops(
     crops: Iterable[MaskCrop],
     scores: np.ndarray,

@@ -172,11 +172,13 @@ class RasterRun:
 
 
 #: Fills a run's accumulator; returns the fields it adds to the done record (after outputs and tiles).
-Fill = Callable[[RasterRun], dict[str, int]]
+Fill = Callable[[RasterRun], dict[str, Any]]
+#: Writes outputs of an open raster beyond the class rasters: (raster, out_dir, stem) -> paths by kind.
+Extra = Callable[[DatasetReader, Path, str], dict[str, Path]]
 
 
 def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int,
-               prepare: Callable[[], Fill]) -> MapResult:
+               prepare: Callable[[], Fill], extra: Extra | None = None) -> MapResult:
     """Map one raster: skip it when done, else fill an accumulator and write the outputs from it.
 
     Args:
@@ -186,6 +188,8 @@ def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int
         classes: number of classes of the accumulator and outputs.
         prepare: called once the raster is known to need work; checks settings and returns
             the step that fills the accumulator (:meth:`RasterRun.accumulator`).
+        extra: writes more outputs once the class rasters are written, before the done
+            marker (so a raster is done only once they are too); returns their paths by kind.
 
     Returns:
         The outputs written, or those of an earlier run with status "skipped".
@@ -217,6 +221,8 @@ def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int
             acc = run.acc if run.acc is not None else run.accumulator()  # nothing filled: all nodata
             acc.release()
             result.outputs = write_class_rasters(ds, acc, classes, out_dir, stem, options)
+            if extra is not None:
+                result.outputs.update(extra(ds, out_dir, stem))
         write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()}, "tiles": result.tiles,
                           **record})
     finally:

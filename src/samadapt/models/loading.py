@@ -227,7 +227,7 @@ def locate(name: str) -> tuple[str, Path | None]:
     own = cached_model_dir(name)
     if all((own / f).is_file() for f in spec.files):
         return "samadapt", own
-    snapshot = cached_snapshot(spec.repo_id, spec.files)
+    snapshot = cached_snapshot(spec.repo_id, spec.files, spec.revision)
     if snapshot is not None:
         return "hf-cache", snapshot
     return "missing", None
@@ -248,9 +248,8 @@ def fetch(name: str, *, progress: bool = True) -> Path:
     _, folder = locate(name)
     if folder is not None:
         return folder
-    return download_hf_files(
-        spec.repo_id, spec.files, sha256=spec.sha256 or None, progress=progress, also=cached_model_dir(name)
-    )
+    return download_hf_files(spec.repo_id, spec.files, revision=spec.revision, sha256=spec.sha256 or None,
+                             progress=progress, also=cached_model_dir(name))
 
 
 def _convert_meta(path: Path) -> Path:

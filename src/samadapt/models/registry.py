@@ -71,6 +71,7 @@ class ModelSpec:
         official: the original release samadapt can convert, if any.
         sources: where each of these facts was read.
         gated: the repository asks each user to accept its terms; downloads need ``HF_TOKEN``.
+        revision: the branch (or ref) of the repository that holds ``files``.
     """
 
     name: str
@@ -86,6 +87,7 @@ class ModelSpec:
     official: OfficialRelease | None = None
     sources: tuple[str, ...] = ()
     gated: bool = False
+    revision: str = "main"
 
     @property
     def model_type(self) -> str:

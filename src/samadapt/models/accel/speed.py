@@ -241,6 +241,10 @@ class EncoderRuntime:
         return self.call(batch)
 
 
+#: Families whose encoder the ONNX export (samadapt.models.accel.onnx_encoder) takes.
+ONNX_FAMILIES = ("sam", "sam-hq", "sam2")
+
+
 def resolve(options: RuntimeOptions, family: str, size: int, device: torch.device | str = "cpu",
             cpu: CpuInfo | None = None) -> EncoderRuntime:
     """Decide every "auto" choice for a model on this machine, with the reasons; no side effects.
@@ -276,6 +280,13 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
     if fused and family == "edgetam":
         fused = False
         reasons.append("no fused encoder blocks: EdgeTAM's RepViT encoder has no attention to fuse")
+    if fused and family == "sam3":
+        fused = False
+        reasons.append("no fused encoder blocks: they are written for SAM's and SAM 2's blocks; SAM 3's ViT "
+                       "(rotary attention) runs transformers' own")
+    if options.backend == "onnx" and family not in ONNX_FAMILIES:
+        raise InputError(f"--runtime onnx exports SAM, SAM-HQ and SAM 2 encoders; for {family} use the torch "
+                         "runtime (drop onnx)")
     if fused and options.fused_attention is None:
         reasons.append("fused encoder blocks: pre-packed linear layers, no materialised position bias, "
                        "no needless casts (same numbers in fp32)")

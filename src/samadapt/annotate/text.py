@@ -1,0 +1,145 @@
+"""Pseudo-labels from phrases alone: ``samadapt annotate --mode text``, no expert labels needed.
+
+Each image is searched with :func:`samadapt.text.search.segment_text` (SAM 3 reads the phrases;
+other families take a detector's boxes). The pseudo-label mask gives each object's pixels the
+class of its phrase (class id = phrase index + 1, 0 = background, 255 = nodata). Where objects
+overlap, the one of the higher detector score wins, whatever its phrase (on a tie, the first
+found). The dataset written is one ``samadapt train`` takes: ``images/`` (copies), ``masks/``,
+``classes.json`` naming the phrases, ``splits.json`` when the source has one, ``sources.csv``
+(one row per object: its phrase and detector score) and ``annotation.json``, which records how
+the labels were made (model, detector, phrases, thresholds), beside the ``samadapt.json``
+manifest that lists every file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from samadapt import __version__
+from samadapt._io import write_json
+from samadapt.annotate.core import (
+    AnnotateSummary,
+    ImageAnnotation,
+    ObjectRecord,
+    _write_records,
+    check_out_dir,
+    write_label_mask,
+)
+from samadapt.imagery.read import GeoImage
+from samadapt.prompts.types import IGNORE
+from samadapt.text.search import TextQuery, segment_text
+
+if TYPE_CHECKING:
+    from samadapt.predict.segmenter import Segmenter
+    from samadapt.text.types import Detector
+
+#: What records the way a text-mode dataset was made, in the dataset folder.
+ANNOTATION_RECORD = "annotation.json"
+
+
+def annotate_text_image(segmenter: Segmenter, image: GeoImage, stem: str, query: TextQuery,
+                        detector: Detector | None = None) -> ImageAnnotation:
+    """Pseudo-label one image from the phrases of ``query`` (see the module docstring).
+
+    Returns:
+        The (H, W) uint8 labels and one record per object found (source ``text:<phrase>``,
+        score = the detector's score, pixels = those the object holds in the labels).
+    """
+    result = segment_text(segmenter, image, query, detector)
+    index = {p: k for k, p in enumerate(query.phrases)}
+    labels = np.zeros((image.height, image.width), dtype=np.uint8)
+    best = np.full(labels.shape, -np.inf, dtype=np.float32)
+    owner = np.full(labels.shape, -1, dtype=np.int32)
+    phrases = result.phrases or ()
+    scores = result.detector_scores if result.detector_scores is not None else np.zeros(len(result), np.float32)
+    records = []
+    for i, (crop, phrase, score) in enumerate(zip(result.crops, phrases, scores, strict=True)):
+        sl = (slice(crop.row, crop.row + crop.mask.shape[0]), slice(crop.col, crop.col + crop.mask.shape[1]))
+        wins = crop.mask & (float(score) > best[sl])
+        best[sl][wins] = float(score)
+        labels[sl][wins] = index[phrase] + 1
+        owner[sl][wins] = i
+        records.append(ObjectRecord(stem, i, index[phrase] + 1, "text", f"text:{phrase}", float(score), 0))
+    counts = np.bincount(owner[owner >= 0], minlength=len(records))
+    for rec, n in zip(records, counts, strict=False):
+        rec.pixels = int(n)
+    labels[~image.valid] = IGNORE
+    return ImageAnnotation(stem, labels, records)
+
+
+def annotation_record(segmenter: Segmenter, query: TextQuery, detector: Detector | None) -> dict[str, Any]:
+    """How a text-mode dataset was made: the model, the detector, the phrases and the thresholds
+    (None = the detector's, or SAM 3's, default)."""
+    loaded = segmenter.loaded
+    return {
+        "mode": "text",
+        "samadapt_version": __version__,
+        "model": {"name": loaded.name, "family": loaded.family, "id": loaded.model_id, "trusted": loaded.trusted},
+        "detector": None if detector is None else {"name": detector.name, "id": detector.model_id,
+                                                   "trusted": detector.trusted},
+        "phrases": list(query.phrases),
+        "classes": {str(k + 1): p for k, p in enumerate(query.phrases)},
+        "thresholds": {"box": query.thresholds.box, "text": query.thresholds.text},
+    }
+
+
+def annotate_text_dataset(
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    segmenter: Segmenter,
+    query: TextQuery,
+    detector: Detector | None = None,
+    split: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> AnnotateSummary:
+    """Write a dataset whose masks are pseudo-labels of the phrases of ``query`` (see the module docstring).
+
+    Args:
+        dataset_dir: a dataset folder; only its ``images/`` (and ``splits.json``) are read.
+        out_dir: folder to write.
+        segmenter: the segmenting model; SAM 3 reads the phrases itself.
+        query: the phrases, one class each, and the thresholds.
+        detector: the detector giving boxes, for every family but SAM 3.
+        split: annotate only this split.
+        overwrite: replace an ``out_dir`` holding a previous annotation samadapt wrote, unchanged since.
+        progress: called with (done, total) after each image.
+
+    Raises:
+        InputError: an unknown split, or a detector missing for the model's family (or given to SAM 3).
+        OutputExistsError: see :func:`samadapt.annotate.core.check_out_dir`.
+    """
+    from samadapt.data.dataset import SegDataset
+    from samadapt.data.manifest import PSEUDO_LABELS, output_folder
+
+    dataset = SegDataset.open(dataset_dir)
+    stems = dataset.stems(split)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite=overwrite)
+    records: list[ObjectRecord] = []
+    with output_folder(out_dir, kind=PSEUDO_LABELS, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        for n, stem in enumerate(stems, start=1):
+            image = dataset.read_image(stem)
+            ann = annotate_text_image(segmenter, image, stem, query, detector)
+            src = dataset.image_path(stem)
+            shutil.copy2(src, tmp / "images" / src.name)
+            write_label_mask(tmp / "masks", stem, ann.labels, image)
+            records.extend(ann.records)
+            if progress:
+                progress(n, len(stems))
+        write_json(tmp / "classes.json", {"0": "background", **{str(k + 1): p for k, p in enumerate(query.phrases)}})
+        if dataset.splits:
+            write_json(tmp / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
+        _write_records(tmp / "sources.csv", records)
+        write_json(tmp / ANNOTATION_RECORD, annotation_record(segmenter, query, detector))
+    return AnnotateSummary(out_dir=out_dir, images=len(stems), objects=len(records),
+                           empty_objects=sum(r.pixels == 0 for r in records),
+                           source=f"text ({', '.join(query.phrases)})")
