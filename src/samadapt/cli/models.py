@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Column, Table
@@ -11,6 +11,9 @@ from rich.table import Column, Table
 from samadapt.cli.console import stderr, stdout
 from samadapt.cli.options import DeviceOpt, RuntimeOpt, choice, encoder_runtime
 from samadapt.errors import InputError
+
+if TYPE_CHECKING:
+    from samadapt.models.registry import DetectorFamily
 
 app = typer.Typer(help="List, fetch, convert and build models.", no_args_is_help=True)
 
@@ -101,7 +104,7 @@ def models_convert(
 
 
 #: Detector families of ``models tiny --family`` (the issue's names) and the family each writes.
-DETECTOR_TINY = {"grounding-dino": "grounding-dino", "owlv2": "owlv2"}
+DETECTOR_TINY: dict[str, DetectorFamily] = {"grounding-dino": "grounding-dino", "owlv2": "owlv2"}
 TINY_FAMILIES = ("sam", "sam2", "sam-hq", "sam3", "edgetam", *DETECTOR_TINY)
 
 

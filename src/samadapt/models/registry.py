@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from samadapt.errors import ModelNotFoundError
+from samadapt.errors import InputError, ModelNotFoundError
 from samadapt.imagery.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255, Preprocessing
 
 Family = Literal["sam", "sam2", "sam-hq", "sam3", "edgetam"]
@@ -101,8 +101,14 @@ class ModelSpec:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """The input preprocessing this checkpoint expects: its family's, at its input size."""
-        return preprocessing_for(self.family, self.input_size)
+        """The input preprocessing this checkpoint expects: its family's, at its input size.
+
+        Raises:
+            InputError: for a detector, whose preprocessing is its own (:mod:`samadapt.text`).
+        """
+        if self.family not in MODEL_TYPES.values():
+            raise InputError(f"{self.name} is a {self.family} detector; its preprocessing is its processor's")
+        return preprocessing_for(cast("Family", self.family), self.input_size)
 
 
 #: transformers' default prompt-encoder ``image_size``, which a ``config.json`` that leaves it out gets.

@@ -60,12 +60,12 @@ class Sam3Parts(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         """The ViT both heads read."""
-        return self.detector.vision_encoder.backbone  # type: ignore[return-value]
+        return self.detector.vision_encoder.backbone
 
     @property
     def grid(self) -> tuple[int, int]:
         """(rows, cols) of ViT tokens: the model input side over the patch size."""
-        cfg = self.detector.config.vision_config.backbone_config
+        cfg: Any = self.detector.config.vision_config.backbone_config  # type: ignore[union-attr]  # a built config
         side = cfg.image_size[0] if isinstance(cfg.image_size, (list, tuple)) else cfg.image_size
         patch = cfg.patch_size[0] if isinstance(cfg.patch_size, (list, tuple)) else cfg.patch_size
         return side // patch, side // patch
@@ -95,7 +95,7 @@ class Sam3Parts(nn.Module):
                                        fpn_position_encoding=pos)
 
 
-def assemble(video: nn.Module) -> Sam3Parts:
+def assemble(video: Any) -> Sam3Parts:  # noqa: ANN401 - transformers' Sam3VideoModel
     """Take a loaded ``Sam3VideoModel`` apart into :class:`Sam3Parts` (the memory modules are dropped)."""
     from transformers import Sam3TrackerConfig, Sam3TrackerModel
 
