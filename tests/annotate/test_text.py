@@ -15,6 +15,7 @@ import samadapt.predict.segmenter as segment_module
 from helpers.cli import run_cli
 from helpers.decoders import box_decoder
 from helpers.rasters import write_geotiff
+from helpers.text import BrightDetector
 from samadapt.annotate.text import annotate_text_dataset, annotate_text_image
 from samadapt.imagery.read import from_array
 from samadapt.predict.segmenter import Segmenter
@@ -24,21 +25,6 @@ from samadapt.text.types import Detection, Thresholds
 
 #: Each image's bright square, in its pixels (x0, y0, x1, y1).
 BOXES = {"a": (20, 24, 60, 64), "b": (64, 40, 112, 100)}
-
-
-class BrightDetector:
-    """A stand-in detector: for "pit", the box of the bright pixels of the image (score 0.9)."""
-
-    name = "bright"
-    trusted = True
-    model_id = "bright:0"
-
-    def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
-        rows, cols = np.nonzero(rgb[..., 0] > 200)
-        if "pit" not in phrases or not len(rows):
-            return []
-        return [Detection((float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)),
-                          "pit", 0.9)]
 
 
 class FixedDetector:

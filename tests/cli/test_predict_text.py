@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,27 +13,12 @@ import samadapt.predict.segmenter as segment_module
 from helpers.cli import run_cli
 from helpers.decoders import box_decoder
 from helpers.rasters import GRID, write_geotiff
+from helpers.text import BrightDetector
 from samadapt.predict.segmenter import Segmenter
 from samadapt.text.options import TextSearch
-from samadapt.text.types import Detection, Thresholds
 
 #: The bright object, in raster pixels (x0, y0, x1, y1): across tile edges of 256 px tiles.
 OBJECT = (200, 100, 300, 180)
-
-
-class BrightDetector:
-    """A stand-in detector: for "pit", the box of the bright pixels of the tile it is given (0.75)."""
-
-    name = "bright"
-    trusted = True
-    model_id = "bright:0"
-
-    def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
-        rows, cols = np.nonzero(rgb[..., 0] > 200)
-        if "pit" not in phrases or not len(rows):
-            return []
-        return [Detection((float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)),
-                          "pit", 0.75)]
 
 
 def test_predict_text_maps_a_multi_tile_raster(tiny_models: dict[str, Path], tmp_path: Path,
@@ -45,7 +29,7 @@ def test_predict_text_maps_a_multi_tile_raster(tiny_models: dict[str, Path], tmp
     data[:, y0:y1, x0:x1] = 240
     raster = write_geotiff(tmp_path / "scene.tif", data)
     monkeypatch.setattr(segment_module, "decode", box_decoder(Segmenter(tiny_models["sam"], cache=False)))
-    monkeypatch.setattr(TextSearch, "open_detector", lambda self, device: BrightDetector())
+    monkeypatch.setattr(TextSearch, "open_detector", lambda self, device: BrightDetector(score=0.75))
     out = tmp_path / "map"
     code, text = run_cli(["predict", str(tiny_models["sam"]), str(raster), "--text", "pit", "--text", "dune",
                           "--detector", "grounding-dino-tiny", "--box-threshold", "0.3", "--text-threshold", "0.2",

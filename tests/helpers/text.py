@@ -30,3 +30,23 @@ class KnownBoxDetector:
     def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
         self.calls.append((rgb.shape, tuple(phrases)))
         return [Detection(tuple(map(float, b)), p, self.score) for p in phrases for b in self.boxes.get(p, [])]
+
+
+@dataclass
+class BrightDetector:
+    """Finds, for ``phrase``, the box of the image's bright pixels (red above 200): one object a tile may cut."""
+
+    phrase: str = "pit"
+    score: float = 0.9
+    name: str = "bright"
+    trusted: bool = True
+    model_id: str = "bright:0"
+    calls: int = 0
+
+    def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
+        self.calls += 1
+        rows, cols = np.nonzero(rgb[..., 0] > 200)
+        if self.phrase not in phrases or not len(rows):
+            return []
+        return [Detection((float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)),
+                          self.phrase, self.score)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,34 +15,15 @@ from shapely.geometry import box as shapely_box
 import samadapt.predict.segmenter as segment_module
 from helpers.decoders import box_decoder
 from helpers.rasters import GRID, UTM, write_geotiff
+from helpers.text import BrightDetector
 from samadapt.errors import InputError
 from samadapt.mapping.runner import MapOptions
 from samadapt.mapping.text import Pieces, merge_pieces, predict_text_raster, predict_text_rasters
 from samadapt.predict.segmenter import Segmenter
 from samadapt.text.search import TextQuery
-from samadapt.text.types import Detection, Thresholds
 
 #: The bright object of the test raster, in its pixels (x0, y0, x1, y1): across the edges of the 256 px tiles.
 OBJECT = (200, 100, 300, 180)
-
-
-class BrightDetector:
-    """A stand-in detector: for "pit", the box of the bright pixels of the image it is given (0.8)."""
-
-    name = "bright"
-    trusted = True
-    model_id = "bright"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
-        self.calls += 1
-        rows, cols = np.nonzero(rgb[..., 0] > 200)
-        if "pit" not in phrases or not len(rows):
-            return []
-        return [Detection((float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)),
-                          "pit", 0.8)]
 
 
 def bright_raster(path: Path, height: int = 400, width: int = 600) -> Path:
@@ -69,7 +49,7 @@ def _map_box(x0: float, y0: float, x1: float, y1: float) -> shapely.Geometry:
 
 def test_an_object_across_tile_edges_is_one_polygon_in_its_box(segmenter: Segmenter, tmp_path: Path) -> None:
     raster = bright_raster(tmp_path / "scene.tif")
-    detector = BrightDetector()
+    detector = BrightDetector(score=0.8)
     query = TextQuery(("pit", "dune"))
     seen: list[tuple[int, int]] = []
     result = predict_text_raster(segmenter, raster, tmp_path / "out", query, detector,
@@ -102,7 +82,7 @@ def test_an_object_across_tile_edges_is_one_polygon_in_its_box(segmenter: Segmen
 
 def test_without_overlap_pieces_that_touch_at_the_edge_merge(segmenter: Segmenter, tmp_path: Path) -> None:
     raster = bright_raster(tmp_path / "scene.tif", height=256, width=512)
-    result = predict_text_raster(segmenter, raster, tmp_path / "out", TextQuery(("pit",)), BrightDetector(),
+    result = predict_text_raster(segmenter, raster, tmp_path / "out", TextQuery(("pit",)), BrightDetector(score=0.8),
                                  MapOptions(tile=256, overlap=0, probabilities=True))
     frame = gpd.read_file(result.outputs["polygons"])
     assert len(frame) == 1 and frame.geometry.iloc[0].geom_type in ("Polygon", "MultiPolygon")
@@ -132,16 +112,16 @@ def test_nothing_found_gives_an_empty_layer_and_a_rerun_is_skipped(segmenter: Se
     raster = bright_raster(tmp_path / "scene.tif", height=200, width=300)
     out = tmp_path / "out"
     results = predict_text_rasters(segmenter, [raster, tmp_path / "missing.tif"], out, TextQuery(("dune",)),
-                                   BrightDetector(), MapOptions(polygons="geojson"))
+                                   BrightDetector(score=0.8), MapOptions(polygons="geojson"))
     assert [r.status for r in results] == ["done", "failed"] and "missing.tif" in results[1].error
     assert len(gpd.read_file(results[0].outputs["polygons"])) == 0
     with rasterio.open(results[0].outputs["classes"]) as ds:
         assert (ds.read(1) == 0).all()
-    again = predict_text_rasters(segmenter, [raster], out, TextQuery(("dune",)), BrightDetector())
+    again = predict_text_rasters(segmenter, [raster], out, TextQuery(("dune",)), BrightDetector(score=0.8))
     assert again[0].status == "skipped"
     with pytest.raises(InputError, match="mapped with the phrases 'dune'; pass --overwrite"):
-        predict_text_raster(segmenter, raster, out, TextQuery(("pit",)), BrightDetector())
-    redone = predict_text_raster(segmenter, raster, out, TextQuery(("pit",)), BrightDetector(),
+        predict_text_raster(segmenter, raster, out, TextQuery(("pit",)), BrightDetector(score=0.8))
+    redone = predict_text_raster(segmenter, raster, out, TextQuery(("pit",)), BrightDetector(score=0.8),
                                  MapOptions(overwrite=True, polygons="geojson"))
     assert len(gpd.read_file(redone.outputs["polygons"])) == 1
 
@@ -151,6 +131,6 @@ def test_settings_are_checked_before_any_tile(segmenter: Segmenter, tmp_path: Pa
     with pytest.raises(InputError, match="cannot read text"):
         predict_text_raster(segmenter, raster, tmp_path / "out", TextQuery(("pit",)), None)
     with pytest.raises(InputError, match="overlap"):
-        predict_text_raster(segmenter, raster, tmp_path / "out", TextQuery(("pit",)), BrightDetector(),
+        predict_text_raster(segmenter, raster, tmp_path / "out", TextQuery(("pit",)), BrightDetector(score=0.8),
                             MapOptions(tile=64, overlap=64))
     assert not (tmp_path / "out").exists()

@@ -262,38 +262,66 @@ def annotate_dataset(
         OutputExistsError: see :func:`check_out_dir`.
     """
     from samadapt.data.dataset import SegDataset
-    from samadapt.data.manifest import PSEUDO_LABELS, output_folder
 
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     dataset = SegDataset.open(dataset_dir)
     stems = dataset.stems(split)
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite=overwrite)
+    check_out_dir(Path(out_dir), overwrite=overwrite)
     if experts is None:
         require_ground_truth(dataset, stems)
     get_objects = objects_for_images(dataset, stems, mode, experts, seed)
+    classes = dict(dataset.classes)
+    if experts is not None and experts.class_names:
+        classes = {0: "background", **experts.class_names}
+    return write_pseudo_labels(
+        dataset, stems, Path(out_dir),
+        lambda stem, image: annotate_image(segmenter, image, stem, get_objects(stem, image), mode,
+                                           auto_options=auto_options),
+        classes, source=experts.kind if experts else "ground truth", overwrite=overwrite, progress=progress)
+
+
+def write_pseudo_labels(
+    dataset: SegDataset,
+    stems: list[str],
+    out_dir: Path,
+    annotate_one: Callable[[str, GeoImage], ImageAnnotation],
+    classes: dict[int, str],
+    *,
+    source: str,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+    more: Callable[[Path], object] | None = None,
+) -> AnnotateSummary:
+    """Write a pseudo-label dataset: each image copied, its mask from ``annotate_one``, ``classes.json``,
+    ``splits.json`` (when the source has one), ``sources.csv`` and the manifest, all or nothing.
+
+    Args:
+        annotate_one: (stem, image) -> the image's annotation.
+        classes: class id -> name.
+        source: what the prompts came from, for the summary.
+        more: writes further files into the folder being assembled.
+    """
+    from samadapt.data.manifest import PSEUDO_LABELS, output_folder
+
     records: list[ObjectRecord] = []
     with output_folder(out_dir, kind=PSEUDO_LABELS, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         for n, stem in enumerate(stems, start=1):
             image = dataset.read_image(stem)
-            ann = annotate_image(segmenter, image, stem, get_objects(stem, image), mode, auto_options=auto_options)
+            ann = annotate_one(stem, image)
             src = dataset.image_path(stem)
             shutil.copy2(src, tmp / "images" / src.name)
             write_label_mask(tmp / "masks", stem, ann.labels, image)
             records.extend(ann.records)
             if progress:
                 progress(n, len(stems))
-        classes = dict(dataset.classes)
-        if experts is not None and experts.class_names:
-            classes = {0: "background", **experts.class_names}
         write_json(tmp / "classes.json", {str(k): v for k, v in sorted(classes.items())})
         if dataset.splits:
             write_json(tmp / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
         _write_records(tmp / "sources.csv", records)
-    return AnnotateSummary(
-        out_dir=out_dir, images=len(stems), objects=len(records),
-        empty_objects=sum(r.pixels == 0 for r in records), source=experts.kind if experts else "ground truth",
-    )
+        if more is not None:
+            more(tmp)
+    return AnnotateSummary(out_dir=out_dir, images=len(stems), objects=len(records),
+                           empty_objects=sum(r.pixels == 0 for r in records), source=source)

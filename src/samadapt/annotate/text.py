@@ -13,7 +13,6 @@ manifest that lists every file.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +25,8 @@ from samadapt.annotate.core import (
     AnnotateSummary,
     ImageAnnotation,
     ObjectRecord,
-    _write_records,
     check_out_dir,
-    write_label_mask,
+    write_pseudo_labels,
 )
 from samadapt.imagery.read import GeoImage
 from samadapt.prompts.types import IGNORE
@@ -116,30 +114,12 @@ def annotate_text_dataset(
         OutputExistsError: see :func:`samadapt.annotate.core.check_out_dir`.
     """
     from samadapt.data.dataset import SegDataset
-    from samadapt.data.manifest import PSEUDO_LABELS, output_folder
 
     dataset = SegDataset.open(dataset_dir)
     stems = dataset.stems(split)
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite=overwrite)
-    records: list[ObjectRecord] = []
-    with output_folder(out_dir, kind=PSEUDO_LABELS, overwrite=overwrite) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        for n, stem in enumerate(stems, start=1):
-            image = dataset.read_image(stem)
-            ann = annotate_text_image(segmenter, image, stem, query, detector)
-            src = dataset.image_path(stem)
-            shutil.copy2(src, tmp / "images" / src.name)
-            write_label_mask(tmp / "masks", stem, ann.labels, image)
-            records.extend(ann.records)
-            if progress:
-                progress(n, len(stems))
-        write_json(tmp / "classes.json", {"0": "background", **{str(k + 1): p for k, p in enumerate(query.phrases)}})
-        if dataset.splits:
-            write_json(tmp / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
-        _write_records(tmp / "sources.csv", records)
-        write_json(tmp / ANNOTATION_RECORD, annotation_record(segmenter, query, detector))
-    return AnnotateSummary(out_dir=out_dir, images=len(stems), objects=len(records),
-                           empty_objects=sum(r.pixels == 0 for r in records),
-                           source=f"text ({', '.join(query.phrases)})")
+    check_out_dir(Path(out_dir), overwrite=overwrite)
+    return write_pseudo_labels(
+        dataset, stems, Path(out_dir), lambda stem, image: annotate_text_image(segmenter, image, stem, query, detector),
+        {0: "background", **{k + 1: p for k, p in enumerate(query.phrases)}},
+        source=f"text ({', '.join(query.phrases)})", overwrite=overwrite, progress=progress,
+        more=lambda tmp: write_json(tmp / ANNOTATION_RECORD, annotation_record(segmenter, query, detector)))

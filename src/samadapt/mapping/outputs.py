@@ -117,7 +117,7 @@ def vectorize(
         InputError: Masks not (N, H, W) bool, scores not (N,), or a negative option.
     """
     masks, scores = _check_masks(masks, scores)
-    return _vectorize_crops((MaskCrop(0, 0, m) for m in masks), scores, transform=transform, crs=crs,
+    return vectorize_crops((MaskCrop(0, 0, m) for m in masks), scores, transform=transform, crs=crs,
                             min_area_pixels=min_area_pixels, simplify=simplify)
 
 
@@ -133,20 +133,6 @@ def vectorize_crops(
     """:func:`vectorize` of masks given as crops (``MaskCrop``: row and column of the mask's
     top-left pixel in the raster, and the mask), so N small objects of a large raster cost
     their own extents, not N rasters."""
-    return _vectorize_crops(crops, scores, transform=transform, crs=crs, min_area_pixels=min_area_pixels,
-                            simplify=simplify)
-
-
-def _vectorize_crops(
-    crops: Iterable[MaskCrop],
-    scores: np.ndarray,
-    *,
-    transform: Affine | None,
-    crs: CrsLike | None,
-    min_area_pixels: int,
-    simplify: float,
-) -> gpd.GeoDataFrame:
-    """:func:`vectorize` of masks given as crops."""
     import geopandas as gpd  # imported here: geopandas is slow to import
 
     if min_area_pixels < 0 or simplify < 0:
@@ -426,7 +412,7 @@ def write_segmentation(
         labels = result.label_image()
         labels = labels.astype(np.uint8) if len(result) < 255 else labels
         return write_mask_geotiff(out, labels, crs=crs, transform=transform, valid=valid, overwrite=overwrite)
-    frame = _vectorize_crops(result.crops, result.scores, transform=transform, crs=crs,
+    frame = vectorize_crops(result.crops, result.scores, transform=transform, crs=crs,
                              min_area_pixels=min_area_pixels, simplify=0.0)
     frame = with_phrases(frame, result)
     return write_polygons(out, frame, to_wgs84=to_wgs84, overwrite=overwrite)

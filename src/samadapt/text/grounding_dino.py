@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from samadapt.errors import CheckpointError, InputError
-from samadapt.text.types import Detection, Thresholds
+from samadapt.text.types import Detection, LoadedDetector, Thresholds, ranked_detections
 
 __all__ = ["BOX_THRESHOLD", "TEXT_THRESHOLD", "GroundingDinoDetector", "GroundingDinoPreprocessing", "check_rgb",
            "grounding_dino_detections", "join_phrases"]
@@ -201,37 +201,20 @@ def grounding_dino_detections(logits: torch.Tensor, boxes: torch.Tensor, token_m
     score = per_phrase[np.arange(len(best)), best]
     keep = (score >= box_threshold) & (score >= text_threshold)
     h, w = image_size
-    cx, cy, bw, bh = boxes.float().cpu().numpy().T
-    corners = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=1)
-    order = [i for i in np.argsort(-score, kind="stable") if keep[i]]
-    return [Detection(box=tuple(float(v) for v in corners[i]), phrase=phrases[best[i]],  # type: ignore[arg-type]
-                      score=float(score[i])) for i in order]
+    return ranked_detections(boxes.float().cpu().numpy(), (w, h), score, best, keep, phrases)
 
 
-class GroundingDinoDetector:
-    """GroundingDINO (transformers' ``GroundingDinoForObjectDetection``) with its tokenizer and preprocessing.
-
-    Attributes:
-        name: registry name or folder it was loaded from.
-        trusted: False for a random-initialised model.
-        model_id: "grounding-dino:" and the sha256 of the weights.
-        model: the transformers model, eval mode, fp32.
-        tokenizer: its BERT tokenizer.
-        preprocessing: image preprocessing from its ``preprocessor_config.json``.
-        device: where the model runs.
-    """
+class GroundingDinoDetector(LoadedDetector):
+    """GroundingDINO (transformers' ``GroundingDinoForObjectDetection``) with its BERT tokenizer and
+    :class:`GroundingDinoPreprocessing` (see :class:`~samadapt.text.types.LoadedDetector`)."""
 
     family = "grounding-dino"
+    preprocessing: GroundingDinoPreprocessing
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: GroundingDinoPreprocessing, *,
                  name: str, model_id: str, trusted: bool, device: torch.device) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.preprocessing = preprocessing
-        self.name = name
-        self.model_id = model_id
-        self.trusted = trusted
-        self.device = device
+        super().__init__(model, tokenizer, preprocessing, name=name, model_id=model_id, trusted=trusted,
+                         device=device)
         self.max_text_len = int(getattr(getattr(model, "config", None), "max_text_len", 256))
 
     def encode(self, phrases: Sequence[str]) -> tuple[dict[str, torch.Tensor], np.ndarray]:

@@ -19,7 +19,7 @@ import torch
 
 from samadapt.errors import CheckpointError, InputError
 from samadapt.text.grounding_dino import check_rgb
-from samadapt.text.types import Detection, Thresholds
+from samadapt.text.types import Detection, LoadedDetector, Thresholds, ranked_detections
 
 __all__ = ["BOX_THRESHOLD", "Owlv2Detector", "Owlv2Preprocessing", "owlv2_detections"]
 
@@ -164,38 +164,21 @@ def owlv2_detections(logits: torch.Tensor, boxes: torch.Tensor, phrases: Sequenc
     best = probs.argmax(axis=1)
     score = probs[np.arange(len(best)), best]
     h, w = image_size
-    sx, sy = (max(h, w), max(h, w)) if padded else (w, h)
-    cx, cy, bw, bh = boxes.float().cpu().numpy().T
-    corners = np.stack([(cx - bw / 2) * sx, (cy - bh / 2) * sy, (cx + bw / 2) * sx, (cy + bh / 2) * sy], axis=1)
-    order = [i for i in np.argsort(-score, kind="stable") if score[i] >= threshold]
-    return [Detection(box=tuple(float(v) for v in corners[i]), phrase=phrases[best[i]],  # type: ignore[arg-type]
-                      score=float(score[i])) for i in order]
+    scale = (max(h, w), max(h, w)) if padded else (w, h)
+    return ranked_detections(boxes.float().cpu().numpy(), scale, score, best, score >= threshold, phrases)
 
 
-class Owlv2Detector:
-    """OWLv2 (transformers' ``Owlv2ForObjectDetection``) with its tokenizer and preprocessing.
-
-    Attributes:
-        name: registry name or folder it was loaded from.
-        trusted: False for a random-initialised model.
-        model_id: "owlv2:" and the sha256 of the weights.
-        model: the transformers model, eval mode, fp32.
-        tokenizer: its CLIP tokenizer.
-        preprocessing: image preprocessing from its ``preprocessor_config.json``.
-        device: where the model runs.
-    """
+class Owlv2Detector(LoadedDetector):
+    """OWLv2 (transformers' ``Owlv2ForObjectDetection``) with its CLIP tokenizer and
+    :class:`Owlv2Preprocessing` (see :class:`~samadapt.text.types.LoadedDetector`)."""
 
     family = "owlv2"
+    preprocessing: Owlv2Preprocessing
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: Owlv2Preprocessing, *,
                  name: str, model_id: str, trusted: bool, device: torch.device) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.preprocessing = preprocessing
-        self.name = name
-        self.model_id = model_id
-        self.trusted = trusted
-        self.device = device
+        super().__init__(model, tokenizer, preprocessing, name=name, model_id=model_id, trusted=trusted,
+                         device=device)
         config = getattr(model, "config", None)
         self.max_tokens = int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 16))
 

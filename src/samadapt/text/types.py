@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,47 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray, phrases: Sequence[str], thresholds: Thresholds) -> list[Detection]:
         """Objects in an (H, W, 3) uint8 RGB image matching any of ``phrases``, best first."""
         ...
+
+
+def ranked_detections(boxes: np.ndarray, scale: tuple[float, float], scores: np.ndarray, best: np.ndarray,
+                      keep: np.ndarray, phrases: Sequence[str]) -> list[Detection]:
+    """Detections from a detector's relative boxes, best first.
+
+    Args:
+        boxes: (Q, 4) boxes as (centre x, centre y, width, height), relative to the model input (0-1).
+        scale: (sx, sy) pixels of the original image per unit of the relative x and y.
+        scores: (Q,) each box's score.
+        best: (Q,) the index of the phrase naming each box.
+        keep: (Q,) bool, the boxes that pass the thresholds.
+        phrases: the phrases, as the user gave them.
+    """
+    sx, sy = scale
+    cx, cy, bw, bh = np.asarray(boxes, dtype=np.float64).T
+    corners = np.stack([(cx - bw / 2) * sx, (cy - bh / 2) * sy, (cx + bw / 2) * sx, (cy + bh / 2) * sy], axis=1)
+    order = [i for i in np.argsort(-scores, kind="stable") if keep[i]]
+    return [Detection(box=(float(corners[i, 0]), float(corners[i, 1]), float(corners[i, 2]), float(corners[i, 3])),
+                      phrase=phrases[int(best[i])], score=float(scores[i])) for i in order]
+
+
+class LoadedDetector:
+    """What every loaded detector holds: a transformers model, its tokenizer and preprocessing, and its identity.
+
+    Attributes:
+        name: registry name or folder it was loaded from.
+        trusted: False for a random-initialised model.
+        model_id: the family and the sha256 of the weights.
+        model: the transformers model, eval mode, fp32.
+        tokenizer: its tokenizer.
+        preprocessing: its image preprocessing (from its ``preprocessor_config.json``).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: Any, *,  # noqa: ANN401
+                 name: str, model_id: str, trusted: bool, device: torch.device) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocessing = preprocessing
+        self.name = name
+        self.model_id = model_id
+        self.trusted = trusted
+        self.device = device
