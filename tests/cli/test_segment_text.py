@@ -102,3 +102,22 @@ def test_sam3_refuses_a_detector_and_a_text_threshold(models: dict[str, Path], s
     assert code == 2 and "SAM 3 reads text itself" in text
     code, text = run_cli([*base, "--text-threshold", "0.3"], monkeypatch, capsys)
     assert code == 2 and "--text-threshold applies to GroundingDINO only" in text
+
+
+def test_sam3_exemplars_with_and_without_a_phrase(models: dict[str, Path], scene: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["segment", str(scene), "--model", str(models["sam3"]), "--box-threshold", "0"]
+    code, text = run_cli([*base, "--text", "square", "--exemplar", "100,60,220,140", "--out",
+                          str(tmp_path / "a.gpkg")], monkeypatch, capsys)
+    assert code == 0, text
+    assert set(gpd.read_file(tmp_path / "a.gpkg")["phrase"]) == {"square"}
+    code, text = run_cli([*base, "--exemplar", "100,60,220,140,1", "--exemplar", "0,0,30,30,0", "--out",
+                          str(tmp_path / "b.gpkg")], monkeypatch, capsys)
+    assert code == 0, text
+    assert set(gpd.read_file(tmp_path / "b.gpkg")["phrase"]) == {"visual"}  # what SAM 3 reads for boxes alone
+    code, text = run_cli([*base, "--exemplar", "100,60,220", "--out", str(tmp_path / "c.gpkg")], monkeypatch, capsys)
+    assert code == 2 and "--exemplar takes x0,y0,x1,y1" in text
+    code, text = run_cli(["segment", str(scene), "--model", str(models["sam"]), "--exemplar", "1,1,9,9",
+                          "--out", str(tmp_path / "d.gpkg")], monkeypatch, capsys)
+    assert code == 2 and "SAM 3's concept prompt" in text

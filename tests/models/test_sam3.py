@@ -153,3 +153,42 @@ def test_gated_sam3_names_hf_token_and_downloads_with_it(tiny_sam3: Path, monkey
         monkeypatch.setenv("HF_TOKEN", "hf_sam3")
         loaded = load_model("sam3", progress=False)
     assert loaded.family == "sam3" and locate("sam3")[0] == "hf-cache"
+
+
+@torch.no_grad()
+def test_exemplar_boxes_reach_the_concept_model_as_sam3_takes_them(tiny_sam3: Path) -> None:
+    """An exemplar (x0, y0, x1, y1 in image pixels) is read as Sam3Processor passes it: centre and size as
+    shares of the image, label 1 or 0; the cached-embedding path equals SAM 3 run on the pixels."""
+    from transformers import AutoTokenizer, Sam3Model
+    from transformers.models.sam3 import modeling_sam3
+
+    from samadapt.models.roi_align import torchvision_stand_in
+
+    segmenter = Segmenter(tiny_sam3, cache=False, runtime="fp32")
+    image = _image()  # 90 x 150
+    query = TextQuery(("square",), Thresholds(box=0.0))
+    boxes, labels = [(40.0, 20.0, 100.0, 60.0), (0.0, 0.0, 30.0, 15.0)], [1, 0]
+    found = segment_text(segmenter, image, query, exemplars=boxes, exemplar_labels=labels)
+    plain = segment_text(segmenter, image, query)
+    assert not np.allclose(found.detector_scores, plain.detector_scores)  # the exemplars were read
+
+    detector = Sam3Model.from_pretrained(tiny_sam3).eval()
+    x, _ = prepare(image, segmenter.loaded.preprocessing)
+    ids = AutoTokenizer.from_pretrained(tiny_sam3)(["square"], padding="max_length", max_length=32,
+                                                    return_tensors="pt")
+    normalised = torch.tensor([[[70 / 150, 40 / 90, 60 / 150, 40 / 90], [15 / 150, 7.5 / 90, 30 / 150, 15 / 90]]])
+    with torchvision_stand_in(modeling_sam3):
+        out = detector(pixel_values=x[None], input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                       input_boxes=normalised, input_boxes_labels=torch.tensor([labels]))
+    probs = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
+    np.testing.assert_allclose(found.detector_scores, torch.sort(probs, descending=True).values.numpy(), rtol=1e-4)
+
+
+def test_exemplars_are_sam3s_alone(tiny_sam3: Path, tmp_path: Path) -> None:
+    from samadapt.errors import InputError
+
+    with pytest.raises(InputError, match="not a box inside the 150 x 90 image"):
+        segment_text(Segmenter(tiny_sam3, cache=False), _image(), TextQuery(("pit",)), exemplars=[(0, 0, 200, 10)])
+    sam = save_tiny_model(tmp_path / "sam", "sam")
+    with pytest.raises(InputError, match="exemplar boxes are SAM 3's concept prompt"):
+        segment_text(Segmenter(sam, cache=False), _image(), TextQuery(("pit",)), exemplars=[(0, 0, 20, 10)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -25,6 +25,9 @@ from samadapt.cli.options import (
 )
 from samadapt.errors import InputError
 
+if TYPE_CHECKING:
+    from samadapt.imagery.read import GeoImage
+
 #: How many times larger than the model input an image may be before segment says so.
 DOWNSAMPLING_NOTE = 4
 
@@ -45,6 +48,22 @@ def _note_downsampling(path: Path, hw: tuple[int, int], size: int, model: str) -
         )
 
 
+def _exemplars(values: list[str], crs: str | None, geo: GeoImage) -> tuple[list[list[float]], list[int]]:
+    """``--exemplar x0,y0,x1,y1[,label]`` values as pixel boxes (from map coordinates with ``--crs``) and labels."""
+    from samadapt.prompts.io import prompts_from_cli
+
+    boxes, labels = [], []
+    for value in values:
+        parts = value.split(",")
+        if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4].strip() not in ("0", "1")):
+            raise InputError(f"--exemplar takes x0,y0,x1,y1 or x0,y0,x1,y1,label with label 1 or 0, got {value!r}")
+        labels.append(int(parts[4]) if len(parts) == 5 else 1)
+        (found,) = prompts_from_cli([], [",".join(parts[:4])], crs=crs, transform=geo.transform, raster_crs=geo.crs)
+        assert found.box is not None  # a box prompt
+        boxes.append([float(v) for v in found.box])
+    return boxes, labels
+
+
 def segment(
     image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or GeoTIFF.")],
     out_paths: Annotated[list[Path], typer.Option("--out", "-o",
@@ -61,6 +80,9 @@ def segment(
                                              help="Segment every object (point grid); no prompts.")] = False,
     points_per_side: Annotated[int, typer.Option(help="Grid size of --everything.")] = 32,
     text: TextOpt = None,
+    exemplar: Annotated[list[str] | None, typer.Option(
+        "--exemplar", help="SAM 3: x0,y0,x1,y1[,label] box of an example object (label 0: not like this); "
+        "read with every --text phrase, or alone.")] = None,
     detector: DetectorOpt = None,
     box_threshold: BoxThresholdOpt = None,
     text_threshold: TextThresholdOpt = None,
@@ -88,8 +110,14 @@ def segment(
         if p.exists() and not overwrite:
             raise InputError(f"--out {p} exists; pass --overwrite to replace it")
     meta_file = Path(model).suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
-    search = text_search(text, detector, box_threshold, text_threshold,
-                         family_and_size(model)[0] if text and not meta_file else "sam")
+    family = family_and_size(model)[0] if (text or exemplar) and not meta_file else "sam"
+    if exemplar and family != "sam3":
+        raise InputError(f"--exemplar is SAM 3's concept prompt; a {family} model takes --box prompts")
+    if exemplar and not text:
+        from samadapt.text.concept import VISUAL_PROMPT
+
+        text = [VISUAL_PROMPT]  # what SAM 3 reads for exemplars alone (as Sam3Processor does)
+    search = text_search(text, detector, box_threshold, text_threshold, family)
     if search is not None and (box or point or prompts is not None or everything):
         raise InputError("--text finds its own objects; drop --box/--point/--prompts/--everything, or --text")
     check_writable(out_paths)
@@ -111,7 +139,9 @@ def segment(
     if search is not None:
         from samadapt.text.search import segment_text
 
-        result = segment_text(segmenter, geo, search.query, search.open_detector(device))
+        boxes, labels = _exemplars(exemplar or [], crs, geo)
+        result = segment_text(segmenter, geo, search.query, search.open_detector(device), multimask=multimask,
+                              exemplars=boxes, exemplar_labels=labels)
     elif everything:
         from samadapt.predict.automatic import AutomaticOptions
 

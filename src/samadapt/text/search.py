@@ -75,6 +75,8 @@ def segment_text(
     detector: Detector | None = None,
     *,
     multimask: bool = False,
+    exemplars: Sequence[Sequence[float]] = (),
+    exemplar_labels: Sequence[int] | None = None,
 ) -> SegmentationResult:
     """Every object in ``image`` that matches a phrase of ``query``, one mask each.
 
@@ -83,7 +85,10 @@ def segment_text(
         image: the image.
         query: phrases and thresholds.
         detector: the detector giving boxes; required for every family but SAM 3, refused with it.
-        multimask: let SAM pick the best of 3 masks per box (a box alone is rarely ambiguous, so off).
+        multimask: let SAM pick the best of 3 masks per box (a box alone is rarely ambiguous, so off);
+            SAM 3's concept masks are one per object.
+        exemplars: SAM 3 only: boxes (x0, y0, x1, y1, pixels) of example objects, read with every phrase.
+        exemplar_labels: 1 (objects like this) or 0 (not like this) per exemplar; default all 1.
 
     Returns:
         A result whose ``phrases`` and ``detector_scores`` name each object's phrase and
@@ -91,7 +96,8 @@ def segment_text(
         An image with nothing found gives an empty result.
 
     Raises:
-        InputError: a detector missing for a family that needs one, or given to SAM 3.
+        InputError: a detector missing for a family that needs one, or given to SAM 3; exemplars
+            for a family other than SAM 3.
     """
     geo = as_geoimage(image)
     family = segmenter.loaded.family
@@ -100,12 +106,14 @@ def segment_text(
             raise InputError("SAM 3 reads text itself; drop --detector")
         from samadapt.text.concept import segment_concepts
 
-        return segment_concepts(segmenter, geo, query)
+        return segment_concepts(segmenter, geo, query, exemplars, exemplar_labels)
+    if len(exemplars):
+        raise InputError(f"exemplar boxes are SAM 3's concept prompt; a {family} model takes --box prompts")
     if detector is None:
         raise InputError(f"a {family} model cannot read text; add --detector grounding-dino-tiny (or owlv2-base), "
                          "or use --model sam3")
     detections = detector.detect(geo.pixels, query.phrases, query.thresholds)
-    return segment_detections(segmenter, geo, detections, trusted=detector.trusted)
+    return segment_detections(segmenter, geo, detections, trusted=detector.trusted, multimask=multimask)
 
 
 def segment_detections(segmenter: Segmenter, image: ImageLike, detections: Sequence[Detection], *,
