@@ -11,12 +11,12 @@ from rich.table import Table
 from samadapt.cli.console import stdout
 from samadapt.cli.options import ModelOpt, PrecisionOpt, RuntimeOpt, encoder_runtime
 
-#: How prompts are decoded, for the families samadapt's batched decoder pass does not take.
+#: How prompts are decoded, where more is to be said than the default line (samadapt's batched pass in the
+#: encoder's precision). EdgeTAM's decoder is SAM 2's and takes that pass with nothing more to say.
 PROMPT_DECODER = {
-    "sam3": "transformers' Sam3TrackerModel call, one object at a time, on the tracker's features of the cached "
-            "embedding (samadapt's batched pass is written for SAM, SAM-HQ and SAM 2)",
-    "edgetam": "transformers' EdgeTamModel call, one object at a time (samadapt's batched pass is written for "
-               "SAM, SAM-HQ and SAM 2)",
+    "sam3": "samadapt's batched pass through SAM 3's tracker (Sam3TrackerModel, SAM 2's decoder) on the tracker's "
+            "features of the cached embedding, in the encoder runtime's precision (transformers' own call, one "
+            "object at a time, for mask prompts and decoders with adapter layers)",
 }
 
 #: How a family answers ``--text``, where it reads text itself.

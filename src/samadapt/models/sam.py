@@ -117,7 +117,8 @@ PAD_LABEL = -10
 #: Objects per transformers forward call, by family (others: all objects of one prompt shape),
 #: where the fast pass of :mod:`samadapt.models.accel.sam_decoder` cannot be used (mask prompts, an
 #: adapter in the decoder). transformers' SAM 2 decoder measured slower per object when batched
-#: on a 2-core CPU (77 ms alone, 85 ms in fours, 116 ms in sixteens), so it goes one at a time.
+#: on a 2-core CPU (77 ms alone, 85 ms in fours, 116 ms in sixteens), so it goes one at a time, and so do
+#: SAM 3's tracker and EdgeTAM, whose decoders are SAM 2's.
 FORWARD_BATCH = {"sam2": 1, "sam3": 1, "edgetam": 1}  # EdgeTAM's decoder is SAM 2's
 
 
@@ -140,9 +141,9 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompt encoder and mask decoder on a cached embedding.
 
-    Every object is decoded as if alone: with SAM's, SAM-HQ's or SAM 2's plain decoder all objects go through one
-    pass (:mod:`samadapt.models.accel.sam_decoder`), otherwise objects of the same prompt shape
-    share a call of the model.
+    Every object is decoded as if alone: with SAM's, SAM-HQ's or SAM 2's plain decoder (SAM 2's also in EdgeTAM
+    and SAM 3's tracker) all objects go through one pass (:mod:`samadapt.models.accel.sam_decoder`), otherwise
+    objects of the same prompt shape share a call of the model (:data:`FORWARD_BATCH`).
 
     Args:
         loaded: the model that produced ``embedding``.
@@ -157,10 +158,13 @@ def decode(
     from samadapt.models.accel import sam_decoder
 
     dev = loaded.device
-    if prompts.mask is None and sam_decoder.supported(loaded.model):
-        model, image = family_model(loaded.model), embedding["image"].to(dev)
+    if loaded.family == "sam3":  # points and boxes go through the tracker, on its features, once for every object
+        embedding = _sam3_tracker_embedding(loaded, embedding)
+    fast_model = decoder_model(loaded)
+    if prompts.mask is None and sam_decoder.supported(fast_model):
+        model, image = family_model(fast_model), embedding["image"].to(dev)
         high_res = vit = None
-        if loaded.family == "sam2":
+        if "high_res_0" in embedding:  # SAM 2's decoder: SAM 2, EdgeTAM, SAM 3's tracker
             high_res = (embedding["high_res_0"].to(dev), embedding["high_res_1"].to(dev))
         if loaded.family == "sam-hq" and "vit_0" in embedding:
             vit = embedding["vit_0"].to(dev)
@@ -188,9 +192,6 @@ def decode(
         return torch.cat(masks).float().cpu(), torch.cat(scores).float().cpu()
     n, m = len(prompts), 3 if multimask else 1
     side = low_res_side(loaded)
-    if loaded.family == "sam3":  # the tracker's features, once for every object
-        levels = sam3_parts(loaded).tracker_embeddings(embedding["vit"].to(dev))
-        embedding = {"high_res_0": levels[0], "high_res_1": levels[1], "image": levels[2]}
     out_masks, out_scores = torch.empty(n, m, side, side), torch.empty(n, m)
     step = FORWARD_BATCH.get(loaded.family, max(n, 1))
     for group in prompts.groups().values():
@@ -209,6 +210,18 @@ def decode(
     return out_masks, out_scores
 
 
+def decoder_model(loaded: LoadedModel) -> torch.nn.Module:
+    """The transformers model whose prompt encoder and mask decoder decode point and box prompts: the loaded
+    model itself, or SAM 3's tracker."""
+    return sam3_parts(loaded).tracker if loaded.family == "sam3" else loaded.model
+
+
+def _sam3_tracker_embedding(loaded: LoadedModel, embedding: Embedding) -> Embedding:
+    """A SAM 3 embedding (its ViT output) as the tracker's: ``high_res_0``, ``high_res_1`` and ``image``."""
+    levels = sam3_parts(loaded).tracker_embeddings(embedding["vit"].to(loaded.device))
+    return {"high_res_0": levels[0], "high_res_1": levels[1], "image": levels[2]}
+
+
 def _call_model(loaded: LoadedModel, embedding: Embedding,
                 kwargs: dict[str, object]) -> tuple[torch.Tensor, torch.Tensor]:
     """One transformers forward pass from a cached embedding; (low-res logits, IoUs) of its objects."""
@@ -221,6 +234,5 @@ def _call_model(loaded: LoadedModel, embedding: Embedding,
         out = loaded.model(image_embeddings=image, intermediate_embeddings=inter, **kwargs)
     else:
         feats = [embedding[k].to(dev) for k in sorted(k for k in embedding if k.startswith("high_res_"))]
-        model = sam3_parts(loaded).tracker if loaded.family == "sam3" else loaded.model
-        out = model(image_embeddings=[*feats, image], **kwargs)
+        out = decoder_model(loaded)(image_embeddings=[*feats, image], **kwargs)
     return out.pred_masks[0].float().cpu(), out.iou_scores[0].float().cpu()

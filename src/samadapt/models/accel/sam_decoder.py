@@ -27,13 +27,14 @@ float32): about twice as fast where the CPU multiplies bf16 natively, with masks
 with the float32 ones to IoU >= 0.99 (``tests/models/accel/test_sam_decoder.py`` states the bounds).
 :func:`precision_for` follows the encoder runtime's precision.
 
-SAM's, SAM-HQ's and SAM 2's plain decoders take this path (their two-way transformers are
-the same; SAM 2 adds an object-score token, two high-resolution features added in the
-upscaling, and a stability rule for single-mask requests; SAM-HQ adds an HQ token whose mask
-comes from the upscaled features through two 3x3 convolutions plus image-side features from
-the image embedding and the early ViT features, computed once per call for all prompts; all
-handled here). Modules replaced by an adapter (anything but transformers' and torch's own)
-fall back to transformers' forward.
+SAM's, SAM-HQ's and SAM 2's plain decoders take this path, and SAM 2's as EdgeTAM's image model
+and SAM 3's tracker have it (see :data:`MODEL_CLASSES`). Their two-way transformers are the same;
+SAM 2 adds an object-score token, two high-resolution features added in the upscaling, and a
+stability rule for single-mask requests; SAM-HQ adds an HQ token whose mask comes from the
+upscaled features through two 3x3 convolutions plus image-side features from the image
+embedding and the early ViT features, computed once per call for all prompts; all handled here.
+Modules replaced by an adapter (anything but transformers' and torch's own) fall back to
+transformers' forward.
 """
 
 from __future__ import annotations
@@ -92,12 +93,18 @@ CHUNK = 16
 _POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
+#: Names of the transformers model classes whose mask decoder this pass computes. EdgeTAM's image model and
+#: SAM 3's tracker are SAM 2's: transformers generates their prompt encoders, positional embeddings, mask
+#: decoders and image-model forward from SAM 2's (``modular_edgetam.py``, ``modular_sam3_tracker.py``:
+#: subclasses with nothing of their own), so only their sizes differ.
+MODEL_CLASSES = ("SamModel", "SamHQModel", "Sam2Model", "EdgeTamModel", "Sam3TrackerModel")
+
+
 def supported(model: nn.Module) -> bool:
-    """True when the model's mask decoder is transformers' plain SAM, SAM-HQ or SAM 2 decoder
-    (no adapter modules in it)."""
+    """True when the model is one of :data:`MODEL_CLASSES` and its mask decoder is transformers' plain
+    decoder (no adapter modules in it)."""
     dec = getattr(model, "mask_decoder", None)
-    if dec is None or type(model).__name__ not in ("SamModel", "SamHQModel", "Sam2Model") \
-            or not hasattr(dec, "upscale_conv1"):
+    if dec is None or type(model).__name__ not in MODEL_CLASSES or not hasattr(dec, "upscale_conv1"):
         return False
     if type(model).__name__ == "SamHQModel" and not getattr(dec, "_samadapt_fixed", False) and needs_hq_decoder_fix():
         return False  # the faulty transformers decoder is what the fast pass would otherwise disagree with
@@ -382,15 +389,16 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     """Decode N objects on one image embedding with SAM's mask decoder (inference only: no gradients).
 
     Args:
-        model: a transformers ``SamModel`` or ``Sam2Model`` for which :func:`supported` is True.
+        model: a transformers model of :data:`MODEL_CLASSES` for which :func:`supported` is True.
         image: (1, C, h, w) image embedding.
         sparse: (N, T, C) prompt-token embeddings from the prompt encoder, padded to a common T.
         valid: (N, T) bool, False for padding tokens.
         multimask: return the 3 candidate masks (else the single-mask output).
         precision: "fp32", or "bf16" to keep each prompt's own image tokens and the upscaling
             in bfloat16 (see the module docstring).
-        high_res: SAM 2 only: the embedding's two projected high-resolution features
-            (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.sam.encode`).
+        high_res: SAM 2's decoder only: the embedding's two projected high-resolution features
+            (``high_res_0``, ``high_res_1`` of :func:`samadapt.models.sam.encode`; for SAM 3's tracker the
+            first two of :meth:`~samadapt.models.sam3.Sam3Parts.tracker_embeddings`).
         vit_features: SAM-HQ only: the first early ViT features, (1, h, w, C_vit) (``vit_0``).
 
     Returns:
