@@ -19,6 +19,7 @@ import pytest
 from rasterio.transform import from_origin
 
 from helpers.cli import run_cli
+from helpers.httpfiles import FileServer, serve_files
 from helpers.rasters import write_geotiff
 from samadapt.sample import make_mars_dataset
 
@@ -79,11 +80,48 @@ def _truncated(w: World, out: Path) -> Path:
 _boxes_csv = _file("x0,y0,x1,y1\n2,2,40,40\n", "boxes.csv")
 
 
+def _objects_gpkg(w: World, out: Path) -> Path:
+    """Two square objects in UTM, as ``predict`` writes polygons, beside the output folder."""
+    import geopandas as gpd
+    import shapely
+
+    path = out.parent / "objects.gpkg"
+    gpd.GeoDataFrame({"class": [1, 1]}, geometry=[shapely.box(500010, 3999900, 500030, 3999920),
+                                                  shapely.box(500050, 3999950, 500055, 3999955)],
+                     crs="EPSG:32633").to_file(path)
+    return path
+
+
 def _tiny_detector(w: World, out: Path) -> Path:
     """A tiny random GroundingDINO folder beside the output folder (made before the case runs)."""
     from samadapt.text.tiny_detectors import save_tiny_detector
 
     return save_tiny_detector(out.parent / "detector", "grounding-dino")
+
+
+def _polygons(folder: Path) -> Path:
+    """A GeoPackage of two squares in UTM metres (made once per folder)."""
+    path = folder / "squares.gpkg"
+    if not path.exists():
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        geoms = [box(500000, 4000000, 500010, 4000010), box(500100, 4000000, 500120, 4000020)]
+        gpd.GeoDataFrame(geometry=geoms, crs="EPSG:32633").to_file(path, engine="pyogrio")
+    return path
+
+
+def _coco_file(w: World, out: Path, *, file_name: str | None = None, category_id: int = 1) -> Path:
+    """A COCO file beside the output folder: one of the world's images with one box of ``category_id``."""
+    import json
+
+    image = sorted((w.dataset / "images").iterdir())[0]
+    doc = {"images": [{"id": 1, "file_name": file_name or image.name, "height": 128, "width": 128}],
+           "categories": [{"id": 1, "name": "pit"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": category_id, "bbox": [4, 4, 20, 20], "iscrowd": 0}]}
+    path = out.parent / "coco.json"
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def _user_folder(out: Path) -> Path:
@@ -93,8 +131,34 @@ def _user_folder(out: Path) -> Path:
     return out
 
 
+_SERVERS: list[FileServer] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local HTTP server of an empty folder, for the cases of a URL that answers 404; closed after the module."""
+    with serve_files(tmp_path_factory.mktemp("served")) as srv:
+        _SERVERS.append(srv)
+        yield
+        _SERVERS.clear()
+
+
+def _missing_url(w: World) -> str:
+    """A URL the local HTTP server answers with 404."""
+    return _SERVERS[0].url("no-such-scene.tif")
+
+
 CASES: list[Case] = [
     # segment
+    Case("segment", "404 url", lambda w, o: [_missing_url(w), "-m", str(w.model), "--box", "1,1,9,9",
+                                             "-o", str(o / "a.png")], "HTTP 404"),
+    Case("segment", "asset without stac", lambda w, o: [str(w.image), "--asset", "visual", "-m", str(w.model),
+                                                        "--box", "1,1,9,9", "-o", str(o / "a.png")],
+         "not a STAC item"),
+    Case("predict", "404 url", lambda w, o: [str(w.model), _missing_url(w), "--prompts", str(_boxes_csv(w, o)),
+                                             "-o", str(o / "m")], "HTTP 404"),
+    Case("predict", "asset without stac", lambda w, o: [str(w.adapter), str(w.image), "--asset", "visual",
+                                                        "-o", str(o / "m")], "no input is a STAC item"),
     Case("segment", "missing image", lambda w, o: ["nope.tif", "-m", str(w.model), "--box", "1,1,9,9",
                                                    "-o", str(o / "a.tif")], "nope.tif"),
     Case("segment", "box with three numbers", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,2,3",
@@ -206,6 +270,40 @@ CASES: list[Case] = [
     Case("predict", "detector folder that does not exist",
          lambda w, o: [str(w.model), str(w.image), "--text", "pit", "--detector", str(o.parent / "no-detector"),
                        "-o", str(o / "m")], "no-detector"),
+    Case("predict", "catalogue without polygons", lambda w, o: [str(w.adapter), str(w.image), "--vector", "none",
+                                                                "--catalogue", "-o", str(o / "m")], "--catalogue"),
+    # objects
+    Case("objects", "missing polygons", lambda w, o: [str(o / "nope.gpkg"), "--out", str(o / "cat")], "nope.gpkg"),
+    Case("objects", "not a polygon file", lambda w, o: [str(_file("x", "p.gpkg")(w, o)), "--out", str(o / "cat")],
+         "not a readable polygon file"),
+    Case("objects", "area twice", lambda w, o: [str(_objects_gpkg(w, o)), "--area-km2", "2", "--area",
+                                                str(_objects_gpkg(w, o)), "--out", str(o / "cat")], "not both"),
+    Case("objects", "negative area", lambda w, o: [str(_objects_gpkg(w, o)), "--area-km2", "-1", "--out",
+                                                   str(o / "cat")], "positive"),
+    Case("objects", "folder holding a user's file", lambda w, o: [str(_objects_gpkg(w, o)), "--out",
+                                                                  str(_user_folder(o / "cat")), "--overwrite"],
+         "thesis.txt"),
+    Case("objects", "read-only output", lambda w, o: [str(_objects_gpkg(w, o)), "--out", str(o / "cat")], "read-only",
+         folder="read-only"),
+    Case("objects", "full disk", lambda w, o: [str(_objects_gpkg(w, o)), "--out", str(o / "cat")], "full",
+         folder="full"),
+    # --class-column of segment / predict --prompts
+    Case("segment", "class column the prompt file lacks",
+         lambda w, o: [str(w.image), "-m", str(w.model), "--prompts", str(_file("x0,y0,x1,y1\n1,1,30,30\n",
+                                                                                 "p.csv")(w, o)),
+                       "--class-column", "kind", "-o", str(o / "a.gpkg")], "no column 'kind'"),
+    Case("predict", "class column without prompts", lambda w, o: [str(w.model), str(w.image), "--class-column",
+                                                                   "kind", "-o", str(o / "m")], "--prompts"),
+    # evaluate-map
+    Case("evaluate-map", "missing predicted file", lambda w, o: [str(o / "nope.gpkg"), str(_polygons(o))],
+         "nope.gpkg"),
+    Case("evaluate-map", "class column the files lack", lambda w, o: [str(_polygons(o)), str(_polygons(o)),
+                                                                      "--class-column", "kind"], "no column 'kind'"),
+    Case("evaluate-map", "iou above 1", lambda w, o: [str(_polygons(o)), str(_polygons(o)), "--iou", "1.5"],
+         "--iou"),
+    Case("evaluate-map", "read-only output", lambda w, o: [str(_polygons(w.root)), str(_polygons(w.root)),
+                                                           "--out", str(o / "report")], "read-only",
+         folder="read-only"),
     # serve (options are checked before the server starts)
     Case("serve", "missing config", lambda w, o: ["-m", str(w.model), "--config", str(o / "nope.toml")],
          "nope.toml"),
@@ -254,6 +352,24 @@ CASES: list[Case] = [
                                                        "--out", str(o / "ds")], "tile"),
     Case("data from-hf", "missing folder", lambda w, o: [str(o / "nope"), "--out", str(o / "ds")], "nope"),
     Case("data from-hf", "not a saved dataset", lambda w, o: [str(w.image), "--out", str(o / "ds")], "save_to_disk"),
+    Case("data import-coco", "missing annotations", lambda w, o: [str(o / "nope.json"), str(w.dataset / "images"),
+                                                                  "--out", str(o / "ds")], "nope.json"),
+    Case("data import-coco", "bad JSON", lambda w, o: [str(_file("{ not json", "a.json")(w, o)),
+                                                       str(w.dataset / "images"), "--out", str(o / "ds")],
+         "not a readable JSON"),
+    Case("data import-coco", "missing image file", lambda w, o: [str(_coco_file(w, o, file_name="gone.png")),
+                                                                 str(w.dataset / "images"), "--out", str(o / "ds")],
+         "gone.png"),
+    Case("data import-coco", "unknown category", lambda w, o: [str(_coco_file(w, o, category_id=42)),
+                                                               str(w.dataset / "images"), "--out", str(o / "ds")],
+         "category_id 42"),
+    Case("data import-coco", "read-only output", lambda w, o: [str(_coco_file(w, o)), str(w.dataset / "images"),
+                                                               "--out", str(o / "ds")], "cannot be written",
+         folder="read-only"),
+    Case("data export-coco", "missing dataset", lambda w, o: [str(o / "nope"), "--out", str(o / "a.json")], "nope"),
+    Case("data export-coco", "output is a folder", lambda w, o: [str(w.dataset), "--out", str(o)], "folder"),
+    Case("data export-coco", "read-only output", lambda w, o: [str(w.dataset), "--out", str(o / "a.json")],
+         "cannot be written", folder="read-only"),
 ]
 
 
@@ -286,7 +402,8 @@ def test_every_command_has_fault_cases() -> None:
     assert not unknown, f"cases for commands the CLI does not have: {unknown}"
     thin = {c: counts.get(c, 0) for c in commands if counts.get(c, 0) < MIN_CASES}
     assert not thin, f"commands with fewer than {MIN_CASES} fault cases: {thin}"
-    writers = {"segment", "annotate", "train", "evaluate", "learning-curve", "predict", "demo", "models tiny"}
+    writers = {"segment", "annotate", "train", "evaluate", "learning-curve", "predict", "demo", "models tiny",
+               "objects"}
     untested = sorted(c for c in writers if not any(k.command == c and k.folder == "read-only" for k in CASES))
     assert not untested, f"commands that write without a read-only case: {untested}"
     assert len({case.id for case in CASES}) == len(CASES), "two cases share a name"

@@ -194,11 +194,12 @@ def write_label_mask(folder: Path, stem: str, labels: np.ndarray, image: GeoImag
 
 
 def _write_records(path: Path, records: list[ObjectRecord]) -> None:
+    """``sources.csv``: one row per object; ``instance_id`` numbers an image's objects 1..N (``object`` + 1)."""
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "object", "class", "mode", "source", "score", "pixels"])
+        w.writerow(["image", "object", "instance_id", "class", "mode", "source", "score", "pixels"])
         for r in records:
-            w.writerow([r.stem, r.object, r.class_id, r.mode, r.source, f"{r.score:.4f}", r.pixels])
+            w.writerow([r.stem, r.object, r.object + 1, r.class_id, r.mode, r.source, f"{r.score:.4f}", r.pixels])
 
 
 @dataclass
@@ -240,6 +241,7 @@ def annotate_dataset(
     overwrite: bool = False,
     auto_options: AutomaticOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    coco: bool = False,
 ) -> AnnotateSummary:
     """Write a dataset whose masks are SAM pseudo-labels from ``mode`` prompts.
 
@@ -255,6 +257,7 @@ def annotate_dataset(
             since); a folder holding anything else is refused, ``overwrite`` or not.
         auto_options: settings of the automatic mode.
         progress: called with (done, total) after each image.
+        coco: also write the pseudo-labels as COCO ``annotations.json`` (see :mod:`samadapt.data.coco`).
 
     Raises:
         InputError: an unknown mode or split; without ``experts``, an image without a mask or a
@@ -274,11 +277,16 @@ def annotate_dataset(
     classes = dict(dataset.classes)
     if experts is not None and experts.class_names:
         classes = {0: "background", **experts.class_names}
+    for obj in (o for objs in (experts.objects.values() if experts else ()) for o in objs):
+        # every class an expert names gets a name, as YOLO folders without data.yaml name it
+        classes.setdefault(obj.class_id, f"class {obj.class_id - 1}" if experts and experts.kind == "yolo"
+                           else f"class {obj.class_id}")
     return write_pseudo_labels(
         dataset, stems, Path(out_dir),
         lambda stem, image: annotate_image(segmenter, image, stem, get_objects(stem, image), mode,
                                            auto_options=auto_options),
-        classes, source=experts.kind if experts else "ground truth", overwrite=overwrite, progress=progress)
+        classes, source=experts.kind if experts else "ground truth", overwrite=overwrite, progress=progress,
+        coco=coco)
 
 
 def write_pseudo_labels(
@@ -292,6 +300,7 @@ def write_pseudo_labels(
     overwrite: bool,
     progress: Callable[[int, int], None] | None,
     more: Callable[[Path], object] | None = None,
+    coco: bool = False,
 ) -> AnnotateSummary:
     """Write a pseudo-label dataset: each image copied, its mask from ``annotate_one``, ``classes.json``,
     ``splits.json`` (when the source has one), ``sources.csv`` and the manifest, all or nothing.
@@ -301,10 +310,15 @@ def write_pseudo_labels(
         classes: class id -> name.
         source: what the prompts came from, for the summary.
         more: writes further files into the folder being assembled.
+        coco: also write ``annotations.json``, the masks as COCO objects (:func:`samadapt.data.coco.export_coco`).
+
+    Every class id a mask holds is named in ``classes.json`` (``"class k"`` when ``classes`` lacks it),
+    so ``samadapt data check`` accepts the folder.
     """
     from samadapt.data.manifest import PSEUDO_LABELS, output_folder
 
     records: list[ObjectRecord] = []
+    used: set[int] = set()
     with output_folder(out_dir, kind=PSEUDO_LABELS, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
@@ -314,14 +328,20 @@ def write_pseudo_labels(
             src = dataset.image_path(stem)
             shutil.copy2(src, tmp / "images" / src.name)
             write_label_mask(tmp / "masks", stem, ann.labels, image)
+            used.update(int(v) for v in np.unique(ann.labels) if v != IGNORE)
             records.extend(ann.records)
             if progress:
                 progress(n, len(stems))
-        write_json(tmp / "classes.json", {str(k): v for k, v in sorted(classes.items())})
+        named = {**{k: f"class {k}" for k in used}, **classes}
+        write_json(tmp / "classes.json", {str(k): v for k, v in sorted(named.items())})
         if dataset.splits:
             write_json(tmp / "splits.json", {k: [s for s in v if s in stems] for k, v in dataset.splits.items()})
         _write_records(tmp / "sources.csv", records)
         if more is not None:
             more(tmp)
+        if coco:
+            from samadapt.data.coco import export_coco
+
+            export_coco(tmp, tmp / "annotations.json")
     return AnnotateSummary(out_dir=out_dir, images=len(stems), objects=len(records),
                            empty_objects=sum(r.pixels == 0 for r in records), source=source)

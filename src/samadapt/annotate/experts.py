@@ -42,7 +42,7 @@ class ExpertLabels:
 
 
 def read_yolo_folder(folder: Path, sizes: dict[str, tuple[int, int]]) -> ExpertLabels:
-    """Read YOLO box labels (``class cx cy w h``, normalised) for images of known size.
+    """Read YOLO labels (``class cx cy w h`` boxes or ``class x1 y1 x2 y2 ...`` polygons, normalised).
 
     Args:
         folder: folder of ``<stem>.txt`` files (what Roboflow exports); a ``data.yaml`` beside
@@ -50,49 +50,18 @@ def read_yolo_folder(folder: Path, sizes: dict[str, tuple[int, int]]) -> ExpertL
         sizes: (rows, cols) of each image, by stem.
 
     Returns:
-        Boxes in pixels (XYXY), class id = YOLO class + 1.
+        Boxes in pixels (XYXY; a polygon's bounds), class id = YOLO class + 1.
     """
+    from samadapt.data.yolo import parse_yolo_file, yolo_names
+
     folder = Path(folder)
     objects: dict[str, list[ExpertObject]] = {}
     for stem, (h, w) in sizes.items():
         path = folder / f"{stem}.txt"
-        if not path.is_file():
-            continue
-        items = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 5:
-                raise InputError(f"{path}:{n} has {len(parts)} values; YOLO boxes are 'class cx cy w h'")
-            try:
-                cls = int(parts[0])
-                cx, cy, bw, bh = (float(v) for v in parts[1:])
-            except ValueError:
-                raise InputError(f"{path}:{n} is not 'class cx cy w h' with numbers: {line!r}") from None
-            x0, x1 = max((cx - bw / 2) * w, 0.0), min((cx + bw / 2) * w, float(w))
-            y0, y1 = max((cy - bh / 2) * h, 0.0), min((cy + bh / 2) * h, float(h))
-            if x1 <= x0 or y1 <= y0:
-                raise InputError(f"{path}:{n} is an empty box after clipping to the {w} x {h} image")
-            items.append(ExpertObject(ObjectPrompt(box=np.array([x0, y0, x1, y1])), cls + 1))
-        objects[stem] = items
-    return ExpertLabels(objects, _yolo_names(folder), kind="yolo")
-
-
-def _yolo_names(folder: Path) -> dict[int, str]:
-    for candidate in (folder / "data.yaml", folder.parent / "data.yaml"):
-        if candidate.is_file():
-            import yaml
-
-            try:
-                names = (yaml.safe_load(candidate.read_text()) or {}).get("names")
-            except yaml.YAMLError:
-                return {}
-            if isinstance(names, dict):
-                return {int(k) + 1: str(v) for k, v in names.items()}
-            if isinstance(names, list):
-                return {i + 1: str(v) for i, v in enumerate(names)}
-    return {}
+        if path.is_file():
+            objects[stem] = [ExpertObject(ObjectPrompt(box=np.array(o.box)), o.class_id)
+                             for o in parse_yolo_file(path, h, w)]
+    return ExpertLabels(objects, yolo_names(folder), kind="yolo")
 
 
 def read_csv_labels(path: Path) -> ExpertLabels:

@@ -96,6 +96,7 @@ def annotate_text_dataset(
     split: str | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    coco: bool = False,
 ) -> AnnotateSummary:
     """Write a dataset whose masks are pseudo-labels of the phrases of ``query`` (see the module docstring).
 
@@ -108,6 +109,7 @@ def annotate_text_dataset(
         split: annotate only this split.
         overwrite: replace an ``out_dir`` holding a previous annotation samadapt wrote, unchanged since.
         progress: called with (done, total) after each image.
+        coco: also write the pseudo-labels as COCO ``annotations.json``.
 
     Raises:
         InputError: an unknown split, or a detector missing for the model's family (or given to SAM 3).
@@ -122,4 +124,5 @@ def annotate_text_dataset(
         dataset, stems, Path(out_dir), lambda stem, image: annotate_text_image(segmenter, image, stem, query, detector),
         {0: "background", **{k + 1: p for k, p in enumerate(query.phrases)}},
         source=f"text ({', '.join(query.phrases)})", overwrite=overwrite, progress=progress,
-        more=lambda tmp: write_json(tmp / ANNOTATION_RECORD, annotation_record(segmenter, query, detector)))
+        more=lambda tmp: write_json(tmp / ANNOTATION_RECORD, annotation_record(segmenter, query, detector)),
+        coco=coco)

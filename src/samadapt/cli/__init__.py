@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from samadapt.cli import annotate, data, info, models, predict, segment, serve, train
+from samadapt.cli import annotate, data, evaluate, info, models, objects, predict, segment, serve, train
 from samadapt.cli.console import stderr
 from samadapt.errors import SamadaptError
 
@@ -31,6 +31,8 @@ app.command("train")(train.train_cmd)
 app.command("evaluate")(train.evaluate_cmd)
 app.command("learning-curve")(train.learning_curve_cmd)
 app.command("predict")(predict.predict_cmd)
+app.command("evaluate-map")(evaluate.evaluate_map_cmd)
+app.command("objects")(objects.objects_cmd)
 app.command()(serve.serve)
 app.command()(info.info)
 app.command()(info.demo)

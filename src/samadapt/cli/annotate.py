@@ -45,6 +45,9 @@ def annotate(
     box_threshold: BoxThresholdOpt = None,
     text_threshold: TextThresholdOpt = None,
     device: DeviceOpt = "cpu",
+    output_format: Annotated[str, typer.Option("--format", help="masks (the dataset alone), or coco: the dataset "
+                                               "and its objects in annotations.json (COCO, RLE).",
+                                               callback=choice("--format", ("masks", "coco")))] = "masks",
 ) -> None:
     """Annotate a dataset with SAM pseudo-labels from boxes, points, the automatic mode or phrases (--mode text)."""
     from rich.progress import Progress
@@ -56,11 +59,15 @@ def annotate(
     from samadapt.predict.segmenter import Segmenter
 
     search = _text_search(mode, text, detector, box_threshold, text_threshold, model, labels=labels, compare=compare)
+    coco = output_format == "coco"
+    if coco and compare:
+        raise InputError("--compare writes a comparison, not pseudo-labels; drop --format coco")
     require_dataset_dir(dataset_dir)
     check_out_dir(out_dir, overwrite=overwrite, compare=compare)  # before the model loads
     segmenter = Segmenter(model, device=device)
     if search is not None:
-        _annotate_text(dataset_dir, out_dir, segmenter, search, split=split, overwrite=overwrite, device=device)
+        _annotate_text(dataset_dir, out_dir, segmenter, search, split=split, overwrite=overwrite, device=device,
+                       coco=coco)
         return
     if compare:
         report = compare_modes(dataset_dir, out_dir, segmenter=segmenter, split=split, seed=seed, overwrite=overwrite)
@@ -72,13 +79,14 @@ def annotate(
         task = progress.add_task(f"annotating ({mode})", total=None)
         summary = annotate_dataset(
             dataset_dir, out_dir, segmenter=segmenter, mode=cast(Literal["box", "point", "auto"], mode),
-            experts=experts, split=split, seed=seed,
+            experts=experts, split=split, seed=seed, coco=coco,
             overwrite=overwrite, progress=lambda n, total: progress.update(task, completed=n, total=total),
         )
     warn_untrusted(segmenter.loaded.trusted)
     stdout.print(
         f"annotated {summary.images} images, {summary.objects} objects from {summary.source} "
         f"({summary.empty_objects} came out empty) into {summary.out_dir}; sources in {summary.out_dir / 'sources.csv'}"
+        + (f", COCO objects in {summary.out_dir / 'annotations.json'}" if coco else "")
     )
 
 
@@ -122,7 +130,7 @@ def _text_search(mode: str, text: list[str] | None, detector: str | None, box_th
 
 
 def _annotate_text(dataset_dir: Path, out_dir: Path, segmenter: Segmenter, search: TextSearch, *, split: str | None,
-                   overwrite: bool, device: str) -> None:
+                   overwrite: bool, device: str, coco: bool = False) -> None:
     """``annotate --mode text``: pseudo-labels of the phrases, with no expert labels."""
     from rich.progress import Progress
 
@@ -133,7 +141,7 @@ def _annotate_text(dataset_dir: Path, out_dir: Path, segmenter: Segmenter, searc
         task = progress.add_task("annotating (text)", total=None)
         summary = annotate_text_dataset(
             dataset_dir, out_dir, segmenter=segmenter, query=search.query, detector=detector, split=split,
-            overwrite=overwrite, progress=lambda n, total: progress.update(task, completed=n, total=total),
+            overwrite=overwrite, progress=lambda n, total: progress.update(task, completed=n, total=total), coco=coco,
         )
     warn_untrusted(segmenter.loaded.trusted and (detector is None or detector.trusted))
     stdout.print(

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from samadapt.cli.console import stdout
+from samadapt.cli.options import AssetOpt
 from samadapt.errors import InputError
 
 app = typer.Typer(help="Check and build datasets (images/ + masks/).", no_args_is_help=True)
@@ -29,21 +30,24 @@ def data_check(
 
 @app.command("build")
 def data_build(
-    raster: Annotated[Path, typer.Argument(help="GeoTIFF to tile.")],
+    raster: Annotated[str, typer.Argument(help="Raster to tile: a file, https:// or s3:// URL, /vsi* path or STAC "
+                                          "item (.json).")],
     vectors: Annotated[Path, typer.Argument(help="Polygons (GeoPackage, GeoJSON, Shapefile) in any CRS.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 512,
     class_field: Annotated[str | None, typer.Option(help="Attribute holding each polygon's class.")] = None,
     keep_empty: Annotated[bool, typer.Option(help="Keep tiles without labels.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    asset: AssetOpt = None,
 ) -> None:
     """Build a dataset from a GeoTIFF and polygons: tiles with rasterised masks."""
     from samadapt.data.build import build_from_vectors
+    from samadapt.imagery.sources import resolve_source
 
-    for p in (raster, vectors):
-        if not p.exists():
-            raise InputError(f"file not found: {p}")
-    path = build_from_vectors(raster, vectors, out_dir, tile_size=tile_size, class_field=class_field,
+    source = resolve_source(raster, asset)  # a missing file, or --asset without a STAC item, stops here
+    if not vectors.exists():
+        raise InputError(f"file not found: {vectors}")
+    path = build_from_vectors(source, vectors, out_dir, tile_size=tile_size, class_field=class_field,
                               keep_empty=keep_empty, overwrite=overwrite)
     stdout.print(f"wrote dataset {path}; check it with `samadapt data check {path}`")
 
@@ -59,3 +63,31 @@ def data_from_hf(
     from samadapt.data.hf import from_hf_dataset
 
     stdout.print(f"wrote dataset {from_hf_dataset(path, out_dir, split=split, overwrite=overwrite)}")
+
+
+@app.command("import-coco")
+def data_import_coco(
+    annotations: Annotated[Path, typer.Argument(help="COCO annotations JSON (polygons or RLE).")],
+    images_dir: Annotated[Path, typer.Argument(help="Folder the images' file_name entries are in.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset samadapt wrote in --out.")] = False,
+) -> None:
+    """Convert COCO instance annotations to a dataset: categories become classes 1..K, crowds ignore (255)."""
+    from samadapt.data.coco import import_coco
+
+    s = import_coco(annotations, images_dir, out_dir, overwrite=overwrite)
+    stdout.print(f"wrote dataset {s.path}: {s.images} images, {s.objects} objects of {s.classes} classes, "
+                 f"{s.crowd} crowd regions as ignore; check it with `samadapt data check {s.path}`")
+
+
+@app.command("export-coco")
+def data_export_coco(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="COCO annotations JSON to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+) -> None:
+    """Write a dataset's masks as COCO annotations: one RLE object per connected region of each class."""
+    from samadapt.data.coco import export_coco
+
+    s = export_coco(dataset_dir, out, overwrite=overwrite)
+    stdout.print(f"wrote {s.path}: {s.images} images, {s.objects} objects, {s.classes} categories")

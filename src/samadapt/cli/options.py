@@ -19,6 +19,7 @@ from samadapt.errors import InputError
 
 if TYPE_CHECKING:
     from samadapt.imagery.read import GeoImage
+    from samadapt.imagery.sources import RasterSource
     from samadapt.models.accel.speed import RuntimeOptions
 
 
@@ -71,6 +72,8 @@ def batch_size_option(help: str) -> OptionInfo:
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name, model folder or Meta .pth file.")]
 BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based bands to use, e.g. 4,3,2 (1 or 3 bands).",
                                               callback=_check_bands)]
+AssetOpt = Annotated[str | None, typer.Option(
+    "--asset", help="Asset of a STAC item source (default: 'visual', else its first GeoTIFF / COG asset).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="Encoder runtime: auto, or a comma list of fp32|bf16, "
                                          "fused|no-fused, compile, onnx, threads=N (see `samadapt info`).",
@@ -97,11 +100,11 @@ def encoder_runtime(runtime: str, precision: str | None) -> RuntimeOptions:
     return opts if precision is None else replace(opts, precision=precision)  # type: ignore[arg-type]
 
 
-def read(path: Path, bands: str | None) -> GeoImage:
-    """Read an image with the bands of a ``--bands`` value."""
+def read(path: str | Path | RasterSource, bands: str | None, asset: str | None = None) -> GeoImage:
+    """Read an image (file, URL, ``/vsi*`` path or STAC item) with the bands of ``--bands`` and ``--asset``."""
     from samadapt.imagery.read import read_image
 
-    return read_image(path, bands=band_list(bands))
+    return read_image(path, bands=band_list(bands), asset=asset)
 
 
 def parse_ints(text: str, flag: str) -> list[int]:

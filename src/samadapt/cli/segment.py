@@ -10,6 +10,7 @@ from rich.table import Table
 
 from samadapt.cli.console import stderr, stdout, warn_untrusted
 from samadapt.cli.options import (
+    AssetOpt,
     BandsOpt,
     BoxThresholdOpt,
     DetectorOpt,
@@ -27,6 +28,7 @@ from samadapt.errors import InputError
 
 if TYPE_CHECKING:
     from samadapt.imagery.read import GeoImage
+    from samadapt.prompts.records import PromptRecords
 
 #: How many times larger than the model input an image may be before segment says so.
 DOWNSAMPLING_NOTE = 4
@@ -36,12 +38,12 @@ OUTPUT_SUFFIXES = {".png", ".tif", ".tiff", ".gpkg", ".geojson", ".json"}
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json")
 
 
-def _note_downsampling(path: Path, hw: tuple[int, int], size: int, model: str) -> None:
+def _note_downsampling(path: str, hw: tuple[int, int], size: int, model: str) -> None:
     """A note when SAM will see a large image shrunk many times (a HiRISE strip, say)."""
     factor = max(hw) / size
     if factor > DOWNSAMPLING_NOTE:
         stderr.print(
-            f"[bold yellow]note:[/] {path.name} is {hw[1]} x {hw[0]} px: SAM sees it whole at {size} px, "
+            f"[bold yellow]note:[/] {path} is {hw[1]} x {hw[0]} px: SAM sees it whole at {size} px, "
             f"{factor:.0f}x smaller. For objects in a large raster, `samadapt predict {model} {path} "
             "--prompts FILE --out DIR` segments each in a window centred on it, at full resolution.",
             highlight=False, soft_wrap=True,
@@ -64,8 +66,18 @@ def _exemplars(values: list[str], crs: str | None, geo: GeoImage) -> tuple[list[
     return boxes, labels
 
 
+def _write_class_names(raster: Path, records: PromptRecords, overwrite: bool) -> Path:
+    """``<stem>_classes.json`` beside a class raster, naming its class ids."""
+    from samadapt._io import check_target, write_json
+
+    names = raster.with_name(f"{raster.stem}_classes.json")
+    check_target(names, overwrite=overwrite)
+    return write_json(names, records.class_names())
+
+
 def segment(
-    image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or GeoTIFF.")],
+    image: Annotated[str, typer.Argument(help="PNG, JPEG, TIFF, GeoTIFF, JPEG 2000, ISIS3 .cub, PDS4 .xml; a file, "
+                                         "https:// or s3:// URL, /vsi* path or STAC item (.json).")],
     out_paths: Annotated[list[Path], typer.Option("--out", "-o",
                                                   help="Output .png, .tif, .gpkg or .geojson (repeatable).")],
     model: ModelOpt = "sam-vit-base",
@@ -74,6 +86,8 @@ def segment(
                                                     help="x,y[,label]; label 1 = object, 0 = background.")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts",
                                                  help="GeoJSON/GeoPackage/CSV of boxes or points.")] = None,
+    class_column: Annotated[str | None, typer.Option("--class-column", help="Column of the --prompts file holding "
+                                                     "each object's class (integer ids or names).")] = None,
     crs: Annotated[str | None, typer.Option("--crs",
                                             help="Prompts are map coordinates in this CRS, e.g. EPSG:4326.")] = None,
     everything: Annotated[bool, typer.Option("--everything",
@@ -87,6 +101,7 @@ def segment(
     box_threshold: BoxThresholdOpt = None,
     text_threshold: TextThresholdOpt = None,
     bands: BandsOpt = None,
+    asset: AssetOpt = None,
     multimask: Annotated[bool, typer.Option("--multimask/--single-mask",
                                             help="Pick the best of 3 masks per object.")] = True,
     wgs84: Annotated[bool, typer.Option("--wgs84", help="Write GeoJSON polygons in EPSG:4326.")] = False,
@@ -98,10 +113,12 @@ def segment(
 ) -> None:
     """Segment objects in IMAGE from box / point prompts, phrases (--text) or everything; write masks and polygons."""
     from samadapt._io import check_writable
+    from samadapt.imagery.sources import resolve_source
     from samadapt.mapping.outputs import write_segmentation
     from samadapt.models.loading import family_and_size
     from samadapt.predict.segmenter import Segmenter
-    from samadapt.prompts.io import prompts_from_cli, read_prompt_file
+    from samadapt.prompts.io import prompts_from_cli, read_prompt_records
+    from samadapt.prompts.records import PromptRecords
     from samadapt.text.options import text_search
 
     for p in out_paths:
@@ -118,19 +135,25 @@ def segment(
 
         text = [VISUAL_PROMPT]  # what SAM 3 reads for exemplars alone (as Sam3Processor does)
     search = text_search(text, detector, box_threshold, text_threshold, family)
+    if class_column is not None and prompts is None:
+        raise InputError("--class-column names a column of the --prompts file; give --prompts FILE or drop it")
     if search is not None and (box or point or prompts is not None or everything):
         raise InputError("--text finds its own objects; drop --box/--point/--prompts/--everything, or --text")
     check_writable(out_paths)
-    geo = read(image, bands)
+    source = resolve_source(image, asset)
+    geo = read(source, bands)
     if geo.crs is None and any(p.suffix.lower() in VECTOR_SUFFIXES for p in out_paths):
         units = "pixel coordinates (x = column, y = row)" if geo.transform is None else "the raster's map units"
-        stderr.print(f"[bold yellow]note:[/] {image.name} has no CRS, so the polygons are written without one, "
+        stderr.print(f"[bold yellow]note:[/] {source.name} has no CRS, so the polygons are written without one, "
                      f"in {units}", highlight=False, soft_wrap=True)
-    objects = []
+    records = PromptRecords([], [])
     if box or point:
-        objects += prompts_from_cli(point or [], box or [], crs=crs, transform=geo.transform, raster_crs=geo.crs)
+        given = prompts_from_cli(point or [], box or [], crs=crs, transform=geo.transform, raster_crs=geo.crs)
+        records += PromptRecords(given, list(range(len(given))))  # command-line prompts: ids by order
     if prompts is not None:
-        objects += read_prompt_file(prompts, transform=geo.transform, raster_crs=geo.crs, crs=crs)
+        records += read_prompt_records(prompts, transform=geo.transform, raster_crs=geo.crs, crs=crs,
+                                       class_column=class_column)
+    objects = records.prompts
     if everything and objects:
         raise InputError("--everything takes no prompts; drop --box/--point/--prompts or --everything")
     if not everything and not objects and search is None:
@@ -156,8 +179,11 @@ def segment(
             write_segmentation(
                 p, result, crs=geo.crs, transform=geo.transform, valid=geo.valid,
                 overwrite=overwrite, to_wgs84=wgs84, min_area_pixels=min_area,
+                records=records if objects else None,
             )
             written.append(p)
+            if records.classes is not None and p.suffix.lower() not in VECTOR_SUFFIXES:
+                written.append(_write_class_names(p, records, overwrite))
     except BaseException:
         for p in written:  # all outputs or none: a half set would pass for a finished run
             p.unlink(missing_ok=True)
@@ -176,9 +202,10 @@ def segment(
 
 
 def embed(
-    images: Annotated[list[Path], typer.Argument(help="Images to embed.")],
+    images: Annotated[list[str], typer.Argument(help="Images to embed: files, URLs, /vsi* paths or STAC items.")],
     model: ModelOpt = "sam-vit-base",
     bands: BandsOpt = None,
+    asset: AssetOpt = None,
     batch_size: Annotated[int, batch_size_option("Images per encoder call.")] = 1,
     device: DeviceOpt = "cpu",
     runtime: RuntimeOpt = "auto",
@@ -188,11 +215,10 @@ def embed(
     from rich.progress import Progress
 
     from samadapt._io import check_writable
+    from samadapt.imagery.sources import resolve_source
     from samadapt.predict.segmenter import Segmenter
 
-    for p in images:
-        if not p.exists():
-            raise InputError(f"image file not found: {p}")
+    sources = [resolve_source(p, asset) for p in images]  # a missing file or --asset without STAC stops here
     segmenter = Segmenter(model, device=device, runtime=encoder_runtime(runtime, precision))
     root = segmenter.cache.root
     try:
@@ -204,7 +230,7 @@ def embed(
     hits = 0
     with Progress(console=stderr) as progress:
         task = progress.add_task("embedding", total=len(images))
-        for e in segmenter.embed_many((read(p, bands) for p in images), batch_size=batch_size):
+        for e in segmenter.embed_many((read(s, bands) for s in sources), batch_size=batch_size):
             hits += e.from_cache
             progress.advance(task)
     if segmenter.cache.write_failures:

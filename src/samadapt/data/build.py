@@ -34,6 +34,7 @@ from samadapt.data.manifest import DATASET, output_folder
 from samadapt.data.write import check_stem, write_classes
 from samadapt.errors import InputError, InputFileError
 from samadapt.imagery.crs import to_pyproj_crs
+from samadapt.imagery.sources import RasterSource, describe_open_error, is_remote_or_virtual, resolve_source, source_env
 from samadapt.imagery.tiling import tile_offsets
 from samadapt.mapping.outputs import write_mask_geotiff
 
@@ -152,7 +153,8 @@ def _class_values(
     )
 
 
-def _check_options(tile_size: int, overlap: int, bands: Sequence[int] | None, count: int, raster: Path) -> list[int]:
+def _check_options(tile_size: int, overlap: int, bands: Sequence[int] | None, count: int,
+                   raster: Path | RasterSource) -> list[int]:
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         raise InputError(f"tile_size={tile_size!r} is not allowed; give a whole number of pixels >= 1, e.g. 512")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile_size:
@@ -170,7 +172,7 @@ def _check_options(tile_size: int, overlap: int, bands: Sequence[int] | None, co
 
 
 def build_from_vectors(
-    raster: str | Path,
+    raster: str | Path | RasterSource,
     vectors: str | Path,
     out_dir: str | Path,
     *,
@@ -195,7 +197,8 @@ def build_from_vectors(
     are tiles without any polygon pixel unless ``keep_empty``.
 
     Args:
-        raster: any raster GDAL reads.
+        raster: any raster GDAL reads: a file, URL, ``/vsi*`` path, STAC item or resolved source
+            (:func:`samadapt.imagery.sources.resolve_source`).
         vectors: polygons (GeoPackage, GeoJSON, shapefile, ...) in any CRS; they are
             reprojected to the raster's CRS and clipped to it.
         out_dir: the dataset folder to create.
@@ -224,17 +227,19 @@ def build_from_vectors(
         OutputExistsError: ``out_dir`` holds files samadapt did not write as a dataset, or a
             previous dataset and ``overwrite`` is False.
     """
-    raster, vectors, out_dir = Path(raster), Path(vectors), Path(out_dir)
-    if not raster.exists():
-        raise InputFileError(f"raster not found: {raster}")
-    with warnings.catch_warnings():
+    vectors, out_dir = Path(vectors), Path(out_dir)
+    if not isinstance(raster, RasterSource) and not is_remote_or_virtual(str(raster)):
+        if not Path(raster).exists():
+            raise InputFileError(f"raster not found: {raster}")
+    source = resolve_source(raster)  # a local file, URL, /vsi* path or STAC item, read window by window
+    with warnings.catch_warnings(), source_env(source.remote):  # GDAL takes the HTTP settings when it opens the file
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            src = rasterio.open(raster)
+            src = rasterio.open(source.gdal_path)
         except RasterioError as exc:
-            raise InputFileError(f"{raster} is not a readable raster ({exc})") from None
+            raise describe_open_error(source, exc) from None
     with src, output_folder(out_dir, kind=DATASET, overwrite=overwrite) as stage:  # refuses a used out_dir first
-        band_list = _check_options(tile_size, overlap, bands, src.count, raster)
+        band_list = _check_options(tile_size, overlap, bands, src.count, source)
         raster_crs = src.crs if src.crs else None
         frame = _to_raster_crs(_read_vectors(vectors), raster_crs, vector_crs, vectors)
         values, class_names = _class_values(frame, class_field, classes, vectors)
@@ -244,7 +249,7 @@ def build_from_vectors(
             x0, y0, x1, y1 = frame.total_bounds
             raise InputError(
                 f"the polygons of {vectors.name} (bounds {x0:.6g}, {y0:.6g}, {x1:.6g}, {y1:.6g} in the raster's CRS) "
-                f"do not overlap {raster.name} (bounds {b.left:.6g}, {b.bottom:.6g}, {b.right:.6g}, {b.top:.6g}); "
+                f"do not overlap {source.name} (bounds {b.left:.6g}, {b.bottom:.6g}, {b.right:.6g}, {b.top:.6g}); "
                 "check both files cover the same place and the vectors' CRS is right"
             )
         geoms = frame.geometry.to_numpy()[hits]
@@ -255,12 +260,12 @@ def build_from_vectors(
         for row in tile_offsets(src.height, tile_size, overlap):
             for col in tile_offsets(src.width, tile_size, overlap):
                 window = Window(col, row, min(tile_size, src.width - col), min(tile_size, src.height - row))
-                stem = f"{raster.stem}_r{row:0{digits}d}_c{col:0{digits}d}"
+                stem = f"{source.stem}_r{row:0{digits}d}_c{col:0{digits}d}"
                 written += _write_tile(src, window, band_list, stem, stage, tree, geoms, values, all_touched,
                                        keep_empty)
         if written == 0:
             raise InputError(
-                f"no tile of {raster.name} has a polygon pixel; pass all_touched=True for polygons smaller "
+                f"no tile of {source.name} has a polygon pixel; pass all_touched=True for polygons smaller "
                 "than a pixel, or keep_empty=True to write unlabelled tiles"
             )
         write_classes(stage, class_names)

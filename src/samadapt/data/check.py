@@ -24,18 +24,16 @@ from samadapt.data.dataset import (
     CLASSES_FILE,
     DEFAULT_CLASSES,
     IGNORE_INDEX,
-    IMAGE_SUFFIXES,
     IMAGES_DIR,
-    MASK_SUFFIXES,
-    MASKS_DIR,
     SPLITS_FILE,
     SegDataset,
+    dataset_files,
     load_classes,
     load_splits,
     read_mask_file,
     require_dataset_dir,
-    scan_files,
 )
+from samadapt.data.yolo import LABEL_SUFFIX, parse_yolo_file, read_yolo_mask
 from samadapt.errors import InputError, InputFileError
 
 WARNING_KINDS = frozenset({"image-without-mask", "empty-mask", "transform-mismatch"})
@@ -151,9 +149,9 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
         raise InputError(f"num_classes={num_classes!r} is not allowed; give 1 to {IGNORE_INDEX}")
     report = DatasetReport(root=root)
     problems = report.problems
-    images = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES)
-    masks = scan_files(root / MASKS_DIR, MASK_SUFFIXES)
-    for folder, found in ((root / IMAGES_DIR, images), (root / MASKS_DIR, masks)):
+    files = dataset_files(root)  # images/ + masks/, a YOLO folder or a Roboflow export root
+    images, masks = files.images, files.masks
+    for folder, found in ((files.images_dir, images), (files.masks_dir, masks)):
         for stem, paths in found.items():
             if len(paths) > 1:
                 names = ", ".join(p.name for p in paths)
@@ -162,7 +160,7 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
 
     classes: dict[int, str] | None
     try:
-        classes = load_classes(root)
+        classes = load_classes(root) or files.classes
     except (InputError, InputFileError) as exc:
         problems.append(Problem("", "bad-metadata", str(exc)))
         classes = None
@@ -171,7 +169,7 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
         {c: n for c, n in classes.items() if c in known} if classes is not None
         else {c: DEFAULT_CLASSES.get(c, f"class {c}") for c in sorted(known)}
     )
-    _check_splits(root, set(images), report)
+    _check_splits(root, set(images), report, files.splits)
 
     pixels: Counter[int] = Counter()
     containing: Counter[int] = Counter()
@@ -187,14 +185,18 @@ def check_dataset(root: str | Path, *, num_classes: int | None = None) -> Datase
                 problems.append(Problem(stem, "unreadable-image", message))
         if not mask_paths:
             name = image_paths[0].name if image_paths else stem
-            message = f"{name} has no mask in {MASKS_DIR}/; it is unlabelled"
+            message = f"{name} has no mask in {files.masks_dir.name}/; it is unlabelled"
             problems.append(Problem(stem, "image-without-mask", message))
             continue
         mask_path = mask_paths[0]
         if not image_paths:
             message = f"{mask_path} has no image {IMAGES_DIR}/{stem}.*; add it or remove the mask"
             problems.append(Problem(stem, "mask-without-image", message))
-        counts = _check_mask(stem, mask_path, header, known, known_from, problems)
+        if mask_path.suffix.lower() == LABEL_SUFFIX:
+            counts = _check_yolo(stem, mask_path, image_paths[0] if header and image_paths else None, known,
+                                 known_from, problems)
+        else:
+            counts = _check_mask(stem, mask_path, header, known, known_from, problems)
         if counts is None:
             continue
         report.ignore_pixels += int(counts[IGNORE_INDEX])
@@ -328,9 +330,26 @@ def _check_labels(
     return counts
 
 
-def _check_splits(root: Path, stems: set[str], report: DatasetReport) -> None:
+def _check_yolo(stem: str, path: Path, image: Path | None, known: set[int], known_from: str,
+                problems: list[Problem]) -> np.ndarray | None:
+    """Per-value pixel counts of a YOLO label file rasterised on its image's grid; None if unusable."""
+    if image is None:  # no readable image: the lines alone are checked, on a nominal grid
+        try:
+            parse_yolo_file(path, 1, 1)
+        except (InputError, InputFileError) as exc:
+            problems.append(Problem(stem, "unreadable-mask", str(exc)))
+        return None
     try:
-        splits = load_splits(root)
+        data = read_yolo_mask(path, image)
+    except (InputError, InputFileError) as exc:
+        problems.append(Problem(stem, "unreadable-mask", str(exc)))
+        return None
+    return _check_labels(stem, path, data, None, known, known_from, problems)
+
+
+def _check_splits(root: Path, stems: set[str], report: DatasetReport, given: dict[str, list[str]]) -> None:
+    try:
+        splits = load_splits(root) or given
     except (InputError, InputFileError) as exc:
         report.problems.append(Problem("", "bad-metadata", str(exc)))
         return

@@ -13,6 +13,12 @@ ignore (unlabelled or nodata pixels, left out of losses and metrics). GeoTIFF ma
 here carry 255 as their nodata value, so GIS tools show ignored pixels as transparent.
 An image without a mask is an unlabelled sample (e.g. waiting for annotation).
 
+YOLO label folders are datasets as they are (see :mod:`samadapt.data.yolo`): ``images/`` beside
+``labels/*.txt`` (and no ``masks/``), or a Roboflow export root (``data.yaml`` beside ``train/``,
+``valid/``, ``test/``, each with ``images/`` and ``labels/``), whose split folders are its
+splits. Their label files are their masks, rasterised when read; their classes are the
+``data.yaml`` names, else the classes the label files use, unless ``classes.json`` says otherwise.
+
 Without ``classes.json`` the classes are ``{0: "background", 1: "object"}``: a binary
 dataset. The classes are deliberately not guessed from the masks (that would read every
 mask on open, and a typo'd id would silently become a class); :func:`check_dataset
@@ -29,6 +35,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,15 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from samadapt.data.yolo import (
+    LABEL_SUFFIX,
+    LABELS_DIR,
+    classes_in_labels,
+    is_yolo_folder,
+    read_yolo_mask,
+    roboflow_splits,
+    yolo_names,
+)
 from samadapt.errors import InputError, InputFileError
 from samadapt.imagery.read import GeoImage
 from samadapt.imagery.read import read_image as _read_image
@@ -100,11 +116,11 @@ class SegDataset:
         """
         root = Path(root)
         require_dataset_dir(root)
-        images = _unique(scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES), root / IMAGES_DIR)
-        masks = _unique(scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / MASKS_DIR)
-        classes = load_classes(root)
-        splits = load_splits(root)
-        check_split_members(splits, images.keys(), root, root / SPLITS_FILE)
+        found = dataset_files(root)
+        images, masks = _unique(found.images, found.images_dir), _unique(found.masks, found.masks_dir)
+        classes = load_classes(root) or found.classes
+        splits = load_splits(root) or found.splits
+        check_split_members(splits, images.keys(), root, root / SPLITS_FILE if not found.splits else None)
         return cls(root, images=images, masks=masks, classes=classes or DEFAULT_CLASSES, splits=splits)
 
     def __len__(self) -> int:
@@ -193,24 +209,84 @@ def require_dataset_dir(root: Path) -> None:
     """Refuse a path that is not a dataset folder, saying what it is instead.
 
     Raises:
-        InputFileError: ``root`` does not exist, is a file, or has no ``images/`` folder.
+        InputFileError: ``root`` does not exist, is a file, or has no ``images/`` folder (and is
+            not a Roboflow export root, see :mod:`samadapt.data.yolo`).
     """
     root = Path(root)
     if not root.exists():
         raise InputFileError(f"dataset folder {root} does not exist; check the path: {_LAYOUT}")
     if not root.is_dir():
         raise InputFileError(f"{root} is a file, not a dataset folder; give a folder instead: {_LAYOUT}")
-    if not (root / IMAGES_DIR).is_dir():
+    if not (root / IMAGES_DIR).is_dir() and not roboflow_splits(root):
         raise InputFileError(f"{root} has no {IMAGES_DIR}/ folder; {_LAYOUT}")
+
+
+@dataclass
+class DatasetFiles:
+    """The files of a dataset folder, by stem, whatever its layout.
+
+    Attributes:
+        images: stem -> image files (several when stems clash).
+        masks: stem -> mask files: ``masks/`` images, or YOLO ``labels/*.txt`` files.
+        images_dir: the folder the images are in, for messages (the root for a Roboflow export).
+        masks_dir: likewise for the masks.
+        splits: the splits the layout gives (a Roboflow export's split folders), else {}.
+        classes: the classes the layout gives (YOLO ``data.yaml`` names, else the classes the label
+            files use), else None.
+    """
+
+    images: dict[str, list[Path]]
+    masks: dict[str, list[Path]]
+    images_dir: Path
+    masks_dir: Path
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    classes: dict[int, str] | None = None
+
+
+def dataset_files(root: Path) -> DatasetFiles:
+    """Scan a dataset folder: ``images/`` + ``masks/``, a YOLO folder or a Roboflow export root.
+
+    Raises:
+        InputError: a Roboflow root has both ``valid/`` and ``val/``, or its ``data.yaml`` is malformed.
+    """
+    root = Path(root)
+    split_dirs = roboflow_splits(root)
+    if split_dirs:
+        images: dict[str, list[Path]] = {}
+        masks: dict[str, list[Path]] = {}
+        splits: dict[str, list[str]] = {}
+        for split, folder in split_dirs.items():
+            found = scan_files(folder / IMAGES_DIR, IMAGE_SUFFIXES)
+            splits[split] = sorted(found)
+            for stem, paths in found.items():
+                images.setdefault(stem, []).extend(paths)
+            for stem, paths in scan_files(folder / LABELS_DIR, (LABEL_SUFFIX,)).items():
+                masks.setdefault(stem, []).extend(paths)
+        return DatasetFiles(images, masks, root, root, splits, _yolo_classes(root, masks))
+    images = scan_files(root / IMAGES_DIR, IMAGE_SUFFIXES)
+    if is_yolo_folder(root):
+        masks = scan_files(root / LABELS_DIR, (LABEL_SUFFIX,))
+        return DatasetFiles(images, masks, root / IMAGES_DIR, root / LABELS_DIR, classes=_yolo_classes(root, masks))
+    return DatasetFiles(images, scan_files(root / MASKS_DIR, MASK_SUFFIXES), root / IMAGES_DIR, root / MASKS_DIR)
+
+
+def _yolo_classes(root: Path, labels: Mapping[str, list[Path]]) -> dict[int, str] | None:
+    """A YOLO dataset's classes: ``data.yaml`` names, else those its label files use; None if neither."""
+    named = yolo_names(root) or classes_in_labels([p for paths in labels.values() for p in paths])
+    return check_classes(named, str(root / "data.yaml")) if named else None
 
 
 def read_mask_file(path: Path) -> np.ndarray:
     """Read a single-band mask file (PNG, GeoTIFF) as (H, W) uint8 class ids.
 
+    A YOLO label file (``.txt``) is rasterised on the grid of its image (see :mod:`samadapt.data.yolo`).
+
     Raises:
         InputFileError: the file does not open, has several bands or a non-integer dtype.
-        InputError: a value lies outside 0..255.
+        InputError: a value lies outside 0..255, or a YOLO line is malformed.
     """
+    if Path(path).suffix.lower() == LABEL_SUFFIX:
+        return read_yolo_mask(Path(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

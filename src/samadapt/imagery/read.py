@@ -39,6 +39,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.windows import Window
 
 from samadapt.errors import InputError, InputFileError
+from samadapt.imagery.physical import physical_values
+from samadapt.imagery.sources import RasterSource, describe_open_error, open_source, remote_read_error, resolve_source
 from samadapt.imagery.stretch import (
     AUTO_PERCENTILES,
     Stretch,
@@ -64,7 +66,7 @@ class GeoImage:
         transform: affine map from pixel (col, row) to map (x, y), origin at the top-left
             corner of ``pixels``; None when the source is not georeferenced.
         nodata: the source's nodata value (of the first chosen band), or None.
-        source: the file read, or None for arrays.
+        source: the file read (a str for URLs, ``/vsi*`` paths and STAC items), or None for arrays.
         bands: 1-based indexes of the source bands shown, in R, G, B order (one index
             when a single band is repeated to grey).
     """
@@ -74,7 +76,7 @@ class GeoImage:
     crs: CRS | None = None
     transform: Affine | None = None
     nodata: float | None = None
-    source: Path | None = None
+    source: Path | str | None = None
     bands: tuple[int, ...] = (1, 2, 3)
 
     def __post_init__(self) -> None:
@@ -156,6 +158,9 @@ def pixel_read_errors(
     try:
         yield
     except RasterioIOError as exc:
+        remote = remote_read_error(str(path), exc)
+        if remote is not None:
+            raise remote from None
         what = "the raster"
         if bands:
             what = f"band{'s' if len(bands) > 1 else ''} {', '.join(str(int(b)) for b in bands)}"
@@ -181,13 +186,19 @@ def _gdal_reason(exc: RasterioIOError, path: str | Path) -> str:
 
 
 def read_image(
-    path: str | Path,
+    path: str | Path | RasterSource,
     *,
     bands: Sequence[int] | None = None,
     stretch: Stretch = "auto",
     window: Window | None = None,
+    asset: str | None = None,
 ) -> GeoImage:
-    """Read an image or raster file (PNG, JPEG, TIFF, GeoTIFF, ...) into a :class:`GeoImage`.
+    """Read an image or raster (PNG, JPEG, TIFF, GeoTIFF, JPEG 2000, ISIS3, PDS4, ...) into a :class:`GeoImage`.
+
+    The source may be a local file, an ``https://`` / ``s3://`` URL, a ``/vsi*`` path or a STAC
+    item (see :mod:`samadapt.imagery.sources`); remote rasters are read by window. Bands with a
+    scale or offset are read as physical values (``raw * scale + offset``) before the stretch,
+    and ISIS3 special pixels are invalid (see :mod:`samadapt.imagery.physical`).
 
     Band choice without ``bands``: 1 band is repeated to grey; 2 bands are grey + alpha
     (band 2 is used only as validity, 0 = invalid) when band 2 is marked alpha or holds only
@@ -197,53 +208,54 @@ def read_image(
     otherwise bands 1, 2, 3; more bands use 1, 2, 3.
 
     Args:
-        path: the file to read.
+        path: the file, URL, virtual path or STAC item to read.
         bands: 1-based band indexes to show, 1 or 3 of them (e.g. ``(4, 3, 2)``).
         stretch: see :func:`samadapt.imagery.stretch.to_rgb8`; statistics come from the valid pixels read (of the
             window, for a window read).
         window: read only this window (col_off, row_off, width, height in pixels). It is
             snapped outward to whole pixels and clipped to the raster; the returned
             transform is the window's own.
+        asset: the asset of a STAC item to read (default: see :func:`samadapt.imagery.sources.resolve_source`).
 
     Returns:
         The image with (H, W) = the window's or raster's size.
 
     Raises:
         InputFileError: if the file is missing, is not a readable image or raster, or is
-            damaged or truncated where its pixels are read.
+            damaged or truncated where its pixels are read; a RemoteSourceError (one) when a
+            server refuses, fails or is too slow.
         InputError: on an unknown band, a band count other than 1 or 3, a bad stretch, or
             an empty window or one outside the raster.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"image file not found: {path}")
-    if path.is_dir():
-        raise InputFileError(f"{path} is a folder, not an image file; give the path of one image or raster")
+    source = resolve_source(path, asset)
     stretch = check_stretch(stretch)
     # Plain images have no geotransform; rasterio warns and reports identity. We report None.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            with rasterio.open(path) as dataset:
-                return _read_dataset(dataset, path, bands, stretch, window)
-        except RasterioError as exc:
-            raise InputFileError(f"{path} is not a readable image or raster ({exc})") from None
+        with open_source(source) as dataset:
+            try:
+                return _read_dataset(dataset, source, bands, stretch, window)
+            except RasterioError as exc:
+                raise describe_open_error(source, exc) from None
 
 
 def _read_dataset(
     dataset: rasterio.io.DatasetReader,
-    path: Path,
+    source: RasterSource,
     bands: Sequence[int] | None,
     stretch: tuple[float, float] | None | Literal["auto"],
     window: Window | None,
 ) -> GeoImage:
+    path = source.text
     alpha_last = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
-    chosen, alpha = choose_bands(bands, dataset.count, alpha_last, path.name)
-    window = _read_window(window, dataset.height, dataset.width, path.name)
+    chosen, alpha = choose_bands(bands, dataset.count, alpha_last, source.name)
+    window = _read_window(window, dataset.height, dataset.width, source.name)
     with pixel_read_errors(path, window=window, bands=chosen):
         data = dataset.read(list(chosen), window=window)
     nodatavals = [dataset.nodatavals[b - 1] for b in chosen]
     valid = ~_nodata_invalid(data, nodatavals) & finite_pixels(data)
+    data, special = physical_values(dataset, data, chosen)
+    valid &= ~special
     # Per-dataset masks (internal mask bands, alpha GDAL knows about) apply to every band.
     flags = dataset.mask_flag_enums
     masked = [b for b in chosen if MaskFlags.per_dataset in flags[b - 1]]
@@ -271,7 +283,7 @@ def _read_dataset(
         crs=dataset.crs if dataset.crs else None,
         transform=transform,
         nodata=None if nodata is None else float(nodata),
-        source=path,
+        source=source.local if source.local is not None else source.text,
         bands=chosen,
     )
 

@@ -16,6 +16,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from samadapt.errors import InputError
+from samadapt.imagery.physical import physical_values
 from samadapt.imagery.read import pixel_read_errors
 from samadapt.imagery.stretch import choose_bands, looks_like_alpha, scale_to_uint8, stretch_limits
 
@@ -47,7 +48,8 @@ def raster_limits(ds: DatasetReader, bands: Sequence[int], *, max_pixels: int = 
     Returns:
         (len(bands), 2) float limits, or None when every band is uint8 (read as it is).
     """
-    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
+    if all(ds.dtypes[b - 1] == "uint8" and ds.scales[b - 1] in (None, 1.0) and ds.offsets[b - 1] in (None, 0.0)
+           for b in bands):
         return None
     factor = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max_pixels))))
     shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
@@ -55,6 +57,8 @@ def raster_limits(ds: DatasetReader, bands: Sequence[int], *, max_pixels: int = 
         data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape[1:], resampling=Resampling.nearest) > 0
         valid &= _unmarked_alpha(ds, bands, out_shape=shape[1:])
+    data, special = physical_values(ds, data, bands)
+    valid &= ~special
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     return stretch_limits(data, valid)
@@ -103,6 +107,8 @@ def read_tile(ds: DatasetReader, window: Window, bands: Sequence[int], limits: n
                            resampling=Resampling.bilinear)
             valid = ds.dataset_mask(window=window, out_shape=out_shape, resampling=Resampling.nearest) > 0
         valid &= _unmarked_alpha(ds, bands, window, out_shape)
+    data, special = physical_values(ds, data, bands)
+    valid &= ~special
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     if limits is None:

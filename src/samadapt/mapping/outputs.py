@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     import pyproj
     from rasterio.crs import CRS
 
+    from samadapt.prompts.records import PromptRecords
+
     #: A CRS as rasterio or pyproj gives it, or as text or a code pyproj reads ("EPSG:32616", WKT, PROJ, 32616).
     CrsLike: TypeAlias = CRS | pyproj.CRS | str | int
 
@@ -373,13 +375,15 @@ def write_segmentation(
     overwrite: bool = False,
     to_wgs84: bool = False,
     min_area_pixels: int = 0,
+    records: PromptRecords | None = None,
 ) -> Path:
     """Write a segmentation in the format its suffix names.
 
     ``.png``: a 0/255 mask for one object; for several, the label image (0 = background, i + 1 = object i).
     ``.tif`` / ``.tiff``: the label image as a GeoTIFF with the raster's CRS and transform and
     nodata where ``valid`` is False (no georeferencing for a plain image).
-    ``.gpkg`` / ``.geojson`` / ``.json``: one polygon per object (see :func:`vectorize`).
+    ``.gpkg`` / ``.geojson`` / ``.json``: one polygon per object (see :func:`vectorize`), with
+    ``instance_id`` = its value in the label image (object index + 1).
 
     Args:
         out: The output file; missing parent folders are created.
@@ -391,6 +395,9 @@ def write_segmentation(
         overwrite: Replace ``out`` if it exists.
         to_wgs84: Polygons only: reproject to EPSG:4326.
         min_area_pixels: Polygons only: drop parts of fewer pixels.
+        records: The prompts of the objects (one per object, in order): polygons get their
+            ``prompt_id`` (and ``class``, ``class_name`` with classes); with classes, label
+            images hold each object's class instead of its index + 1.
 
     Returns:
         ``out`` as a Path.
@@ -404,18 +411,45 @@ def write_segmentation(
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"output {out} has suffix {suffix!r}; allowed are {', '.join(OUTPUT_SUFFIXES)}")
     check_target(out, overwrite=overwrite)  # fail before the work of vectorising
+    by_class = records is not None and records.classes is not None
     if suffix in PNG_SUFFIXES:
         # one object: a visible 0/255 mask; several: the label image
-        picture = result.mask(0) if len(result) == 1 else result.label_image()
+        picture = result.mask(0) if len(result) == 1 and not by_class else _labels(result, records)
         return write_mask_png(out, picture, overwrite=overwrite)
     if suffix in GEOTIFF_SUFFIXES:
-        labels = result.label_image()
-        labels = labels.astype(np.uint8) if len(result) < 255 else labels
+        labels = _labels(result, records)
+        labels = labels.astype(np.uint8) if len(result) < 255 or by_class else labels
         return write_mask_geotiff(out, labels, crs=crs, transform=transform, valid=valid, overwrite=overwrite)
     frame = vectorize_crops(result.crops, result.scores, transform=transform, crs=crs,
                              min_area_pixels=min_area_pixels, simplify=0.0)
     frame = with_phrases(frame, result)
+    frame.insert(1, "instance_id", frame["object"].to_numpy() + 1)  # the object's value in the label image
+    if records is not None:
+        frame = with_prompts(frame, records)
     return write_polygons(out, frame, to_wgs84=to_wgs84, overwrite=overwrite)
+
+
+def _labels(result: SegmentationResult, records: PromptRecords | None) -> np.ndarray:
+    """The label image; with classes, each object's class id instead of its index + 1."""
+    labels = result.label_image()
+    if records is None or records.classes is None:
+        return labels
+    lut = np.array([0, *records.classes], dtype=np.uint8)
+    return lut[labels]
+
+
+def with_prompts(frame: gpd.GeoDataFrame, records: PromptRecords) -> gpd.GeoDataFrame:
+    """Polygons with the ``prompt_id`` of each object's prompt (and its ``class`` and, for named
+    classes, ``class_name``); ``frame``'s ``object`` column indexes ``records``."""
+    objects = frame["object"].to_numpy()
+    frame = frame.copy()
+    ids = [records.ids[i] for i in objects]
+    frame.insert(1, "prompt_id", np.array(ids, dtype=np.int64 if all(isinstance(v, int) for v in ids) else object))
+    if records.classes is not None:
+        frame.insert(2, "class", np.array([records.classes[i] for i in objects], dtype=np.int64))
+        frame.insert(3, "class_name", np.array([(records.names or {}).get(records.classes[i], "") for i in objects],
+                                               dtype=object))
+    return frame
 
 
 def with_phrases(frame: gpd.GeoDataFrame, result: SegmentationResult) -> gpd.GeoDataFrame:

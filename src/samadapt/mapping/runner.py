@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from samadapt._io import atomic_file, describe_os_error, new_folder, write_json
 from samadapt.errors import DiskFullError, InputError, InputFileError, SamadaptError
+from samadapt.imagery.sources import RasterSource, open_source, resolve_source
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -60,6 +61,8 @@ class MapOptions:
             sees: tiles are resampled to it and predictions resampled back, so results do not
             depend on the raster's own resolution or extent.
         batch_size: tiles per pass of the model (in-process runs); results do not depend on it.
+        instances: also write ``<stem>_instances.tif`` (one id per object, see
+            :mod:`samadapt.mapping.instances`) and an ``instance_id`` column in the polygons.
     """
 
     tile: int | None = None
@@ -72,6 +75,7 @@ class MapOptions:
     overwrite: bool = False
     tile_gsd: float | None = None
     batch_size: int = 1
+    instances: bool = False
 
     def __post_init__(self) -> None:
         if self.tile is not None and self.tile < 1:
@@ -81,9 +85,9 @@ class MapOptions:
 
 @dataclass
 class MapResult:
-    """What mapping one raster produced."""
+    """What mapping one raster produced (``raster``: the local file, or the remote / virtual source)."""
 
-    raster: Path
+    raster: Path | RasterSource
     outputs: dict[str, Path] = field(default_factory=dict)
     tiles: int = 0
     skipped_tiles: int = 0
@@ -138,13 +142,15 @@ class Scratch:
             self._map = None
 
 
-def finished_result(raster: Path, done: Path, options: MapOptions) -> MapResult | None:
+def finished_result(raster: Path | RasterSource, done: Path, options: MapOptions) -> MapResult | None:
     """The earlier result when a raster's outputs are complete (and not to be overwritten), else None."""
     if not done.is_file() or options.overwrite:
         return None
     record = json.loads(done.read_text())
     if not all(Path(p).is_file() for p in record["outputs"].values()):
         return None
+    if options.instances and "instances" not in record["outputs"]:
+        return None  # mapped before without instances: redo
     return MapResult(raster, {k: Path(v) for k, v in record["outputs"].items()}, status="skipped")
 
 
@@ -177,12 +183,13 @@ Fill = Callable[[RasterRun], dict[str, Any]]
 Extra = Callable[[DatasetReader, Path, str], dict[str, Path]]
 
 
-def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int,
+def run_raster(raster: Path | RasterSource, out_dir: Path, options: MapOptions, *, classes: int,
                prepare: Callable[[], Fill], extra: Extra | None = None) -> MapResult:
     """Map one raster: skip it when done, else fill an accumulator and write the outputs from it.
 
     Args:
-        raster: the raster to map.
+        raster: the raster to map: a local file or a resolved source (URL, ``/vsi*`` path, STAC item),
+            whose stem names the outputs.
         out_dir: folder for the outputs (created when needed).
         options: output and resume settings.
         classes: number of classes of the accumulator and outputs.
@@ -197,24 +204,23 @@ def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int
     Raises:
         InputFileError: the raster is missing or not readable.
     """
-    raster, out_dir = Path(raster), Path(out_dir)
-    if not raster.is_file():
-        raise InputFileError(f"raster not found: {raster}")
-    stem = raster.stem
+    out_dir = Path(out_dir)
+    if not isinstance(raster, RasterSource):
+        raster = Path(raster)
+        if not raster.is_file():
+            raise InputFileError(f"raster not found: {raster}")
+    source = resolve_source(raster)
+    stem = source.stem
     done = out_dir / f"{stem}{DONE}"
     finished = finished_result(raster, done, options)
     if finished is not None:
         return finished
     fill = prepare()
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        ds = rasterio.open(raster)
-    except rasterio.errors.RasterioIOError as e:
-        raise InputFileError(f"{raster} is not a readable raster ({e})") from None
     scratch = out_dir / f".{stem}.scratch"
     result = MapResult(raster)
     try:
-        with ds:
+        with open_source(source) as ds:
             scratch.mkdir(exist_ok=True)
             run = RasterRun(ds, scratch, classes, result)
             record = fill(run)
@@ -234,7 +240,8 @@ def run_raster(raster: Path, out_dir: Path, options: MapOptions, *, classes: int
 OUTPUT_FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def run_each(rasters: Sequence[Path], out_dir: Path, map_one: Callable[[Path], MapResult]) -> list[MapResult]:
+def run_each(rasters: Sequence[Path | RasterSource], out_dir: Path,
+             map_one: Callable[[Path | RasterSource], MapResult]) -> list[MapResult]:
     """Map each raster with ``map_one``: a failure on one is recorded in its result (status
     "failed", one sentence) and the rest go on, unless the output folder is full or read-only;
     then the error is raised, since no later raster could be written either. Folders created for
@@ -242,14 +249,15 @@ def run_each(rasters: Sequence[Path], out_dir: Path, map_one: Callable[[Path], M
     """
     results = []
     with new_folder(out_dir):
-        for raster in rasters:
+        for item in rasters:
+            raster = item if isinstance(item, RasterSource) else Path(item)
             try:
-                results.append(map_one(Path(raster)))
+                results.append(map_one(raster))
             except (SamadaptError, rasterio.errors.RasterioError, OSError, ValueError) as e:
                 if isinstance(e, DiskFullError) or isinstance(e, OSError) and e.errno in OUTPUT_FOLDER_ERRNOS:
                     raise
                 reason = str(e) if isinstance(e, SamadaptError) or not isinstance(e, OSError) else describe_os_error(e)
-                results.append(MapResult(Path(raster), status="failed", error=reason))
+                results.append(MapResult(raster, status="failed", error=reason))
     return results
 
 
@@ -309,9 +317,15 @@ def write_class_rasters(ds: DatasetReader, acc: Scratch, num_classes: int, out_d
             for key in targets:
                 _copy_as_cog(plain[key], tmps[key])
     outputs = dict(targets)
+    if options.instances:
+        from samadapt.mapping.instances import write_instances
+
+        outputs["instances"] = write_instances(targets["classes"], out_dir / f"{stem}_instances.tif",
+                                               acc.path.parent, cog=options.cog)
     if options.polygons:
         outputs["polygons"] = _write_polygons(targets["classes"], targets.get("probabilities"),
-                                              out_dir / f"{stem}_polygons.{options.polygons}", options)
+                                              out_dir / f"{stem}_polygons.{options.polygons}", options,
+                                              outputs.get("instances"))
     return outputs
 
 
@@ -324,13 +338,15 @@ def _copy_as_cog(src_path: Path, dst_path: Path) -> None:
             cog.write(src.read())
 
 
-def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapOptions) -> Path:
+def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapOptions,
+                    instances: Path | None = None) -> Path:
     """Vectorise the class raster by row bands, then merge pieces that touch across band edges."""
     import geopandas as gpd
     import shapely
     from rasterio.features import shapes
     from shapely.geometry import shape
 
+    from samadapt.mapping.instances import ids_at_points
     from samadapt.mapping.outputs import write_polygons
 
     pieces: dict[int, list[shapely.Geometry]] = {}
@@ -346,13 +362,19 @@ def _write_polygons(classes: Path, probs: Path | None, path: Path, options: MapO
     rows = []
     for cls, geoms in sorted(pieces.items()):
         merged = shapely.union_all(geoms)
-        for poly in getattr(merged, "geoms", [merged]):
+        parts = list(getattr(merged, "geoms", [merged]))
+        ids = ids_at_points(instances, parts) if instances is not None else [0] * len(parts)
+        for poly, instance_id in zip(parts, ids, strict=True):
             if options.simplify > 0:
                 poly = poly.simplify(options.simplify)
             if poly.is_empty or poly.area < options.min_area:
                 continue
-            rows.append({"class": cls, "area": float(poly.area), "geometry": poly})
-    frame = gpd.GeoDataFrame(rows, columns=["class", "area", "geometry"], geometry="geometry", crs=crs)
+            rows.append({"class": cls, "instance_id": instance_id, "area": float(poly.area), "geometry": poly})
+    frame = gpd.GeoDataFrame(rows, columns=["class", "instance_id", "area", "geometry"], geometry="geometry", crs=crs)
+    if instances is None:
+        frame = frame.drop(columns="instance_id")
+    else:
+        frame = frame.sort_values("instance_id", kind="stable").reset_index(drop=True)
     if probs is not None and len(frame):
         frame["mean_probability"] = _mean_probability(frame, probs)
     return write_polygons(path, frame, overwrite=True)

@@ -40,6 +40,7 @@ from rasterio.windows import Window
 from samadapt._io import write_json
 from samadapt.errors import InputError
 from samadapt.imagery.read import GeoImage
+from samadapt.imagery.sources import RasterSource
 from samadapt.imagery.tiling import covering_offsets
 from samadapt.imagery.windows import bands_for, raster_limits, read_tile
 from samadapt.mapping.runner import DONE, Fill, MapOptions, MapResult, RasterRun, run_each, run_raster
@@ -111,32 +112,36 @@ def merge_pieces(pieces: Pieces) -> list[tuple[int, float, shapely.Geometry]]:
 
 
 def polygon_frame(objects: Sequence[tuple[int, float, shapely.Geometry]], phrases: Sequence[str],
-                  ds: DatasetReader, options: MapOptions) -> gpd.GeoDataFrame:
+                  ds: DatasetReader, options: MapOptions, *, instance_ids: bool = False) -> gpd.GeoDataFrame:
     """The merged objects in the raster's map coordinates and CRS, simplified and filtered by area.
 
     Returns:
-        Columns ``class`` (phrase index + 1), ``phrase``, ``detector_score``, ``area`` and geometry.
+        Columns ``class`` (phrase index + 1), ``phrase``, ``detector_score``, ``area`` and geometry;
+        with ``instance_ids``, ``instance_id`` after ``class``: object ``i`` of ``objects`` is id ``i + 1``,
+        as in the instance raster (:func:`samadapt.mapping.instances.rasterize_objects`).
     """
     import geopandas as gpd
 
     t = ds.transform
     rows = []
-    for k, score, pixel_geom in objects:
+    for i, (k, score, pixel_geom) in enumerate(objects):
         geom = shapely.affinity.affine_transform(pixel_geom, [t.a, t.b, t.d, t.e, t.c, t.f])
         if options.simplify > 0:
             geom = geom.simplify(options.simplify, preserve_topology=True)
         if geom.is_empty or geom.area < options.min_area:
             continue
-        rows.append({"class": k + 1, "phrase": phrases[k], "detector_score": float(score),
+        rows.append({"class": k + 1, "instance_id": i + 1, "phrase": phrases[k], "detector_score": float(score),
                      "area": float(geom.area), "geometry": geom})
-    columns = ["class", "phrase", "detector_score", "area", "geometry"]
+    columns = ["class", *(["instance_id"] if instance_ids else []), "phrase", "detector_score", "area", "geometry"]
     frame = gpd.GeoDataFrame(rows, columns=columns, geometry="geometry", crs=ds.crs)
-    return frame.astype({"class": "int64", "detector_score": "float64", "area": "float64"})
+    types = {"class": "int64", "detector_score": "float64", "area": "float64"}
+    return frame.astype({**types, "instance_id": "int64"} if instance_ids else types)
 
 
-def _check_previous(raster: Path, out_dir: Path, phrases: Sequence[str], options: MapOptions) -> None:
+def _check_previous(raster: Path | RasterSource, out_dir: Path, phrases: Sequence[str], options: MapOptions) -> None:
     """Refuse to resume from outputs of another search (other phrases) unless ``overwrite``."""
-    done = Path(out_dir) / f"{Path(raster).stem}{DONE}"
+    source = raster if isinstance(raster, RasterSource) else Path(raster)
+    done = Path(out_dir) / f"{source.stem}{DONE}"
     if options.overwrite or not done.is_file():
         return
     try:
@@ -145,11 +150,11 @@ def _check_previous(raster: Path, out_dir: Path, phrases: Sequence[str], options
         return
     if earlier != list(phrases):
         what = f"the phrases {', '.join(map(repr, earlier))}" if isinstance(earlier, list) else "no --text"
-        raise InputError(f"{out_dir} holds outputs for {Path(raster).name} mapped with {what}; pass --overwrite "
+        raise InputError(f"{out_dir} holds outputs for {source.name} mapped with {what}; pass --overwrite "
                          "to redo it, or choose another --out")
 
 
-def predict_text_raster(segmenter: Segmenter, raster: Path, out_dir: Path, query: TextQuery,
+def predict_text_raster(segmenter: Segmenter, raster: Path | RasterSource, out_dir: Path, query: TextQuery,
                         detector: Detector | None = None, options: MapOptions | None = None, *,
                         progress: Progress | None = None) -> MapResult:
     """Find the objects ``query`` names in a raster, tile by tile (see the module docstring).
@@ -193,15 +198,24 @@ def predict_text_raster(segmenter: Segmenter, raster: Path, out_dir: Path, query
 
         outputs = {"names": write_json(folder / f"{stem}_classes.json",
                                        {"0": "background", **{str(k + 1): p for k, p in enumerate(phrases)}})}
+        objects = merge_pieces(pieces)
+        if options.instances:
+            from samadapt._io import atomic_file
+            from samadapt.mapping.instances import rasterize_objects
+
+            with atomic_file(folder / f"{stem}_instances.tif") as tmp:
+                rasterize_objects([g for _, _, g in objects], [sc for _, sc, _ in objects], tmp,
+                                  height=ds.height, width=ds.width, crs=ds.crs, transform=ds.transform)
+            outputs["instances"] = folder / f"{stem}_instances.tif"
         if options.polygons:
-            frame = polygon_frame(merge_pieces(pieces), phrases, ds, options)
+            frame = polygon_frame(objects, phrases, ds, options, instance_ids=options.instances)
             outputs["polygons"] = write_polygons(folder / f"{stem}_polygons.{options.polygons}", frame,
                                                  overwrite=True)
         return outputs
 
     _check_previous(raster, out_dir, phrases, options)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        return run_raster(raster, out_dir, replace(options, polygons=None), classes=len(phrases) + 1,
+        return run_raster(raster, out_dir, replace(options, polygons=None, instances=False), classes=len(phrases) + 1,
                           prepare=prepare, extra=write_more)
 
 
@@ -257,7 +271,7 @@ def _fill_text(run: RasterRun, segmenter: Segmenter, query: TextQuery, detector:
     return {"phrases": list(query.phrases), "pieces": found_objects, "skipped_tiles": result.skipped_tiles}
 
 
-def predict_text_rasters(segmenter: Segmenter, rasters: Sequence[Path], out_dir: Path, query: TextQuery,
+def predict_text_rasters(segmenter: Segmenter, rasters: Sequence[Path | RasterSource], out_dir: Path, query: TextQuery,
                          detector: Detector | None = None, options: MapOptions | None = None, *,
                          progress: Progress | None = None) -> list[MapResult]:
     """:func:`predict_text_raster` over many rasters; a failure on one is recorded in its result

@@ -30,6 +30,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from samadapt.errors import InputError
+from samadapt.imagery.sources import RasterSource, is_remote_or_virtual, open_source, resolve_source
 from samadapt.imagery.tiling import covering_offsets
 from samadapt.imagery.windows import bands_for, raster_limits, read_tile
 from samadapt.mapping.runner import Fill, MapOptions, MapResult, RasterRun, run_each, run_raster
@@ -61,7 +62,7 @@ GDAL_CACHE_MB = 64
 
 def predict_raster(
     adapter: Adapter | str | os.PathLike[str],
-    raster: Path,
+    raster: Path | RasterSource,
     out_dir: Path,
     options: MapOptions | None = None,
     *,
@@ -72,7 +73,7 @@ def predict_raster(
 
     Args:
         adapter: a loaded adapter (``samadapt.load_adapter``) or the path of an adapter folder.
-        raster: the raster to map.
+        raster: the raster to map: a local file or a source from :func:`expand_inputs` (URL, STAC item, ...).
         out_dir: folder for the outputs.
         options: tiling and output settings.
         progress: called with (tiles done, tiles in all).
@@ -87,7 +88,7 @@ def predict_raster(
         return _predict_raster(adapter, raster, out_dir, options or MapOptions(), progress, client)
 
 
-def _predict_raster(adapter: Adapter, raster: Path, out_dir: Path, options: MapOptions,
+def _predict_raster(adapter: Adapter, raster: Path | RasterSource, out_dir: Path, options: MapOptions,
                     progress: Callable[[int, int], None] | None, client: Client | None) -> MapResult:
     method = adapter.method
     num_classes = method.num_classes
@@ -172,7 +173,7 @@ def _use_memory_cache(method: AdaptationMethod, batch_size: int) -> None:
     object.__setattr__(method, "_embedder", Embedder(method.base, cache=memory))
 
 
-def _tile_predictions(adapter: Adapter, ds: DatasetReader, raster: Path, windows: list[Window],
+def _tile_predictions(adapter: Adapter, ds: DatasetReader, raster: Path | RasterSource, windows: list[Window],
                       bands: tuple[int, ...], limits: np.ndarray | None, client: Client | None, scale: float = 1.0,
                       batch_size: int = 1) -> Iterator[tuple[Window, tuple[np.ndarray, np.ndarray] | None]]:
     """Yield (window, (probabilities, valid) or None for an all-nodata tile), in window order."""
@@ -189,7 +190,8 @@ def _tile_predictions(adapter: Adapter, ds: DatasetReader, raster: Path, windows
     if getattr(adapter, "path", None) is None:
         raise InputError("distributed mapping needs an adapter loaded from a folder (samadapt.load_adapter(path))")
     runtime = getattr(getattr(getattr(adapter, "method", None), "base", None), "runtime", None)
-    spec = (str(adapter.path), adapter.base_ref, str(raster), bands, limits, scale,
+    source = raster if isinstance(raster, RasterSource) else resolve_source(raster)
+    spec = (str(adapter.path), adapter.base_ref, source, bands, limits, scale,
             runtime.options if runtime is not None else "auto")  # workers run the encoder as asked here
     futures = [client.submit(_worker_tile, spec, (w.col_off, w.row_off, w.width, w.height), pure=False)
                for w in windows]
@@ -259,8 +261,9 @@ def _worker_tile(spec: tuple, window: tuple[int, int, int, int]) -> tuple[np.nda
         adapter = load_adapter(adapter_path, base=base_ref, runtime=runtime)
         _use_memory_cache(adapter.method, 1)  # for the worker's life: tiles are seen once
         _WORKER_ADAPTERS[key] = adapter
-    with rasterio.open(raster) as ds:
-        return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, Path(raster).stem, scale)
+    source = resolve_source(raster)
+    with open_source(source) as ds:
+        return _predict_window(_WORKER_ADAPTERS[key], ds, Window(*window), bands, limits, source.stem, scale)
 
 
 #: Seconds to wait for a Dask scheduler to answer.
@@ -326,37 +329,58 @@ def dask_client(scheduler: str) -> Client | None:
 
 
 def predict_rasters(
-    adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path], out_dir: Path,
+    adapter: Adapter | str | os.PathLike[str], rasters: Sequence[Path | RasterSource], out_dir: Path,
     options: MapOptions | None = None, *, progress: Callable[[str, int, int], None] | None = None,
     client: Client | None = None,
 ) -> list[MapResult]:
     """Map many rasters; a failure on one is recorded and the rest go on, unless the output folder
     is full or read-only (see :func:`samadapt.mapping.runner.run_each`)."""
 
-    def map_one(raster: Path) -> MapResult:
+    def map_one(raster: Path | RasterSource) -> MapResult:
         cb = (lambda n, t: progress(raster.name, n, t)) if progress else None
         return predict_raster(adapter, raster, out_dir, options, progress=cb, client=client)
 
     return run_each(rasters, out_dir, map_one)
 
 
-def expand_inputs(items: Sequence[str]) -> list[Path]:
-    """Rasters from paths, globs and text files of paths (one per line; ``#`` comments)."""
+def expand_inputs(items: Sequence[str], asset: str | None = None) -> list[Path | RasterSource]:
+    """Rasters from paths, globs, text files of paths (one per line; ``#`` comments), URLs, ``/vsi*`` paths and
+    STAC items; URLs and virtual paths are never globbed.
+
+    Local files stay paths (mapping checks them as it reaches them); URLs, virtual paths and STAC
+    items (``.json``) are resolved to :class:`~samadapt.imagery.sources.RasterSource` with ``asset``.
+
+    Raises:
+        InputError: a glob that matches nothing, or ``asset`` with no STAC item among the inputs.
+    """
     import glob
 
-    out: list[Path] = []
+    out: list[Path | RasterSource] = []
+
+    def add(text: str) -> None:
+        if is_remote_or_virtual(text) or text.lower().endswith(".json"):
+            out.append(resolve_source(text, asset))
+        else:
+            out.append(Path(text))
+
     for item in items:
         p = Path(item)
-        if p.suffix.lower() == ".txt" and p.is_file():
+        if is_remote_or_virtual(item):
+            add(item)
+        elif p.suffix.lower() == ".txt" and p.is_file():
             for line in p.read_text().splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
-                    out.append((p.parent / line) if not Path(line).is_absolute() else Path(line))
+                    add(line if is_remote_or_virtual(line) or Path(line).is_absolute() else str(p.parent / line))
         elif any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise InputError(f"no raster matches {item!r}")
-            out.extend(Path(m) for m in matches)
+            for m in matches:
+                add(m)
         else:
-            out.append(p)
+            add(item)
+    if asset is not None and not any(isinstance(r, RasterSource) and r.text.lower().endswith(".json") for r in out):
+        raise InputError("--asset picks an asset of a STAC item, but no input is a STAC item (.json); drop --asset "
+                         "or give the item")
     return out

@@ -23,6 +23,7 @@ from affine import Affine, TransformNotInvertibleError
 
 from samadapt.errors import InputError, InputFileError
 from samadapt.imagery.crs import CRSLike, to_pyproj_crs
+from samadapt.prompts.records import PromptRecords, check_column, class_ids
 from samadapt.prompts.types import ObjectPrompt
 
 if TYPE_CHECKING:
@@ -266,8 +267,9 @@ def prompts_from_cli(
 
 def _group(
     keys: Sequence[Hashable], points: np.ndarray, labels: np.ndarray, boxes: np.ndarray, source: Path
-) -> list[ObjectPrompt]:
-    """Gather items (a point or a box each, NaN where absent) that share a key into one object."""
+) -> tuple[list[ObjectPrompt], list[int]]:
+    """Gather items (a point or a box each, NaN where absent) that share a key into one object;
+    also return each object's first item."""
     order: dict[Hashable, list[int]] = {}
     for i, key in enumerate(keys):
         order.setdefault(key, []).append(i)
@@ -285,12 +287,12 @@ def _group(
                 box=boxes[box_rows[0]] if box_rows else None,
             )
         )
-    return prompts
+    return prompts, [idx[0] for idx in order.values()]
 
 
 def _read_csv(
-    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None
-) -> list[ObjectPrompt]:
+    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None, class_column: str | None
+) -> PromptRecords:
     allowed = " or ".join(repr(c) for c in CSV_LAYOUTS)
     rows, line_numbers = [], []
     try:
@@ -305,7 +307,10 @@ def _read_csv(
     if not rows:
         raise InputError(f"prompt file {path} is empty; expected a header row {allowed} and one row per prompt")
     header = [c.strip().lower() for c in rows[0]]
-    if len(set(header)) != len(header) or set(header) not in [set(c.split(",")) for c in CSV_LAYOUTS]:
+    if class_column is not None:
+        class_name = check_column(class_column.lower(), [c.strip() for c in rows[0]], path).lower()
+    layout = [c for c in header if class_column is None or c != class_name]
+    if len(set(header)) != len(header) or set(layout) not in [set(c.split(",")) for c in CSV_LAYOUTS]:
         raise InputError(f"prompt file {path} has columns {','.join(header)}; accepted columns are {allowed}")
     if len(rows) == 1:
         raise InputError(f"prompt file {path} has a header but no prompts")
@@ -337,20 +342,35 @@ def _read_csv(
     )  # fmt: skip
     points[~np.isnan(points[:, 0])] = px_points
     boxes[~np.isnan(boxes[:, 0])] = px_boxes
-    return _group(keys, points, labels, boxes, path)
+    prompts, firsts = _group(keys, points, labels, boxes, path)
+    classes: list[object] | None = None if class_column is None else [rows[1 + i][col[class_name]]
+                                                                       for i in firsts]
+    return _records(prompts, list(firsts), classes, class_column, path)
+
+
+def _records(prompts: list[ObjectPrompt], ids: list[int | str], classes: list[object] | None,
+             class_column: str | None, path: Path) -> PromptRecords:
+    if classes is None or class_column is None:
+        return PromptRecords(prompts, ids)
+    class_list, names = class_ids(classes, class_column, path)
+    return PromptRecords(prompts, ids, class_list, names)
 
 
 def _read_vector(
-    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None
-) -> list[ObjectPrompt]:
+    path: Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None, class_column: str | None
+) -> PromptRecords:
     import geopandas as gpd  # imported here: geopandas is slow to import and only files need it
 
     try:
-        frame = gpd.read_file(path, engine="pyogrio")
+        frame = gpd.read_file(path, engine="pyogrio", fid_as_index=True)
     except Exception as err:  # pyogrio raises several unrelated types for unreadable files
         raise InputFileError(f"prompt file {path} cannot be read as a vector file: {err}") from err
     if len(frame) == 0:
         raise InputError(f"prompt file {path} has no features; it needs Point or Polygon features")
+    attributes = [c for c in frame.columns if c != frame.geometry.name]
+    class_name = None if class_column is None else check_column(class_column, attributes, path)
+    # GeoJSON string ids are kept as an "id" column (integer ids are the FID)
+    fids = frame["id"].tolist() if path.suffix.lower() != ".gpkg" and "id" in attributes else frame.index.tolist()
     given = to_pyproj_crs(crs)
     if given is not None and frame.crs is not None and to_pyproj_crs(frame.crs) != given:
         raise InputError(f"prompt file {path} declares CRS {frame.crs.to_string()}, which differs from crs {crs!r}")
@@ -363,6 +383,7 @@ def _read_vector(
     xy: list[tuple[float, float]] = []
     labels: list[int] = []
     box_list: list[tuple[float, float, float, float]] = []
+    item_feature: list[int] = []  # the feature of each item (a point of a MultiPoint, a polygon)
     label_col = frame["label"].tolist() if "label" in frame.columns else [None] * len(frame)
     object_col = frame["object"].tolist() if "object" in frame.columns else [None] * len(frame)
     for i, (geom, raw, object_id) in enumerate(zip(frame.geometry, label_col, object_col, strict=True)):
@@ -374,11 +395,13 @@ def _read_vector(
         if geom.geom_type in ("Point", "MultiPoint"):
             label = 1 if raw is None or raw != raw else _label(str(raw), where)
             for part in getattr(geom, "geoms", [geom]):
+                item_feature.append(i)
                 keys.append(key)
                 xy.append((part.x, part.y))
                 labels.append(label)
                 box_list.append((np.nan,) * 4)
         elif geom.geom_type in ("Polygon", "MultiPolygon"):
+            item_feature.append(i)
             keys.append(key)
             xy.append((np.nan, np.nan))
             labels.append(1)
@@ -394,7 +417,16 @@ def _read_vector(
                                                    raster_crs=None)
         if is_box.any():
             boxes[is_box] = map_box_to_pixel(boxes[is_box], transform=transform, src_crs=None, raster_crs=None)
-    return _group(keys, points, np.array(labels, dtype=np.int64), boxes, path)
+    prompts, firsts = _group(keys, points, np.array(labels, dtype=np.int64), boxes, path)
+    return _records(prompts, [_fid(fids[item_feature[i]]) for i in firsts],
+                    None if class_name is None else [frame[class_name].iloc[item_feature[i]] for i in firsts],
+                    class_column, path)
+
+
+def _fid(value: object) -> int | str:
+    item = getattr(value, "item", None)
+    value = item() if callable(item) else value
+    return value if isinstance(value, int) else str(value)
 
 
 def read_prompt_file(
@@ -430,6 +462,20 @@ def read_prompt_file(
         InputError: Unknown suffix, empty file, unknown CSV columns, bad values, unsupported
             geometry types, or map coordinates for a raster that is not georeferenced.
     """
+    return read_prompt_records(path, transform=transform, raster_crs=raster_crs, crs=crs).prompts
+
+
+def read_prompt_records(
+    path: str | Path, *, transform: Affine | None, raster_crs: CRSLike | None, crs: str | None = None,
+    class_column: str | None = None,
+) -> PromptRecords:
+    """:func:`read_prompt_file` with each object's prompt id and, given ``class_column``, its class
+    (see :mod:`samadapt.prompts.records`); a CSV may then have that column besides its layout's.
+
+    Raises:
+        InputError: As :func:`read_prompt_file`, or ``class_column`` is not a column of the file
+            (the sentence lists those it has), or a bad class value.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in PROMPT_FILE_SUFFIXES:
@@ -437,4 +483,4 @@ def read_prompt_file(
     if not path.is_file():
         raise InputFileError(f"prompt file {path} does not exist")
     reader = _read_csv if suffix == ".csv" else _read_vector
-    return reader(path, transform=transform, raster_crs=raster_crs, crs=crs)
+    return reader(path, transform=transform, raster_crs=raster_crs, crs=crs, class_column=class_column)

@@ -236,6 +236,10 @@ def check_template(name: str, url: Any) -> str:
     return url
 
 
+#: Local-source paths that are not files on this machine: URLs and GDAL virtual paths.
+_REMOTE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://|/vsi)")
+
+
 def parse_source_option(text: str) -> tuple[str, dict[str, Any]]:
     """Parse a CLI ``--source`` value: ``NAME=path.tif`` or ``NAME=https://host/{z}/{x}/{y}.png``.
 
@@ -249,6 +253,8 @@ def parse_source_option(text: str) -> tuple[str, dict[str, Any]]:
     name, value = name.strip(), value.strip()
     if not sep or not name or not value:
         raise InputError(f"--source takes NAME=file.tif or NAME=https://host/{{z}}/{{x}}/{{y}}.png, got {text!r}")
+    if _REMOTE.match(value) and "{z}" not in value:  # a raster URL, /vsi* path or STAC item: read by window
+        return name, check_source(name, {"type": "local", "path": value})
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
         return name, check_source(name, {"type": "xyz", "url": value})
     path = Path(value).expanduser()
@@ -338,7 +344,7 @@ def load_settings(
         if not isinstance(file_sources, dict):
             raise InputError(f"{path.name}: sources must be a table of name -> source settings")
         for name, spec in file_sources.items():
-            if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            if isinstance(spec, dict) and isinstance(spec.get("path"), str) and not _REMOTE.match(spec["path"]):
                 spec = dict(spec, path=str((path.parent / Path(spec["path"]).expanduser()).resolve()))
             sources[name] = spec
         detector = data.get("detector")

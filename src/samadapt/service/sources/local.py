@@ -105,15 +105,20 @@ class LocalSource(Source):
 
     def __init__(self, name: str, path: str | Path, *, attribution: str = "", min_zoom: int = 0,
                  max_zoom: int = 24) -> None:
-        import rasterio
         from pyproj import CRS
 
+        from samadapt.imagery.sources import open_source, resolve_source
         from samadapt.imagery.windows import bands_for
 
-        self.name, self.path, self.attribution = name, Path(path), attribution
+        try:
+            self.source = resolve_source(path)  # a file, https:// or s3:// URL, /vsi* path or STAC item
+        except InputFileError as exc:
+            raise InputFileError(f"source {name!r}: cannot read {path} ({exc})") from None
+        self.name, self.attribution = name, attribution
+        self.path: Path | str = self.source.local if self.source.local is not None else self.source.text
         self.min_zoom, self.max_zoom = min_zoom, max_zoom
         try:
-            with rasterio.open(self.path) as ds:
+            with open_source(self.source) as ds:
                 if ds.crs is None:
                     raise InputFileError(f"source {name!r}: {self.path} has no CRS; serve georeferenced rasters only")
                 self.width, self.height, self.count = ds.width, ds.height, ds.count
@@ -121,7 +126,7 @@ class LocalSource(Source):
                 self.transform = ds.transform
                 self.raster_crs = ds.crs.to_wkt()
                 native_bounds = tuple(ds.bounds)
-        except rasterio.errors.RasterioIOError as exc:
+        except InputFileError as exc:
             raise InputFileError(f"source {name!r}: cannot read {self.path} as a raster ({exc})") from None
         crs = CRS.from_wkt(self.raster_crs)
         if crs.geodetic_crs is None or crs.ellipsoid is None:  # an engineering or local CRS: no body to map on
@@ -169,18 +174,26 @@ class LocalSource(Source):
         """A file damaged, cut short or removed since the server started: a 502 naming the source, not the path."""
         from rasterio.errors import RasterioIOError
 
+        from samadapt.imagery.sources import RemoteSourceError, remote_read_error
+
         try:
             yield
+        except RemoteSourceError as exc:
+            log.warning("source %r: reading %s failed: %s", self.name, self.path, exc)
+            raise FetchError(f"source {self.name!r}: {exc}") from None
         except (RasterioIOError, InputFileError) as exc:
+            remote = remote_read_error(self.source.gdal_path, exc)
+            if remote is not None:
+                raise FetchError(f"source {self.name!r}: {remote}") from None
             log.warning("source %r: reading %s failed: %s", self.name, self.path, exc)
             raise FetchError(f"source {self.name!r}: its raster file is damaged, truncated or gone, so this part "
                              "could not be read (the server log has GDAL's reason)") from None
 
     def read_window(self, window: tuple[int, int, int, int]) -> np.ndarray:
         """Synchronous :meth:`read`: (h, w, 3) uint8 of pixel window (x0, y0, x1, y1), 0 outside."""
-        import rasterio
         from rasterio.windows import Window
 
+        from samadapt.imagery.sources import open_source
         from samadapt.imagery.windows import read_tile
 
         x0, y0, x1, y1 = check_window(window)
@@ -188,7 +201,7 @@ class LocalSource(Source):
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, self.height)
         if cx1 <= cx0 or cy1 <= cy0:
             return out
-        with self._reading(), rasterio.open(self.path) as ds:
+        with self._reading(), open_source(self.source) as ds:
             pixels, _ = read_tile(ds, Window(cx0, cy0, cx1 - cx0, cy1 - cy0), self.bands, self.limits(ds))
         out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = pixels
         return out
@@ -204,13 +217,13 @@ class LocalSource(Source):
 
     def render_tile(self, z: int, x: int, y: int) -> bytes:
         """PNG (RGBA, transparent off the raster) of XYZ tile z/x/y on the body's spherical mercator."""
-        import rasterio
         from affine import Affine
         from rasterio.enums import Resampling
         from rasterio.transform import from_origin
         from rasterio.warp import reproject, transform_bounds
         from rasterio.windows import Window
 
+        from samadapt.imagery.sources import open_source
         from samadapt.imagery.windows import read_tile
 
         self._check_tile(z, x, y)
@@ -232,7 +245,7 @@ class LocalSource(Source):
         out_px = max((ix1 - ix0), (iy1 - iy0)) / size * TILE_SIZE
         factor = max(1.0, max(c1 - c0, r1 - r0) / max(out_px, 1.0) / 2.0)  # keep 2x oversampling
         shape = (max(1, round((r1 - r0) / factor)), max(1, round((c1 - c0) / factor)))
-        with self._reading(), rasterio.open(self.path) as ds:
+        with self._reading(), open_source(self.source) as ds:
             window = Window(c0, r0, c1 - c0, r1 - r0)
             pixels, valid = read_tile(ds, window, self.bands, self.limits(ds),
                                       out_shape=None if factor == 1.0 else shape)
