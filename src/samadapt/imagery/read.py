@@ -390,13 +390,19 @@ def _channels_first(array: np.ndarray, channel_axis: Literal["first", "last"] | 
     raise InputError(f"channel_axis must be 'first', 'last' or None, got {channel_axis!r}")
 
 
-def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "auto") -> tuple[np.ndarray, np.ndarray]:
+def read_bands(path: str | Path | RasterSource, bands: Sequence[int], *, stretch: Stretch = "auto",
+               asset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read any number of bands, each scaled to 0-255, for models that take more than RGB.
 
+    The source and the values are read as :func:`read_image` reads them: any source
+    :func:`~samadapt.imagery.sources.resolve_source` takes, physical values (scale and offset
+    applied), nodata, masks and ISIS3 special pixels invalid.
+
     Args:
-        path: raster file.
+        path: the file, URL, virtual path or STAC item.
         bands: 1-based band indexes, any count (e.g. all four of an RGB + NIR image).
         stretch: as in :func:`read_image`; per-band percentiles over valid pixels.
+        asset: the asset of a STAC item.
 
     Returns:
         (H, W, C) uint8 pixels in the order of ``bands`` (0 where invalid) and the (H, W) bool
@@ -406,22 +412,7 @@ def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "au
         InputFileError: the file cannot be read, or is damaged or truncated.
         InputError: a band does not exist.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"image file not found: {path}")
-    try:
-        with rasterio.open(path) as ds:
-            for b in bands:
-                if not 1 <= b <= ds.count:
-                    raise InputError(
-                        f"band {b} does not exist: {path.name} has {ds.count} band(s), numbered 1 to {ds.count}"
-                    )
-            with pixel_read_errors(path, bands=bands):
-                data = ds.read(list(bands))
-                valid = ds.dataset_mask() > 0
-    except rasterio.errors.RasterioIOError as e:
-        raise InputFileError(f"{path} is not a readable image or raster ({e})") from None
-    valid &= np.isfinite(data).all(axis=0) if np.issubdtype(data.dtype, np.floating) else True
+    data, valid = read_physical_bands(path, bands, asset=asset)
     mode = check_stretch(stretch)
     if mode == "auto":
         mode = None if data.dtype == np.uint8 else AUTO_PERCENTILES
@@ -431,3 +422,32 @@ def read_bands(path: str | Path, bands: Sequence[int], *, stretch: Stretch = "au
         scaled = scale_to_uint8(data, stretch_limits(data, valid, mode))
     scaled[:, ~valid] = 0
     return np.moveaxis(scaled, 0, -1).copy(), valid
+
+
+def read_physical_bands(path: str | Path | RasterSource, bands: Sequence[int], *,
+                        asset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) physical values of ``bands`` of a whole raster and its (H, W) validity (see :func:`read_bands`).
+
+    Raises:
+        InputFileError: the source cannot be read.
+        InputError: a band does not exist.
+    """
+    source = resolve_source(path, asset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_source(source) as ds:
+            for b in bands:
+                if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= ds.count:
+                    raise InputError(
+                        f"band {b!r} does not exist: {source.name} has {ds.count} band(s), numbered 1 to {ds.count}"
+                    )
+            try:
+                with pixel_read_errors(source.text, bands=bands):
+                    data = ds.read(list(bands))
+                    valid = (ds.read_masks(list(bands)) != 0).all(axis=0)
+                nodatavals = [ds.nodatavals[b - 1] for b in bands]
+                valid &= ~_nodata_invalid(data, nodatavals) & finite_pixels(data)
+                data, special = physical_values(ds, data, bands)
+            except RasterioError as exc:
+                raise describe_open_error(source, exc) from None
+    return data, valid & ~special

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 Predict = Callable[[np.ndarray, np.ndarray, ObjectPrompt], np.ndarray]
 
 
-def rough_prompts(raster: Path, *, a: int, b: int, threshold: float = 0.0, min_area: int = 20,
+def rough_prompts(raster: Path | RasterSource, *, a: int, b: int, threshold: float = 0.0, min_area: int = 20,
                   mode: str = "box") -> list[ObjectPrompt]:
     """Prompts from a normalised-difference index of two bands, e.g. NDWI = (green - nir) / (green + nir).
 
@@ -276,9 +276,6 @@ def predict_prompted_rasters(model: Adapter | Segmenter | str | Path, rasters: S
         a, b, threshold = rough
 
         def objects_of(raster: Path | RasterSource) -> list[ObjectPrompt] | PromptRecords:
-            if isinstance(raster, RasterSource):
-                raise InputError(f"--rough reads whole rasters from local files; {raster} is remote or virtual: "
-                                 "give prompts with --prompts")
             return rough_prompts(raster, a=a, b=b, threshold=threshold)
     elif prompts is not None:
         prompt_file = prompts

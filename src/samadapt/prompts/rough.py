@@ -17,15 +17,17 @@ bands are numbered from 1 as in GDAL.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioError
 from scipy import ndimage
 
-from samadapt.errors import InputError, InputFileError
+from samadapt.errors import InputError
 from samadapt.prompts.sampling import SamplingOptions, prompts_from_mask
 from samadapt.prompts.types import ObjectPrompt
+
+if TYPE_CHECKING:
+    from samadapt.imagery.sources import RasterSource
 
 HSV = tuple[float, float, float]
 """(hue in degrees [0, 360], saturation in [0, 1], value in [0, 1])."""
@@ -77,36 +79,28 @@ def normalized_difference(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None
     return out.astype(np.float32)
 
 
-def index_from_bands(path: Path, a: int, b: int) -> np.ndarray:
+def index_from_bands(path: str | Path | RasterSource, a: int, b: int) -> np.ndarray:
     """Read two bands of a raster and return their normalized difference (a - b) / (a + b).
 
+    The bands are read as physical values (scale and offset applied: a reflectance offset changes
+    the index), from any source :func:`samadapt.imagery.sources.resolve_source` takes.
+
     Args:
-        path: a raster file rasterio can open.
+        path: a raster file, URL, virtual path or STAC item.
         a: 1-based index of the first band.
         b: 1-based index of the second band.
 
     Returns:
-        (H, W) float32; NaN where either band is nodata (nodata value, dataset mask or
-        alpha), not finite, or where a + b == 0.
+        (H, W) float32; NaN where either band is nodata (nodata value, mask or alpha, ISIS3
+        special pixel), not finite, or where a + b == 0.
 
     Raises:
-        InputFileError: if the file is missing or not a readable raster.
+        InputFileError: if the source is missing or not a readable raster.
         InputError: if a band index does not exist in the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"raster file not found: {path}")
-    try:
-        with rasterio.open(path) as src:
-            for band in (a, b):
-                if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or not 1 <= band <= src.count:
-                    raise InputError(
-                        f"band {band!r} does not exist: {path.name} has {src.count} band(s), numbered 1 to {src.count}"
-                    )
-            data = src.read([a, b])
-            valid = (src.read_masks([a, b]) != 0).all(axis=0)
-    except RasterioError as exc:
-        raise InputFileError(f"cannot read {path} as a raster: {exc}") from None
+    from samadapt.imagery.read import read_physical_bands
+
+    data, valid = read_physical_bands(path, [a, b])
     return normalized_difference(data[0], data[1], valid)
 
 
