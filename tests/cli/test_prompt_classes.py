@@ -124,6 +124,25 @@ def test_predict_prompts_without_class_column_still_carry_prompt_ids(image: Path
     assert [_centre_value(tmp_path / "maps" / "scene_classes.tif", k) for k in range(3)] == [1, 1, 1]
 
 
+def test_predict_prompts_with_instances_give_each_prompted_object_its_own_id(
+    image: Path, boxes_decoded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three prompted objects of one class: three ids, one per object, the same in polygons and raster
+    (regions of the class raster would merge touching objects of a class)."""
+    prompts = tmp_path / "p.csv"  # the first two boxes share an edge: one region of the class raster
+    prompts.write_text("x0,y0,x1,y1\n8,8,40,40\n40,8,72,40\n16,56,48,88\n")
+    code, text = run_cli(["predict", str(boxes_decoded), str(image), "--prompts", str(prompts), "--instances",
+                          "-o", str(tmp_path / "maps")], monkeypatch, capsys)
+    assert code == 0, text
+    polygons = gpd.read_file(tmp_path / "maps" / "scene_polygons.gpkg")
+    by_prompt = dict(zip(polygons["prompt_id"], polygons["instance_id"], strict=True))
+    assert by_prompt == {0: 1, 1: 2, 2: 3}
+    with rasterio.open(tmp_path / "maps" / "scene_instances.tif") as ds:
+        ids = ds.read(1)
+    assert [int(ids[24, 24]), int(ids[24, 56]), int(ids[72, 32])] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("command", ["segment", "predict"])
 def test_class_column_errors_are_one_sentence(command: str, image: Path, tiny_models: dict[str, Path],
                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -87,7 +87,12 @@ def _shift(prompt: ObjectPrompt, dx: float, dy: float) -> ObjectPrompt:
 
 @dataclass
 class ObjectShapes:
-    """Each object's outline in raster pixels, gathered while mapping: prompt id, class, mean probability."""
+    """Each object's outline in raster pixels, gathered while mapping: prompt id, class, mean probability.
+
+    With instances, object ``i`` (in this order) is instance ``i + 1``, in the polygons and in the instance
+    raster alike (:func:`samadapt.mapping.instances.rasterize_objects`: an overlapped pixel goes to the
+    object of higher mean probability).
+    """
 
     ids: list[PromptId] = field(default_factory=list)
     classes: list[int] = field(default_factory=list)
@@ -101,17 +106,19 @@ class ObjectShapes:
 
         t = ds.transform
         rows = []
-        for pid, k, prob, pixel_geom in zip(self.ids, self.classes, self.mean_probability, self.geometry,
-                                            strict=True):
+        for i, (pid, k, prob, pixel_geom) in enumerate(zip(self.ids, self.classes, self.mean_probability,
+                                                           self.geometry, strict=True)):
             geom = shapely.affinity.affine_transform(pixel_geom, [t.a, t.b, t.d, t.e, t.c, t.f])
             if options.simplify > 0:
                 geom = geom.simplify(options.simplify, preserve_topology=True)
             if geom.is_empty or geom.area < options.min_area:
                 continue
-            row = {"prompt_id": pid, "class": k, "class_name": (records.names or {}).get(k, ""),
-                   "area": float(geom.area), "mean_probability": prob, "geometry": geom}
+            row = {"prompt_id": pid, "instance_id": i + 1, "class": k,
+                   "class_name": (records.names or {}).get(k, ""), "area": float(geom.area),
+                   "mean_probability": prob, "geometry": geom}
             rows.append(row)
-        columns = ["prompt_id", "class", *(["class_name"] if records.names else []), "area",
+        columns = ["prompt_id", *(["instance_id"] if options.instances else []), "class",
+                   *(["class_name"] if records.names else []), "area",
                    *(["mean_probability"] if options.probabilities else []), "geometry"]
         frame = gpd.GeoDataFrame([{c: r[c] for c in columns} for r in rows], columns=columns, geometry="geometry",
                                  crs=ds.crs)
@@ -155,12 +162,20 @@ def predict_prompted_raster(model: Adapter | Segmenter, raster: Path | RasterSou
         outputs = {}
         if records.classes is not None:
             outputs["names"] = write_json(folder / f"{stem}_classes.json", records.class_names())
+        if options.instances:  # one id per prompted object, not per region of the class raster
+            from samadapt._io import atomic_file
+            from samadapt.mapping.instances import rasterize_objects
+
+            with atomic_file(folder / f"{stem}_instances.tif", overwrite=True) as tmp:
+                rasterize_objects(shapes.geometry, shapes.mean_probability, tmp, height=ds.height, width=ds.width,
+                                  crs=ds.crs, transform=ds.transform)
+            outputs["instances"] = folder / f"{stem}_instances.tif"
         if options.polygons:
             outputs["polygons"] = write_polygons(folder / f"{stem}_polygons.{options.polygons}",
                                                  shapes.frame(ds, records, options), overwrite=True)
         return outputs
 
-    return run_raster(raster, out_dir, replace(options, polygons=None), classes=records.num_classes,
+    return run_raster(raster, out_dir, replace(options, polygons=None, instances=False), classes=records.num_classes,
                       prepare=prepare, extra=write_more)
 
 
