@@ -143,6 +143,19 @@ def test_predict_prompts_with_instances_give_each_prompted_object_its_own_id(
     assert [int(ids[24, 24]), int(ids[24, 56]), int(ids[72, 32])] == [1, 2, 3]
 
 
+def test_prompted_map_done_without_instances_is_redone_with_them(image: Path, boxes_decoded: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = _csv(tmp_path / "p.csv", None)
+    args = ["predict", str(boxes_decoded), str(image), "--prompts", str(prompts), "-o", str(tmp_path / "maps")]
+    assert run_cli(args, monkeypatch, capsys)[0] == 0
+    assert not (tmp_path / "maps" / "scene_instances.tif").exists()
+    code, text = run_cli([*args, "--instances"], monkeypatch, capsys)
+    assert code == 0 and "skipped" not in text, text
+    assert "instance_id" in gpd.read_file(tmp_path / "maps" / "scene_polygons.gpkg").columns
+    assert run_cli([*args, "--instances"], monkeypatch, capsys)[1].count("skipped") == 1  # now complete
+
+
 @pytest.mark.parametrize("command", ["segment", "predict"])
 def test_class_column_errors_are_one_sentence(command: str, image: Path, tiny_models: dict[str, Path],
                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -15,7 +15,7 @@ objects may overlap.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -175,8 +175,8 @@ def predict_prompted_raster(model: Adapter | Segmenter, raster: Path | RasterSou
                                                  shapes.frame(ds, records, options), overwrite=True)
         return outputs
 
-    return run_raster(raster, out_dir, replace(options, polygons=None, instances=False), classes=records.num_classes,
-                      prepare=prepare, extra=write_more)
+    return run_raster(raster, out_dir, options, classes=records.num_classes,
+                      prepare=prepare, extra=write_more, own_objects=True)
 
 
 def _fill_objects(run: RasterRun, predict: Predict, model_bands: tuple[int, ...] | None,

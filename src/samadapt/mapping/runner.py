@@ -22,7 +22,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -184,7 +184,7 @@ Extra = Callable[[DatasetReader, Path, str], dict[str, Path]]
 
 
 def run_raster(raster: Path | RasterSource, out_dir: Path, options: MapOptions, *, classes: int,
-               prepare: Callable[[], Fill], extra: Extra | None = None) -> MapResult:
+               prepare: Callable[[], Fill], extra: Extra | None = None, own_objects: bool = False) -> MapResult:
     """Map one raster: skip it when done, else fill an accumulator and write the outputs from it.
 
     Args:
@@ -197,6 +197,9 @@ def run_raster(raster: Path | RasterSource, out_dir: Path, options: MapOptions, 
             the step that fills the accumulator (:meth:`RasterRun.accumulator`).
         extra: writes more outputs once the class rasters are written, before the done
             marker (so a raster is done only once they are too); returns their paths by kind.
+        own_objects: ``extra`` writes the polygons and (with ``options.instances``) the instance raster
+            itself, one per object found, instead of the class raster's regions; ``options`` still
+            decides whether an earlier run is complete.
 
     Returns:
         The outputs written, or those of an earlier run with status "skipped".
@@ -226,7 +229,8 @@ def run_raster(raster: Path | RasterSource, out_dir: Path, options: MapOptions, 
             record = fill(run)
             acc = run.acc if run.acc is not None else run.accumulator()  # nothing filled: all nodata
             acc.release()
-            result.outputs = write_class_rasters(ds, acc, classes, out_dir, stem, options)
+            written = replace(options, polygons=None, instances=False) if own_objects else options
+            result.outputs = write_class_rasters(ds, acc, classes, out_dir, stem, written)
             if extra is not None:
                 result.outputs.update(extra(ds, out_dir, stem))
         write_json(done, {"outputs": {k: str(v) for k, v in result.outputs.items()}, "tiles": result.tiles,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,8 +215,8 @@ def predict_text_raster(segmenter: Segmenter, raster: Path | RasterSource, out_d
 
     _check_previous(raster, out_dir, phrases, options)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        return run_raster(raster, out_dir, replace(options, polygons=None, instances=False), classes=len(phrases) + 1,
-                          prepare=prepare, extra=write_more)
+        return run_raster(raster, out_dir, options, classes=len(phrases) + 1,
+                          prepare=prepare, extra=write_more, own_objects=True)
 
 
 def _fill_text(run: RasterRun, segmenter: Segmenter, query: TextQuery, detector: Detector | None, tile: int,
