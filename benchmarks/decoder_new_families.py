@@ -22,12 +22,12 @@ ratios, not absolute times.
 from __future__ import annotations
 
 import argparse
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from decoder import best_of  # benchmarks/decoder.py, beside this script
 
 from samadapt.models import sam as runtime
 from samadapt.models.accel import sam_decoder
@@ -98,15 +98,6 @@ def boxes(n: int, size: int, rng: np.random.Generator) -> DecoderPrompts:
     x0, y0 = rng.uniform(0, size * 0.8, (2, n))
     w, h = rng.uniform(size * 0.03, size * 0.2, (2, n))
     return DecoderPrompts(boxes=np.stack([x0, y0, np.minimum(x0 + w, size), np.minimum(y0 + h, size)], 1))
-
-
-def best_of(fn: Any, repeats: int) -> float:  # noqa: ANN401 - a callable
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def slow_decode(loaded: Any, emb: dict[str, torch.Tensor], prompts: DecoderPrompts,  # noqa: ANN401

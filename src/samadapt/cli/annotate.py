@@ -112,8 +112,7 @@ def _print_comparison(report: ModeComparison) -> None:
 def _text_search(mode: str, text: list[str] | None, detector: str | None, box_threshold: float | None,
                  text_threshold: float | None, model: str, *, labels: Path | None, compare: bool) -> TextSearch | None:
     """The text search of ``--mode text``, checked with the other options before any model loads; None otherwise."""
-    from samadapt.models.loading import family_and_size
-    from samadapt.text.options import text_search
+    from samadapt.text.options import family_for_text, text_search
 
     if not text:
         text_search(text, detector, box_threshold, text_threshold, "sam")  # a text option without --text
@@ -124,9 +123,7 @@ def _text_search(mode: str, text: list[str] | None, detector: str | None, box_th
         raise InputError(f"--text goes with --mode text, not --mode {mode}; add --mode text")
     if labels is not None or compare:
         raise InputError("--mode text needs no labels; drop --labels/--compare")
-    meta_file = Path(model).suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
-    return text_search(text, detector, box_threshold, text_threshold,
-                       "sam" if meta_file else family_and_size(model)[0])
+    return text_search(text, detector, box_threshold, text_threshold, family_for_text(model))
 
 
 def _annotate_text(dataset_dir: Path, out_dir: Path, segmenter: Segmenter, search: TextSearch, *, split: str | None,

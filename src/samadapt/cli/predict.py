@@ -76,7 +76,7 @@ def predict_cmd(
     from rich.progress import Progress
 
     from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
-    from samadapt.text.options import text_search
+    from samadapt.text.options import family_for_text, text_search
     from samadapt.train.adapter import load_adapter
 
     opts = encoder_runtime(runtime, precision)
@@ -90,9 +90,7 @@ def predict_cmd(
     else:
         _refuse_with_text(adapter, prompts=prompts, rough=rough, model=model, tile_gsd=tile_gsd,
                           scheduler=scheduler, batch_size=batch_size)
-        meta_file = adapter.suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
-        search = text_search(text, detector, box_threshold, text_threshold,
-                             "sam" if meta_file else _family(str(adapter)))
+        search = text_search(text, detector, box_threshold, text_threshold, family_for_text(str(adapter)))
         assert search is not None  # there is --text
         paths = _reachable(expand_inputs(rasters, asset))
         _predict_text(str(adapter), paths, out_dir, search, MapOptions(
@@ -177,13 +175,6 @@ def _predict_prompted(ref: Path, paths: list[Path | RasterSource], out_dir: Path
                                        base=model, device=device, runtime=runtime or "auto",
                                        class_column=class_column)
     _report_maps(results, "objects", catalogue)
-
-
-def _family(model: str) -> str:
-    """The family of the model ``--text`` segments with, read without loading it."""
-    from samadapt.models.loading import family_and_size
-
-    return family_and_size(model)[0]
 
 
 def _refuse_with_text(ref: Path, *, prompts: Path | None, rough: str | None, model: str | None,

@@ -115,19 +115,17 @@ def segment(
     from samadapt._io import check_writable
     from samadapt.imagery.sources import resolve_source
     from samadapt.mapping.outputs import write_segmentation
-    from samadapt.models.loading import family_and_size
     from samadapt.predict.segmenter import Segmenter
     from samadapt.prompts.io import prompts_from_cli, read_prompt_records
     from samadapt.prompts.records import PromptRecords
-    from samadapt.text.options import text_search
+    from samadapt.text.options import family_for_text, text_search
 
     for p in out_paths:
         if p.suffix.lower() not in OUTPUT_SUFFIXES:
             raise InputError(f"--out {p} has an unknown suffix; use one of {', '.join(sorted(OUTPUT_SUFFIXES))}")
         if p.exists() and not overwrite:
             raise InputError(f"--out {p} exists; pass --overwrite to replace it")
-    meta_file = Path(model).suffix in (".pth", ".pt")  # Meta's releases: SAM, SAM-HQ or SAM 2, none reads text
-    family = family_and_size(model)[0] if (text or exemplar) and not meta_file else "sam"
+    family = family_for_text(model) if text or exemplar else "sam"
     if exemplar and family != "sam3":
         raise InputError(f"--exemplar is SAM 3's concept prompt; a {family} model takes --box prompts")
     if exemplar and not text:

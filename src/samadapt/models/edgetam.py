@@ -184,21 +184,17 @@ def load_edgetam(folder: Path, config: dict[str, Any], weights: Path) -> EdgeTam
     Raises:
         CheckpointError: naming the weights that do not fit, or why the config or weights do not read.
     """
+    from samadapt.models.strict import report_loading
+
     model = build_edgetam(image_config(config))
     video = config.get("model_type") == "edgetam_video"
     state = {_backbone_key(k): v for k, v in read_state_dict(weights).items()
              if not (video and k.startswith(VIDEO_ONLY_PREFIXES))}
     expected = model.state_dict()
-    problems = {
-        "missing": [k for k in expected if k not in state],
-        "unexpected": [k for k in state if k not in expected],
-        "of the wrong shape": [k for k, v in state.items() if k in expected and v.shape != expected[k].shape],
-    }
-    found = [f"{len(keys)} {label} ({', '.join(sorted(keys)[:4])}{', …' if len(keys) > 4 else ''})"
-             for label, keys in problems.items() if keys]
-    if found:
-        raise CheckpointError(
-            f"the weights in {folder} do not fit its config.json (EdgeTamModel): weights {'; '.join(found)}"
-        )
+    report_loading(folder, "EdgeTamModel", {
+        "missing_keys": [k for k in expected if k not in state],
+        "unexpected_keys": [k for k in state if k not in expected],
+        "mismatched_keys": [k for k, v in state.items() if k in expected and v.shape != expected[k].shape],
+    })
     model.load_state_dict(state, strict=True)
     return model.float().eval()

@@ -211,11 +211,10 @@ class GroundingDinoDetector(LoadedDetector):
     family = "grounding-dino"
     preprocessing: GroundingDinoPreprocessing
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: GroundingDinoPreprocessing, *,
-                 name: str, model_id: str, trusted: bool, device: torch.device) -> None:
-        super().__init__(model, tokenizer, preprocessing, name=name, model_id=model_id, trusted=trusted,
-                         device=device)
-        self.max_text_len = int(getattr(getattr(model, "config", None), "max_text_len", 256))
+    @property
+    def max_text_len(self) -> int:
+        """Most tokens the model reads for the joined prompt (its config's ``max_text_len``)."""
+        return int(getattr(getattr(self.model, "config", None), "max_text_len", 256))
 
     def encode(self, phrases: Sequence[str]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         """Token ids of the joined prompt and the (P, tokens) mask of each phrase's positions.

@@ -25,6 +25,23 @@ class TextSearch:
         return load_detector(self.detector, device=device)
 
 
+def family_for_text(model: str) -> str:
+    """The family of a ``--model`` reference as far as text goes, read without loading its weights.
+
+    Meta's ``.pth`` / ``.pt`` releases (SAM, SAM-HQ, SAM 2) are not read: none of them reads text, so
+    they count as "sam".
+
+    Raises:
+        InputError: a reference that is neither a registry name, a model folder nor a Meta release.
+        CheckpointError: a folder whose ``config.json`` is not a SAM-family model's.
+    """
+    from pathlib import Path
+
+    from samadapt.models.loading import family_and_size
+
+    return "sam" if Path(model).suffix in (".pth", ".pt") else family_and_size(model)[0]
+
+
 def text_search(text: list[str] | None, detector: str | None, box_threshold: float | None,
                 text_threshold: float | None, family: str) -> TextSearch | None:
     """The search of ``--text``, ``--detector``, ``--box-threshold``, ``--text-threshold``; None without ``--text``.

@@ -175,12 +175,11 @@ class Owlv2Detector(LoadedDetector):
     family = "owlv2"
     preprocessing: Owlv2Preprocessing
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: Owlv2Preprocessing, *,
-                 name: str, model_id: str, trusted: bool, device: torch.device) -> None:
-        super().__init__(model, tokenizer, preprocessing, name=name, model_id=model_id, trusted=trusted,
-                         device=device)
-        config = getattr(model, "config", None)
-        self.max_tokens = int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 16))
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens of one phrase's query (its text config's ``max_position_embeddings``)."""
+        config = getattr(self.model, "config", None)
+        return int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 16))
 
     def encode(self, phrases: Sequence[str]) -> dict[str, torch.Tensor]:
         """(P, max_tokens) token ids and attention mask, one query per phrase, padded as transformers' processor does.
