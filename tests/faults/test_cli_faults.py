@@ -176,6 +176,13 @@ CASES: list[Case] = [
     Case("segment", "full disk", lambda w, o: [str(w.image), "-m", str(w.model), "--box", "1,1,60,60",
                                                "-o", str(o / "a.tif"), "-o", str(o / "a.gpkg")], "full",
          folder="full"),
+    Case("segment", "text with sam and no detector", lambda w, o: [str(w.image), "-m", str(w.model), "--text", "pit",
+                                                                   "-o", str(o / "a.gpkg")], "cannot read text"),
+    Case("segment", "exemplar for sam", lambda w, o: [str(w.image), "-m", str(w.model), "--exemplar", "1,1,9,9",
+                                                      "-o", str(o / "a.gpkg")], "SAM 3's concept prompt"),
+    Case("segment", "text into a read-only output",
+         lambda w, o: [str(w.image), "-m", str(w.model), "--text", "pit", "--detector", str(_tiny_detector(w, o)),
+                       "-o", str(o / "a.gpkg")], "cannot be written", folder="read-only"),
     # embed
     Case("embed", "missing image", lambda w, o: [str(o / "nope.tif"), "-m", str(w.model)], "nope.tif"),
     Case("embed", "band out of range", lambda w, o: [str(w.image), "-m", str(w.model), "--bands", "9"], "band 9"),
