@@ -50,13 +50,12 @@ def annotate(
                                                callback=choice("--format", ("masks", "coco")))] = "masks",
 ) -> None:
     """Annotate a dataset with SAM pseudo-labels from boxes, points, the automatic mode or phrases (--mode text)."""
-    from rich.progress import Progress
-
     from samadapt.annotate import annotate_dataset, compare_modes
     from samadapt.annotate.core import check_out_dir
     from samadapt.annotate.experts import read_expert_labels
     from samadapt.data.dataset import require_dataset_dir
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.progress import progress_bar
 
     search = _text_search(mode, text, detector, box_threshold, text_threshold, model, labels=labels, compare=compare)
     coco = output_format == "coco"
@@ -75,7 +74,7 @@ def annotate(
         _print_comparison(report)
         return
     experts = read_expert_labels(dataset_dir, labels)
-    with Progress(console=stderr) as progress:
+    with progress_bar(console=stderr) as progress:
         task = progress.add_task(f"annotating ({mode})", total=None)
         summary = annotate_dataset(
             dataset_dir, out_dir, segmenter=segmenter, mode=cast(Literal["box", "point", "auto"], mode),
@@ -129,12 +128,11 @@ def _text_search(mode: str, text: list[str] | None, detector: str | None, box_th
 def _annotate_text(dataset_dir: Path, out_dir: Path, segmenter: Segmenter, search: TextSearch, *, split: str | None,
                    overwrite: bool, device: str, coco: bool = False) -> None:
     """``annotate --mode text``: pseudo-labels of the phrases, with no expert labels."""
-    from rich.progress import Progress
-
     from samadapt.annotate.text import annotate_text_dataset
+    from samadapt.progress import progress_bar
 
     detector = search.open_detector(device)
-    with Progress(console=stderr) as progress:
+    with progress_bar(console=stderr) as progress:
         task = progress.add_task("annotating (text)", total=None)
         summary = annotate_text_dataset(
             dataset_dir, out_dir, segmenter=segmenter, query=search.query, detector=detector, split=split,

@@ -73,9 +73,8 @@ def predict_cmd(
 ) -> None:
     """Map whole rasters with an adapter, or with SAM from prompts or phrases (--text): class GeoTIFF,
     probabilities and polygons in the raster's CRS."""
-    from rich.progress import Progress
-
     from samadapt.mapping.tiled import MapOptions, dask_client, expand_inputs, predict_rasters
+    from samadapt.progress import progress_bar
     from samadapt.text.options import family_for_text, text_search
     from samadapt.train.adapter import load_adapter
 
@@ -119,7 +118,7 @@ def predict_cmd(
                          batch_size=batch_size, instances=instances)
     client = dask_client(scheduler)
     try:
-        with Progress(console=stderr) as bar:
+        with progress_bar(console=stderr) as bar:
             task = bar.add_task("tiles", total=None)
             results = predict_rasters(ad, paths, out_dir, options, client=client,
                                       progress=lambda name, n, t: bar.update(task, completed=n, total=t,
@@ -200,14 +199,13 @@ def _refuse_with_text(ref: Path, *, prompts: Path | None, rough: str | None, mod
 def _predict_text(model: str, paths: list[Path | RasterSource], out_dir: Path, search: TextSearch, options: MapOptions,
                   device: str, runtime: RuntimeOptions | str, catalogue: bool = False) -> None:
     """``predict --text``: each raster searched tile by tile, one polygon per object."""
-    from rich.progress import Progress
-
     from samadapt.mapping.text import predict_text_rasters
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.progress import progress_bar
 
     segmenter = Segmenter(model, device=device, cache=False, runtime=runtime)  # each tile is seen once
     detector = search.open_detector(device)
-    with Progress(console=stderr) as bar:
+    with progress_bar(console=stderr) as bar:
         task = bar.add_task("tiles", total=None)
         results = predict_text_rasters(segmenter, paths, out_dir, search.query, detector, options,
                                        progress=lambda name, n, t: bar.update(task, completed=n, total=t,

@@ -210,11 +210,10 @@ def embed(
     precision: PrecisionOpt = None,
 ) -> None:
     """Precompute and cache image embeddings, so later prompts cost only the decoder."""
-    from rich.progress import Progress
-
     from samadapt._io import check_writable
     from samadapt.imagery.sources import resolve_source
     from samadapt.predict.segmenter import Segmenter
+    from samadapt.progress import progress_bar
 
     sources = [resolve_source(p, asset) for p in images]  # a missing file or --asset without STAC stops here
     segmenter = Segmenter(model, device=device, runtime=encoder_runtime(runtime, precision))
@@ -226,7 +225,7 @@ def embed(
                          "to a folder on a writable disk") from None
     _ = segmenter.loaded
     hits = 0
-    with Progress(console=stderr) as progress:
+    with progress_bar(console=stderr) as progress:
         task = progress.add_task("embedding", total=len(images))
         for e in segmenter.embed_many((read(s, bands) for s in sources), batch_size=batch_size):
             hits += e.from_cache

@@ -251,13 +251,14 @@ def _progress_bar(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    bar = Progress(
+    from samadapt.progress import progress_bar
+
+    bar = progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),

@@ -380,10 +380,12 @@ class _Progress:
     def __init__(self, enabled: bool, epochs: int, steps: int, start: int) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=False)
+            from samadapt.progress import progress_bar
+
+            self.bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), transient=False)
             self.task = self.bar.add_task("training", total=epochs * steps, completed=start * steps)
             self.bar.start()
 
