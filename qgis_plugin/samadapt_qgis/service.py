@@ -1,0 +1,178 @@
+"""``samadapt serve`` for one raster, in the background, and the HTTP calls the plugin makes to it.
+
+The server listens on 127.0.0.1 on a free port, with a random bearer token so that no other
+program on the machine can use it. It is started with ``--mode grid``: the raster is encoded in
+cells of the model's input size as clicks reach them, and every later click in a cell reuses its
+encoding. Every server the plugin starts is stopped when the plugin unloads or QGIS quits
+(:func:`stop_all`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import urllib.error
+import urllib.request
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set
+
+from .runner import command_env, popen, stop_process
+
+#: How the server announces its address on standard output.
+READY = re.compile(r"serving on (http://[0-9.]+:\d+)")
+#: Name of the served raster in the service's requests.
+SOURCE_NAME = "layer"
+
+_RUNNING: Set["ServiceProcess"] = set()
+_LOCK = threading.Lock()
+
+
+class ServiceError(RuntimeError):
+    """The service could not be started or reached, or it refused a request (its sentence)."""
+
+
+class ServiceProcess:
+    """``samadapt serve --source layer=<raster>`` running in the background.
+
+    Args:
+        executable: the samadapt program.
+        raster: path (or GDAL path / URL) of the raster to serve.
+        model: registry name, model folder or .pth file.
+        adapter: optional adapter folder (enables class maps of the view).
+        device: torch device of the server.
+    """
+
+    def __init__(self, executable: str, raster: str, model: str, adapter: str = "", device: str = "cpu") -> None:
+        self.executable, self.raster, self.model, self.adapter, self.device = executable, raster, model, adapter, device
+        self.token = secrets.token_urlsafe(24)
+        self.url: Optional[str] = None
+        self.log: Deque[str] = deque(maxlen=200)
+        self.proc: Any = None
+        self._ready = threading.Event()
+        self._reader: Optional[threading.Thread] = None
+
+    @property
+    def args(self) -> List[str]:
+        """The command line of the server."""
+        args = [self.executable, "serve", "--model", self.model, "--source", f"{SOURCE_NAME}={self.raster}",
+                "--host", "127.0.0.1", "--port", "0", "--mode", "grid", "--device", self.device]
+        if self.adapter:
+            args += ["--adapter", self.adapter]
+        return args
+
+    def start(self) -> "ServiceProcess":
+        """Start the server and return at once; :meth:`wait_ready` waits for its address."""
+        if self.proc is not None:
+            return self
+        self.proc = popen(self.args, env=command_env({"SAMADAPT_TOKEN": self.token}), merge_output=True)
+        with _LOCK:
+            _RUNNING.add(self)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, ""):
+            line = raw.rstrip("\n")
+            self.log.append(line)
+            found = READY.search(line)
+            if found and not self._ready.is_set():
+                self.url = found.group(1)
+                self._ready.set()
+        self._ready.set()  # the process ended: wake anyone waiting
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = 600.0) -> str:
+        """The server's base URL, once it listens.
+
+        Raises:
+            ServiceError: it exited first (with its error sentence) or did not start in time.
+        """
+        if self.proc is None:
+            raise ServiceError("the samadapt server was not started")
+        self._ready.wait(timeout_s)
+        if self.url is None or not self.running:
+            if self.running:
+                raise ServiceError(f"samadapt serve did not start within {timeout_s:.0f} s")
+            from .runner import error_sentence
+
+            raise ServiceError(f"samadapt serve stopped: {error_sentence(self.log)}")
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server (terminate, then kill after a grace period)."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            for stream in (self.proc.stdout,):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+        with _LOCK:
+            _RUNNING.discard(self)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
+                timeout_s: float = 600.0) -> Dict[str, Any]:
+        """One JSON request to the server; its JSON answer.
+
+        Raises:
+            ServiceError: the server answered an error (its sentence) or could not be reached.
+        """
+        url = self.wait_ready(timeout_s) + path
+        data = None if payload is None else json.dumps(payload).encode("utf-8")
+        req = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+            "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1 only
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read().decode("utf-8")).get("error") or str(exc)
+            except ValueError:
+                message = str(exc)
+            raise ServiceError(message) from None
+        except (urllib.error.URLError, OSError) as exc:
+            if not self.running:
+                from .runner import error_sentence
+
+                raise ServiceError(f"samadapt serve stopped: {error_sentence(self.log)}") from None
+            raise ServiceError(f"cannot reach the samadapt server at {self.url}: {exc}") from None
+
+    def source(self) -> Dict[str, Any]:
+        """What the server says of the raster it serves: body, lng/lat CRS, bounds."""
+        answer = self.request("GET", "/sources")
+        for item in answer.get("sources", []):
+            if item.get("name") == SOURCE_NAME:
+                return item
+        raise ServiceError("the samadapt server does not serve the layer")
+
+    def model_info(self) -> Dict[str, Any]:
+        """``GET /models``: the model (name, family, input size) and the adapter."""
+        return self.request("GET", "/models")
+
+    def segment(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """``POST /segment``: GeoJSON polygons of the prompted object in lng/lat of the body."""
+        return self.request("POST", "/segment", payload)
+
+
+def running() -> List[ServiceProcess]:
+    """The servers the plugin started that have not been stopped."""
+    with _LOCK:
+        return list(_RUNNING)
+
+
+def stop_all() -> None:
+    """Stop every server the plugin started (plugin unload, QGIS quitting)."""
+    for server in running():
+        server.stop()

@@ -1,0 +1,386 @@
+"""Interactive prompting of one raster layer: prompts in, polygons into an output layer.
+
+A :class:`PromptSession` serves its raster with ``samadapt serve`` (started in the background)
+and keeps a list of objects, each a list of prompts in the layer's CRS: foreground and
+background points and at most one box. After every change to the current object its prompts
+go to ``POST /segment`` in a worker thread, and the answer replaces that object's polygons in
+the output layer (a memory layer in the raster's CRS with ``object_id``, ``score``,
+``prompts``, ``model``; it can be saved as a GeoPackage).
+
+The first request of a part of the raster computes its encoding, which takes seconds on a
+CPU; the session says so, and says when a later click reused an encoding.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QCoreApplication, QObject, QVariant, pyqtSignal
+
+from . import geo
+from .runner import find_executable
+from .service import SOURCE_NAME, ServiceError, ServiceProcess
+
+#: Largest view sent with a request, in raster pixels a side (the service refuses larger ones).
+MAX_VIEW_PIXELS = 2048
+#: Smallest view, in raster pixels a side.
+MIN_VIEW_PIXELS = 64
+#: Field names of the output layer.
+FIELDS = (("object_id", QVariant.Int), ("score", QVariant.Double), ("prompts", QVariant.Int),
+          ("model", QVariant.String))
+
+
+@dataclass
+class Prompt:
+    """A click (``point``, label 1 foreground, 0 background) or a ``box``, in the layer's CRS."""
+
+    kind: str
+    point: Optional[QgsPointXY] = None
+    box: Optional[QgsRectangle] = None
+    label: int = 1
+
+
+@dataclass
+class PromptObject:
+    """One object: its id in the output layer and its prompts, in the order given."""
+
+    object_id: int
+    prompts: List[Prompt] = field(default_factory=list)
+    version: int = 0  # counts changes, so a late answer to older prompts is recognised
+
+
+def raster_path(layer: QgsRasterLayer) -> str:
+    """The file (or GDAL path) behind a raster layer, as samadapt reads it.
+
+    Raises:
+        ValueError: the layer is not a GDAL raster (a WMS or XYZ layer, say).
+    """
+    if layer is None or not layer.isValid():
+        raise ValueError("choose a valid raster layer first")
+    if layer.providerType() != "gdal":
+        raise ValueError(f"layer {layer.name()!r} is a {layer.providerType()} layer; samadapt reads raster files "
+                         "(GeoTIFF, JPEG 2000, ISIS3 .cub, PDS4, ...), /vsi paths and URLs")
+    return layer.source().split("|")[0]
+
+
+def output_layer(crs: Any, name: str = "samadapt objects") -> QgsVectorLayer:
+    """An empty memory layer of polygons in ``crs`` with the session's fields."""
+    layer = QgsVectorLayer(f"MultiPolygon?crs={crs.authid()}" if crs.authid() else "MultiPolygon", name, "memory")
+    layer.setCrs(crs)
+    fields = QgsFields()
+    for fname, ftype in FIELDS:
+        fields.append(QgsField(fname, ftype))
+    layer.dataProvider().addAttributes(fields.toList())
+    layer.updateFields()
+    return layer
+
+
+def save_layer(layer: QgsVectorLayer, path: str) -> str:
+    """Write ``layer`` to a GeoPackage at ``path`` (a temporary file renamed into place: no half file).
+
+    Raises:
+        OSError: the file cannot be written (its message says why).
+    """
+    path = path if path.lower().endswith(".gpkg") else path + ".gpkg"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(f"the folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".samadapt-", suffix=".gpkg", dir=folder)
+    os.close(fd)
+    os.remove(tmp)
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    options.layerName = os.path.splitext(os.path.basename(path))[0]
+    result = QgsVectorFileWriter.writeAsVectorFormatV3(layer, tmp, QgsProject.instance().transformContext(), options)
+    code, message = result[0], result[1]
+    if code != QgsVectorFileWriter.NoError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"cannot write {path}: {message}")
+    os.replace(tmp, path)
+    return path
+
+
+def open_vector(path: str, name: str, crs: Any) -> QgsVectorLayer:
+    """A vector file as a layer; its CRS is set to ``crs`` when QGIS cannot read the file's.
+
+    QGIS 3.22 reads the CRS of a GeoPackage written with an IAU code (Mars, Moon: IAU_2015:49910,
+    say) as invalid, though GDAL wrote it correctly; the layers samadapt writes are in the
+    raster's CRS, so that is the CRS to give them.
+    """
+    layer = QgsVectorLayer(path, name, "ogr")
+    if layer.isValid() and not layer.crs().isValid() and crs is not None and crs.isValid():
+        layer.setCrs(crs)
+    return layer
+
+
+class _Relay(QObject):
+    """Carries a worker thread's answer to the main thread (a queued signal)."""
+
+    done = pyqtSignal(object)
+
+
+class PromptSession(QObject):
+    """Prompting on one raster layer through a background ``samadapt serve``.
+
+    Signals:
+        status(str): what is happening, for the dock's status line.
+        failed(str): an error sentence.
+        changed(): the output layer or the prompts changed.
+    """
+
+    status = pyqtSignal(str)
+    failed = pyqtSignal(str)
+    changed = pyqtSignal()
+
+    def __init__(self, layer: QgsRasterLayer, *, model: str, executable: str = "", adapter: str = "",
+                 device: str = "cpu", output: Optional[QgsVectorLayer] = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.raster = raster_path(layer)
+        self.model = model
+        self.server = ServiceProcess(find_executable(executable), self.raster, model, adapter, device)
+        self.output = output or output_layer(layer.crs(), f"samadapt objects ({layer.name()})")
+        self.objects: List[PromptObject] = [PromptObject(1)]
+        self.busy = False
+        self.requests = 0
+        self.last_answer: Optional[Dict[str, Any]] = None
+        self.last_error: Optional[str] = None
+        self._pending = False
+        self._relay = _Relay()
+        self._relay.done.connect(self._answered)
+        self._to_body: Optional[QgsCoordinateTransform] = None
+        self._from_body: Optional[QgsCoordinateTransform] = None
+        self._source: Optional[Dict[str, Any]] = None
+
+    # -- the server ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving the raster (returns at once; the first prompt waits for the server)."""
+        self.server.start()
+        self.status.emit(f"starting samadapt serve for {self.layer.name()} with {self.model}...")
+
+    def stop(self) -> None:
+        """Stop the server; the output layer stays."""
+        self.server.stop()
+        self.status.emit("server stopped")
+
+    def _connect(self) -> None:
+        """Worker thread: wait for the server, read its source and build the transforms once."""
+        if self._source is not None:
+            return
+        source = self.server.source()
+        crs = geo.body_crs(source["crs"])
+        centre = self.layer.extent().center()
+        to_body = geo.transform(self.layer.crs(), crs, centre)
+        self._to_body = to_body
+        self._source = source
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> PromptObject:
+        """The object being prompted."""
+        return self.objects[-1]
+
+    def add_point(self, point: QgsPointXY, label: int = 1) -> None:
+        """A click in the layer's CRS: label 1 marks the object, 0 the background."""
+        if not self.layer.extent().contains(point):
+            self.failed.emit("the click is outside the raster layer; click on the imagery")
+            return
+        self.current.prompts.append(Prompt("point", point=QgsPointXY(point), label=1 if label else 0))
+        self._changed()
+
+    def set_box(self, box: QgsRectangle) -> None:
+        """A box in the layer's CRS around the object; it replaces the object's earlier box."""
+        box = box.intersect(self.layer.extent())
+        if box.isEmpty():
+            self.failed.emit("the box is outside the raster layer; draw it on the imagery")
+            return
+        self.current.prompts = [p for p in self.current.prompts if p.kind != "box"]
+        self.current.prompts.append(Prompt("box", box=QgsRectangle(box)))
+        self._changed()
+
+    def undo(self) -> None:
+        """Take back the last prompt; with none left, go back to the previous object."""
+        if self.current.prompts:
+            self.current.prompts.pop()
+        elif len(self.objects) > 1:
+            self.objects.pop()
+            self.status.emit(f"back to object {self.current.object_id}")
+            self.changed.emit()
+            return
+        else:
+            return
+        self._changed()
+
+    def new_object(self) -> None:
+        """Keep the current object's polygons and start the next object."""
+        if not self.current.prompts:
+            return
+        self.objects.append(PromptObject(self.current.object_id + 1))
+        self.status.emit(f"object {self.current.object_id}: click, shift-click or drag a box")
+        self.changed.emit()
+
+    def save(self, path: str) -> str:
+        """Save the output layer as a GeoPackage; returns the path written."""
+        return save_layer(self.output, path)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.current.version += 1
+        if not self.current.prompts:
+            self._replace(self.current.object_id, [])
+            self.changed.emit()
+            return
+        if self.busy:
+            self._pending = True  # answered after the request in flight, with the prompts as they are then
+            return
+        self._send()
+
+    def _view(self, prompts: List[Prompt]) -> QgsRectangle:
+        """The area sent with a request (layer CRS): around the prompts, within the raster, at most
+        MAX_VIEW_PIXELS a side; the service falls back to it for objects cut by its encoding cells."""
+        px, py = geo.pixel_size(self.layer)
+        xs: List[float] = []
+        ys: List[float] = []
+        for p in prompts:
+            if p.point is not None:
+                xs.append(p.point.x())
+                ys.append(p.point.y())
+            if p.box is not None:
+                xs += [p.box.xMinimum(), p.box.xMaximum()]
+                ys += [p.box.yMinimum(), p.box.yMaximum()]
+        cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+        half_w = max(max(xs) - min(xs), MIN_VIEW_PIXELS * px, min(MAX_VIEW_PIXELS * px, self.layer.width() * px)) / 2
+        half_h = max(max(ys) - min(ys), MIN_VIEW_PIXELS * py, min(MAX_VIEW_PIXELS * py, self.layer.height() * py)) / 2
+        half_w, half_h = min(half_w, MAX_VIEW_PIXELS * px / 2), min(half_h, MAX_VIEW_PIXELS * py / 2)
+        return QgsRectangle(cx - half_w, cy - half_h, cx + half_w, cy + half_h).intersect(self.layer.extent())
+
+    def payload(self, prompts: List[Prompt]) -> Dict[str, Any]:
+        """The ``POST /segment`` body of an object's prompts (needs the transforms: call after connecting)."""
+        assert self._to_body is not None
+        items: List[Dict[str, Any]] = []
+        for p in prompts:
+            if p.kind == "point" and p.point is not None:
+                items.append({"type": "point", "data": geo.lnglat(p.point, self._to_body), "label": p.label})
+            elif p.box is not None:
+                items.append({"type": "rectangle", "data": geo.lnglat_bbox(geo.rect_points(p.box), self._to_body)})
+        view = geo.lnglat_bbox(geo.rect_points(self._view(prompts)), self._to_body)
+        return {"bbox": view, "prompt": items, "zoom": 0, "source_type": SOURCE_NAME}
+
+    def _send(self) -> None:
+        obj = self.current
+        prompts, version = list(obj.prompts), obj.version
+        self.busy = True
+        self.requests += 1
+        if self.requests == 1:
+            self.status.emit("computing the image encoding of this area (the first click takes a while on a CPU; "
+                             "later clicks here reuse it)...")
+        else:
+            self.status.emit(f"segmenting object {obj.object_id}...")
+        relay = self._relay
+        started = time.monotonic()
+
+        def work() -> None:
+            try:
+                self._connect()
+                answer: Any = self.server.segment(self.payload(prompts))
+                relay.done.emit((obj, version, len(prompts), answer, time.monotonic() - started))
+            except (ServiceError, geo.CrsError, OSError, ValueError, KeyError) as exc:
+                relay.done.emit((obj, version, len(prompts), exc, time.monotonic() - started))
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _answered(self, result: Tuple[PromptObject, int, int, Any, float]) -> None:
+        # An exception escaping a slot aborts QGIS (PyQt5): every error becomes a message.
+        try:
+            self._take(*result)
+        except Exception as exc:  # noqa: BLE001
+            self.busy = self._pending = False
+            self.last_error = f"cannot show the answer of samadapt serve: {exc}"
+            self.failed.emit(self.last_error)
+            self.changed.emit()
+
+    def _take(self, obj: PromptObject, version: int, count: int, answer: Any, seconds: float) -> None:
+        object_id = obj.object_id
+        self.busy = False
+        if isinstance(answer, Exception):
+            self.last_error = str(answer)
+            self.failed.emit(str(answer))
+        else:
+            self.last_answer = answer
+            self.last_error = None
+            # an answer to prompts that have changed since (undo, another click) is not shown
+            if obj.version == version and any(o is obj for o in self.objects):
+                self._show(object_id, count, answer)
+            took = f"{seconds:.1f} s"
+            if answer.get("cache_hit"):
+                self.status.emit(f"object {object_id}: {len(answer.get('features', []))} polygon(s); "
+                                 f"the encoding was reused ({took})")
+            else:
+                self.status.emit(f"object {object_id}: {len(answer.get('features', []))} polygon(s); "
+                                 f"encoding computed ({took})")
+        if self._pending:
+            self._pending = False
+            if self.current.prompts:
+                self._send()
+        self.changed.emit()
+
+    def _show(self, object_id: int, count: int, answer: Dict[str, Any]) -> None:
+        if self._from_body is None:  # made here, in the main thread: QGIS's PROJ contexts are per thread
+            assert self._source is not None
+            crs = geo.body_crs(self._source["crs"])
+            centre = self.layer.extent().center()
+            self._from_body = geo.transform(crs, self.layer.crs(), geo.transform(self.layer.crs(), crs, centre)
+                                            .transform(centre))
+        features = []
+        for item in answer.get("features", []):
+            feature = QgsFeature(self.output.fields())
+            geom = geo.to_layer(item["geometry"], self._from_body)
+            if geom.type() != QgsWkbTypes.PolygonGeometry:
+                continue
+            geom.convertToMultiType()
+            feature.setGeometry(geom)
+            props = item.get("properties", {})
+            feature.setAttributes([object_id, float(props.get("score", 0.0)), count, answer.get("model", self.model)])
+            features.append(feature)
+        self._replace(object_id, features)
+
+    def _replace(self, object_id: int, features: List[QgsFeature]) -> None:
+        provider = self.output.dataProvider()
+        old = [f.id() for f in self.output.getFeatures() if f["object_id"] == object_id]
+        if old:
+            provider.deleteFeatures(old)
+        if features:
+            provider.addFeatures(features)
+        self.output.updateExtents()
+        self.output.triggerRepaint()
+
+    def wait(self, timeout_s: float = 600.0) -> bool:
+        """Process Qt events until no request is in flight (tests, scripts); True when idle in time."""
+        end = time.monotonic() + timeout_s
+        while (self.busy or self._pending) and time.monotonic() < end:
+            QCoreApplication.processEvents()
+            time.sleep(0.01)
+        QCoreApplication.processEvents()
+        return not self.busy
