@@ -10,6 +10,7 @@ encoding. Every server the plugin starts is stopped when the plugin unloads or Q
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -57,7 +58,8 @@ class ServiceProcess:
     def args(self) -> List[str]:
         """The command line of the server."""
         args = [self.executable, "serve", "--model", self.model, "--source", f"{SOURCE_NAME}={self.raster}",
-                "--host", "127.0.0.1", "--port", "0", "--mode", "grid", "--device", self.device]
+                "--host", "127.0.0.1", "--port", "0", "--mode", "grid", "--device", self.device,
+                "--parent-pid", str(os.getpid())]  # it stops with QGIS even if QGIS crashes
         if self.adapter:
             args += ["--adapter", self.adapter]
         return args

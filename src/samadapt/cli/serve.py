@@ -43,6 +43,9 @@ def serve(
         "owlv2-base or a detector folder (SAM 3 reads text itself and needs none).")] = None,
     box_threshold: BoxThresholdOpt = None,
     text_threshold: TextThresholdOpt = None,
+    parent_pid: Annotated[int | None, typer.Option(
+        "--parent-pid", help="Stop when this process ends (for programs that start the server, e.g. the QGIS "
+        "plugin).")] = None,
 ) -> None:
     """Serve prompted segmentation on a web map: SamGIS-compatible POST /segment and a browser page."""
     from samadapt.service.server import build_service, run
@@ -59,4 +62,4 @@ def serve(
         stdout.print(f"samadapt serving on {url}  (page: {url}/, API docs: {url}/docs); Ctrl+C to stop",
                      highlight=False)
 
-    run(service, host=host, port=port, on_ready=ready)
+    run(service, host=host, port=port, on_ready=ready, parent_pid=parent_pid)

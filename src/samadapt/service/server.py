@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -97,13 +98,49 @@ def _bound_url(server: uvicorn.Server, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (POSIX: signal 0; Windows: its handle is not yet signalled)."""
+    if sys.platform == "win32":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x00100000 | 0x1000, False, pid)  # SYNCHRONIZE | QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            return bool(kernel32.WaitForSingleObject(handle, 0) == 0x102)  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+async def _stop_with(server: uvicorn.Server, pid: int, every_s: float = 1.0) -> None:
+    """Ask ``server`` to shut down once process ``pid`` has ended."""
+    while process_alive(pid):
+        await asyncio.sleep(every_s)
+    server.should_exit = True
+
+
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
-        on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``app`` with uvicorn until interrupted; ``on_ready`` gets the bound URL once listening."""
+        on_ready: Callable[[str], None] | None = None, parent_pid: int | None = None) -> None:
+    """Serve ``app`` with uvicorn until interrupted; ``on_ready`` gets the bound URL once listening.
+
+    ``parent_pid``: also stop (gracefully) when that process ends, so a server started by another
+    program (the QGIS plugin) does not outlive it even when that program crashes.
+    """
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be 0-65535 (0 = any free port), got {port}")
+    if parent_pid is not None and (parent_pid <= 0 or not process_alive(parent_pid)):
+        raise InputError(f"--parent-pid {parent_pid}: no such process; give the id of the running program the "
+                         "server should stop with")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=5, timeout_keep_alive=5)
     server = uvicorn.Server(config)
@@ -114,7 +151,10 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
             await asyncio.sleep(0.02)
         if server.started and on_ready is not None:
             on_ready(_bound_url(server, host))
+        watch = asyncio.ensure_future(_stop_with(server, parent_pid)) if parent_pid is not None else None
         await task
+        if watch is not None:
+            watch.cancel()
 
     RUNNING.append(server)
     try:
