@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
@@ -27,12 +27,12 @@ from .session import PromptSession
 class SamadaptDock(QDockWidget):
     """Interactive segmentation of the chosen raster layer (see the README's QGIS section)."""
 
-    def __init__(self, iface: Any, parent: Optional[QWidget] = None) -> None:
+    def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
         super().__init__("samadapt", parent)
         self.setObjectName("SamadaptDock")
         self.iface = iface
-        self.session: Optional[PromptSession] = None
-        self.tool: Optional[PromptMapTool] = None
+        self.session: PromptSession | None = None
+        self.tool: PromptMapTool | None = None
 
         body = QWidget()
         layout = QVBoxLayout(body)
@@ -137,7 +137,7 @@ class SamadaptDock(QDockWidget):
         if path:
             self.save(path)
 
-    def save(self, path: str) -> Optional[str]:
+    def save(self, path: str) -> str | None:
         """Save the output layer to ``path`` (GeoPackage); the path written, or None after an error message."""
         if self.session is None:
             return None

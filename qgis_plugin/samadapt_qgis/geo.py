@@ -9,7 +9,8 @@ has no WGS 84 coordinates), so every transform here stays on the layer's body an
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -64,13 +65,13 @@ def transform(src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSyst
     return tr
 
 
-def rect_points(rect: QgsRectangle) -> List[QgsPointXY]:
+def rect_points(rect: QgsRectangle) -> list[QgsPointXY]:
     """The four corners of ``rect``."""
     return [QgsPointXY(rect.xMinimum(), rect.yMinimum()), QgsPointXY(rect.xMaximum(), rect.yMinimum()),
             QgsPointXY(rect.xMaximum(), rect.yMaximum()), QgsPointXY(rect.xMinimum(), rect.yMaximum())]
 
 
-def lnglat_bbox(points: Sequence[QgsPointXY], to_body: QgsCoordinateTransform) -> Dict[str, Any]:
+def lnglat_bbox(points: Sequence[QgsPointXY], to_body: QgsCoordinateTransform) -> dict[str, Any]:
     """The service's ``{"ne", "sw"}`` box around ``points`` (layer CRS) in lng/lat of the body."""
     lnglat = [to_body.transform(p) for p in points]
     west, east = min(p.x() for p in lnglat), max(p.x() for p in lnglat)
@@ -78,17 +79,17 @@ def lnglat_bbox(points: Sequence[QgsPointXY], to_body: QgsCoordinateTransform) -
     return {"ne": {"lat": north, "lng": east}, "sw": {"lat": south, "lng": west}}
 
 
-def lnglat(point: QgsPointXY, to_body: QgsCoordinateTransform) -> Dict[str, float]:
+def lnglat(point: QgsPointXY, to_body: QgsCoordinateTransform) -> dict[str, float]:
     """``{"lat", "lng"}`` of a layer-CRS point."""
     p = to_body.transform(point)
     return {"lat": p.y(), "lng": p.x()}
 
 
-def _ring(coords: Sequence[Sequence[float]]) -> List[QgsPointXY]:
+def _ring(coords: Sequence[Sequence[float]]) -> list[QgsPointXY]:
     return [QgsPointXY(float(c[0]), float(c[1])) for c in coords]
 
 
-def geojson_geometry(geometry: Dict[str, Any]) -> QgsGeometry:
+def geojson_geometry(geometry: dict[str, Any]) -> QgsGeometry:
     """A QGIS geometry of a GeoJSON Polygon or MultiPolygon (coordinates unchanged).
 
     Raises:
@@ -102,13 +103,13 @@ def geojson_geometry(geometry: Dict[str, Any]) -> QgsGeometry:
     raise ValueError(f"the service returned a {kind} geometry; polygons were expected")
 
 
-def to_layer(geometry: Dict[str, Any], from_body: QgsCoordinateTransform) -> QgsGeometry:
+def to_layer(geometry: dict[str, Any], from_body: QgsCoordinateTransform) -> QgsGeometry:
     """A GeoJSON polygon in lng/lat of the body, as a QGIS geometry in the layer's CRS."""
     geom = geojson_geometry(geometry)
     geom.transform(from_body)
     return geom
 
 
-def pixel_size(layer: Any) -> Tuple[float, float]:
+def pixel_size(layer: Any) -> tuple[float, float]:
     """The raster layer's pixel size in its CRS units (x, y)."""
     return abs(layer.rasterUnitsPerPixelX()) or 1.0, abs(layer.rasterUnitsPerPixelY()) or 1.0

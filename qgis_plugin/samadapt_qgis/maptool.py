@@ -7,7 +7,7 @@ markers (green object, red background) and a dashed box. Keys: Ctrl+Z undo, N ne
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from qgis.core import QgsCoordinateTransform, QgsPointXY, QgsProject, QgsRectangle, QgsWkbTypes
 from qgis.gui import QgsMapTool, QgsRubberBand, QgsVertexMarker
@@ -24,13 +24,13 @@ class PromptMapTool(QgsMapTool):
     def __init__(self, canvas: Any, session: Any) -> None:
         super().__init__(canvas)
         self.session = session
-        self._press: Optional[QPoint] = None
-        self._press_map: Optional[QgsPointXY] = None
+        self._press: QPoint | None = None
+        self._press_map: QgsPointXY | None = None
         self._band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
         self._band.setColor(QColor(126, 224, 255, 60))
         self._band.setStrokeColor(QColor(126, 224, 255))
         self._band.setWidth(2)
-        self._markers: List[QgsVertexMarker] = []
+        self._markers: list[QgsVertexMarker] = []
         self.setCursor(Qt.CrossCursor)
         session.changed.connect(self.redraw)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
@@ -20,7 +20,7 @@ class SamadaptPlugin:
 
     def __init__(self, iface: Any) -> None:
         self.iface = iface
-        self.action: Optional[QAction] = None
+        self.action: QAction | None = None
         self.dock: Any = None
         self.provider: Any = None
 

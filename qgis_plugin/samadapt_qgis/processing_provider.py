@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from qgis.core import (
     QgsFeatureRequest,
@@ -144,14 +144,14 @@ class SamadaptAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return QIcon(ICON)
 
-    def createInstance(self) -> "SamadaptAlgorithm":  # noqa: N802
+    def createInstance(self) -> SamadaptAlgorithm:  # noqa: N802
         return type(self)()
 
     def add_model_parameter(self) -> None:
         self.addParameter(QgsProcessingParameterString(
             "MODEL", "Model (registry name, model folder or .pth file)", defaultValue=settings.get("model")))
 
-    def samadapt(self, args: List[str], feedback: Any, listener: Optional[Listener] = None) -> List[str]:
+    def samadapt(self, args: list[str], feedback: Any, listener: Listener | None = None) -> list[str]:
         """Run ``samadapt <args>``; errors become QgsProcessingException with samadapt's sentence."""
         try:
             exe = settings.executable()
@@ -164,7 +164,7 @@ class SamadaptAlgorithm(QgsProcessingAlgorithm):
         except (CommandFailed, Cancelled) as exc:
             raise QgsProcessingException(str(exc)) from None
 
-    def raster(self, parameters: Dict[str, Any], context: Any, name: str = "INPUT") -> str:
+    def raster(self, parameters: dict[str, Any], context: Any, name: str = "INPUT") -> str:
         layer = self.parameterAsRasterLayer(parameters, name, context)
         try:
             return raster_path(layer)
@@ -205,7 +205,7 @@ class SegmentAlgorithm(SamadaptAlgorithm):
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Segmented objects",
                                                                   QgsProcessing.TypeVectorPolygon))
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: Any, feedback: Any) -> Dict[str, Any]:  # noqa: N802
+    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
         raster = self.raster(parameters, context)
         prompts = self.parameterAsVectorLayer(parameters, "PROMPTS", context)
         class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
@@ -250,7 +250,7 @@ class MapAlgorithm(SamadaptAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("PROBABILITIES", "Class probabilities",
                                                                   optional=True, createByDefault=False))
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: Any, feedback: Any) -> Dict[str, Any]:  # noqa: N802
+    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
         raster = self.raster(parameters, context)
         adapter = self.parameterAsFile(parameters, "ADAPTER", context)
         if not adapter or not os.path.isdir(adapter):
@@ -311,7 +311,7 @@ class TrainAlgorithm(SamadaptAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Adapter folder"))
         self.addOutput(QgsProcessingOutputFolder("DATASET", "Training dataset (tiles and masks)"))
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: Any, feedback: Any) -> Dict[str, Any]:  # noqa: N802
+    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
         raster = self.raster(parameters, context)
         labels = self.parameterAsVectorLayer(parameters, "LABELS", context)
         class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
@@ -369,7 +369,7 @@ class AnnotateAlgorithm(SamadaptAlgorithm):
             "POLYGONS", "Pseudo-label polygons", QgsProcessing.TypeVectorPolygon, optional=True,
             createByDefault=False))
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: Any, feedback: Any) -> Dict[str, Any]:  # noqa: N802
+    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
         raster = self.raster(parameters, context)
         boxes = self.parameterAsVectorLayer(parameters, "BOXES", context)
         class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
@@ -418,10 +418,10 @@ class SamadaptProvider(QgsProcessingProvider):
         for algorithm in (SegmentAlgorithm(), MapAlgorithm(), TrainAlgorithm(), AnnotateAlgorithm()):
             self.addAlgorithm(algorithm)
 
-    def supportedOutputRasterLayerExtensions(self) -> List[str]:  # noqa: N802
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         return ["tif"]
 
-    def supportedOutputVectorLayerExtensions(self) -> List[str]:  # noqa: N802
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
         return ["gpkg", "geojson", "shp"]
 
     def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802,N803

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable
 
 #: The prefix of a machine-readable progress line (``SAMADAPT_PROGRESS=lines``).
 PROGRESS_PREFIX = "samadapt-progress "
@@ -64,7 +65,7 @@ def find_executable(configured: str = "") -> str:
         "folder on PATH or set the samadapt executable in the plugin's dock (Settings)")
 
 
-def command_env(extra: Optional[dict] = None) -> dict:
+def command_env(extra: dict | None = None) -> dict:
     """The environment of a samadapt subprocess: progress as lines, no colours, wide lines."""
     env = dict(os.environ)
     env.update({"SAMADAPT_PROGRESS": "lines", "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "400",
@@ -73,7 +74,7 @@ def command_env(extra: Optional[dict] = None) -> dict:
     return env
 
 
-def popen(args: List[str], env: Optional[dict] = None, merge_output: bool = False) -> subprocess.Popen:
+def popen(args: list[str], env: dict | None = None, merge_output: bool = False) -> subprocess.Popen:
     """Start ``args`` in its own process group (so stopping it stops its children), text pipes."""
     kwargs: dict = {}
     if sys.platform == "win32":
@@ -110,7 +111,7 @@ def stop_process(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
         proc.wait(timeout=grace_s)
 
 
-def parse_progress(line: str) -> Optional[dict]:
+def parse_progress(line: str) -> dict | None:
     """The progress record of a ``samadapt-progress {...}`` line, or None for any other line."""
     if not line.startswith(PROGRESS_PREFIX):
         return None
@@ -145,8 +146,8 @@ class Listener:
         return False
 
 
-def run(executable: str, args: List[str], listener: Optional[Listener] = None,
-        env: Optional[dict] = None) -> List[str]:
+def run(executable: str, args: list[str], listener: Listener | None = None,
+        env: dict | None = None) -> list[str]:
     """Run ``samadapt <args>`` to its end and return its standard output lines.
 
     Raises:
@@ -155,7 +156,7 @@ def run(executable: str, args: List[str], listener: Optional[Listener] = None,
     """
     listener = listener or Listener()
     proc = popen([executable, *args], env=command_env(env))
-    lines: "queue.Queue[tuple[str, Optional[str]]]" = queue.Queue()
+    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
 
     def pump(stream: object, name: str) -> None:
         for raw in iter(stream.readline, ""):  # type: ignore[attr-defined]
@@ -166,8 +167,8 @@ def run(executable: str, args: List[str], listener: Optional[Listener] = None,
                threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
     for reader in readers:
         reader.start()
-    out: List[str] = []
-    err: List[str] = []
+    out: list[str] = []
+    err: list[str] = []
     open_streams = 2
     try:
         while open_streams:
@@ -217,7 +218,7 @@ class Steps(Listener):
         self.shares = [x / total for x in w]
         self.index = 0
 
-    def step(self, index: int) -> "Steps":
+    def step(self, index: int) -> Steps:
         """Make step ``index`` (0-based) the current one and report its start."""
         self.index = index
         self.inner.progress(self.starts[index], "")

@@ -17,7 +17,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set
+from typing import Any
 
 from .runner import command_env, popen, stop_process
 
@@ -26,7 +26,7 @@ READY = re.compile(r"serving on (http://[0-9.]+:\d+)")
 #: Name of the served raster in the service's requests.
 SOURCE_NAME = "layer"
 
-_RUNNING: Set["ServiceProcess"] = set()
+_RUNNING: set[ServiceProcess] = set()
 _LOCK = threading.Lock()
 
 
@@ -48,14 +48,14 @@ class ServiceProcess:
     def __init__(self, executable: str, raster: str, model: str, adapter: str = "", device: str = "cpu") -> None:
         self.executable, self.raster, self.model, self.adapter, self.device = executable, raster, model, adapter, device
         self.token = secrets.token_urlsafe(24)
-        self.url: Optional[str] = None
-        self.log: Deque[str] = deque(maxlen=200)
+        self.url: str | None = None
+        self.log: deque[str] = deque(maxlen=200)
         self.proc: Any = None
         self._ready = threading.Event()
-        self._reader: Optional[threading.Thread] = None
+        self._reader: threading.Thread | None = None
 
     @property
-    def args(self) -> List[str]:
+    def args(self) -> list[str]:
         """The command line of the server."""
         args = [self.executable, "serve", "--model", self.model, "--source", f"{SOURCE_NAME}={self.raster}",
                 "--host", "127.0.0.1", "--port", "0", "--mode", "grid", "--device", self.device,
@@ -64,7 +64,7 @@ class ServiceProcess:
             args += ["--adapter", self.adapter]
         return args
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         """Start the server and return at once; :meth:`wait_ready` waits for its address."""
         if self.proc is not None:
             return self
@@ -123,8 +123,8 @@ class ServiceProcess:
 
     # -- HTTP ------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
-                timeout_s: float = 600.0) -> Dict[str, Any]:
+    def request(self, method: str, path: str, payload: dict[str, Any] | None = None,
+                timeout_s: float = 600.0) -> dict[str, Any]:
         """One JSON request to the server; its JSON answer.
 
         Raises:
@@ -151,7 +151,7 @@ class ServiceProcess:
                 raise ServiceError(f"samadapt serve stopped: {error_sentence(self.log)}") from None
             raise ServiceError(f"cannot reach the samadapt server at {self.url}: {exc}") from None
 
-    def source(self) -> Dict[str, Any]:
+    def source(self) -> dict[str, Any]:
         """What the server says of the raster it serves: body, lng/lat CRS, bounds."""
         answer = self.request("GET", "/sources")
         for item in answer.get("sources", []):
@@ -159,16 +159,16 @@ class ServiceProcess:
                 return item
         raise ServiceError("the samadapt server does not serve the layer")
 
-    def model_info(self) -> Dict[str, Any]:
+    def model_info(self) -> dict[str, Any]:
         """``GET /models``: the model (name, family, input size) and the adapter."""
         return self.request("GET", "/models")
 
-    def segment(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+    def segment(self, payload: dict[str, Any]) -> dict[str, Any]:
         """``POST /segment``: GeoJSON polygons of the prompted object in lng/lat of the body."""
         return self.request("POST", "/segment", payload)
 
 
-def running() -> List[ServiceProcess]:
+def running() -> list[ServiceProcess]:
     """The servers the plugin started that have not been stopped."""
     with _LOCK:
         return list(_RUNNING)

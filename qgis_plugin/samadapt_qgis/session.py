@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from qgis.core import (
     QgsCoordinateTransform,
@@ -53,8 +53,8 @@ class Prompt:
     """A click (``point``, label 1 foreground, 0 background) or a ``box``, in the layer's CRS."""
 
     kind: str
-    point: Optional[QgsPointXY] = None
-    box: Optional[QgsRectangle] = None
+    point: QgsPointXY | None = None
+    box: QgsRectangle | None = None
     label: int = 1
 
 
@@ -63,7 +63,7 @@ class PromptObject:
     """One object: its id in the output layer and its prompts, in the order given."""
 
     object_id: int
-    prompts: List[Prompt] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
     version: int = 0  # counts changes, so a late answer to older prompts is recognised
 
 
@@ -119,19 +119,6 @@ def save_layer(layer: QgsVectorLayer, path: str) -> str:
     return path
 
 
-def open_vector(path: str, name: str, crs: Any) -> QgsVectorLayer:
-    """A vector file as a layer; its CRS is set to ``crs`` when QGIS cannot read the file's.
-
-    QGIS 3.22 reads the CRS of a GeoPackage written with an IAU code (Mars, Moon: IAU_2015:49910,
-    say) as invalid, though GDAL wrote it correctly; the layers samadapt writes are in the
-    raster's CRS, so that is the CRS to give them.
-    """
-    layer = QgsVectorLayer(path, name, "ogr")
-    if layer.isValid() and not layer.crs().isValid() and crs is not None and crs.isValid():
-        layer.setCrs(crs)
-    return layer
-
-
 class _Relay(QObject):
     """Carries a worker thread's answer to the main thread (a queued signal)."""
 
@@ -152,24 +139,27 @@ class PromptSession(QObject):
     changed = pyqtSignal()
 
     def __init__(self, layer: QgsRasterLayer, *, model: str, executable: str = "", adapter: str = "",
-                 device: str = "cpu", output: Optional[QgsVectorLayer] = None) -> None:
+                 device: str = "cpu", output: QgsVectorLayer | None = None) -> None:
         super().__init__()
         self.layer = layer
         self.raster = raster_path(layer)
         self.model = model
         self.server = ServiceProcess(find_executable(executable), self.raster, model, adapter, device)
         self.output = output or output_layer(layer.crs(), f"samadapt objects ({layer.name()})")
-        self.objects: List[PromptObject] = [PromptObject(1)]
+        self.objects: list[PromptObject] = [PromptObject(1)]
         self.busy = False
         self.requests = 0
-        self.last_answer: Optional[Dict[str, Any]] = None
-        self.last_error: Optional[str] = None
+        self.last_answer: dict[str, Any] | None = None
+        self.last_error: str | None = None
         self._pending = False
         self._relay = _Relay()
         self._relay.done.connect(self._answered)
-        self._to_body: Optional[QgsCoordinateTransform] = None
-        self._from_body: Optional[QgsCoordinateTransform] = None
-        self._source: Optional[Dict[str, Any]] = None
+        # the layer's CRS as text and its centre: what worker threads may read
+        crs = layer.crs()
+        self._layer_crs = crs.authid() or crs.toWkt(crs.WKT_PREFERRED)
+        self._centre = QgsPointXY(layer.extent().center())
+        self._from_body: QgsCoordinateTransform | None = None
+        self._source: dict[str, Any] | None = None
 
     # -- the server ------------------------------------------------------------------------------
 
@@ -183,16 +173,24 @@ class PromptSession(QObject):
         self.server.stop()
         self.status.emit("server stopped")
 
-    def _connect(self) -> None:
-        """Worker thread: wait for the server, read its source and build the transforms once."""
-        if self._source is not None:
-            return
-        source = self.server.source()
-        crs = geo.body_crs(source["crs"])
-        centre = self.layer.extent().center()
-        to_body = geo.transform(self.layer.crs(), crs, centre)
-        self._to_body = to_body
-        self._source = source
+    def _connect(self) -> QgsCoordinateTransform:
+        """Worker thread: wait for the server and read its source (once); the layer -> lng/lat transform.
+
+        The transform is made anew in the thread that uses it: a QgsCoordinateTransform made in
+        another thread (whose PROJ context is gone) silently returns its input.
+        """
+        if self._source is None:
+            self._source = self.server.source()
+        return self._transform(to_body=True)
+
+    def _transform(self, to_body: bool) -> QgsCoordinateTransform:
+        """Layer CRS <-> the body's lng/lat, from CRSs made in the calling thread (QGIS's CRS and transform
+        objects carry per-thread PROJ objects: one made in another thread can fail or silently do nothing)."""
+        assert self._source is not None
+        layer_crs, body = geo.body_crs(self._layer_crs), geo.body_crs(self._source["crs"])
+        if to_body:
+            return geo.transform(layer_crs, body, self._centre)
+        return geo.transform(body, layer_crs, geo.transform(layer_crs, body, self._centre).transform(self._centre))
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -257,12 +255,12 @@ class PromptSession(QObject):
             return
         self._send()
 
-    def _view(self, prompts: List[Prompt]) -> QgsRectangle:
+    def _view(self, prompts: list[Prompt]) -> QgsRectangle:
         """The area sent with a request (layer CRS): around the prompts, within the raster, at most
         MAX_VIEW_PIXELS a side; the service falls back to it for objects cut by its encoding cells."""
         px, py = geo.pixel_size(self.layer)
-        xs: List[float] = []
-        ys: List[float] = []
+        xs: list[float] = []
+        ys: list[float] = []
         for p in prompts:
             if p.point is not None:
                 xs.append(p.point.x())
@@ -276,21 +274,22 @@ class PromptSession(QObject):
         half_w, half_h = min(half_w, MAX_VIEW_PIXELS * px / 2), min(half_h, MAX_VIEW_PIXELS * py / 2)
         return QgsRectangle(cx - half_w, cy - half_h, cx + half_w, cy + half_h).intersect(self.layer.extent())
 
-    def payload(self, prompts: List[Prompt]) -> Dict[str, Any]:
-        """The ``POST /segment`` body of an object's prompts (needs the transforms: call after connecting)."""
-        assert self._to_body is not None
-        items: List[Dict[str, Any]] = []
+    def payload(self, prompts: list[Prompt], view: QgsRectangle, to_body: QgsCoordinateTransform) -> dict[str, Any]:
+        """The ``POST /segment`` body of an object's prompts; ``view`` from :meth:`_view`, ``to_body`` from
+        :meth:`_connect`."""
+        items: list[dict[str, Any]] = []
         for p in prompts:
             if p.kind == "point" and p.point is not None:
-                items.append({"type": "point", "data": geo.lnglat(p.point, self._to_body), "label": p.label})
+                items.append({"type": "point", "data": geo.lnglat(p.point, to_body), "label": p.label})
             elif p.box is not None:
-                items.append({"type": "rectangle", "data": geo.lnglat_bbox(geo.rect_points(p.box), self._to_body)})
-        view = geo.lnglat_bbox(geo.rect_points(self._view(prompts)), self._to_body)
-        return {"bbox": view, "prompt": items, "zoom": 0, "source_type": SOURCE_NAME}
+                items.append({"type": "rectangle", "data": geo.lnglat_bbox(geo.rect_points(p.box), to_body)})
+        return {"bbox": geo.lnglat_bbox(geo.rect_points(view), to_body), "prompt": items, "zoom": 0,
+                "source_type": SOURCE_NAME}
 
     def _send(self) -> None:
         obj = self.current
         prompts, version = list(obj.prompts), obj.version
+        view = self._view(prompts)  # the layer is read here, in the main thread
         self.busy = True
         self.requests += 1
         if self.requests == 1:
@@ -303,15 +302,14 @@ class PromptSession(QObject):
 
         def work() -> None:
             try:
-                self._connect()
-                answer: Any = self.server.segment(self.payload(prompts))
+                answer: Any = self.server.segment(self.payload(prompts, view, self._connect()))
                 relay.done.emit((obj, version, len(prompts), answer, time.monotonic() - started))
             except (ServiceError, geo.CrsError, OSError, ValueError, KeyError) as exc:
                 relay.done.emit((obj, version, len(prompts), exc, time.monotonic() - started))
 
         threading.Thread(target=work, daemon=True).start()
 
-    def _answered(self, result: Tuple[PromptObject, int, int, Any, float]) -> None:
+    def _answered(self, result: tuple[PromptObject, int, int, Any, float]) -> None:
         # An exception escaping a slot aborts QGIS (PyQt5): every error becomes a message.
         try:
             self._take(*result)
@@ -346,13 +344,9 @@ class PromptSession(QObject):
                 self._send()
         self.changed.emit()
 
-    def _show(self, object_id: int, count: int, answer: Dict[str, Any]) -> None:
-        if self._from_body is None:  # made here, in the main thread: QGIS's PROJ contexts are per thread
-            assert self._source is not None
-            crs = geo.body_crs(self._source["crs"])
-            centre = self.layer.extent().center()
-            self._from_body = geo.transform(crs, self.layer.crs(), geo.transform(self.layer.crs(), crs, centre)
-                                            .transform(centre))
+    def _show(self, object_id: int, count: int, answer: dict[str, Any]) -> None:
+        if self._from_body is None:  # made and used in the main thread
+            self._from_body = self._transform(to_body=False)
         features = []
         for item in answer.get("features", []):
             feature = QgsFeature(self.output.fields())
@@ -366,7 +360,7 @@ class PromptSession(QObject):
             features.append(feature)
         self._replace(object_id, features)
 
-    def _replace(self, object_id: int, features: List[QgsFeature]) -> None:
+    def _replace(self, object_id: int, features: list[QgsFeature]) -> None:
         provider = self.output.dataProvider()
         old = [f.id() for f in self.output.getFeatures() if f["object_id"] == object_id]
         if old:

@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
 
@@ -129,7 +130,7 @@ def write_raster(path: Path, crs: str, origin: tuple, pixel: float, size: int = 
 
 
 @pytest.fixture(scope="session")
-def rasters(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+def rasters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Generated rasters on three bodies' CRSs: Mars (IAU code and a PROJ string), the Moon, Earth (UTM)."""
     root = tmp_path_factory.mktemp("rasters")
     return {

@@ -13,9 +13,8 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
-import pytest
 from conftest import PLUGIN_ROOT
 
 
@@ -100,7 +99,8 @@ LOAD_SCRIPT = textwrap.dedent("""\
     assert qgis.utils.loadPlugin("samadapt_qgis") and qgis.utils.startPlugin("samadapt_qgis")
     plugin = qgis.utils.plugins["samadapt_qgis"]
     report["provider"] = QgsApplication.processingRegistry().providerById("samadapt") is not None
-    report["algorithms"] = sorted(a.name() for a in QgsApplication.processingRegistry().providerById("samadapt").algorithms())
+    provider = QgsApplication.processingRegistry().providerById("samadapt")
+    report["algorithms"] = sorted(a.name() for a in provider.algorithms())
     from samadapt_qgis import settings
     settings.put("executable", exe)
     layer = QgsRasterLayer(raster, "mars")
@@ -127,7 +127,7 @@ LOAD_SCRIPT = textwrap.dedent("""\
 
 
 def test_the_plugin_installs_from_its_zip_serves_and_unloads_without_leaving_a_server(
-        qgis_app: Any, tmp_path: Path, rasters: Dict[str, Path], samadapt_exe: str, tiny_sam: str) -> None:
+        qgis_app: Any, tmp_path: Path, rasters: dict[str, Path], samadapt_exe: str, tiny_sam: str) -> None:
     report = run_qgis(tmp_path, rasters, samadapt_exe, tiny_sam, "unload")
     assert report["available"] and report["name"] == "samadapt"
     assert report["provider"] and report["algorithms"] == ["annotate", "map", "segment", "train"]
@@ -149,7 +149,7 @@ def process_gone(pid: int) -> bool:
     return "\nState:\tZ" in status
 
 
-def run_qgis(tmp_path: Path, rasters: Dict[str, Path], exe: str, model: str, how: str) -> Dict[str, Any]:
+def run_qgis(tmp_path: Path, rasters: dict[str, Path], exe: str, model: str, how: str) -> dict[str, Any]:
     """Run LOAD_SCRIPT in a QGIS of its own; its report."""
     sys.path.insert(0, str(PLUGIN_ROOT))
     from build_zip import build
@@ -165,7 +165,7 @@ def run_qgis(tmp_path: Path, rasters: Dict[str, Path], exe: str, model: str, how
     return json.loads(lines[-1][len("REPORT "):])
 
 
-def test_a_crashing_qgis_takes_its_server_with_it(qgis_app: Any, tmp_path: Path, rasters: Dict[str, Path],
+def test_a_crashing_qgis_takes_its_server_with_it(qgis_app: Any, tmp_path: Path, rasters: dict[str, Path],
                                                  samadapt_exe: str, tiny_sam: str) -> None:
     from samadapt_qgis.runner import wait_until
 
@@ -175,8 +175,9 @@ def test_a_crashing_qgis_takes_its_server_with_it(qgis_app: Any, tmp_path: Path,
     assert wait_until(lambda: process_gone(report["pid"]), 30), "the server outlived the QGIS that started it"
 
 
-def test_the_dock_says_when_samadapt_is_missing(qgis_app: Any, rasters: Dict[str, Path], tmp_path: Path) -> None:
+def test_the_dock_says_when_samadapt_is_missing(qgis_app: Any, rasters: dict[str, Path], tmp_path: Path) -> None:
     from qgis.core import QgsProject, QgsRasterLayer
+
     from samadapt_qgis import plugin as plugin_module
     from samadapt_qgis import settings
 
@@ -197,13 +198,14 @@ def test_the_dock_says_when_samadapt_is_missing(qgis_app: Any, rasters: Dict[str
         settings.put("executable", "")
 
 
-def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: Dict[str, Path], box_exe: str,
+def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: dict[str, Path], box_exe: str,
                                                        tiny_sam: str, tmp_path: Path) -> None:
     """The README's picture: the dock beside the canvas after a click. ``SAMADAPT_SCREENSHOT=path`` keeps it."""
     from qgis.core import QgsProject, QgsRasterLayer
     from qgis.PyQt.QtGui import QImage
+    from test_maptool import click, drag, layer_point, screen_of
+
     from samadapt_qgis import plugin as plugin_module
-    from test_maptool import click, layer_point, screen_of
 
     iface = Iface()
     plugin = plugin_module.SamadaptPlugin(iface)
@@ -229,6 +231,11 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: Di
         click(canvas, screen_of(canvas, layer, layer_point(layer, 200.5, 260.5)))
         assert session.wait(300) and session.last_error is None, session.last_error
         assert "polygon" in dock.status.text()
+        dock.new_button.click()  # object 2: a box dragged around the disc
+        drag(canvas, screen_of(canvas, layer, layer_point(layer, 136, 196)),
+             screen_of(canvas, layer, layer_point(layer, 264, 324)))
+        assert session.wait(300) and session.last_error is None, session.last_error
+        assert sorted(f["object_id"] for f in session.output.getFeatures()) == [1, 2]
         canvas.refresh()
         canvas.waitWhileRendering()
         out = Path(os.environ.get("SAMADAPT_SCREENSHOT") or tmp_path / "qgis-plugin.png")
