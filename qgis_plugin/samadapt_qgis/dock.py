@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QDockWidget,
@@ -77,6 +77,13 @@ class SamadaptDock(QDockWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.setWidget(body)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        """Opening the dock proposes the active layer when it is a raster (and no session runs)."""
+        active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+        if self.session is None and isinstance(active, QgsRasterLayer):
+            self.layer_box.setLayer(active)
+        super().showEvent(event)
 
     # -- session ---------------------------------------------------------------------------------
 

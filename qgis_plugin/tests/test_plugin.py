@@ -31,6 +31,10 @@ class Iface:
         self.window.setCentralWidget(self.canvas)
         self.toolbar: list = []
         self.menu: list = []
+        self.active: Any = None
+
+    def activeLayer(self) -> Any:  # noqa: N802
+        return self.active
 
     def mainWindow(self) -> Any:  # noqa: N802 - QGIS's names
         return self.window
@@ -211,16 +215,18 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: di
     plugin = plugin_module.SamadaptPlugin(iface)
     plugin.initGui()
     try:
+        other = QgsRasterLayer(str(rasters["utm"]), "utm")
         layer = QgsRasterLayer(str(rasters["mars"]), "mars (IAU_2015:49910)")
-        QgsProject.instance().addMapLayer(layer)
+        QgsProject.instance().addMapLayers([other, layer])
+        iface.active = layer
         dock = plugin.dock
         dock.show()
+        assert dock.layer_box.currentLayer() is layer  # the dock proposes the active raster
         iface.window.show()
         canvas = iface.canvas
         canvas.setDestinationCrs(layer.crs())
         canvas.setLayers([layer])
         canvas.setExtent(layer.extent())
-        dock.layer_box.setLayer(layer)
         dock.model_edit.setText(tiny_sam)
         dock.exe_widget.setFilePath(box_exe)
         dock.start_button.setChecked(True)

@@ -232,3 +232,49 @@ def test_cancelling_stops_the_command_and_its_process(provider: Any, tiny_sam: s
     assert time.monotonic() - t0 < 240
     assert len(started) == 2 and all(p.poll() is not None for p in started)
     assert not (tmp_path / "adapter" / "config.json").exists()
+
+
+def test_segment_runs_inside_a_processing_model(provider: Any, tiny_sam: str, rasters: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """A model as the model builder saves it: the segment algorithm as a child, fed by the model's inputs."""
+    import processing
+    from qgis.core import (
+        QgsFeature,
+        QgsGeometry,
+        QgsPointXY,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterVectorLayer,
+        QgsVectorLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("segment pits", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"), QgsProcessingModelParameter("image"))
+    model.addModelParameter(QgsProcessingParameterVectorLayer("clicks", "Clicks"),
+                            QgsProcessingModelParameter("clicks"))
+    child = QgsProcessingModelChildAlgorithm("samadapt:segment")
+    child.setChildId("segment")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("image")])
+    child.addParameterSources("PROMPTS", [QgsProcessingModelChildParameterSource.fromModelParameter("clicks")])
+    child.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(tiny_sam)])
+    child.addParameterSources("MIN_AREA", [QgsProcessingModelChildParameterSource.fromStaticValue(0)])
+    output = QgsProcessingModelOutput("objects")
+    output.setChildOutputName("OUTPUT")
+    child.setModelOutputs({"objects": output})
+    model.addChildAlgorithm(child)
+    assert model.initAlgorithm() is None and model.childAlgorithm("segment").algorithm() is not None
+
+    image = raster(rasters["utm"])
+    clicks = QgsVectorLayer("Point", "clicks", "memory")
+    clicks.setCrs(image.crs())
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(image.extent().center())))
+    clicks.dataProvider().addFeatures([feature])
+    result = processing.run(model, {"image": image, "clicks": clicks,
+                                    "segment:objects": str(tmp_path / "objects.gpkg")})
+    layer = vector(Path(result["segment:objects"]))
+    assert layer.crs().authid() == "EPSG:32616" and "score" in layer.fields().names()
