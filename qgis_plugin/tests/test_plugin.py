@@ -220,9 +220,10 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: di
         QgsProject.instance().addMapLayers([other, layer])
         iface.active = layer
         dock = plugin.dock
-        dock.show()
-        assert dock.layer_box.currentLayer() is layer  # the dock proposes the active raster
         iface.window.show()
+        plugin.action.trigger()  # the toolbar button opens the dock
+        assert dock.isVisible()
+        assert dock.layer_box.currentLayer() is layer  # the dock proposes the active raster
         canvas = iface.canvas
         canvas.setDestinationCrs(layer.crs())
         canvas.setLayers([layer])
