@@ -7,7 +7,11 @@ in interleaved rounds (baseline, path A, path B, ... then again), so a busy mach
 all of them alike; the first round is a warm-up and each figure is the best later round.
 
     .venv/bin/python benchmarks/encoder.py [--repeats 3] [--models sam-vit-base,sam2.1-hiera-tiny,edgetam]
-                                           [--compile] [--onnx]
+                                           [--compile] [--onnx] [--paths 'fp32,fused;bf16,fused']
+
+Besides the fixed paths (``--paths``), the ``auto`` runtime (what samadapt picks on this CPU) is
+timed too, and its last line per model gives its share of the matmul peak and the CPU class
+samadapt detected (AMX, AVX-512 BF16, AVX-512, AVX2; the caps below count).
 
 Columns: seconds per image, ratio to the plain call (higher is faster), achieved GFLOP/s
 (FLOPs from torch's FlopCounterMode on the encoder) and its share of this machine's peak
@@ -105,15 +109,18 @@ def _main_tensor(out: object) -> torch.Tensor:
     return _main_tensor(out[-1] if isinstance(out, list) else out[0])  # sam2: last; sam-hq: first
 
 
-def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str, float]) -> float:
+def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str, float]) -> tuple[float, str]:
     # runtime=None: transformers' own modules and call, untouched by any samadapt runtime
     plain = load_model(build(name, root), runtime=None)
     paths: dict[str, Callable[[torch.Tensor], object]] = {"plain fp32 (baseline)": plain.model.get_image_embeddings}
     precision_of = {"plain fp32 (baseline)": "fp32"}
-    for spec in ["fp32,fused", "bf16,no-fused", "bf16,fused"]:
+    for spec in args.paths.split(";"):
         rt = apply_runtime(load_model(root / name, runtime=None), spec)  # each path on its own copy
         paths[rt.tag] = rt
         precision_of[rt.tag] = rt.precision
+    auto = apply_runtime(load_model(root / name, runtime=None), "auto")
+    auto_key = f"auto = {auto.tag}"
+    paths[auto_key], precision_of[auto_key] = auto, auto.precision
     notes = []
     if args.onnx:
         t = time.perf_counter()
@@ -156,7 +163,11 @@ def bench_model(name: str, root: Path, args: argparse.Namespace, peaks: dict[str
     print(f"batching ({winner}): batch 1 {best[winner]:.2f} s/image, batch 2 {per_image_2:.2f} s/image")
     for note in notes:
         print(f"note: {note}")
-    return base / best[winner]
+    auto_share = flops / best[auto_key] / 1e9 / peaks[auto.precision]
+    line = (f"auto {name} on a {cpu_info().cpu_class} CPU: {auto.tag}, {best[auto_key]:.2f} s/image, "
+            f"{auto_share:.0%} of the {auto.precision} matmul peak, {base / best[auto_key]:.1f}x the plain call")
+    print(line)
+    return base / best[winner], line
 
 
 def main() -> None:
@@ -165,18 +176,26 @@ def main() -> None:
     parser.add_argument("--models", default="sam-vit-base,sam2.1-hiera-tiny,edgetam")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow first call)")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
+    parser.add_argument("--paths", default="fp32,fused;bf16,no-fused;bf16,fused",
+                        help="runtimes timed besides the plain call and auto, ';'-separated (e.g. 'fp32,fused' "
+                             "alone on a CPU without native bf16, where bf16 is emulated and slow)")
     args = parser.parse_args()
     torch.set_num_threads(threads_for(1))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_info().describe()}")
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print("AVX2-only CPUs can be imitated with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+          "MKL_ENABLE_INSTRUCTIONS=AVX2" if cpu_info().cpu_class != "AVX2" else "running capped to AVX2")
+    # bf16 without native support is emulated (a 2048^3 product takes minutes): timed only when some path uses it
+    bf16_used = cpu_info().native_bf16 or "bf16" in args.paths
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16) if bf16_used else math.nan}
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    ratios = {}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            ratios[name] = bench_model(name, Path(tmp), args, peaks)
+            results[name] = bench_model(name, Path(tmp), args, peaks)
     print()
-    for name, ratio in ratios.items():
+    for name, (ratio, line) in results.items():
         print(f"speedup {name} {ratio:.1f}")
+        print(line)
 
 
 if __name__ == "__main__":

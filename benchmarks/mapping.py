@@ -1,6 +1,13 @@
-"""Peak memory and time per tile of mapping square rasters, and Dask throughput.
+"""Peak memory and time per tile of mapping square rasters, Dask throughput, and real-size throughput.
 
     .venv/bin/python benchmarks/mapping.py [--sizes 2048,8192,16384] [--workers 1,2] [--batches 4]
+    .venv/bin/python benchmarks/mapping.py --throughput 8192     # sam-vit-base architecture, random weights
+
+``--throughput SIZE`` maps a SIZE x SIZE raster with a domain-decoder adapter on the sam-vit-base
+architecture (random weights, 1024 px tiles, the encoder runtime ``auto`` picks), and prints tiles
+per second and seconds per megapixel next to the time the encoder and the adapter's head took
+for those same tiles (measured inside the run), so the overhead of reading, blending and writing
+is the rest: target at most 10 % of the total.
 
 Each size runs in its own process (so its peak RSS is its own) with the tiny random
 domain-decoder model (tile 256). Printed as ratios to the smallest raster, measured in the
@@ -82,6 +89,66 @@ def child(size: int, root: Path, scheduler: str, batch_size: int = 1) -> None:
     print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds, "peak_mb": peak_mb, "phases": phases}))
 
 
+def throughput_child(size: int, root: Path) -> None:
+    """One mapping run with the ViT-B adapter; prints JSON: tiles, seconds, and the encoder's and model's seconds."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    from samadapt.mapping.tiled import MapOptions, predict_raster
+    from samadapt.models.accel.speed import cpu_info
+    from samadapt.train.adapter import load_adapter
+
+    raster = root / f"r{size}.tif"
+    if not raster.exists():
+        _raster(raster, size)
+    adapter = load_adapter(root / "vitb-adapter")
+    adapter.predict(np.zeros((1024, 1024, 3), np.uint8))  # warm-up: packed weights, buffers
+    profile = cProfile.Profile()
+    t = time.perf_counter()
+    profile.enable()
+    result = predict_raster(adapter, raster, root / f"vitb_out_{size}", MapOptions(polygons="gpkg", overwrite=True))
+    profile.disable()
+    seconds = time.perf_counter() - t
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+
+    def cumulative(module: str, fn: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == fn and k[0].endswith(module))
+
+    print(json.dumps({"size": size, "tiles": result.tiles, "seconds": seconds,
+                      "encoder": cumulative("models/sam.py", "encode"),
+                      "model": cumulative("mapping/tiled.py", "_predict_samples"),
+                      "runtime": getattr(adapter.method.base.runtime, "tag", "?"), "cpu": cpu_info().describe(),
+                      "threads": torch.get_num_threads()}))
+
+
+def throughput(size: int) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from encoder import build
+
+    from samadapt.methods import build_method
+    from samadapt.models.loading import load_model
+    from samadapt.train.adapter import save_adapter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = build("sam-vit-base", root)
+        save_adapter(build_method("domain-decoder", load_model(base)), root / "vitb-adapter", overwrite=True)
+        out = subprocess.run([sys.executable, __file__, "--throughput-child", str(size), "--root", str(root)],
+                             capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    mpix = size * size / 1e6
+    overhead = r["seconds"] - r["model"]
+    print(f"CPU {r['cpu']}, {r['threads']} threads, encoder runtime {r['runtime']}")
+    print(f"{size}x{size} raster, {r['tiles']} tiles of 1024 px: {r['seconds']:.1f} s, "
+          f"{r['tiles'] / r['seconds']:.3f} tiles/s, {r['seconds'] / mpix:.2f} s per megapixel")
+    print(f"encoder alone on those tiles: {r['encoder']:.1f} s ({r['encoder'] / r['tiles']:.2f} s/tile); "
+          f"encoder + adapter head: {r['model']:.1f} s")
+    print(f"overhead (read, blend, write the class raster and polygons): {overhead:.1f} s = "
+          f"{overhead / r['seconds']:.1%} of the total (target <= 10%)")
+
+
 def run(size: int, root: Path, scheduler: str = "local", batch_size: int = 1) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", str(size), "--root", str(root), "--scheduler", scheduler,
                           "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
@@ -97,7 +164,15 @@ def main() -> None:
     parser.add_argument("--scheduler", default="local")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per model pass (child runs)")
     parser.add_argument("--batches", default="4", help="batch sizes compared with 1 on the smallest raster")
+    parser.add_argument("--throughput", type=int, help="map a SIZE^2 raster with a sam-vit-base adapter instead")
+    parser.add_argument("--throughput-child", type=int)
     args = parser.parse_args()
+    if args.throughput_child:
+        throughput_child(args.throughput_child, args.root)
+        return
+    if args.throughput:
+        throughput(args.throughput)
+        return
     if args.child:
         child(args.child, args.root, args.scheduler, args.batch_size)
         return

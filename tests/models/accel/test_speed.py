@@ -112,22 +112,54 @@ def test_fast_paths_keep_embeddings_and_masks(scaled_models, image, family: str,
     check_fidelity(scaled_models[family], spec, BOUNDS[spec], image)
 
 
-FOLDED = fast_attention.folded_attention  # the real one, for the counting stand-in below
+FOLDED = fast_attention.folded_attention  # the real ones, for the counting stand-ins below
+SCORED = fast_attention.scored_attention
+BOTH = (torch.float32, torch.bfloat16)
 
 
-@pytest.mark.parametrize("fold", [False, True], ids=["rows", "folded"])
+@pytest.mark.parametrize("kind", ["rows", "folded", "scores"])
 @pytest.mark.parametrize("spec", ["fp32,fused", "bf16,fused"])
-def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypatch, spec: str, fold: bool) -> None:
+def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypatch, spec: str, kind: str) -> None:
     # Tiny models' layers are small enough for the whole-bias branch; force the global-layer ones.
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
     # 3 rows of 16 per chunk in fp32, 6 in bf16
     monkeypatch.setattr(fast_attention, "CHUNK_BYTES", 4 * 2 * 3 * 16 * 256)
-    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32, torch.bfloat16) if fold else ())
+    monkeypatch.setattr(fast_attention, "SCORE_ROWS", 3)  # 16 rows: chunks of 3 and a last one of 1
+    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", BOTH if kind == "folded" else ())
+    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", BOTH if kind == "scores" else ())
     calls = []
-    monkeypatch.setattr(fast_attention, "folded_attention",
-                        lambda *a: calls.append(1) or FOLDED(*a))
+    monkeypatch.setattr(fast_attention, "folded_attention", lambda *a: calls.append("folded") or FOLDED(*a))
+    monkeypatch.setattr(fast_attention, "scored_attention", lambda *a: calls.append("scores") or SCORED(*a))
     check_fidelity(scaled_models["sam"], spec, BOUNDS[spec], image)
-    assert bool(calls) == fold
+    assert set(calls) == ({kind} if kind != "rows" else set())
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
+def test_scored_attention_matches_eager_attention(monkeypatch, grid: tuple[int, int]) -> None:
+    """Scores by query rows give eager attention's numbers (fp32, large position terms, a ragged last chunk)."""
+    from transformers.models.sam.modeling_sam import SamVisionAttention
+
+    monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
+    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", (torch.float32,))
+    monkeypatch.setattr(fast_attention, "SCORE_ROWS", 5)
+    model = build_tiny_model("sam")
+    module = model.vision_encoder.layers[1].attn
+    with torch.no_grad():
+        module.rel_pos_h.normal_(0, 0.5)
+        module.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, *grid, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = SamVisionAttention.forward(module, x)[0]
+        fast_attention.install_fused_attention(model)
+        scored = module(x)[0]
+    assert rel_err(scored, eager) <= 1e-5
+
+
+def test_global_attention_follows_the_cpu() -> None:
+    """bf16 global layers: folded flash attention with AMX, scores by rows without (AVX-512 BF16 only)."""
+    amx = fast_attention._amx()
+    assert fast_attention.global_attention_kind(torch.bfloat16) == ("folded" if amx else "scores")
+    assert fast_attention.global_attention_kind(torch.float32) == "rows"
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
@@ -137,6 +169,7 @@ def test_folded_attention_matches_eager_attention(monkeypatch, grid: tuple[int, 
 
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
     monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32,))
+    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", ())
     model = build_tiny_model("sam")
     module = model.vision_encoder.layers[1].attn
     with torch.no_grad():
@@ -175,6 +208,7 @@ def test_attention_buffers_work_in_and_out_of_inference_mode(dtype: torch.dtype,
     folded Q/K/V in bf16), made under torch.inference_mode, serve a later no_grad call and the
     other way round, with equal results."""
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)  # the global-layer branches
+    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", ())  # bf16: the folded branch, which keeps buffers
     module = build_tiny_model("sam").vision_encoder.layers[1].attn
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 24 * 24, 16, generator=gen).to(dtype) for _ in range(3))
@@ -307,6 +341,42 @@ def test_auto_choice_follows_the_cpu_and_model() -> None:
     assert resolve(RuntimeOptions(precision="fp32"), "sam", 1024, cpu=AVX512_BF16).cache_tag == ""
 
 
+def test_cpu_class_and_bf16_follow_the_caps_a_user_sets() -> None:
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA hold a CPU below its flags: auto must then not pick bf16,
+    which oneDNN would emulate (measured: slower than fp32 on an AVX2-capped Zen 4)."""
+    zen4 = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
+    sapphire = zen4 | {"amx_bf16", "amx_tile"}
+    assert CpuInfo("AVX512", sapphire, 2).cpu_class == "AMX"
+    assert CpuInfo("AVX512", zen4, 2).cpu_class == "AVX-512 BF16"
+    assert CpuInfo("AVX512", frozenset({"avx2", "avx512f"}), 2).cpu_class == "AVX-512"
+    assert CpuInfo("AVX2", frozenset({"avx2", "fma"}), 2).cpu_class == "AVX2"
+    capped = [CpuInfo("AVX2", zen4, 2), CpuInfo("AVX512", zen4, 2, "AVX2"), CpuInfo("AVX512", zen4, 2, "AVX512_CORE")]
+    for cpu in capped:
+        assert not cpu.native_bf16
+        rt = resolve(RuntimeOptions(), "sam", 1024, cpu=cpu)
+        assert rt.tag == "torch-fp32+fused" and any("emulated" in r for r in rt.reasons)
+    assert [c.cpu_class for c in capped] == ["AVX2", "AVX2", "AVX-512"]
+    assert CpuInfo("AVX512", sapphire, 2, "AVX512_CORE_BF16").cpu_class == "AVX-512 BF16"  # AMX capped away
+    assert CpuInfo("AVX512", zen4, 2, "ALL").native_bf16
+
+
+def test_cpu_info_reads_the_onednn_cap(monkeypatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    speed.cpu_info.cache_clear()
+    try:
+        assert speed.cpu_info().onednn_isa == "AVX2" and not speed.cpu_info().native_bf16
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        speed.cpu_info.cache_clear()
+
+
+def test_global_attention_reason_names_the_path() -> None:
+    zen4 = CpuInfo("AVX512", frozenset({"avx512_bf16"}), 2)
+    amx = CpuInfo("AVX512", frozenset({"avx512_bf16", "amx_bf16"}), 2)
+    assert any("scores by image rows" in r for r in resolve(RuntimeOptions(), "sam", 1024, cpu=zen4).reasons)
+    assert any("folded in (AMX)" in r for r in resolve(RuntimeOptions(), "sam", 1024, cpu=amx).reasons)
+
+
 def test_threads_for_workers(monkeypatch) -> None:
     monkeypatch.setattr(speed, "cpu_info", lambda: AVX2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -327,7 +397,7 @@ def test_info_shows_the_chosen_runtime(monkeypatch, capsys) -> None:
     monkeypatch.setattr(speed, "cpu_info", lambda: AVX512_BF16)
     code, text = run_cli(["info"], monkeypatch, capsys)
     assert code == 0
-    assert "CPU capability" in text and "AVX512 (avx512_bf16), 8 cores" in text
+    assert "CPU capability" in text and "AVX-512 BF16 class: AVX512 (avx512_bf16), 8 cores" in text
     assert "encoder runtime" in text and "torch-bf16+fused for sam-vit-base" in text
     assert "native bf16" in text
     assert "prompt decoder" in text and "samadapt's batched pass in bf16" in text

@@ -110,29 +110,64 @@ class RuntimeOptions:
         return opts
 
 
+#: oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which bf16 dot products still run in hardware, and AMX too.
+_BF16_ISAS = frozenset({"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                        "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL"})
+_AMX_ISAS = frozenset({"AVX512_CORE_AMX", "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16",
+                       "AVX10_2_512_AMX_2", "ALL"})
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     """What the encoder runtime needs to know about the CPU.
 
     Attributes:
-        capability: torch's dispatch level, e.g. "AVX512" or "AVX2".
+        capability: torch's dispatch level, e.g. "AVX512" or "AVX2" (``ATEN_CPU_CAPABILITY`` lowers it).
         flags: the CPU flags of ``/proc/cpuinfo`` (empty where unavailable).
         physical_cores: cores this process may use, hyper-threads not counted.
+        onednn_isa: ``ONEDNN_MAX_CPU_ISA`` (upper case) when set: oneDNN, which runs the bf16
+            matrix products, uses no instructions above it.
     """
 
     capability: str
     flags: frozenset[str]
     physical_cores: int
+    onednn_isa: str = ""
+
+    def _isa_allows(self, isas: frozenset[str]) -> bool:
+        return not self.onednn_isa or self.onednn_isa in isas
+
+    @property
+    def amx(self) -> bool:
+        """True when bf16 matrix products can use AMX tiles (the CPU has them and no cap forbids them)."""
+        return "amx_bf16" in self.flags and self.capability.startswith("AVX512") and self._isa_allows(_AMX_ISAS)
 
     @property
     def native_bf16(self) -> bool:
-        """True when matrix products in bf16 run in hardware (AVX-512 BF16 or AMX)."""
-        return bool(self.flags & {"avx512_bf16", "amx_bf16"})
+        """True when matrix products in bf16 run in hardware (AVX-512 BF16 or AMX), and neither torch's
+        dispatch level nor a oneDNN cap holds the CPU below that."""
+        return (bool(self.flags & {"avx512_bf16", "amx_bf16"}) and self.capability.startswith("AVX512")
+                and self._isa_allows(_BF16_ISAS))
+
+    @property
+    def cpu_class(self) -> str:
+        """The class the speed figures are reported by: AMX, AVX-512 BF16, AVX-512, AVX2 or torch's level."""
+        if self.amx:
+            return "AMX"
+        if self.native_bf16:
+            return "AVX-512 BF16"
+        if self.capability.startswith("AVX512") and not (self.onednn_isa and self.onednn_isa.startswith("AVX2")):
+            return "AVX-512"
+        if self.capability.startswith("AVX") or self.onednn_isa.startswith("AVX2"):
+            return "AVX2"
+        return self.capability or "unknown"
 
     def describe(self) -> str:
         """One line for ``samadapt info``."""
         extras = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni") if f in self.flags]
-        return f"{self.capability}" + (f" ({', '.join(extras)})" if extras else "") + f", {self.physical_cores} cores"
+        capped = f", oneDNN capped at {self.onednn_isa}" if self.onednn_isa else ""
+        return (f"{self.cpu_class} class: {self.capability}" + (f" ({', '.join(extras)})" if extras else "")
+                + f"{capped}, {self.physical_cores} cores")
 
 
 def _physical_cores(cpuinfo: str) -> int:
@@ -173,7 +208,8 @@ def cpu_info() -> CpuInfo:
         if line.startswith("flags"):
             flags = frozenset(line.partition(":")[2].split())
             break
-    return CpuInfo(torch.backends.cpu.get_cpu_capability(), flags, _physical_cores(text))
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return CpuInfo(torch.backends.cpu.get_cpu_capability(), flags, _physical_cores(text), isa)
 
 
 def threads_for(workers: int = 1) -> int:
@@ -265,7 +301,8 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
         if not on_cpu:
             precision, why = "fp32", f"fp32: the model is on {device}, not the CPU"
         elif not cpu.native_bf16:
-            precision, why = "fp32", "fp32: this CPU has no native bf16 (avx512_bf16 / amx_bf16)"
+            precision, why = "fp32", (f"fp32: {cpu.cpu_class} CPU without native bf16 (avx512_bf16 / amx_bf16), "
+                                      "where bf16 is emulated and slower")
         elif family == "edgetam":  # benchmarks/encoder.py: bf16 1.4-1.8x faster, relative error 2.5e-2
             precision, why = "fp32", ("fp32: EdgeTAM's convolutional encoder drifts further from fp32 in bf16 "
                                       "than the ViTs do; ask for bf16 to trade that for speed")
@@ -290,6 +327,10 @@ def resolve(options: RuntimeOptions, family: str, size: int, device: torch.devic
     if fused and options.fused_attention is None:
         reasons.append("fused encoder blocks: pre-packed linear layers, no materialised position bias, "
                        "no needless casts (same numbers in fp32)")
+    if fused and family in ("sam", "sam-hq") and precision == "bf16":
+        reasons.append("global attention layers: flash attention with the position terms folded in (AMX)"
+                       if cpu.amx else "global attention layers: scores by image rows with oneDNN bf16 matrix "
+                       "products (no AMX: faster than flash attention here)")
     if options.backend == "onnx" and precision == "bf16":
         reasons.append("onnx runs fp32: ONNX Runtime's CPU kernels have no fast bf16 path")
         precision = "fp32"
