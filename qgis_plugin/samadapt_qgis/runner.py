@@ -87,27 +87,26 @@ def popen(args: list[str], env: dict | None = None, merge_output: bool = False) 
         text=True, encoding="utf-8", errors="replace", bufsize=1, env=env or command_env(), **kwargs)
 
 
+def _signal(proc: subprocess.Popen, kill: bool) -> None:
+    """SIGTERM (or SIGKILL) to ``proc``'s process group; terminate() / kill() on Windows."""
+    try:
+        if sys.platform == "win32":
+            (proc.kill if kill else proc.terminate)()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop_process(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     """Terminate ``proc`` and its process group; kill it if it is still running after ``grace_s``."""
     if proc.poll() is not None:
         return
-    try:
-        if sys.platform == "win32":
-            proc.terminate()
-        else:
-            os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    _signal(proc, kill=False)
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        try:
-            if sys.platform == "win32":
-                proc.kill()
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal(proc, kill=True)
         proc.wait(timeout=grace_s)
 
 

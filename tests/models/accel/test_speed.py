@@ -134,27 +134,6 @@ def test_fused_global_attention_keeps_embeddings(scaled_models, image, monkeypat
     assert set(calls) == ({kind} if kind != "rows" else set())
 
 
-@pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
-def test_scored_attention_matches_eager_attention(monkeypatch, grid: tuple[int, int]) -> None:
-    """Scores by query rows give eager attention's numbers (fp32, large position terms, a ragged last chunk)."""
-    from transformers.models.sam.modeling_sam import SamVisionAttention
-
-    monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
-    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", (torch.float32,))
-    monkeypatch.setattr(fast_attention, "SCORE_ROWS", 5)
-    model = build_tiny_model("sam")
-    module = model.vision_encoder.layers[1].attn
-    with torch.no_grad():
-        module.rel_pos_h.normal_(0, 0.5)
-        module.rel_pos_w.normal_(0, 0.5)
-    x = torch.randn(2, *grid, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        eager = SamVisionAttention.forward(module, x)[0]
-        fast_attention.install_fused_attention(model)
-        scored = module(x)[0]
-    assert rel_err(scored, eager) <= 1e-5
-
-
 def test_global_attention_follows_the_cpu() -> None:
     """bf16 global layers: folded flash attention with AMX, scores by rows without (AVX-512 BF16 only)."""
     amx = fast_attention._amx()
@@ -162,14 +141,18 @@ def test_global_attention_follows_the_cpu() -> None:
     assert fast_attention.global_attention_kind(torch.float32) == "rows"
 
 
+@pytest.mark.parametrize("kind", ["folded", "scores"])
 @pytest.mark.parametrize("grid", [(16, 16), (12, 20)])
-def test_folded_attention_matches_eager_attention(monkeypatch, grid: tuple[int, int]) -> None:
-    """The bias folded into Q and K gives eager attention's numbers (fp32, large position terms)."""
+def test_global_attention_kinds_match_eager_attention(monkeypatch, grid: tuple[int, int], kind: str) -> None:
+    """The bias folded into Q and K, and the scores by query rows (5 rows a chunk: a ragged last one), give
+    eager attention's numbers (fp32, large position terms)."""
     from transformers.models.sam.modeling_sam import SamVisionAttention
 
     monkeypatch.setattr(fast_attention, "WHOLE_BIAS_TOKENS", 8)
-    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32,))
-    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", ())
+    monkeypatch.setattr(fast_attention, "FOLD_DTYPES", (torch.float32,) if kind == "folded" else ())
+    monkeypatch.setattr(fast_attention, "SCORES_DTYPES", (torch.float32,) if kind == "scores" else ())
+    monkeypatch.setattr(fast_attention, "SCORE_ROWS", 5)
+    assert fast_attention.global_attention_kind(torch.float32) == kind
     model = build_tiny_model("sam")
     module = model.vision_encoder.layers[1].attn
     with torch.no_grad():
@@ -179,8 +162,8 @@ def test_folded_attention_matches_eager_attention(monkeypatch, grid: tuple[int, 
     with torch.no_grad():
         eager = SamVisionAttention.forward(module, x)[0]
         fast_attention.install_fused_attention(model)
-        folded = module(x)[0]
-    assert rel_err(folded, eager) <= 1e-5
+        fast = module(x)[0]
+    assert rel_err(fast, eager) <= 1e-5
 
 
 def _in_both_mode_orders(call) -> list[torch.Tensor]:
