@@ -259,7 +259,10 @@ def _image_to_tokens(att: Attention, keys: torch.Tensor, pe: torch.Tensor, q: to
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
     # the output bias rides on each head's values as bias / heads.
     vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
-    # The residual is the accumulator of the product: one pass over the N x HW x C result.
+    # The residual is the accumulator of the product: one pass over the N x HW x C result. Each prompt's
+    # own image tokens (a workspace no later step reads) take the update in place, saving a copy of them.
+    if shared is None and keys.dtype == dtype and keys.shape[0] == n:
+        return keys.baddbmm_(weights.transpose(1, 2), vo.to(dtype))
     return torch.baddbmm(keys.to(dtype), weights.transpose(1, 2), vo.to(dtype), out=out)
 
 
