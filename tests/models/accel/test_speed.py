@@ -26,7 +26,7 @@ import torch
 
 from helpers.cli import run_cli
 from samadapt.errors import InputError
-from samadapt.models.accel import fast_attention, speed
+from samadapt.models.accel import cpu, fast_attention, speed
 from samadapt.models.accel.speed import (
     CpuInfo,
     RuntimeOptions,
@@ -334,9 +334,9 @@ def test_cpu_class_and_bf16_follow_the_caps_a_user_sets() -> None:
     assert CpuInfo("AVX512", frozenset({"avx2", "avx512f"}), 2).cpu_class == "AVX-512"
     assert CpuInfo("AVX2", frozenset({"avx2", "fma"}), 2).cpu_class == "AVX2"
     capped = [CpuInfo("AVX2", zen4, 2), CpuInfo("AVX512", zen4, 2, "AVX2"), CpuInfo("AVX512", zen4, 2, "AVX512_CORE")]
-    for cpu in capped:
-        assert not cpu.native_bf16
-        rt = resolve(RuntimeOptions(), "sam", 1024, cpu=cpu)
+    for info in capped:
+        assert not info.native_bf16
+        rt = resolve(RuntimeOptions(), "sam", 1024, cpu=info)
         assert rt.tag == "torch-fp32+fused" and any("emulated" in r for r in rt.reasons)
     assert [c.cpu_class for c in capped] == ["AVX2", "AVX2", "AVX-512"]
     assert CpuInfo("AVX512", sapphire, 2, "AVX512_CORE_BF16").cpu_class == "AVX-512 BF16"  # AMX capped away
@@ -373,7 +373,7 @@ def test_threads_for_workers(monkeypatch) -> None:
 def test_physical_cores_ignores_hyperthreads() -> None:
     block = "processor\t: {}\nphysical id\t: 0\ncore id\t\t: {}\n\n"
     text = "".join(block.format(i, i % 2) for i in range(4))  # 4 logical CPUs on 2 cores
-    assert 1 <= speed._physical_cores(text) <= 2
+    assert 1 <= cpu._physical_cores(text) <= 2
 
 
 def test_info_shows_the_chosen_runtime(monkeypatch, capsys) -> None:

@@ -62,7 +62,7 @@ SCORE_ROWS = 1
 
 
 def _amx() -> bool:
-    from samadapt.models.accel.speed import cpu_info
+    from samadapt.models.accel.cpu import cpu_info
 
     return cpu_info().amx
 
