@@ -5,7 +5,7 @@ and a random image embedding: the decoder's cost does not depend on the values. 
 transformers' plain call with one prompt per call, measured in the same run:
 
     .venv/bin/python benchmarks/decoder.py [--models sam-vit-base,sam-hq-vit-base,sam2.1-hiera-tiny]
-                                           [--sizes 1,4,16,64]
+                                           [--sizes 1,4,16,64] [--profile 16]
 
 Rows: ``Segmenter.decode`` with N objects in one call (half single points, half boxes), its
 ms per prompt and its ratio to the baseline (lower is faster), for the decoder path the
@@ -15,6 +15,8 @@ the fp32 path too. SAM-HQ does more per prompt than SAM (its HQ mask runs two 3x
 convolutions over the 256 x 256 upscaled features of each object); its image-side features
 are kept with the embedding after the first call, so the timed (repeated) calls skip them,
 as later prompts on a cached embedding do. The machine may be shared: compare ratios, not absolute times.
+``--profile N`` adds, per model and path, torch's profiler over one call with N prompts: the operators
+with the most own time, with their input shapes (where a batched decode spends what is not arithmetic).
 Targets with 16 prompts on 2 cores: SAM's and SAM 2's decoders <= 10 ms per prompt in bf16 and <= 15 ms
 in fp32, SAM-HQ's <= 20 ms in bf16.
 """
@@ -97,11 +99,28 @@ def path(loaded: LoadedModel) -> str:
     return "transformers"
 
 
+def profile_call(seg: Segmenter, embedded: Embedded, batch: list[ObjectPrompt], rows: int = 12) -> None:
+    """The operators of one ``decode`` call with the most own time, grouped by input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    seg.decode(embedded, batch)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        seg.decode(embedded, batch)
+    events = [e for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{'':4s}profile, {len(batch)} prompts: {total / 1e3:.1f} ms of operator time")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        shapes = str(e.input_shapes)[:70]
+        print(f"{'':6s}{e.key[:32]:32s} {e.count:4d} {e.self_cpu_time_total / 1e3:7.1f} ms "
+              f"{e.self_cpu_time_total / total:4.0%} {shapes}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="sam-vit-base,sam-hq-vit-base,sam2.1-hiera-tiny")
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, help="also profile one call with this many prompts")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -133,6 +152,8 @@ def main() -> None:
                     print(f"{'':4s}{n:8d} {ms:10.1f} {ms / base:6.2f}")
                     if n == 16:
                         summary.append((name, label, ms, ms / base))
+                if args.profile:
+                    profile_call(seg, embedded, prompts(args.profile, rng))
     for name, label, ms, ratio in summary:
         # targets on a 2-core AVX-512 BF16 CPU: SAM and SAM 2 <= 10 ms (bf16) and <= 15 ms (fp32); SAM-HQ, which
         # adds two 3x3 convolutions per object, <= 20 ms in bf16
