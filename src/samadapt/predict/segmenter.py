@@ -21,7 +21,7 @@ from samadapt.imagery.preprocess import mask_prompt_to_model
 from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
-from samadapt.models.sam import DecoderPrompts, decode, low_res_side
+from samadapt.models.sam import DecoderPrompts, decode, join, low_res_side
 from samadapt.predict.cache import EmbeddingCache
 from samadapt.predict.embed import Embedded, Embedder, ImageLike, as_geoimage
 from samadapt.predict.packing import pack_prompts
@@ -150,7 +150,7 @@ class Segmenter(Embedder):
                 lr, sc = decode(loaded, emb.embedding, dp, multimask=multimask)
                 masks.append(lr)
                 scores.append(sc)
-            return torch.cat(masks), torch.cat(scores)
+            return join(masks), join(scores)
         side = low_res_side(loaded)
         out_masks = torch.empty(len(prompts), 3 if multimask else 1, side, side)
         out_scores = torch.empty(len(prompts), 3 if multimask else 1)
