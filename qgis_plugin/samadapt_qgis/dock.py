@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.core import QgsCoordinateTransform, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QDockWidget,
@@ -48,6 +48,10 @@ class SamadaptDock(QDockWidget):
         self.adapter_widget.setFilePath(settings.get("adapter"))
         self.adapter_widget.setToolTip("Optional adapter folder from samadapt train")
         form.addRow("Adapter", self.adapter_widget)
+        self.detector_edit = QLineEdit(settings.get("detector"))
+        self.detector_edit.setPlaceholderText("optional: grounding-dino-tiny, owlv2-base")
+        self.detector_edit.setToolTip("Detector for Find (text prompts); SAM 3 models need none")
+        form.addRow("Detector", self.detector_edit)
         self.exe_widget = QgsFileWidget()
         self.exe_widget.setFilePath(settings.get("executable"))
         self.exe_widget.setToolTip("The samadapt program; empty: samadapt found on PATH")
@@ -69,6 +73,16 @@ class SamadaptDock(QDockWidget):
             button.setEnabled(False)
             row.addWidget(button)
         layout.addLayout(row)
+        find_row = QHBoxLayout()
+        self.find_edit = QLineEdit()
+        self.find_edit.setPlaceholderText("find by name in the view, e.g. crater")
+        self.find_edit.returnPressed.connect(self.find)
+        self.find_button = QPushButton("Find")
+        self.find_button.clicked.connect(self.find)
+        self.find_button.setEnabled(False)
+        find_row.addWidget(self.find_edit)
+        find_row.addWidget(self.find_button)
+        layout.addLayout(find_row)
         self.help = QLabel("Click: object. Shift-click: background. Drag: box. Ctrl+Z: undo. N: new object.")
         self.help.setWordWrap(True)
         layout.addWidget(self.help)
@@ -99,12 +113,14 @@ class SamadaptDock(QDockWidget):
     def start(self) -> bool:
         """Serve the chosen raster and activate the map tool; False (and a message) when it cannot start."""
         layer = self.layer_box.currentLayer()
-        for name, value in (("model", self.model_edit.text().strip()), ("adapter", self.adapter_widget.filePath()),
-                            ("executable", self.exe_widget.filePath())):
+        chosen = {"model": self.model_edit.text().strip(), "adapter": self.adapter_widget.filePath(),
+                  "executable": self.exe_widget.filePath(), "detector": self.detector_edit.text().strip()}
+        for name, value in chosen.items():
             settings.put(name, value)
         try:
             session = PromptSession(layer, model=settings.get("model"), executable=settings.get("executable"),
-                                    adapter=settings.get("adapter"), device=settings.get("device"))
+                                    adapter=settings.get("adapter"), device=settings.get("device"),
+                                    detector=settings.get("detector"))
         except (SamadaptNotFound, ValueError) as exc:
             self.show_status(str(exc), error=True)
             return False
@@ -117,7 +133,7 @@ class SamadaptDock(QDockWidget):
         canvas = self.iface.mapCanvas()
         self.tool = PromptMapTool(canvas, session)
         canvas.setMapTool(self.tool)
-        for button in (self.undo_button, self.new_button, self.save_button):
+        for button in (self.undo_button, self.new_button, self.save_button, self.find_button):
             button.setEnabled(True)
         self.start_button.setText("Stop prompting")
         return True
@@ -133,9 +149,19 @@ class SamadaptDock(QDockWidget):
         if self.session is not None:
             self.session.stop()
             self.session = None
-        for button in (self.undo_button, self.new_button, self.save_button):
+        for button in (self.undo_button, self.new_button, self.save_button, self.find_button):
             button.setEnabled(False)
         self.start_button.setText("Start prompting")
+
+    def find(self) -> None:
+        """Search the canvas's view for the typed phrase (one object per match)."""
+        if self.session is None:
+            self.show_status("press Start prompting first", error=True)
+            return
+        canvas = self.iface.mapCanvas()
+        to_layer = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(), self.session.layer.crs(),
+                                          QgsProject.instance().transformContext())
+        self.session.find(self.find_edit.text(), to_layer.transformBoundingBox(canvas.extent()))
 
     def _save(self) -> None:
         if self.session is None:

@@ -43,10 +43,13 @@ class ServiceProcess:
         model: registry name, model folder or .pth file.
         adapter: optional adapter folder (enables class maps of the view).
         device: torch device of the server.
+        detector: optional detector (grounding-dino-tiny, owlv2-base, a folder) answering text prompts.
     """
 
-    def __init__(self, executable: str, raster: str, model: str, adapter: str = "", device: str = "cpu") -> None:
+    def __init__(self, executable: str, raster: str, model: str, adapter: str = "", device: str = "cpu",
+                 detector: str = "") -> None:
         self.executable, self.raster, self.model, self.adapter, self.device = executable, raster, model, adapter, device
+        self.detector = detector
         self.token = secrets.token_urlsafe(24)
         self.url: str | None = None
         self.log: deque[str] = deque(maxlen=200)
@@ -62,6 +65,8 @@ class ServiceProcess:
                 "--parent-pid", str(os.getpid())]  # it stops with QGIS even if QGIS crashes
         if self.adapter:
             args += ["--adapter", self.adapter]
+        if self.detector:
+            args += ["--detector", self.detector]
         return args
 
     def start(self) -> ServiceProcess:

@@ -45,7 +45,7 @@ MAX_VIEW_PIXELS = 2048
 MIN_VIEW_PIXELS = 64
 #: Field names of the output layer.
 FIELDS = (("object_id", QVariant.Int), ("score", QVariant.Double), ("prompts", QVariant.Int),
-          ("model", QVariant.String))
+          ("model", QVariant.String), ("phrase", QVariant.String))
 
 
 @dataclass
@@ -123,6 +123,7 @@ class _Relay(QObject):
     """Carries a worker thread's answer to the main thread (a queued signal)."""
 
     done = pyqtSignal(object)
+    found = pyqtSignal(object)
 
 
 class PromptSession(QObject):
@@ -139,12 +140,12 @@ class PromptSession(QObject):
     changed = pyqtSignal()
 
     def __init__(self, layer: QgsRasterLayer, *, model: str, executable: str = "", adapter: str = "",
-                 device: str = "cpu", output: QgsVectorLayer | None = None) -> None:
+                 device: str = "cpu", detector: str = "", output: QgsVectorLayer | None = None) -> None:
         super().__init__()
         self.layer = layer
         self.raster = raster_path(layer)
         self.model = model
-        self.server = ServiceProcess(find_executable(executable), self.raster, model, adapter, device)
+        self.server = ServiceProcess(find_executable(executable), self.raster, model, adapter, device, detector)
         self.output = output or output_layer(layer.crs(), f"samadapt objects ({layer.name()})")
         self.objects: list[PromptObject] = [PromptObject(1)]
         self.busy = False
@@ -154,6 +155,8 @@ class PromptSession(QObject):
         self._pending = False
         self._relay = _Relay()
         self._relay.done.connect(self._answered)
+        self._relay.found.connect(self._found)
+        self._last_id = 0  # the highest object id given to objects found by name
         # the layer's CRS as text and its centre: what worker threads may read
         crs = layer.crs()
         self._layer_crs = crs.authid() or crs.toWkt(crs.WKT_PREFERRED)
@@ -234,7 +237,7 @@ class PromptSession(QObject):
         """Keep the current object's polygons and start the next object."""
         if not self.current.prompts:
             return
-        self.objects.append(PromptObject(self.current.object_id + 1))
+        self.objects.append(PromptObject(max(self.current.object_id, self._last_id) + 1))
         self.status.emit(f"object {self.current.object_id}: click, shift-click or drag a box")
         self.changed.emit()
 
@@ -356,7 +359,8 @@ class PromptSession(QObject):
             geom.convertToMultiType()
             feature.setGeometry(geom)
             props = item.get("properties", {})
-            feature.setAttributes([object_id, float(props.get("score", 0.0)), count, answer.get("model", self.model)])
+            feature.setAttributes([object_id, float(props.get("score", 0.0)), count, answer.get("model", self.model),
+                                   None])
             features.append(feature)
         self._replace(object_id, features)
 
@@ -369,6 +373,82 @@ class PromptSession(QObject):
             provider.addFeatures(features)
         self.output.updateExtents()
         self.output.triggerRepaint()
+
+    def find(self, phrase: str, view: QgsRectangle) -> None:
+        """Search ``view`` (layer CRS; the canvas's extent) for objects named by ``phrase``; each match becomes an
+        object of its own in the output layer, with its phrase. Needs a server with a detector (or a SAM 3 model)."""
+        phrase = " ".join(phrase.split())
+        if not phrase:
+            self.failed.emit("type a word or short phrase to find, e.g. crater")
+            return
+        view = view.intersect(self.layer.extent())
+        if view.isEmpty():
+            self.failed.emit("the view does not show the raster; pan to the imagery first")
+            return
+        px, py = geo.pixel_size(self.layer)
+        centre = view.center()
+        half_w, half_h = min(view.width(), MAX_VIEW_PIXELS * px) / 2, min(view.height(), MAX_VIEW_PIXELS * py) / 2
+        view = QgsRectangle(centre.x() - half_w, centre.y() - half_h, centre.x() + half_w, centre.y() + half_h)
+        if self.busy:
+            self.failed.emit("wait for the answer in progress, then search again")
+            return
+        self.busy = True
+        self.requests += 1
+        self.status.emit(f"searching the view for {phrase!r}...")
+        relay, started = self._relay, time.monotonic()
+
+        def work() -> None:
+            try:
+                to_body = self._connect()
+                payload = {"bbox": geo.lnglat_bbox(geo.rect_points(view), to_body),
+                           "prompt": [{"type": "text", "data": phrase}], "zoom": 0, "source_type": SOURCE_NAME}
+                relay.found.emit((phrase, self.server.segment(payload), time.monotonic() - started))
+            except (ServiceError, geo.CrsError, OSError, ValueError, KeyError) as exc:
+                relay.found.emit((phrase, exc, time.monotonic() - started))
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _found(self, result: tuple[str, Any, float]) -> None:
+        try:
+            self._take_found(*result)
+        except Exception as exc:  # noqa: BLE001 - an exception escaping a slot aborts QGIS
+            self.last_error = f"cannot show the answer of samadapt serve: {exc}"
+            self.failed.emit(self.last_error)
+        finally:
+            self.busy = False
+            self.changed.emit()
+
+    def _take_found(self, phrase: str, answer: Any, seconds: float) -> None:
+        self.busy = False
+        if isinstance(answer, Exception):
+            self.last_error = str(answer)
+            self.failed.emit(str(answer))
+            return
+        self.last_answer, self.last_error = answer, None
+        if self._from_body is None:
+            self._from_body = self._transform(to_body=False)
+        first = max(o.object_id for o in self.objects) + (1 if self.current.prompts else 0)
+        first = max(first, self._last_id + 1)
+        features = []
+        for k, item in enumerate(answer.get("features", [])):
+            geom = geo.to_layer(item["geometry"], self._from_body)
+            if geom.type() != QgsWkbTypes.PolygonGeometry:
+                continue
+            geom.convertToMultiType()
+            feature = QgsFeature(self.output.fields())
+            feature.setGeometry(geom)
+            props = item.get("properties", {})
+            feature.setAttributes([first + k, float(props.get("score", 0.0)), 0, answer.get("model", self.model),
+                                   props.get("phrase", phrase)])
+            features.append(feature)
+        if features:
+            self.output.dataProvider().addFeatures(features)
+            self.output.updateExtents()
+            self.output.triggerRepaint()
+            self._last_id = first + len(features) - 1
+            if not self.current.prompts:  # the next click starts after the found objects
+                self.current.object_id = self._last_id + 1
+        self.status.emit(f"found {len(features)} object(s) named {phrase!r} ({seconds:.1f} s)")
 
     def wait(self, timeout_s: float = 600.0) -> bool:
         """Process Qt events until no request is in flight (tests, scripts); True when idle in time."""

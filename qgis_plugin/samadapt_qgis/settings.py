@@ -11,6 +11,7 @@ DEFAULTS = {
     "model": "sam-vit-base",
     "adapter": "",
     "device": "cpu",
+    "detector": "",  # empty: no text prompts (unless the model is SAM 3)
 }
 
 

@@ -80,8 +80,9 @@ def box_exe(samadapt_exe: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """samadapt, with the mask decoder replaced by ``helpers.decoders.box_decoder`` from the main test suite.
 
     A click gives a square of 24 model pixels around it and a box gives itself, so a polygon in
-    the wrong place means the plugin's coordinate chain is wrong. Everything else (the server,
-    its encoder, the HTTP API, the CRS handling) is the real ``samadapt serve``.
+    the wrong place means the plugin's coordinate chain is wrong. ``--detector bright`` is the main
+    suite's ``BrightDetector`` (the phrase "pit" finds the box of the bright pixels). Everything else
+    (the server, its encoder, the HTTP API, the CRS handling) is the real ``samadapt serve``.
     """
     python = Path(samadapt_exe).parent / "python"
     script = tmp_path_factory.mktemp("bin") / "samadapt-box-decoder"
@@ -100,6 +101,13 @@ def box_exe(samadapt_exe: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
         segmenter.decode = decode
+
+        import samadapt.text.detectors as detectors
+        from helpers.text import BrightDetector
+
+        # --detector bright: finds the box of the bright pixels for the phrase "pit"
+        real_load = detectors.load_detector
+        detectors.load_detector = lambda ref, **kw: BrightDetector() if ref == "bright" else real_load(ref, **kw)
         from samadapt.cli import main
 
         sys.exit(main())

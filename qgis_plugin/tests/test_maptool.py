@@ -95,11 +95,11 @@ def features(session: Any) -> dict[int, Any]:
     return {f["object_id"]: f for f in session.output.getFeatures()}
 
 
-def start_session(canvas: Any, layer: Any, exe: str, model: str) -> tuple[Any, Any]:
+def start_session(canvas: Any, layer: Any, exe: str, model: str, detector: str = "") -> tuple[Any, Any]:
     from samadapt_qgis.maptool import PromptMapTool
     from samadapt_qgis.session import PromptSession
 
-    session = PromptSession(layer, model=model, executable=exe)
+    session = PromptSession(layer, model=model, executable=exe, detector=detector)
     messages: list = []
     session.status.connect(messages.append)
     session.failed.connect(lambda m: messages.append("FAILED " + m))
@@ -196,7 +196,7 @@ def test_prompts_undo_new_object_and_save(canvas: Any, rasters: dict[str, Path],
         dataset = None
         reopened = QgsVectorLayer(saved, "saved", "ogr")
         assert reopened.isValid() and reopened.featureCount() == 1
-        assert [f.name() for f in reopened.fields()][-4:] == ["object_id", "score", "prompts", "model"]
+        assert [f.name() for f in reopened.fields()][-5:] == ["object_id", "score", "prompts", "model", "phrase"]
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".samadapt-")]  # no temporary left
     finally:
         tool.clear()
@@ -226,6 +226,52 @@ def test_a_server_that_cannot_start_says_why(canvas: Any, rasters: dict[str, Pat
         assert session.last_error is not None and "samadapt serve stopped" in session.last_error
         assert "no-such-model" in session.last_error
         assert not session.server.running
+    finally:
+        tool.clear()
+        session.stop()
+
+
+def test_find_by_name_adds_each_match_with_its_phrase(canvas: Any, rasters: dict[str, Path], box_exe: str,
+                                                      tiny_sam: str) -> None:
+    """A text prompt over the view: the detector's box of the bright disc comes back as a polygon over the disc."""
+    layer = show_layer(canvas, rasters["moon"])
+    session, tool = start_session(canvas, layer, box_exe, tiny_sam, detector="bright")
+    try:
+        click(canvas, screen_of(canvas, layer, layer_point(layer, 400.5, 100.5)))  # object 1, by a click
+        assert session.wait(300) and session.last_error is None, session.last_error
+        session.find("  pit ", canvas.extent())
+        assert session.wait(120) and session.last_error is None, session.last_error
+        found = [f for f in session.output.getFeatures() if f["phrase"] == "pit"]
+        assert len(found) == 1 and found[0]["object_id"] == 2
+        box = found[0].geometry().boundingBox()
+        px = layer.rasterUnitsPerPixelX()
+        # the disc (centre (200, 260), radius 60) covers pixel columns 141-259 and rows 201-319; the decoder's
+        # low-resolution mask has cells of 4 pixels
+        disc = layer_point(layer, 141, 201), layer_point(layer, 260, 320)
+        assert abs(box.xMinimum() - disc[0].x()) <= 4 * px and abs(box.xMaximum() - disc[1].x()) <= 4 * px
+        assert abs(box.yMaximum() - disc[0].y()) <= 4 * px and abs(box.yMinimum() - disc[1].y()) <= 4 * px
+        assert "found 1 object" in session.messages[-1]
+        # the next click is object 3: found objects keep their ids
+        session.new_object()
+        click(canvas, screen_of(canvas, layer, layer_point(layer, 450.5, 450.5)))
+        assert session.wait(120) and session.last_error is None, session.last_error
+        assert sorted(f["object_id"] for f in session.output.getFeatures()) == [1, 2, 3]
+    finally:
+        tool.clear()
+        session.stop()
+
+
+def test_find_without_a_detector_says_what_is_needed(canvas: Any, rasters: dict[str, Path], box_exe: str,
+                                                     tiny_sam: str) -> None:
+    layer = show_layer(canvas, rasters["utm"])
+    session, tool = start_session(canvas, layer, box_exe, tiny_sam)
+    try:
+        session.find("", canvas.extent())
+        assert "type a word" in session.messages[-1] and session.requests == 0
+        session.find("pit", canvas.extent())
+        assert session.wait(300)
+        assert session.last_error is not None and "detector" in session.last_error
+        assert session.output.featureCount() == 0
     finally:
         tool.clear()
         session.stop()

@@ -230,6 +230,7 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: di
         canvas.setExtent(layer.extent())
         dock.model_edit.setText(tiny_sam)
         dock.exe_widget.setFilePath(box_exe)
+        dock.detector_edit.setText("bright")  # the stand-in detector of box_exe: "pit" finds the bright disc
         dock.start_button.setChecked(True)
         session = dock.session
         canvas.setLayers([session.output, layer])
@@ -243,6 +244,11 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: di
              screen_of(canvas, layer, layer_point(layer, 264, 324)))
         assert session.wait(300) and session.last_error is None, session.last_error
         assert sorted(f["object_id"] for f in session.output.getFeatures()) == [1, 2]
+        dock.find_edit.setText("pit")  # and by name, over the canvas's view
+        dock.find_button.click()
+        assert session.wait(300) and session.last_error is None, session.last_error
+        assert [f["object_id"] for f in session.output.getFeatures() if f["phrase"] == "pit"] == [3]
+        assert "found 1 object" in dock.status.text()
         canvas.refresh()
         canvas.waitWhileRendering()
         out = Path(os.environ.get("SAMADAPT_SCREENSHOT") or tmp_path / "qgis-plugin.png")
@@ -258,5 +264,5 @@ def test_screenshot_of_the_dock_and_a_prompted_object(qgis_app: Any, rasters: di
 def settings_reset() -> None:
     from samadapt_qgis import settings
 
-    for name in ("executable", "model", "adapter"):
+    for name in ("executable", "model", "adapter", "detector"):
         settings.put(name, settings.DEFAULTS[name])
