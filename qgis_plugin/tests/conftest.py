@@ -157,3 +157,25 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real test data not present: {path}")
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_STATUS] = int(exitstatus)
+
+
+_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's status without running QGIS's and Qt's destructors.
+
+    Once the report is printed, the interpreter's teardown of QGIS (QgsApplication and the Qt
+    objects Python still holds) sometimes segfaults, which would turn a passing run into exit
+    code 139; every fixture, and with it every server, has been torn down by now.
+    """
+    status = config.stash.get(_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
