@@ -109,6 +109,12 @@ def export_layer(layer: QgsVectorLayer, path: str, *, class_field: str = "", cla
     return path
 
 
+def segment_command(raster: str, prompts: str, out: str, model: str, class_column: str = "") -> list[str]:
+    """``samadapt segment`` of a raster's objects from a prompt file, into ``out``."""
+    args = ["segment", raster, "--prompts", prompts, "--out", out, "--model", model]
+    return args + ["--class-column", class_column] if class_column else args
+
+
 def move_vector(src: str, dst: str) -> str:
     """Move the GeoPackage/GeoJSON ``src`` to ``dst``, converting when their formats differ."""
     if os.path.splitext(src)[1].lower() == os.path.splitext(dst)[1].lower():
@@ -213,12 +219,9 @@ class SegmentAlgorithm(SamadaptAlgorithm):
         work = self.workdir()
         prompt_file = export_layer(prompts, os.path.join(work, "prompts.gpkg"))
         written = os.path.join(work, "objects.gpkg")
-        args = ["segment", raster, "--prompts", prompt_file, "--out", written,
-                "--model", self.parameterAsString(parameters, "MODEL", context),
-                "--min-area", str(self.parameterAsInt(parameters, "MIN_AREA", context))]
-        if class_field:
-            args += ["--class-column", class_field]
-        self.samadapt(args, feedback)
+        args = segment_command(raster, prompt_file, written, self.parameterAsString(parameters, "MODEL", context),
+                               class_field)
+        self.samadapt(args + ["--min-area", str(self.parameterAsInt(parameters, "MIN_AREA", context))], feedback)
         return {"OUTPUT": move_vector(written, out)}
 
 
@@ -394,9 +397,7 @@ class AnnotateAlgorithm(SamadaptAlgorithm):
         results = {"OUTPUT": out}
         if polygons:
             written = os.path.join(work, "pseudo_labels.gpkg")
-            segment = ["segment", raster, "--prompts", box_file, "--out", written, "--model", model]
-            if class_field:
-                segment += ["--class-column", "class_id"]
+            segment = segment_command(raster, box_file, written, model, "class_id" if class_field else "")
             self.samadapt(segment, feedback, steps.step(2))
             results["POLYGONS"] = move_vector(written, polygons)
         return results

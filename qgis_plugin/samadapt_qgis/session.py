@@ -119,6 +119,12 @@ def save_layer(layer: QgsVectorLayer, path: str) -> str:
     return path
 
 
+def request_body(prompts: list[dict[str, Any]], view: QgsRectangle, to_body: QgsCoordinateTransform) -> dict[str, Any]:
+    """A ``POST /segment`` body: service prompts over ``view`` (layer CRS) of the served raster."""
+    return {"bbox": geo.lnglat_bbox(geo.rect_points(view), to_body), "prompt": prompts, "zoom": 0,
+            "source_type": SOURCE_NAME}
+
+
 class _Relay(QObject):
     """Carries a worker thread's answer to the main thread (a queued signal)."""
 
@@ -271,10 +277,15 @@ class PromptSession(QObject):
             if p.box is not None:
                 xs += [p.box.xMinimum(), p.box.xMaximum()]
                 ys += [p.box.yMinimum(), p.box.yMaximum()]
-        cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
-        half_w = max(max(xs) - min(xs), MIN_VIEW_PIXELS * px, min(MAX_VIEW_PIXELS * px, self.layer.width() * px)) / 2
-        half_h = max(max(ys) - min(ys), MIN_VIEW_PIXELS * py, min(MAX_VIEW_PIXELS * py, self.layer.height() * py)) / 2
-        half_w, half_h = min(half_w, MAX_VIEW_PIXELS * px / 2), min(half_h, MAX_VIEW_PIXELS * py / 2)
+        width = max(max(xs) - min(xs), MIN_VIEW_PIXELS * px, min(MAX_VIEW_PIXELS * px, self.layer.width() * px))
+        height = max(max(ys) - min(ys), MIN_VIEW_PIXELS * py, min(MAX_VIEW_PIXELS * py, self.layer.height() * py))
+        return self._capped((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, width, height)
+
+    def _capped(self, cx: float, cy: float, width: float, height: float) -> QgsRectangle:
+        """The ``width`` x ``height`` rectangle centred on (cx, cy), at most MAX_VIEW_PIXELS a side, within the
+        raster."""
+        px, py = geo.pixel_size(self.layer)
+        half_w, half_h = min(width, MAX_VIEW_PIXELS * px) / 2, min(height, MAX_VIEW_PIXELS * py) / 2
         return QgsRectangle(cx - half_w, cy - half_h, cx + half_w, cy + half_h).intersect(self.layer.extent())
 
     def payload(self, prompts: list[Prompt], view: QgsRectangle, to_body: QgsCoordinateTransform) -> dict[str, Any]:
@@ -286,8 +297,7 @@ class PromptSession(QObject):
                 items.append({"type": "point", "data": geo.lnglat(p.point, to_body), "label": p.label})
             elif p.box is not None:
                 items.append({"type": "rectangle", "data": geo.lnglat_bbox(geo.rect_points(p.box), to_body)})
-        return {"bbox": geo.lnglat_bbox(geo.rect_points(view), to_body), "prompt": items, "zoom": 0,
-                "source_type": SOURCE_NAME}
+        return request_body(items, view, to_body)
 
     def _send(self) -> None:
         obj = self.current
@@ -313,9 +323,15 @@ class PromptSession(QObject):
         threading.Thread(target=work, daemon=True).start()
 
     def _answered(self, result: tuple[PromptObject, int, int, Any, float]) -> None:
-        # An exception escaping a slot aborts QGIS (PyQt5): every error becomes a message.
+        self._guarded(self._take, result)
+
+    def _found(self, result: tuple[str, Any, float]) -> None:
+        self._guarded(self._take_found, result)
+
+    def _guarded(self, take: Any, result: tuple[Any, ...]) -> None:
+        """Run a slot's work; an exception escaping a slot aborts QGIS (PyQt5), so every error becomes a message."""
         try:
-            self._take(*result)
+            take(*result)
         except Exception as exc:  # noqa: BLE001
             self.busy = self._pending = False
             self.last_error = f"cannot show the answer of samadapt serve: {exc}"
@@ -347,22 +363,29 @@ class PromptSession(QObject):
                 self._send()
         self.changed.emit()
 
-    def _show(self, object_id: int, count: int, answer: dict[str, Any]) -> None:
+    def _features(self, answer: dict[str, Any], first_id: int, same_id: bool, prompts: int,
+                  phrase: str | None = None) -> list[QgsFeature]:
+        """The polygons of a service answer as output-layer features in the layer's CRS: all with ``first_id``
+        (``same_id``: one prompted object) or numbered from it (objects found by name), with their phrase."""
         if self._from_body is None:  # made and used in the main thread
             self._from_body = self._transform(to_body=False)
         features = []
         for item in answer.get("features", []):
-            feature = QgsFeature(self.output.fields())
             geom = geo.to_layer(item["geometry"], self._from_body)
             if geom.type() != QgsWkbTypes.PolygonGeometry:
                 continue
             geom.convertToMultiType()
+            feature = QgsFeature(self.output.fields())
             feature.setGeometry(geom)
             props = item.get("properties", {})
-            feature.setAttributes([object_id, float(props.get("score", 0.0)), count, answer.get("model", self.model),
-                                   None])
+            object_id = first_id if same_id else first_id + len(features)
+            feature.setAttributes([object_id, float(props.get("score", 0.0)), prompts, answer.get("model", self.model),
+                                   props.get("phrase", phrase)])
             features.append(feature)
-        self._replace(object_id, features)
+        return features
+
+    def _show(self, object_id: int, count: int, answer: dict[str, Any]) -> None:
+        self._replace(object_id, self._features(answer, object_id, True, count))
 
     def _replace(self, object_id: int, features: list[QgsFeature]) -> None:
         provider = self.output.dataProvider()
@@ -385,10 +408,7 @@ class PromptSession(QObject):
         if view.isEmpty():
             self.failed.emit("the view does not show the raster; pan to the imagery first")
             return
-        px, py = geo.pixel_size(self.layer)
-        centre = view.center()
-        half_w, half_h = min(view.width(), MAX_VIEW_PIXELS * px) / 2, min(view.height(), MAX_VIEW_PIXELS * py) / 2
-        view = QgsRectangle(centre.x() - half_w, centre.y() - half_h, centre.x() + half_w, centre.y() + half_h)
+        view = self._capped(view.center().x(), view.center().y(), view.width(), view.height())
         if self.busy:
             self.failed.emit("wait for the answer in progress, then search again")
             return
@@ -399,48 +419,24 @@ class PromptSession(QObject):
 
         def work() -> None:
             try:
-                to_body = self._connect()
-                payload = {"bbox": geo.lnglat_bbox(geo.rect_points(view), to_body),
-                           "prompt": [{"type": "text", "data": phrase}], "zoom": 0, "source_type": SOURCE_NAME}
+                payload = request_body([{"type": "text", "data": phrase}], view, self._connect())
                 relay.found.emit((phrase, self.server.segment(payload), time.monotonic() - started))
             except (ServiceError, geo.CrsError, OSError, ValueError, KeyError) as exc:
                 relay.found.emit((phrase, exc, time.monotonic() - started))
 
         threading.Thread(target=work, daemon=True).start()
 
-    def _found(self, result: tuple[str, Any, float]) -> None:
-        try:
-            self._take_found(*result)
-        except Exception as exc:  # noqa: BLE001 - an exception escaping a slot aborts QGIS
-            self.last_error = f"cannot show the answer of samadapt serve: {exc}"
-            self.failed.emit(self.last_error)
-        finally:
-            self.busy = False
-            self.changed.emit()
-
     def _take_found(self, phrase: str, answer: Any, seconds: float) -> None:
         self.busy = False
         if isinstance(answer, Exception):
             self.last_error = str(answer)
             self.failed.emit(str(answer))
+            self.changed.emit()
             return
         self.last_answer, self.last_error = answer, None
-        if self._from_body is None:
-            self._from_body = self._transform(to_body=False)
         first = max(o.object_id for o in self.objects) + (1 if self.current.prompts else 0)
         first = max(first, self._last_id + 1)
-        features = []
-        for k, item in enumerate(answer.get("features", [])):
-            geom = geo.to_layer(item["geometry"], self._from_body)
-            if geom.type() != QgsWkbTypes.PolygonGeometry:
-                continue
-            geom.convertToMultiType()
-            feature = QgsFeature(self.output.fields())
-            feature.setGeometry(geom)
-            props = item.get("properties", {})
-            feature.setAttributes([first + k, float(props.get("score", 0.0)), 0, answer.get("model", self.model),
-                                   props.get("phrase", phrase)])
-            features.append(feature)
+        features = self._features(answer, first, False, 0, phrase)
         if features:
             self.output.dataProvider().addFeatures(features)
             self.output.updateExtents()
@@ -449,6 +445,7 @@ class PromptSession(QObject):
             if not self.current.prompts:  # the next click starts after the found objects
                 self.current.object_id = self._last_id + 1
         self.status.emit(f"found {len(features)} object(s) named {phrase!r} ({seconds:.1f} s)")
+        self.changed.emit()
 
     def wait(self, timeout_s: float = 600.0) -> bool:
         """Process Qt events until no request is in flight (tests, scripts); True when idle in time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,10 @@ def features(session: Any) -> dict[int, Any]:
     return {f["object_id"]: f for f in session.output.getFeatures()}
 
 
-def start_session(canvas: Any, layer: Any, exe: str, model: str, detector: str = "") -> tuple[Any, Any]:
+@contextmanager
+def prompting(canvas: Any, layer: Any, exe: str, model: str, detector: str = "") -> Iterator[Any]:
+    """A session serving ``layer`` with its map tool on ``canvas``; the tool and the server go on exit.
+    ``session.messages`` collects its status lines (failures prefixed "FAILED")."""
     from samadapt_qgis.maptool import PromptMapTool
     from samadapt_qgis.session import PromptSession
 
@@ -107,7 +111,11 @@ def start_session(canvas: Any, layer: Any, exe: str, model: str, detector: str =
     session.start()
     tool = PromptMapTool(canvas, session)
     canvas.setMapTool(tool)
-    return session, tool
+    try:
+        yield session
+    finally:
+        tool.clear()
+        session.stop()
 
 
 @pytest.mark.parametrize(("name", "canvas_crs"), [("mars", ""), ("mars_proj", ""), ("moon", ""),
@@ -117,8 +125,7 @@ def test_a_click_gives_a_polygon_at_the_click_in_the_layers_crs(canvas: Any, ras
     from qgis.core import QgsGeometry
 
     layer = show_layer(canvas, rasters[name], canvas_crs)
-    session, tool = start_session(canvas, layer, box_exe, tiny_sam)
-    try:
+    with prompting(canvas, layer, box_exe, tiny_sam) as session:
         target = layer_point(layer, 200.5, 260.5)
         click(canvas, screen_of(canvas, layer, target))
         assert session.wait(300), "no answer from the server"
@@ -136,9 +143,6 @@ def test_a_click_gives_a_polygon_at_the_click_in_the_layers_crs(canvas: Any, ras
         assert 20 * 20 * px * px <= geom.area() <= 28 * 28 * px * px
         assert found[1]["score"] == pytest.approx(1.0, abs=1e-3)
         assert any("computing the image encoding" in m for m in session.messages)
-    finally:
-        tool.clear()
-        session.stop()
 
 
 def test_prompts_undo_new_object_and_save(canvas: Any, rasters: dict[str, Path], box_exe: str, tiny_sam: str,
@@ -146,8 +150,7 @@ def test_prompts_undo_new_object_and_save(canvas: Any, rasters: dict[str, Path],
     from qgis.core import QgsVectorLayer
 
     layer = show_layer(canvas, rasters["mars"])
-    session, tool = start_session(canvas, layer, box_exe, tiny_sam)
-    try:
+    with prompting(canvas, layer, box_exe, tiny_sam) as session:
         first = layer_point(layer, 100.5, 100.5)
         click(canvas, screen_of(canvas, layer, first))
         assert session.wait(300) and session.last_error is None, session.last_error
@@ -198,45 +201,33 @@ def test_prompts_undo_new_object_and_save(canvas: Any, rasters: dict[str, Path],
         assert reopened.isValid() and reopened.featureCount() == 1
         assert [f.name() for f in reopened.fields()][-5:] == ["object_id", "score", "prompts", "model", "phrase"]
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".samadapt-")]  # no temporary left
-    finally:
-        tool.clear()
-        session.stop()
 
 
 def test_a_click_outside_the_raster_is_refused_without_a_request(canvas: Any, rasters: dict[str, Path],
                                                                    box_exe: str, tiny_sam: str) -> None:
     layer = show_layer(canvas, rasters["utm"])
-    session, tool = start_session(canvas, layer, box_exe, tiny_sam)
-    try:
+    with prompting(canvas, layer, box_exe, tiny_sam) as session:
         session.add_point(layer_point(layer, -50, 100))
         assert session.requests == 0
         assert "outside the raster" in session.messages[-1]
-    finally:
-        tool.clear()
-        session.stop()
 
 
 def test_a_server_that_cannot_start_says_why(canvas: Any, rasters: dict[str, Path], samadapt_exe: str,
                                              tmp_path: Path) -> None:
     layer = show_layer(canvas, rasters["utm"])
-    session, tool = start_session(canvas, layer, samadapt_exe, str(tmp_path / "no-such-model"))
-    try:
+    with prompting(canvas, layer, samadapt_exe, str(tmp_path / "no-such-model")) as session:
         session.add_point(layer_point(layer, 100, 100))
         assert session.wait(120)
         assert session.last_error is not None and "samadapt serve stopped" in session.last_error
         assert "no-such-model" in session.last_error
         assert not session.server.running
-    finally:
-        tool.clear()
-        session.stop()
 
 
 def test_find_by_name_adds_each_match_with_its_phrase(canvas: Any, rasters: dict[str, Path], box_exe: str,
                                                       tiny_sam: str) -> None:
     """A text prompt over the view: the detector's box of the bright disc comes back as a polygon over the disc."""
     layer = show_layer(canvas, rasters["moon"])
-    session, tool = start_session(canvas, layer, box_exe, tiny_sam, detector="bright")
-    try:
+    with prompting(canvas, layer, box_exe, tiny_sam, detector="bright") as session:
         click(canvas, screen_of(canvas, layer, layer_point(layer, 400.5, 100.5)))  # object 1, by a click
         assert session.wait(300) and session.last_error is None, session.last_error
         session.find("  pit ", canvas.extent())
@@ -256,22 +247,15 @@ def test_find_by_name_adds_each_match_with_its_phrase(canvas: Any, rasters: dict
         click(canvas, screen_of(canvas, layer, layer_point(layer, 450.5, 450.5)))
         assert session.wait(120) and session.last_error is None, session.last_error
         assert sorted(f["object_id"] for f in session.output.getFeatures()) == [1, 2, 3]
-    finally:
-        tool.clear()
-        session.stop()
 
 
 def test_find_without_a_detector_says_what_is_needed(canvas: Any, rasters: dict[str, Path], box_exe: str,
                                                      tiny_sam: str) -> None:
     layer = show_layer(canvas, rasters["utm"])
-    session, tool = start_session(canvas, layer, box_exe, tiny_sam)
-    try:
+    with prompting(canvas, layer, box_exe, tiny_sam) as session:
         session.find("", canvas.extent())
         assert "type a word" in session.messages[-1] and session.requests == 0
         session.find("pit", canvas.extent())
         assert session.wait(300)
         assert session.last_error is not None and "detector" in session.last_error
         assert session.output.featureCount() == 0
-    finally:
-        tool.clear()
-        session.stop()
