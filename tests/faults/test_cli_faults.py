@@ -28,6 +28,16 @@ MIN_CASES = 2
 METRE_GRID = from_origin(500000.0, 4000000.0, 1.0, 1.0)  # 1 m pixels
 
 
+def _ended_pid() -> int:
+    """The id of a process that has run and been reaped (nothing runs under it now)."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
 @dataclass(frozen=True)
 class World:
     """What the cases work on: inputs that are fine, made once for the module."""
@@ -323,6 +333,9 @@ CASES: list[Case] = [
     Case("serve", "box threshold above 1", lambda w, o: ["-m", str(w.model), "--box-threshold", "1.5"], "threshold"),
     Case("serve", "text threshold without a detector", lambda w, o: ["-m", str(w.model), "--text-threshold", "0.3"],
          "--detector"),
+    Case("serve", "parent pid that is not running", lambda w, o: ["-m", str(w.model), "--parent-pid",
+                                                                   str(_ended_pid())], "no such process"),
+    Case("serve", "parent pid 0", lambda w, o: ["-m", str(w.model), "--parent-pid", "0"], "--parent-pid 0"),
     # info
     Case("info", "unknown model", lambda w, o: ["-m", "sam-vit-gigantic"], "sam-vit-gigantic"),
     Case("info", "unknown runtime", lambda w, o: ["-m", str(w.model), "--runtime", "fp8"], "fp8"),
