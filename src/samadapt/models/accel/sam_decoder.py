@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 #: Bytes of per-prompt image tokens decoded together (8 prompts of sam-vit-base in bf16, 4 in
 #: fp32). Larger tensors are fresh memory maps from the allocator on every operation, and
 #: their page faults cost more than the arithmetic.
-GROUP_BYTES = 16 * 2**20
+GROUP_BYTES = 64 * 2**20
 
 #: Prompts per pass through the decoder: large enough to share the first layer's work,
 #: small enough that the per-prompt image tokens (N x 4096 x 256 floats) stay near 64 MB.
@@ -177,98 +177,158 @@ def _token_self_attention(att: Attention, q: torch.Tensor, v: torch.Tensor, vali
     return _out_proj(att)(out.transpose(1, 2).flatten(2))
 
 
-def _scores(rows: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
-    """(N, R, HW) products of R vectors per prompt with its image tokens plus positional embedding.
+def _self_attention_block(layer: Block, queries: torch.Tensor, tokens: torch.Tensor,
+                          valid: torch.Tensor) -> torch.Tensor:
+    """A two-way block's self-attention among the prompt tokens with its residual and LayerNorm
+    (the first block attends without the token embeddings added and replaces the queries)."""
+    if layer.skip_first_layer_pe:
+        return layer.layer_norm1(_token_self_attention(layer.self_attn, queries, queries, valid))
+    q = queries + tokens
+    return layer.layer_norm1(queries + _token_self_attention(layer.self_attn, q, queries, valid))
 
-    ``rows @ (keys + pe).T`` without materialising ``keys + pe``: the positional product
-    is shared by the prompts' rows in one matrix product, the image product accumulates onto it.
+
+_PROJECTED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[object, ...], torch.Tensor]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _projected_positions(model: nn.Module, att: Attention, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """The image grid's positional embedding through an attention's key or query projection, (HW, heads*d)
+    in ``dtype``, kept per attention and its weights' versions.
+
+    ``name`` "k": ``pe @ Wk.T`` (the key bias adds the same to all scores of a query: left out);
+    "q": ``pe @ Wq.T + bq`` (a query bias changes the image token's scores over the prompt tokens: kept).
     """
-    n, r, c = rows.shape
-    rows = rows.to(keys.dtype)
-    return (rows.reshape(-1, c) @ pe.T).view(n, r, -1).baddbmm_(rows, keys.transpose(1, 2))
+    proj = att.k_proj if name == "k" else att.q_proj
+    pe = image_positional_embedding(model)
+    params = (proj.weight, proj.bias, _sam(model).shared_image_embedding.positional_embedding)
+    key = (dtype, pe.device, *(p._version for p in params), *(id(p) for p in params))
+    kept = _PROJECTED.setdefault(att, {})
+    found = kept.get(name)
+    if found is None or found[0] != key:
+        out = pe @ proj.weight.T if name == "k" else F.linear(pe, proj.weight, proj.bias)
+        found = (key, out.to(dtype).contiguous())
+        kept[name] = found
+    return found[1]
 
 
-def _tokens_to_image(att: Attention, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
-                     shared: dict[object, torch.Tensor] | None) -> torch.Tensor:
-    """Prompt tokens (N, T, C) attend to image tokens ``keys``: (1, HW, C) shared, or (N, HW, C).
+def _block_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """(N, h, T, d) -> (N*h*T, h*d): row (n, i, t) holds x[n, i, t] in head i's d columns, zeros elsewhere.
 
-    The image side's key input is ``keys + pe`` (pe: (HW, C) positional embedding).
-    ``shared`` keeps the projections of shared image tokens for the next group of prompts;
-    None when ``keys`` are each prompt's own.
+    A product with a (h*d)-wide per-head projection is then each row's product with its own head's part:
+    all prompts and heads in one matrix product, laid out as the scores need.
     """
-    h, (n, t, c) = att.num_attention_heads, q.shape
+    n, h, t, d = x.shape
+    eye = torch.eye(h, dtype=x.dtype, device=x.device)
+    return torch.einsum("nitd,ij->nitjd", x, eye).reshape(n * h * t, h * d)
+
+
+def _fold_queries(att: Attention, q: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-token queries (N, T, C) of a token-to-image attention folded into its key weights, for each
+    prompt's own image tokens.
+
+    Returns:
+        (N, heads*T, C) rows whose products with the image tokens are the scores' image part (the key bias
+        adds the same number to every score of a query, which the softmax over the image ignores), and
+        the (N*heads*T, heads*d) block-diagonal scaled queries whose product with the projected positional
+        embedding (:func:`_projected_positions`) is the positional part.
+    """
+    h, c = att.num_attention_heads, q.shape[-1]
+    d = att.internal_dim // h
+    qh = _split(att.q_proj(q), h) * d**-0.5  # (N, h, T, d)
+    rows = torch.einsum("nhtd,hdc->nhtc", qh, att.k_proj.weight.view(h, d, c)).flatten(1, 2)
+    return rows.to(dtype), _block_diagonal(qh).to(dtype)
+
+
+def _tokens_to_image_shared(att: Attention, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
+                            shared: dict[object, torch.Tensor]) -> torch.Tensor:
+    """Prompt tokens (N, T, C) attend to the image tokens all prompts share, ``keys`` (1, HW, C) (key input
+    ``keys + pe``); ``shared`` keeps their projections for the next group of prompts."""
+    h, (n, t, _c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h)  # (N, h, T, d)
-    if shared is not None:  # shared image tokens: project them once, queries of all prompts in one call
-        if (att, "kv") not in shared:
-            shared[att, "kv"] = torch.stack([_split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)])
-        kh, vh = shared[att, "kv"]
-        out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
-        out = out.view(h, n, t, d).permute(1, 2, 0, 3)
-        return _out_proj(att)(out.reshape(n, t, h * d))
-    # Per-prompt image tokens: fold each query into the key weights. The key bias adds the
-    # same number to every score of a query, which the softmax ignores; the positional part
-    # is a product of its own rather than a sum over all image tokens of every prompt.
-    wk = att.k_proj.weight.view(h, d, c)
-    qk = torch.einsum("nhtd,hdc->nhtc", qh * d**-0.5, wk).reshape(n, h * t, c)
-    scores = _scores(qk, keys, pe)
-    weights = torch.softmax(scores, dim=-1)  # (N, h*T, HW), over the image
-    ctx = torch.bmm(weights, keys).view(n, h, t, c).float()  # weighted image tokens
+    if (att, "kv") not in shared:
+        shared[att, "kv"] = torch.stack([_split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)])
+    kh, vh = shared[att, "kv"]
+    out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
+    out = out.view(h, n, t, d).permute(1, 2, 0, 3)
+    return _out_proj(att)(out.reshape(n, t, h * d))
+
+
+def _tokens_to_image(att: Attention, scores: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
+    """Prompt tokens attend to each prompt's own image tokens ``keys`` (N of (HW, C)), given the scores
+    (HW, N, heads*T) of their folded queries (:func:`_fold_queries`) against ``keys + pe``."""
+    h, (_hw, n, ht), c = att.num_attention_heads, scores.shape, keys[0].shape[-1]
+    t, d = ht // h, att.internal_dim // h
+    weights = torch.softmax(scores, dim=0)  # over the image
+    ctx = torch.stack([weights[:, p].T @ k for p, k in enumerate(keys)]).view(n, h, t, c).float()
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
     return _out_proj(att)(out.reshape(n, t, h * d))
 
 
-def _image_to_tokens(att: Attention, keys: torch.Tensor, pe: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
-                     padding: torch.Tensor, dtype: torch.dtype,
-                     shared: dict[object, torch.Tensor] | None, out: torch.Tensor) -> torch.Tensor:
-    """Image tokens (1 shared or N, HW, C) (query input ``keys + pe``) attend to prompt tokens (N, T, C).
+def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
+                     q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, dtype: torch.dtype,
+                     shared: dict[object, torch.Tensor] | None,
+                     following: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+    """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's
+    LayerNorm follows. One prompt at a time: its attention update, the LayerNorm and the next
+    attention's scores are computed while its image tokens are in the caches, one read and one
+    write of them per layer.
 
-    Scores are laid out (N, heads, T, HW) so the softmax over the few prompt tokens runs
+    Scores are laid out (heads, T, HW) so the softmax over the few prompt tokens runs
     along a long contiguous axis.
 
     Args:
+        keys: (1, HW, C) float32 image tokens all prompts share (``shared`` given) or each prompt's own,
+            N of (HW, C) in ``dtype``.
         padding: (N, T) 0 for tokens, -inf for padding.
-        dtype: dtype of the result (the per-prompt image tokens).
+        dtype: dtype of the result (each prompt's own image tokens).
         shared: projections of shared image tokens kept for the next group of prompts; None
             when ``keys`` are each prompt's own.
-        out: (N, HW, C) tensor of ``dtype`` to write the result into.
+        following: rows (N, R, C) of the next token-to-image attention's folded queries (:func:`_fold_queries`)
+            and that attention's scores (HW, N, R), holding their positional part, to which the products of
+            the rows with the result are added.
 
     Returns:
-        ``keys`` plus the attention's update, (N, HW, C).
+        ``norm(keys + update)`` for each prompt, N of (HW, C).
     """
     h, (n, t, c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
-    if shared is not None:  # shared image tokens: project them once
+    if isinstance(keys, torch.Tensor):  # shared image tokens: project them once, all scores in one product
+        assert shared is not None
         if (att, "q") not in shared:
-            shared[att, "q"] = att.q_proj(keys[0] + pe).view(-1, h, d).permute(1, 2, 0)  # (h, d, HW)
-        qh = shared[att, "q"]
-        scores = torch.bmm(kh.transpose(0, 1).reshape(h, n * t, d), qh)  # (h, N*T, HW), heads first
-        scores = scores.view(h, n, t, -1).transpose(0, 1).add(bias)  # (N, h, T, HW)
-    else:  # fold the prompt keys into the query weights
-        wq, bq = att.q_proj.weight.view(h, d, c), att.q_proj.bias.view(1, h, 1, d)
-        kq = torch.einsum("nhtd,hdc->nhtc", kh, wq).reshape(n, h * t, c)
-        bias = bias + (kh * bq).sum(-1, keepdim=True)
-        scores = _scores(kq, keys, pe).view(n, h, t, -1).add_(bias.to(keys.dtype))
-    weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
+            shared[att, "q"] = att.q_proj(keys[0] + image_positional_embedding(model))  # (HW, h*d)
+        scores = (_block_diagonal(kh) @ shared[att, "q"].T).view(n, h, t, -1).add_(bias)
+        weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
+        keys = [keys[0].to(dtype)] * n
+    else:  # fold the prompt keys into the query weights; the positional part of all prompts in one product
+        kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c).to(dtype)
+        pq = _projected_positions(model, att, "q", dtype)
+        positional = (_block_diagonal(kh.to(dtype)) @ pq.T).view(n, h, t, -1).add_(bias.to(dtype)).view(n, h * t, -1)
     proj = _out_proj(att)
     wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
     # the output bias rides on each head's values as bias / heads.
-    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
-    # The residual is the accumulator of the product: one pass over the N x HW x C result. Each prompt's
-    # own image tokens (a workspace no later step reads) take the update in place, saving a copy of them.
-    if shared is None and keys.dtype == dtype and keys.shape[0] == n:
-        return keys.baddbmm_(weights.transpose(1, 2), vo.to(dtype))
-    return torch.baddbmm(keys.to(dtype), weights.transpose(1, 2), vo.to(dtype), out=out)
+    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c).to(dtype)
+    rows, scores = following
+    out = []
+    for p, x in enumerate(keys):
+        if shared is not None:
+            w = weights[p]
+        else:
+            w = torch.softmax(torch.addmm(positional[p], kq[p], x.T).view(h, t, -1), dim=1).view(h * t, -1)
+        new = F.layer_norm(torch.addmm(x, w.T, vo[p]), (c,), norm.weight, norm.bias, norm.eps)
+        scores[:, p].addmm_(new, rows[p].T)
+        out.append(new)
+    return out
 
 
-#: Image tokens (of all prompts in a group) per block of the upscaling: its intermediates
-#: (16 pixels per token) stay in the caches instead of making several passes over memory.
-UPSCALE_TOKENS = 16384
+#: Image tokens of one prompt per block of the upscaling: its intermediates (16 pixels per
+#: token) stay in the caches instead of making several passes over memory.
+UPSCALE_TOKENS = 4096
 
 _UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
     weakref.WeakKeyDictionary())
@@ -314,48 +374,49 @@ def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
     return s0, s1
 
 
-def _upscale_masks(dec: Decoder, keys: torch.Tensor, hyper: torch.Tensor, side: int,
+def _upscale_masks(dec: Decoder, keys: list[torch.Tensor], hyper: torch.Tensor, side: int,
                    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                    features: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask logits (N, M, 4 side, 4 side) from image tokens (N, side*side, C) and hypernetwork rows (N, M, C/8).
+    """Mask logits (N, M, 4 side, 4 side) from image tokens (N of (side*side, C)) and hypernetwork rows (N, M, C/8).
 
     ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
     them, added after the first and second transposed convolutions. ``features`` (SAM-HQ): an
     (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
     is (N, 4 side, 4 side, C/8) channels-last.
 
-    Runs in the image tokens' dtype, rows of tokens up to :data:`UPSCALE_TOKENS` at a time: both
-    transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
+    Runs in the image tokens' dtype, one prompt and rows of tokens up to :data:`UPSCALE_TOKENS` at a
+    time: both transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
     rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
     comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
     products by a1 and a2 makes each output row a contiguous run, written in place.
     """
-    n, _, c = keys.shape
-    m, dtype = hyper.shape[1], keys.dtype
+    n, (m, c2) = len(keys), hyper.shape[1:]
+    dtype = keys[0].dtype
     w1a, w1b, b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
-    c1, c2 = gamma.shape[0], b2.shape[0] // 2
+    c1 = gamma.shape[0]
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
     s0, s1 = high_res if high_res is not None else (None, None)
-    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys.device)  # (.., r, a1, a2, col)
-    step = max(1, UPSCALE_TOKENS // (n * side))
-    for r in range(0, side, step):
-        e = min(r + step, side)
-        x = keys[:, r * side : e * side].reshape(-1, c)
-        for a1, w1 in enumerate((w1a, w1b)):
-            up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (n, r, col, b1): pixel (2 r + a1, 2 col + b1)
-            if s1 is not None:
-                up = up.view(n, -1, c1).add_(s1[a1, r:e].reshape(1, -1, c1)).view(-1, c1)
-            # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
-            up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
-            for a2, w2 in enumerate((w2a, w2b)):
-                pixels = torch.addmm(b2, up, w2).view(n, -1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
-                if s0 is not None:
-                    pixels.add_(s0[2 * a1 + a2, r:e].reshape(1, -1, c2))
-                pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
-                if features is not None:
-                    features[:, r:e, a1, a2].copy_(pixels.view(n, e - r, 4 * side, c2))
-                out[:, :, r:e, a1, a2].copy_(torch.bmm(rows, pixels.transpose(1, 2)).view(n, m, e - r, -1))
+    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys[0].device)  # (.., r, a1, a2, col)
+    step = max(1, UPSCALE_TOKENS // side)
+    for p, tokens in enumerate(keys):
+        for r in range(0, side, step):
+            e = min(r + step, side)
+            x = tokens[r * side : e * side]
+            for a1, w1 in enumerate((w1a, w1b)):
+                up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
+                if s1 is not None:
+                    up.add_(s1[a1, r:e].reshape(-1, c1))
+                # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
+                up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
+                for a2, w2 in enumerate((w2a, w2b)):
+                    pixels = torch.addmm(b2, up, w2).view(-1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
+                    if s0 is not None:
+                        pixels.add_(s0[2 * a1 + a2, r:e].reshape(-1, c2))
+                    pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
+                    if features is not None:
+                        features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
+                    out[p, :, r:e, a1, a2].copy_(torch.mm(rows[p], pixels.T).view(m, e - r, -1))
     return out.view(n, m, 4 * side, 4 * side)
 
 
@@ -374,15 +435,6 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
             found = torch.empty(shape, dtype=dtype, device=device)
         setattr(_WORKSPACE, name, found)
     return found
-
-
-def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` written into ``out``."""
-    stats = x.shape[:-1] + (1,)
-    mean, rstd = (torch.empty(stats, dtype=torch.float32, device=x.device) for _ in range(2))
-    torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
-                                         out0=out, out1=mean, out2=rstd)
-    return out
 
 
 def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
@@ -436,7 +488,6 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
     pe = image_positional_embedding(model)
-    pe_low = pe.to(dtype)
     # SAM 2 puts an object-score token before SAM's IoU and mask tokens
     sam2 = _sam2_decoder(dec)
     first = [sam2.obj_score_token.weight] if sam2 is not None else []
@@ -446,22 +497,30 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
-    queries = tokens
-    for i, layer in enumerate(_blocks(dec)):
-        share = shared if i == 0 else None  # each prompt's own image tokens after the first layer
-        if layer.skip_first_layer_pe:
-            queries = layer.layer_norm1(_token_self_attention(layer.self_attn, queries, queries, valid))
+    layers = list(_blocks(dec))
+    queries = _self_attention_block(layers[0], tokens, tokens, valid)
+    own: list[torch.Tensor] = []  # each prompt's own image tokens, after the first layer
+    scores = torch.empty(0)  # the next token-to-image attention's scores, formed with ``own``
+    for i, layer in enumerate(layers):
+        if i == 0:  # the first layer reads the image tokens all prompts share
+            att = _tokens_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, keys, pe, shared)
         else:
-            q = queries + tokens
-            queries = layer.layer_norm1(queries + _token_self_attention(layer.self_attn, q, queries, valid))
-        key_pe = pe if keys.dtype == pe.dtype else pe_low
-        att = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, key_pe, share)
+            att = _tokens_to_image(layer.cross_attn_token_to_image, scores, own)
         queries = layer.layer_norm2(queries + att)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
-        pre = _image_to_tokens(layer.cross_attn_image_to_token, keys, key_pe, queries + tokens, queries, padding,
-                               dtype, share, _workspace("pre", (n, *pe.shape), dtype, pe.device))
-        keys = _layer_norm(layer.layer_norm4, pre, _workspace(f"keys{i % 2}", pre.shape, dtype, pe.device))
-    att = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pe_low, None)
+        # the next token-to-image attention's queries need only the prompt tokens: fold them now, so
+        # that its scores are formed while the image tokens it reads are computed
+        if i + 1 < len(layers):
+            following = _self_attention_block(layers[i + 1], queries, tokens, valid)
+            nxt = layers[i + 1].cross_attn_token_to_image
+        else:
+            following, nxt = queries, tr.final_attn_token_to_image
+        rows, diagonal = _fold_queries(nxt, following + tokens, dtype)
+        scores = (_projected_positions(model, nxt, "k", dtype) @ diagonal.T).view(pe.shape[0], n, -1)
+        own = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, own or keys,
+                               queries + tokens, queries, padding, dtype, shared if i == 0 else None, (rows, scores))
+        queries = following
+    att = _tokens_to_image(tr.final_attn_token_to_image, scores, own)
     queries = tr.layer_norm_final_attn(queries + att)
     # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
     dynamic = not multimask and sam2 is not None and sam2.dynamic_multimask_via_stability
@@ -470,11 +529,11 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
     if hq is None:
-        masks = _upscale_masks(dec, keys, hyper, side, high_res)
+        masks = _upscale_masks(dec, own, hyper, side, high_res)
     else:
         hq_dec, hq_image = hq
-        features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), keys.dtype, keys.device)
-        masks = _upscale_masks(dec, keys, hyper, side, high_res, features)
+        features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
+        masks = _upscale_masks(dec, own, hyper, side, high_res, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
                             multimask)
