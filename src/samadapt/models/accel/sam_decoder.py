@@ -256,11 +256,11 @@ def _tokens_to_image_shared(att: Attention, q: torch.Tensor, keys: torch.Tensor,
 
 def _tokens_to_image(att: Attention, scores: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
     """Prompt tokens attend to each prompt's own image tokens ``keys`` (N of (HW, C)), given the scores
-    (HW, N, heads*T) of their folded queries (:func:`_fold_queries`) against ``keys + pe``."""
-    h, (_hw, n, ht), c = att.num_attention_heads, scores.shape, keys[0].shape[-1]
+    (N, heads*T, HW) of their folded queries (:func:`_fold_queries`) against ``keys + pe``."""
+    h, (n, ht, _hw), c = att.num_attention_heads, scores.shape, keys[0].shape[-1]
     t, d = ht // h, att.internal_dim // h
-    weights = torch.softmax(scores, dim=0)  # over the image
-    ctx = torch.stack([weights[:, p].T @ k for p, k in enumerate(keys)]).view(n, h, t, c).float()
+    weights = torch.softmax(scores, dim=-1)  # over the image
+    ctx = torch.stack([weights[p] @ k for p, k in enumerate(keys)]).view(n, h, t, c).float()
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
     return _out_proj(att)(out.reshape(n, t, h * d))
@@ -286,7 +286,7 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         shared: projections of shared image tokens kept for the next group of prompts; None
             when ``keys`` are each prompt's own.
         following: rows (N, R, C) of the next token-to-image attention's folded queries (:func:`_fold_queries`)
-            and that attention's scores (HW, N, R), holding their positional part, to which the products of
+            and that attention's scores (N, R, HW), holding their positional part, to which the products of
             the rows with the result are added.
 
     Returns:
@@ -321,7 +321,7 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         else:
             w = torch.softmax(torch.addmm(positional[p], kq[p], x.T).view(h, t, -1), dim=1).view(h * t, -1)
         new = F.layer_norm(torch.addmm(x, w.T, vo[p]), (c,), norm.weight, norm.bias, norm.eps)
-        scores[:, p].addmm_(new, rows[p].T)
+        scores[p].addmm_(rows[p], new.T)
         out.append(new)
     return out
 
@@ -516,7 +516,7 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
         else:
             following, nxt = queries, tr.final_attn_token_to_image
         rows, diagonal = _fold_queries(nxt, following + tokens, dtype)
-        scores = (_projected_positions(model, nxt, "k", dtype) @ diagonal.T).view(pe.shape[0], n, -1)
+        scores = (diagonal @ _projected_positions(model, nxt, "k", dtype).T).view(n, -1, pe.shape[0])
         own = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, own or keys,
                                queries + tokens, queries, padding, dtype, shared if i == 0 else None, (rows, scores))
         queries = following
