@@ -249,6 +249,41 @@ def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Pat
     assert len(sam_hq_decoder._FEATURES) == held - 1  # gone with its embedding
 
 
+@pytest.mark.parametrize("family", ["sam", "sam2"])
+def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, Path], family: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first layer's projections of the image tokens are computed once per embedding, follow weight
+    changes, are not shared between models, and go with their embedding."""
+    import gc
+
+    loaded = _livelier(load_model(tiny_models[family]))
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    computed: list[int] = []
+    kept = sam_decoder._FIRST_LAYER
+    real_get = kept.get
+    monkeypatch.setattr(kept, "get", lambda tensor, key, others, compute: real_get(
+        tensor, key, others, lambda: computed.append(1) or compute()))
+    prompts = _prompts(300, n=4)
+    first = seg.decode(emb, prompts)
+    again = seg.decode(emb, prompts[:2])
+    assert len(computed) == 1
+    torch.testing.assert_close(again[0], first[0][:2])
+    layer = loaded.model.mask_decoder.transformer.layers[0]
+    for weight in (layer.cross_attn_image_to_token.q_proj.weight, loaded.model.prompt_encoder.no_mask_embed.weight):
+        with torch.no_grad():
+            weight.mul_(1.5)
+        _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
+    assert len(computed) == 3
+    second = _livelier(load_model(tiny_models[family]), seed=1)  # another decoder on the same embedding
+    _check_agreement(Segmenter(second, cache=False).decode(emb, prompts), _reference(second, emb, prompts, True))
+    assert len(computed) == 4
+    held = len(kept)
+    del emb
+    gc.collect()
+    assert len(kept) == held - 1  # gone with its embedding
+
+
 def _full_size_config(family: str):
     """SAM-HQ's or SAM 2's decoder at full size (256 channels, 64x64 embedding, 1024 px) behind a small encoder."""
     from transformers import Sam2Config, SamHQConfig

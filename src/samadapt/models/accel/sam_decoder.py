@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samadapt.models.accel.fast_encoder import tensor_identity
+from samadapt.models.accel.kept import KeptBeside
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
@@ -239,17 +241,39 @@ def _fold_queries(att: Attention, q: torch.Tensor, dtype: torch.dtype) -> tuple[
     return rows.to(dtype), _block_diagonal(qh).to(dtype)
 
 
-def _tokens_to_image_shared(att: Attention, q: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
-                            shared: dict[object, torch.Tensor]) -> torch.Tensor:
-    """Prompt tokens (N, T, C) attend to the image tokens all prompts share, ``keys`` (1, HW, C) (key input
-    ``keys + pe``); ``shared`` keeps their projections for the next group of prompts."""
+#: Per image-embedding tensor: the first layer's projections of its image tokens (:func:`_first_layer`).
+_FIRST_LAYER: KeptBeside[tuple[torch.Tensor, torch.Tensor]] = KeptBeside()
+
+
+def _first_layer(model: Model, image: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first layer's projections of the image tokens all prompts share, ``keys`` (1, HW, C), made from the
+    embedding ``image``: the token-to-image attention's keys and values (2, 1, heads, HW, d) and the
+    image-to-token attention's queries (HW, heads*d), all float32.
+
+    They depend on the embedding and the weights alone, so they are kept beside the embedding tensor
+    (changed weights or embedding values recompute).
+    """
+    layer = next(iter(_blocks(model.mask_decoder)))
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    params = (*(p for m in (t2i, i2t) for p in m.parameters()), model.prompt_encoder.no_mask_embed.weight,
+              model.shared_image_embedding.positional_embedding)
+    key = (*tensor_identity(image), *(v for p in params for v in tensor_identity(p)))
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        pe, h = image_positional_embedding(model), t2i.num_attention_heads
+        kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
+        return kv, i2t.q_proj(keys[0] + pe)
+
+    return _FIRST_LAYER.get(image, key, (model,), compute)
+
+
+def _tokens_to_image_shared(att: Attention, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Prompt tokens (N, T, C) attend to the image tokens all prompts share, given their key and value
+    projections ``kv`` (:func:`_first_layer`)."""
     h, (n, t, _c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h)  # (N, h, T, d)
-    if (att, "kv") not in shared:
-        shared[att, "kv"] = torch.stack([_split(att.k_proj(keys + pe), h), _split(att.v_proj(keys), h)])
-    kh, vh = shared[att, "kv"]
-    out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kh, vh)
+    out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, n * t, d), kv[0], kv[1])
     out = out.view(h, n, t, d).permute(1, 2, 0, 3)
     return _out_proj(att)(out.reshape(n, t, h * d))
 
@@ -268,7 +292,7 @@ def _tokens_to_image(att: Attention, scores: torch.Tensor, keys: list[torch.Tens
 
 def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
                      q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, dtype: torch.dtype,
-                     shared: dict[object, torch.Tensor] | None,
+                     shared: torch.Tensor | None,
                      following: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
     """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's
     LayerNorm follows. One prompt at a time: its attention update, the LayerNorm and the next
@@ -283,7 +307,7 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
             N of (HW, C) in ``dtype``.
         padding: (N, T) 0 for tokens, -inf for padding.
         dtype: dtype of the result (each prompt's own image tokens).
-        shared: projections of shared image tokens kept for the next group of prompts; None
+        shared: the query projections (HW, heads*d) of shared image tokens (:func:`_first_layer`); None
             when ``keys`` are each prompt's own.
         following: rows (N, R, C) of the next token-to-image attention's folded queries (:func:`_fold_queries`)
             and that attention's scores (N, R, HW), holding their positional part, to which the products of
@@ -297,11 +321,9 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
-    if isinstance(keys, torch.Tensor):  # shared image tokens: project them once, all scores in one product
+    if isinstance(keys, torch.Tensor):  # shared image tokens: all scores in one product
         assert shared is not None
-        if (att, "q") not in shared:
-            shared[att, "q"] = att.q_proj(keys[0] + image_positional_embedding(model))  # (HW, h*d)
-        scores = (_block_diagonal(kh) @ shared[att, "q"].T).view(n, h, t, -1).add_(bias)
+        scores = (_block_diagonal(kh) @ shared.T).view(n, h, t, -1).add_(bias)
         weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
         keys = [keys[0].to(dtype)] * n
     else:  # fold the prompt keys into the query weights; the positional part of all prompts in one product
@@ -465,9 +487,9 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # Groups of prompts whose own image tokens stay under GROUP_BYTES; the projections of
-    # the shared image tokens are computed for the first group and reused by the others.
+    # the shared image tokens serve all of them (and the next calls on this embedding).
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
-    shared: dict[object, torch.Tensor] = {}
+    shared = _first_layer(sam, image, keys)
     if high_res is not None:  # once for all groups
         high_res = _regroup_high_res(high_res, side, dtype)
     hq_dec = _hq_decoder(sam.mask_decoder)
@@ -478,12 +500,15 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
 
 
 def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
-                  dtype: torch.dtype, shared: dict[object, torch.Tensor],
+                  dtype: torch.dtype, shared: tuple[torch.Tensor, torch.Tensor],
                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                   hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`decode_sam` for one group of prompts; ``keys`` (1, HW, C) are the shared image tokens,
-    ``hq`` SAM-HQ's decoder and its image-side mask features from
-    :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`."""
+    """:func:`decode_sam` for one group of prompts.
+
+    ``keys`` (1, HW, C) are the shared image tokens and ``shared`` their projections in the first layer
+    (:func:`_first_layer`); ``hq`` SAM-HQ's decoder and its image-side mask features from
+    :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`.
+    """
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
@@ -503,7 +528,7 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     scores = torch.empty(0)  # the next token-to-image attention's scores, formed with ``own``
     for i, layer in enumerate(layers):
         if i == 0:  # the first layer reads the image tokens all prompts share
-            att = _tokens_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, keys, pe, shared)
+            att = _tokens_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, shared[0])
         else:
             att = _tokens_to_image(layer.cross_attn_token_to_image, scores, own)
         queries = layer.layer_norm2(queries + att)
@@ -518,7 +543,7 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
         rows, diagonal = _fold_queries(nxt, following + tokens, dtype)
         scores = (diagonal @ _projected_positions(model, nxt, "k", dtype).T).view(n, -1, pe.shape[0])
         own = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, own or keys,
-                               queries + tokens, queries, padding, dtype, shared if i == 0 else None, (rows, scores))
+                               queries + tokens, queries, padding, dtype, shared[1] if i == 0 else None, (rows, scores))
         queries = following
     att = _tokens_to_image(tr.final_attn_token_to_image, scores, own)
     queries = tr.layer_norm_final_attn(queries + att)

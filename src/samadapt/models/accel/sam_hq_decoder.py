@@ -18,14 +18,14 @@ layout copies.
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
+from samadapt.models.accel.kept import KeptBeside
 
 if TYPE_CHECKING:
     from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
@@ -67,21 +67,11 @@ def hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.Tensor | 
     params = [p for name in _IMAGE_MODULES for p in getattr(dec, name).parameters()]
     key = (dtype, *tensor_identity(image), *(tensor_identity(vit) if vit is not None else ()),
            *(v for p in params for v in tensor_identity(p)))
-    found = _FEATURES.get(id(image))
-    if found is not None and found[0] == key and all(
-            ref() is obj for ref, obj in zip(found[1], (image, vit, dec), strict=False)):
-        return found[2]
-    features = _compute_hq_features(dec, image, vit, dtype)
-    if found is None:  # the first entry for this tensor: forget it when the tensor goes
-        weakref.finalize(image, _FEATURES.pop, id(image), None)
-    refs = (weakref.ref(image), (lambda: None) if vit is None else weakref.ref(vit), weakref.ref(dec))
-    _FEATURES[id(image)] = (key, refs, features)
-    return features
+    return _FEATURES.get(image, key, (vit, dec), lambda: _compute_hq_features(dec, image, vit, dtype))
 
 
-#: id of an image-embedding tensor -> (key, weak references to it, its ViT features and the decoder,
-#: the HQ features). A WeakKeyDictionary cannot hold tensors: its lookups compare keys with ``==``.
-_FEATURES: dict[int, tuple[tuple[object, ...], tuple[Any, ...], torch.Tensor]] = {}
+#: Per image-embedding tensor: the HQ features.
+_FEATURES: KeptBeside[torch.Tensor] = KeptBeside()
 
 
 def _compute_hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.Tensor | None,

@@ -1,0 +1,49 @@
+"""Values computed from a tensor (an image embedding), kept while that tensor lives.
+
+The decoder's image-side work (SAM-HQ's image features, the first decoder layer's projections of
+the image tokens) depends on the embedding and the weights alone. Kept beside the embedding, the
+next prompts on it (a cached embedding in the service, the next click in QGIS) skip that work.
+A dictionary keyed by the tensor cannot be used: tensors compare with ``==`` elementwise and
+cannot be weakly keyed by value, so entries are keyed by ``id`` and dropped when the tensor goes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
+T = TypeVar("T")
+
+
+def _reference(obj: object) -> Callable[[], object]:
+    """A weak reference to ``obj``; None is referred to by a function returning None."""
+    return (lambda: None) if obj is None else weakref.ref(obj)
+
+
+class KeptBeside(Generic[T]):
+    """Per tensor, the last value computed from it, with the key (versions of the tensor and of the
+    weights used) and the other objects it was computed with. A different key or object recomputes."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[tuple[object, ...], tuple[Any, ...], T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, tensor: torch.Tensor, key: tuple[object, ...], others: tuple[object, ...],
+            compute: Callable[[], T]) -> T:
+        """The value kept for ``tensor`` under ``key`` and ``others``, else ``compute()`` kept in its place."""
+        found = self._entries.get(id(tensor))
+        if found is not None and found[0] == key and all(
+                ref() is obj for ref, obj in zip(found[1], (tensor, *others), strict=True)):
+            return found[2]
+        value = compute()
+        if found is None:  # the first entry for this tensor: forget it when the tensor goes
+            weakref.finalize(tensor, self._entries.pop, id(tensor), None)
+        self._entries[id(tensor)] = (key, tuple(_reference(o) for o in (tensor, *others)), value)
+        return value
