@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +50,13 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside
+from samadapt.models.accel.parallel import map_prompts, prompt_threads
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import TypeAlias
 
     from transformers.models.sam.modeling_sam import (
@@ -213,6 +214,16 @@ def _projected_positions(model: nn.Module, att: Attention, name: str, dtype: tor
     return found[1]
 
 
+#: Elements of a prompt's image tokens from which prompts are decoded in threads of their own
+#: (:func:`~samadapt.models.accel.parallel.map_prompts`); smaller ones cost less than the hand-over.
+SPLIT_ELEMENTS = 2**18
+
+
+def _threaded(tokens: torch.Tensor) -> bool:
+    """Whether the per-prompt work on image tokens like ``tokens`` (one prompt's) goes to threads."""
+    return tokens.numel() >= SPLIT_ELEMENTS
+
+
 def _block_diagonal(x: torch.Tensor) -> torch.Tensor:
     """(N, h, T, d) -> (N*h*T, h*d): row (n, i, t) holds x[n, i, t] in head i's d columns, zeros elsewhere.
 
@@ -231,38 +242,42 @@ def _fold_queries(att: Attention, q: torch.Tensor, dtype: torch.dtype) -> tuple[
     Returns:
         (N, heads*T, C) rows whose products with the image tokens are the scores' image part (the key bias
         adds the same number to every score of a query, which the softmax over the image ignores), and
-        the (N*heads*T, heads*d) block-diagonal scaled queries whose product with the projected positional
+        the (N, heads*T, heads*d) block-diagonal scaled queries whose product with the projected positional
         embedding (:func:`_projected_positions`) is the positional part.
     """
     h, c = att.num_attention_heads, q.shape[-1]
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h) * d**-0.5  # (N, h, T, d)
     rows = torch.einsum("nhtd,hdc->nhtc", qh, att.k_proj.weight.view(h, d, c)).flatten(1, 2)
-    return rows.to(dtype), _block_diagonal(qh).to(dtype)
+    return rows.to(dtype), _block_diagonal(qh).view(rows.shape[0], rows.shape[1], -1).to(dtype)
 
 
-#: Per image-embedding tensor: the first layer's projections of its image tokens (:func:`_first_layer`).
-_FIRST_LAYER: KeptBeside[tuple[torch.Tensor, torch.Tensor]] = KeptBeside()
+#: Per image-embedding tensor: what the decoder computes from its image tokens alone (:func:`_first_layer`).
+_FIRST_LAYER: KeptBeside[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = KeptBeside()
 
 
-def _first_layer(model: Model, image: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first layer's projections of the image tokens all prompts share, ``keys`` (1, HW, C), made from the
-    embedding ``image``: the token-to-image attention's keys and values (2, 1, heads, HW, d) and the
-    image-to-token attention's queries (HW, heads*d), all float32.
+def _first_layer(model: Model, image: torch.Tensor,
+                 keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the decoder computes from the image tokens all prompts share, ``keys`` (1, HW, C), made from the
+    embedding ``image``, float32: the first layer's token-to-image keys and values (2, 1, heads, HW, d), its
+    image-to-token queries (HW, heads*d), and the tokens through the folded first transposed convolution of
+    the upscaling (HW, 4 C1) (:func:`_first_convolution`).
 
     They depend on the embedding and the weights alone, so they are kept beside the embedding tensor
     (changed weights or embedding values recompute).
     """
-    layer = next(iter(_blocks(model.mask_decoder)))
+    dec = model.mask_decoder
+    layer = next(iter(_blocks(dec)))
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-    params = (*(p for m in (t2i, i2t) for p in m.parameters()), model.prompt_encoder.no_mask_embed.weight,
-              model.shared_image_embedding.positional_embedding)
+    norms = [p for block in _blocks(dec) for p in block.layer_norm4.parameters()]
+    params = (*(p for m in (t2i, i2t, dec.upscale_conv1) for p in m.parameters()), *norms,
+              model.prompt_encoder.no_mask_embed.weight, model.shared_image_embedding.positional_embedding)
     key = (*tensor_identity(image), *(v for p in params for v in tensor_identity(p)))
 
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pe, h = image_positional_embedding(model), t2i.num_attention_heads
         kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
-        return kv, i2t.q_proj(keys[0] + pe)
+        return kv, i2t.q_proj(keys[0] + pe), keys[0] @ _folded_weights(dec)[0]
 
     return _FIRST_LAYER.get(image, key, (model,), compute)
 
@@ -278,26 +293,35 @@ def _tokens_to_image_shared(att: Attention, q: torch.Tensor, kv: torch.Tensor) -
     return _out_proj(att)(out.reshape(n, t, h * d))
 
 
-def _tokens_to_image(att: Attention, scores: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
+def _tokens_to_image(att: Attention, scores: list[torch.Tensor], keys: list[torch.Tensor]) -> torch.Tensor:
     """Prompt tokens attend to each prompt's own image tokens ``keys`` (N of (HW, C)), given the scores
-    (N, heads*T, HW) of their folded queries (:func:`_fold_queries`) against ``keys + pe``."""
-    h, (n, ht, _hw), c = att.num_attention_heads, scores.shape, keys[0].shape[-1]
+    (heads*T, HW) of each prompt's folded queries (:func:`_fold_queries`) against ``keys + pe``."""
+    h, (ht, _hw), c, n = att.num_attention_heads, scores[0].shape, keys[0].shape[-1], len(keys)
     t, d = ht // h, att.internal_dim // h
-    weights = torch.softmax(scores, dim=-1)  # over the image
-    ctx = torch.stack([weights[p] @ k for p, k in enumerate(keys)]).view(n, h, t, c).float()
+    ctx = map_prompts(lambda p: torch.softmax(scores[p], dim=-1) @ keys[p], n, _threaded(keys[0]))  # over the image
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
-    out = torch.einsum("nhtc,hdc->nthd", ctx, wv) + bv  # the rows of weights sum to 1
+    out = torch.einsum("nhtc,hdc->nthd", torch.stack(ctx).view(n, h, t, c).float(), wv) + bv  # weights sum to 1
     return _out_proj(att)(out.reshape(n, t, h * d))
+
+
+class Stage(NamedTuple):
+    """The prompts' image tokens after one layer's image-to-token attention and LayerNorm (:func:`_image_to_tokens`),
+    each prompt's as ``norm(keys + weights.T @ values)``, and the next token-to-image attention's scores."""
+
+    tokens: list[torch.Tensor]  #: per prompt (HW, C)
+    weights: list[torch.Tensor]  #: per prompt (heads*T, HW): each image token's attention over the prompt tokens
+    values: torch.Tensor  #: (N, heads*T, C) float32 the attention's values through its output projection
+    rstd: list[torch.Tensor]  #: per prompt (HW, 1) float32 the LayerNorm's reciprocal deviation per image token
+    scores: list[torch.Tensor]  #: per prompt (R, HW) the next token-to-image attention's scores
 
 
 def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
                      q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, dtype: torch.dtype,
-                     shared: torch.Tensor | None,
-                     following: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+                     shared: torch.Tensor | None, following: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Stage:
     """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's
-    LayerNorm follows. One prompt at a time: its attention update, the LayerNorm and the next
-    attention's scores are computed while its image tokens are in the caches, one read and one
-    write of them per layer.
+    LayerNorm follows. One prompt at a time (prompts spread over the cores): its attention update, the
+    LayerNorm and the next attention's scores are computed while its image tokens are in the caches, one
+    read and one write of them per layer.
 
     Scores are laid out (heads, T, HW) so the softmax over the few prompt tokens runs
     along a long contiguous axis.
@@ -309,43 +333,44 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         dtype: dtype of the result (each prompt's own image tokens).
         shared: the query projections (HW, heads*d) of shared image tokens (:func:`_first_layer`); None
             when ``keys`` are each prompt's own.
-        following: rows (N, R, C) of the next token-to-image attention's folded queries (:func:`_fold_queries`)
-            and that attention's scores (N, R, HW), holding their positional part, to which the products of
-            the rows with the result are added.
-
-    Returns:
-        ``norm(keys + update)`` for each prompt, N of (HW, C).
+        following: the next token-to-image attention's folded queries, rows (N, R, C) and block-diagonal
+            (N, R, heads*d) (:func:`_fold_queries`), and its projected positional embedding (HW, heads*d).
     """
     h, (n, t, c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
-    if isinstance(keys, torch.Tensor):  # shared image tokens: all scores in one product
-        assert shared is not None
-        scores = (_block_diagonal(kh) @ shared.T).view(n, h, t, -1).add_(bias)
-        weights = torch.softmax(scores, dim=2).view(n, h * t, -1).to(dtype)
-        keys = [keys[0].to(dtype)] * n
-    else:  # fold the prompt keys into the query weights; the positional part of all prompts in one product
+    diagonal = _block_diagonal(kh).view(n, h * t, h * d)
+    if isinstance(keys, torch.Tensor):  # shared image tokens: their projections are given
+        image = [keys[0].to(dtype)] * n
+        kq = positions = None
+    else:  # fold the prompt keys into the query weights; the positional part (with the query bias) apart
+        image = keys
         kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c).to(dtype)
-        pq = _projected_positions(model, att, "q", dtype)
-        positional = (_block_diagonal(kh.to(dtype)) @ pq.T).view(n, h, t, -1).add_(bias.to(dtype)).view(n, h * t, -1)
+        diagonal, bias = diagonal.to(dtype), bias.to(dtype)
+        positions = _projected_positions(model, att, "q", dtype)
     proj = _out_proj(att)
     wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
     # the output bias rides on each head's values as bias / heads.
-    vo = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c).to(dtype)
-    rows, scores = following
-    out = []
-    for p, x in enumerate(keys):
+    values = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
+    vo = values.to(dtype)
+    rows, folded, next_positions = following
+
+    def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image[p]
         if shared is not None:
-            w = weights[p]
+            z = (diagonal[p] @ shared.T).view(h, t, -1).add_(bias[p])  # float32, as the shared projections
         else:
-            w = torch.softmax(torch.addmm(positional[p], kq[p], x.T).view(h, t, -1), dim=1).view(h * t, -1)
-        new = F.layer_norm(torch.addmm(x, w.T, vo[p]), (c,), norm.weight, norm.bias, norm.eps)
-        scores[p].addmm_(rows[p], new.T)
-        out.append(new)
-    return out
+            assert kq is not None and positions is not None
+            z = torch.addmm(diagonal[p] @ positions.T, kq[p], x.T).view(h, t, -1).add_(bias[p])
+        w = torch.softmax(z, dim=1).view(h * t, -1).to(dtype)  # over the prompt tokens
+        new, _mean, rstd = torch.native_layer_norm(torch.addmm(x, w.T, vo[p]), [c], norm.weight, norm.bias, norm.eps)
+        return new, w, rstd, torch.mm(folded[p], next_positions.T).addmm_(rows[p], new.T)
+
+    tokens, weights, rstd, scores = zip(*map_prompts(one, n, _threaded(image[0])), strict=True)
+    return Stage(list(tokens), list(weights), values, list(rstd), list(scores))
 
 
 #: Image tokens of one prompt per block of the upscaling: its intermediates (16 pixels per
@@ -381,6 +406,79 @@ def _upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ..
     return found[1]
 
 
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
+    """The upscaling's first transposed convolution folded back through the two-way transformer's image side,
+    float32, kept per decoder and weights' versions (see :func:`_first_convolution`).
+
+    With L layers, layer l's LayerNorm (weight g_l, bias b_l) and the convolution as a (C, 4 C1) matrix W
+    (columns: child row, child column, channel) with bias c: H_L = W and H_(l-1) = P diag(g_l) H_l, P the
+    projection that subtracts the mean over channels (which the LayerNorm does).
+
+    Returns:
+        H_0 ... H_(L-1) (each (C, 4 C1)), the rows b_l H_l for l < L stacked ((L-1, 4 C1)), and
+        b_L W + c (4 C1).
+    """
+    conv1 = dec.upscale_conv1
+    norms = [layer.layer_norm4 for layer in _blocks(dec)]
+    bias1 = conv1.bias
+    assert bias1 is not None  # transformers builds the convolution with a bias
+    params = (conv1.weight, bias1, *(p for norm in norms for p in (norm.weight, norm.bias)))
+    key = (conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
+    found = _FOLDED.get(dec)
+    if found is None or found[0] != key:
+        with torch.no_grad():
+            weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).float()  # (C, a1 b1 c1)
+            folded = [weight]
+            for norm in reversed(norms):
+                hl = norm.weight.float()[:, None] * folded[0]
+                folded.insert(0, hl - hl.mean(0, keepdim=True))
+            betas = [norm.bias.float() @ hl for norm, hl in zip(norms[:-1], folded[1:-1], strict=True)]
+            rows = torch.stack(betas) if betas else weight.new_zeros(0, weight.shape[1])
+            constant = norms[-1].bias.float() @ weight + bias1.float().repeat(4)
+        found = (key, (*folded[:-1], rows, constant))
+        _FOLDED[dec] = found
+    return found[1]
+
+
+def _first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> Callable[[int], tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first transposed convolution of the upscaling without reading the last image tokens.
+
+    Layer l's image side is ``Y_l = LN_l(Y_(l-1) + W_l.T @ V_l)`` from the shared tokens ``Y_0``, and a
+    LayerNorm is ``r * (P x) * g + b`` (r its reciprocal deviation per token), so the convolution of the last
+    tokens, ``Y_L @ W + c``, is ``A * (Y_0 @ H_0 + sum_l q_l W_l.T @ (V_l @ H_(l-1)) + sum_(l<L) q_(l+1) b_l H_l)
+    + b_L W + c`` with ``A`` the product of all r and ``q_l`` the product of the deviations 1/r of the layers
+    before l (:func:`_folded_weights`). ``Y_0 @ H_0`` is shared by all prompts (:func:`_first_layer`); each
+    prompt's part is a product with K = L * heads * T + L - 1 rows instead of C: less than half the
+    arithmetic for SAM's decoder, and no subtraction of large means (the mean projection is in the weights).
+
+    Returns:
+        For prompt p: ``lhs`` (K, HW) and ``rhs`` (K, 4 C1) so that the convolution is
+        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in ``dtype``.
+    """
+    folded = _folded_weights(dec)
+    depth = len(stages)
+    hs, beta_rows = folded[:depth], folded[depth]
+    rhs = torch.cat([*(torch.matmul(stage.values, hl) for stage, hl in zip(stages, hs, strict=True)),
+                     beta_rows.expand(stages[0].values.shape[0], -1, -1)], dim=1).to(dtype)  # (N, K, 4 C1)
+
+    def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        deviation = torch.ones_like(stages[0].rstd[p]).T  # (1, HW) q_l: 1 / r of the earlier layers
+        parts, extra = [], []
+        for i, stage in enumerate(stages):
+            parts.append(stage.weights[p] * deviation.to(dtype) if i else stage.weights[p])
+            deviation = deviation / stage.rstd[p].T
+            if i + 1 < depth:
+                extra.append(deviation.to(dtype))
+        return torch.cat([*parts, *extra]), rhs[p], (1 / deviation).T.to(dtype)
+
+    return one
+
+
 def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM 2's two projected high-resolution features, (1, C/8, 4 side, 4 side) and (1, C/4, 2 side, 2 side),
@@ -396,37 +494,48 @@ def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
     return s0, s1
 
 
-def _upscale_masks(dec: Decoder, keys: list[torch.Tensor], hyper: torch.Tensor, side: int,
+def _upscale_masks(dec: Decoder, shared: torch.Tensor,
+                   first: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], hyper: torch.Tensor,
+                   side: int,
                    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                    features: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask logits (N, M, 4 side, 4 side) from image tokens (N of (side*side, C)) and hypernetwork rows (N, M, C/8).
+    """Mask logits (N, M, 4 side, 4 side) from each prompt's image tokens, of which the first transposed
+    convolution is given folded (``shared`` (HW, 4 C1) in the upscaling's dtype and ``first``, from
+    :func:`_first_convolution`), and hypernetwork rows (N, M, C/8).
 
     ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
     them, added after the first and second transposed convolutions. ``features`` (SAM-HQ): an
     (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
     is (N, 4 side, 4 side, C/8) channels-last.
 
-    Runs in the image tokens' dtype, one prompt and rows of tokens up to :data:`UPSCALE_TOKENS` at a
+    Runs in the folded convolution's dtype, one prompt and rows of tokens up to :data:`UPSCALE_TOKENS` at a
     time: both transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
     rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
     comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
     products by a1 and a2 makes each output row a contiguous run, written in place.
     """
-    n, (m, c2) = len(keys), hyper.shape[1:]
-    dtype = keys[0].dtype
-    w1a, w1b, b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
+    n, m, c2 = hyper.shape
+    dtype = shared.dtype
+    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
+    constant = _folded_weights(dec)[-1].to(dtype)
     c1 = gamma.shape[0]
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
     s0, s1 = high_res if high_res is not None else (None, None)
-    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=keys[0].device)  # (.., r, a1, a2, col)
+    # (N, M, r, a1, a2, col)
+    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=shared.device)
     step = max(1, UPSCALE_TOKENS // side)
-    for p, tokens in enumerate(keys):
+
+    def one(p: int) -> None:
+        lhs, rhs, scale = first(p)
         for r in range(0, side, step):
             e = min(r + step, side)
-            x = tokens[r * side : e * side]
-            for a1, w1 in enumerate((w1a, w1b)):
-                up = torch.addmm(b1, x, w1).view(-1, c1)  # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
+            tile = slice(r * side, e * side)
+            for a1 in range(2):
+                cols = slice(2 * c1 * a1, 2 * c1 * (a1 + 1))
+                # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
+                up = torch.addmm(shared[tile, cols], lhs[:, tile].T, rhs[:, cols])
+                up = torch.addcmul(constant[cols], up, scale[tile]).view(-1, c1)
                 if s1 is not None:
                     up.add_(s1[a1, r:e].reshape(-1, c1))
                 # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
@@ -439,6 +548,8 @@ def _upscale_masks(dec: Decoder, keys: list[torch.Tensor], hyper: torch.Tensor, 
                     if features is not None:
                         features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
                     out[p, :, r:e, a1, a2].copy_(torch.mm(rows[p], pixels.T).view(m, e - r, -1))
+
+    map_prompts(one, n, _threaded(shared))
     return out.view(n, m, 4 * side, 4 * side)
 
 
@@ -494,13 +605,15 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
         high_res = _regroup_high_res(high_res, side, dtype)
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
-    masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                      shared, high_res, hq) for s in range(0, sparse.shape[0], group)), strict=False)
+    with prompt_threads():
+        masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
+                                          shared, high_res, hq) for s in range(0, sparse.shape[0], group)),
+                          strict=False)
     return torch.cat(masks), torch.cat(ious)
 
 
 def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
-                  dtype: torch.dtype, shared: tuple[torch.Tensor, torch.Tensor],
+                  dtype: torch.dtype, shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
                   hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts.
@@ -512,7 +625,6 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     dec = model.mask_decoder
     tr = dec.transformer
     n, side = sparse.shape[0], math.isqrt(keys.shape[1])
-    pe = image_positional_embedding(model)
     # SAM 2 puts an object-score token before SAM's IoU and mask tokens
     sam2 = _sam2_decoder(dec)
     first = [sam2.obj_score_token.weight] if sam2 is not None else []
@@ -524,13 +636,12 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     layers = list(_blocks(dec))
     queries = _self_attention_block(layers[0], tokens, tokens, valid)
-    own: list[torch.Tensor] = []  # each prompt's own image tokens, after the first layer
-    scores = torch.empty(0)  # the next token-to-image attention's scores, formed with ``own``
+    stages: list[Stage] = []  # per layer, the prompts' image tokens after it
     for i, layer in enumerate(layers):
         if i == 0:  # the first layer reads the image tokens all prompts share
             att = _tokens_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, shared[0])
         else:
-            att = _tokens_to_image(layer.cross_attn_token_to_image, scores, own)
+            att = _tokens_to_image(layer.cross_attn_token_to_image, stages[-1].scores, stages[-1].tokens)
         queries = layer.layer_norm2(queries + att)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
         # the next token-to-image attention's queries need only the prompt tokens: fold them now, so
@@ -541,11 +652,12 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
         else:
             following, nxt = queries, tr.final_attn_token_to_image
         rows, diagonal = _fold_queries(nxt, following + tokens, dtype)
-        scores = (diagonal @ _projected_positions(model, nxt, "k", dtype).T).view(n, -1, pe.shape[0])
-        own = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, own or keys,
-                               queries + tokens, queries, padding, dtype, shared[1] if i == 0 else None, (rows, scores))
+        stages.append(_image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4,
+                                       stages[-1].tokens if stages else keys, queries + tokens, queries, padding,
+                                       dtype, shared[1] if i == 0 else None,
+                                       (rows, diagonal, _projected_positions(model, nxt, "k", dtype))))
         queries = following
-    att = _tokens_to_image(tr.final_attn_token_to_image, scores, own)
+    att = _tokens_to_image(tr.final_attn_token_to_image, stages[-1].scores, stages[-1].tokens)
     queries = tr.layer_norm_final_attn(queries + att)
     # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
     dynamic = not multimask and sam2 is not None and sam2.dynamic_multimask_via_stability
@@ -553,12 +665,13 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
+    conv1 = _first_convolution(dec, stages, dtype)
     if hq is None:
-        masks = _upscale_masks(dec, own, hyper, side, high_res)
+        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, high_res)
     else:
         hq_dec, hq_image = hq
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
-        masks = _upscale_masks(dec, own, hyper, side, high_res, features)
+        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, high_res, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
                             multimask)

@@ -1,0 +1,60 @@
+"""Per-prompt work spread over threads: the results, the modes and the intra-op thread counts a caller relies on."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from samadapt.models.accel.parallel import map_prompts
+
+
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_results_in_order_with_the_runs_at_the_same_time(two_threads) -> None:
+    both = threading.Barrier(2)
+
+    def square(i: int) -> int:
+        if i in (0, 4):  # the first index of each run: waits for the other run
+            both.wait(timeout=10)
+        return i * i
+
+    assert map_prompts(square, 7) == [i * i for i in range(7)]
+
+
+def test_each_run_has_one_intra_op_thread_and_other_threads_keep_theirs(two_threads) -> None:
+    assert map_prompts(lambda i: torch.get_num_threads(), 4) == [1, 1, 1, 1]
+    assert torch.get_num_threads() == 2
+    seen: list[int] = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen == [2]  # a thread started later takes the process-wide count, unchanged
+    assert map_prompts(lambda i: torch.get_num_threads(), 4, split=False) == [2, 2, 2, 2]
+
+
+def test_the_callers_gradient_and_inference_modes_reach_the_threads(two_threads) -> None:
+    w = torch.ones(3, requires_grad=True)
+    with torch.no_grad():
+        assert not any(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
+    assert all(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
+    with torch.inference_mode():
+        assert all(t.is_inference() for t in map_prompts(lambda i: torch.ones(2) * i, 4))
+
+
+def test_an_error_reaches_the_caller(two_threads) -> None:
+    def fail(i: int) -> int:
+        if i == 3:
+            raise ValueError("prompt 3")
+        return i
+
+    with pytest.raises(ValueError, match="prompt 3"):
+        map_prompts(fail, 4)
+    assert map_prompts(lambda i: i, 4) == [0, 1, 2, 3]
