@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -58,3 +61,35 @@ def test_an_error_reaches_the_caller(two_threads) -> None:
     with pytest.raises(ValueError, match="prompt 3"):
         map_prompts(fail, 4)
     assert map_prompts(lambda i: i, 4) == [0, 1, 2, 3]
+
+
+_KEEP = """
+import os, torch
+from samadapt.models.accel.cpu import keep_freed_memory
+applied = keep_freed_memory()
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+torch.empty(2**10)
+before = resident()
+block = torch.empty(5 * 2**20).fill_(1)  # 20 MB, as a group of prompts' image tokens
+held = resident()
+del block
+print(applied, (held - before) // 2**20, (resident() - before) // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_freed_blocks_are_kept_for_reuse_unless_turned_off(setting: str) -> None:
+    """With the setting, a freed 20 MB block stays with the process for the next one (glibc's default gives
+    it back at once, and the next block is faulted in page by page); SAMADAPT_KEEP_FREED_MEMORY=0 leaves
+    the default."""
+    env = {**os.environ, "SAMADAPT_KEEP_FREED_MEMORY": setting}
+    out = subprocess.run([sys.executable, "-c", _KEEP], env=env, capture_output=True, text=True, check=True)
+    applied, held, after = out.stdout.split()
+    assert int(held) >= 19
+    if setting == "1":
+        assert applied == "True" and int(after) >= 19
+    else:
+        assert applied == "False" and int(after) <= 1

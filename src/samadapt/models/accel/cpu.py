@@ -115,3 +115,44 @@ def cpu_info() -> CpuInfo:
     return CpuInfo(torch.backends.cpu.get_cpu_capability(), flags, _physical_cores(text), isa)
 
 
+
+
+#: glibc's ``mallopt`` parameters (malloc.h) and the values :func:`keep_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks below this come from the heap and are reused; glibc's default starts at 128 KB (and rises to at
+#: most 32 MB as blocks are freed, a rise that setting any parameter turns off).
+MMAP_THRESHOLD = 32 * 2**20
+#: Free memory a heap keeps at its top instead of giving it back to the system.
+TRIM_THRESHOLD = 256 * 2**20
+
+_KEPT: list[bool] = []
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of returning it to the system at once (process-wide,
+    once; Linux with glibc only). Returns whether it is in effect.
+
+    The batched decoder's threads allocate and free blocks of a few MB per prompt. glibc gives the memory
+    of a thread's heap back as soon as its free top passes the trim threshold, so every block was new
+    memory again: on 2 cores (AMD EPYC Zen 4) about 14,000 page faults per 16 prompts, the LayerNorm of
+    a prompt's image tokens at 1.4 ms instead of 0.6. Blocks up to :data:`MMAP_THRESHOLD` now come from the
+    heaps and up to :data:`TRIM_THRESHOLD` of free memory stays with them: the process keeps its peak use
+    of such blocks (a few hundred MB for the decoder) rather than returning it. ``SAMADAPT_KEEP_FREED_MEMORY=0``
+    leaves glibc's defaults.
+    """
+    if _KEPT:
+        return _KEPT[0]
+    applied = False
+    if os.environ.get("SAMADAPT_KEEP_FREED_MEMORY", "1").strip() != "0":
+        import ctypes
+        import platform
+
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            except (OSError, AttributeError):
+                applied = False
+    _KEPT.append(applied)
+    return applied

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from samadapt.models.accel.cpu import keep_freed_memory
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -62,6 +64,7 @@ def prompt_threads() -> Iterator[int]:
         yield threads
         return
     threads = torch.get_num_threads()
+    keep_freed_memory()  # the workers' blocks reused, not faulted in anew for every prompt
     _local.threads = threads
     if threads > 1:
         torch.set_num_threads(1)
