@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from samadapt.models.accel.parallel import map_prompts
+from samadapt.models.accel.parallel import map_prompts, prompt_threads
 
 
 @pytest.fixture
@@ -25,42 +25,56 @@ def test_results_in_order_with_the_runs_at_the_same_time(two_threads) -> None:
     both = threading.Barrier(2)
 
     def square(i: int) -> int:
-        if i in (0, 4):  # the first index of each run: waits for the other run
+        if i in (0, 3):  # the first index of each run: waits for the other run
             both.wait(timeout=10)
         return i * i
 
-    assert map_prompts(square, 7) == [i * i for i in range(7)]
+    with prompt_threads(7) as threads:
+        assert threads == 2
+        assert map_prompts(square, 7) == [i * i for i in range(7)]
 
 
 def test_each_run_has_one_intra_op_thread_and_other_threads_keep_theirs(two_threads) -> None:
-    assert map_prompts(lambda i: torch.get_num_threads(), 4) == [1, 1, 1, 1]
+    with prompt_threads(4):
+        assert map_prompts(lambda i: torch.get_num_threads(), 4) == [1, 1, 1, 1]
+        assert map_prompts(lambda i: torch.get_num_threads(), 4, split=False) == [1, 1, 1, 1]  # in the caller
+        seen: list[int] = []
+        fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        fresh.start()
+        fresh.join()
+        assert seen == [2]  # a thread started meanwhile takes the process-wide count, unchanged
     assert torch.get_num_threads() == 2
-    seen: list[int] = []
-    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    fresh.start()
-    fresh.join()
-    assert seen == [2]  # a thread started later takes the process-wide count, unchanged
-    assert map_prompts(lambda i: torch.get_num_threads(), 4, split=False) == [2, 2, 2, 2]
+    assert map_prompts(lambda i: torch.get_num_threads(), 4) == [2, 2, 2, 2]  # outside: the caller, all threads
+
+
+def test_fewer_prompts_than_threads_keep_every_thread_on_each_operator(two_threads) -> None:
+    with prompt_threads(1) as threads:
+        assert threads == 2 and torch.get_num_threads() == 2
+        assert map_prompts(lambda i: (threading.current_thread(), torch.get_num_threads()), 1) == [
+            (threading.current_thread(), 2)]
 
 
 def test_the_callers_gradient_and_inference_modes_reach_the_threads(two_threads) -> None:
     w = torch.ones(3, requires_grad=True)
-    with torch.no_grad():
-        assert not any(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
-    assert all(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
-    with torch.inference_mode():
-        assert all(t.is_inference() for t in map_prompts(lambda i: torch.ones(2) * i, 4))
+    with prompt_threads(4):
+        with torch.no_grad():
+            assert not any(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
+        assert all(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
+        with torch.inference_mode():
+            assert all(t.is_inference() for t in map_prompts(lambda i: torch.ones(2) * i, 4))
 
 
-def test_an_error_reaches_the_caller(two_threads) -> None:
+def test_an_error_reaches_the_caller_and_the_count_comes_back(two_threads) -> None:
     def fail(i: int) -> int:
         if i == 3:
             raise ValueError("prompt 3")
         return i
 
-    with pytest.raises(ValueError, match="prompt 3"):
+    with pytest.raises(ValueError, match="prompt 3"), prompt_threads(4):
         map_prompts(fail, 4)
-    assert map_prompts(lambda i: i, 4) == [0, 1, 2, 3]
+    assert torch.get_num_threads() == 2
+    with prompt_threads(4):
+        assert map_prompts(lambda i: i, 4) == [0, 1, 2, 3]
 
 
 _KEEP = """

@@ -10,8 +10,8 @@ the process-wide value when it first asks for it. Inside :func:`prompt_threads` 
 one intra-op thread (an OpenMP team of its own, idle and spinning on a core between operators, would slow
 the other threads) and :func:`map_prompts` runs the first run of prompts itself, the others in worker
 threads that set their count to one when they start. ``torch.set_num_threads`` also sets the process-wide
-value, which is put back each time, so no other thread is changed (one that first uses torch during the
-few microseconds in between would start with one intra-op thread).
+value, which is put back at once, so no other thread is changed (one that first asks during the
+microseconds in between would start with one intra-op thread).
 """
 
 from __future__ import annotations
@@ -42,50 +42,62 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """``workers`` threads with one intra-op thread each, all started."""
+def _process_wide(threads: int) -> None:
+    """Set torch's process-wide intra-op thread count (what threads take when they first ask) without changing
+    the calling thread's: ``torch.set_num_threads`` sets both, so it runs in a thread of its own."""
+    setter = threading.Thread(target=torch.set_num_threads, args=(threads,), name="samadapt-threads")
+    setter.start()
+    setter.join()
+
+
+def _pool(workers: int, threads: int) -> ThreadPoolExecutor:
+    """``workers`` threads with one intra-op thread each, all started; ``threads``: the process-wide count
+    to leave behind."""
     with _LOCK:
         if workers not in _pools:
-            mine = torch.get_num_threads()
             pool = ThreadPoolExecutor(workers, thread_name_prefix="samadapt-prompts", initializer=_one_thread)
             started = threading.Barrier(workers)
             list(pool.map(lambda _: started.wait(timeout=60), range(workers)))  # every thread exists
-            torch.set_num_threads(mine)  # the process-wide value (and this thread's) as it was
+            _process_wide(threads)
             _pools[workers] = pool
         return _pools[workers]
 
 
 @contextmanager
-def prompt_threads() -> Iterator[int]:
-    """Within: this thread runs operators on one intra-op thread and :func:`map_prompts` spreads its runs over
-    as many threads as it had, itself included. Yields that count."""
+def prompt_threads(prompts: int) -> Iterator[int]:
+    """Within: with at least as many ``prompts`` as this thread has intra-op threads, it runs operators on
+    one intra-op thread and :func:`map_prompts` spreads its runs over as many threads as it had, itself
+    included; with fewer, nothing changes (each operator keeps all threads). Yields the threads per run."""
     threads = getattr(_local, "threads", None)
     if threads is not None:  # nested: already set up
         yield threads
         return
     threads = torch.get_num_threads()
+    if prompts < threads or threads < 2:
+        yield threads
+        return
     keep_freed_memory()  # the workers' blocks reused, not faulted in anew for every prompt
     _local.threads = threads
-    if threads > 1:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
+    _process_wide(threads)  # only this thread runs on one
     try:
         yield threads
     finally:
         del _local.threads
-        if threads > 1:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 def map_prompts(fn: Callable[[int], T], n: int, split: bool = True) -> list[T]:
-    """``[fn(i) for i in range(n)]``, the indices cut into contiguous runs, one per intra-op thread of the
-    caller (inside :func:`prompt_threads`: one per thread it had), each on one intra-op thread; in the
-    caller alone when it has one or ``split`` is False (work too small to pay for the hand-over).
+    """``[fn(i) for i in range(n)]``; inside :func:`prompt_threads` (when it spreads prompts) and with ``split``
+    the indices are cut into contiguous runs, one per thread, each run on one intra-op thread, the first in
+    the calling thread. Elsewhere, or with ``split`` False (work too small to pay for the hand-over), all in
+    the calling thread.
 
     ``fn`` must not depend on the order of the calls; the calls see the caller's gradient and inference mode.
     """
-    inside = getattr(_local, "threads", None)
-    workers = min(n, inside if inside is not None else torch.get_num_threads()) if split else 1
-    if workers <= 1:
+    threads: int | None = getattr(_local, "threads", None)
+    workers = min(n, threads) if split and threads is not None else 1
+    if threads is None or workers <= 1:
         return [fn(i) for i in range(n)]
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
@@ -94,8 +106,6 @@ def map_prompts(fn: Callable[[int], T], n: int, split: bool = True) -> list[T]:
             return [fn(i) for i in indices]
 
     runs = [range(k * n // workers, (k + 1) * n // workers) for k in range(workers)]
-    if inside is None:  # this thread keeps its intra-op threads: all runs go to workers
-        return [r for part in _pool(workers).map(run, runs) for r in part]
-    others = [_pool(workers - 1).submit(run, indices) for indices in runs[1:]]
+    others = [_pool(workers - 1, threads).submit(run, indices) for indices in runs[1:]]
     first = run(runs[0])
     return first + [r for future in others for r in future.result()]

@@ -598,7 +598,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
         high_res = _regroup_high_res(high_res, side, dtype)
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
-    with prompt_threads():
+    with prompt_threads(min(sparse.shape[0], group)):
         masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
                                           shared, high_res, hq) for s in range(0, sparse.shape[0], group)),
                           strict=False)
