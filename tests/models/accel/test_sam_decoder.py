@@ -270,18 +270,25 @@ def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, P
     assert len(computed) == 1
     torch.testing.assert_close(again[0], first[0][:2])
     layer = loaded.model.mask_decoder.transformer.layers[0]
-    for weight in (layer.cross_attn_image_to_token.q_proj.weight, loaded.model.prompt_encoder.no_mask_embed.weight):
+    for weight in (layer.cross_attn_image_to_token.q_proj.weight, loaded.model.prompt_encoder.no_mask_embed.weight,
+                   loaded.model.mask_decoder.transformer.layers[1].layer_norm4.bias):
         with torch.no_grad():
             weight.mul_(1.5)
         _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
-    assert len(computed) == 3
+    assert len(computed) == 4
+    if family == "sam2":  # its high-resolution features' terms follow their values and the weights
+        with torch.no_grad():
+            emb.embedding["high_res_0"].mul_(0.5)
+            loaded.model.mask_decoder.upscale_conv2.bias.add_(0.1)
+        _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
     second = _livelier(load_model(tiny_models[family]), seed=1)  # another decoder on the same embedding
     _check_agreement(Segmenter(second, cache=False).decode(emb, prompts), _reference(second, emb, prompts, True))
-    assert len(computed) == 4
-    held = len(kept)
+    assert len(computed) == 5
+    held, terms = len(kept), len(sam_decoder._HIGH_RES)
     del emb
     gc.collect()
     assert len(kept) == held - 1  # gone with its embedding
+    assert len(sam_decoder._HIGH_RES) == terms - (family == "sam2")
 
 
 def _full_size_config(family: str):

@@ -472,32 +472,51 @@ def _first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) ->
     return one
 
 
-def _regroup_high_res(high_res: tuple[torch.Tensor, torch.Tensor], side: int,
-                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM 2's two projected high-resolution features, (1, C/8, 4 side, 4 side) and (1, C/4, 2 side, 2 side),
-    channels-last and grouped by child row, so each upscaling block's rows are one contiguous run.
+#: Per SAM 2 embedding (its finest high-resolution feature): the upscaling's additive terms (:func:`_added_terms`).
+_HIGH_RES: KeptBeside[tuple[torch.Tensor, torch.Tensor]] = KeptBeside()
 
-    Returns:
-        (4, side, 4 side, C/8) indexed [2 a1 + a2, r] for pixel row 4 r + 2 a1 + a2, and
-        (2, side, 2 side, C/4) indexed [a1, r] for pixel row 2 r + a1.
+
+def _added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None, side: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the upscaling adds after its first and its second transposed convolution, laid out as their
+    products' rows and columns, in ``dtype``.
+
+    After the first: the folded convolution's constant (:func:`_first_convolution`), plus SAM 2's
+    high-resolution feature ``high_res[1]`` (1, C/4, 2 side, 2 side); (2, HW or 1, 2 C1) indexed
+    [child row a1, token (r, col)], columns (child column b1, channel). After the second: its bias, plus
+    ``high_res[0]`` (1, C/8, 4 side, 4 side); (4, 2 HW or 1, 2 C2) indexed [2 a1 + a2, (r, col, b1)], columns
+    (b2, channel). SAM 2's are kept beside its embedding: they depend on it and the weights alone.
     """
-    f0, f1 = (f[0].permute(1, 2, 0).to(dtype) for f in high_res)
-    s0 = f0.reshape(side, 4, 4 * side, f0.shape[-1]).transpose(0, 1).contiguous()
-    s1 = f1.reshape(side, 2, 2 * side, f1.shape[-1]).transpose(0, 1).contiguous()
-    return s0, s1
+    constant = _folded_weights(dec)[-1].to(dtype).view(2, 1, -1)
+    bias2 = _upscale_weights(dec, dtype)[-1].view(1, 1, -1)
+    if high_res is None:
+        return constant, bias2
+    f0, f1 = high_res
+    params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias,
+              *(p for block in _blocks(dec) for p in block.layer_norm4.parameters()))
+    key = (dtype, *tensor_identity(f0), *tensor_identity(f1),
+           *(v for p in params if p is not None for v in tensor_identity(p)))
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        # pixel (2 r + a1, 2 col + b1) of the first, (4 r + 2 a1 + a2, 4 col + 2 b1 + b2) of the second
+        g1 = f1[0].permute(1, 2, 0).reshape(side, 2, side, 2, -1).permute(1, 0, 2, 3, 4).reshape(2, side * side, -1)
+        g0 = f0[0].permute(1, 2, 0).reshape(side, 4, 2 * side, -1).transpose(0, 1).reshape(4, 2 * side * side, -1)
+        return (g1.to(dtype) + constant).contiguous(), (g0.to(dtype) + bias2).contiguous()
+
+    return _HIGH_RES.get(f0, key, (f1, dec), compute)
 
 
 def _upscale_masks(dec: Decoder, shared: torch.Tensor,
                    first: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], hyper: torch.Tensor,
-                   side: int,
-                   high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   side: int, added: tuple[torch.Tensor, torch.Tensor],
                    features: torch.Tensor | None = None) -> torch.Tensor:
     """Mask logits (N, M, 4 side, 4 side) from each prompt's image tokens, of which the first transposed
     convolution is given folded (``shared`` (HW, 4 C1) in the upscaling's dtype and ``first``, from
     :func:`_first_convolution`), and hypernetwork rows (N, M, C/8).
 
-    ``high_res`` (SAM 2): its two high-resolution features as :func:`_regroup_high_res` gives
-    them, added after the first and second transposed convolutions. ``features`` (SAM-HQ): an
+    ``added``: what is added after the first and second transposed convolutions (:func:`_added_terms`: the
+    folded convolution's constant and the second's bias, with SAM 2's high-resolution features). ``features``
+    (SAM-HQ): an
     (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
     is (N, 4 side, 4 side, C/8) channels-last.
 
@@ -509,12 +528,11 @@ def _upscale_masks(dec: Decoder, shared: torch.Tensor,
     """
     n, m, c2 = hyper.shape
     dtype = shared.dtype
-    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, b2 = _upscale_weights(dec, dtype)
-    constant = _folded_weights(dec)[-1].to(dtype)
+    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, _b2 = _upscale_weights(dec, dtype)
+    after1, after2 = added
     c1 = gamma.shape[0]
     eps = dec.upscale_layer_norm.eps
     rows = hyper.to(dtype)  # (N, M, C2)
-    s0, s1 = high_res if high_res is not None else (None, None)
     # (N, M, r, a1, a2, col)
     out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=shared.device)
     step = max(1, UPSCALE_TOKENS // side)
@@ -528,15 +546,13 @@ def _upscale_masks(dec: Decoder, shared: torch.Tensor,
                 cols = slice(2 * c1 * a1, 2 * c1 * (a1 + 1))
                 # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
                 up = torch.addmm(shared[tile, cols], lhs[:, tile].T, rhs[:, cols])
-                up = torch.addcmul(constant[cols], up, scale[tile]).view(-1, c1)
-                if s1 is not None:
-                    up.add_(s1[a1, r:e].reshape(-1, c1))
+                up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], up, scale[tile]).view(-1, c1)
                 # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
                 up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
                 for a2, w2 in enumerate((w2a, w2b)):
-                    pixels = torch.addmm(b2, up, w2).view(-1, c2)  # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, ..)
-                    if s0 is not None:
-                        pixels.add_(s0[2 * a1 + a2, r:e].reshape(-1, c2))
+                    term = after2[2 * a1 + a2, 2 * r * side : 2 * e * side] if after2.shape[1] > 1 else after2[0, 0]
+                    # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, 4 col + 2 b1 + b2)
+                    pixels = torch.addmm(term, up, w2).view(-1, c2)
                     pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
                     if features is not None:
                         features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
@@ -594,20 +610,19 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     # the shared image tokens serve all of them (and the next calls on this embedding).
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
     shared = _first_layer(sam, image, keys)
-    if high_res is not None:  # once for all groups
-        high_res = _regroup_high_res(high_res, side, dtype)
+    added = _added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
     with prompt_threads(min(sparse.shape[0], group)):
         masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                          shared, high_res, hq) for s in range(0, sparse.shape[0], group)),
+                                          shared, added, hq) for s in range(0, sparse.shape[0], group)),
                           strict=False)
     return torch.cat(masks), torch.cat(ious)
 
 
 def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
                   dtype: torch.dtype, shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  added: tuple[torch.Tensor, torch.Tensor],
                   hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts.
 
@@ -660,11 +675,11 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
     conv1 = _first_convolution(dec, stages, dtype)
     if hq is None:
-        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, high_res)
+        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added)
     else:
         hq_dec, hq_image = hq
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
-        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, high_res, features)
+        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
                             multimask)
