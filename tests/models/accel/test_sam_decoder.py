@@ -10,7 +10,7 @@ import torch
 
 from samadapt.imagery.preprocess import Geometry
 from samadapt.models import sam as runtime
-from samadapt.models.accel import sam_decoder
+from samadapt.models.accel import sam_decoder, sam_upscale
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.sam import DecoderPrompts, _call_model, decode
 from samadapt.predict.segmenter import Embedded, Segmenter
@@ -181,7 +181,7 @@ def test_upscaling_blocks_equal_one_block(tiny_models: dict[str, Path], monkeypa
     emb = _embedded(loaded, loaded.preprocessing.size, (256, 256))
     dp = Segmenter._decoder_prompts(_prompts(256, n=6), emb.geometry)
     whole = decode(loaded, emb.embedding, dp)
-    monkeypatch.setattr(sam_decoder, "UPSCALE_TOKENS", 48)  # 3 rows of 16 tokens: does not divide 16 rows
+    monkeypatch.setattr(sam_upscale, "UPSCALE_TOKENS", 48)  # 3 rows of 16 tokens: does not divide 16 rows
     monkeypatch.setattr(sam_decoder, "GROUP_BYTES", 1)  # one prompt per group
     cut = decode(loaded, emb.embedding, dp)
     torch.testing.assert_close(cut[0], whole[0], atol=1e-5 * float(whole[0].abs().max()), rtol=1e-4)
@@ -284,11 +284,11 @@ def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, P
     second = _livelier(load_model(tiny_models[family]), seed=1)  # another decoder on the same embedding
     _check_agreement(Segmenter(second, cache=False).decode(emb, prompts), _reference(second, emb, prompts, True))
     assert len(computed) == 5
-    held, terms = len(kept), len(sam_decoder._HIGH_RES)
+    held, terms = len(kept), len(sam_upscale._HIGH_RES)
     del emb
     gc.collect()
     assert len(kept) == held - 1  # gone with its embedding
-    assert len(sam_decoder._HIGH_RES) == terms - (family == "sam2")
+    assert len(sam_upscale._HIGH_RES) == terms - (family == "sam2")
 
 
 def _full_size_config(family: str):

@@ -109,3 +109,13 @@ def map_prompts(fn: Callable[[int], T], n: int, split: bool = True) -> list[T]:
     others = [_pool(workers - 1, threads).submit(run, indices) for indices in runs[1:]]
     first = run(runs[0])
     return first + [r for future in others for r in future.result()]
+
+
+#: Elements of a prompt's image tokens from which prompts go to threads of their own (:func:`map_prompts`'s
+#: ``split``); smaller ones cost less than the hand-over.
+SPLIT_ELEMENTS = 2**18
+
+
+def worth_threads(tokens: torch.Tensor) -> bool:
+    """Whether per-prompt work on tensors like ``tokens`` (one prompt's image tokens) is worth a thread each."""
+    return tokens.numel() >= SPLIT_ELEMENTS

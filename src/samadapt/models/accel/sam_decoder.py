@@ -5,20 +5,24 @@ times and running every projection over all 4096 image tokens for each prompt. T
 result depends only on each prompt's own tokens, so most of that work can be shared or
 reordered without changing the arithmetic beyond rounding:
 
-- the positional embedding of the image grid is computed once per model and kept;
+- the positional embedding of the image grid, and its projections by each attention (per head),
+  are computed once per model and kept; a prompt's positional scores are products per head
+  (d = 16 multiplies per score);
 - in the first layer the image tokens are the same for every prompt, so their key,
-  value and query projections are computed once, not N times;
+  value and query projections are computed once per embedding and kept beside it;
 - afterwards each prompt has its own image tokens, but only a handful of prompt tokens
   (T, about 7), so an attention between them is computed with the prompt side folded
   into the projection weights: (4096 x 256) @ (256 x heads*T) instead of a
   (4096 x 256) @ (256 x 128) projection followed by the attention;
+- each prompt's image tokens go through the image-to-token update, its LayerNorm and the next
+  attention's scores while they are in the caches (one read and one write per layer);
 - prompts with different numbers of points share one call: shorter ones are padded with
   tokens that are masked out of every attention, so they change nothing (unlike
   transformers' ``-10`` label, which zeroes a padding token but still lets it be attended);
-- the two transposed convolutions that upscale the mask features run as matrix products
-  a few rows of image tokens at a time, with their LayerNorm, GELUs and the product with
-  the hypernetwork rows, so the full-resolution features stay in the caches; each output
-  row of the masks is a contiguous run written in place, and only the masks asked for are formed;
+- the upscaling (:mod:`samadapt.models.accel.sam_upscale`) folds its first transposed convolution
+  back through the image side and runs a prompt at a time in blocks that stay in the caches;
+- with at least as many prompts as cores, whole prompts go to one thread per core
+  (:mod:`samadapt.models.accel.parallel`);
 - prompts go through in groups whose own image tokens take at most :data:`GROUP_BYTES`.
 
 With ``precision="bf16"`` the per-prompt image tokens, their attention scores and the
@@ -32,7 +36,7 @@ and SAM 3's tracker have it (see :data:`MODEL_CLASSES`). Their two-way transform
 SAM 2 adds an object-score token, two high-resolution features added in the upscaling, and a
 stability rule for single-mask requests; SAM-HQ adds an HQ token whose mask comes from the
 upscaled features through two 3x3 convolutions plus image-side features from the image
-embedding and the early ViT features, computed once per call for all prompts; all handled here.
+embedding and the early ViT features, computed once per embedding for all prompts; all handled here.
 Modules replaced by an adapter (anything but transformers' and torch's own) fall back to
 transformers' forward.
 """
@@ -42,7 +46,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +54,14 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside
-from samadapt.models.accel.parallel import map_prompts, prompt_threads
+from samadapt.models.accel.parallel import map_prompts, prompt_threads, worth_threads
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
+from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
     from typing import TypeAlias
 
     from transformers.models.sam.modeling_sam import (
@@ -84,9 +89,9 @@ if TYPE_CHECKING:
     Block: TypeAlias = SamTwoWayAttentionBlock | SamHQTwoWayAttentionBlock | Sam2TwoWayAttentionBlock
     Attention: TypeAlias = SamAttention | SamHQAttention | Sam2Attention
 
-#: Bytes of per-prompt image tokens decoded together (8 prompts of sam-vit-base in bf16, 4 in
-#: fp32). Larger tensors are fresh memory maps from the allocator on every operation, and
-#: their page faults cost more than the arithmetic.
+#: Bytes of per-prompt image tokens decoded together (32 prompts of sam-vit-base in bf16, 16 in
+#: fp32): a bound on memory for long prompt lists; each prompt's tokens are worked on one at a time,
+#: and larger groups share more of the per-call work (measured fastest at a whole 16-prompt chunk).
 GROUP_BYTES = 64 * 2**20
 
 #: Prompts per pass through the decoder: large enough to share the first layer's work,
@@ -221,16 +226,6 @@ def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.detach().view(x.shape[0], heads, -1).permute(1, 2, 0).contiguous()
 
 
-#: Elements of a prompt's image tokens from which prompts are decoded in threads of their own
-#: (:func:`~samadapt.models.accel.parallel.map_prompts`); smaller ones cost less than the hand-over.
-SPLIT_ELEMENTS = 2**18
-
-
-def _threaded(tokens: torch.Tensor) -> bool:
-    """Whether the per-prompt work on image tokens like ``tokens`` (one prompt's) goes to threads."""
-    return tokens.numel() >= SPLIT_ELEMENTS
-
-
 def _fold_queries(att: Attention, q: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt-token queries (N, T, C) of a token-to-image attention folded into its key weights, for each
     prompt's own image tokens.
@@ -257,7 +252,7 @@ def _first_layer(model: Model, image: torch.Tensor,
     """What the decoder computes from the image tokens all prompts share, ``keys`` (1, HW, C), made from the
     embedding ``image``, float32: the first layer's token-to-image keys and values (2, 1, heads, HW, d), its
     image-to-token queries (heads, d, HW), and the tokens through the folded first transposed convolution of
-    the upscaling (HW, 4 C1) (:func:`_first_convolution`).
+    the upscaling (HW, 4 C1) (:func:`~samadapt.models.accel.sam_upscale.first_convolution`).
 
     They depend on the embedding and the weights alone, so they are kept beside the embedding tensor
     (changed weights or embedding values recompute).
@@ -273,7 +268,7 @@ def _first_layer(model: Model, image: torch.Tensor,
     def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pe, h = image_positional_embedding(model), t2i.num_attention_heads
         kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
-        return kv, _heads_first(i2t.q_proj(keys[0] + pe), h), keys[0] @ _folded_weights(dec)[0]
+        return kv, _heads_first(i2t.q_proj(keys[0] + pe), h), keys[0] @ folded_weights(dec)[0]
 
     return _FIRST_LAYER.get(image, key, (model,), compute)
 
@@ -294,21 +289,10 @@ def _tokens_to_image(att: Attention, scores: list[torch.Tensor], keys: list[torc
     (heads*T, HW) of each prompt's folded queries (:func:`_fold_queries`) against ``keys + pe``."""
     h, (ht, _hw), c, n = att.num_attention_heads, scores[0].shape, keys[0].shape[-1], len(keys)
     t, d = ht // h, att.internal_dim // h
-    ctx = map_prompts(lambda p: torch.softmax(scores[p], dim=-1) @ keys[p], n, _threaded(keys[0]))  # over the image
+    ctx = map_prompts(lambda p: torch.softmax(scores[p], dim=-1) @ keys[p], n, worth_threads(keys[0]))  # over the image
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", torch.stack(ctx).view(n, h, t, c).float(), wv) + bv  # weights sum to 1
     return _out_proj(att)(out.reshape(n, t, h * d))
-
-
-class Stage(NamedTuple):
-    """The prompts' image tokens after one layer's image-to-token attention and LayerNorm (:func:`_image_to_tokens`),
-    each prompt's as ``norm(keys + weights.T @ values)``, and the next token-to-image attention's scores."""
-
-    tokens: list[torch.Tensor]  #: per prompt (HW, C)
-    weights: list[torch.Tensor]  #: per prompt (heads*T, HW): each image token's attention over the prompt tokens
-    values: torch.Tensor  #: (N, heads*T, C) float32 the attention's values through its output projection
-    rstd: list[torch.Tensor]  #: per prompt (HW, 1) float32 the LayerNorm's reciprocal deviation per image token
-    scores: list[torch.Tensor]  #: per prompt (R, HW) the next token-to-image attention's scores
 
 
 def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
@@ -362,204 +346,8 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         new, _mean, rstd = torch.native_layer_norm(torch.addmm(x, w.T, vo[p]), [c], norm.weight, norm.bias, norm.eps)
         return new, w, rstd, torch.bmm(folded[p], next_positions).view(h * t, -1).addmm_(rows[p], new.T)
 
-    tokens, weights, rstd, scores = zip(*map_prompts(one, n, _threaded(image[0])), strict=True)
+    tokens, weights, rstd, scores = zip(*map_prompts(one, n, worth_threads(image[0])), strict=True)
     return Stage(list(tokens), list(weights), values, list(rstd), list(scores))
-
-
-#: Image tokens of one prompt per block of the upscaling: its intermediates (16 pixels per
-#: token) stay in the caches instead of making several passes over memory.
-UPSCALE_TOKENS = 4096
-
-_UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
-
-    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
-    a matrix product per child row ``a`` (columns: child column ``b``, channel).
-
-    Returns:
-        conv1 weight for a1 = 0 and 1 (C, 2 C1), its bias (2 C1), LayerNorm weight and bias,
-        conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
-    """
-    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
-    bias1, bias2 = conv1.bias, conv2.bias
-    assert bias1 is not None and bias2 is not None  # transformers builds both convolutions with a bias
-    params = (conv1.weight, bias1, conv2.weight, bias2, norm.weight, norm.bias)
-    key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
-    found = _UPSCALE.get(dec)
-    if found is None or found[0] != key:
-        w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
-        w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
-        mats = (w1[0], w1[1], bias1.repeat(2), norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
-        found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
-        _UPSCALE[dec] = found
-    return found[1]
-
-
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
-    """The upscaling's first transposed convolution folded back through the two-way transformer's image side,
-    float32, kept per decoder and weights' versions (see :func:`_first_convolution`).
-
-    With L layers, layer l's LayerNorm (weight g_l, bias b_l) and the convolution as a (C, 4 C1) matrix W
-    (columns: child row, child column, channel) with bias c: H_L = W and H_(l-1) = P diag(g_l) H_l, P the
-    projection that subtracts the mean over channels (which the LayerNorm does).
-
-    Returns:
-        H_0 ... H_(L-1) (each (C, 4 C1)), the rows b_l H_l for l < L stacked ((L-1, 4 C1)), and
-        b_L W + c (4 C1).
-    """
-    conv1 = dec.upscale_conv1
-    norms = [layer.layer_norm4 for layer in _blocks(dec)]
-    bias1 = conv1.bias
-    assert bias1 is not None  # transformers builds the convolution with a bias
-    params = (conv1.weight, bias1, *(p for norm in norms for p in (norm.weight, norm.bias)))
-    key = (conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
-    found = _FOLDED.get(dec)
-    if found is None or found[0] != key:
-        with torch.no_grad():
-            weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).float()  # (C, a1 b1 c1)
-            folded = [weight]
-            for norm in reversed(norms):
-                hl = norm.weight.float()[:, None] * folded[0]
-                folded.insert(0, hl - hl.mean(0, keepdim=True))
-            betas = [norm.bias.float() @ hl for norm, hl in zip(norms[:-1], folded[1:-1], strict=True)]
-            rows = torch.stack(betas) if betas else weight.new_zeros(0, weight.shape[1])
-            constant = norms[-1].bias.float() @ weight + bias1.float().repeat(4)
-        found = (key, (*folded[:-1], rows, constant))
-        _FOLDED[dec] = found
-    return found[1]
-
-
-def _first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> Callable[[int], tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The first transposed convolution of the upscaling without reading the last image tokens.
-
-    Layer l's image side is ``Y_l = LN_l(Y_(l-1) + W_l.T @ V_l)`` from the shared tokens ``Y_0``, and a
-    LayerNorm is ``r * (P x) * g + b`` (r its reciprocal deviation per token), so the convolution of the last
-    tokens, ``Y_L @ W + c``, is ``A * (Y_0 @ H_0 + sum_l q_l W_l.T @ (V_l @ H_(l-1)) + sum_(l<L) q_(l+1) b_l H_l)
-    + b_L W + c`` with ``A`` the product of all r and ``q_l`` the product of the deviations 1/r of the layers
-    before l (:func:`_folded_weights`). ``Y_0 @ H_0`` is shared by all prompts (:func:`_first_layer`); each
-    prompt's part is a product with K = L * heads * T + L - 1 rows instead of C: less than half the
-    arithmetic for SAM's decoder, and no subtraction of large means (the mean projection is in the weights).
-
-    Returns:
-        For prompt p: ``lhs`` (K, HW) and ``rhs`` (K, 4 C1) so that the convolution is
-        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in ``dtype``.
-    """
-    folded = _folded_weights(dec)
-    depth = len(stages)
-    hs, beta_rows = folded[:depth], folded[depth]
-    rhs = torch.cat([*(torch.matmul(stage.values, hl) for stage, hl in zip(stages, hs, strict=True)),
-                     beta_rows.expand(stages[0].values.shape[0], -1, -1)], dim=1).to(dtype)  # (N, K, 4 C1)
-
-    def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        deviation = torch.ones_like(stages[0].rstd[p]).T  # (1, HW) q_l: 1 / r of the earlier layers
-        parts, extra = [], []
-        for i, stage in enumerate(stages):
-            parts.append(stage.weights[p] * deviation.to(dtype) if i else stage.weights[p])
-            deviation = deviation / stage.rstd[p].T
-            if i + 1 < depth:
-                extra.append(deviation.to(dtype))
-        return torch.cat([*parts, *extra]), rhs[p], (1 / deviation).T.to(dtype)
-
-    return one
-
-
-#: Per SAM 2 embedding (its finest high-resolution feature): the upscaling's additive terms (:func:`_added_terms`).
-_HIGH_RES: KeptBeside[tuple[torch.Tensor, torch.Tensor]] = KeptBeside()
-
-
-def _added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None, side: int,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the upscaling adds after its first and its second transposed convolution, laid out as their
-    products' rows and columns, in ``dtype``.
-
-    After the first: the folded convolution's constant (:func:`_first_convolution`), plus SAM 2's
-    high-resolution feature ``high_res[1]`` (1, C/4, 2 side, 2 side); (2, HW or 1, 2 C1) indexed
-    [child row a1, token (r, col)], columns (child column b1, channel). After the second: its bias, plus
-    ``high_res[0]`` (1, C/8, 4 side, 4 side); (4, 2 HW or 1, 2 C2) indexed [2 a1 + a2, (r, col, b1)], columns
-    (b2, channel). SAM 2's are kept beside its embedding: they depend on it and the weights alone.
-    """
-    constant = _folded_weights(dec)[-1].to(dtype).view(2, 1, -1)
-    bias2 = _upscale_weights(dec, dtype)[-1].view(1, 1, -1)
-    if high_res is None:
-        return constant, bias2
-    f0, f1 = high_res
-    params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias,
-              *(p for block in _blocks(dec) for p in block.layer_norm4.parameters()))
-    key = (dtype, *tensor_identity(f0), *tensor_identity(f1),
-           *(v for p in params if p is not None for v in tensor_identity(p)))
-
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        # pixel (2 r + a1, 2 col + b1) of the first, (4 r + 2 a1 + a2, 4 col + 2 b1 + b2) of the second
-        g1 = f1[0].permute(1, 2, 0).reshape(side, 2, side, 2, -1).permute(1, 0, 2, 3, 4).reshape(2, side * side, -1)
-        g0 = f0[0].permute(1, 2, 0).reshape(side, 4, 2 * side, -1).transpose(0, 1).reshape(4, 2 * side * side, -1)
-        return (g1.to(dtype) + constant).contiguous(), (g0.to(dtype) + bias2).contiguous()
-
-    return _HIGH_RES.get(f0, key, (f1, dec), compute)
-
-
-def _upscale_masks(dec: Decoder, shared: torch.Tensor,
-                   first: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], hyper: torch.Tensor,
-                   side: int, added: tuple[torch.Tensor, torch.Tensor],
-                   features: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask logits (N, M, 4 side, 4 side) from each prompt's image tokens, of which the first transposed
-    convolution is given folded (``shared`` (HW, 4 C1) in the upscaling's dtype and ``first``, from
-    :func:`_first_convolution`), and hypernetwork rows (N, M, C/8).
-
-    ``added``: what is added after the first and second transposed convolutions (:func:`_added_terms`: the
-    folded convolution's constant and the second's bias, with SAM 2's high-resolution features). ``features``
-    (SAM-HQ): an
-    (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
-    is (N, 4 side, 4 side, C/8) channels-last.
-
-    Runs in the folded convolution's dtype, one prompt and rows of tokens up to :data:`UPSCALE_TOKENS` at a
-    time: both transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
-    rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
-    comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
-    products by a1 and a2 makes each output row a contiguous run, written in place.
-    """
-    n, m, c2 = hyper.shape
-    dtype = shared.dtype
-    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, _b2 = _upscale_weights(dec, dtype)
-    after1, after2 = added
-    c1 = gamma.shape[0]
-    eps = dec.upscale_layer_norm.eps
-    rows = hyper.to(dtype)  # (N, M, C2)
-    # (N, M, r, a1, a2, col)
-    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=shared.device)
-    step = max(1, UPSCALE_TOKENS // side)
-
-    def one(p: int) -> None:
-        lhs, rhs, scale = first(p)
-        for r in range(0, side, step):
-            e = min(r + step, side)
-            tile = slice(r * side, e * side)
-            for a1 in range(2):
-                cols = slice(2 * c1 * a1, 2 * c1 * (a1 + 1))
-                # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
-                up = torch.addmm(shared[tile, cols], lhs[:, tile].T, rhs[:, cols])
-                up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], up, scale[tile]).view(-1, c1)
-                # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
-                up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
-                for a2, w2 in enumerate((w2a, w2b)):
-                    term = after2[2 * a1 + a2, 2 * r * side : 2 * e * side] if after2.shape[1] > 1 else after2[0, 0]
-                    # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, 4 col + 2 b1 + b2)
-                    pixels = torch.addmm(term, up, w2).view(-1, c2)
-                    pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
-                    if features is not None:
-                        features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
-                    out[p, :, r:e, a1, a2].copy_(torch.mm(rows[p], pixels.T).view(m, e - r, -1))
-
-    map_prompts(one, n, _threaded(shared))
-    return out.view(n, m, 4 * side, 4 * side)
 
 
 _WORKSPACE = threading.local()
@@ -610,7 +398,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     # the shared image tokens serve all of them (and the next calls on this embedding).
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
     shared = _first_layer(sam, image, keys)
-    added = _added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
+    added = added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
     with prompt_threads(min(sparse.shape[0], group)):
@@ -673,13 +461,13 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
-    conv1 = _first_convolution(dec, stages, dtype)
+    conv1 = first_convolution(dec, stages, dtype)
     if hq is None:
-        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added)
+        masks = upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added)
     else:
         hq_dec, hq_image = hq
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
-        masks = _upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added, features)
+        masks = upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
                             multimask)

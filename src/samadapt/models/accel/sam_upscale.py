@@ -1,0 +1,238 @@
+"""The mask upscaling of the batched decoder (:mod:`samadapt.models.accel.sam_decoder`): two transposed
+convolutions with a LayerNorm and GELUs, then the product with each mask token's hypernetwork row.
+
+The first convolution is folded back through the two-way transformer's image side
+(:func:`first_convolution`); what is added after each convolution (constants, SAM 2's high-resolution
+features) is laid out as the products' rows (:func:`added_terms`); each prompt is upscaled in blocks of
+rows that stay in the caches (:func:`upscale_masks`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samadapt.models.accel.fast_encoder import tensor_identity
+from samadapt.models.accel.kept import KeptBeside
+from samadapt.models.accel.parallel import map_prompts, worth_threads
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from samadapt.models.accel.sam_decoder import Block, Decoder
+
+
+def _layer_norms(dec: Decoder) -> list[nn.LayerNorm]:
+    """Each two-way block's LayerNorm after its image-to-token attention, first to last."""
+    return [layer.layer_norm4 for layer in cast("Iterable[Block]", dec.transformer.layers)]
+
+
+class Stage(NamedTuple):
+    """The prompts' image tokens after one layer's image-to-token attention and LayerNorm (:func:`_image_to_tokens`),
+    each prompt's as ``norm(keys + weights.T @ values)``, and the next token-to-image attention's scores."""
+
+    tokens: list[torch.Tensor]  #: per prompt (HW, C)
+    weights: list[torch.Tensor]  #: per prompt (heads*T, HW): each image token's attention over the prompt tokens
+    values: torch.Tensor  #: (N, heads*T, C) float32 the attention's values through its output projection
+    rstd: list[torch.Tensor]  #: per prompt (HW, 1) float32 the LayerNorm's reciprocal deviation per image token
+    scores: list[torch.Tensor]  #: per prompt (R, HW) the next token-to-image attention's scores
+
+
+#: Image tokens of one prompt per block of the upscaling: its intermediates (16 pixels per
+#: token) stay in the caches instead of making several passes over memory.
+UPSCALE_TOKENS = 4096
+
+_UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
+
+    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
+    a matrix product per child row ``a`` (columns: child column ``b``, channel).
+
+    Returns:
+        conv1 weight for a1 = 0 and 1 (C, 2 C1), its bias (2 C1), LayerNorm weight and bias,
+        conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
+    """
+    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
+    bias1, bias2 = conv1.bias, conv2.bias
+    assert bias1 is not None and bias2 is not None  # transformers builds both convolutions with a bias
+    params = (conv1.weight, bias1, conv2.weight, bias2, norm.weight, norm.bias)
+    key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
+    found = _UPSCALE.get(dec)
+    if found is None or found[0] != key:
+        w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
+        w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
+        mats = (w1[0], w1[1], bias1.repeat(2), norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
+        found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
+        _UPSCALE[dec] = found
+    return found[1]
+
+
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
+    """The upscaling's first transposed convolution folded back through the two-way transformer's image side,
+    float32, kept per decoder and weights' versions (see :func:`first_convolution`).
+
+    With L layers, layer l's LayerNorm (weight g_l, bias b_l) and the convolution as a (C, 4 C1) matrix W
+    (columns: child row, child column, channel) with bias c: H_L = W and H_(l-1) = P diag(g_l) H_l, P the
+    projection that subtracts the mean over channels (which the LayerNorm does).
+
+    Returns:
+        H_0 ... H_(L-1) (each (C, 4 C1)), the rows b_l H_l for l < L stacked ((L-1, 4 C1)), and
+        b_L W + c (4 C1).
+    """
+    conv1 = dec.upscale_conv1
+    norms = _layer_norms(dec)
+    bias1 = conv1.bias
+    assert bias1 is not None  # transformers builds the convolution with a bias
+    params = (conv1.weight, bias1, *(p for norm in norms for p in (norm.weight, norm.bias)))
+    key = (conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
+    found = _FOLDED.get(dec)
+    if found is None or found[0] != key:
+        with torch.no_grad():
+            weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).float()  # (C, a1 b1 c1)
+            folded = [weight]
+            for norm in reversed(norms):
+                hl = norm.weight.float()[:, None] * folded[0]
+                folded.insert(0, hl - hl.mean(0, keepdim=True))
+            betas = [norm.bias.float() @ hl for norm, hl in zip(norms[:-1], folded[1:-1], strict=True)]
+            rows = torch.stack(betas) if betas else weight.new_zeros(0, weight.shape[1])
+            constant = norms[-1].bias.float() @ weight + bias1.float().repeat(4)
+        found = (key, (*folded[:-1], rows, constant))
+        _FOLDED[dec] = found
+    return found[1]
+
+
+def first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> Callable[[int], tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first transposed convolution of the upscaling without reading the last image tokens.
+
+    Layer l's image side is ``Y_l = LN_l(Y_(l-1) + W_l.T @ V_l)`` from the shared tokens ``Y_0``, and a
+    LayerNorm is ``r * (P x) * g + b`` (r its reciprocal deviation per token), so the convolution of the last
+    tokens, ``Y_L @ W + c``, is ``A * (Y_0 @ H_0 + sum_l q_l W_l.T @ (V_l @ H_(l-1)) + sum_(l<L) q_(l+1) b_l H_l)
+    + b_L W + c`` with ``A`` the product of all r and ``q_l`` the product of the deviations 1/r of the layers
+    before l (:func:`folded_weights`). ``Y_0 @ H_0`` is shared by all prompts (:func:`_first_layer`); each
+    prompt's part is a product with K = L * heads * T + L - 1 rows instead of C: less than half the
+    arithmetic for SAM's decoder, and no subtraction of large means (the mean projection is in the weights).
+
+    Returns:
+        For prompt p: ``lhs`` (K, HW) and ``rhs`` (K, 4 C1) so that the convolution is
+        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in ``dtype``.
+    """
+    folded = folded_weights(dec)
+    depth = len(stages)
+    hs, beta_rows = folded[:depth], folded[depth]
+    rhs = torch.cat([*(torch.matmul(stage.values, hl) for stage, hl in zip(stages, hs, strict=True)),
+                     beta_rows.expand(stages[0].values.shape[0], -1, -1)], dim=1).to(dtype)  # (N, K, 4 C1)
+
+    def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        deviation = torch.ones_like(stages[0].rstd[p]).T  # (1, HW) q_l: 1 / r of the earlier layers
+        parts, extra = [], []
+        for i, stage in enumerate(stages):
+            parts.append(stage.weights[p] * deviation.to(dtype) if i else stage.weights[p])
+            deviation = deviation / stage.rstd[p].T
+            if i + 1 < depth:
+                extra.append(deviation.to(dtype))
+        return torch.cat([*parts, *extra]), rhs[p], (1 / deviation).T.to(dtype)
+
+    return one
+
+
+#: Per SAM 2 embedding (its finest high-resolution feature): the upscaling's additive terms (:func:`added_terms`).
+_HIGH_RES: KeptBeside[tuple[torch.Tensor, torch.Tensor]] = KeptBeside()
+
+
+def added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None, side: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the upscaling adds after its first and its second transposed convolution, laid out as their
+    products' rows and columns, in ``dtype``.
+
+    After the first: the folded convolution's constant (:func:`first_convolution`), plus SAM 2's
+    high-resolution feature ``high_res[1]`` (1, C/4, 2 side, 2 side); (2, HW or 1, 2 C1) indexed
+    [child row a1, token (r, col)], columns (child column b1, channel). After the second: its bias, plus
+    ``high_res[0]`` (1, C/8, 4 side, 4 side); (4, 2 HW or 1, 2 C2) indexed [2 a1 + a2, (r, col, b1)], columns
+    (b2, channel). SAM 2's are kept beside its embedding: they depend on it and the weights alone.
+    """
+    constant = folded_weights(dec)[-1].to(dtype).view(2, 1, -1)
+    bias2 = upscale_weights(dec, dtype)[-1].view(1, 1, -1)
+    if high_res is None:
+        return constant, bias2
+    f0, f1 = high_res
+    params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias,
+              *(p for norm in _layer_norms(dec) for p in norm.parameters()))
+    key = (dtype, *tensor_identity(f0), *tensor_identity(f1),
+           *(v for p in params if p is not None for v in tensor_identity(p)))
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        # pixel (2 r + a1, 2 col + b1) of the first, (4 r + 2 a1 + a2, 4 col + 2 b1 + b2) of the second
+        g1 = f1[0].permute(1, 2, 0).reshape(side, 2, side, 2, -1).permute(1, 0, 2, 3, 4).reshape(2, side * side, -1)
+        g0 = f0[0].permute(1, 2, 0).reshape(side, 4, 2 * side, -1).transpose(0, 1).reshape(4, 2 * side * side, -1)
+        return (g1.to(dtype) + constant).contiguous(), (g0.to(dtype) + bias2).contiguous()
+
+    return _HIGH_RES.get(f0, key, (f1, dec), compute)
+
+
+def upscale_masks(dec: Decoder, shared: torch.Tensor,
+                   first: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], hyper: torch.Tensor,
+                   side: int, added: tuple[torch.Tensor, torch.Tensor],
+                   features: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask logits (N, M, 4 side, 4 side) from each prompt's image tokens, of which the first transposed
+    convolution is given folded (``shared`` (HW, 4 C1) in the upscaling's dtype and ``first``, from
+    :func:`first_convolution`), and hypernetwork rows (N, M, C/8).
+
+    ``added``: what is added after the first and second transposed convolutions (:func:`added_terms`: the
+    folded convolution's constant and the second's bias, with SAM 2's high-resolution features). ``features``
+    (SAM-HQ): an
+    (N, side, 2, 2, 4 side, C/8) tensor that receives the upscaled features themselves, which
+    is (N, 4 side, 4 side, C/8) channels-last.
+
+    Runs in the folded convolution's dtype, one prompt and rows of tokens up to :data:`UPSCALE_TOKENS` at a
+    time: both transposed convolutions, the LayerNorm and GELUs and the product with the hypernetwork
+    rows, so the full-resolution features are never all in memory. Output row 4 r + 2 a1 + a2
+    comes from token row r, child rows a1 (first convolution) and a2 (second); splitting the
+    products by a1 and a2 makes each output row a contiguous run, written in place.
+    """
+    n, m, c2 = hyper.shape
+    dtype = shared.dtype
+    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, _b2 = upscale_weights(dec, dtype)
+    after1, after2 = added
+    c1 = gamma.shape[0]
+    eps = dec.upscale_layer_norm.eps
+    rows = hyper.to(dtype)  # (N, M, C2)
+    # (N, M, r, a1, a2, col)
+    out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=shared.device)
+    step = max(1, UPSCALE_TOKENS // side)
+
+    def one(p: int) -> None:
+        lhs, rhs, scale = first(p)
+        for r in range(0, side, step):
+            e = min(r + step, side)
+            tile = slice(r * side, e * side)
+            for a1 in range(2):
+                cols = slice(2 * c1 * a1, 2 * c1 * (a1 + 1))
+                # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
+                up = torch.addmm(shared[tile, cols], lhs[:, tile].T, rhs[:, cols])
+                up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], up, scale[tile]).view(-1, c1)
+                # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
+                up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
+                for a2, w2 in enumerate((w2a, w2b)):
+                    term = after2[2 * a1 + a2, 2 * r * side : 2 * e * side] if after2.shape[1] > 1 else after2[0, 0]
+                    # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, 4 col + 2 b1 + b2)
+                    pixels = torch.addmm(term, up, w2).view(-1, c2)
+                    pixels = torch._C._nn.gelu_(pixels)  # type: ignore[attr-defined]
+                    if features is not None:
+                        features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
+                    out[p, :, r:e, a1, a2].copy_(torch.mm(rows[p], pixels.T).view(m, e - r, -1))
+
+    map_prompts(one, n, worth_threads(shared))
+    return out.view(n, m, 4 * side, 4 * side)
