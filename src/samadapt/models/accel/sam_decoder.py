@@ -308,7 +308,7 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
 
     Args:
         keys: (1, HW, C) float32 image tokens all prompts share (``shared`` given) or each prompt's own,
-            N of (HW, C) in ``dtype``.
+            N of (HW, C) in ``dtype``, which are overwritten.
         padding: (N, T) 0 for tokens, -inf for padding.
         dtype: dtype of the result (each prompt's own image tokens).
         shared: the query projections (heads, d, HW) of shared image tokens (:func:`_first_layer`); None
@@ -343,7 +343,9 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         if kq is not None:
             z.view(h * t, -1).addmm_(kq[p], x.T)
         w = torch.softmax(z, dim=1).view(h * t, -1).to(dtype)  # over the prompt tokens
-        new, _mean, rstd = torch.native_layer_norm(torch.addmm(x, w.T, vo[p]), [c], norm.weight, norm.bias, norm.eps)
+        # each prompt's own tokens take the update in place (nothing reads them after it): no copy of them
+        update = torch.addmm(x, w.T, vo[p]) if kq is None else x.addmm_(w.T, vo[p])
+        new, _mean, rstd = torch.native_layer_norm(update, [c], norm.weight, norm.bias, norm.eps)
         return new, w, rstd, torch.bmm(folded[p], next_positions).view(h * t, -1).addmm_(rows[p], new.T)
 
     tokens, weights, rstd, scores = zip(*map_prompts(one, n, worth_threads(image[0])), strict=True)
