@@ -106,4 +106,4 @@ def test_freed_blocks_are_kept_for_reuse_unless_turned_off(setting: str) -> None
     if setting == "1":
         assert applied == "True" and int(after) >= 19
     else:
-        assert applied == "False" and int(after) <= 1
+        assert applied == "False" and int(after) <= 10  # the block went back (a few MB of other growth aside)
