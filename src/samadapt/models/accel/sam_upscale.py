@@ -132,10 +132,9 @@ def first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> 
     folded = folded_weights(dec)
     depth = len(stages)
     hs, beta_rows = folded[:depth], folded[depth]
-    rhs = torch.cat([*(torch.matmul(stage.values, hl) for stage, hl in zip(stages, hs, strict=True)),
-                     beta_rows.expand(stages[0].values.shape[0], -1, -1)], dim=1).to(dtype)  # (N, K, 4 C1)
 
     def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rhs = torch.cat([*(stage.values[p] @ hl for stage, hl in zip(stages, hs, strict=True)), beta_rows])
         deviation = torch.ones_like(stages[0].rstd[p]).T  # (1, HW) q_l: 1 / r of the earlier layers
         parts, extra = [], []
         for i, stage in enumerate(stages):
@@ -143,7 +142,7 @@ def first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> 
             deviation = deviation / stage.rstd[p].T
             if i + 1 < depth:
                 extra.append(deviation.to(dtype))
-        return torch.cat([*parts, *extra]), rhs[p], (1 / deviation).T.to(dtype)
+        return torch.cat([*parts, *extra]), rhs.to(dtype), (1 / deviation).T.to(dtype)
 
     return one
 
