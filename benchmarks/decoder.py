@@ -155,8 +155,8 @@ def main() -> None:
                     print(f"{'':4s}{n:8d} {ms:10.1f} {ms / base:6.2f}")
                     if n == 16:
                         summary.append((name, label, ms, ms / base))
-                        fresh = Embedded(image=None, embedding={k: v.clone() for k, v in emb.items()},
-                                         geometry=geometry, from_cache=True)  # type: ignore[arg-type]
+                        fresh = Embedded(image=None, embedding={k: v.clone() for k, v in emb.items()},  # type: ignore[arg-type]
+                                         geometry=geometry, from_cache=True)
                         first = best_of(lambda s=seg, b=batch, f=fresh: s.decode(f, b), 1) / n * 1000
                         print(f"{'':4s}{'first call on a new embedding':>30s} {first:6.1f} ms/prompt")
                 if args.profile:
