@@ -68,8 +68,11 @@ def test_lru_eviction_keeps_the_store_under_its_bound(tmp_path: Path) -> None:
     import os
     import time
 
-    # entry 1 used more recently than entry 2
-    later = time.time() + 10
+    # entry 1 used more recently than entry 2, and entry 2 before entry 3 is written (files written within one
+    # tick of the kernel's coarse clock get the same time: entries 2 and 3 could otherwise tie)
+    now = time.time()
+    os.utime(cache.path("2" * 64), (now - 10, now - 10))
+    later = now + 10
     os.utime(cache.path("1" * 64), (later, later))
     cache.put("3" * 64, _emb(3))
     os.utime(cache.path("3" * 64), (later + 10, later + 10))
