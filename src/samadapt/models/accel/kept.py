@@ -1,4 +1,6 @@
-"""Values computed from a tensor (an image embedding), kept while that tensor lives.
+"""Values kept for the decoder: computed from a tensor (an image embedding) and kept while that tensor
+lives (:class:`KeptBeside`), or computed from a module's weights and kept while the module lives and its
+weights are unchanged (:class:`KeptPerModule`).
 
 The decoder's image-side work (SAM-HQ's image features, the first decoder layer's projections of
 the image tokens) depends on the embedding and the weights alone. Kept beside the embedding, the
@@ -47,3 +49,25 @@ class KeptBeside(Generic[T]):
             weakref.finalize(tensor, self._entries.pop, id(tensor), None)
         self._entries[id(tensor)] = (key, tuple(_reference(o) for o in (tensor, *others)), value)
         return value
+
+
+def weights_key(*params: torch.Tensor | None) -> tuple[object, ...]:
+    """Identity and version of each parameter (None for a missing one): changes when a weight is replaced
+    or updated in place (an optimiser step, ``load_state_dict``)."""
+    return tuple((id(p), p._version) if p is not None else None for p in params)
+
+
+class KeptPerModule(Generic[T]):
+    """Per module (weakly referenced), the last value computed for it, with the key it was computed under
+    (its weights' :func:`weights_key`, the dtype, ...). A different key recomputes."""
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[object, tuple[tuple[object, ...], T]] = weakref.WeakKeyDictionary()
+
+    def get(self, module: object, key: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """The value kept for ``module`` under ``key``, else ``compute()`` kept in its place."""
+        found = self._entries.get(module)
+        if found is None or found[0] != key:
+            found = (key, compute())
+            self._entries[module] = found
+        return found[1]

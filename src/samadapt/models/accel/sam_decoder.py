@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
-from samadapt.models.accel.kept import KeptBeside
+from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 from samadapt.models.accel.parallel import map_prompts, prompt_threads, worth_threads
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
@@ -98,7 +97,7 @@ GROUP_BYTES = 64 * 2**20
 #: small enough that the per-prompt image tokens (N x 4096 x 256 floats) stay near 64 MB.
 CHUNK = 16
 
-_POSITIONAL: weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]] = weakref.WeakKeyDictionary()
+_POSITIONAL: KeptPerModule[torch.Tensor] = KeptPerModule()
 
 
 #: Names of the transformers model classes whose mask decoder this pass computes. EdgeTAM's image model and
@@ -156,12 +155,12 @@ def image_positional_embedding(model: nn.Module) -> torch.Tensor:
     """(HW, C) positional embedding of the image grid, computed once per model and its weights' version."""
     sam = _sam(model)
     param = sam.shared_image_embedding.positional_embedding
-    found = _POSITIONAL.get(model)
-    if found is None or found[0] != param._version or found[1].device != param.device:
+
+    def compute() -> torch.Tensor:
         pe = sam.get_image_wide_positional_embeddings()[0]  # (C, h, w)
-        found = (param._version, pe.flatten(1).transpose(0, 1).contiguous())
-        _POSITIONAL[model] = found
-    return found[1]
+        return pe.flatten(1).transpose(0, 1).contiguous()
+
+    return _POSITIONAL.get(model, (param.device, *weights_key(param)), compute)
 
 
 def _out_proj(att: Attention) -> nn.Linear:
@@ -195,8 +194,8 @@ def _self_attention_block(layer: Block, queries: torch.Tensor, tokens: torch.Ten
     return layer.layer_norm1(queries + _token_self_attention(layer.self_attn, q, queries, valid))
 
 
-_PROJECTED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[object, ...], torch.Tensor]]] = (
-    weakref.WeakKeyDictionary())
+#: Per attention: its projection of the positional embedding (an attention takes only one, "k" or "q").
+_PROJECTED: KeptPerModule[torch.Tensor] = KeptPerModule()
 
 
 def _projected_positions(model: nn.Module, att: Attention, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -210,15 +209,14 @@ def _projected_positions(model: nn.Module, att: Attention, name: str, dtype: tor
     """
     proj = att.k_proj if name == "k" else att.q_proj
     pe = image_positional_embedding(model)
-    params = (proj.weight, proj.bias, _sam(model).shared_image_embedding.positional_embedding)
-    key = (dtype, pe.device, *(p._version for p in params), *(id(p) for p in params))
-    kept = _PROJECTED.setdefault(att, {})
-    found = kept.get(name)
-    if found is None or found[0] != key:
+    key = (name, dtype, pe.device, *weights_key(proj.weight, proj.bias,
+                                                _sam(model).shared_image_embedding.positional_embedding))
+
+    def compute() -> torch.Tensor:
         out = pe @ proj.weight.T if name == "k" else F.linear(pe, proj.weight, proj.bias)
-        found = (key, _heads_first(out, att.num_attention_heads).to(dtype))
-        kept[name] = found
-    return found[1]
+        return _heads_first(out, att.num_attention_heads).to(dtype)
+
+    return _PROJECTED.get(att, key, compute)
 
 
 def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -463,13 +461,13 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
-    conv1 = first_convolution(dec, stages, dtype)
+    conv1 = (shared[2].to(dtype), first_convolution(dec, stages, dtype))
     if hq is None:
-        masks = upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added)
+        masks = upscale_masks(dec, *conv1, hyper, side, added)
     else:
         hq_dec, hq_image = hq
         features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
-        masks = upscale_masks(dec, shared[2].to(dtype), conv1, hyper, side, added, features)
+        masks = upscale_masks(dec, *conv1, hyper, side, added, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,
                             multimask)

@@ -9,7 +9,6 @@ rows that stay in the caches (:func:`upscale_masks`).
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
-from samadapt.models.accel.kept import KeptBeside
+from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 from samadapt.models.accel.parallel import map_prompts, worth_threads
 
 if TYPE_CHECKING:
@@ -46,37 +45,33 @@ class Stage(NamedTuple):
 #: token) stay in the caches instead of making several passes over memory.
 UPSCALE_TOKENS = 4096
 
-_UPSCALE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
-    weakref.WeakKeyDictionary())
+_UPSCALE: KeptPerModule[tuple[torch.Tensor, ...]] = KeptPerModule()
 
 
 def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """The upscaling's weights as matrices in ``dtype``, kept per decoder and weights' versions.
+    """The upscaling's weights after its first transposed convolution (which :func:`first_convolution`
+    folds) as matrices in ``dtype``, kept per decoder and weights' versions.
 
     A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently:
     a matrix product per child row ``a`` (columns: child column ``b``, channel).
 
     Returns:
-        conv1 weight for a1 = 0 and 1 (C, 2 C1), its bias (2 C1), LayerNorm weight and bias,
-        conv2 weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
+        The LayerNorm's weight and bias, conv2's weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
     """
-    conv1, conv2, norm = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
-    bias1, bias2 = conv1.bias, conv2.bias
-    assert bias1 is not None and bias2 is not None  # transformers builds both convolutions with a bias
-    params = (conv1.weight, bias1, conv2.weight, bias2, norm.weight, norm.bias)
-    key = (dtype, conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
-    found = _UPSCALE.get(dec)
-    if found is None or found[0] != key:
-        w1 = conv1.weight.permute(2, 0, 3, 1).reshape(2, conv1.in_channels, 2 * conv1.out_channels)
+    conv2, norm = dec.upscale_conv2, dec.upscale_layer_norm
+    bias2 = conv2.bias
+    assert bias2 is not None  # transformers builds the convolution with a bias
+
+    def compute() -> tuple[torch.Tensor, ...]:
         w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
-        mats = (w1[0], w1[1], bias1.repeat(2), norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
-        found = (key, tuple(m.detach().to(dtype).contiguous() for m in mats))
-        _UPSCALE[dec] = found
-    return found[1]
+        mats = (norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
+        return tuple(m.detach().to(dtype).contiguous() for m in mats)
+
+    key = (dtype, conv2.weight.device, *weights_key(conv2.weight, bias2, norm.weight, norm.bias))
+    return _UPSCALE.get(dec, key, compute)
 
 
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], tuple[torch.Tensor, ...]]] = (
-    weakref.WeakKeyDictionary())
+_FOLDED: KeptPerModule[tuple[torch.Tensor, ...]] = KeptPerModule()
 
 
 def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
@@ -95,10 +90,8 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
     norms = _layer_norms(dec)
     bias1 = conv1.bias
     assert bias1 is not None  # transformers builds the convolution with a bias
-    params = (conv1.weight, bias1, *(p for norm in norms for p in (norm.weight, norm.bias)))
-    key = (conv1.weight.device, *(p._version for p in params), *(id(p) for p in params))
-    found = _FOLDED.get(dec)
-    if found is None or found[0] != key:
+
+    def compute() -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).float()  # (C, a1 b1 c1)
             folded = [weight]
@@ -108,9 +101,10 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
             betas = [norm.bias.float() @ hl for norm, hl in zip(norms[:-1], folded[1:-1], strict=True)]
             rows = torch.stack(betas) if betas else weight.new_zeros(0, weight.shape[1])
             constant = norms[-1].bias.float() @ weight + bias1.float().repeat(4)
-        found = (key, (*folded[:-1], rows, constant))
-        _FOLDED[dec] = found
-    return found[1]
+        return (*folded[:-1], rows, constant)
+
+    key = (conv1.weight.device, *weights_key(conv1.weight, bias1, *(p for n in norms for p in (n.weight, n.bias))))
+    return _FOLDED.get(dec, key, compute)
 
 
 def first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> Callable[[int], tuple[
@@ -203,7 +197,7 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
     """
     n, m, c2 = hyper.shape
     dtype = shared.dtype
-    _w1a, _w1b, _b1, gamma, beta, w2a, w2b, _b2 = upscale_weights(dec, dtype)
+    gamma, beta, w2a, w2b, _b2 = upscale_weights(dec, dtype)
     after1, after2 = added
     c1 = gamma.shape[0]
     eps = dec.upscale_layer_norm.eps
