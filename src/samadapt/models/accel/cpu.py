@@ -125,9 +125,7 @@ MMAP_THRESHOLD = 32 * 2**20
 #: Free memory a heap keeps at its top instead of giving it back to the system.
 TRIM_THRESHOLD = 256 * 2**20
 
-_KEPT: list[bool] = []
-
-
+@lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of returning it to the system at once (process-wide,
     once; Linux with glibc only). Returns whether it is in effect.
@@ -140,8 +138,6 @@ def keep_freed_memory() -> bool:
     of such blocks (a few hundred MB for the decoder) rather than returning it. ``SAMADAPT_KEEP_FREED_MEMORY=0``
     leaves glibc's defaults.
     """
-    if _KEPT:
-        return _KEPT[0]
     applied = False
     if os.environ.get("SAMADAPT_KEEP_FREED_MEMORY", "1").strip() != "0":
         import ctypes
@@ -154,5 +150,4 @@ def keep_freed_memory() -> bool:
                     libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
             except (OSError, AttributeError):
                 applied = False
-    _KEPT.append(applied)
     return applied
