@@ -58,6 +58,7 @@ from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
+from samadapt.models.sam import join
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -405,7 +406,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
         masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
                                           shared, added, hq) for s in range(0, sparse.shape[0], group)),
                           strict=False)
-    return torch.cat(masks), torch.cat(ious)
+    return join(list(masks)), join(list(ious))
 
 
 def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
