@@ -64,8 +64,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
+    for name in ("prompts", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
-        earlier = earlier_decoder(args.against, Path(tmp))
+        try:
+            earlier = earlier_decoder(args.against, Path(tmp))
+        except subprocess.CalledProcessError:
+            parser.error(f"--against {args.against}: not a commit of this repository with {ACCEL}")
         current = sam_decoder.decode_sam
         loaded = load_model(build(args.model, Path(tmp)), runtime=args.runtime)
         geometry = Geometry(original_hw=(1024, 1024), resized_hw=(1024, 1024))
