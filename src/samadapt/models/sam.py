@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
+from samadapt.models.accel.sam_decoder import join
 from samadapt.models.families import family_model, image_encoder_call
 from samadapt.models.loading import LoadedModel
 
@@ -133,11 +134,6 @@ def low_res_side(loaded: LoadedModel) -> int:
 def sam3_parts(loaded: LoadedModel) -> Sam3Parts:
     """A SAM 3 model's :class:`~samadapt.models.sam3.Sam3Parts`."""
     return cast("Sam3Parts", loaded.model)
-
-
-def join(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts)``, without the copy when there is one part (16 prompts' masks are 12 MB)."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @torch.no_grad()

@@ -18,10 +18,11 @@ import torch
 from samadapt.errors import InputError
 from samadapt.imagery.mask_windows import logit_windows
 from samadapt.imagery.preprocess import mask_prompt_to_model
+from samadapt.models.accel.sam_decoder import join
 from samadapt.models.accel.speed import RuntimeOptions, apply_runtime
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.registry import DEFAULT_MODEL
-from samadapt.models.sam import DecoderPrompts, decode, join, low_res_side
+from samadapt.models.sam import DecoderPrompts, decode, low_res_side
 from samadapt.predict.cache import EmbeddingCache
 from samadapt.predict.embed import Embedded, Embedder, ImageLike, as_geoimage
 from samadapt.predict.packing import pack_prompts

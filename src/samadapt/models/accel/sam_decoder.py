@@ -58,7 +58,6 @@ from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
-from samadapt.models.sam import join
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -366,6 +365,11 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
             found = torch.empty(shape, dtype=dtype, device=device)
         setattr(_WORKSPACE, name, found)
     return found
+
+
+def join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts)``, without the copy when there is one part (16 prompts' masks are 12 MB)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor,
