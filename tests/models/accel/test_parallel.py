@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from samadapt.models.accel.parallel import map_prompts, prompt_threads
+from samadapt.models.accel.parallel import map_runs, prompt_threads
 
 
 @pytest.fixture
@@ -21,36 +21,49 @@ def two_threads():
     torch.set_num_threads(saved)
 
 
-def test_results_in_order_with_the_runs_at_the_same_time(two_threads) -> None:
+def test_runs_in_order_at_the_same_time(two_threads) -> None:
     both = threading.Barrier(2)
 
-    def square(i: int) -> int:
-        if i in (0, 3):  # the first index of each run: waits for the other run
-            both.wait(timeout=10)
-        return i * i
+    def squares(run: range) -> list[int]:
+        both.wait(timeout=10)  # each run waits for the other: they run at the same time
+        return [i * i for i in run]
 
     with prompt_threads(7) as threads:
         assert threads == 2
-        assert map_prompts(square, 7) == [i * i for i in range(7)]
+        assert map_runs(squares, 7) == [[0, 1, 4], [9, 16, 25, 36]]
 
 
 def test_each_run_has_one_intra_op_thread_and_other_threads_keep_theirs(two_threads) -> None:
     with prompt_threads(4):
-        assert map_prompts(lambda i: torch.get_num_threads(), 4) == [1, 1, 1, 1]
-        assert map_prompts(lambda i: torch.get_num_threads(), 4, split=False) == [1, 1, 1, 1]  # in the caller
+        assert map_runs(lambda run: torch.get_num_threads(), 4) == [1, 1]
+        assert map_runs(lambda run: (len(run), torch.get_num_threads()), 4, split=False) == [(4, 1)]  # the caller
         seen: list[int] = []
         fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
         fresh.start()
         fresh.join()
         assert seen == [2]  # a thread started meanwhile takes the process-wide count, unchanged
     assert torch.get_num_threads() == 2
-    assert map_prompts(lambda i: torch.get_num_threads(), 4) == [2, 2, 2, 2]  # outside: the caller, all threads
+    assert map_runs(lambda run: (len(run), torch.get_num_threads()), 4) == [(4, 2)]  # outside: the caller, all threads
+
+
+def test_calls_within_a_run_stay_in_its_thread(two_threads) -> None:
+    def inner(run: range) -> list[tuple[threading.Thread, int]]:
+        here = threading.current_thread()
+        nested = map_runs(lambda r: (threading.current_thread(), len(r)), 4)
+        assert nested == [(here, 4)]
+        return nested
+
+    with prompt_threads(4):
+        outer = map_runs(inner, 4)
+    assert len(outer) == 2 and outer[0][0][0] is threading.current_thread() and outer[1][0][0] is not outer[0][0][0]
+    with prompt_threads(4):  # the caller spreads again after its run
+        assert len({id(t) for t, _ in (r[0] for r in map_runs(inner, 4))}) == 2
 
 
 def test_fewer_prompts_than_threads_keep_every_thread_on_each_operator(two_threads) -> None:
     with prompt_threads(1) as threads:
         assert threads == 2 and torch.get_num_threads() == 2
-        assert map_prompts(lambda i: (threading.current_thread(), torch.get_num_threads()), 1) == [
+        assert map_runs(lambda run: (threading.current_thread(), torch.get_num_threads()), 1) == [
             (threading.current_thread(), 2)]
 
 
@@ -58,23 +71,23 @@ def test_the_callers_gradient_and_inference_modes_reach_the_threads(two_threads)
     w = torch.ones(3, requires_grad=True)
     with prompt_threads(4):
         with torch.no_grad():
-            assert not any(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
-        assert all(t.requires_grad for t in map_prompts(lambda i: w * i, 4))
+            assert not any(t.requires_grad for t in map_runs(lambda run: w * len(run), 4))
+        assert all(t.requires_grad for t in map_runs(lambda run: w * len(run), 4))
         with torch.inference_mode():
-            assert all(t.is_inference() for t in map_prompts(lambda i: torch.ones(2) * i, 4))
+            assert all(t.is_inference() for t in map_runs(lambda run: torch.ones(2) * len(run), 4))
 
 
 def test_an_error_reaches_the_caller_and_the_count_comes_back(two_threads) -> None:
-    def fail(i: int) -> int:
-        if i == 3:
+    def fail(run: range) -> range:
+        if 3 in run:
             raise ValueError("prompt 3")
-        return i
+        return run
 
     with pytest.raises(ValueError, match="prompt 3"), prompt_threads(4):
-        map_prompts(fail, 4)
+        map_runs(fail, 4)
     assert torch.get_num_threads() == 2
     with prompt_threads(4):
-        assert map_prompts(lambda i: i, 4) == [0, 1, 2, 3]
+        assert map_runs(lambda run: list(run), 4) == [[0, 1], [2, 3]]
 
 
 _KEEP = """

@@ -7,10 +7,13 @@ the image tokens) depends on the embedding and the weights alone. Kept beside th
 next prompts on it (a cached embedding in the service, the next click in QGIS) skip that work.
 A dictionary keyed by the tensor cannot be used: tensors compare with ``==`` elementwise and
 cannot be weakly keyed by value, so entries are keyed by ``id`` and dropped when the tensor goes.
+Both are safe to use from several threads (the decoder's runs of prompts, the service's requests): a value
+is computed once, under a lock, while the others wait for it.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -33,6 +36,7 @@ class KeptBeside(Generic[T]):
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[tuple[object, ...], tuple[Any, ...], T]] = {}
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -40,6 +44,11 @@ class KeptBeside(Generic[T]):
     def get(self, tensor: torch.Tensor, key: tuple[object, ...], others: tuple[object, ...],
             compute: Callable[[], T]) -> T:
         """The value kept for ``tensor`` under ``key`` and ``others``, else ``compute()`` kept in its place."""
+        with self._lock:
+            return self._get(tensor, key, others, compute)
+
+    def _get(self, tensor: torch.Tensor, key: tuple[object, ...], others: tuple[object, ...],
+             compute: Callable[[], T]) -> T:
         found = self._entries.get(id(tensor))
         if found is not None and found[0] == key and all(
                 ref() is obj for ref, obj in zip(found[1], (tensor, *others), strict=True)):
@@ -63,11 +72,13 @@ class KeptPerModule(Generic[T]):
 
     def __init__(self) -> None:
         self._entries: weakref.WeakKeyDictionary[object, tuple[tuple[object, ...], T]] = weakref.WeakKeyDictionary()
+        self._lock = threading.RLock()
 
     def get(self, module: object, key: tuple[object, ...], compute: Callable[[], T]) -> T:
         """The value kept for ``module`` under ``key``, else ``compute()`` kept in its place."""
-        found = self._entries.get(module)
-        if found is None or found[0] != key:
-            found = (key, compute())
-            self._entries[module] = found
-        return found[1]
+        with self._lock:
+            found = self._entries.get(module)
+            if found is None or found[0] != key:
+                found = (key, compute())
+                self._entries[module] = found
+            return found[1]

@@ -53,7 +53,7 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
-from samadapt.models.accel.parallel import map_prompts, prompt_threads, worth_threads
+from samadapt.models.accel.parallel import map_runs, prompt_threads, worth_threads
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
 from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
@@ -88,8 +88,8 @@ if TYPE_CHECKING:
     Block: TypeAlias = SamTwoWayAttentionBlock | SamHQTwoWayAttentionBlock | Sam2TwoWayAttentionBlock
     Attention: TypeAlias = SamAttention | SamHQAttention | Sam2Attention
 
-#: Bytes of per-prompt image tokens decoded together (32 prompts of sam-vit-base in bf16, 16 in
-#: fp32): a bound on memory for long prompt lists; each prompt's tokens are worked on one at a time,
+#: Bytes of per-prompt image tokens decoded at the same time, over all threads (32 prompts of sam-vit-base in
+#: bf16, 16 in fp32): a bound on memory for long prompt lists; each prompt's tokens are worked on one at a time,
 #: and larger groups share more of the per-call work (measured fastest at a whole 16-prompt chunk).
 GROUP_BYTES = 64 * 2**20
 
@@ -287,7 +287,7 @@ def _tokens_to_image(att: Attention, scores: list[torch.Tensor], keys: list[torc
     (heads*T, HW) of each prompt's folded queries (:func:`_fold_queries`) against ``keys + pe``."""
     h, (ht, _hw), c, n = att.num_attention_heads, scores[0].shape, keys[0].shape[-1], len(keys)
     t, d = ht // h, att.internal_dim // h
-    ctx = map_prompts(lambda p: torch.softmax(scores[p], dim=-1) @ keys[p], n, worth_threads(keys[0]))  # over the image
+    ctx = [torch.softmax(scores[p], dim=-1) @ keys[p] for p in range(n)]  # over the image
     wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
     out = torch.einsum("nhtc,hdc->nthd", torch.stack(ctx).view(n, h, t, c).float(), wv) + bv  # weights sum to 1
     return _out_proj(att)(out.reshape(n, t, h * d))
@@ -346,7 +346,7 @@ def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys:
         new, _mean, rstd = torch.native_layer_norm(update, [c], norm.weight, norm.bias, norm.eps)
         return new, w, rstd, torch.bmm(folded[p], next_positions).view(h * t, -1).addmm_(rows[p], new.T)
 
-    tokens, weights, rstd, scores = zip(*map_prompts(one, n, worth_threads(image[0])), strict=True)
+    tokens, weights, rstd, scores = zip(*(one(p) for p in range(n)), strict=True)
     return Stage(list(tokens), list(weights), values, list(rstd), list(scores))
 
 
@@ -399,17 +399,27 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     dense = sam.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
     keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # Groups of prompts whose own image tokens stay under GROUP_BYTES; the projections of
-    # the shared image tokens serve all of them (and the next calls on this embedding).
-    group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize))
+    n = sparse.shape[0]
+    # Each thread decodes a run of prompts (map_runs) in groups; the groups decoded at the same time keep their
+    # own image tokens under GROUP_BYTES. The projections of the shared image tokens serve all of them (and the
+    # next calls on this embedding).
+    spread = worth_threads(keys[0])
+    at_once = min(n, torch.get_num_threads()) if spread else 1
+    group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize * at_once))
     shared = _first_layer(sam, image, keys)
     added = added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
-    with prompt_threads(min(sparse.shape[0], group)):
-        masks, ious = zip(*(_decode_group(sam, keys, sparse[s : s + group], valid[s : s + group], multimask, dtype,
-                                          shared, added, hq) for s in range(0, sparse.shape[0], group)),
-                          strict=False)
+
+    def run(prompts: range) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        starts = range(prompts.start, prompts.stop, group)
+        return [_decode_group(sam, keys, sparse[s : min(s + group, prompts.stop)],
+                              valid[s : min(s + group, prompts.stop)], multimask, dtype, shared, added, hq)
+                for s in starts]
+
+    with prompt_threads(n):
+        parts = [part for parts_of_run in map_runs(run, n, spread) for part in parts_of_run]
+    masks, ious = zip(*parts, strict=True)
     return join(list(masks)), join(list(ious))
 
 

@@ -26,7 +26,6 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside
-from samadapt.models.accel.parallel import map_prompts
 
 if TYPE_CHECKING:
     from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
@@ -116,7 +115,7 @@ def add_hq_masks(dec: SamHQMaskDecoder, masks: torch.Tensor, iou: torch.Tensor, 
     hq_mask = hq_mask.view(n, 1, h, w)
     pad_y, pad_x = padding
 
-    def some(block: int) -> None:  # a few objects at a time: their intermediates are reused memory
+    for block in range(-(-n // HQ_OBJECTS)):  # a few objects at a time: their intermediates are reused memory
         i = block * HQ_OBJECTS
         j = min(n, i + HQ_OBJECTS)
         x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
@@ -128,8 +127,6 @@ def add_hq_masks(dec: SamHQMaskDecoder, masks: torch.Tensor, iou: torch.Tensor, 
         for k in range(k2):
             ky, kx = divmod(k, conv2.kernel_size[1])
             acc += z[:, k, ky : ky + h, kx : kx + w]
-
-    map_prompts(some, -(-n // HQ_OBJECTS))  # blocks of objects spread over the cores
     if multimask:
         iou, order = torch.sort(iou, dim=1, descending=True)
         masks = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, h, w))

@@ -17,7 +17,6 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
-from samadapt.models.accel.parallel import map_prompts, worth_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -206,7 +205,7 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
     out = torch.empty(n, m, side, 2, 2, 4 * side, dtype=torch.float32, device=shared.device)
     step = max(1, UPSCALE_TOKENS // side)
 
-    def one(p: int) -> None:
+    for p in range(n):
         lhs, rhs, scale = first(p)
         for r in range(0, side, step):
             e = min(r + step, side)
@@ -226,6 +225,4 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
                     if features is not None:
                         features[p, r:e, a1, a2].copy_(pixels.view(e - r, 4 * side, c2))
                     out[p, :, r:e, a1, a2].copy_(torch.mm(rows[p], pixels.T).view(m, e - r, -1))
-
-    map_prompts(one, n, worth_threads(shared))
     return out.view(n, m, 4 * side, 4 * side)
