@@ -250,17 +250,18 @@ def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Pat
 
 
 @pytest.mark.parametrize("family", ["sam", "sam2"])
-def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, Path], family: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first layer's projections of the image tokens are computed once per embedding, follow weight
-    changes, are not shared between models, and go with their embedding."""
+def test_image_side_projections_are_kept_per_embedding(tiny_models: dict[str, Path], family: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The projections of the shared image tokens (the first layer's, and the later attentions' through the
+    folded weights) are computed once per embedding, follow weight changes, are not shared between models, and
+    go with their embedding."""
     import gc
 
     loaded = _livelier(load_model(tiny_models[family]))
     seg = Segmenter(loaded, cache=False)
     emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
     computed: list[int] = []
-    kept = sam_decoder._FIRST_LAYER
+    kept = sam_decoder._IMAGE_SIDE
     real_get = kept.get
     monkeypatch.setattr(kept, "get", lambda tensor, key, others, compute: real_get(
         tensor, key, others, lambda: computed.append(1) or compute()))
@@ -269,13 +270,16 @@ def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, P
     again = seg.decode(emb, prompts[:2])
     assert len(computed) == 1
     torch.testing.assert_close(again[0], first[0][:2])
-    layer = loaded.model.mask_decoder.transformer.layers[0]
-    for weight in (layer.cross_attn_image_to_token.q_proj.weight, loaded.model.prompt_encoder.no_mask_embed.weight,
-                   loaded.model.mask_decoder.transformer.layers[1].layer_norm4.bias):
+    transformer = loaded.model.mask_decoder.transformer
+    for weight in (transformer.layers[0].cross_attn_image_to_token.q_proj.weight,
+                   loaded.model.prompt_encoder.no_mask_embed.weight, transformer.layers[1].layer_norm4.bias,
+                   transformer.layers[1].cross_attn_token_to_image.v_proj.weight,
+                   transformer.layers[1].cross_attn_image_to_token.q_proj.weight,
+                   transformer.final_attn_token_to_image.k_proj.weight):
         with torch.no_grad():
             weight.mul_(1.5)
         _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
-    assert len(computed) == 4
+    assert len(computed) == 7
     if family == "sam2":  # its high-resolution features' terms follow their values and the weights
         with torch.no_grad():
             emb.embedding["high_res_0"].mul_(0.5)
@@ -283,7 +287,7 @@ def test_first_layer_projections_are_kept_per_embedding(tiny_models: dict[str, P
         _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
     second = _livelier(load_model(tiny_models[family]), seed=1)  # another decoder on the same embedding
     _check_agreement(Segmenter(second, cache=False).decode(emb, prompts), _reference(second, emb, prompts, True))
-    assert len(computed) == 5
+    assert len(computed) == 8
     held, terms = len(kept), len(sam_upscale._HIGH_RES)
     del emb
     gc.collect()

@@ -6,16 +6,14 @@ result depends only on each prompt's own tokens, so most of that work can be sha
 reordered without changing the arithmetic beyond rounding:
 
 - the positional embedding of the image grid, and its projections by each attention (per head),
-  are computed once per model and kept; a prompt's positional scores are products per head
-  (d = 16 multiplies per score);
+  are computed once per model and kept; a prompt's positional scores are products per head;
 - in the first layer the image tokens are the same for every prompt, so their key,
   value and query projections are computed once per embedding and kept beside it;
-- afterwards each prompt has its own image tokens, but only a handful of prompt tokens
-  (T, about 7), so an attention between them is computed with the prompt side folded
-  into the projection weights: (4096 x 256) @ (256 x heads*T) instead of a
-  (4096 x 256) @ (256 x 128) projection followed by the attention;
-- each prompt's image tokens go through the image-to-token update, its LayerNorm and the next
-  attention's scores while they are in the caches (one read and one write per layer);
+- afterwards each prompt has its own image tokens, but they differ from the shared ones by a few
+  attention updates of rank heads*T (T prompt tokens, about 7-9) and per-token LayerNorm scales:
+  every later attention's scores and values are read through that low-rank form
+  (:mod:`samadapt.models.accel.sam_fold`), products with 72-145 rows instead of 256 channels;
+  each prompt's tokens themselves are only updated (in place) and normalised;
 - prompts with different numbers of points share one call: shorter ones are padded with
   tokens that are masked out of every attention, so they change nothing (unlike
   transformers' ``-10`` label, which zeroes a padding token but still lets it be attended);
@@ -44,8 +42,7 @@ transformers' forward.
 from __future__ import annotations
 
 import math
-import threading
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +51,9 @@ from torch import nn
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 from samadapt.models.accel.parallel import map_runs, prompt_threads, worth_threads
-from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features
-from samadapt.models.accel.sam_upscale import Stage, added_terms, first_convolution, folded_weights, upscale_masks
+from samadapt.models.accel.sam_fold import Trail, fold_chain, folded_context, folded_scores, layer_norms, right_side
+from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features, workspace
+from samadapt.models.accel.sam_upscale import added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
 from samadapt.models.hq_fix import needs_hq_decoder_fix
 
@@ -224,56 +222,77 @@ def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.detach().view(x.shape[0], heads, -1).permute(1, 2, 0).contiguous()
 
 
-def _fold_queries(att: Attention, q: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt-token queries (N, T, C) of a token-to-image attention folded into its key weights, for each
-    prompt's own image tokens.
-
-    Returns:
-        (N, heads*T, C) rows whose products with the image tokens are the scores' image part (the key bias
-        adds the same number to every score of a query, which the softmax over the image ignores), and
-        the (N, heads, T, d) scaled queries whose products with the projected positional embedding
-        (:func:`_projected_positions`) are the positional part.
-    """
+def _fold_queries(att: Attention, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-token queries (N, T, C) of a token-to-image attention folded into its key weights: (N, heads*T, C)
+    rows whose products with the image tokens are the scores' image part (the key bias adds the same to every
+    score of a query: the softmax over the image ignores it), and the (N, heads, T, d) scaled queries."""
     h, c = att.num_attention_heads, q.shape[-1]
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h) * d**-0.5  # (N, h, T, d)
-    rows = torch.einsum("nhtd,hdc->nhtc", qh, att.k_proj.weight.view(h, d, c)).flatten(1, 2)
-    return rows.to(dtype), qh.to(dtype)
+    return torch.einsum("nhtd,hdc->nhtc", qh, att.k_proj.weight.view(h, d, c)).flatten(1, 2), qh
 
 
-#: Per image-embedding tensor: what the decoder computes from its image tokens alone (:func:`_first_layer`).
-_FIRST_LAYER: KeptBeside[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = KeptBeside()
+class ImageSide(NamedTuple):
+    """What the decoder computes from the image tokens all prompts share, ``Y_0``, kept beside the embedding
+    (:func:`_image_side`), in the pass's dtype unless said."""
+
+    kv: torch.Tensor  #: (2, 1, heads, HW, d) float32 the first token-to-image attention's keys and values
+    queries: torch.Tensor  #: (heads, d, HW) float32 the first image-to-token attention's queries
+    keys: list[torch.Tensor]  #: per later token-to-image attention (layer 1 .. L-1, final), (heads, d, HW)
+    values: list[torch.Tensor]  #: per later token-to-image attention, (heads, HW, d)
+    later_queries: list[torch.Tensor]  #: per later image-to-token attention (layer 1 .. L-1), (heads, d, HW)
+    convolution: torch.Tensor  #: (HW, 4 C1) the upscaling's first convolution, folded back (``Y_0 H_0``)
 
 
-def _first_layer(model: Model, image: torch.Tensor,
-                 keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the decoder computes from the image tokens all prompts share, ``keys`` (1, HW, C), made from the
-    embedding ``image``, float32: the first layer's token-to-image keys and values (2, 1, heads, HW, d), its
-    image-to-token queries (heads, d, HW), and the tokens through the folded first transposed convolution of
-    the upscaling (HW, 4 C1) (:func:`~samadapt.models.accel.sam_upscale.first_convolution`).
+#: Per image-embedding tensor: what the decoder computes from its image tokens alone (:func:`_image_side`).
+_IMAGE_SIDE: KeptBeside[ImageSide] = KeptBeside()
 
-    They depend on the embedding and the weights alone, so they are kept beside the embedding tensor
-    (changed weights or embedding values recompute).
+
+def _later_attentions(model: Model) -> list[tuple[Attention, Attention | None]]:
+    """Per level l = 1 .. L: the token-to-image attention that reads the tokens after layer l, and the
+    image-to-token attention that does (None for the last)."""
+    dec = model.mask_decoder
+    layers = list(_blocks(dec))
+    return [(layers[i].cross_attn_token_to_image, layers[i].cross_attn_image_to_token) for i in range(1, len(layers))
+            ] + [(dec.transformer.final_attn_token_to_image, None)]
+
+
+def _image_side(model: Model, image: torch.Tensor, keys: torch.Tensor, dtype: torch.dtype) -> ImageSide:
+    """:class:`ImageSide` for the shared image tokens ``keys`` (1, HW, C), made from the embedding ``image``.
+
+    The later attentions read each prompt's own tokens through :mod:`~samadapt.models.accel.sam_fold`, whose
+    part from the shared tokens, ``Y_0 H_0`` per head, is computed here. All depend on the embedding and
+    the weights alone, so they are kept beside the embedding tensor (changed weights or embedding values
+    recompute).
     """
     dec = model.mask_decoder
     layer = next(iter(_blocks(dec)))
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-    norms = [p for block in _blocks(dec) for p in block.layer_norm4.parameters()]
-    params = (*(p for m in (t2i, i2t, dec.upscale_conv1) for p in m.parameters()), *norms,
-              model.prompt_encoder.no_mask_embed.weight, model.shared_image_embedding.positional_embedding)
-    key = (*tensor_identity(image), *(v for p in params for v in tensor_identity(p)))
+    params = (*dec.transformer.parameters(), *dec.upscale_conv1.parameters(), model.prompt_encoder.no_mask_embed.weight,
+              model.shared_image_embedding.positional_embedding)
+    key = (dtype, *tensor_identity(image), *(v for p in params for v in tensor_identity(p)))
+    norms = layer_norms(model.mask_decoder)
 
-    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def through(level: int, weight: torch.Tensor, heads: int) -> torch.Tensor:
+        """``Y_0 H_0`` for X = ``weight.T`` per head, (heads, d, HW)."""
+        return _heads_first(keys[0] @ fold_chain(norms[:level], weight.T)[0][0], heads).to(dtype)
+
+    def compute() -> ImageSide:
         pe, h = image_positional_embedding(model), t2i.num_attention_heads
         kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
-        return kv, _heads_first(i2t.q_proj(keys[0] + pe), h), keys[0] @ folded_weights(dec)[0]
+        later = list(enumerate(_later_attentions(model), start=1))
+        return ImageSide(kv, _heads_first(i2t.q_proj(keys[0] + pe), h),
+                         [through(level, att.k_proj.weight, h) for level, (att, _) in later],
+                         [through(level, att.v_proj.weight, h).transpose(1, 2) for level, (att, _) in later],
+                         [through(level, att.q_proj.weight, h) for level, (_, att) in later if att is not None],
+                         (keys[0] @ folded_weights(dec)[0]).to(dtype))
 
-    return _FIRST_LAYER.get(image, key, (model,), compute)
+    return _IMAGE_SIDE.get(image, key, (model,), compute)
 
 
 def _tokens_to_image_shared(att: Attention, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """Prompt tokens (N, T, C) attend to the image tokens all prompts share, given their key and value
-    projections ``kv`` (:func:`_first_layer`)."""
+    projections ``kv`` (:class:`ImageSide`)."""
     h, (n, t, _c) = att.num_attention_heads, q.shape
     d = att.internal_dim // h
     qh = _split(att.q_proj(q), h)  # (N, h, T, d)
@@ -282,89 +301,83 @@ def _tokens_to_image_shared(att: Attention, q: torch.Tensor, kv: torch.Tensor) -
     return _out_proj(att)(out.reshape(n, t, h * d))
 
 
-def _tokens_to_image(att: Attention, scores: list[torch.Tensor], keys: list[torch.Tensor]) -> torch.Tensor:
-    """Prompt tokens attend to each prompt's own image tokens ``keys`` (N of (HW, C)), given the scores
-    (heads*T, HW) of each prompt's folded queries (:func:`_fold_queries`) against ``keys + pe``."""
-    h, (ht, _hw), c, n = att.num_attention_heads, scores[0].shape, keys[0].shape[-1], len(keys)
-    t, d = ht // h, att.internal_dim // h
-    ctx = [torch.softmax(scores[p], dim=-1) @ keys[p] for p in range(n)]  # over the image
-    wv, bv = att.v_proj.weight.view(h, d, c), att.v_proj.bias.view(1, 1, h, d)
-    out = torch.einsum("nhtc,hdc->nthd", torch.stack(ctx).view(n, h, t, c).float(), wv) + bv  # weights sum to 1
-    return _out_proj(att)(out.reshape(n, t, h * d))
+#: Per token-to-image attention: its value weights folded back through the LayerNorms (:func:`_value_chain`).
+_VALUE_CHAINS: KeptPerModule[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = KeptPerModule()
 
 
-def _image_to_tokens(model: nn.Module, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
-                     q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, dtype: torch.dtype,
-                     shared: torch.Tensor | None, following: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Stage:
-    """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's
-    LayerNorm follows. One prompt at a time (prompts spread over the cores): its attention update, the
-    LayerNorm and the next attention's scores are computed while its image tokens are in the caches, one
-    read and one write of them per layer.
+def _value_chain(model: Model, att: Attention, level: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """:func:`~samadapt.models.accel.sam_fold.fold_chain` of the attention's value weights through the first
+    ``level`` LayerNorms, kept per attention and weights' versions."""
+    norms = layer_norms(model.mask_decoder)[:level]
+    key = (level, *weights_key(att.v_proj.weight, *(p for n in norms for p in (n.weight, n.bias))))
+    return _VALUE_CHAINS.get(att, key, lambda: fold_chain(norms, att.v_proj.weight.detach().T))
 
-    Scores are laid out (heads, T, HW) so the softmax over the few prompt tokens runs
-    along a long contiguous axis.
+
+def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail, shared: tuple[torch.Tensor,
+                     torch.Tensor]) -> torch.Tensor:
+    """Prompt tokens (N, T, C) attend to each prompt's own image tokens after the trail's level l, read through
+    the trail (:mod:`~samadapt.models.accel.sam_fold`); ``shared``: the keys and values of ``Y_0`` through the
+    folded weights (:class:`ImageSide`)."""
+    h, (n, t, _c), dtype = att.num_attention_heads, q.shape, trail.rows.dtype
+    d = att.internal_dim // h
+    rows, qh = _fold_queries(att, q)
+    scores = folded_scores(trail, layer_norms(model.mask_decoder), rows, qh.to(dtype), shared[0],
+                           _projected_positions(model, att, "k", dtype), constant=False)
+    probs = [torch.softmax(s, dim=-1) for s in scores]  # over the image
+    chain = _value_chain(model, att, trail.level)
+    ctx = folded_context(trail, probs, shared[1], right_side(chain, trail.values).to(dtype))  # (N, h, T, d)
+    out = ctx + (chain[2] + att.v_proj.bias).view(1, h, 1, d)  # the weights sum to 1
+    return _out_proj(att)(out.transpose(1, 2).reshape(n, t, h * d))
+
+
+def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
+                     q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, trail: Trail,
+                     shared: torch.Tensor) -> list[torch.Tensor]:
+    """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's LayerNorm
+    follows. Returns each prompt's new image tokens (HW, C) and adds the layer to the ``trail``.
+
+    Scores are laid out (heads, T, HW) so the softmax over the few prompt tokens runs along a long contiguous
+    axis.
 
     Args:
-        keys: (1, HW, C) float32 image tokens all prompts share (``shared`` given) or each prompt's own,
-            N of (HW, C) in ``dtype``, which are overwritten.
+        keys: (1, HW, C) float32 image tokens all prompts share, or each prompt's own, N of (HW, C) in the
+            trail's dtype, which are overwritten.
         padding: (N, T) 0 for tokens, -inf for padding.
-        dtype: dtype of the result (each prompt's own image tokens).
-        shared: the query projections (heads, d, HW) of shared image tokens (:func:`_first_layer`); None
-            when ``keys`` are each prompt's own.
-        following: the next token-to-image attention's folded queries, rows (N, R, C) and per head
-            (N, heads, T, d) (:func:`_fold_queries`), and its projected positional embedding (heads, d, HW).
+        shared: for the shared tokens, the query projections (heads, d, HW) of them (:class:`ImageSide`); for
+            each prompt's own, ``Y_0`` through the folded query weights (heads, d, HW).
     """
-    h, (n, t, c) = att.num_attention_heads, q.shape
+    h, (n, t, c), dtype = att.num_attention_heads, q.shape, trail.rows.dtype
     d = att.internal_dim // h
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
+    own = isinstance(keys, list)
     if isinstance(keys, torch.Tensor):  # shared image tokens: their projections are given
-        assert shared is not None
-        image, kq, positions = [keys[0].to(dtype)] * n, None, shared
-    else:  # fold the prompt keys into the query weights; the positional part (with the query bias) apart
+        image = [keys[0].to(dtype)] * n
+        scores = [torch.bmm(kh[p], shared).add_(bias[p]) for p in range(n)]  # float32, as the projections
+    else:  # through the trail: the prompt keys folded into the query weights (the positions carry the query bias)
         image = keys
-        kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c).to(dtype)
-        kh, bias = kh.to(dtype), bias.to(dtype)
-        positions = _projected_positions(model, att, "q", dtype)
+        kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
+        scores = folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
+                               _projected_positions(model, att, "q", dtype), constant=True)
+        scores = [s.view(h, t, -1).add_(bias[p].to(dtype)) for p, s in enumerate(scores)]
     proj = _out_proj(att)
     wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
     # the output bias rides on each head's values as bias / heads.
     values = torch.einsum("nhtd,chd->nhtc", vh, wo).add_(proj.bias / h).reshape(n, h * t, c)
     vo = values.to(dtype)
-    rows, folded, next_positions = following
-
-    def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    trail.next_layer(values)
+    tokens = []
+    for p in range(n):
         x = image[p]
-        z = torch.bmm(kh[p], positions).add_(bias[p])  # (h, T, HW); float32 for shared tokens, as their projections
-        if kq is not None:
-            z.view(h * t, -1).addmm_(kq[p], x.T)
-        w = torch.softmax(z, dim=1).view(h * t, -1).to(dtype)  # over the prompt tokens
+        w = torch.softmax(scores[p], dim=1).view(h * t, -1).to(dtype)  # over the prompt tokens
         # each prompt's own tokens take the update in place (nothing reads them after it): no copy of them
-        update = torch.addmm(x, w.T, vo[p]) if kq is None else x.addmm_(w.T, vo[p])
+        update = x.addmm_(w.T, vo[p]) if own else torch.addmm(x, w.T, vo[p])
         new, _mean, rstd = torch.native_layer_norm(update, [c], norm.weight, norm.bias, norm.eps)
-        return new, w, rstd, torch.bmm(folded[p], next_positions).view(h * t, -1).addmm_(rows[p], new.T)
-
-    tokens, weights, rstd, scores = zip(*(one(p) for p in range(n)), strict=True)
-    return Stage(list(tokens), list(weights), values, list(rstd), list(scores))
-
-
-_WORKSPACE = threading.local()
-
-
-def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A tensor kept per thread for the per-prompt image tokens (its contents are not kept).
-
-    Freshly allocated tensors this large are new memory maps whose page faults cost more
-    than the arithmetic on them; reusing a few buffers avoids that.
-    """
-    found = getattr(_WORKSPACE, name, None)
-    if found is None or found.shape != shape or found.dtype != dtype or found.device != device:
-        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
-            found = torch.empty(shape, dtype=dtype, device=device)
-        setattr(_WORKSPACE, name, found)
-    return found
+        trail.add(p, w, rstd)
+        tokens.append(new)
+    return tokens
 
 
 def join(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -406,7 +419,7 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     spread = worth_threads(keys[0])
     at_once = min(n, torch.get_num_threads()) if spread else 1
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize * at_once))
-    shared = _first_layer(sam, image, keys)
+    shared = _image_side(sam, image, keys, dtype)
     added = added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
@@ -424,13 +437,12 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
 
 
 def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
-                  dtype: torch.dtype, shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  added: tuple[torch.Tensor, torch.Tensor],
+                  dtype: torch.dtype, shared: ImageSide, added: tuple[torch.Tensor, torch.Tensor],
                   hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts.
 
-    ``keys`` (1, HW, C) are the shared image tokens and ``shared`` their projections in the first layer
-    (:func:`_first_layer`); ``hq`` SAM-HQ's decoder and its image-side mask features from
+    ``keys`` (1, HW, C) are the shared image tokens and ``shared`` what is computed from them
+    (:func:`_image_side`); ``hq`` SAM-HQ's decoder and its image-side mask features from
     :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`.
     """
     dec = model.mask_decoder
@@ -446,29 +458,23 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     layers = list(_blocks(dec))
-    queries = _self_attention_block(layers[0], tokens, tokens, valid)
-    stages: list[Stage] = []  # per layer, the prompts' image tokens after it
+    heads = layers[0].cross_attn_image_to_token.num_attention_heads
+    trail = Trail(n, keys.shape[1], heads * tokens.shape[1], len(layers), dtype, keys.device)
+    image: torch.Tensor | list[torch.Tensor] = keys  # the prompts' image tokens after each layer
+    queries = tokens
     for i, layer in enumerate(layers):
+        queries = _self_attention_block(layer, queries, tokens, valid)
+        t2i = layer.cross_attn_token_to_image
         if i == 0:  # the first layer reads the image tokens all prompts share
-            att = _tokens_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, shared[0])
+            att = _tokens_to_image_shared(t2i, queries + tokens, shared.kv)
         else:
-            att = _tokens_to_image(layer.cross_attn_token_to_image, stages[-1].scores, stages[-1].tokens)
+            att = _tokens_to_image(model, t2i, queries + tokens, trail, (shared.keys[i - 1], shared.values[i - 1]))
         queries = layer.layer_norm2(queries + att)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
-        # the next token-to-image attention's queries need only the prompt tokens: fold them now, so
-        # that its scores are formed while the image tokens it reads are computed
-        if i + 1 < len(layers):
-            following = _self_attention_block(layers[i + 1], queries, tokens, valid)
-            nxt = layers[i + 1].cross_attn_token_to_image
-        else:
-            following, nxt = queries, tr.final_attn_token_to_image
-        rows, heads = _fold_queries(nxt, following + tokens, dtype)
-        stages.append(_image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4,
-                                       stages[-1].tokens if stages else keys, queries + tokens, queries, padding,
-                                       dtype, shared[1] if i == 0 else None,
-                                       (rows, heads, _projected_positions(model, nxt, "k", dtype))))
-        queries = following
-    att = _tokens_to_image(tr.final_attn_token_to_image, stages[-1].scores, stages[-1].tokens)
+        image = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, image, queries + tokens,
+                                 queries, padding, trail, shared.queries if i == 0 else shared.later_queries[i - 1])
+    att = _tokens_to_image(model, tr.final_attn_token_to_image, queries + tokens, trail,
+                           (shared.keys[-1], shared.values[-1]))
     queries = tr.layer_norm_final_attn(queries + att)
     # SAM 2 answers a single-mask request by its stability rule, which needs all four masks
     dynamic = not multimask and sam2 is not None and sam2.dynamic_multimask_via_stability
@@ -476,12 +482,12 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     chosen = range(1, tokens_sam) if multimask else range(tokens_sam if dynamic else 1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, iou_at + 1 + i]) for i in chosen], dim=1)
     iou = dec.iou_prediction_head(queries[:, iou_at])[:, list(chosen)]
-    conv1 = (shared[2].to(dtype), first_convolution(dec, stages, dtype))
+    conv1 = (shared.convolution, first_convolution(dec, trail))
     if hq is None:
         masks = upscale_masks(dec, *conv1, hyper, side, added)
     else:
         hq_dec, hq_image = hq
-        features = _workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
+        features = workspace("hq", (n, side, 2, 2, 4 * side, hyper.shape[-1]), dtype, keys.device)
         masks = upscale_masks(dec, *conv1, hyper, side, added, features)
         hq_rows = hq_dec.hq_mask_mlp(queries[:, iou_at + 1 + tokens_sam])  # (N, C/8)
         return add_hq_masks(hq_dec, masks, iou, features.view(n, 4 * side, 4 * side, -1), hq_image, hq_rows,

@@ -18,6 +18,7 @@ layout copies.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,6 +69,23 @@ def hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.Tensor | 
     key = (dtype, *tensor_identity(image), *(tensor_identity(vit) if vit is not None else ()),
            *(v for p in params for v in tensor_identity(p)))
     return _FEATURES.get(image, key, (vit, dec), lambda: _compute_hq_features(dec, image, vit, dtype))
+
+
+_WORKSPACE = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor kept per thread for the upscaled features of a group of objects (its contents are not kept).
+
+    Freshly allocated tensors this large are new memory maps whose page faults cost more
+    than the arithmetic on them; reusing a few buffers avoids that.
+    """
+    found = getattr(_WORKSPACE, name, None)
+    if found is None or found.shape != shape or found.dtype != dtype or found.device != device:
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            found = torch.empty(shape, dtype=dtype, device=device)
+        setattr(_WORKSPACE, name, found)
+    return found
 
 
 #: Per image-embedding tensor: the HQ features.

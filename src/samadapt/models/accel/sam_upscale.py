@@ -9,35 +9,19 @@ rows that stay in the caches (:func:`upscale_masks`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
+from samadapt.models.accel.sam_fold import Trail, fold_chain, layer_norms, right_side
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
-    from samadapt.models.accel.sam_decoder import Block, Decoder
-
-
-def _layer_norms(dec: Decoder) -> list[nn.LayerNorm]:
-    """Each two-way block's LayerNorm after its image-to-token attention, first to last."""
-    return [layer.layer_norm4 for layer in cast("Iterable[Block]", dec.transformer.layers)]
-
-
-class Stage(NamedTuple):
-    """The prompts' image tokens after one layer's image-to-token attention and LayerNorm (:func:`_image_to_tokens`),
-    each prompt's as ``norm(keys + weights.T @ values)``, and the next token-to-image attention's scores."""
-
-    tokens: list[torch.Tensor]  #: per prompt (HW, C)
-    weights: list[torch.Tensor]  #: per prompt (heads*T, HW): each image token's attention over the prompt tokens
-    values: torch.Tensor  #: (N, heads*T, C) float32 the attention's values through its output projection
-    rstd: list[torch.Tensor]  #: per prompt (HW, 1) float32 the LayerNorm's reciprocal deviation per image token
-    scores: list[torch.Tensor]  #: per prompt (R, HW) the next token-to-image attention's scores
+    from samadapt.models.accel.sam_decoder import Decoder
 
 
 #: Image tokens of one prompt per block of the upscaling: its intermediates (16 pixels per
@@ -86,56 +70,40 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
         b_L W + c (4 C1).
     """
     conv1 = dec.upscale_conv1
-    norms = _layer_norms(dec)
+    norms = layer_norms(dec)
     bias1 = conv1.bias
     assert bias1 is not None  # transformers builds the convolution with a bias
 
     def compute() -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).float()  # (C, a1 b1 c1)
-            folded = [weight]
-            for norm in reversed(norms):
-                hl = norm.weight.float()[:, None] * folded[0]
-                folded.insert(0, hl - hl.mean(0, keepdim=True))
-            betas = [norm.bias.float() @ hl for norm, hl in zip(norms[:-1], folded[1:-1], strict=True)]
-            rows = torch.stack(betas) if betas else weight.new_zeros(0, weight.shape[1])
-            constant = norms[-1].bias.float() @ weight + bias1.float().repeat(4)
-        return (*folded[:-1], rows, constant)
+            weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)  # (C, a1 b1 c1)
+            folded, rows, constant = fold_chain(norms, weight)
+        return (*folded, rows, constant + bias1.float().repeat(4))
 
     key = (conv1.weight.device, *weights_key(conv1.weight, bias1, *(p for n in norms for p in (n.weight, n.bias))))
     return _FOLDED.get(dec, key, compute)
 
 
-def first_convolution(dec: Decoder, stages: list[Stage], dtype: torch.dtype) -> Callable[[int], tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]]:
+def first_convolution(dec: Decoder, trail: Trail) -> Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The first transposed convolution of the upscaling without reading the last image tokens.
 
-    Layer l's image side is ``Y_l = LN_l(Y_(l-1) + W_l.T @ V_l)`` from the shared tokens ``Y_0``, and a
-    LayerNorm is ``r * (P x) * g + b`` (r its reciprocal deviation per token), so the convolution of the last
-    tokens, ``Y_L @ W + c``, is ``A * (Y_0 @ H_0 + sum_l q_l W_l.T @ (V_l @ H_(l-1)) + sum_(l<L) q_(l+1) b_l H_l)
-    + b_L W + c`` with ``A`` the product of all r and ``q_l`` the product of the deviations 1/r of the layers
-    before l (:func:`folded_weights`). ``Y_0 @ H_0`` is shared by all prompts (:func:`_first_layer`); each
-    prompt's part is a product with K = L * heads * T + L - 1 rows instead of C: less than half the
-    arithmetic for SAM's decoder, and no subtraction of large means (the mean projection is in the weights).
+    The convolution of the last tokens, ``Y_L @ W + c``, is ``A_L * (Y_0 @ H_0 + rows.T @ right) + b_L W + c``
+    (:mod:`~samadapt.models.accel.sam_fold`, the trail's rows at level L and :func:`folded_weights`). ``Y_0 @ H_0``
+    is shared by all prompts (:class:`~samadapt.models.accel.sam_decoder.ImageSide`); each prompt's part is a
+    product with K = L * heads * T + L - 1 rows instead of C: less than half the arithmetic for SAM's decoder,
+    and no subtraction of large means (the mean projection is in the weights).
 
     Returns:
         For prompt p: ``lhs`` (K, HW) and ``rhs`` (K, 4 C1) so that the convolution is
-        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in ``dtype``.
+        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in the trail's dtype.
     """
     folded = folded_weights(dec)
-    depth = len(stages)
-    hs, beta_rows = folded[:depth], folded[depth]
+    depth, dtype = trail.level, trail.rows.dtype
+    right = right_side((list(folded[:depth]), folded[depth], folded[-1]), trail.values).to(dtype)
+    width = trail.width(depth)
 
     def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rhs = torch.cat([*(stage.values[p] @ hl for stage, hl in zip(stages, hs, strict=True)), beta_rows])
-        deviation = torch.ones_like(stages[0].rstd[p]).T  # (1, HW) q_l: 1 / r of the earlier layers
-        parts, extra = [], []
-        for i, stage in enumerate(stages):
-            parts.append(stage.weights[p] * deviation.to(dtype) if i else stage.weights[p])
-            deviation = deviation / stage.rstd[p].T
-            if i + 1 < depth:
-                extra.append(deviation.to(dtype))
-        return torch.cat([*parts, *extra]), rhs.to(dtype), (1 / deviation).T.to(dtype)
+        return trail.rows[p, :width], right[p], trail.scale[p].view(-1, 1).to(dtype)
 
     return one
 
@@ -161,7 +129,7 @@ def added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None
         return constant, bias2
     f0, f1 = high_res
     params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias,
-              *(p for norm in _layer_norms(dec) for p in norm.parameters()))
+              *(p for norm in layer_norms(dec) for p in norm.parameters()))
     key = (dtype, *tensor_identity(f0), *tensor_identity(f1),
            *(v for p in params if p is not None for v in tensor_identity(p)))
 

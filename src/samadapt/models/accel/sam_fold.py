@@ -1,0 +1,164 @@
+"""Products with each prompt's image tokens computed from the layers' attention weights instead of the tokens
+(for :mod:`samadapt.models.accel.sam_decoder`).
+
+After layer l of the two-way transformer a prompt's image tokens are ``Y_l = LN_l(Y_(l-1) + W_l.T V_l)``:
+``Y_0`` the image tokens all prompts share, ``W_l`` (heads*T, HW) the image-to-token attention's weights over
+the T prompt tokens and ``V_l`` (heads*T, C) its values through the output projection. A LayerNorm is
+``r * (x P) G + b``, with r the reciprocal deviation per token, P the projection subtracting the mean over
+channels and G its weight. So for any matrix X (C, D)::
+
+    Y_l X = A_l * (Y_0 H_0 + sum_k q_k * W_k.T (V_k H_(k-1)) + sum_(k<l) q_(k+1) (b_k H_k)) + b_l X
+
+with ``H_l = X``, ``H_(k-1) = P G_k H_k``, ``A_l`` the product of the first l deviations r and ``q_k`` that of
+the reciprocal ones before k. ``Y_0 H_0`` is the same for all prompts and is kept beside the embedding; the
+rest is a product of the rows ``[W_1; q_2; W_2 q_2; ...]`` (K_l = l heads T + l - 1 of them, :class:`Trail`)
+with K_l x D per prompt. A token-to-image attention's scores (queries folded into the key weights) and its
+values, the next image-to-token attention's scores and the upscaling's first convolution are all such
+products: with 8 heads and T = 9 prompt tokens, 72 or 145 rows instead of the 256 channels, and the
+last layer's tokens are never read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from torch import nn
+
+    from samadapt.models.accel.sam_decoder import Block, Decoder
+
+
+def layer_norms(dec: Decoder) -> list[nn.LayerNorm]:
+    """Each two-way block's LayerNorm after its image-to-token attention, first to last."""
+    return [layer.layer_norm4 for layer in cast("Iterable[Block]", dec.transformer.layers)]
+
+
+def fold_chain(norms: list[nn.LayerNorm], weight: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                            torch.Tensor]:
+    """``weight`` X (C, D) folded back through the LayerNorms ``norms`` of layers 1..l, float32.
+
+    Returns:
+        H_0 ... H_(l-1) (each (C, D)), the rows ``b_k H_k`` for k = 1 .. l-1 stacked ((l-1, D)), and ``b_l X`` (D).
+    """
+    folded = [weight.float()]
+    for norm in reversed(norms):
+        scaled = norm.weight.float()[:, None] * folded[0]
+        folded.insert(0, scaled - scaled.mean(0, keepdim=True))
+    betas = [norm.bias.float() @ h for norm, h in zip(norms[:-1], folded[1:-1], strict=True)]
+    rows = torch.stack(betas) if betas else folded[0].new_zeros(0, folded[0].shape[1])
+    return folded[:-1], rows, norms[-1].bias.float() @ folded[-1]
+
+
+def right_side(chain: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor], values: list[torch.Tensor]
+               ) -> torch.Tensor:
+    """The rows (N, K_l, D) that multiply a :class:`Trail`'s rows at level l = len(values), for the X of ``chain``
+    (:func:`fold_chain`), given each layer's values ``V_k`` (N, heads*T, C): ``[V_1 H_0; b_1 H_1; V_2 H_1; ...]``."""
+    hs, betas, _ = chain
+    n = values[0].shape[0]
+    parts = []
+    for k, v in enumerate(values):
+        if k:
+            parts.append(betas[k - 1].expand(n, 1, -1))
+        parts.append(v @ hs[k])
+    return torch.cat(parts, dim=1)
+
+
+class Trail:
+    """Per prompt of a group, the rows ``[W_1; q_2; W_2 q_2; ...]`` (K_l, HW) in ``dtype`` and the scale ``A_l``
+    (HW,) of its image tokens after each layer so far, and each layer's values ``V_k``.
+
+    The rows of level l are the first K_l, so one buffer serves every level.
+    """
+
+    def __init__(self, n: int, hw: int, rows_per_layer: int, depth: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.per_layer = rows_per_layer
+        self.rows = torch.empty(n, rows_per_layer + (depth - 1) * (rows_per_layer + 1), hw, dtype=dtype,
+                                device=device)
+        self.scale = torch.ones(n, hw, device=device)  # A_l
+        self.deviation = torch.ones(n, hw, device=device)  # q_(l+1): product of 1 / r so far
+        self.values: list[torch.Tensor] = []
+        self.level = 0
+
+    def width(self, level: int) -> int:
+        """K_l, the rows of level ``level``."""
+        return self.per_layer + (level - 1) * (self.per_layer + 1)
+
+    def add(self, p: int, weights: torch.Tensor, rstd: torch.Tensor) -> None:
+        """Prompt p's image-to-token weights (heads*T, HW) and LayerNorm deviations (HW, 1) in the layer begun by
+        :meth:`next_layer`."""
+        if self.level == 1:
+            self.rows[p, : self.per_layer].copy_(weights)
+        else:
+            base, q = self.width(self.level - 1), self.deviation[p]
+            self.rows[p, base].copy_(q)
+            torch.mul(weights, q.to(weights.dtype), out=self.rows[p, base + 1 : base + 1 + self.per_layer])
+        r = rstd.view(-1)
+        self.scale[p].mul_(r)
+        self.deviation[p].div_(r)
+
+    def next_layer(self, values: torch.Tensor) -> None:
+        """Begin a layer whose values through the output projection are ``values`` (N, heads*T, C), float32."""
+        self.values.append(values)
+        self.level += 1
+
+
+def folded_scores(trail: Trail, norms: list[nn.LayerNorm], rows: torch.Tensor, heads: torch.Tensor,
+                  shared: torch.Tensor, positions: torch.Tensor, constant: bool) -> list[torch.Tensor]:
+    """Each prompt's scores ``rows @ (Y_l + pe).T`` (heads*T, HW) in the trail's dtype, at its current level l.
+
+    Args:
+        norms: the LayerNorms of layers 1..l.
+        rows: (N, heads*T, C) float32, queries folded into the attention's weights (``q_h W_h``, per head).
+        heads: (N, heads, T, d) the queries per head, in the trail's dtype.
+        shared: (heads, d, HW) ``Y_0`` through the weights folded back to layer 0 (per head), trail's dtype.
+        positions: (heads, d, HW) the positional embedding through the weights (with their bias).
+        constant: add ``rows @ b_l`` (each row's constant over the image: needed where the softmax runs over
+            the prompt tokens, not over the image).
+    """
+    n, r, c = rows.shape
+    level, dtype = trail.level, trail.rows.dtype
+    chain = fold_chain(norms[:level], rows.reshape(n * r, c).T)
+    hs, betas, last = chain
+    parts = []
+    for k, v in enumerate(trail.values):  # columns in the order of the trail's rows
+        folded = hs[k].T.reshape(n, r, c)
+        if k:
+            parts.append(betas[k - 1].view(n, r, 1))
+        parts.append(torch.bmm(folded, v.transpose(1, 2)))
+    product = torch.cat(parts, dim=2).to(dtype)  # (N, heads*T, K_l)
+    width, h = trail.width(level), heads.shape[1]
+    out = []
+    for p in range(n):
+        s = torch.bmm(heads[p], shared).view(r, -1).addmm_(product[p], trail.rows[p, :width])
+        s.mul_(trail.scale[p].to(dtype))
+        s.view(h, r // h, -1).baddbmm_(heads[p], positions)
+        if constant:
+            s.add_(last.view(n, r, 1)[p].to(dtype))
+        out.append(s)
+    return out
+
+
+def folded_context(trail: Trail, probs: list[torch.Tensor], shared: torch.Tensor, right: torch.Tensor
+                   ) -> torch.Tensor:
+    """Each prompt's ``probs @ (Y_l X)`` per head, (N, heads, T, d) float32, at the trail's level l, leaving out
+    ``b_l X`` (the weights sum to 1: the caller adds it).
+
+    Args:
+        probs: per prompt (heads*T, HW) attention weights over the image, in the trail's dtype.
+        shared: (heads, HW, d) ``Y_0 H_0`` per head, trail's dtype.
+        right: (N, K_l, heads*d) :func:`right_side` for X, trail's dtype.
+    """
+    h, _, d = shared.shape
+    width = trail.width(trail.level)
+    out = []
+    for p, w in enumerate(probs):
+        wa = w.mul_(trail.scale[p].to(w.dtype))  # the weights are not needed unscaled
+        m = (wa @ trail.rows[p, :width].T).view(h, -1, width)  # (heads, T, K_l)
+        ctx = torch.bmm(wa.view(h, -1, wa.shape[-1]), shared).baddbmm_(m, right[p].view(width, h, d).transpose(0, 1))
+        out.append(ctx)
+    return torch.stack(out).float()
