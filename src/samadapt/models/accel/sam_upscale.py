@@ -94,8 +94,9 @@ def first_convolution(dec: Decoder, trail: Trail) -> Callable[[int], tuple[torch
     and no subtraction of large means (the mean projection is in the weights).
 
     Returns:
-        For prompt p: ``lhs`` (K, HW) and ``rhs`` (K, 4 C1) so that the convolution is
-        ``scale * (Y_0 @ H_0 + lhs.T @ rhs) + b_L W + c``, and ``scale`` (HW, 1), all in the trail's dtype.
+        For prompt p: ``scale`` (HW, 1), ``lhs`` (K, HW) with the scale of each image token in its column, and
+        ``rhs`` (K, 4 C1) so that the convolution is ``scale * Y_0 @ H_0 + lhs.T @ rhs + b_L W + c``, all in the
+        trail's dtype.
     """
     folded = folded_weights(dec)
     depth, dtype = trail.level, trail.rows.dtype
@@ -103,7 +104,8 @@ def first_convolution(dec: Decoder, trail: Trail) -> Callable[[int], tuple[torch
     width = trail.width(depth)
 
     def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return trail.rows[p, :width], right[p], trail.scale[p].view(-1, 1).to(dtype)
+        scale = trail.scale[p].to(dtype)
+        return scale.view(-1, 1), trail.rows[p, :width] * scale, right[p]
 
     return one
 
@@ -174,15 +176,15 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
     step = max(1, UPSCALE_TOKENS // side)
 
     for p in range(n):
-        lhs, rhs, scale = first(p)
+        scale, lhs, rhs = first(p)
         for r in range(0, side, step):
             e = min(r + step, side)
             tile = slice(r * side, e * side)
             for a1 in range(2):
                 cols = slice(2 * c1 * a1, 2 * c1 * (a1 + 1))
                 # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
-                up = torch.addmm(shared[tile, cols], lhs[:, tile].T, rhs[:, cols])
-                up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], up, scale[tile]).view(-1, c1)
+                up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], shared[tile, cols], scale[tile])
+                up = up.addmm_(lhs[:, tile].T, rhs[:, cols]).view(-1, c1)
                 # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
                 up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
                 for a2, w2 in enumerate((w2a, w2b)):
