@@ -273,19 +273,21 @@ def _image_side(model: Model, image: torch.Tensor, keys: torch.Tensor, dtype: to
     key = (dtype, *tensor_identity(image), *(v for p in params for v in tensor_identity(p)))
     norms = layer_norms(model.mask_decoder)
 
-    def through(level: int, weight: torch.Tensor, heads: int) -> torch.Tensor:
-        """``Y_0 H_0`` for X = ``weight.T`` per head, (heads, d, HW)."""
-        return _heads_first(keys[0] @ fold_chain(norms[:level], weight.T)[0][0], heads).to(dtype)
-
     def compute() -> ImageSide:
         pe, h = image_positional_embedding(model), t2i.num_attention_heads
         kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
         later = list(enumerate(_later_attentions(model), start=1))
-        return ImageSide(kv, _heads_first(i2t.q_proj(keys[0] + pe), h),
-                         [through(level, att.k_proj.weight, h) for level, (att, _) in later],
-                         [through(level, att.v_proj.weight, h).transpose(1, 2) for level, (att, _) in later],
-                         [through(level, att.q_proj.weight, h) for level, (_, att) in later if att is not None],
-                         (keys[0] @ folded_weights(dec)[0]).to(dtype))
+        folds = [(level, w) for name in ("k_proj", "v_proj") for level, (att, _) in later
+                 for w in [getattr(att, name).weight]]
+        folds += [(level, att.q_proj.weight) for level, (_, att) in later if att is not None]
+        weights = [fold_chain(norms[:level], w.detach().T)[0][0] for level, w in folds] + [folded_weights(dec)[0]]
+        # one product of the shared tokens with every folded weight, in the pass's dtype (its result's)
+        products = (keys[0].to(dtype) @ torch.cat(weights, dim=1).to(dtype)).split([w.shape[1] for w in weights], 1)
+        per_head = [_heads_first(x, h) for x in products[:-1]]
+        n = len(later)
+        return ImageSide(kv, _heads_first(i2t.q_proj(keys[0] + pe), h), per_head[:n],
+                         [x.transpose(1, 2) for x in per_head[n : 2 * n]], per_head[2 * n :],
+                         products[-1].contiguous())
 
     return _IMAGE_SIDE.get(image, key, (model,), compute)
 
