@@ -236,6 +236,7 @@ class ImageSide(NamedTuple):
     """What the decoder computes from the image tokens all prompts share, ``Y_0``, kept beside the embedding
     (:func:`_image_side`), in the pass's dtype unless said."""
 
+    tokens: torch.Tensor  #: (HW, C) ``Y_0``: the embedding's tokens with the dense (no-mask) embedding added
     kv: torch.Tensor  #: (2, 1, heads, HW, d) float32 the first token-to-image attention's keys and values
     queries: torch.Tensor  #: (heads, d, HW) float32 the first image-to-token attention's queries
     keys: list[torch.Tensor]  #: per later token-to-image attention (layer 1 .. L-1, final), (heads, d, HW)
@@ -257,8 +258,8 @@ def _later_attentions(model: Model) -> list[tuple[Attention, Attention | None]]:
             ] + [(dec.transformer.final_attn_token_to_image, None)]
 
 
-def _image_side(model: Model, image: torch.Tensor, keys: torch.Tensor, dtype: torch.dtype) -> ImageSide:
-    """:class:`ImageSide` for the shared image tokens ``keys`` (1, HW, C), made from the embedding ``image``.
+def _image_side(model: Model, image: torch.Tensor, dtype: torch.dtype) -> ImageSide:
+    """:class:`ImageSide` of the embedding ``image`` (1, C, h, w).
 
     The later attentions read each prompt's own tokens through :mod:`~samadapt.models.accel.sam_fold`, whose
     part from the shared tokens, ``Y_0 H_0`` per head, is computed here. All depend on the embedding and
@@ -274,6 +275,8 @@ def _image_side(model: Model, image: torch.Tensor, keys: torch.Tensor, dtype: to
     norms = layer_norms(model.mask_decoder)
 
     def compute() -> ImageSide:
+        dense = model.prompt_encoder.no_mask_embed.weight.view(1, 1, -1)
+        keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C)
         pe, h = image_positional_embedding(model), t2i.num_attention_heads
         kv = torch.stack([_split(t2i.k_proj(keys + pe), h), _split(t2i.v_proj(keys), h)])
         later = list(enumerate(_later_attentions(model), start=1))
@@ -285,7 +288,7 @@ def _image_side(model: Model, image: torch.Tensor, keys: torch.Tensor, dtype: to
         products = (keys[0].to(dtype) @ torch.cat(weights, dim=1).to(dtype)).split([w.shape[1] for w in weights], 1)
         per_head = [_heads_first(x, h) for x in products[:-1]]
         n = len(later)
-        return ImageSide(kv, _heads_first(i2t.q_proj(keys[0] + pe), h), per_head[:n],
+        return ImageSide(keys[0].to(dtype), kv, _heads_first(i2t.q_proj(keys[0] + pe), h), per_head[:n],
                          [x.transpose(1, 2) for x in per_head[n : 2 * n]], per_head[2 * n :],
                          products[-1].contiguous())
 
@@ -342,7 +345,7 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     axis.
 
     Args:
-        keys: (1, HW, C) float32 image tokens all prompts share, or each prompt's own, N of (HW, C) in the
+        keys: (HW, C) image tokens all prompts share, or each prompt's own, N of (HW, C), in the
             trail's dtype, which are overwritten.
         padding: (N, T) 0 for tokens, -inf for padding.
         shared: for the shared tokens, the query projections (heads, d, HW) of them (:class:`ImageSide`); for
@@ -355,7 +358,7 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     bias = padding[:, None, :, None]  # (N, 1, T, 1)
     own = isinstance(keys, list)
     if isinstance(keys, torch.Tensor):  # shared image tokens: their projections are given
-        image = [keys[0].to(dtype)] * n
+        image = [keys] * n
         scores = [torch.bmm(kh[p], shared).add_(bias[p]) for p in range(n)]  # float32, as the projections
     else:  # through the trail: the prompt keys folded into the query weights (the positions carry the query bias)
         image = keys
@@ -411,24 +414,22 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     """
     sam = _sam(model)
     c, side = image.shape[1], image.shape[-1]
-    dense = sam.prompt_encoder.no_mask_embed.weight.view(1, 1, c)
-    keys = image.flatten(2).transpose(1, 2) + dense  # (1, HW, C), shared until the first update
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     n = sparse.shape[0]
     # Each thread decodes a run of prompts (map_runs) in groups; the groups decoded at the same time keep their
     # own image tokens under GROUP_BYTES. The projections of the shared image tokens serve all of them (and the
     # next calls on this embedding).
-    spread = worth_threads(keys[0])
+    shared = _image_side(sam, image, dtype)
+    spread = worth_threads(shared.tokens)
     at_once = min(n, torch.get_num_threads()) if spread else 1
     group = max(1, GROUP_BYTES // (side * side * c * dtype.itemsize * at_once))
-    shared = _image_side(sam, image, keys, dtype)
     added = added_terms(sam.mask_decoder, high_res, side, dtype)  # once for all groups
     hq_dec = _hq_decoder(sam.mask_decoder)
     hq = (hq_dec, hq_features(hq_dec, image, vit_features, dtype)) if hq_dec is not None else None
 
     def run(prompts: range) -> list[tuple[torch.Tensor, torch.Tensor]]:
         starts = range(prompts.start, prompts.stop, group)
-        return [_decode_group(sam, keys, sparse[s : min(s + group, prompts.stop)],
+        return [_decode_group(sam, sparse[s : min(s + group, prompts.stop)],
                               valid[s : min(s + group, prompts.stop)], multimask, dtype, shared, added, hq)
                 for s in starts]
 
@@ -438,18 +439,18 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     return join(list(masks)), join(list(ious))
 
 
-def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
+def _decode_group(model: Model, sparse: torch.Tensor, valid: torch.Tensor, multimask: bool,
                   dtype: torch.dtype, shared: ImageSide, added: tuple[torch.Tensor, torch.Tensor],
                   hq: tuple[SamHQMaskDecoder, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_sam` for one group of prompts.
 
-    ``keys`` (1, HW, C) are the shared image tokens and ``shared`` what is computed from them
-    (:func:`_image_side`); ``hq`` SAM-HQ's decoder and its image-side mask features from
-    :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`.
+    ``shared``: what is computed from the image tokens all prompts share (:func:`_image_side`); ``hq``: SAM-HQ's
+    decoder and its image-side mask features from :func:`~samadapt.models.accel.sam_hq_decoder.hq_features`.
     """
     dec = model.mask_decoder
     tr = dec.transformer
-    n, side = sparse.shape[0], math.isqrt(keys.shape[1])
+    keys = shared.tokens
+    n, side = sparse.shape[0], math.isqrt(keys.shape[0])
     # SAM 2 puts an object-score token before SAM's IoU and mask tokens
     sam2 = _sam2_decoder(dec)
     first = [sam2.obj_score_token.weight] if sam2 is not None else []
@@ -461,7 +462,7 @@ def _decode_group(model: Model, keys: torch.Tensor, sparse: torch.Tensor, valid:
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     layers = list(_blocks(dec))
     heads = layers[0].cross_attn_image_to_token.num_attention_heads
-    trail = Trail(n, keys.shape[1], heads * tokens.shape[1], len(layers), dtype, keys.device)
+    trail = Trail(n, keys.shape[0], heads * tokens.shape[1], len(layers), dtype, keys.device)
     image: torch.Tensor | list[torch.Tensor] = keys  # the prompts' image tokens after each layer
     queries = tokens
     for i, layer in enumerate(layers):
