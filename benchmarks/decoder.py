@@ -14,8 +14,8 @@ encoder runtime's precision, or transformers' forward where the fast pass does n
 the fp32 path too. SAM-HQ does more per prompt than SAM (its HQ mask runs two 3x3
 convolutions over the 256 x 256 upscaled features of each object). What the fast pass computes from
 the image alone (the projections of the shared image tokens through every attention's folded weights,
-SAM-HQ's image-side features, SAM 2's high-resolution terms) is kept with the embedding after the first call, so the timed
-(repeated) calls skip it, as later prompts on a cached embedding do; the line "first call on a new
+SAM-HQ's image-side features, SAM 2's high-resolution terms) is kept with the embedding after the first
+call, so the timed (repeated) calls skip it, as later prompts on a cached embedding do; the line "first call on a new
 embedding" gives the 16-prompt call that computes it. The machine may be shared: compare ratios, not
 absolute times.
 ``--profile N`` adds, per model and path, torch's profiler over one call with N prompts: the operators

@@ -414,11 +414,9 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     """
     sam = _sam(model)
     c, side = image.shape[1], image.shape[-1]
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n = sparse.shape[0]
+    dtype, n = (torch.bfloat16 if precision == "bf16" else torch.float32), sparse.shape[0]
     # Each thread decodes a run of prompts (map_runs) in groups; the groups decoded at the same time keep their
-    # own image tokens under GROUP_BYTES. The projections of the shared image tokens serve all of them (and the
-    # next calls on this embedding).
+    # own image tokens under GROUP_BYTES. What is computed from the shared image tokens serves them all.
     shared = _image_side(sam, image, dtype)
     spread = worth_threads(shared.tokens)
     at_once = min(n, torch.get_num_threads()) if spread else 1
