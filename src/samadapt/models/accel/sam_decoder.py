@@ -330,7 +330,7 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
                            _projected_positions(model, att, "k", dtype), constant=False)
     probs = [torch.softmax(s, dim=-1) for s in scores]  # over the image
     chain = _value_chain(model, att, trail.level)
-    ctx = folded_context(trail, probs, shared[1], right_side(chain, trail.values).to(dtype))  # (N, h, T, d)
+    ctx = folded_context(trail, probs, shared[1], right_side(chain, trail))  # (N, h, T, d)
     out = ctx + (chain[2] + att.v_proj.bias).view(1, h, 1, d)  # the weights sum to 1
     return _out_proj(att)(out.transpose(1, 2).reshape(n, t, h * d))
 
@@ -355,17 +355,19 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     d = att.internal_dim // h
     kh = _split(att.k_proj(q), h) * d**-0.5  # (N, h, T, d)
     vh = _split(att.v_proj(v), h)
-    bias = padding[:, None, :, None]  # (N, 1, T, 1)
     own = isinstance(keys, list)
     if isinstance(keys, torch.Tensor):  # shared image tokens: their projections are given
         image = [keys] * n
-        scores = [torch.bmm(kh[p], shared).add_(bias[p]) for p in range(n)]  # float32, as the projections
+        scores = [torch.bmm(kh[p, :, : trail.tokens[p]], shared) for p in range(n)]  # float32, as the projections
     else:  # through the trail: the prompt keys folded into the query weights (the positions carry the query bias)
         image = keys
         kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
         scores = folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
                                _projected_positions(model, att, "q", dtype), constant=True)
-        scores = [s.view(h, t, -1).add_(bias[p].to(dtype)) for p, s in enumerate(scores)]
+    for p, s in enumerate(scores):  # padding among a prompt's own tokens (only where it is not at the end)
+        t_p = trail.tokens[p]
+        if bool(torch.isinf(padding[p, :t_p]).any()):
+            s.view(h, t_p, -1).add_(padding[p, :t_p, None].to(s.dtype))
     proj = _out_proj(att)
     wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
@@ -375,10 +377,11 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     trail.next_layer(values)
     tokens = []
     for p in range(n):
-        x = image[p]
-        w = torch.softmax(scores[p], dim=1).view(h * t, -1).to(dtype)  # over the prompt tokens
+        x, t_p = image[p], trail.tokens[p]
+        w = torch.softmax(scores[p].view(h, t_p, -1), dim=1).view(h * t_p, -1).to(dtype)  # over the prompt tokens
+        v_p = trail.own(vo[p], p)
         # each prompt's own tokens take the update in place (nothing reads them after it): no copy of them
-        update = x.addmm_(w.T, vo[p]) if own else torch.addmm(x, w.T, vo[p])
+        update = x.addmm_(w.T, v_p) if own else torch.addmm(x, w.T, v_p)
         new, _mean, rstd = torch.native_layer_norm(update, [c], norm.weight, norm.bias, norm.eps)
         trail.add(p, w, rstd)
         tokens.append(new)
@@ -460,7 +463,10 @@ def _decode_group(model: Model, sparse: torch.Tensor, valid: torch.Tensor, multi
     padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     layers = list(_blocks(dec))
     heads = layers[0].cross_attn_image_to_token.num_attention_heads
-    trail = Trail(n, keys.shape[0], heads * tokens.shape[1], len(layers), dtype, keys.device)
+    # each prompt's own tokens, when its padding is all at the end (as models.sam pads): the rest is not computed
+    counts = valid.sum(1).tolist()
+    own = [k if bool(valid[p, :k].all()) else valid.shape[1] for p, k in enumerate(counts)]
+    trail = Trail(keys.shape[0], heads, own, tokens.shape[1], len(layers), dtype, keys.device)
     image: torch.Tensor | list[torch.Tensor] = keys  # the prompts' image tokens after each layer
     queries = tokens
     for i, layer in enumerate(layers):

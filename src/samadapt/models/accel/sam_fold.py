@@ -53,50 +53,49 @@ def fold_chain(norms: list[nn.LayerNorm], weight: torch.Tensor) -> tuple[list[to
     return folded[:-1], rows, norms[-1].bias.float() @ folded[-1]
 
 
-def right_side(chain: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor], values: list[torch.Tensor]
-               ) -> torch.Tensor:
-    """The rows (N, K_l, D) that multiply a :class:`Trail`'s rows at level l = len(values), for the X of ``chain``
-    (:func:`fold_chain`), given each layer's values ``V_k`` (N, heads*T, C): ``[V_1 H_0; b_1 H_1; V_2 H_1; ...]``."""
-    hs, betas, _ = chain
-    n = values[0].shape[0]
-    parts = []
-    for k, v in enumerate(values):
-        if k:
-            parts.append(betas[k - 1].expand(n, 1, -1))
-        parts.append(v @ hs[k])
-    return torch.cat(parts, dim=1)
-
-
 class Trail:
     """Per prompt of a group, the rows ``[W_1; q_2; W_2 q_2; ...]`` (K_l, HW) in ``dtype`` and the scale ``A_l``
     (HW,) of its image tokens after each layer so far, and each layer's values ``V_k``.
 
-    The rows of level l are the first K_l, so one buffer serves every level.
+    A prompt with fewer tokens than the group's T (padding at the end, masked out of every attention) has rows
+    only for its own: heads * T_p per layer. The rows of level l are the first K_l, so one buffer serves every
+    level.
     """
 
-    def __init__(self, n: int, hw: int, rows_per_layer: int, depth: int, dtype: torch.dtype,
+    def __init__(self, hw: int, heads: int, tokens: list[int], width: int, depth: int, dtype: torch.dtype,
                  device: torch.device) -> None:
-        self.per_layer = rows_per_layer
-        self.rows = torch.empty(n, rows_per_layer + (depth - 1) * (rows_per_layer + 1), hw, dtype=dtype,
-                                device=device)
+        """``tokens``: each prompt's own tokens T_p; ``width``: the group's T."""
+        n, self.heads, self.tokens, self.t = len(tokens), heads, tokens, width
+        most = heads * width
+        self.rows = torch.empty(n, most + (depth - 1) * (most + 1), hw, dtype=dtype, device=device)
         self.scale = torch.ones(n, hw, device=device)  # A_l
         self.deviation = torch.ones(n, hw, device=device)  # q_(l+1): product of 1 / r so far
         self.values: list[torch.Tensor] = []
         self.level = 0
 
-    def width(self, level: int) -> int:
-        """K_l, the rows of level ``level``."""
-        return self.per_layer + (level - 1) * (self.per_layer + 1)
+    def width(self, level: int, p: int) -> int:
+        """K_l of prompt p, its rows at level ``level``."""
+        per_layer = self.heads * self.tokens[p]
+        return per_layer + (level - 1) * (per_layer + 1)
+
+    def own(self, x: torch.Tensor, p: int, dim: int = 0) -> torch.Tensor:
+        """Prompt p's rows of ``x`` along ``dim`` (heads*T long, laid out (heads, T)): heads * T_p of them."""
+        if self.tokens[p] == self.t:
+            return x
+        shape = x.shape
+        split = x.reshape(*shape[:dim], self.heads, self.t, *shape[dim + 1 :])
+        return split.narrow(dim + 1, 0, self.tokens[p]).reshape(*shape[:dim], -1, *shape[dim + 1 :])
 
     def add(self, p: int, weights: torch.Tensor, rstd: torch.Tensor) -> None:
-        """Prompt p's image-to-token weights (heads*T, HW) and LayerNorm deviations (HW, 1) in the layer begun by
+        """Prompt p's image-to-token weights (heads*T_p, HW) and LayerNorm deviations (HW, 1) in the layer begun by
         :meth:`next_layer`."""
+        per_layer = self.heads * self.tokens[p]
         if self.level == 1:
-            self.rows[p, : self.per_layer].copy_(weights)
+            self.rows[p, :per_layer].copy_(weights)
         else:
-            base, q = self.width(self.level - 1), self.deviation[p]
+            base, q = self.width(self.level - 1, p), self.deviation[p]
             self.rows[p, base].copy_(q)
-            torch.mul(weights, q.to(weights.dtype), out=self.rows[p, base + 1 : base + 1 + self.per_layer])
+            torch.mul(weights, q.to(weights.dtype), out=self.rows[p, base + 1 : base + 1 + per_layer])
         r = rstd.view(-1)
         self.scale[p].mul_(r)
         self.deviation[p].div_(r)
@@ -107,9 +106,25 @@ class Trail:
         self.level += 1
 
 
+def right_side(chain: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor], trail: Trail) -> list[torch.Tensor]:
+    """Per prompt, the rows (K_l, D) that multiply its trail rows at the trail's level l, for the X of ``chain``
+    (:func:`fold_chain`): ``[V_1 H_0; b_1 H_1; V_2 H_1; ...]``, in the trail's dtype."""
+    hs, betas, _ = chain
+    products = [v @ hs[k] for k, v in enumerate(trail.values)]  # (N, heads*T, D)
+    out = []
+    for p in range(len(trail.tokens)):
+        parts = []
+        for k, product in enumerate(products):
+            if k:
+                parts.append(betas[k - 1 : k])
+            parts.append(trail.own(product[p], p))
+        out.append(torch.cat(parts).to(trail.rows.dtype))
+    return out
+
+
 def folded_scores(trail: Trail, norms: list[nn.LayerNorm], rows: torch.Tensor, heads: torch.Tensor,
                   shared: torch.Tensor, positions: torch.Tensor, constant: bool) -> list[torch.Tensor]:
-    """Each prompt's scores ``rows @ (Y_l + pe).T`` (heads*T, HW) in the trail's dtype, at its current level l.
+    """Each prompt's scores ``rows @ (Y_l + pe).T`` (heads*T_p, HW) in the trail's dtype, at its current level l.
 
     Args:
         norms: the LayerNorms of layers 1..l.
@@ -122,43 +137,43 @@ def folded_scores(trail: Trail, norms: list[nn.LayerNorm], rows: torch.Tensor, h
     """
     n, r, c = rows.shape
     level, dtype = trail.level, trail.rows.dtype
-    chain = fold_chain(norms[:level], rows.reshape(n * r, c).T)
-    hs, betas, last = chain
-    parts = []
-    for k, v in enumerate(trail.values):  # columns in the order of the trail's rows
-        folded = hs[k].T.reshape(n, r, c)
+    hs, betas, last = fold_chain(norms[:level], rows.reshape(n * r, c).T)
+    parts = []  # columns in the order of the trail's rows: (N, heads*T, heads*T) per layer, a beta row between
+    for k, v in enumerate(trail.values):
         if k:
-            parts.append(betas[k - 1].view(n, r, 1))
-        parts.append(torch.bmm(folded, v.transpose(1, 2)))
-    product = torch.cat(parts, dim=2).to(dtype)  # (N, heads*T, K_l)
-    width, h = trail.width(level), heads.shape[1]
+            parts.append(betas[k - 1].view(n, r, 1).to(dtype))
+        parts.append(torch.bmm(hs[k].T.reshape(n, r, c), v.transpose(1, 2)).to(dtype))
     out = []
     for p in range(n):
-        s = torch.bmm(heads[p], shared).view(r, -1).addmm_(product[p], trail.rows[p, :width])
+        t = trail.tokens[p]
+        q = heads[p, :, :t]
+        own = torch.cat([trail.own(trail.own(part[p], p), p, 1) if part.shape[-1] > 1 else trail.own(part[p], p)
+                         for part in parts], dim=1)  # (heads*T_p, K_l)
+        s = torch.bmm(q, shared).view(-1, shared.shape[-1]).addmm_(own, trail.rows[p, : trail.width(level, p)])
         s.mul_(trail.scale[p].to(dtype))
-        s.view(h, r // h, -1).baddbmm_(heads[p], positions)
+        s.view(trail.heads, t, -1).baddbmm_(q, positions)
         if constant:
-            s.add_(last.view(n, r, 1)[p].to(dtype))
+            s.add_(trail.own(last.view(n, r, 1)[p], p).to(dtype))
         out.append(s)
     return out
 
 
-def folded_context(trail: Trail, probs: list[torch.Tensor], shared: torch.Tensor, right: torch.Tensor
+def folded_context(trail: Trail, probs: list[torch.Tensor], shared: torch.Tensor, right: list[torch.Tensor]
                    ) -> torch.Tensor:
-    """Each prompt's ``probs @ (Y_l X)`` per head, (N, heads, T, d) float32, at the trail's level l, leaving out
-    ``b_l X`` (the weights sum to 1: the caller adds it).
+    """Each prompt's ``probs @ (Y_l X)`` per head, (N, heads, T, d) float32 (zero for a prompt's padding tokens),
+    at the trail's level l, leaving out ``b_l X`` (the weights sum to 1: the caller adds it).
 
     Args:
-        probs: per prompt (heads*T, HW) attention weights over the image, in the trail's dtype.
+        probs: per prompt (heads*T_p, HW) attention weights over the image, in the trail's dtype.
         shared: (heads, HW, d) ``Y_0 H_0`` per head, trail's dtype.
-        right: (N, K_l, heads*d) :func:`right_side` for X, trail's dtype.
+        right: per prompt (K_l, heads*d) :func:`right_side` for X.
     """
     h, _, d = shared.shape
-    width = trail.width(trail.level)
-    out = []
+    out = torch.zeros(len(probs), h, trail.t, d)
     for p, w in enumerate(probs):
+        width, t = trail.width(trail.level, p), trail.tokens[p]
         wa = w.mul_(trail.scale[p].to(w.dtype))  # the weights are not needed unscaled
-        m = (wa @ trail.rows[p, :width].T).view(h, -1, width)  # (heads, T, K_l)
-        ctx = torch.bmm(wa.view(h, -1, wa.shape[-1]), shared).baddbmm_(m, right[p].view(width, h, d).transpose(0, 1))
-        out.append(ctx)
-    return torch.stack(out).float()
+        m = (wa @ trail.rows[p, :width].T).view(h, t, width)  # (heads, T_p, K_l)
+        ctx = torch.bmm(wa.view(h, t, -1), shared).baddbmm_(m, right[p].view(width, h, d).transpose(0, 1))
+        out[p, :, :t] = ctx
+    return out

@@ -100,12 +100,11 @@ def first_convolution(dec: Decoder, trail: Trail) -> Callable[[int], tuple[torch
     """
     folded = folded_weights(dec)
     depth, dtype = trail.level, trail.rows.dtype
-    right = right_side((list(folded[:depth]), folded[depth], folded[-1]), trail.values).to(dtype)
-    width = trail.width(depth)
+    right = right_side((list(folded[:depth]), folded[depth], folded[-1]), trail)
 
     def one(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scale = trail.scale[p].to(dtype)
-        return scale.view(-1, 1), trail.rows[p, :width] * scale, right[p]
+        return scale.view(-1, 1), trail.rows[p, : trail.width(depth, p)] * scale, right[p]
 
     return one
 
