@@ -51,7 +51,15 @@ from torch import nn
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 from samadapt.models.accel.parallel import map_runs, prompt_threads, worth_threads
-from samadapt.models.accel.sam_fold import Trail, fold_chain, folded_context, folded_scores, layer_norms, right_side
+from samadapt.models.accel.sam_fold import (
+    Trail,
+    fold_chain,
+    folded_context,
+    folded_scores,
+    layer_norms,
+    right_side,
+    value_chain,
+)
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features, workspace
 from samadapt.models.accel.sam_upscale import added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
@@ -252,10 +260,8 @@ _IMAGE_SIDE: KeptBeside[ImageSide] = KeptBeside()
 def _later_attentions(model: Model) -> list[tuple[Attention, Attention | None]]:
     """Per level l = 1 .. L: the token-to-image attention that reads the tokens after layer l, and the
     image-to-token attention that does (None for the last)."""
-    dec = model.mask_decoder
-    layers = list(_blocks(dec))
-    return [(layers[i].cross_attn_token_to_image, layers[i].cross_attn_image_to_token) for i in range(1, len(layers))
-            ] + [(dec.transformer.final_attn_token_to_image, None)]
+    layers, final = list(_blocks(model.mask_decoder)), model.mask_decoder.transformer.final_attn_token_to_image
+    return [(b.cross_attn_token_to_image, b.cross_attn_image_to_token) for b in layers[1:]] + [(final, None)]
 
 
 def _image_side(model: Model, image: torch.Tensor, dtype: torch.dtype) -> ImageSide:
@@ -306,18 +312,6 @@ def _tokens_to_image_shared(att: Attention, q: torch.Tensor, kv: torch.Tensor) -
     return _out_proj(att)(out.reshape(n, t, h * d))
 
 
-#: Per token-to-image attention: its value weights folded back through the LayerNorms (:func:`_value_chain`).
-_VALUE_CHAINS: KeptPerModule[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = KeptPerModule()
-
-
-def _value_chain(model: Model, att: Attention, level: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """:func:`~samadapt.models.accel.sam_fold.fold_chain` of the attention's value weights through the first
-    ``level`` LayerNorms, kept per attention and weights' versions."""
-    norms = layer_norms(model.mask_decoder)[:level]
-    key = (level, *weights_key(att.v_proj.weight, *(p for n in norms for p in (n.weight, n.bias))))
-    return _VALUE_CHAINS.get(att, key, lambda: fold_chain(norms, att.v_proj.weight.detach().T))
-
-
 def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail, shared: tuple[torch.Tensor,
                      torch.Tensor]) -> torch.Tensor:
     """Prompt tokens (N, T, C) attend to each prompt's own image tokens after the trail's level l, read through
@@ -329,7 +323,7 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
     scores = folded_scores(trail, layer_norms(model.mask_decoder), rows, qh.to(dtype), shared[0],
                            _projected_positions(model, att, "k", dtype), constant=False)
     probs = [torch.softmax(s, dim=-1) for s in scores]  # over the image
-    chain = _value_chain(model, att, trail.level)
+    chain = value_chain(model.mask_decoder, att, trail.level)
     ctx = folded_context(trail, probs, shared[1], right_side(chain, trail))  # (N, h, T, d)
     out = ctx + (chain[2] + att.v_proj.bias).view(1, h, 1, d)  # the weights sum to 1
     return _out_proj(att)(out.transpose(1, 2).reshape(n, t, h * d))

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from samadapt.models.accel.kept import KeptPerModule, weights_key
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from torch import nn
 
-    from samadapt.models.accel.sam_decoder import Block, Decoder
+    from samadapt.models.accel.sam_decoder import Attention, Block, Decoder
 
 
 def layer_norms(dec: Decoder) -> list[nn.LayerNorm]:
@@ -51,6 +53,18 @@ def fold_chain(norms: list[nn.LayerNorm], weight: torch.Tensor) -> tuple[list[to
     betas = [norm.bias.float() @ h for norm, h in zip(norms[:-1], folded[1:-1], strict=True)]
     rows = torch.stack(betas) if betas else folded[0].new_zeros(0, folded[0].shape[1])
     return folded[:-1], rows, norms[-1].bias.float() @ folded[-1]
+
+
+#: Per token-to-image attention: its value weights folded back through the LayerNorms (:func:`value_chain`).
+_VALUE_CHAINS: KeptPerModule[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = KeptPerModule()
+
+
+def value_chain(dec: Decoder, att: Attention, level: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """:func:`fold_chain` of a token-to-image attention's value weights through the first ``level`` LayerNorms,
+    kept per attention and weights' versions."""
+    norms = layer_norms(dec)[:level]
+    key = (level, *weights_key(att.v_proj.weight, *(p for n in norms for p in (n.weight, n.bias))))
+    return _VALUE_CHAINS.get(att, key, lambda: fold_chain(norms, att.v_proj.weight.detach().T))
 
 
 class Trail:
