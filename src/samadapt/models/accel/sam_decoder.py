@@ -331,12 +331,11 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
 
 def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
                      q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, trail: Trail,
-                     shared: torch.Tensor) -> list[torch.Tensor]:
+                     shared: torch.Tensor, keep: bool = True) -> list[torch.Tensor]:
     """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's LayerNorm
-    follows. Returns each prompt's new image tokens (HW, C) and adds the layer to the ``trail``.
-
-    Scores are laid out (heads, T, HW) so the softmax over the few prompt tokens runs along a long contiguous
-    axis.
+    follows. Adds the layer to the ``trail`` and returns each prompt's new image tokens (HW, C) if ``keep`` (the
+    last layer's are not read: their memory is reused from one prompt to the next). Scores are laid out
+    (heads, T, HW) so the softmax over the few prompt tokens runs along a long contiguous axis.
 
     Args:
         keys: (HW, C) image tokens all prompts share, or each prompt's own, N of (HW, C), in the
@@ -378,7 +377,8 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
         update = x.addmm_(w.T, v_p) if own else torch.addmm(x, w.T, v_p)
         new, _mean, rstd = torch.native_layer_norm(update, [c], norm.weight, norm.bias, norm.eps)
         trail.add(p, w, rstd)
-        tokens.append(new)
+        if keep:
+            tokens.append(new)
     return tokens
 
 
@@ -473,7 +473,8 @@ def _decode_group(model: Model, sparse: torch.Tensor, valid: torch.Tensor, multi
         queries = layer.layer_norm2(queries + att)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
         image = _image_to_tokens(model, layer.cross_attn_image_to_token, layer.layer_norm4, image, queries + tokens,
-                                 queries, padding, trail, shared.queries if i == 0 else shared.later_queries[i - 1])
+                                 queries, padding, trail, shared.queries if i == 0 else shared.later_queries[i - 1],
+                                 keep=i + 1 < len(layers))
     att = _tokens_to_image(model, tr.final_attn_token_to_image, queries + tokens, trail,
                            (shared.keys[-1], shared.values[-1]))
     queries = tr.layer_norm_final_attn(queries + att)
