@@ -10,7 +10,7 @@ import torch
 
 from samadapt.imagery.preprocess import Geometry
 from samadapt.models import sam as runtime
-from samadapt.models.accel import sam_decoder, sam_upscale
+from samadapt.models.accel import sam_decoder, sam_hq_decoder, sam_upscale
 from samadapt.models.loading import LoadedModel, load_model
 from samadapt.models.sam import DecoderPrompts, _call_model, decode
 from samadapt.predict.segmenter import Embedded, Segmenter
@@ -214,12 +214,25 @@ def test_tiny_sam_hq_batched_mixed_prompts_equal_one_at_a_time(tiny_models: dict
     _check_agreement(seg.decode(emb, prompts, multimask=multimask), _reference(loaded, emb, prompts, multimask))
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.0, 1e-3])
+def test_sam_hq_mask_norm_folded_or_not_agrees(tiny_models: dict[str, Path], scale: float) -> None:
+    """The HQ mask's LayerNorm is folded into the convolution before it (centring, its weight) unless a weight
+    is near zero (the variance would divide by it): both ways agree with transformers."""
+    loaded = _livelier(load_model(tiny_models["sam-hq"]))
+    dec = loaded.model.mask_decoder
+    with torch.no_grad():
+        dec.mask_norm.weight[0] = dec.mask_norm.weight[0] * scale
+    assert (sam_hq_decoder._normed_conv(dec, torch.float32) is None) == (scale < 0.01)
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    prompts = _prompts(300, n=6)
+    _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
+
+
 def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The image-side HQ features are computed once per embedding and follow weight changes."""
     import gc
-
-    from samadapt.models.accel import sam_hq_decoder
 
     loaded = _livelier(load_model(tiny_models["sam-hq"]))
     seg = Segmenter(loaded, cache=False)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
-from samadapt.models.accel.kept import KeptBeside
+from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 
 if TYPE_CHECKING:
     from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
@@ -104,6 +104,50 @@ def _compute_hq_features(dec: SamHQMaskDecoder, image: torch.Tensor, vit: torch.
     return x
 
 
+#: Per SAM-HQ decoder: ``mask_conv1`` with ``mask_norm``'s centring and weight folded in (:func:`_normed_conv`).
+_NORMED: KeptPerModule[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = KeptPerModule()
+
+
+def _normed_conv(dec: SamHQMaskDecoder, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``mask_conv1``'s weight and bias in ``dtype`` with the LayerNorm after it partly folded in: its subtraction
+    of the mean over channels, then its weight g. The norm is then ``y * r + b`` with r computed from the product
+    of the squared outputs with (C1, 1) weights 1 / (C1 g^2), also returned: one product instead of torch's
+    LayerNorm over rows of 64, which takes several times as long. None where some g is near 0 (relative to the
+    largest), which the variance would divide by.
+    """
+    conv, norm = dec.mask_conv1, dec.mask_norm
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        g = norm.weight.detach().float()
+        if bool(g.abs().min() <= 1e-2 * g.abs().max()):
+            return None
+        weight, bias = conv.weight.detach().float(), conv.bias
+        bias = bias.detach().float() if bias is not None else weight.new_zeros(weight.shape[0])
+        weight = (weight - weight.mean(0, keepdim=True)) * g[:, None, None, None]
+        return (weight.to(dtype).contiguous(memory_format=torch.channels_last), ((bias - bias.mean()) * g).to(dtype),
+                (1 / (g.numel() * g * g)).to(dtype)[:, None])
+
+    return _NORMED.get(dec, (dtype, *weights_key(conv.weight, conv.bias, norm.weight)), compute)
+
+
+def _normed_features(dec: SamHQMaskDecoder, upscaled: torch.Tensor) -> torch.Tensor:
+    """``gelu(mask_norm(mask_conv1(x)))`` of upscaled features (n, H, W, C/8), as (n, H W, C1) channels-last."""
+    n, h, w, _ = upscaled.shape
+    normed = _normed_conv(dec, upscaled.dtype)
+    if normed is None:
+        x = _conv(dec.mask_conv1, upscaled.permute(0, 3, 1, 2))
+        # (n, C1, h, w) channels-last; torch's stub of torch._C._nn lacks the in-place gelu_
+        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(upscaled.dtype))  # type: ignore[attr-defined]
+        return x.permute(0, 2, 3, 1).reshape(n, h * w, -1)
+    weight, bias, inverse = normed
+    x = F.conv2d(upscaled.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), weight, bias,
+                 padding=dec.mask_conv1.padding)
+    flat = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # centred and scaled by g
+    rstd = torch.mm(flat * flat, inverse).float().add_(dec.mask_norm.eps).rsqrt_()
+    flat = torch.addcmul(dec.mask_norm.bias.to(flat.dtype), flat, rstd.to(flat.dtype))
+    return torch._C._nn.gelu_(flat).view(n, h * w, -1)  # type: ignore[attr-defined]
+
+
 def add_hq_masks(dec: SamHQMaskDecoder, masks: torch.Tensor, iou: torch.Tensor, upscaled: torch.Tensor,
                  hq: torch.Tensor, hq_rows: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM-HQ's masks as transformers returns them (``hq_token_only=False``).
@@ -136,10 +180,7 @@ def add_hq_masks(dec: SamHQMaskDecoder, masks: torch.Tensor, iou: torch.Tensor, 
     for block in range(-(-n // HQ_OBJECTS)):  # a few objects at a time: their intermediates are reused memory
         i = block * HQ_OBJECTS
         j = min(n, i + HQ_OBJECTS)
-        x = _conv(dec.mask_conv1, upscaled[i:j].permute(0, 3, 1, 2))
-        # (n, C1, h, w) channels-last; torch's stub of torch._C._nn lacks the in-place gelu_
-        x = torch._C._nn.gelu_(_channels_first_norm(dec.mask_norm, x).to(dtype))  # type: ignore[attr-defined]
-        z = torch.bmm(folded[i:j], x.permute(0, 2, 3, 1).reshape(j - i, h * w, -1).transpose(1, 2))  # (n, 9, hw)
+        z = torch.bmm(folded[i:j], _normed_features(dec, upscaled[i:j]).transpose(1, 2))  # (n, 9, hw)
         z = F.pad(z.view(j - i, k2, h, w).float(), (pad_x, pad_x, pad_y, pad_y))
         acc = hq_mask[i:j, 0]
         for k in range(k2):
