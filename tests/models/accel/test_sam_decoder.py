@@ -229,6 +229,22 @@ def test_sam_hq_mask_norm_folded_or_not_agrees(tiny_models: dict[str, Path], sca
     _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+@pytest.mark.parametrize("family", ["sam", "sam2"])
+def test_upscaling_norm_folded_or_not_agrees(tiny_models: dict[str, Path], family: str, scale: float) -> None:
+    """The upscaling's LayerNorm is folded into the first convolution (and SAM 2's high-resolution term) unless a
+    weight is near zero: both ways agree with transformers."""
+    loaded = _livelier(load_model(tiny_models[family]))
+    dec = loaded.model.mask_decoder
+    with torch.no_grad():
+        dec.upscale_layer_norm.weight[1] = dec.upscale_layer_norm.weight[1] * scale
+    assert (sam_upscale._folded_norm(dec) is None) == (scale < 0.01)
+    seg = Segmenter(loaded, cache=False)
+    emb = seg.embed(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    prompts = _prompts(300, n=6)
+    _check_agreement(seg.decode(emb, prompts), _reference(loaded, emb, prompts, True))
+
+
 def test_sam_hq_image_features_are_kept_per_embedding(tiny_models: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The image-side HQ features are computed once per embedding and follow weight changes."""

@@ -31,6 +31,23 @@ UPSCALE_TOKENS = 4096
 _UPSCALE: KeptPerModule[tuple[torch.Tensor, ...]] = KeptPerModule()
 
 
+def _folded_norm(dec: Decoder) -> torch.Tensor | None:
+    """The weight g (C1,) float32 of the upscaling's LayerNorm when its centring and g are folded into the first
+    convolution (everything added before the norm is centred per pixel and scaled by g; the norm is then
+    ``y * r + b``, r from the product of y^2 with 1 / (C1 g^2)); None where some g is near 0 (relative to the
+    largest), which that product would divide by: the LayerNorm then runs as it is."""
+    g = dec.upscale_layer_norm.weight.detach().float()
+    return None if bool(g.abs().min() <= 1e-2 * g.abs().max()) else g
+
+
+def _centre_scale(x: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (..., blocks * C1) with each block of C1 channels centred and scaled by ``g`` (unchanged for None)."""
+    if g is None:
+        return x
+    blocks = x.reshape(*x.shape[:-1], -1, g.numel())
+    return ((blocks - blocks.mean(-1, keepdim=True)) * g).reshape(x.shape)
+
+
 def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """The upscaling's weights after its first transposed convolution (which :func:`first_convolution`
     folds) as matrices in ``dtype``, kept per decoder and weights' versions.
@@ -39,7 +56,8 @@ def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...
     a matrix product per child row ``a`` (columns: child column ``b``, channel).
 
     Returns:
-        The LayerNorm's weight and bias, conv2's weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2).
+        The LayerNorm's weight and bias, conv2's weight for a2 = 0 and 1 (C1, 2 C2), its bias (2 C2), and where
+        the norm is folded (:func:`_folded_norm`) the (C1, 1) weights 1 / (C1 g^2).
     """
     conv2, norm = dec.upscale_conv2, dec.upscale_layer_norm
     bias2 = conv2.bias
@@ -47,7 +65,9 @@ def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...
 
     def compute() -> tuple[torch.Tensor, ...]:
         w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
-        mats = (norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2))
+        g = _folded_norm(dec)
+        inverse = [] if g is None else [(1 / (g.numel() * g * g))[:, None]]
+        mats = (norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2), *inverse)
         return tuple(m.detach().to(dtype).contiguous() for m in mats)
 
     key = (dtype, conv2.weight.device, *weights_key(conv2.weight, bias2, norm.weight, norm.bias))
@@ -67,7 +87,8 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
 
     Returns:
         H_0 ... H_(L-1) (each (C, 4 C1)), the rows b_l H_l for l < L stacked ((L-1, 4 C1)), and
-        b_L W + c (4 C1).
+        b_L W + c (4 C1). Where the upscaling's LayerNorm is folded (:func:`_folded_norm`), W and c are centred per
+        pixel and scaled by its weight.
     """
     conv1 = dec.upscale_conv1
     norms = layer_norms(dec)
@@ -76,11 +97,13 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
 
     def compute() -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
+            g = _folded_norm(dec)
             weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)  # (C, a1 b1 c1)
-            folded, rows, constant = fold_chain(norms, weight)
-        return (*folded, rows, constant + bias1.float().repeat(4))
+            folded, rows, constant = fold_chain(norms, _centre_scale(weight.float(), g))
+        return (*folded, rows, constant + _centre_scale(bias1.float().repeat(4), g))
 
-    key = (conv1.weight.device, *weights_key(conv1.weight, bias1, *(p for n in norms for p in (n.weight, n.bias))))
+    key = (conv1.weight.device, *weights_key(conv1.weight, bias1, dec.upscale_layer_norm.weight,
+                                             *(p for n in norms for p in (n.weight, n.bias))))
     return _FOLDED.get(dec, key, compute)
 
 
@@ -125,11 +148,11 @@ def added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None
     (b2, channel). SAM 2's are kept beside its embedding: they depend on it and the weights alone.
     """
     constant = folded_weights(dec)[-1].to(dtype).view(2, 1, -1)
-    bias2 = upscale_weights(dec, dtype)[-1].view(1, 1, -1)
+    bias2 = upscale_weights(dec, dtype)[4].view(1, 1, -1)
     if high_res is None:
         return constant, bias2
     f0, f1 = high_res
-    params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias,
+    params = (dec.upscale_conv1.weight, dec.upscale_conv1.bias, dec.upscale_conv2.bias, dec.upscale_layer_norm.weight,
               *(p for norm in layer_norms(dec) for p in norm.parameters()))
     key = (dtype, *tensor_identity(f0), *tensor_identity(f1),
            *(v for p in params if p is not None for v in tensor_identity(p)))
@@ -138,6 +161,7 @@ def added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None
         # pixel (2 r + a1, 2 col + b1) of the first, (4 r + 2 a1 + a2, 4 col + 2 b1 + b2) of the second
         g1 = f1[0].permute(1, 2, 0).reshape(side, 2, side, 2, -1).permute(1, 0, 2, 3, 4).reshape(2, side * side, -1)
         g0 = f0[0].permute(1, 2, 0).reshape(side, 4, 2 * side, -1).transpose(0, 1).reshape(4, 2 * side * side, -1)
+        g1 = _centre_scale(g1, _folded_norm(dec))  # added before the LayerNorm, as the convolution's output
         return (g1.to(dtype) + constant).contiguous(), (g0.to(dtype) + bias2).contiguous()
 
     return _HIGH_RES.get(f0, key, (f1, dec), compute)
@@ -165,7 +189,7 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
     """
     n, m, c2 = hyper.shape
     dtype = shared.dtype
-    gamma, beta, w2a, w2b, _b2 = upscale_weights(dec, dtype)
+    gamma, beta, w2a, w2b, _b2, *folded_norm = upscale_weights(dec, dtype)
     after1, after2 = added
     c1 = gamma.shape[0]
     eps = dec.upscale_layer_norm.eps
@@ -184,8 +208,13 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
                 # rows (r, col, b1): pixel (2 r + a1, 2 col + b1)
                 up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], shared[tile, cols], scale[tile])
                 up = up.addmm_(lhs[:, tile].T, rhs[:, cols]).view(-1, c1)
+                if folded_norm:  # centred and scaled by the norm's weight already (_folded_norm)
+                    rstd = torch.mm(up * up, folded_norm[0]).float().add_(eps).rsqrt_()
+                    up = torch.addcmul(beta, up, rstd.to(dtype))
+                else:
+                    up = F.layer_norm(up, (c1,), gamma, beta, eps)
                 # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
-                up = torch._C._nn.gelu_(F.layer_norm(up, (c1,), gamma, beta, eps))  # type: ignore[attr-defined]
+                up = torch._C._nn.gelu_(up)  # type: ignore[attr-defined]
                 for a2, w2 in enumerate((w2a, w2b)):
                     term = after2[2 * a1 + a2, 2 * r * side : 2 * e * side] if after2.shape[1] > 1 else after2[0, 0]
                     # rows (r, col, b1, b2): pixel (4 r + 2 a1 + a2, 4 col + 2 b1 + b2)
