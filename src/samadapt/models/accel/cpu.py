@@ -130,13 +130,13 @@ def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of returning it to the system at once (process-wide,
     once; Linux with glibc only). Returns whether it is in effect.
 
-    The batched decoder's threads allocate and free blocks of a few MB per prompt. glibc gives the memory
-    of a thread's heap back as soon as its free top passes the trim threshold, so every block was new
-    memory again: on 2 cores (AMD EPYC Zen 4) about 14,000 page faults per 16 prompts, the LayerNorm of
-    a prompt's image tokens at 1.4 ms instead of 0.6. Blocks up to :data:`MMAP_THRESHOLD` now come from the
-    heaps and up to :data:`TRIM_THRESHOLD` of free memory stays with them: the process keeps its peak use
-    of such blocks (a few hundred MB for the decoder) rather than returning it. ``SAMADAPT_KEEP_FREED_MEMORY=0``
-    leaves glibc's defaults.
+    The batched decoder allocates and frees blocks of a few MB per prompt, and sets this on its first call. glibc
+    gives the memory of a thread's heap back as soon as its free top passes the trim threshold, and maps blocks
+    above its mmap threshold anew each time, so every block was new memory again: on 2 cores (AMD EPYC Zen 4) about
+    14,000 page faults per 16 prompts, the LayerNorm of a prompt's image tokens at 1.4 ms instead of 0.6. Blocks up
+    to :data:`MMAP_THRESHOLD` now come from the heaps and up to :data:`TRIM_THRESHOLD` of free memory stays with
+    them: the process keeps its peak use of such blocks (a few hundred MB for the decoder) rather than returning it.
+    ``SAMADAPT_KEEP_FREED_MEMORY=0`` leaves glibc's defaults.
     """
     applied = False
     if os.environ.get("SAMADAPT_KEEP_FREED_MEMORY", "1").strip() != "0":

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
-from samadapt.models.accel.cpu import keep_freed_memory
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -78,7 +76,6 @@ def prompt_threads(prompts: int) -> Iterator[int]:
     if prompts < threads or threads < 2:
         yield threads
         return
-    keep_freed_memory()  # the workers' blocks reused, not faulted in anew for every prompt
     _local.threads = threads
     torch.set_num_threads(1)
     _process_wide(threads)  # only this thread runs on one

@@ -48,18 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samadapt.models.accel import sam_fold
+from samadapt.models.accel.cpu import keep_freed_memory
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
 from samadapt.models.accel.parallel import map_runs, prompt_threads, worth_threads
-from samadapt.models.accel.sam_fold import (
-    Trail,
-    fold_chain,
-    folded_context,
-    folded_scores,
-    layer_norms,
-    right_side,
-    value_chain,
-)
+from samadapt.models.accel.sam_fold import Trail, layer_norms
 from samadapt.models.accel.sam_hq_decoder import add_hq_masks, hq_features, workspace
 from samadapt.models.accel.sam_upscale import added_terms, first_convolution, folded_weights, upscale_masks
 from samadapt.models.accel.speed import Precision
@@ -289,7 +283,8 @@ def _image_side(model: Model, image: torch.Tensor, dtype: torch.dtype) -> ImageS
         folds = [(level, w) for name in ("k_proj", "v_proj") for level, (att, _) in later
                  for w in [getattr(att, name).weight]]
         folds += [(level, att.q_proj.weight) for level, (_, att) in later if att is not None]
-        weights = [fold_chain(norms[:level], w.detach().T)[0][0] for level, w in folds] + [folded_weights(dec)[0]]
+        weights = [sam_fold.fold_chain(norms[:level], w.detach().T)[0][0] for level, w in folds]
+        weights.append(folded_weights(dec)[0])
         # one product of the shared tokens with every folded weight, in the pass's dtype (its result's)
         products = (keys[0].to(dtype) @ torch.cat(weights, dim=1).to(dtype)).split([w.shape[1] for w in weights], 1)
         per_head = [_heads_first(x, h) for x in products[:-1]]
@@ -320,11 +315,11 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
     h, (n, t, _c), dtype = att.num_attention_heads, q.shape, trail.rows.dtype
     d = att.internal_dim // h
     rows, qh = _fold_queries(att, q)
-    scores = folded_scores(trail, layer_norms(model.mask_decoder), rows, qh.to(dtype), shared[0],
+    scores = sam_fold.folded_scores(trail, layer_norms(model.mask_decoder), rows, qh.to(dtype), shared[0],
                            _projected_positions(model, att, "k", dtype), constant=False)
     probs = [torch.softmax(s, dim=-1) for s in scores]  # over the image
-    chain = value_chain(model.mask_decoder, att, trail.level)
-    ctx = folded_context(trail, probs, shared[1], right_side(chain, trail))  # (N, h, T, d)
+    chain = sam_fold.value_chain(model.mask_decoder, att, trail.level)
+    ctx = sam_fold.folded_context(trail, probs, shared[1], sam_fold.right_side(chain, trail))  # (N, h, T, d)
     out = ctx + (chain[2] + att.v_proj.bias).view(1, h, 1, d)  # the weights sum to 1
     return _out_proj(att)(out.transpose(1, 2).reshape(n, t, h * d))
 
@@ -355,7 +350,7 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     else:  # through the trail: the prompt keys folded into the query weights (the positions carry the query bias)
         image = keys
         kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
-        scores = folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
+        scores = sam_fold.folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
                                _projected_positions(model, att, "q", dtype), constant=True)
     for p, s in enumerate(scores):  # padding among a prompt's own tokens (only where it is not at the end)
         t_p = trail.tokens[p]
@@ -409,8 +404,8 @@ def decode_sam(model: nn.Module, image: torch.Tensor, sparse: torch.Tensor, vali
     Returns:
         Low-resolution logits (N, M, 4h, 4w) and predicted IoUs (N, M), M = 3 or 1.
     """
-    sam = _sam(model)
-    c, side = image.shape[1], image.shape[-1]
+    keep_freed_memory()  # the blocks of a few MB per prompt reused, not faulted in anew for every one
+    sam, (c, side) = _sam(model), (image.shape[1], image.shape[-1])
     dtype, n = (torch.bfloat16 if precision == "bf16" else torch.float32), sparse.shape[0]
     # Each thread decodes a run of prompts (map_runs) in groups; the groups decoded at the same time keep their
     # own image tokens under GROUP_BYTES. What is computed from the shared image tokens serves them all.
