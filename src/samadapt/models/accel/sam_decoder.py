@@ -16,10 +16,11 @@ reordered without changing the arithmetic beyond rounding:
   each prompt's tokens themselves are only updated (in place) and normalised;
 - prompts with different numbers of points share one call: shorter ones are padded with
   tokens that are masked out of every attention, so they change nothing (unlike
-  transformers' ``-10`` label, which zeroes a padding token but still lets it be attended);
-- the upscaling (:mod:`samadapt.models.accel.sam_upscale`) folds its first transposed convolution
-  back through the image side and runs a prompt at a time in blocks that stay in the caches;
-- with at least as many prompts as cores, whole prompts go to one thread per core
+  transformers' ``-10`` label, which zeroes a padding token but still lets it be attended); the image
+  side of a prompt is computed for its own tokens only;
+- the upscaling (:mod:`samadapt.models.accel.sam_upscale`) reads the last tokens the same way, with its
+  LayerNorm folded in, and runs a prompt at a time in blocks that stay in the caches;
+- with at least as many prompts as cores, each core decodes a run of whole prompts
   (:mod:`samadapt.models.accel.parallel`);
 - prompts go through in groups whose own image tokens take at most :data:`GROUP_BYTES`.
 
@@ -316,7 +317,7 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
     d = att.internal_dim // h
     rows, qh = _fold_queries(att, q)
     scores = sam_fold.folded_scores(trail, layer_norms(model.mask_decoder), rows, qh.to(dtype), shared[0],
-                           _projected_positions(model, att, "k", dtype), constant=False)
+                                    _projected_positions(model, att, "k", dtype), constant=False)
     probs = [torch.softmax(s, dim=-1) for s in scores]  # over the image
     chain = sam_fold.value_chain(model.mask_decoder, att, trail.level)
     ctx = sam_fold.folded_context(trail, probs, shared[1], sam_fold.right_side(chain, trail))  # (N, h, T, d)
@@ -351,7 +352,7 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
         image = keys
         kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
         scores = sam_fold.folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
-                               _projected_positions(model, att, "q", dtype), constant=True)
+                                        _projected_positions(model, att, "q", dtype), constant=True)
     for p, s in enumerate(scores):  # padding among a prompt's own tokens (only where it is not at the end)
         t_p = trail.tokens[p]
         if bool(torch.isinf(padding[p, :t_p]).any()):
