@@ -27,6 +27,7 @@ from torch import nn
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
+from samadapt.models.accel.sam_fold import centre_scale, foldable_norm, folded_layer_norm, variance_weights
 
 if TYPE_CHECKING:
     from transformers.models.sam_hq.modeling_sam_hq import SamHQMaskDecoder
@@ -109,23 +110,21 @@ _NORMED: KeptPerModule[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] =
 
 
 def _normed_conv(dec: SamHQMaskDecoder, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``mask_conv1``'s weight and bias in ``dtype`` with the LayerNorm after it partly folded in: its subtraction
-    of the mean over channels, then its weight g. The norm is then ``y * r + b`` with r computed from the product
-    of the squared outputs with (C1, 1) weights 1 / (C1 g^2), also returned: one product instead of torch's
-    LayerNorm over rows of 64, which takes several times as long. None where some g is near 0 (relative to the
-    largest), which the variance would divide by.
+    """``mask_conv1``'s weight and bias in ``dtype`` with the LayerNorm after it folded in (its centring and weight
+    g, :func:`~samadapt.models.accel.sam_fold.foldable_norm`), and the norm's (C1, 1) variance weights; None where
+    the norm is not folded.
     """
     conv, norm = dec.mask_conv1, dec.mask_norm
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        g = norm.weight.detach().float()
-        if bool(g.abs().min() <= 1e-2 * g.abs().max()):
+        g = foldable_norm(norm)
+        if g is None:
             return None
         weight, bias = conv.weight.detach().float(), conv.bias
         bias = bias.detach().float() if bias is not None else weight.new_zeros(weight.shape[0])
-        weight = (weight - weight.mean(0, keepdim=True)) * g[:, None, None, None]
-        return (weight.to(dtype).contiguous(memory_format=torch.channels_last), ((bias - bias.mean()) * g).to(dtype),
-                (1 / (g.numel() * g * g)).to(dtype)[:, None])
+        weight = centre_scale(weight, g, dim=0)  # over the output channels
+        return (weight.to(dtype).contiguous(memory_format=torch.channels_last), centre_scale(bias, g).to(dtype),
+                variance_weights(g).to(dtype))
 
     return _NORMED.get(dec, (dtype, *weights_key(conv.weight, conv.bias, norm.weight)), compute)
 
@@ -143,8 +142,7 @@ def _normed_features(dec: SamHQMaskDecoder, upscaled: torch.Tensor) -> torch.Ten
     x = F.conv2d(upscaled.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), weight, bias,
                  padding=dec.mask_conv1.padding)
     flat = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # centred and scaled by g
-    rstd = torch.mm(flat * flat, inverse).float().add_(dec.mask_norm.eps).rsqrt_()
-    flat = torch.addcmul(dec.mask_norm.bias.to(flat.dtype), flat, rstd.to(flat.dtype))
+    flat = folded_layer_norm(flat, inverse, dec.mask_norm.bias, dec.mask_norm.eps)
     return torch._C._nn.gelu_(flat).view(n, h * w, -1)  # type: ignore[attr-defined]
 
 

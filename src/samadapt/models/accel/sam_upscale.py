@@ -16,7 +16,16 @@ import torch.nn.functional as F
 
 from samadapt.models.accel.fast_encoder import tensor_identity
 from samadapt.models.accel.kept import KeptBeside, KeptPerModule, weights_key
-from samadapt.models.accel.sam_fold import Trail, fold_chain, layer_norms, right_side
+from samadapt.models.accel.sam_fold import (
+    Trail,
+    centre_scale,
+    fold_chain,
+    foldable_norm,
+    folded_layer_norm,
+    layer_norms,
+    right_side,
+    variance_weights,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,20 +41,10 @@ _UPSCALE: KeptPerModule[tuple[torch.Tensor, ...]] = KeptPerModule()
 
 
 def _folded_norm(dec: Decoder) -> torch.Tensor | None:
-    """The weight g (C1,) float32 of the upscaling's LayerNorm when its centring and g are folded into the first
-    convolution (everything added before the norm is centred per pixel and scaled by g; the norm is then
-    ``y * r + b``, r from the product of y^2 with 1 / (C1 g^2)); None where some g is near 0 (relative to the
-    largest), which that product would divide by: the LayerNorm then runs as it is."""
-    g = dec.upscale_layer_norm.weight.detach().float()
-    return None if bool(g.abs().min() <= 1e-2 * g.abs().max()) else g
-
-
-def _centre_scale(x: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    """``x`` (..., blocks * C1) with each block of C1 channels centred and scaled by ``g`` (unchanged for None)."""
-    if g is None:
-        return x
-    blocks = x.reshape(*x.shape[:-1], -1, g.numel())
-    return ((blocks - blocks.mean(-1, keepdim=True)) * g).reshape(x.shape)
+    """The upscaling's LayerNorm weight where its centring and weight are folded into the first convolution
+    (everything added before the norm is centred per pixel and scaled by it; see
+    :func:`~samadapt.models.accel.sam_fold.foldable_norm`), else None."""
+    return foldable_norm(dec.upscale_layer_norm)
 
 
 def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -66,7 +65,7 @@ def upscale_weights(dec: Decoder, dtype: torch.dtype) -> tuple[torch.Tensor, ...
     def compute() -> tuple[torch.Tensor, ...]:
         w2 = conv2.weight.permute(2, 0, 3, 1).reshape(2, conv2.in_channels, 2 * conv2.out_channels)
         g = _folded_norm(dec)
-        inverse = [] if g is None else [(1 / (g.numel() * g * g))[:, None]]
+        inverse = [] if g is None else [variance_weights(g)]
         mats = (norm.weight, norm.bias, w2[0], w2[1], bias2.repeat(2), *inverse)
         return tuple(m.detach().to(dtype).contiguous() for m in mats)
 
@@ -99,8 +98,8 @@ def folded_weights(dec: Decoder) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             g = _folded_norm(dec)
             weight = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)  # (C, a1 b1 c1)
-            folded, rows, constant = fold_chain(norms, _centre_scale(weight.float(), g))
-        return (*folded, rows, constant + _centre_scale(bias1.float().repeat(4), g))
+            folded, rows, constant = fold_chain(norms, centre_scale(weight.float(), g))
+        return (*folded, rows, constant + centre_scale(bias1.float().repeat(4), g))
 
     key = (conv1.weight.device, *weights_key(conv1.weight, bias1, dec.upscale_layer_norm.weight,
                                              *(p for n in norms for p in (n.weight, n.bias))))
@@ -161,7 +160,7 @@ def added_terms(dec: Decoder, high_res: tuple[torch.Tensor, torch.Tensor] | None
         # pixel (2 r + a1, 2 col + b1) of the first, (4 r + 2 a1 + a2, 4 col + 2 b1 + b2) of the second
         g1 = f1[0].permute(1, 2, 0).reshape(side, 2, side, 2, -1).permute(1, 0, 2, 3, 4).reshape(2, side * side, -1)
         g0 = f0[0].permute(1, 2, 0).reshape(side, 4, 2 * side, -1).transpose(0, 1).reshape(4, 2 * side * side, -1)
-        g1 = _centre_scale(g1, _folded_norm(dec))  # added before the LayerNorm, as the convolution's output
+        g1 = centre_scale(g1, _folded_norm(dec))  # added before the LayerNorm, as the convolution's output
         return (g1.to(dtype) + constant).contiguous(), (g0.to(dtype) + bias2).contiguous()
 
     return _HIGH_RES.get(f0, key, (f1, dec), compute)
@@ -209,8 +208,7 @@ def upscale_masks(dec: Decoder, shared: torch.Tensor,
                 up = torch.addcmul(after1[a1, tile if after1.shape[1] > 1 else 0], shared[tile, cols], scale[tile])
                 up = up.addmm_(lhs[:, tile].T, rhs[:, cols]).view(-1, c1)
                 if folded_norm:  # centred and scaled by the norm's weight already (_folded_norm)
-                    rstd = torch.mm(up * up, folded_norm[0]).float().add_(eps).rsqrt_()
-                    up = torch.addcmul(beta, up, rstd.to(dtype))
+                    up = folded_layer_norm(up, folded_norm[0], beta, eps)
                 else:
                     up = F.layer_norm(up, (c1,), gamma, beta, eps)
                 # aten's in-place gelu_: torch's stub of torch._C._nn leaves it out, hence the ignores here and below
