@@ -407,6 +407,26 @@ def test_padding_points_change_nothing(tiny_models: dict[str, Path]) -> None:
     torch.testing.assert_close(b[1][:1], a[1], atol=1e-6, rtol=1e-5)
 
 
+def test_padding_among_a_prompts_tokens_equals_padding_at_the_end(tiny_models: dict[str, Path]) -> None:
+    """decode_sam skips the padding at the end of a prompt's tokens; padding elsewhere is masked instead, with the
+    same result (the attention does not depend on the order of the prompt tokens)."""
+    loaded = _livelier(load_model(tiny_models["sam"]))
+    image = _embedded(loaded, loaded.preprocessing.size, (256, 256)).embedding["image"]
+    gen = torch.Generator().manual_seed(0)
+    sparse = torch.randn(2, 4, image.shape[1], generator=gen)
+    at_end = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    order = torch.tensor([0, 2, 1, 3])  # prompt 0's second token moved behind a padding token
+    inside = at_end.clone()
+    inside[0] = at_end[0, order]
+    moved = sparse.clone()
+    moved[0] = sparse[0, order]
+    with torch.inference_mode():
+        a = sam_decoder.decode_sam(loaded.model, image, sparse, at_end, multimask=True)
+        b = sam_decoder.decode_sam(loaded.model, image, moved, inside, multimask=True)
+    torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=1e-5)
+
+
 def test_positional_embedding_is_cached_and_follows_the_weights(tiny_models: dict[str, Path]) -> None:
     model = load_model(tiny_models["sam"]).model
     first = sam_decoder.image_positional_embedding(model)

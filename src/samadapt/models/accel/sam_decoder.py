@@ -326,7 +326,7 @@ def _tokens_to_image(model: Model, att: Attention, q: torch.Tensor, trail: Trail
 
 
 def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: torch.Tensor | list[torch.Tensor],
-                     q: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, trail: Trail,
+                     q: torch.Tensor, v: torch.Tensor, padding: list[torch.Tensor | None], trail: Trail,
                      shared: torch.Tensor, keep: bool = True) -> list[torch.Tensor]:
     """Image tokens (query input ``keys + pe``) attend to prompt tokens (N, T, C); the layer's LayerNorm
     follows. Adds the layer to the ``trail`` and returns each prompt's new image tokens (HW, C) if ``keep`` (the
@@ -336,7 +336,8 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
     Args:
         keys: (HW, C) image tokens all prompts share, or each prompt's own, N of (HW, C), in the
             trail's dtype, which are overwritten.
-        padding: (N, T) 0 for tokens, -inf for padding.
+        padding: per prompt, (T, 1) 0 for tokens and -inf for padding where padding is among its own tokens
+            (the trail's), else None.
         shared: for the shared tokens, the query projections (heads, d, HW) of them (:class:`ImageSide`); for
             each prompt's own, ``Y_0`` through the folded query weights (heads, d, HW).
     """
@@ -353,10 +354,9 @@ def _image_to_tokens(model: Model, att: Attention, norm: nn.LayerNorm, keys: tor
         kq = torch.einsum("nhtd,hdc->nhtc", kh, att.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
         scores = sam_fold.folded_scores(trail, layer_norms(model.mask_decoder), kq, kh.to(dtype), shared,
                                         _projected_positions(model, att, "q", dtype), constant=True)
-    for p, s in enumerate(scores):  # padding among a prompt's own tokens (only where it is not at the end)
-        t_p = trail.tokens[p]
-        if bool(torch.isinf(padding[p, :t_p]).any()):
-            s.view(h, t_p, -1).add_(padding[p, :t_p, None].to(s.dtype))
+    for s, bias in zip(scores, padding, strict=True):
+        if bias is not None:
+            s.view(h, t, -1).add_(bias.to(s.dtype))
     proj = _out_proj(att)
     wo = proj.weight.view(c, h, d)
     # Values through the output projection. Each head's weights sum to 1 over the tokens, so
@@ -450,13 +450,14 @@ def _decode_group(model: Model, sparse: torch.Tensor, valid: torch.Tensor, multi
     out_tokens = torch.cat([*first, dec.iou_token.weight, dec.mask_tokens.weight, *last]).expand(n, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     valid = torch.cat([torch.ones(n, out_tokens.shape[1], dtype=torch.bool, device=valid.device), valid], dim=1)
-    padding = torch.zeros(valid.shape, dtype=sparse.dtype, device=sparse.device).masked_fill_(~valid, float("-inf"))
     layers = list(_blocks(dec))
     heads = layers[0].cross_attn_image_to_token.num_attention_heads
     # each prompt's own tokens, when its padding is all at the end (as models.sam pads): the rest is not computed
     counts = valid.sum(1).tolist()
-    own = [k if bool(valid[p, :k].all()) else valid.shape[1] for p, k in enumerate(counts)]
-    trail = Trail(keys.shape[0], heads, own, tokens.shape[1], len(layers), dtype, keys.device)
+    own_tokens = [k if bool(valid[p, :k].all()) else valid.shape[1] for p, k in enumerate(counts)]
+    padding = [None if k == t else torch.zeros(t, 1, dtype=sparse.dtype, device=sparse.device).masked_fill_(
+        ~valid[p, :, None], float("-inf")) for p, (k, t) in enumerate(zip(counts, own_tokens, strict=True))]
+    trail = Trail(keys.shape[0], heads, own_tokens, tokens.shape[1], len(layers), dtype, keys.device)
     image: torch.Tensor | list[torch.Tensor] = keys  # the prompts' image tokens after each layer
     queries = tokens
     for i, layer in enumerate(layers):
